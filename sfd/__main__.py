@@ -1,0 +1,3 @@
+from sfd.daemon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""The TOML config: read, validated whole, secrets resolved, every error naming its key path."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from sfd.connectors.settings import MARKETPLACE_SETTINGS, SHOP_SETTINGS, ConnectorSettings
+
+CONFIG_ENV = "SFD_CONFIG"
+DEFAULT_LISTEN = "127.0.0.1:8642"
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_SECRET_REF = re.compile(r"(env|file|credential):(.*)", re.DOTALL)
+_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; each problem names the file and the key path."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One line per problem: `FILE: PATH: what is expected`."""
+        return [
+            f"{self.source}: {path}: {what}" if path else f"{self.source}: {what}"
+            for path, what in self.problems
+        ]
+
+
+class Duration(float):
+    """A length of time in seconds, written in the config as 90s, 5m, 1h or 1h30m."""
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        """Read `90s`, `5m`, `1h30m`, `2d`; raise ValueError on anything else."""
+        parts = _DURATION_PART.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"expected a duration such as 90s, 5m or 1h, got {text!r}")
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+        if seconds <= 0:
+            raise ValueError(f"expected a duration greater than zero, got {text!r}")
+        return cls(seconds)
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class DaemonConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The `[daemon]` table."""
+
+    database: str | None = None
+    listen: str = DEFAULT_LISTEN
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+class StoreConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One `[[stores]]` entry: a merchant's store, which orders and tokens belong to."""
+
+    id: int
+    name: str
+
+
+class _Connected(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """What channels and shops share: a name, a store, a connector and its settings."""
+
+    name: str
+    store: int
+    connector: str
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ChannelConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One `[[channels]]` entry: a marketplace account polled for orders."""
+
+    poll_interval: Duration = Duration(1800)
+    auto_accept: bool = True
+    require_tracking: bool = True
+    ship_deadline_warning: Duration = Duration(86400)
+
+
+class ShopConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One `[[shops]]` entry: a shop that sfd pushes orders into."""
+
+    sync_interval: Duration = Duration(600)
+
+
+class _RawConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    daemon: DaemonConfig = DaemonConfig()
+    stores: list[StoreConfig] = msgspec.field(default_factory=list)
+    channels: list[ChannelConfig] = msgspec.field(default_factory=list)
+    shops: list[ShopConfig] = msgspec.field(default_factory=list)
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True):
+    """A validated config, with every secret resolved and every connector's settings typed."""
+
+    source: str
+    daemon: DaemonConfig
+    database: Path
+    listen_host: str
+    listen_port: int
+    stores: list[StoreConfig]
+    channels: list[ChannelConfig]
+    shops: list[ShopConfig]
+    channel_settings: dict[str, ConnectorSettings]
+    shop_settings: dict[str, ConnectorSettings]
+    secrets: frozenset[str]
+    """Every secret value, so logs and errors can redact it wherever it appears."""
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is Duration:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a duration such as 90s, 5m or 1h, got {value!r}")
+        return Duration.parse(value)
+    raise NotImplementedError
+
+
+def _from_msgspec(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
+    """Turn msgspec's `... - at `$.a[0].b`` into our (key path, what is expected)."""
+    match = _MSGSPEC_PATH.match(str(error))
+    assert match is not None
+    msg, path = match["msg"], (match["path"] or "")
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", msg)
+    missing = re.fullmatch(r"Object missing required field `(.+)`", msg)
+    if unknown:
+        path, msg = f"{path}.{unknown[1]}", "unknown key"
+    elif missing:
+        path, msg = f"{path}.{missing[1]}", "required key is missing"
+    else:
+        msg = re.sub(r"`([^`]*)`", lambda m: _toml_type(m[1]), msg)
+        msg = msg[0].lower() + msg[1:]
+    full = prefix + path
+    return full.lstrip("."), msg
+
+
+_TOML_TYPES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "array": "an array",
+    "object": "a table",
+}
+
+
+def _toml_type(name: str) -> str:
+    """Name msgspec's types as a TOML author knows them."""
+    kinds = [k for k in name.split(" | ") if k != "null"]
+    return " or ".join(_TOML_TYPES.get(k, k) for k in kinds)
+
+
+class _SecretResolver:
+    """Resolves `env:NAME`, `file:PATH` and `credential:NAME` values."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def resolve(self, value: str) -> tuple[str, bool]:
+        """The value a reference points to, and whether it was a reference; raises ValueError."""
+        match = _SECRET_REF.fullmatch(value)
+        if match is None:
+            return value, False
+        scheme, name = match[1], match[2]
+        if not name:
+            raise ValueError(f"{scheme}: needs a name after the colon")
+        if scheme == "env":
+            if name not in self.environ:
+                raise ValueError(f"environment variable {name} is not set")
+            return self.environ[name], True
+        if scheme == "file":
+            return self._read(Path(name), f"file {name}"), True
+        directory = self.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(
+                f"credential {name} asked for, but CREDENTIALS_DIRECTORY is not set "
+                "(give it with LoadCredential= in the unit)"
+            )
+        if "/" in name or name in {".", ".."}:
+            raise ValueError(f"credential name {name!r} must not contain '/'")
+        return self._read(Path(directory) / name, f"credential {name}"), True
+
+    @staticmethod
+    def _read(path: Path, what: str) -> str:
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except FileNotFoundError:
+            raise ValueError(f"{what} does not exist") from None
+        except OSError as exc:
+            raise ValueError(f"{what} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} is not UTF-8 text") from None
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", listen)
+    # Port 0 asks the system for a free port; the daemon logs the one it got.
+    if match is None or not 0 <= int(match[2]) < 65536:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8642, got {listen!r}")
+    return match[1].strip("[]"), int(match[2])
+
+
+def _default_database(environ: Mapping[str, str]) -> Path:
+    state = environ.get("STATE_DIRECTORY")
+    if state:
+        # systemd may list several directories separated by ':'; ours is the first.
+        return Path(state.split(":")[0]) / "sfd.db"
+    return Path("var/sfd.db")
+
+
+def parse_config(
+    text: str, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a whole config and resolve its secrets; raise ConfigError naming every problem."""
+    env = os.environ if environ is None else environ
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [("", f"not valid TOML: {exc}")]) from None
+    try:
+        raw = msgspec.convert(document, _RawConfig, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(source, [_from_msgspec(exc, "")]) from None
+
+    problems: list[tuple[str, str]] = []
+    try:
+        host, port = _parse_listen(raw.daemon.listen)
+    except ValueError as exc:
+        problems.append(("daemon.listen", str(exc)))
+        host, port = "", 0
+
+    for key, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS)):
+        value = getattr(raw.daemon, key)
+        if value not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            problems.append((f"daemon.{key}", f"expected one of {choices}, got {value!r}"))
+
+    store_ids: set[int] = set()
+    for i, store in enumerate(raw.stores):
+        if store.id < 1:
+            problems.append((f"stores[{i}].id", f"expected a positive integer, got {store.id}"))
+        if store.id in store_ids:
+            problems.append((f"stores[{i}].id", f"duplicate store id {store.id}"))
+        if not store.name.strip():
+            problems.append((f"stores[{i}].name", "must not be empty"))
+        store_ids.add(store.id)
+
+    resolver = _SecretResolver(env)
+    secrets: set[str] = set()
+    channel_settings: dict[str, ConnectorSettings] = {}
+    shop_settings: dict[str, ConnectorSettings] = {}
+    sections: list[tuple[str, Sequence[_Connected], Any, Any]] = [
+        ("channels", raw.channels, MARKETPLACE_SETTINGS, channel_settings),
+        ("shops", raw.shops, SHOP_SETTINGS, shop_settings),
+    ]
+    for section, entries, registry, typed in sections:
+        names: set[str] = set()
+        for i, entry in enumerate(entries):
+            where = f"{section}[{i}]"
+            if not _CHANNEL_NAME.fullmatch(entry.name):
+                problems.append(
+                    (
+                        f"{where}.name",
+                        f"expected letters, digits, '-' and '_' only, got {entry.name!r}",
+                    )
+                )
+            elif entry.name in names:
+                problems.append((f"{where}.name", f"duplicate name {entry.name!r}"))
+            names.add(entry.name)
+            if entry.store not in store_ids:
+                problems.append((f"{where}.store", f"no store with id {entry.store} in [[stores]]"))
+            kind = registry.get(entry.connector)
+            if kind is None:
+                known = ", ".join(sorted(registry))
+                problems.append(
+                    (
+                        f"{where}.connector",
+                        f"unknown connector {entry.connector!r} (known: {known})",
+                    )
+                )
+                continue
+            settings = _typed_settings(
+                f"{where}.settings", entry.settings, kind, resolver, secrets, problems
+            )
+            if settings is not None:
+                typed[entry.name] = settings
+
+    if problems:
+        raise ConfigError(source, problems)
+    database = Path(raw.daemon.database) if raw.daemon.database else _default_database(env)
+    return Config(
+        source=source,
+        daemon=raw.daemon,
+        database=database,
+        listen_host=host,
+        listen_port=port,
+        stores=raw.stores,
+        channels=raw.channels,
+        shops=raw.shops,
+        channel_settings=channel_settings,
+        shop_settings=shop_settings,
+        secrets=frozenset(s for s in secrets if s),
+    )
+
+
+def _typed_settings(
+    where: str,
+    settings: dict[str, Any],
+    kind: type[ConnectorSettings],
+    resolver: _SecretResolver,
+    secrets: set[str],
+    problems: list[tuple[str, str]],
+) -> ConnectorSettings | None:
+    resolved: dict[str, Any] = {}
+    ok = True
+    for key, value in settings.items():
+        if isinstance(value, str):
+            try:
+                value, was_reference = resolver.resolve(value)
+            except ValueError as exc:
+                problems.append((f"{where}.{key}", str(exc)))
+                ok = False
+                continue
+            if was_reference or key in kind.secret_fields:
+                secrets.add(value)
+            if key in kind.secret_fields and not value.strip():
+                problems.append((f"{where}.{key}", "secret is empty"))
+                ok = False
+        resolved[key] = value
+    if not ok:
+        return None
+    try:
+        typed = msgspec.convert(resolved, kind)
+    except msgspec.ValidationError as exc:
+        problems.append(_from_msgspec(exc, where))
+        return None
+    for key in sorted(kind.url_fields):
+        url = getattr(typed, key)
+        if not re.match(r"https?://[^/\s]+", url):
+            problems.append((f"{where}.{key}", f"expected an http(s):// URL, got {url!r}"))
+            return None
+    return typed
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at `path`."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [("", "config file does not exist")]) from None
+    except OSError as exc:
+        raise ConfigError(source, [("", f"config file cannot be read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, [("", "config file is not UTF-8 text")]) from None
+    return parse_config(text, source, environ)

@@ -1,0 +1,96 @@
+"""The one narrow interface every marketplace connector speaks, and its four kinds of failure."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from sfd.domain import MarketplaceOrder, OrderStatus
+
+
+class ConnectorError(Exception):
+    """A marketplace call that did not succeed."""
+
+
+class AuthFailed(ConnectorError):
+    """Credentials are wrong, missing or expired: polling stops until they are fixed."""
+
+
+class RateLimited(ConnectorError):
+    """The marketplace asked us to slow down."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Transient(ConnectorError):
+    """A 5xx, a timeout or a connection error: worth trying again later."""
+
+
+class Rejected(ConnectorError):
+    """The marketplace refused this request; its message is kept."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SkippedOrder:
+    """An order in a page that could not be read: named, with the reason, never silently lost."""
+
+    reference: str
+    reason: str
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    """One page of orders changed since a cursor."""
+
+    orders: list[MarketplaceOrder]
+    skipped: list[SkippedOrder] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ShipmentRequest:
+    """Everything a marketplace needs to confirm a shipment, sent once."""
+
+    carrier: str
+    tracking_number: str = ""
+    tracking_link: str = ""
+    items: dict[str, int] | None = None
+    """Channel line reference → quantity, for a partial shipment; None ships everything."""
+
+
+class MarketplaceConnector(Protocol):
+    """What sfd asks of a marketplace."""
+
+    name: str
+    min_poll_interval: float | None
+    """The marketplace's recommended shortest poll interval, in seconds."""
+
+    def fetch_orders(self, since: datetime | None) -> AsyncIterator[OrderPage]:
+        """Yield the orders changed since `since`, page by page, oldest change first."""
+        ...
+
+    async def accept(self, reference: str) -> None:
+        """Accept an order waiting for the store's acceptance."""
+
+    async def refuse(self, reference: str) -> None:
+        """Refuse an order waiting for the store's acceptance."""
+
+    async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
+        """Report a shipment; a repeat the marketplace calls "already shipped" succeeds."""
+
+    async def cancel(self, reference: str) -> None:
+        """Cancel an order that has not shipped."""
+
+    async def order_status(self, reference: str) -> OrderStatus | None:
+        """The order's status as the marketplace sees it now, or None if it is not released."""
+
+    async def aclose(self) -> None:
+        """Release the connector's HTTP session."""

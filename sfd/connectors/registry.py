@@ -1,0 +1,24 @@
+"""Builds a channel's connector from its typed settings."""
+
+from __future__ import annotations
+
+from sfd.connectors.base import MarketplaceConnector
+from sfd.connectors.settings import ConnectorSettings, MiraklSettings
+
+
+class ConnectorUnavailable(Exception):
+    """This sfd has no implementation of the connector yet."""
+
+
+def open_marketplace(
+    channel: str, connector: str, settings: ConnectorSettings
+) -> MarketplaceConnector:
+    """A connector for one channel; raise ConnectorUnavailable for one not built yet."""
+    if connector == "mirakl" and isinstance(settings, MiraklSettings):
+        from sfd.connectors.mirakl import MiraklConnector
+
+        return MiraklConnector(settings, name=channel)
+    raise ConnectorUnavailable(
+        f"connector {connector!r} is accepted in the config but not implemented in sfd "
+        "yet; this channel is not polled"
+    )

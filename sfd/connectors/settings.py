@@ -1,0 +1,80 @@
+"""Each connector's settings, as `[channels.settings]` and `[shops.settings]` give them."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Settings common to every connector."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields whose values are credentials: required, never empty, redacted from logs."""
+    url_fields: ClassVar[frozenset[str]] = frozenset()
+
+
+class MiraklSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A Mirakl operator's shop API (Decathlon, Leroy Merlin, Carrefour, La Redoute...)."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"api_key"})
+    url_fields: ClassVar[frozenset[str]] = frozenset({"base_url"})
+
+    base_url: str
+    api_key: str
+    shop_id: str | None = None
+
+
+class AmazonSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Amazon Selling Partner API, Orders v0."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"client_secret", "refresh_token"})
+    url_fields: ClassVar[frozenset[str]] = frozenset({"endpoint", "token_url"})
+
+    client_id: str
+    client_secret: str
+    refresh_token: str
+    marketplace_ids: list[str]
+    endpoint: str = "https://sellingpartnerapi-eu.amazon.com"
+    token_url: str = "https://api.amazon.com/auth/o2/token"
+    import_afn: bool = False
+
+
+class EbaySettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """eBay Sell Fulfillment API v1."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"client_secret", "refresh_token"})
+    url_fields: ClassVar[frozenset[str]] = frozenset({"base_url", "token_url"})
+
+    client_id: str
+    client_secret: str
+    refresh_token: str
+    base_url: str = "https://api.ebay.com"
+    token_url: str = "https://api.ebay.com/identity/v1/oauth2/token"
+
+
+class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A WooCommerce shop's REST API v3, for push mode."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"consumer_key", "consumer_secret"})
+    url_fields: ClassVar[frozenset[str]] = frozenset({"base_url"})
+
+    base_url: str
+    consumer_key: str
+    consumer_secret: str
+    order_status: str = "processing"
+    tracking_meta_keys: list[str] = msgspec.field(default_factory=list)
+
+
+#: Marketplace connectors by the name a channel's `connector` key gives.
+MARKETPLACE_SETTINGS: dict[str, type[ConnectorSettings]] = {
+    "mirakl": MiraklSettings,
+    "amazon": AmazonSettings,
+    "ebay": EbaySettings,
+}
+
+#: Shop connectors by the name a shop's `connector` key gives.
+SHOP_SETTINGS: dict[str, type[ConnectorSettings]] = {
+    "woocommerce": WooCommerceSettings,
+}

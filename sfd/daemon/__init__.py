@@ -1,0 +1,1 @@
+"""The loops, the HTTP server and the command line."""

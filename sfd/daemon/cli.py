@@ -1,0 +1,285 @@
+"""The `sfd` command line: `sfd [--config FILE] COMMAND`. Exit 2 for a bad config or usage."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from sfd import __version__
+from sfd.clock import utcnow
+from sfd.config import CONFIG_ENV, Config, ConfigError, load_config
+from sfd.daemon.runtime import run_daemon, sync_config
+from sfd.domain import OrderStatus
+from sfd.logs import configure_logging
+from sfd.storage import OrderFilter, Storage, StorageError, StoredOrder
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A command that cannot do what was asked; the message says why."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"sfd: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sfd", description="A self-hosted marketplace order hub.")
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"the TOML config (default: ${CONFIG_ENV})"
+    )
+    parser.add_argument("--version", action="version", version=f"sfd {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    commands.add_parser("run", help="run the daemon")
+    commands.add_parser("check-config", help="validate the config and resolve its secrets")
+    init = commands.add_parser("init-config", help="write the embedded default config")
+    init.add_argument("path", help="where to write it; an existing file is left alone")
+
+    db = commands.add_parser("db", help="the database").add_subparsers(
+        dest="db_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    db.add_parser("migrate", help="apply the pending migrations")
+
+    token = commands.add_parser("token", help="API tokens").add_subparsers(
+        dest="token_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    create = token.add_parser("create", help="create a token; prints only the token")
+    create.add_argument("--store", type=int, required=True, metavar="ID")
+    create.add_argument("--name")
+    listing = token.add_parser("list", help="list the tokens (never their values)")
+    listing.add_argument("--all", action="store_true", help="include revoked tokens")
+    listing.add_argument("--json", action="store_true")
+    revoke = token.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+
+    channels = commands.add_parser("channels", help="the channels and their poll state")
+    channels.add_argument("--json", action="store_true")
+
+    orders = commands.add_parser("orders", help="orders").add_subparsers(
+        dest="orders_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    olist = orders.add_parser("list", help="list orders")
+    olist.add_argument(
+        "--status",
+        action="append",
+        choices=[s.value for s in OrderStatus],
+        help="repeat for several",
+    )
+    olist.add_argument("--channel")
+    olist.add_argument("--store", type=int, metavar="ID")
+    olist.add_argument("--unacknowledged", action="store_true")
+    olist.add_argument("--late", action="store_true")
+    olist.add_argument("--limit", type=int, default=100)
+    olist.add_argument("--json", action="store_true")
+    show = orders.add_parser("show", help="one order with its events")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError("sfd", [("", f"no config given: use --config FILE or set {CONFIG_ENV}")])
+    return load_config(path)
+
+
+_encoder = msgspec.json.Encoder(decimal_format="number")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(_encoder.encode(value).decode() + "\n")
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+async def _with_storage(config: Config, action: Callable[[Storage], Awaitable[int]]) -> int:
+    storage = await Storage.open(config.database, readers=1)
+    try:
+        await sync_config(storage, config, utcnow())
+        return await action(storage)
+    finally:
+        await storage.close()
+
+
+async def _token(args: argparse.Namespace, storage: Storage) -> int:
+    if args.token_command == "create":
+        _name, token = await storage.tokens.create(args.store, args.name, utcnow())
+        sys.stdout.write(token + "\n")
+    elif args.token_command == "revoke":
+        await storage.tokens.revoke(args.name, utcnow())
+        sys.stderr.write(f"sfd: token {args.name!r} revoked\n")
+    else:
+        tokens = await storage.tokens.all(include_revoked=args.all)
+        if args.json:
+            _print_json(tokens)
+            return EXIT_OK
+        table = Table("name", "store", "created", "last used", "revoked")
+        for t in tokens:
+            table.add_row(
+                t.name,
+                str(t.store_id),
+                _when(t.created_at),
+                _when(t.last_used_at),
+                _when(t.revoked_at),
+            )
+        Console().print(table)
+    return EXIT_OK
+
+
+async def _channels(args: argparse.Namespace, storage: Storage) -> int:
+    channels = await storage.channels.states()
+    if args.json:
+        _print_json(channels)
+        return EXIT_OK
+    table = Table(
+        "name",
+        "connector",
+        "auth",
+        "last poll",
+        "last success",
+        "last error",
+        "orders",
+        "pending ops",
+    )
+    for c in channels:
+        table.add_row(
+            c.name,
+            c.connector,
+            c.auth_state,
+            _when(c.last_poll_at),
+            _when(c.last_success_at),
+            c.last_error or "-",
+            str(c.orders),
+            str(c.pending_operations),
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def _order_rows(orders: Sequence[StoredOrder]) -> Table:
+    table = Table(
+        "id", "channel", "reference", "status", "ship by", "acknowledged", "store ref", "total"
+    )
+    for o in orders:
+        table.add_row(
+            str(o.id),
+            o.channel,
+            o.reference,
+            o.status.value,
+            _when(o.latest_ship_date),
+            _when(o.acknowledged_at),
+            o.store_reference or "-",
+            f"{o.total_amount} {o.currency}",
+        )
+    return table
+
+
+async def _orders(args: argparse.Namespace, storage: Storage) -> int:
+    if args.orders_command == "show":
+        order = await storage.orders.get(args.id, store_id=None)
+        if order is None:
+            raise CommandError(f"no order with id {args.id}")
+        if args.json:
+            _print_json(order)
+            return EXIT_OK
+        console = Console()
+        console.print(_order_rows([order]))
+        items = Table("sku", "name", "qty", "price")
+        for item in order.items:
+            items.add_row(item.reference, item.name, str(item.quantity), str(item.price))
+        console.print(items)
+        events = Table("at", "source", "event", "from", "to", "message")
+        for e in order.events:
+            events.add_row(
+                _when(e.at), e.source, e.kind, e.from_status or "", e.to_status or "", e.message
+            )
+        console.print(events)
+        return EXIT_OK
+    if args.limit < 1:
+        raise CommandError("--limit must be at least 1")
+    query = OrderFilter(
+        store_id=args.store,
+        statuses=[OrderStatus(s) for s in args.status] if args.status else None,
+        channel=args.channel,
+        acknowledged=False if args.unacknowledged else None,
+        late_at=utcnow() if args.late else None,
+        limit=args.limit,
+    )
+    orders = await storage.orders.find(query)
+    if args.json:
+        _print_json(orders)
+    else:
+        Console().print(_order_rows(orders))
+    return EXIT_OK
+
+
+async def _migrate(storage: Storage) -> int:
+    version = await storage.db.schema_version()
+    sys.stderr.write(f"sfd: database {storage.db.path} is at schema version {version}\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `sfd` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "init-config":
+        target = Path(args.path)
+        if target.exists():
+            sys.stderr.write(f"sfd: {target} exists; left as is\n")
+            return EXIT_OK
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(resources.files("sfd").joinpath("default.toml").read_text("utf-8"))
+        sys.stderr.write(f"sfd: wrote {target}\n")
+        return EXIT_OK
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        for line in exc.lines():
+            sys.stderr.write(line + "\n")
+        return EXIT_USAGE
+    configure_logging(
+        config.daemon.log_format,
+        config.daemon.log_level,
+        config.secrets,
+        stream=sys.stdout if args.command == "run" else sys.stderr,
+    )
+    handlers: dict[str, Callable[[Storage], Awaitable[int]]] = {
+        "db": _migrate,
+        "token": lambda s: _token(args, s),
+        "channels": lambda s: _channels(args, s),
+        "orders": lambda s: _orders(args, s),
+    }
+    try:
+        if args.command == "check-config":
+            sys.stderr.write(
+                f"sfd: {config.source} is valid: {len(config.stores)} stores, "
+                f"{len(config.channels)} channels, {len(config.shops)} shops\n"
+            )
+            return EXIT_OK
+        if args.command == "run":
+            return anyio.run(run_daemon, config)
+        return anyio.run(_with_storage, config, handlers[args.command])
+    except (CommandError, StorageError) as exc:
+        sys.stderr.write(f"sfd: {exc}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,32 @@
+"""The daemon's HTTP server: /healthz now; the v1 API, /ws, the order page and metrics join it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
+
+_json = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """A JSON response encoded by msgspec (datetimes in ISO 8601 with their offset)."""
+    return web.Response(body=_json.encode(body), status=status, content_type="application/json")
+
+
+def build_app(health: HealthProbe, *, client_max_size: int = 10 * 1024**2) -> web.Application:
+    """The aiohttp application the daemon serves."""
+    app = web.Application(client_max_size=client_max_size)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        ok, detail = health()
+        return json_response(
+            {"status": "ok" if ok else "unhealthy", **detail}, status=200 if ok else 503
+        )
+
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,270 @@
+"""The daemon's loops: small objects with `run()`, whose state shows in /healthz and the CLI."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+import msgspec
+
+from sfd.clock import Clock, to_iso
+from sfd.config import ChannelConfig
+from sfd.connectors.base import (
+    AuthFailed,
+    ConnectorError,
+    MarketplaceConnector,
+    RateLimited,
+    Transient,
+)
+from sfd.logs import get_logger
+from sfd.storage import OrderFilter, Storage
+
+#: The cursor steps back this far, so an order updated while a poll ran is never missed.
+CURSOR_OVERLAP = timedelta(minutes=5)
+#: A loop busy in one tick for longer than this counts as stalled, and the watchdog stops.
+STALL_AFTER = 300.0
+#: How slowly a channel whose credentials fail is retried.
+AUTH_RETRY = 900.0
+
+
+class LoopState(msgspec.Struct, kw_only=True):
+    """What a loop is doing, as /healthz shows it."""
+
+    name: str
+    state: str = "starting"
+    """starting, idle, busy, failing, auth_failed, unavailable or stopped."""
+    ticks: int = 0
+    last_tick_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    busy_since: datetime | None = None
+    next_tick_at: datetime | None = None
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Loop:
+    """Ticks on an interval or when woken; logs failure once per transition, not once per tick."""
+
+    def __init__(self, name: str, interval: float, clock: Clock) -> None:
+        self.name = name
+        self.interval = interval
+        self.clock = clock
+        self.status = LoopState(name=name)
+        self._wake = anyio.Event()
+        self.log = get_logger(loop=name)
+
+    def wake(self) -> None:
+        """Tick now rather than at the next interval."""
+        self._wake.set()
+
+    def healthy(self, now: datetime) -> bool:
+        """False once the loop stopped or has been stuck in one tick for too long."""
+        if self.status.state == "stopped":
+            return False
+        busy = self.status.busy_since
+        return busy is None or (now - busy).total_seconds() < STALL_AFTER
+
+    async def tick(self) -> float | None:
+        """Do one round of work; return the delay before the next, or None for the interval."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        try:
+            while True:
+                now = self.clock()
+                self.status.busy_since = now
+                self.status.state = "busy"
+                try:
+                    delay = await self.tick()
+                finally:
+                    self.status.busy_since = None
+                    self.status.ticks += 1
+                    self.status.last_tick_at = self.clock()
+                if self.status.state == "busy":
+                    self.status.state = "idle"
+                await self._sleep(self.interval if delay is None else delay)
+        finally:
+            self.status.state = "stopped"
+
+    async def _sleep(self, delay: float) -> None:
+        self.status.next_tick_at = self.clock() + timedelta(seconds=delay)
+        with anyio.move_on_after(delay):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+
+ConnectorFactory = Callable[[], MarketplaceConnector | None]
+
+
+class Poller(Loop):
+    """Imports one channel's orders every `poll_interval`, with jitter, page by page."""
+
+    def __init__(
+        self,
+        channel: ChannelConfig,
+        channel_id: int,
+        storage: Storage,
+        connector: MarketplaceConnector | None,
+        clock: Clock,
+        *,
+        unavailable_reason: str = "",
+    ) -> None:
+        super().__init__(f"poller:{channel.name}", channel.poll_interval, clock)
+        self.channel = channel
+        self.channel_id = channel_id
+        self.storage = storage
+        self.connector = connector
+        self.unavailable_reason = unavailable_reason
+        self.failures = 0
+        self.log = get_logger(channel=channel.name)
+        minimum = connector.min_poll_interval if connector else None
+        if minimum is not None and channel.poll_interval < minimum:
+            self.log.warning(
+                "poll_interval_below_recommended",
+                poll_interval=channel.poll_interval,
+                recommended=minimum,
+            )
+
+    def _jittered(self, seconds: float) -> float:
+        # Spread channels over time so they do not all call out in the same second.
+        return seconds * random.uniform(0.9, 1.1)  # noqa: S311 - not for security
+
+    async def tick(self) -> float | None:
+        now = self.clock()
+        if self.connector is None:
+            self._fail("unavailable", self.unavailable_reason)
+            await self.storage.channels.record_poll_failed(
+                self.channel_id,
+                now,
+                self.unavailable_reason,
+                now + timedelta(seconds=self.interval),
+            )
+            return self.interval
+        await self.storage.channels.record_poll_started(self.channel_id, now)
+        try:
+            counts = await self._import(self.connector)
+        except AuthFailed as exc:
+            return await self._failed("auth_failed", exc, max(self.interval, AUTH_RETRY), auth=True)
+        except RateLimited as exc:
+            return await self._failed("failing", exc, exc.retry_after or self.interval)
+        except (Transient, ConnectorError) as exc:
+            backoff = min(self.interval, 30.0 * 2 ** min(self.failures, 10))
+            return await self._failed("failing", exc, backoff)
+        delay = self._jittered(self.interval)
+        done = self.clock()
+        await self.storage.channels.record_poll_succeeded(
+            self.channel_id, done, done + timedelta(seconds=delay)
+        )
+        if self.failures:
+            self.log.info("poll_recovered", after_failures=self.failures)
+        self.failures = 0
+        self.status.last_success_at = done
+        self.status.last_error = None
+        self.status.detail = counts
+        self.log.info("poll_done", duration=round((done - now).total_seconds(), 3), **counts)
+        return delay
+
+    async def _import(self, connector: MarketplaceConnector) -> dict[str, int]:
+        cursor = await self.storage.channels.cursor(self.channel_id)
+        counts = {"pages": 0, "created": 0, "changed": 0, "skipped": 0}
+        # The cursor never passes an order we could not read, so the next poll sees it again.
+        ceiling: datetime | None = None
+        held = False
+        async for page in connector.fetch_orders(cursor):
+            for skipped in page.skipped:
+                self.log.warning("order_skipped", order=skipped.reference, reason=skipped.reason)
+                counts["skipped"] += 1
+                if skipped.updated_at is None:
+                    held = True
+                elif ceiling is None or skipped.updated_at < ceiling:
+                    ceiling = skipped.updated_at
+            newest = max((o.updated_at for o in page.orders), default=None)
+            next_cursor = None
+            if newest is not None and not held:
+                candidate = (min(newest, ceiling) if ceiling else newest) - CURSOR_OVERLAP
+                if cursor is None or candidate > cursor:
+                    next_cursor = cursor = candidate
+            result = await self.storage.orders.import_page(
+                self.channel_id, self.channel.store, page.orders, self.clock(), next_cursor
+            )
+            counts["pages"] += 1
+            counts["created"] += len(result.created)
+            counts["changed"] += len(result.changed)
+            for order_id, reference, status in result.created:
+                self.log.info(
+                    "order_imported", order=reference, order_id=order_id, status=status.value
+                )
+            for order_id, reference, old, new in result.changed:
+                self.log.info(
+                    "order_status_changed",
+                    order=reference,
+                    order_id=order_id,
+                    from_status=old.value,
+                    to_status=new.value,
+                    source="marketplace",
+                )
+            for reference, reason in result.refused:
+                self.log.warning("order_update_refused", order=reference, reason=reason)
+        return counts
+
+    def _fail(self, state: str, reason: str) -> None:
+        if self.status.state != state or self.status.last_error != reason:
+            # Logged on the transition only: a channel down for a day logs once, not 48 times.
+            self.log.error("poll_failed", state=state, reason=reason)
+        self.status.state = state
+        self.status.last_error = reason
+
+    async def _failed(
+        self, state: str, exc: Exception, delay: float, *, auth: bool = False
+    ) -> float:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.failures += 1
+        self._fail(state, reason)
+        now = self.clock()
+        await self.storage.channels.record_poll_failed(
+            self.channel_id, now, reason, now + timedelta(seconds=delay), auth_failed=auth
+        )
+        return delay
+
+
+class PeriodicCheck(Loop):
+    """A loop whose tick is one awaitable that reports what it found."""
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        clock: Clock,
+        check: Callable[[datetime], Awaitable[dict[str, Any]]],
+    ) -> None:
+        super().__init__(name, interval, clock)
+        self.check = check
+
+    async def tick(self) -> float | None:
+        self.status.detail = await self.check(self.clock())
+        self.status.last_success_at = self.clock()
+        return None
+
+
+def deadline_watch(storage: Storage, clock: Clock) -> PeriodicCheck:
+    """Counts the orders whose ship-by date has passed."""
+
+    async def check(now: datetime) -> dict[str, Any]:
+        late = await storage.orders.count(OrderFilter(late_at=now))
+        return {"late_orders": late, "checked_at": to_iso(now)}
+
+    return PeriodicCheck("deadline-watch", 60.0, clock, check)
+
+
+def operations_worker(storage: Storage, clock: Clock) -> PeriodicCheck:
+    """Watches the outbox; operations are written from the API onwards."""
+
+    async def check(now: datetime) -> dict[str, Any]:
+        channels = await storage.channels.states()
+        return {"pending_operations": sum(c.pending_operations for c in channels)}
+
+    return PeriodicCheck("operations-worker", 2.0, clock, check)

@@ -1,0 +1,256 @@
+"""`sfd run`: one anyio task group holding the HTTP server and the loops, in clear phases."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from sfd import __version__
+from sfd.clock import Clock, utcnow
+from sfd.config import Config
+from sfd.connectors.base import MarketplaceConnector
+from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
+from sfd.daemon.http import build_app
+from sfd.daemon.loops import Loop, Poller, deadline_watch, operations_worker
+from sfd.daemon.notify import SystemdNotifier
+from sfd.logs import get_logger
+from sfd.storage import OrderFilter, Storage, StorageError
+from sfd.storage.db import DatabaseLocked
+
+log = get_logger()
+
+#: A stop must be done by then; systemd's TimeoutStopSec is 30 s, our promise is 10 s.
+STOP_DEADLINE = 8.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line that says why."""
+
+
+async def sync_config(storage: Storage, config: Config, now: datetime) -> None:
+    """Record the config's stores and channels in the database."""
+    await storage.channels.sync(
+        [(s.id, s.name) for s in config.stores],
+        [(c.name, c.store, c.connector) for c in config.channels],
+        now,
+    )
+
+
+class Daemon:
+    """The running process: storage, connectors, loops and the HTTP server."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = utcnow,
+        notifier: SystemdNotifier | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.notifier = notifier or SystemdNotifier()
+        self.handle_signals = handle_signals
+        self.storage: Storage | None = None
+        self.loops: list[Loop] = []
+        self.connectors: list[MarketplaceConnector] = []
+        self.ready = anyio.Event()
+        self.stop_requested = anyio.Event()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._summary = ""
+
+    # -- phases ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open and migrate the database, build the loops, bind the server."""
+        try:
+            self.storage = await Storage.open(self.config.database, readers=3)
+            self.storage.db.claim_runner()
+        except (StorageError, DatabaseLocked) as exc:
+            if self.storage is not None:
+                await self.storage.close()
+                self.storage = None
+            raise StartupError(str(exc)) from None
+        await sync_config(self.storage, self.config, self.clock())
+        await self._build_loops(self.storage)
+        await self._bind()
+
+    async def _build_loops(self, storage: Storage) -> None:
+        ids = await storage.channels.channel_ids()
+        for channel in self.config.channels:
+            connector: MarketplaceConnector | None = None
+            reason = ""
+            try:
+                connector = open_marketplace(
+                    channel.name, channel.connector, self.config.channel_settings[channel.name]
+                )
+                self.connectors.append(connector)
+            except ConnectorUnavailable as exc:
+                reason = str(exc)
+                log.warning("connector_unavailable", channel=channel.name, reason=reason)
+            self.loops.append(
+                Poller(
+                    channel,
+                    ids[channel.name],
+                    storage,
+                    connector,
+                    self.clock,
+                    unavailable_reason=reason,
+                )
+            )
+        self.loops.append(operations_worker(storage, self.clock))
+        self.loops.append(deadline_watch(storage, self.clock))
+
+    async def _bind(self) -> None:
+        host, port = self.config.listen_host, self.config.listen_port
+        self._runner = web.AppRunner(
+            build_app(self.health), access_log=None, handle_signals=False, shutdown_timeout=3.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise StartupError(f"cannot listen on {host}:{port}: {why}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}"
+
+    async def serve(self) -> None:
+        """Run every loop until a stop is asked for, then stop within the deadline."""
+        assert self.storage is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                for loop in self.loops:
+                    tg.start_soon(loop.run, name=loop.name)
+                tg.start_soon(self._report, name="systemd")
+                if self.handle_signals:
+                    tg.start_soon(self._signals, name="signals")
+                self._summary = await self._status_line()
+                self.notifier.ready(self._summary)
+                self.ready.set()
+                log.info(
+                    "daemon_ready",
+                    version=__version__,
+                    url=self.url,
+                    database=str(self.config.database),
+                    channels=len(self.config.channels),
+                    pid=os.getpid(),
+                )
+                await self.stop_requested.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Release everything; every step is shielded and bounded in time."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_DEADLINE):
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            for connector in self.connectors:
+                await connector.aclose()
+            self.connectors.clear()
+            if self.storage is not None:
+                await self.storage.close()
+                self.storage = None
+        self.notifier.close()
+        log.info("daemon_stopped")
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop: no new work; in-flight writes finish."""
+        if not self.stop_requested.is_set():
+            self.notifier.stopping()
+            log.info("daemon_stopping")
+            self.stop_requested.set()
+
+    # -- inside the task group ------------------------------------------------------------
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self.stop_requested.is_set() and signum == signal.SIGINT:
+                    # A second Ctrl-C means "now": the shielded writes are SQLite
+                    # transactions, which a hard exit cannot leave half-written.
+                    sys.stderr.write("sfd: second interrupt, exiting at once\n")
+                    os._exit(130)
+                log.info("signal_received", signal=signal.Signals(signum).name)
+                self.request_stop()
+
+    async def _report(self) -> None:
+        """Tell systemd how we are: STATUS= now and then, WATCHDOG=1 while all loops progress."""
+        interval = self.notifier.watchdog_interval
+        beat = min(interval, 10.0) if interval else 10.0
+        while True:
+            await anyio.sleep(beat)
+            if self.all_healthy():
+                if interval:
+                    self.notifier.watchdog()
+            else:
+                log.warning(
+                    "watchdog_withheld",
+                    stalled=[loop.name for loop in self.loops if not loop.healthy(self.clock())],
+                )
+            summary = await self._status_line()
+            if summary != self._summary:
+                self._summary = summary
+                self.notifier.status(summary)
+
+    async def _status_line(self) -> str:
+        assert self.storage is not None
+        now = self.clock()
+        to_process = await self.storage.orders.count(OrderFilter.to_process(now))
+        late = await self.storage.orders.count(OrderFilter(late_at=now))
+        failing = [
+            loop.name.split(":", 1)[1]
+            for loop in self.loops
+            if isinstance(loop, Poller)
+            and loop.status.state in ("failing", "auth_failed", "unavailable")
+        ]
+        line = f"{len(self.config.channels)} channels, {to_process} orders to process, {late} late"
+        if failing:
+            line += f"; failing: {', '.join(failing)}"
+        return line
+
+    # -- health ---------------------------------------------------------------------------
+
+    def all_healthy(self) -> bool:
+        """Whether every loop has made progress recently."""
+        now = self.clock()
+        return all(loop.healthy(now) for loop in self.loops)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """What /healthz shows."""
+        now = self.clock()
+        return self.all_healthy(), {
+            "version": __version__,
+            "time": now,
+            "loops": {loop.name: loop.status for loop in self.loops},
+        }
+
+
+async def run_daemon(config: Config, *, clock: Clock = utcnow) -> int:
+    """`sfd run`: start, serve, stop; return the process's exit status."""
+    daemon = Daemon(config, clock=clock)
+    try:
+        await daemon.start()
+    except StartupError as exc:
+        log.error("startup_failed", reason=str(exc))
+        sys.stderr.write(f"sfd: {exc}\n")
+        await daemon.stop()
+        return 1
+    await daemon.serve()
+    return 0

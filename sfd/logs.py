@@ -1,0 +1,100 @@
+"""Structured logs: JSON lines under systemd, a readable console on a TTY, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from sfd.storage.tokens import TOKEN_PATTERN
+
+REDACTED = "[redacted]"
+
+
+class SecretRedactor:
+    """Replaces every configured secret and every API token wherever it appears in an event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is replaced whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """The text with every secret and token replaced."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return TOKEN_PATTERN.sub(REDACTED, text)
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        if isinstance(value, BaseException):
+            return self.redact(f"{type(value).__name__}: {value}")
+        return value
+
+    def __call__(
+        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        return {key: self._clean(value) for key, value in event.items()}
+
+
+class _RedactingStream:
+    """A last guard on the rendered line: tracebacks are rendered after the processors ran."""
+
+    def __init__(self, stream: TextIO, redactor: SecretRedactor) -> None:
+        self.stream = stream
+        self.redactor = redactor
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self.redactor.redact(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def configure_logging(
+    log_format: str = "auto",
+    level: str = "info",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Set up structlog for the whole process."""
+    out = stream or sys.stdout
+    redactor = SecretRedactor(secrets)
+    console = log_format == "console" or (log_format == "auto" and out.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if console:
+        processors += [redactor, structlog.dev.ConsoleRenderer(colors=out.isatty())]
+    else:
+        processors += [
+            structlog.processors.dict_tracebacks,
+            redactor,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.WriteLoggerFactory(
+            file=_RedactingStream(out, redactor)  # type: ignore[arg-type]
+        ),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> structlog.stdlib.BoundLogger:
+    """A logger bound to `context` (e.g. channel=..., order=...)."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger().bind(**context)
+    return logger

@@ -1,0 +1,159 @@
+"""Stores and channels: their rows follow the config, and each channel keeps its poll state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from sfd.clock import from_iso, to_iso
+from sfd.storage.db import Database
+
+
+class ChannelState(msgspec.Struct, kw_only=True, frozen=True):
+    """A channel as `sfd channels`, `/healthz` and the order page show it."""
+
+    id: int
+    name: str
+    store_id: int
+    connector: str
+    active: bool
+    cursor: datetime | None
+    auth_state: str
+    last_poll_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    next_poll_at: datetime | None
+    orders: int
+    pending_operations: int
+    failed_operations: int
+
+
+def _time(value: str | None) -> datetime | None:
+    return from_iso(value) if value else None
+
+
+class ChannelStore:
+    """Stores and channels."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def sync(
+        self,
+        stores: Sequence[tuple[int, str]],
+        channels: Sequence[tuple[str, int, str]],
+        now: datetime,
+    ) -> None:
+        """Make the stores and channels tables match the config; unlisted channels turn inactive."""
+        stamp = to_iso(now)
+        async with self.db.write() as tx:
+            await tx.executemany(
+                "INSERT INTO stores (id, name, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "updated_at = excluded.updated_at WHERE name != excluded.name",
+                [(store_id, name, stamp, stamp) for store_id, name in stores],
+            )
+            names = [name for name, _, _ in channels]
+            await tx.execute(
+                "UPDATE channels SET active = 0, updated_at = ? WHERE active = 1 "
+                f"AND name NOT IN ({','.join('?' * len(names))})",
+                (stamp, *names),
+            )
+            await tx.executemany(
+                "INSERT INTO channels (name, store_id, connector, active, created_at, updated_at) "
+                "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "store_id = excluded.store_id, connector = excluded.connector, active = 1, "
+                "updated_at = excluded.updated_at WHERE store_id != excluded.store_id "
+                "OR connector != excluded.connector OR active = 0",
+                [(name, store, connector, stamp, stamp) for name, store, connector in channels],
+            )
+
+    async def channel_ids(self) -> dict[str, int]:
+        """Channel name → id."""
+        rows = await self.db.fetchall("SELECT id, name FROM channels")
+        return {row["name"]: row["id"] for row in rows}
+
+    async def store_exists(self, store_id: int) -> bool:
+        """Whether a store with this id is known."""
+        return await self.db.fetchone("SELECT 1 FROM stores WHERE id = ?", (store_id,)) is not None
+
+    async def states(
+        self, *, active_only: bool = True, store_id: int | None = None
+    ) -> list[ChannelState]:
+        """Every channel with its poll state and counts."""
+        where, params = ["1 = 1"], list[object]()
+        if active_only:
+            where.append("h.active = 1")
+        if store_id is not None:
+            where.append("h.store_id = ?")
+            params.append(store_id)
+        rows = await self.db.fetchall(
+            "SELECT c.id, c.cursor, h.* FROM channel_health h JOIN channels c ON c.name = h.name "
+            f"WHERE {' AND '.join(where)} ORDER BY h.name",
+            params,
+        )
+        return [
+            ChannelState(
+                id=row["id"],
+                name=row["name"],
+                store_id=row["store_id"],
+                connector=row["connector"],
+                active=bool(row["active"]),
+                cursor=_time(row["cursor"]),
+                auth_state=row["auth_state"],
+                last_poll_at=_time(row["last_poll_at"]),
+                last_success_at=_time(row["last_success_at"]),
+                last_error=row["last_error"],
+                last_error_at=_time(row["last_error_at"]),
+                next_poll_at=_time(row["next_poll_at"]),
+                orders=row["orders"],
+                pending_operations=row["pending_operations"],
+                failed_operations=row["failed_operations"],
+            )
+            for row in rows
+        ]
+
+    async def cursor(self, channel_id: int) -> datetime | None:
+        """Where the channel's next import starts."""
+        row = await self.db.fetchone("SELECT cursor FROM channels WHERE id = ?", (channel_id,))
+        return _time(row["cursor"]) if row else None
+
+    async def record_poll_started(self, channel_id: int, now: datetime) -> None:
+        """A poll begins."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE channels SET last_poll_at = ?, updated_at = ? WHERE id = ?",
+                (to_iso(now), to_iso(now), channel_id),
+            )
+
+    async def record_poll_succeeded(
+        self, channel_id: int, now: datetime, next_poll_at: datetime
+    ) -> None:
+        """A poll ended well: credentials work, the error is cleared."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE channels SET last_success_at = ?, auth_state = 'ok', last_error = NULL, "
+                "next_poll_at = ?, updated_at = ? WHERE id = ?",
+                (to_iso(now), to_iso(next_poll_at), to_iso(now), channel_id),
+            )
+
+    async def record_poll_failed(
+        self,
+        channel_id: int,
+        now: datetime,
+        error: str,
+        next_poll_at: datetime,
+        *,
+        auth_failed: bool = False,
+    ) -> None:
+        """A poll failed; an auth failure marks the channel `auth_failed`."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE channels SET last_error = ?, last_error_at = ?, next_poll_at = ?, "
+                "auth_state = CASE WHEN ? THEN 'auth_failed' ELSE auth_state END, "
+                "updated_at = ? WHERE id = ?",
+                (error, to_iso(now), to_iso(next_poll_at), auth_failed, to_iso(now), channel_id),
+            )

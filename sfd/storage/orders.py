@@ -1,0 +1,568 @@
+"""Orders: idempotent import of marketplace pages, and the reads the CLI, API and page need."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from sfd.clock import from_iso, to_iso
+from sfd.domain import (
+    Address,
+    EventSource,
+    InvalidTransition,
+    MarketplaceOrder,
+    OrderStatus,
+    check_transition,
+)
+from sfd.storage.db import Database, Writer
+
+OFFER_WINDOW = timedelta(days=7)
+
+_ADDRESS_FIELDS = tuple(Address.__struct_fields__)
+_ORDER_COLUMNS = (
+    "status",
+    "created_at",
+    "marketplace_updated_at",
+    "latest_ship_date",
+    "is_test",
+    "fulfilled_by",
+    "currency",
+    "product_amount",
+    "shipping_amount",
+    "total_amount",
+    "payment_method",
+    "shipping_method",
+    "carrier",
+    "tracking_number",
+    "tracking_link",
+    "additional_fields",
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _money(value: Decimal) -> str:
+    return format(value, "f")
+
+
+@dataclass
+class ImportResult:
+    """What one page did to the stored orders."""
+
+    created: list[tuple[int, str, OrderStatus]] = field(default_factory=list)
+    """(order id, reference, status) of each new order."""
+    changed: list[tuple[int, str, OrderStatus, OrderStatus]] = field(default_factory=list)
+    """(order id, reference, from, to) of each status change."""
+    updated: int = 0
+    unchanged: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(reference, reason) of each update refused by the status rules."""
+
+
+class OrderEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One entry of an order's audit trail."""
+
+    id: int
+    at: datetime
+    source: str
+    kind: str
+    from_status: str | None
+    to_status: str | None
+    message: str
+    operation_id: int | None
+
+
+class StoredItem(msgspec.Struct, kw_only=True, frozen=True):
+    """An order line as stored."""
+
+    id: int
+    reference: str
+    channel_reference: str
+    name: str
+    status: str
+    quantity: int
+    price: Decimal
+    commission: Decimal
+    tax_amount: Decimal
+    ecotax_amount: Decimal
+    image: str
+    additional_fields: dict[str, Any]
+
+
+class StoredOrder(msgspec.Struct, kw_only=True, frozen=True):
+    """An order as sfd holds it."""
+
+    id: int
+    store_id: int
+    channel_id: int
+    channel: str
+    reference: str
+    status: OrderStatus
+    store_reference: str | None
+    acknowledged_at: datetime | None
+    acknowledgment_status: str | None
+    acknowledgment_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    marketplace_updated_at: datetime
+    imported_at: datetime
+    latest_ship_date: datetime | None
+    is_test: bool
+    fulfilled_by: str
+    currency: str
+    product_amount: Decimal
+    shipping_amount: Decimal
+    total_amount: Decimal
+    payment_method: str
+    shipping_method: str
+    carrier: str
+    tracking_number: str
+    tracking_link: str
+    additional_fields: dict[str, Any]
+    billing_address: Address | None = None
+    shipping_address: Address | None = None
+    items: list[StoredItem] = msgspec.field(default_factory=list)
+    events: list[OrderEvent] = msgspec.field(default_factory=list)
+
+
+def _opt_time(value: str | None) -> datetime | None:
+    return from_iso(value) if value else None
+
+
+def _order_from_row(row: Any) -> StoredOrder:
+    return StoredOrder(
+        id=row["id"],
+        store_id=row["store_id"],
+        channel_id=row["channel_id"],
+        channel=row["channel"],
+        reference=row["reference"],
+        status=OrderStatus(row["status"]),
+        store_reference=row["store_reference"],
+        acknowledged_at=_opt_time(row["acknowledged_at"]),
+        acknowledgment_status=row["acknowledgment_status"],
+        acknowledgment_message=row["acknowledgment_message"],
+        created_at=from_iso(row["created_at"]),
+        updated_at=from_iso(row["updated_at"]),
+        marketplace_updated_at=from_iso(row["marketplace_updated_at"]),
+        imported_at=from_iso(row["imported_at"]),
+        latest_ship_date=_opt_time(row["latest_ship_date"]),
+        is_test=bool(row["is_test"]),
+        fulfilled_by=row["fulfilled_by"],
+        currency=row["currency"],
+        product_amount=Decimal(row["product_amount"]),
+        shipping_amount=Decimal(row["shipping_amount"]),
+        total_amount=Decimal(row["total_amount"]),
+        payment_method=row["payment_method"],
+        shipping_method=row["shipping_method"],
+        carrier=row["carrier"],
+        tracking_number=row["tracking_number"],
+        tracking_link=row["tracking_link"],
+        additional_fields=json.loads(row["additional_fields"]),
+    )
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    """Which orders to list. None means "any"."""
+
+    store_id: int | None = None
+    statuses: Sequence[OrderStatus] | None = None
+    channel: str | None = None
+    acknowledged: bool | None = None
+    late_at: datetime | None = None
+    """Only orders whose ship-by date passed before this time, still to ship."""
+    updated_since: datetime | None = None
+    store_fulfilled: bool | None = None
+    """Only orders the merchant ships (True), or only those the marketplace ships (False)."""
+    limit: int = 100
+    offset: int = 0
+
+    @classmethod
+    def to_process(cls, now: datetime, store_id: int | None = None, **more: Any) -> OrderFilter:
+        """The orders to process: accepted, not shipped, unacknowledged, updated in 7 days."""
+        return cls(
+            store_id=store_id,
+            statuses=[OrderStatus.WAITING_SHIPMENT],
+            acknowledged=False,
+            updated_since=now - OFFER_WINDOW,
+            store_fulfilled=True,
+            **more,
+        )
+
+
+_SELECT_ORDER = (
+    "SELECT o.*, c.name AS channel FROM orders o JOIN channels c ON c.id = o.channel_id "
+)
+
+
+class OrderStore:
+    """Orders, their lines, addresses, raw payloads and events."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def import_page(
+        self,
+        channel_id: int,
+        store_id: int,
+        orders: Sequence[MarketplaceOrder],
+        now: datetime,
+        cursor: datetime | None = None,
+    ) -> ImportResult:
+        """Upsert one page in one transaction and move the channel's cursor with it.
+
+        Idempotent: an order seen again with nothing new changes nothing, so the cursor's
+        overlap never duplicates an order or an event.
+        """
+        result = ImportResult()
+        latest: dict[str, MarketplaceOrder] = {}
+        for order in orders:
+            # A page may repeat an order; the newest version wins.
+            known = latest.get(order.reference)
+            if known is None or order.updated_at >= known.updated_at:
+                latest[order.reference] = order
+        async with self.db.write() as tx:
+            existing = await self._existing(tx, channel_id, list(latest))
+            fresh = [o for ref, o in latest.items() if ref not in existing]
+            await self._insert(tx, channel_id, store_id, fresh, now, result)
+            for reference, order in latest.items():
+                if reference in existing:
+                    await self._update(tx, existing[reference], order, now, result)
+            if cursor is not None:
+                await tx.execute(
+                    "UPDATE channels SET cursor = ?, updated_at = ? WHERE id = ?",
+                    (to_iso(cursor), to_iso(now), channel_id),
+                )
+        return result
+
+    @staticmethod
+    async def _existing(tx: Writer, channel_id: int, references: list[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        # SQLite allows 32766 host parameters; pages are far smaller, but chunk to be safe.
+        for start in range(0, len(references), 500):
+            chunk = references[start : start + 500]
+            rows = await tx.fetchall(
+                "SELECT id, reference, status, marketplace_updated_at FROM orders "
+                f"WHERE channel_id = ? AND reference IN ({','.join('?' * len(chunk))})",
+                [channel_id, *chunk],
+            )
+            found.update({row["reference"]: row for row in rows})
+        return found
+
+    @staticmethod
+    def _order_values(order: MarketplaceOrder) -> tuple[Any, ...]:
+        shipment = order.shipment
+        return (
+            order.status.value,
+            to_iso(order.created_at),
+            to_iso(order.updated_at),
+            to_iso(order.latest_ship_date) if order.latest_ship_date else None,
+            int(order.is_test),
+            order.fulfilled_by.value,
+            order.currency,
+            _money(order.product_amount),
+            _money(order.shipping_amount),
+            _money(order.total_amount),
+            order.payment_method,
+            order.shipping_method,
+            shipment.carrier if shipment else "",
+            shipment.tracking_number if shipment else "",
+            shipment.tracking_link if shipment else "",
+            _json(order.additional_fields),
+        )
+
+    async def _insert(
+        self,
+        tx: Writer,
+        channel_id: int,
+        store_id: int,
+        orders: list[MarketplaceOrder],
+        now: datetime,
+        result: ImportResult,
+    ) -> None:
+        if not orders:
+            return
+        stamp = to_iso(now)
+        columns = ", ".join(_ORDER_COLUMNS)
+        marks = ", ".join("?" * len(_ORDER_COLUMNS))
+        await tx.executemany(
+            f"INSERT INTO orders (channel_id, store_id, reference, updated_at, imported_at, "
+            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks})",
+            [
+                (channel_id, store_id, o.reference, stamp, stamp, *self._order_values(o))
+                for o in orders
+            ],
+        )
+        ids = await self._existing(tx, channel_id, [o.reference for o in orders])
+        pairs = [(ids[o.reference]["id"], o) for o in orders]
+        await self._write_details(tx, pairs, now)
+        await tx.executemany(
+            "INSERT INTO order_events (order_id, at, source, kind, to_status, message) "
+            "VALUES (?, ?, 'marketplace', 'imported', ?, '')",
+            [(order_id, stamp, o.status.value) for order_id, o in pairs],
+        )
+        result.created.extend((order_id, o.reference, o.status) for order_id, o in pairs)
+
+    async def _update(
+        self, tx: Writer, row: Any, order: MarketplaceOrder, now: datetime, result: ImportResult
+    ) -> None:
+        stored_at = from_iso(row["marketplace_updated_at"])
+        current = OrderStatus(row["status"])
+        if order.updated_at <= stored_at:
+            result.unchanged += 1
+            return
+        if order.status != current:
+            try:
+                check_transition(order.reference, current, order.status)
+            except InvalidTransition as exc:
+                result.refused.append((order.reference, str(exc)))
+                # Remember this version, so the cursor's overlap does not report it again.
+                await tx.execute(
+                    "UPDATE orders SET marketplace_updated_at = ? WHERE id = ?",
+                    (to_iso(order.updated_at), row["id"]),
+                )
+                await self.add_event(
+                    tx, row["id"], now, EventSource.MARKETPLACE, "update_refused", message=str(exc)
+                )
+                return
+        assignments = ", ".join(f"{c} = ?" for c in _ORDER_COLUMNS)
+        await tx.execute(
+            f"UPDATE orders SET {assignments}, updated_at = ? WHERE id = ?",
+            (*self._order_values(order), to_iso(now), row["id"]),
+        )
+        await self._write_details(tx, [(row["id"], order)], now)
+        if order.status != current:
+            await self.add_event(
+                tx,
+                row["id"],
+                now,
+                EventSource.MARKETPLACE,
+                "status",
+                from_status=current,
+                to_status=order.status,
+            )
+            result.changed.append((row["id"], order.reference, current, order.status))
+        else:
+            result.updated += 1
+
+    @staticmethod
+    async def _write_details(
+        tx: Writer, pairs: list[tuple[int, MarketplaceOrder]], now: datetime
+    ) -> None:
+        stamp = to_iso(now)
+        item_rows = []
+        for order_id, order in pairs:
+            for position, item in enumerate(order.items):
+                item_rows.append(
+                    (
+                        order_id,
+                        position,
+                        item.reference,
+                        item.channel_reference,
+                        item.name,
+                        item.status,
+                        item.quantity,
+                        _money(item.price),
+                        _money(item.commission),
+                        _money(item.tax_amount),
+                        _money(item.ecotax_amount),
+                        item.image,
+                        _json(item.additional_fields),
+                    )
+                )
+        await tx.executemany(
+            "INSERT INTO order_items (order_id, position, reference, channel_reference, name, "
+            "status, quantity, price, commission, tax_amount, ecotax_amount, image, "
+            "additional_fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (order_id, position) DO UPDATE SET reference = excluded.reference, "
+            "channel_reference = excluded.channel_reference, name = excluded.name, "
+            "status = excluded.status, quantity = excluded.quantity, price = excluded.price, "
+            "commission = excluded.commission, tax_amount = excluded.tax_amount, "
+            "ecotax_amount = excluded.ecotax_amount, image = excluded.image, "
+            "additional_fields = excluded.additional_fields",
+            item_rows,
+        )
+        await tx.executemany(
+            "DELETE FROM order_items WHERE order_id = ? AND position >= ?",
+            [(order_id, len(order.items)) for order_id, order in pairs],
+        )
+        columns = ", ".join(_ADDRESS_FIELDS)
+        marks = ", ".join("?" * len(_ADDRESS_FIELDS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _ADDRESS_FIELDS)
+        await tx.executemany(
+            f"INSERT INTO order_addresses (order_id, kind, {columns}) VALUES (?, ?, {marks}) "
+            f"ON CONFLICT (order_id, kind) DO UPDATE SET {updates}",
+            [
+                (order_id, kind, *(getattr(address, f) for f in _ADDRESS_FIELDS))
+                for order_id, order in pairs
+                for kind, address in (
+                    ("billing", order.billing_address),
+                    ("shipping", order.shipping_address),
+                )
+            ],
+        )
+        await tx.executemany(
+            "INSERT INTO order_payloads (order_id, payload, received_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (order_id) DO UPDATE SET payload = excluded.payload, "
+            "received_at = excluded.received_at",
+            [(order_id, order.raw.decode("utf-8", "replace"), stamp) for order_id, order in pairs],
+        )
+
+    @staticmethod
+    async def add_event(
+        tx: Writer,
+        order_id: int,
+        now: datetime,
+        source: EventSource,
+        kind: str,
+        *,
+        from_status: OrderStatus | None = None,
+        to_status: OrderStatus | None = None,
+        message: str = "",
+        operation_id: int | None = None,
+    ) -> int:
+        """Record one entry of an order's audit trail, inside the caller's transaction."""
+        return await tx.insert(
+            "INSERT INTO order_events (order_id, at, source, kind, from_status, to_status, "
+            "message, operation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                order_id,
+                to_iso(now),
+                source.value,
+                kind,
+                from_status.value if from_status else None,
+                to_status.value if to_status else None,
+                message,
+                operation_id,
+            ),
+        )
+
+    async def get(
+        self, order_id: int, *, store_id: int | None = None, details: bool = True
+    ) -> StoredOrder | None:
+        """One order with its lines, addresses and events; None if absent or in another store."""
+        async with self.db.read() as reader:
+            row = await reader.fetchone(
+                _SELECT_ORDER + "WHERE o.id = ? AND (? IS NULL OR o.store_id = ?)",
+                (order_id, store_id, store_id),
+            )
+            if row is None:
+                return None
+            order = _order_from_row(row)
+            if not details:
+                return order
+            items = await reader.fetchall(
+                "SELECT * FROM order_items WHERE order_id = ? ORDER BY position", (order_id,)
+            )
+            addresses = {
+                r["kind"]: Address(**{f: r[f] for f in _ADDRESS_FIELDS})
+                for r in await reader.fetchall(
+                    "SELECT * FROM order_addresses WHERE order_id = ?", (order_id,)
+                )
+            }
+            events = await reader.fetchall(
+                "SELECT * FROM order_events WHERE order_id = ? ORDER BY id", (order_id,)
+            )
+        return msgspec.structs.replace(
+            order,
+            billing_address=addresses.get("billing"),
+            shipping_address=addresses.get("shipping"),
+            items=[
+                StoredItem(
+                    id=r["id"],
+                    reference=r["reference"],
+                    channel_reference=r["channel_reference"],
+                    name=r["name"],
+                    status=r["status"],
+                    quantity=r["quantity"],
+                    price=Decimal(r["price"]),
+                    commission=Decimal(r["commission"]),
+                    tax_amount=Decimal(r["tax_amount"]),
+                    ecotax_amount=Decimal(r["ecotax_amount"]),
+                    image=r["image"],
+                    additional_fields=json.loads(r["additional_fields"]),
+                )
+                for r in items
+            ],
+            events=[
+                OrderEvent(
+                    id=r["id"],
+                    at=from_iso(r["at"]),
+                    source=r["source"],
+                    kind=r["kind"],
+                    from_status=r["from_status"],
+                    to_status=r["to_status"],
+                    message=r["message"],
+                    operation_id=r["operation_id"],
+                )
+                for r in events
+            ],
+        )
+
+    async def find(self, query: OrderFilter) -> list[StoredOrder]:
+        """Orders matching a filter, oldest ship-by date first, then by id."""
+        where, params = self._where(query)
+        rows = await self.db.fetchall(
+            _SELECT_ORDER + f"WHERE {where} "
+            "ORDER BY o.latest_ship_date IS NULL, o.latest_ship_date, o.id LIMIT ? OFFSET ?",
+            [*params, query.limit, query.offset],
+        )
+        return [_order_from_row(row) for row in rows]
+
+    async def count(self, query: OrderFilter) -> int:
+        """How many orders match a filter."""
+        where, params = self._where(query)
+        row = await self.db.fetchone(
+            f"SELECT count(*) FROM orders o JOIN channels c ON c.id = o.channel_id WHERE {where}",
+            params,
+        )
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _where(query: OrderFilter) -> tuple[str, list[Any]]:
+        clauses, params = ["1 = 1"], list[Any]()
+        if query.store_id is not None:
+            clauses.append("o.store_id = ?")
+            params.append(query.store_id)
+        if query.statuses:
+            clauses.append(f"o.status IN ({','.join('?' * len(query.statuses))})")
+            params.extend(s.value for s in query.statuses)
+        if query.channel is not None:
+            clauses.append("c.name = ?")
+            params.append(query.channel)
+        if query.acknowledged is not None:
+            clauses.append(
+                "o.acknowledged_at IS NOT NULL"
+                if query.acknowledged
+                else "o.acknowledged_at IS NULL"
+            )
+        if query.late_at is not None:
+            clauses.append(
+                "o.status IN ('waiting_shipment', 'partially_shipped') "
+                "AND o.fulfilled_by = 'store' AND o.latest_ship_date < ?"
+            )
+            params.append(to_iso(query.late_at))
+        if query.store_fulfilled is not None:
+            clauses.append("o.fulfilled_by = ?")
+            params.append("store" if query.store_fulfilled else "channel")
+        if query.updated_since is not None:
+            clauses.append("o.updated_at >= ?")
+            params.append(to_iso(query.updated_since))
+        return " AND ".join(clauses), params
+
+    async def counts_by_status(self, channel_id: int | None = None) -> dict[str, int]:
+        """How many orders sit in each status, for one channel or all."""
+        rows = await self.db.fetchall(
+            "SELECT status, count(*) AS n FROM orders WHERE (? IS NULL OR channel_id = ?) "
+            "GROUP BY status",
+            (channel_id, channel_id),
+        )
+        return {row["status"]: row["n"] for row in rows}

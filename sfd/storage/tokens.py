@@ -1,0 +1,123 @@
+"""API tokens: only their SHA-256 is stored; the token itself is shown once, at creation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+from datetime import datetime
+
+import msgspec
+
+from sfd.clock import from_iso, to_iso
+from sfd.storage.db import Database, StorageError
+
+TOKEN_PREFIX = "sfd_"
+#: What a token looks like, so logs can redact one wherever it appears.
+TOKEN_PATTERN = re.compile(TOKEN_PREFIX + r"[A-Za-z0-9_-]{43}")
+_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+class TokenError(StorageError):
+    """A token cannot be created or revoked; the message says why."""
+
+
+class TokenInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """A token as listed: never the token itself."""
+
+    id: int
+    name: str
+    store_id: int
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenIdentity(msgspec.Struct, kw_only=True, frozen=True):
+    """Who a valid token speaks for."""
+
+    id: int
+    name: str
+    store_id: int
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token. Tokens carry 256 random bits, so a plain hash suffices."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokenStore:
+    """Create, list, revoke and verify API tokens."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, store_id: int, name: str | None, now: datetime) -> tuple[str, str]:
+        """Make a token for a store; return (name, token). The token is never stored."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        name = name or f"token-{secrets.token_hex(4)}"
+        if not _NAME.fullmatch(name):
+            raise TokenError(
+                f"token name {name!r}: expected 1-64 letters, digits, '.', '_', '@' or '-'"
+            )
+        async with self.db.write() as tx:
+            if await tx.fetchone("SELECT 1 FROM stores WHERE id = ?", (store_id,)) is None:
+                raise TokenError(
+                    f"no store with id {store_id}; stores come from [[stores]] "
+                    "in the config, and `sfd run` or `sfd db migrate` records them"
+                )
+            try:
+                await tx.insert(
+                    "INSERT INTO api_tokens (name, store_id, token_hash, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (name, store_id, hash_token(token), to_iso(now)),
+                )
+            except sqlite3.IntegrityError:
+                raise TokenError(
+                    f"a token named {name!r} already exists; revoke it first or choose another name"
+                ) from None
+        return name, token
+
+    async def all(self, *, include_revoked: bool = False) -> list[TokenInfo]:
+        """Every token, newest last."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM api_tokens WHERE ? OR revoked_at IS NULL ORDER BY id",
+            (include_revoked,),
+        )
+        return [
+            TokenInfo(
+                id=r["id"],
+                name=r["name"],
+                store_id=r["store_id"],
+                created_at=from_iso(r["created_at"]),
+                last_used_at=from_iso(r["last_used_at"]) if r["last_used_at"] else None,
+                revoked_at=from_iso(r["revoked_at"]) if r["revoked_at"] else None,
+            )
+            for r in rows
+        ]
+
+    async def revoke(self, name: str, now: datetime) -> None:
+        """Revoke the active token with this name; it stops working at once."""
+        async with self.db.write() as tx:
+            changed = await tx.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (to_iso(now), name),
+            )
+        if not changed:
+            raise TokenError(f"no active token named {name!r}")
+
+    async def verify(self, token: str, *, name: str | None = None) -> TokenIdentity | None:
+        """Who the token speaks for, or None. The hash comparison takes constant time."""
+        digest = hash_token(token)
+        row = await self.db.fetchone(
+            "SELECT id, name, store_id, token_hash FROM api_tokens "
+            "WHERE token_hash = ? AND revoked_at IS NULL",
+            (digest,),
+        )
+        if row is None or not hmac.compare_digest(row["token_hash"], digest):
+            return None
+        if name is not None and not hmac.compare_digest(row["name"], name):
+            return None
+        return TokenIdentity(id=row["id"], name=row["name"], store_id=row["store_id"])

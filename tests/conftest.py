@@ -1,0 +1,41 @@
+"""Shared fixtures: a real SQLite file, and real `sfd` processes cleaned up after each test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sfd.storage import Storage
+from tests.support import SfdProcess, start_sfd
+
+NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    """A migrated database with stores 1 and 2 and channels `decathlon` (1) and `ebay-de` (2)."""
+    store = await Storage.open(tmp_path / "sfd.db")
+    await store.channels.sync([(1, "Shop one"), (2, "Shop two")],
+                              [("decathlon", 1, "mirakl"), ("ebay-de", 2, "ebay")], NOW)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def sfd_processes() -> Iterator[Callable[..., SfdProcess]]:
+    """Start real `sfd run` processes; any left running are killed afterwards."""
+    started: list[SfdProcess] = []
+
+    def start(config: Path, directory: Path, **kwargs: object) -> SfdProcess:
+        process = start_sfd(config, directory, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.kill()
+        process.notify.close()

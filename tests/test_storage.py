@@ -1,0 +1,245 @@
+"""The SQLite store: WAL, migrations, idempotent import, events, tokens, views and the run lock."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from sfd.clock import to_iso, utcnow
+from sfd.domain import OrderStatus
+from sfd.storage import OrderFilter, Storage, StorageError
+from sfd.storage.db import Database, DatabaseLocked, load_migrations
+from sfd.storage.tokens import TokenError
+from tests.conftest import NOW
+from tests.factories import make_order
+
+S = OrderStatus
+
+
+async def channel_id(storage: Storage, name: str = "decathlon") -> int:
+    return (await storage.channels.channel_ids())[name]
+
+
+async def test_the_file_runs_in_wal_mode_with_foreign_keys(storage: Storage) -> None:
+    assert (await storage.db.fetchone("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    assert (await storage.db.fetchone("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
+    assert (await storage.db.fetchone("PRAGMA busy_timeout"))[0] > 0  # type: ignore[index]
+    with pytest.raises(sqlite3.IntegrityError):
+        async with storage.db.write() as tx:
+            await tx.execute(
+                "INSERT INTO order_events (order_id, at, source, kind) VALUES (999, 'x', 'api', 'k')"
+            )
+
+
+async def test_migrations_are_numbered_and_applied_once(tmp_path: Path) -> None:
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    db = await Database.open(tmp_path / "a.db")
+    assert await db.schema_version() == len(migrations)
+    assert await db.migrate() == []
+    rows = await db.fetchall("SELECT version, name FROM schema_migrations ORDER BY version")
+    assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in migrations]
+    await db.close()
+
+
+async def test_a_page_is_imported_with_items_addresses_payload_and_an_event(
+    storage: Storage,
+) -> None:
+    cid = await channel_id(storage)
+    order = make_order("DEC-1", lines=3, relay_id="PUDO-908645")
+    result = await storage.orders.import_page(cid, 1, [order], NOW, cursor=NOW)
+    assert [(ref, status) for _, ref, status in result.created] == [("DEC-1", S.WAITING_SHIPMENT)]
+    stored = await storage.orders.get(result.created[0][0])
+    assert stored is not None
+    assert stored.channel == "decathlon"
+    assert stored.total_amount == order.total_amount
+    assert stored.product_amount == Decimal("133.94")  # 20.99 + 2 x 21.99 + 3 x 22.99
+    assert [i.reference for i in stored.items] == ["SKU-0001", "SKU-0002", "SKU-0003"]
+    assert stored.items[0].price == Decimal("20.99")
+    assert stored.shipping_address is not None
+    assert stored.shipping_address.relay_id == "PUDO-908645"
+    assert [(e.source, e.kind, e.to_status) for e in stored.events] == [
+        ("marketplace", "imported", "waiting_shipment")
+    ]
+    assert await storage.channels.cursor(cid) == NOW
+    payload = await storage.db.fetchone("SELECT payload FROM order_payloads")
+    assert payload is not None and '"order_id": "DEC-1"' in payload[0]
+
+
+async def test_importing_the_same_page_twice_changes_nothing(storage: Storage) -> None:
+    cid = await channel_id(storage)
+    page = [make_order(f"DEC-{n}") for n in range(50)]
+    await storage.orders.import_page(cid, 1, page, NOW)
+    again = await storage.orders.import_page(cid, 1, page, NOW + timedelta(minutes=5))
+    assert (again.created, again.changed, again.unchanged) == ([], [], 50)
+    counts = await storage.db.fetchone(
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM order_events), "
+        "(SELECT count(*) FROM order_items)"
+    )
+    assert tuple(counts) == (50, 50, 100)  # type: ignore[arg-type]
+
+
+async def test_a_marketplace_change_becomes_an_event_and_older_versions_are_ignored(
+    storage: Storage,
+) -> None:
+    cid = await channel_id(storage)
+    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)],
+                                     NOW)
+    later = NOW + timedelta(minutes=10)
+    result = await storage.orders.import_page(
+        cid, 1, [make_order("DEC-1", S.CANCELLED, updated_at=later, lines=1)], later
+    )
+    assert [(r, a, b) for _, r, a, b in result.changed] == [
+        ("DEC-1", S.WAITING_STORE_ACCEPTANCE, S.CANCELLED)
+    ]
+    stale = await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT)],
+                                             later)
+    assert stale.unchanged == 1
+    order = (await storage.orders.find(OrderFilter(channel="decathlon")))[0]
+    full = await storage.orders.get(order.id)
+    assert full is not None
+    assert full.status == S.CANCELLED
+    assert len(full.items) == 1
+    assert [(e.kind, e.from_status, e.to_status) for e in full.events][-1] == (
+        "status", "waiting_store_acceptance", "cancelled"
+    )
+
+
+async def test_an_update_against_the_rules_is_refused_and_recorded(storage: Storage) -> None:
+    cid = await channel_id(storage)
+    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.CANCELLED)], NOW)
+    later = NOW + timedelta(minutes=1)
+    result = await storage.orders.import_page(
+        cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT, updated_at=later)], later
+    )
+    assert result.refused == [
+        ("DEC-1", "order DEC-1: cannot go from cancelled to waiting_shipment")
+    ]
+    order = await storage.orders.get((await storage.orders.find(OrderFilter()))[0].id)
+    assert order is not None and order.status == S.CANCELLED
+    assert order.events[-1].kind == "update_refused"
+    # The cursor's overlap brings the same version again: it is not reported twice.
+    again = await storage.orders.import_page(
+        cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT, updated_at=later)], later
+    )
+    assert again.refused == [] and again.unchanged == 1
+
+
+async def test_orders_to_process_follow_the_circuit_rules(storage: Storage) -> None:
+    cid = await channel_id(storage)
+    old = NOW - timedelta(days=8)
+    await storage.orders.import_page(cid, 1, [
+        make_order("WAIT"), make_order("ACK"), make_order("SHIPPED", S.SHIPPED),
+        make_order("ACCEPT", S.WAITING_STORE_ACCEPTANCE),
+    ], NOW)
+    await storage.orders.import_page(cid, 1, [make_order("OLD")], old)
+    async with storage.db.write() as tx:
+        await tx.execute("UPDATE orders SET acknowledged_at = ? WHERE reference = 'ACK'",
+                         (NOW.isoformat(),))
+    offered = await storage.orders.find(OrderFilter.to_process(NOW, store_id=1))
+    assert [o.reference for o in offered] == ["WAIT"]
+    assert await storage.orders.count(OrderFilter.to_process(NOW, store_id=2)) == 0
+
+
+async def test_late_orders_are_those_past_their_ship_by_date(storage: Storage) -> None:
+    cid = await channel_id(storage)
+    await storage.orders.import_page(cid, 1, [
+        make_order("LATE", ship_by=NOW - timedelta(hours=1)),
+        make_order("ONTIME", ship_by=NOW + timedelta(hours=1)),
+        make_order("SHIPPED-LATE", S.SHIPPED, ship_by=NOW - timedelta(hours=1)),
+    ], NOW)
+    late = await storage.orders.find(OrderFilter(late_at=NOW))
+    assert [o.reference for o in late] == ["LATE"]
+
+
+async def test_the_views_answer_a_person_with_sqlite3(storage: Storage) -> None:
+    # The views read SQLite's own clock, so this test writes orders around the real now.
+    now = utcnow()
+    cid = await channel_id(storage)
+    await storage.orders.import_page(cid, 1, [
+        make_order("LATE", updated_at=now, ship_by=now - timedelta(days=1)),
+        make_order("FRESH", updated_at=now, ship_by=now + timedelta(days=1)),
+        make_order("STALE", updated_at=now - timedelta(days=8), ship_by=now + timedelta(days=1)),
+    ], now)
+    async with storage.db.write() as tx:
+        await tx.execute("UPDATE orders SET updated_at = ? WHERE reference = 'STALE'",
+                         (to_iso(now - timedelta(days=8)),))
+    late = await storage.db.fetchall("SELECT channel, reference FROM late_orders")
+    assert [(r[0], r[1]) for r in late] == [("decathlon", "LATE")]
+    to_process = await storage.db.fetchall("SELECT reference FROM orders_to_process ORDER BY 1")
+    assert [r[0] for r in to_process] == ["FRESH", "LATE"]
+    health = await storage.db.fetchall("SELECT name, orders FROM channel_health ORDER BY name")
+    assert [(r[0], r[1]) for r in health] == [("decathlon", 3), ("ebay-de", 0)]
+    assert await storage.db.fetchall("SELECT * FROM pending_operations") == []
+
+
+async def test_tokens_are_stored_hashed_and_stop_working_when_revoked(storage: Storage) -> None:
+    name, token = await storage.tokens.create(1, "prestashop", NOW)
+    assert token.startswith("sfd_") and len(token) == 47
+    rows = await storage.db.fetchall("SELECT * FROM api_tokens")
+    dump = repr([tuple(r) for r in rows])
+    assert token not in dump
+    assert hashlib.sha256(token.encode()).hexdigest() in dump
+    identity = await storage.tokens.verify(token)
+    assert identity is not None and (identity.name, identity.store_id) == ("prestashop", 1)
+    assert await storage.tokens.verify(token + "x") is None
+    assert await storage.tokens.verify(token, name="other") is None
+    await storage.tokens.revoke(name, NOW)
+    assert await storage.tokens.verify(token) is None
+    with pytest.raises(TokenError, match="no active token named 'prestashop'"):
+        await storage.tokens.revoke(name, NOW)
+
+
+async def test_a_token_needs_a_known_store_and_a_free_name(storage: Storage) -> None:
+    with pytest.raises(TokenError, match="no store with id 9"):
+        await storage.tokens.create(9, "x", NOW)
+    await storage.tokens.create(1, "shop", NOW)
+    with pytest.raises(TokenError, match="a token named 'shop' already exists"):
+        await storage.tokens.create(2, "shop", NOW)
+
+
+async def test_a_second_runner_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    first = await Database.open(tmp_path / "sfd.db")
+    first.claim_runner()
+    second = await Database.open(tmp_path / "sfd.db")
+    with pytest.raises(DatabaseLocked, match="already used by a running sfd"):
+        second.claim_runner()
+    await second.close()
+    await first.close()
+    third = await Database.open(tmp_path / "sfd.db")
+    third.claim_runner()
+    await third.close()
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "sfd.db"
+    content = b"these are my accounts, not a database\n" * 100
+    path.write_bytes(content)
+    with pytest.raises(StorageError, match="is not an SQLite file; it was left as is"):
+        await Database.open(path)
+    assert path.read_bytes() == content
+    assert not (tmp_path / "sfd.db-wal").exists()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sfd.db"
+    db = await Database.open(path)
+    await db.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA user_version = 999")
+    with pytest.raises(StorageError, match="schema version 999, newer than this sfd knows"):
+        await Database.open(path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 999
+
+
+@pytest.mark.parametrize("path", ["/proc/sfd.db", "/proc/sfd/sfd.db"])
+async def test_a_database_that_cannot_be_written_is_refused(path: str) -> None:
+    # /proc refuses new files even to root, so this holds on any machine.
+    with pytest.raises(StorageError, match=r"^database .*(cannot be|is not writable)"):
+        await Database.open(path)
