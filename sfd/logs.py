@@ -95,6 +95,6 @@ def configure_logging(
 
 
 def get_logger(**context: Any) -> structlog.stdlib.BoundLogger:
-    """A logger bound to `context` (e.g. channel=..., order=...)."""
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger().bind(**context)
+    """A logger bound to `context` (e.g. channel=..., order=...), configured when first used."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(**context)
     return logger

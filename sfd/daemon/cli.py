@@ -107,6 +107,11 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(_encoder.encode(value).decode() + "\n")
 
 
+def _console() -> Console:
+    # Piped into grep or a file, a table keeps one row per line instead of wrapping at 80.
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
@@ -141,7 +146,7 @@ async def _token(args: argparse.Namespace, storage: Storage) -> int:
                 _when(t.last_used_at),
                 _when(t.revoked_at),
             )
-        Console().print(table)
+        _console().print(table)
     return EXIT_OK
 
 
@@ -171,7 +176,7 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
             str(c.orders),
             str(c.pending_operations),
         )
-    Console().print(table)
+    _console().print(table)
     return EXIT_OK
 
 
@@ -201,7 +206,7 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         if args.json:
             _print_json(order)
             return EXIT_OK
-        console = Console()
+        console = _console()
         console.print(_order_rows([order]))
         items = Table("sku", "name", "qty", "price")
         for item in order.items:
@@ -228,7 +233,7 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
     if args.json:
         _print_json(orders)
     else:
-        Console().print(_order_rows(orders))
+        _console().print(_order_rows(orders))
     return EXIT_OK
 
 

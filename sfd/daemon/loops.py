@@ -112,6 +112,7 @@ class Poller(Loop):
         clock: Clock,
         *,
         unavailable_reason: str = "",
+        redact: Callable[[str], str] = str,
     ) -> None:
         super().__init__(f"poller:{channel.name}", channel.poll_interval, clock)
         self.channel = channel
@@ -119,6 +120,7 @@ class Poller(Loop):
         self.storage = storage
         self.connector = connector
         self.unavailable_reason = unavailable_reason
+        self.redact = redact
         self.failures = 0
         self.log = get_logger(channel=channel.name)
         minimum = connector.min_poll_interval if connector else None
@@ -221,7 +223,8 @@ class Poller(Loop):
     async def _failed(
         self, state: str, exc: Exception, delay: float, *, auth: bool = False
     ) -> float:
-        reason = f"{type(exc).__name__}: {exc}"
+        # The reason is stored and shown: it must not carry a secret, whatever the connector said.
+        reason = self.redact(f"{type(exc).__name__}: {exc}")
         self.failures += 1
         self._fail(state, reason)
         now = self.clock()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +23,7 @@ from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
 from sfd.daemon.http import build_app
 from sfd.daemon.loops import Loop, Poller, deadline_watch, operations_worker
 from sfd.daemon.notify import SystemdNotifier
-from sfd.logs import get_logger
+from sfd.logs import SecretRedactor, get_logger
 from sfd.storage import OrderFilter, Storage, StorageError
 from sfd.storage.db import DatabaseLocked
 
@@ -85,6 +88,7 @@ class Daemon:
 
     async def _build_loops(self, storage: Storage) -> None:
         ids = await storage.channels.channel_ids()
+        redactor = SecretRedactor(self.config.secrets)
         for channel in self.config.channels:
             connector: MarketplaceConnector | None = None
             reason = ""
@@ -104,6 +108,7 @@ class Daemon:
                     connector,
                     self.clock,
                     unavailable_reason=reason,
+                    redact=redactor.redact,
                 )
             )
         self.loops.append(operations_worker(storage, self.clock))
@@ -123,37 +128,37 @@ class Daemon:
             self._runner = None
             why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise StartupError(f"cannot listen on {host}:{port}: {why}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        bound = self._runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
 
     async def serve(self) -> None:
         """Run every loop until a stop is asked for, then stop within the deadline."""
         assert self.storage is not None
-        try:
-            async with anyio.create_task_group() as tg:
-                for loop in self.loops:
-                    tg.start_soon(loop.run, name=loop.name)
-                tg.start_soon(self._report, name="systemd")
-                if self.handle_signals:
-                    tg.start_soon(self._signals, name="signals")
-                self._summary = await self._status_line()
-                self.notifier.ready(self._summary)
-                self.ready.set()
-                log.info(
-                    "daemon_ready",
-                    version=__version__,
-                    url=self.url,
-                    database=str(self.config.database),
-                    channels=len(self.config.channels),
-                    pid=os.getpid(),
-                )
-                await self.stop_requested.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            await self.stop()
+        with self._signal_handlers():
+            try:
+                await self._serve()
+            finally:
+                await self.stop()
+
+    async def _serve(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for loop in self.loops:
+                tg.start_soon(loop.run, name=loop.name)
+            tg.start_soon(self._report, name="systemd")
+            self._summary = await self._status_line()
+            log.info(
+                "daemon_ready",
+                version=__version__,
+                url=self.url,
+                database=str(self.config.database),
+                channels=len(self.config.channels),
+                pid=os.getpid(),
+            )
+            self.notifier.ready(self._summary)
+            self.ready.set()
+            await self.stop_requested.wait()
+            tg.cancel_scope.cancel()
 
     async def stop(self) -> None:
         """Release everything; every step is shielded and bounded in time."""
@@ -179,16 +184,29 @@ class Daemon:
 
     # -- inside the task group ------------------------------------------------------------
 
-    async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if self.stop_requested.is_set() and signum == signal.SIGINT:
-                    # A second Ctrl-C means "now": the shielded writes are SQLite
-                    # transactions, which a hard exit cannot leave half-written.
-                    sys.stderr.write("sfd: second interrupt, exiting at once\n")
-                    os._exit(130)
-                log.info("signal_received", signal=signal.Signals(signum).name)
-                self.request_stop()
+    def _on_signal(self, signum: int) -> None:
+        if self.stop_requested.is_set() and signum == signal.SIGINT:
+            # A second Ctrl-C means "now". Every write is one SQLite transaction, which a
+            # hard exit cannot leave half-written.
+            sys.stderr.write("sfd: second interrupt, exiting at once\n")
+            os._exit(130)
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        self.request_stop()
+
+    @contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        """Handle SIGTERM and SIGINT for the daemon's whole life, its stop included."""
+        if not self.handle_signals:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
 
     async def _report(self) -> None:
         """Tell systemd how we are: STATUS= now and then, WATCHDOG=1 while all loops progress."""

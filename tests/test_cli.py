@@ -1,0 +1,106 @@
+"""The `sfd` command line, run as a real process, also while the daemon runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from sfd.clock import utcnow
+from sfd.storage import Storage
+from tests.factories import make_order
+from tests.support import SfdProcess, run_cli, write_config
+
+CHANNELS = """
+[[channels]]
+name = "decathlon"
+store = 1
+connector = "mirakl"
+poll_interval = "1h"
+[channels.settings]
+base_url = "http://127.0.0.1:9"
+api_key = "env:DECA_KEY"
+"""
+ENV = {"DECA_KEY": "deca-secret-7781"}
+
+
+async def seed(config: Path, tmp_path: Path) -> None:
+    """Orders written through the storage layer, as an import would."""
+    run_cli(config, "db", "migrate", env=ENV)
+    storage = await Storage.open(tmp_path / "sfd.db")
+    now = utcnow()
+    cid = (await storage.channels.channel_ids())["decathlon"]
+    await storage.orders.import_page(cid, 1, [
+        make_order("DEC-LATE", updated_at=now, ship_by=now - timedelta(hours=2)),
+        make_order("DEC-OK", updated_at=now, ship_by=now + timedelta(days=2)),
+    ], now)
+    await storage.close()
+
+
+def test_token_create_prints_only_the_token(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = run_cli(config, "token", "create", "--store", "1", "--name", "prestashop")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout
+    assert token.startswith("sfd_") and token.endswith("\n") and token.count("\n") == 1
+    listed = run_cli(config, "token", "list")
+    assert "prestashop" in listed.stdout
+    assert token.strip() not in listed.stdout + listed.stderr
+
+
+def test_token_revoke_and_its_errors(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    run_cli(config, "token", "create", "--store", "2", "--name", "old")
+    revoked = run_cli(config, "token", "revoke", "old")
+    assert revoked.returncode == 0
+    assert revoked.stderr == "sfd: token 'old' revoked\n"
+    again = run_cli(config, "token", "revoke", "old")
+    assert (again.returncode, again.stderr) == (1, "sfd: no active token named 'old'\n")
+    unknown_store = run_cli(config, "token", "create", "--store", "5")
+    assert unknown_store.returncode == 1
+    assert unknown_store.stderr.startswith("sfd: no store with id 5")
+    assert json.loads(run_cli(config, "token", "list", "--json").stdout) == []
+
+
+async def test_orders_list_and_show(tmp_path: Path) -> None:
+    config = write_config(tmp_path, CHANNELS)
+    await seed(config, tmp_path)
+    listed = json.loads(run_cli(config, "orders", "list", "--json", env=ENV).stdout)
+    assert [o["reference"] for o in listed] == ["DEC-LATE", "DEC-OK"]
+    assert listed[0]["total_amount"] == 69.87  # 20.99 + 2 x 21.99 + 4.90 shipping
+    late = json.loads(run_cli(config, "orders", "list", "--late", "--json", env=ENV).stdout)
+    assert [o["reference"] for o in late] == ["DEC-LATE"]
+    table = run_cli(config, "orders", "list", "--unacknowledged", "--channel", "decathlon",
+                    env=ENV)
+    assert "DEC-OK" in table.stdout and "waiting_shipment" in table.stdout
+    shown = json.loads(run_cli(config, "orders", "show", str(listed[0]["id"]), "--json",
+                               env=ENV).stdout)
+    assert [(e["source"], e["kind"]) for e in shown["events"]] == [("marketplace", "imported")]
+    assert shown["shipping_address"]["city"] == "Lyon"
+    text = run_cli(config, "orders", "show", str(listed[0]["id"]), env=ENV).stdout
+    assert "imported" in text and "SKU-0001" in text
+    missing = run_cli(config, "orders", "show", "999", env=ENV)
+    assert (missing.returncode, missing.stderr) == (1, "sfd: no order with id 999\n")
+    bad = run_cli(config, "orders", "list", "--status", "lost", env=ENV)
+    assert bad.returncode == 2 and "invalid choice: 'lost'" in bad.stderr
+
+
+async def test_commands_work_while_the_daemon_runs(
+    tmp_path: Path, sfd_processes: Callable[..., SfdProcess]
+) -> None:
+    config = write_config(tmp_path, CHANNELS)
+    await seed(config, tmp_path)
+    sfd = sfd_processes(config, tmp_path, env=ENV)
+    sfd.wait_ready()
+    created = run_cli(config, "token", "create", "--store", "1", env=ENV)
+    assert created.returncode == 0
+    channels = json.loads(run_cli(config, "channels", "--json", env=ENV).stdout)
+    assert [(c["name"], c["connector"], c["orders"]) for c in channels] == [
+        ("decathlon", "mirakl", 2)
+    ]
+    table = run_cli(config, "channels", env=ENV).stdout
+    assert "decathlon" in table and "mirakl" in table
+    orders = json.loads(run_cli(config, "orders", "list", "--json", env=ENV).stdout)
+    assert len(orders) == 2
+    assert sfd.terminate() == 0
