@@ -18,8 +18,11 @@ NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
     """A migrated database with stores 1 and 2 and channels `decathlon` (1) and `ebay-de` (2)."""
     store = await Storage.open(tmp_path / "sfd.db")
-    await store.channels.sync([(1, "Shop one"), (2, "Shop two")],
-                              [("decathlon", 1, "mirakl"), ("ebay-de", 2, "ebay")], NOW)
+    await store.channels.sync(
+        [(1, "Shop one"), (2, "Shop two")],
+        [("decathlon", 1, "mirakl"), ("ebay-de", 2, "ebay")],
+        NOW,
+    )
     yield store
     await store.close()
 

@@ -17,8 +17,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_config(directory: Path, body: str = "", *, listen: str = "127.0.0.1:0",
-                 database: str = "sfd.db", stores: str | None = None) -> Path:
+def write_config(
+    directory: Path,
+    body: str = "",
+    *,
+    listen: str = "127.0.0.1:0",
+    database: str = "sfd.db",
+    stores: str | None = None,
+) -> Path:
     """A config file in `directory`: one store by default, plus `body`."""
     if stores is None:
         stores = '[[stores]]\nid = 1\nname = "Shop one"\n\n[[stores]]\nid = 2\nname = "Shop two"\n'
@@ -36,12 +42,19 @@ def sfd_command(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "sfd", "--config", str(config), *args]
 
 
-def run_cli(config: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """Run one `sfd` command to completion."""
-    return subprocess.run(sfd_command(config, *args), capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT,
-                          check=False)
+    return subprocess.run(
+        sfd_command(config, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        check=False,
+    )
 
 
 @dataclass
@@ -77,8 +90,9 @@ class SfdProcess:
                     f"log:\n{self.log_text()}"
                 )
             self._drain(0.1)
-        raise AssertionError(f"no {line!r} within {timeout}s; got {self.notifications}; "
-                             f"log:\n{self.log_text()}")
+        raise AssertionError(
+            f"no {line!r} within {timeout}s; got {self.notifications}; log:\n{self.log_text()}"
+        )
 
     def wait_ready(self, timeout: float = 15) -> None:
         """Wait for READY=1 and learn the URL the daemon listens on."""
@@ -129,8 +143,9 @@ def notify_socket(directory: Path, abstract: bool = False) -> tuple[socket.socke
     return sock, str(path)
 
 
-def start_sfd(config: Path, directory: Path, *, env: dict[str, str] | None = None,
-              abstract: bool = False) -> SfdProcess:
+def start_sfd(
+    config: Path, directory: Path, *, env: dict[str, str] | None = None, abstract: bool = False
+) -> SfdProcess:
     """Start `sfd run` as systemd would, with a notify socket the test listens on."""
     sock, address = notify_socket(directory, abstract)
     log_path = directory / f"sfd-{uuid.uuid4().hex[:6]}.log"

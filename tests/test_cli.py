@@ -31,10 +31,15 @@ async def seed(config: Path, tmp_path: Path) -> None:
     storage = await Storage.open(tmp_path / "sfd.db")
     now = utcnow()
     cid = (await storage.channels.channel_ids())["decathlon"]
-    await storage.orders.import_page(cid, 1, [
-        make_order("DEC-LATE", updated_at=now, ship_by=now - timedelta(hours=2)),
-        make_order("DEC-OK", updated_at=now, ship_by=now + timedelta(days=2)),
-    ], now)
+    await storage.orders.import_page(
+        cid,
+        1,
+        [
+            make_order("DEC-LATE", updated_at=now, ship_by=now - timedelta(hours=2)),
+            make_order("DEC-OK", updated_at=now, ship_by=now + timedelta(days=2)),
+        ],
+        now,
+    )
     await storage.close()
 
 
@@ -71,11 +76,11 @@ async def test_orders_list_and_show(tmp_path: Path) -> None:
     assert listed[0]["total_amount"] == 69.87  # 20.99 + 2 x 21.99 + 4.90 shipping
     late = json.loads(run_cli(config, "orders", "list", "--late", "--json", env=ENV).stdout)
     assert [o["reference"] for o in late] == ["DEC-LATE"]
-    table = run_cli(config, "orders", "list", "--unacknowledged", "--channel", "decathlon",
-                    env=ENV)
+    table = run_cli(config, "orders", "list", "--unacknowledged", "--channel", "decathlon", env=ENV)
     assert "DEC-OK" in table.stdout and "waiting_shipment" in table.stdout
-    shown = json.loads(run_cli(config, "orders", "show", str(listed[0]["id"]), "--json",
-                               env=ENV).stdout)
+    shown = json.loads(
+        run_cli(config, "orders", "show", str(listed[0]["id"]), "--json", env=ENV).stdout
+    )
     assert [(e["source"], e["kind"]) for e in shown["events"]] == [("marketplace", "imported")]
     assert shown["shipping_address"]["city"] == "Lyon"
     text = run_cli(config, "orders", "show", str(listed[0]["id"]), env=ENV).stdout

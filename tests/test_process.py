@@ -25,8 +25,9 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.load(error)
 
 
-def test_ready_then_healthz_then_sigterm_stops_cleanly(tmp_path: Path,
-                                                      sfd_processes: Start) -> None:
+def test_ready_then_healthz_then_sigterm_stops_cleanly(
+    tmp_path: Path, sfd_processes: Start
+) -> None:
     config = write_config(tmp_path)
     sfd = sfd_processes(config, tmp_path)
     sfd.wait_ready()
@@ -64,8 +65,9 @@ def test_log_lines_are_json_objects_with_event_level_and_timestamp(
 def test_an_abstract_notify_socket_and_the_watchdog_are_served(
     tmp_path: Path, sfd_processes: Start
 ) -> None:
-    sfd = sfd_processes(write_config(tmp_path), tmp_path, abstract=True,
-                        env={"WATCHDOG_USEC": "2000000"})
+    sfd = sfd_processes(
+        write_config(tmp_path), tmp_path, abstract=True, env={"WATCHDOG_USEC": "2000000"}
+    )
     sfd.wait_ready()
     sfd.wait_for_notification("WATCHDOG=1", timeout=5)
     assert sfd.terminate() == 0
@@ -100,12 +102,15 @@ def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path, sfd_processes: Star
 
 def test_a_database_that_cannot_be_written_exits_1(tmp_path: Path, sfd_processes: Start) -> None:
     config = tmp_path / "sfd.toml"
-    config.write_text('[daemon]\ndatabase = "/proc/sfd/sfd.db"\nlisten = "127.0.0.1:0"\n'
-                      'log_format = "json"\n')
+    config.write_text(
+        '[daemon]\ndatabase = "/proc/sfd/sfd.db"\nlisten = "127.0.0.1:0"\nlog_format = "json"\n'
+    )
     sfd = sfd_processes(config, tmp_path)
     assert sfd.proc.wait(15) == 1
-    assert ("sfd: database directory /proc/sfd cannot be created: No such file or directory"
-            in sfd.log_text().splitlines())
+    assert (
+        "sfd: database directory /proc/sfd cannot be created: No such file or directory"
+        in sfd.log_text().splitlines()
+    )
 
 
 def test_a_second_daemon_on_the_same_database_refuses_to_start(
@@ -116,7 +121,7 @@ def test_a_second_daemon_on_the_same_database_refuses_to_start(
     first.wait_ready()
     second = sfd_processes(config, tmp_path)
     assert second.proc.wait(15) == 1
-    assert (f"already used by a running sfd (pid {first.proc.pid})" in second.log_text())
+    assert f"already used by a running sfd (pid {first.proc.pid})" in second.log_text()
     status, _ = get_json(first.url + "/healthz")
     assert status == 200
     assert first.terminate() == 0

@@ -19,13 +19,17 @@ FILE_KEY = "mk-file-5e6f7a8b9c0d"
 def test_the_redactor_replaces_secrets_and_tokens_everywhere() -> None:
     token = "sfd_" + "A" * 43
     redactor = SecretRedactor([API_KEY, "short"])
-    event = redactor(None, "info", {
-        "event": "poll_failed",
-        "reason": f"401 for key {API_KEY}",
-        "nested": {"headers": [f"Authorization: {API_KEY}", f"Bearer {token}"]},
-        "error": ValueError(f"bad {token}"),
-        "count": 3,
-    })
+    event = redactor(
+        None,
+        "info",
+        {
+            "event": "poll_failed",
+            "reason": f"401 for key {API_KEY}",
+            "nested": {"headers": [f"Authorization: {API_KEY}", f"Bearer {token}"]},
+            "error": ValueError(f"bad {token}"),
+            "count": 3,
+        },
+    )
     assert event["reason"] == f"401 for key {REDACTED}"
     assert event["nested"] == {"headers": [f"Authorization: {REDACTED}", f"Bearer {REDACTED}"]}
     assert event["error"] == f"ValueError: bad {REDACTED}"

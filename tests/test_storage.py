@@ -32,7 +32,8 @@ async def test_the_file_runs_in_wal_mode_with_foreign_keys(storage: Storage) -> 
     with pytest.raises(sqlite3.IntegrityError):
         async with storage.db.write() as tx:
             await tx.execute(
-                "INSERT INTO order_events (order_id, at, source, kind) VALUES (999, 'x', 'api', 'k')"
+                "INSERT INTO order_events (order_id, at, source, kind) "
+                "VALUES (999, 'x', 'api', 'k')"
             )
 
 
@@ -88,8 +89,7 @@ async def test_a_marketplace_change_becomes_an_event_and_older_versions_are_igno
     storage: Storage,
 ) -> None:
     cid = await channel_id(storage)
-    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)],
-                                     NOW)
+    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)], NOW)
     later = NOW + timedelta(minutes=10)
     result = await storage.orders.import_page(
         cid, 1, [make_order("DEC-1", S.CANCELLED, updated_at=later, lines=1)], later
@@ -97,8 +97,9 @@ async def test_a_marketplace_change_becomes_an_event_and_older_versions_are_igno
     assert [(r, a, b) for _, r, a, b in result.changed] == [
         ("DEC-1", S.WAITING_STORE_ACCEPTANCE, S.CANCELLED)
     ]
-    stale = await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT)],
-                                             later)
+    stale = await storage.orders.import_page(
+        cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT)], later
+    )
     assert stale.unchanged == 1
     order = (await storage.orders.find(OrderFilter(channel="decathlon")))[0]
     full = await storage.orders.get(order.id)
@@ -106,7 +107,9 @@ async def test_a_marketplace_change_becomes_an_event_and_older_versions_are_igno
     assert full.status == S.CANCELLED
     assert len(full.items) == 1
     assert [(e.kind, e.from_status, e.to_status) for e in full.events][-1] == (
-        "status", "waiting_store_acceptance", "cancelled"
+        "status",
+        "waiting_store_acceptance",
+        "cancelled",
     )
 
 
@@ -133,14 +136,22 @@ async def test_an_update_against_the_rules_is_refused_and_recorded(storage: Stor
 async def test_orders_to_process_follow_the_circuit_rules(storage: Storage) -> None:
     cid = await channel_id(storage)
     old = NOW - timedelta(days=8)
-    await storage.orders.import_page(cid, 1, [
-        make_order("WAIT"), make_order("ACK"), make_order("SHIPPED", S.SHIPPED),
-        make_order("ACCEPT", S.WAITING_STORE_ACCEPTANCE),
-    ], NOW)
+    await storage.orders.import_page(
+        cid,
+        1,
+        [
+            make_order("WAIT"),
+            make_order("ACK"),
+            make_order("SHIPPED", S.SHIPPED),
+            make_order("ACCEPT", S.WAITING_STORE_ACCEPTANCE),
+        ],
+        NOW,
+    )
     await storage.orders.import_page(cid, 1, [make_order("OLD")], old)
     async with storage.db.write() as tx:
-        await tx.execute("UPDATE orders SET acknowledged_at = ? WHERE reference = 'ACK'",
-                         (NOW.isoformat(),))
+        await tx.execute(
+            "UPDATE orders SET acknowledged_at = ? WHERE reference = 'ACK'", (NOW.isoformat(),)
+        )
     offered = await storage.orders.find(OrderFilter.to_process(NOW, store_id=1))
     assert [o.reference for o in offered] == ["WAIT"]
     assert await storage.orders.count(OrderFilter.to_process(NOW, store_id=2)) == 0
@@ -148,11 +159,16 @@ async def test_orders_to_process_follow_the_circuit_rules(storage: Storage) -> N
 
 async def test_late_orders_are_those_past_their_ship_by_date(storage: Storage) -> None:
     cid = await channel_id(storage)
-    await storage.orders.import_page(cid, 1, [
-        make_order("LATE", ship_by=NOW - timedelta(hours=1)),
-        make_order("ONTIME", ship_by=NOW + timedelta(hours=1)),
-        make_order("SHIPPED-LATE", S.SHIPPED, ship_by=NOW - timedelta(hours=1)),
-    ], NOW)
+    await storage.orders.import_page(
+        cid,
+        1,
+        [
+            make_order("LATE", ship_by=NOW - timedelta(hours=1)),
+            make_order("ONTIME", ship_by=NOW + timedelta(hours=1)),
+            make_order("SHIPPED-LATE", S.SHIPPED, ship_by=NOW - timedelta(hours=1)),
+        ],
+        NOW,
+    )
     late = await storage.orders.find(OrderFilter(late_at=NOW))
     assert [o.reference for o in late] == ["LATE"]
 
@@ -161,14 +177,23 @@ async def test_the_views_answer_a_person_with_sqlite3(storage: Storage) -> None:
     # The views read SQLite's own clock, so this test writes orders around the real now.
     now = utcnow()
     cid = await channel_id(storage)
-    await storage.orders.import_page(cid, 1, [
-        make_order("LATE", updated_at=now, ship_by=now - timedelta(days=1)),
-        make_order("FRESH", updated_at=now, ship_by=now + timedelta(days=1)),
-        make_order("STALE", updated_at=now - timedelta(days=8), ship_by=now + timedelta(days=1)),
-    ], now)
+    await storage.orders.import_page(
+        cid,
+        1,
+        [
+            make_order("LATE", updated_at=now, ship_by=now - timedelta(days=1)),
+            make_order("FRESH", updated_at=now, ship_by=now + timedelta(days=1)),
+            make_order(
+                "STALE", updated_at=now - timedelta(days=8), ship_by=now + timedelta(days=1)
+            ),
+        ],
+        now,
+    )
     async with storage.db.write() as tx:
-        await tx.execute("UPDATE orders SET updated_at = ? WHERE reference = 'STALE'",
-                         (to_iso(now - timedelta(days=8)),))
+        await tx.execute(
+            "UPDATE orders SET updated_at = ? WHERE reference = 'STALE'",
+            (to_iso(now - timedelta(days=8)),),
+        )
     late = await storage.db.fetchall("SELECT channel, reference FROM late_orders")
     assert [(r[0], r[1]) for r in late] == [("decathlon", "LATE")]
     to_process = await storage.db.fetchall("SELECT reference FROM orders_to_process ORDER BY 1")

@@ -35,7 +35,9 @@ class LoopState(msgspec.Struct, kw_only=True):
 
     name: str
     state: str = "starting"
-    """starting, idle, busy, failing, auth_failed, unavailable or stopped."""
+    """What it does: starting, idle, busy or stopped."""
+    condition: str = "ok"
+    """How its work goes: ok, failing, auth_failed or unavailable."""
     ticks: int = 0
     last_tick_at: datetime | None = None
     last_success_at: datetime | None = None
@@ -82,10 +84,9 @@ class Loop:
                     delay = await self.tick()
                 finally:
                     self.status.busy_since = None
-                    self.status.ticks += 1
-                    self.status.last_tick_at = self.clock()
-                if self.status.state == "busy":
                     self.status.state = "idle"
+                    self.status.last_tick_at = self.clock()
+                    self.status.ticks += 1
                 await self._sleep(self.interval if delay is None else delay)
         finally:
             self.status.state = "stopped"
@@ -164,6 +165,7 @@ class Poller(Loop):
         if self.failures:
             self.log.info("poll_recovered", after_failures=self.failures)
         self.failures = 0
+        self.status.condition = "ok"
         self.status.last_success_at = done
         self.status.last_error = None
         self.status.detail = counts
@@ -213,20 +215,20 @@ class Poller(Loop):
                 self.log.warning("order_update_refused", order=reference, reason=reason)
         return counts
 
-    def _fail(self, state: str, reason: str) -> None:
-        if self.status.state != state or self.status.last_error != reason:
+    def _fail(self, condition: str, reason: str) -> None:
+        if self.status.condition != condition:
             # Logged on the transition only: a channel down for a day logs once, not 48 times.
-            self.log.error("poll_failed", state=state, reason=reason)
-        self.status.state = state
+            self.log.error("poll_failed", condition=condition, reason=reason)
+        self.status.condition = condition
         self.status.last_error = reason
 
     async def _failed(
-        self, state: str, exc: Exception, delay: float, *, auth: bool = False
+        self, condition: str, exc: Exception, delay: float, *, auth: bool = False
     ) -> float:
         # The reason is stored and shown: it must not carry a secret, whatever the connector said.
         reason = self.redact(f"{type(exc).__name__}: {exc}")
         self.failures += 1
-        self._fail(state, reason)
+        self._fail(condition, reason)
         now = self.clock()
         await self.storage.channels.record_poll_failed(
             self.channel_id, now, reason, now + timedelta(seconds=delay), auth_failed=auth

@@ -235,8 +235,7 @@ class Daemon:
         failing = [
             loop.name.split(":", 1)[1]
             for loop in self.loops
-            if isinstance(loop, Poller)
-            and loop.status.state in ("failing", "auth_failed", "unavailable")
+            if isinstance(loop, Poller) and loop.status.condition != "ok"
         ]
         line = f"{len(self.config.channels)} channels, {to_process} orders to process, {late} late"
         if failing:
