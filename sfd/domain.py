@@ -179,3 +179,101 @@ class MarketplaceOrder(msgspec.Struct, kw_only=True, frozen=True):
     items: tuple[OrderItem, ...] = ()
     shipment: Shipment | None = None
     additional_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class OrderEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One entry of an order's audit trail."""
+
+    id: int
+    at: datetime
+    source: str
+    kind: str
+    from_status: str | None
+    to_status: str | None
+    message: str
+    operation_id: int | None
+
+
+class OrderIssue(msgspec.Struct, kw_only=True, frozen=True):
+    """Something that went wrong with an order, as the shop is shown it."""
+
+    type: str
+    message: str
+    occurred_at: datetime
+
+
+class StoredItem(msgspec.Struct, kw_only=True, frozen=True):
+    """An order line as stored."""
+
+    id: int
+    reference: str
+    channel_reference: str
+    name: str
+    status: str
+    quantity: int
+    price: Decimal
+    commission: Decimal
+    tax_amount: Decimal
+    ecotax_amount: Decimal
+    image: str
+    additional_fields: dict[str, Any]
+
+
+class StoredOrder(msgspec.Struct, kw_only=True, frozen=True):
+    """An order as sfd holds it."""
+
+    id: int
+    store_id: int
+    channel_id: int
+    channel: str
+    reference: str
+    status: OrderStatus
+    store_reference: str | None
+    acknowledged_at: datetime | None
+    acknowledgment_status: str | None
+    acknowledgment_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    marketplace_updated_at: datetime
+    imported_at: datetime
+    latest_ship_date: datetime | None
+    is_test: bool
+    fulfilled_by: str
+    currency: str
+    product_amount: Decimal
+    shipping_amount: Decimal
+    total_amount: Decimal
+    payment_method: str
+    shipping_method: str
+    carrier: str
+    tracking_number: str
+    tracking_link: str
+    additional_fields: dict[str, Any]
+    billing_address: Address | None = None
+    shipping_address: Address | None = None
+    items: list[StoredItem] = msgspec.field(default_factory=list)
+    events: list[OrderEvent] = msgspec.field(default_factory=list)
+    errors: list[OrderIssue] = msgspec.field(default_factory=list)
+    """What went wrong with the order: an error acknowledgement, a failed shipment."""
+
+
+class Ticket(msgspec.Struct, kw_only=True, frozen=True):
+    """An operation as its ticket shows it."""
+
+    id: str
+    operation_id: int
+    batch_id: str
+    store_id: int
+    kind: OperationKind
+    state: TicketState
+    source: str
+    order_id: int | None
+    order_reference: str | None
+    channel: str | None
+    payload: dict[str, Any]
+    reason: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    confirmed_at: datetime | None

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from sfd.storage import Storage
+from sfd.storage.channels import ChannelSpec
+from sfd.storage.channels import ChannelSpec
 from tests.support import SfdProcess, start_sfd
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
@@ -20,7 +22,7 @@ async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
     store = await Storage.open(tmp_path / "sfd.db")
     await store.channels.sync(
         [(1, "Shop one"), (2, "Shop two")],
-        [("decathlon", 1, "mirakl"), ("ebay-de", 2, "ebay")],
+        [ChannelSpec("decathlon", 1, "mirakl"), ChannelSpec("ebay-de", 2, "ebay", False)],
         NOW,
     )
     yield store

@@ -19,10 +19,11 @@ from rich.table import Table
 from sfd import __version__
 from sfd.clock import utcnow
 from sfd.config import CONFIG_ENV, Config, ConfigError, load_config
+from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.runtime import run_daemon, sync_config
-from sfd.domain import OrderStatus
+from sfd.domain import OrderStatus, StoredOrder
 from sfd.logs import configure_logging
-from sfd.storage import OrderFilter, Storage, StorageError, StoredOrder
+from sfd.storage import OrderFilter, Storage, StorageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -117,7 +118,7 @@ def _when(value: datetime | None) -> str:
 
 
 async def _with_storage(config: Config, action: Callable[[Storage], Awaitable[int]]) -> int:
-    storage = await Storage.open(config.database, readers=1)
+    storage = await Storage.open(config.database, readers=1, renderer=render_order)
     try:
         await sync_config(storage, config, utcnow())
         return await action(storage)

@@ -1,4 +1,4 @@
-"""The daemon's HTTP server: /healthz now; the v1 API, /ws, the order page and metrics join it."""
+"""The daemon's HTTP server: /healthz and the shop webservice."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from sfd.daemon.api import MAX_BODY, ShopApi
 
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -18,9 +20,13 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=_json.encode(body), status=status, content_type="application/json")
 
 
-def build_app(health: HealthProbe, *, client_max_size: int = 10 * 1024**2) -> web.Application:
+def build_app(
+    health: HealthProbe, api: ShopApi | None = None, *, client_max_size: int = MAX_BODY
+) -> web.Application:
     """The aiohttp application the daemon serves."""
     app = web.Application(client_max_size=client_max_size)
+    if api is not None:
+        api.routes(app)
 
     async def healthz(_request: web.Request) -> web.Response:
         ok, detail = health()

@@ -18,13 +18,16 @@ from aiohttp import web
 from sfd import __version__
 from sfd.clock import Clock, utcnow
 from sfd.config import Config
+from sfd.connectors import shoppingfeed
 from sfd.connectors.base import MarketplaceConnector
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
+from sfd.daemon.api import ShopApi
 from sfd.daemon.http import build_app
 from sfd.daemon.loops import Loop, Poller, deadline_watch, operations_worker
 from sfd.daemon.notify import SystemdNotifier
 from sfd.logs import SecretRedactor, get_logger
 from sfd.storage import OrderFilter, Storage, StorageError
+from sfd.storage.channels import ChannelSpec
 from sfd.storage.db import DatabaseLocked
 
 log = get_logger()
@@ -41,7 +44,7 @@ async def sync_config(storage: Storage, config: Config, now: datetime) -> None:
     """Record the config's stores and channels in the database."""
     await storage.channels.sync(
         [(s.id, s.name) for s in config.stores],
-        [(c.name, c.store, c.connector) for c in config.channels],
+        [ChannelSpec(c.name, c.store, c.connector, c.require_tracking) for c in config.channels],
         now,
     )
 
@@ -63,6 +66,7 @@ class Daemon:
         self.handle_signals = handle_signals
         self.storage: Storage | None = None
         self.loops: list[Loop] = []
+        self.worker: Loop | None = None
         self.connectors: list[MarketplaceConnector] = []
         self.ready = anyio.Event()
         self.stop_requested = anyio.Event()
@@ -75,7 +79,9 @@ class Daemon:
     async def start(self) -> None:
         """Open and migrate the database, build the loops, bind the server."""
         try:
-            self.storage = await Storage.open(self.config.database, readers=3)
+            self.storage = await Storage.open(
+                self.config.database, readers=3, renderer=shoppingfeed.render_order
+            )
             self.storage.db.claim_runner()
         except (StorageError, DatabaseLocked) as exc:
             if self.storage is not None:
@@ -111,13 +117,22 @@ class Daemon:
                     redact=redactor.redact,
                 )
             )
-        self.loops.append(operations_worker(storage, self.clock))
+        self.worker = operations_worker(storage, self.clock)
+        self.loops.append(self.worker)
         self.loops.append(deadline_watch(storage, self.clock))
 
+    def _operations_written(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
     async def _bind(self) -> None:
+        assert self.storage is not None
         host, port = self.config.listen_host, self.config.listen_port
         self._runner = web.AppRunner(
-            build_app(self.health), access_log=None, handle_signals=False, shutdown_timeout=3.0
+            build_app(self.health, ShopApi(self.storage, self.clock, self._operations_written)),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=3.0,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)

@@ -6,18 +6,26 @@ import os
 
 from sfd.storage.channels import ChannelState, ChannelStore
 from sfd.storage.db import Database, DatabaseLocked, StorageError
-from sfd.storage.orders import ImportResult, OrderFilter, OrderStore, StoredOrder
+from sfd.storage.operations import Batch, OperationRequest, OperationStore
+from sfd.storage.orders import (
+    DocumentRenderer,
+    ImportResult,
+    OrderFilter,
+    OrderStore,
+)
 from sfd.storage.tokens import TokenError, TokenStore
 
 __all__ = [
+    "Batch",
     "ChannelState",
     "Database",
     "DatabaseLocked",
+    "DocumentRenderer",
     "ImportResult",
+    "OperationRequest",
     "OrderFilter",
     "Storage",
     "StorageError",
-    "StoredOrder",
     "TokenError",
 ]
 
@@ -25,18 +33,27 @@ __all__ = [
 class Storage:
     """The database and the stores of each kind of record over it."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, renderer: DocumentRenderer | None = None) -> None:
         self.db = db
         self.channels = ChannelStore(db)
-        self.orders = OrderStore(db)
+        self.orders = OrderStore(db, renderer)
+        self.operations = OperationStore(db, self.orders)
         self.tokens = TokenStore(db)
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], *, readers: int = 2, migrate: bool = True
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        readers: int = 2,
+        migrate: bool = True,
+        renderer: DocumentRenderer | None = None,
     ) -> Storage:
-        """Open and migrate the SQLite file at `path`."""
-        return cls(await Database.open(path, readers=readers, migrate=migrate))
+        """Open and migrate the SQLite file at `path`.
+
+        `renderer` turns an order into its API document, stored each time the order changes.
+        """
+        return cls(await Database.open(path, readers=readers, migrate=migrate), renderer)
 
     async def close(self) -> None:
         """Close the database."""

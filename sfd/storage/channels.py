@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 
 from sfd.clock import from_iso, to_iso
 from sfd.storage.db import Database
+
+
+class ChannelSpec(NamedTuple):
+    """A channel as the config declares it."""
+
+    name: str
+    store: int
+    connector: str
+    require_tracking: bool = True
 
 
 class ChannelState(msgspec.Struct, kw_only=True, frozen=True):
@@ -44,7 +54,7 @@ class ChannelStore:
     async def sync(
         self,
         stores: Sequence[tuple[int, str]],
-        channels: Sequence[tuple[str, int, str]],
+        channels: Sequence[ChannelSpec],
         now: datetime,
     ) -> None:
         """Make the stores and channels tables match the config; unlisted channels turn inactive."""
@@ -56,19 +66,24 @@ class ChannelStore:
                 "updated_at = excluded.updated_at WHERE name != excluded.name",
                 [(store_id, name, stamp, stamp) for store_id, name in stores],
             )
-            names = [name for name, _, _ in channels]
+            names = [c.name for c in channels]
             await tx.execute(
                 "UPDATE channels SET active = 0, updated_at = ? WHERE active = 1 "
                 f"AND name NOT IN ({','.join('?' * len(names))})",
                 (stamp, *names),
             )
             await tx.executemany(
-                "INSERT INTO channels (name, store_id, connector, active, created_at, updated_at) "
-                "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "store_id = excluded.store_id, connector = excluded.connector, active = 1, "
+                "INSERT INTO channels (name, store_id, connector, require_tracking, active, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (name) DO "
+                "UPDATE SET store_id = excluded.store_id, connector = excluded.connector, "
+                "require_tracking = excluded.require_tracking, active = 1, "
                 "updated_at = excluded.updated_at WHERE store_id != excluded.store_id "
-                "OR connector != excluded.connector OR active = 0",
-                [(name, store, connector, stamp, stamp) for name, store, connector in channels],
+                "OR connector != excluded.connector "
+                "OR require_tracking != excluded.require_tracking OR active = 0",
+                [
+                    (c.name, c.store, c.connector, int(c.require_tracking), stamp, stamp)
+                    for c in channels
+                ],
             )
 
     async def channel_ids(self) -> dict[str, int]:
@@ -76,9 +91,10 @@ class ChannelStore:
         rows = await self.db.fetchall("SELECT id, name FROM channels")
         return {row["name"]: row["id"] for row in rows}
 
-    async def store_exists(self, store_id: int) -> bool:
-        """Whether a store with this id is known."""
-        return await self.db.fetchone("SELECT 1 FROM stores WHERE id = ?", (store_id,)) is not None
+    async def store_name(self, store_id: int) -> str | None:
+        """The store's name, or None if no store has this id."""
+        row = await self.db.fetchone("SELECT name FROM stores WHERE id = ?", (store_id,))
+        return str(row[0]) if row else None
 
     async def states(
         self, *, active_only: bool = True, store_id: int | None = None

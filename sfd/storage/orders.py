@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -17,10 +17,14 @@ from sfd.domain import (
     EventSource,
     InvalidTransition,
     MarketplaceOrder,
+    OrderEvent,
+    OrderIssue,
     OrderStatus,
+    StoredItem,
+    StoredOrder,
     check_transition,
 )
-from sfd.storage.db import Database, Writer
+from sfd.storage.db import Database, Reader, StorageError, Writer
 
 OFFER_WINDOW = timedelta(days=7)
 
@@ -65,72 +69,8 @@ class ImportResult:
     unchanged: int = 0
     refused: list[tuple[str, str]] = field(default_factory=list)
     """(reference, reason) of each update refused by the status rules."""
-
-
-class OrderEvent(msgspec.Struct, kw_only=True, frozen=True):
-    """One entry of an order's audit trail."""
-
-    id: int
-    at: datetime
-    source: str
-    kind: str
-    from_status: str | None
-    to_status: str | None
-    message: str
-    operation_id: int | None
-
-
-class StoredItem(msgspec.Struct, kw_only=True, frozen=True):
-    """An order line as stored."""
-
-    id: int
-    reference: str
-    channel_reference: str
-    name: str
-    status: str
-    quantity: int
-    price: Decimal
-    commission: Decimal
-    tax_amount: Decimal
-    ecotax_amount: Decimal
-    image: str
-    additional_fields: dict[str, Any]
-
-
-class StoredOrder(msgspec.Struct, kw_only=True, frozen=True):
-    """An order as sfd holds it."""
-
-    id: int
-    store_id: int
-    channel_id: int
-    channel: str
-    reference: str
-    status: OrderStatus
-    store_reference: str | None
-    acknowledged_at: datetime | None
-    acknowledgment_status: str | None
-    acknowledgment_message: str | None
-    created_at: datetime
-    updated_at: datetime
-    marketplace_updated_at: datetime
-    imported_at: datetime
-    latest_ship_date: datetime | None
-    is_test: bool
-    fulfilled_by: str
-    currency: str
-    product_amount: Decimal
-    shipping_amount: Decimal
-    total_amount: Decimal
-    payment_method: str
-    shipping_method: str
-    carrier: str
-    tracking_number: str
-    tracking_link: str
-    additional_fields: dict[str, Any]
-    billing_address: Address | None = None
-    shipping_address: Address | None = None
-    items: list[StoredItem] = msgspec.field(default_factory=list)
-    events: list[OrderEvent] = msgspec.field(default_factory=list)
+    touched: set[int] = field(default_factory=set)
+    """Ids of the orders written, whose documents need rendering again."""
 
 
 def _opt_time(value: str | None) -> datetime | None:
@@ -180,10 +120,18 @@ class OrderFilter:
     late_at: datetime | None = None
     """Only orders whose ship-by date passed before this time, still to ship."""
     updated_since: datetime | None = None
+    channel_id: int | None = None
+    order_id: int | None = None
+    reference: str | None = None
+    store_reference: str | None = None
+    created_since: datetime | None = None
+    created_until: datetime | None = None
     store_fulfilled: bool | None = None
     """Only orders the merchant ships (True), or only those the marketplace ships (False)."""
     limit: int = 100
     offset: int = 0
+    sort: str = "ship_by"
+    """`ship_by`: soonest deadline first, for people; `updated`: the API's stable paging order."""
 
     @classmethod
     def to_process(cls, now: datetime, store_id: int | None = None, **more: Any) -> OrderFilter:
@@ -198,16 +146,25 @@ class OrderFilter:
         )
 
 
+_SORTS = {
+    "ship_by": "o.latest_ship_date IS NULL, o.latest_ship_date, o.id",
+    "updated": "o.updated_at, o.id",
+}
+
 _SELECT_ORDER = (
     "SELECT o.*, c.name AS channel FROM orders o JOIN channels c ON c.id = o.channel_id "
 )
 
 
+DocumentRenderer = Callable[[StoredOrder], bytes]
+
+
 class OrderStore:
     """Orders, their lines, addresses, raw payloads and events."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, renderer: DocumentRenderer | None = None) -> None:
         self.db = db
+        self.renderer = renderer
 
     async def import_page(
         self,
@@ -236,6 +193,7 @@ class OrderStore:
             for reference, order in latest.items():
                 if reference in existing:
                     await self._update(tx, existing[reference], order, now, result)
+            await self.refresh_documents(tx, result.touched)
             if cursor is not None:
                 await tx.execute(
                     "UPDATE channels SET cursor = ?, updated_at = ? WHERE id = ?",
@@ -310,6 +268,7 @@ class OrderStore:
             [(order_id, stamp, o.status.value) for order_id, o in pairs],
         )
         result.created.extend((order_id, o.reference, o.status) for order_id, o in pairs)
+        result.touched.update(order_id for order_id, _ in pairs)
 
     async def _update(
         self, tx: Writer, row: Any, order: MarketplaceOrder, now: datetime, result: ImportResult
@@ -339,6 +298,7 @@ class OrderStore:
             (*self._order_values(order), to_iso(now), row["id"]),
         )
         await self._write_details(tx, [(row["id"], order)], now)
+        result.touched.add(row["id"])
         if order.status != current:
             await self.add_event(
                 tx,
@@ -456,65 +416,65 @@ class OrderStore:
             )
             if row is None:
                 return None
-            order = _order_from_row(row)
             if not details:
-                return order
-            items = await reader.fetchall(
-                "SELECT * FROM order_items WHERE order_id = ? ORDER BY position", (order_id,)
-            )
-            addresses = {
-                r["kind"]: Address(**{f: r[f] for f in _ADDRESS_FIELDS})
-                for r in await reader.fetchall(
-                    "SELECT * FROM order_addresses WHERE order_id = ?", (order_id,)
-                )
-            }
-            events = await reader.fetchall(
-                "SELECT * FROM order_events WHERE order_id = ? ORDER BY id", (order_id,)
-            )
-        return msgspec.structs.replace(
-            order,
-            billing_address=addresses.get("billing"),
-            shipping_address=addresses.get("shipping"),
-            items=[
-                StoredItem(
-                    id=r["id"],
-                    reference=r["reference"],
-                    channel_reference=r["channel_reference"],
-                    name=r["name"],
-                    status=r["status"],
-                    quantity=r["quantity"],
-                    price=Decimal(r["price"]),
-                    commission=Decimal(r["commission"]),
-                    tax_amount=Decimal(r["tax_amount"]),
-                    ecotax_amount=Decimal(r["ecotax_amount"]),
-                    image=r["image"],
-                    additional_fields=json.loads(r["additional_fields"]),
-                )
-                for r in items
-            ],
-            events=[
-                OrderEvent(
-                    id=r["id"],
-                    at=from_iso(r["at"]),
-                    source=r["source"],
-                    kind=r["kind"],
-                    from_status=r["from_status"],
-                    to_status=r["to_status"],
-                    message=r["message"],
-                    operation_id=r["operation_id"],
-                )
-                for r in events
-            ],
-        )
+                return _order_from_row(row)
+            [order] = await load_orders(reader, [row], events=True)
+        return order
 
-    async def find(self, query: OrderFilter) -> list[StoredOrder]:
-        """Orders matching a filter, oldest ship-by date first, then by id."""
+    async def documents(self, query: OrderFilter) -> list[bytes]:
+        """The API documents of the orders matching a filter, in the order `find` gives."""
         where, params = self._where(query)
-        rows = await self.db.fetchall(
-            _SELECT_ORDER + f"WHERE {where} "
-            "ORDER BY o.latest_ship_date IS NULL, o.latest_ship_date, o.id LIMIT ? OFFSET ?",
-            [*params, query.limit, query.offset],
-        )
+        async with self.db.read() as reader:
+            rows = await reader.fetchall(
+                "SELECT o.id, o.document FROM orders o JOIN channels c ON c.id = o.channel_id "
+                f"WHERE {where} ORDER BY {_SORTS[query.sort]} LIMIT ? OFFSET ?",
+                [*params, query.limit, query.offset],
+            )
+            missing = [row["id"] for row in rows if row["document"] is None]
+            rendered: dict[int, bytes] = {}
+            if missing:
+                # Orders written before documents existed, or without a renderer: render now.
+                full = await reader.fetchall(
+                    _SELECT_ORDER + f"WHERE o.id IN ({','.join('?' * len(missing))})", missing
+                )
+                for order in await load_orders(reader, full):
+                    rendered[order.id] = self._render(order)
+        return [
+            rendered[row["id"]] if row["document"] is None else row["document"].encode()
+            for row in rows
+        ]
+
+    def _render(self, order: StoredOrder) -> bytes:
+        if self.renderer is None:
+            raise StorageError("no document renderer: open Storage with one to serve the API")
+        return self.renderer(order)
+
+    async def refresh_documents(self, tx: Writer, order_ids: Collection[int]) -> None:
+        """Render the API document of each order again, inside the writing transaction."""
+        if self.renderer is None or not order_ids:
+            return
+        ids = sorted(set(order_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await tx.fetchall(
+                _SELECT_ORDER + f"WHERE o.id IN ({','.join('?' * len(chunk))})", chunk
+            )
+            orders = await load_orders(tx, rows)
+            await tx.executemany(
+                "UPDATE orders SET document = ? WHERE id = ?",
+                [(self.renderer(order).decode(), order.id) for order in orders],
+            )
+
+    async def find(self, query: OrderFilter, *, details: bool = False) -> list[StoredOrder]:
+        """Orders matching a filter, in the filter's sort; with lines and addresses if asked."""
+        where, params = self._where(query)
+        async with self.db.read() as reader:
+            rows = await reader.fetchall(
+                _SELECT_ORDER + f"WHERE {where} ORDER BY {_SORTS[query.sort]} LIMIT ? OFFSET ?",
+                [*params, query.limit, query.offset],
+            )
+            if details:
+                return await load_orders(reader, rows)
         return [_order_from_row(row) for row in rows]
 
     async def count(self, query: OrderFilter) -> int:
@@ -556,6 +516,21 @@ class OrderStore:
         if query.updated_since is not None:
             clauses.append("o.updated_at >= ?")
             params.append(to_iso(query.updated_since))
+        for column, value in (
+            ("o.channel_id", query.channel_id),
+            ("o.id", query.order_id),
+            ("o.reference", query.reference),
+            ("o.store_reference", query.store_reference),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.created_since is not None:
+            clauses.append("o.created_at >= ?")
+            params.append(to_iso(query.created_since))
+        if query.created_until is not None:
+            clauses.append("o.created_at <= ?")
+            params.append(to_iso(query.created_until))
         return " AND ".join(clauses), params
 
     async def counts_by_status(self, channel_id: int | None = None) -> dict[str, int]:
@@ -566,3 +541,90 @@ class OrderStore:
             (channel_id, channel_id),
         )
         return {row["status"]: row["n"] for row in rows}
+
+
+async def load_orders(
+    reader: Reader, rows: Sequence[Any], *, events: bool = False
+) -> list[StoredOrder]:
+    """Orders from their rows, with lines, addresses and errors loaded in a few queries."""
+    if not rows:
+        return []
+    ids = [row["id"] for row in rows]
+    marks = ",".join("?" * len(ids))
+    items: dict[int, list[StoredItem]] = {i: [] for i in ids}
+    for r in await reader.fetchall(
+        f"SELECT * FROM order_items WHERE order_id IN ({marks}) ORDER BY order_id, position", ids
+    ):
+        items[r["order_id"]].append(
+            StoredItem(
+                id=r["id"],
+                reference=r["reference"],
+                channel_reference=r["channel_reference"],
+                name=r["name"],
+                status=r["status"],
+                quantity=r["quantity"],
+                price=Decimal(r["price"]),
+                commission=Decimal(r["commission"]),
+                tax_amount=Decimal(r["tax_amount"]),
+                ecotax_amount=Decimal(r["ecotax_amount"]),
+                image=r["image"],
+                additional_fields=json.loads(r["additional_fields"]),
+            )
+        )
+    addresses: dict[tuple[int, str], Address] = {
+        (r["order_id"], r["kind"]): Address(**{f: r[f] for f in _ADDRESS_FIELDS})
+        for r in await reader.fetchall(
+            f"SELECT * FROM order_addresses WHERE order_id IN ({marks})", ids
+        )
+    }
+    issues: dict[int, list[OrderIssue]] = {i: [] for i in ids}
+    for r in await reader.fetchall(
+        f"SELECT order_id, kind, last_error, coalesce(finished_at, updated_at) AS at "
+        f"FROM operations WHERE order_id IN ({marks}) AND state = 'failed' AND kind = 'ship' "
+        "ORDER BY id",
+        ids,
+    ):
+        issues[r["order_id"]].append(
+            OrderIssue(type=r["kind"], message=r["last_error"] or "", occurred_at=from_iso(r["at"]))
+        )
+    trail: dict[int, list[OrderEvent]] = {i: [] for i in ids}
+    if events:
+        for r in await reader.fetchall(
+            f"SELECT * FROM order_events WHERE order_id IN ({marks}) ORDER BY id", ids
+        ):
+            trail[r["order_id"]].append(
+                OrderEvent(
+                    id=r["id"],
+                    at=from_iso(r["at"]),
+                    source=r["source"],
+                    kind=r["kind"],
+                    from_status=r["from_status"],
+                    to_status=r["to_status"],
+                    message=r["message"],
+                    operation_id=r["operation_id"],
+                )
+            )
+    orders = []
+    for row in rows:
+        order = _order_from_row(row)
+        found = list(issues[order.id])
+        if order.acknowledgment_status == "error" and order.acknowledged_at is not None:
+            found.insert(
+                0,
+                OrderIssue(
+                    type="acknowledge",
+                    message=order.acknowledgment_message or "",
+                    occurred_at=order.acknowledged_at,
+                ),
+            )
+        orders.append(
+            msgspec.structs.replace(
+                order,
+                billing_address=addresses.get((order.id, "billing")),
+                shipping_address=addresses.get((order.id, "shipping")),
+                items=items[order.id],
+                events=trail[order.id],
+                errors=found,
+            )
+        )
+    return orders

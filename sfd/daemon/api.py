@@ -1,0 +1,462 @@
+"""The shop webservice: Shoppingfeed's order API v1, served from storage.
+
+The shapes come from `sfd.connectors.shoppingfeed`; the rules from `sfd.rules` through
+storage. This module reads requests, checks tokens and stores, and answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from sfd.clock import Clock
+from sfd.connectors import shoppingfeed as sf
+from sfd.domain import EventSource, OperationKind, OrderStatus, TicketState
+from sfd.logs import get_logger
+from sfd.storage import OperationRequest, OrderFilter, Storage
+from sfd.storage.tokens import TokenIdentity
+
+log = get_logger()
+
+MAX_LIMIT = 200
+MAX_BODY = 10 * 1024**2
+IDENTITY = web.RequestKey("identity", TokenIdentity)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, title: str, detail: str, field: str | None = None) -> web.Response:
+    """An error body in the problem style the real API uses, naming the field at fault."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if field:
+        body["field"] = field
+    return web.Response(
+        body=sf.encode(body), status=status, content_type="application/problem+json"
+    )
+
+
+def hal(body: Any, status: int = 200) -> web.Response:
+    """A JSON answer; bytes are sent as they are (pre-rendered documents)."""
+    data = body if isinstance(body, bytes) else sf.encode(body)
+    return web.Response(body=data, status=status, content_type="application/json")
+
+
+def bearer(request: web.Request) -> str | None:
+    """The token from `Authorization: Bearer <token>` (or the bare token some modules send)."""
+    header = request.headers.get("Authorization", "").strip()
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if value and scheme.lower() == "bearer":
+        return value.strip()
+    return header if not value else None
+
+
+class ShopApi:
+    """The v1 handlers over one storage."""
+
+    def __init__(
+        self, storage: Storage, clock: Clock, on_operations: Callable[[], None] = lambda: None
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.on_operations = on_operations
+
+    def routes(self, app: web.Application) -> None:
+        """Add the v1 routes and their middleware."""
+        app.middlewares.append(self._middleware)
+        r = app.router
+        r.add_get("/v1/ping", self.ping)
+        r.add_post("/v1/auth", self.auth)
+        r.add_get("/v1/openapi.json", self.openapi)
+        r.add_get("/v1/me", self.me)
+        store = "/v1/store/{store_id:\\d+}"
+        r.add_get(store, self.store)
+        r.add_get(store + "/order", self.orders)
+        r.add_get(store + "/order/", self.orders)
+        r.add_get(store + "/order/{order_id:\\d+}", self.order)
+        r.add_get(store + "/order/{order_id:\\d+}/shipment", self.shipments)
+        r.add_post(store + "/order/{operation}", self.operate)
+        r.add_get(store + "/ticket", self.tickets)
+        r.add_get(store + "/ticket/{ticket_id}", self.ticket)
+        r.add_get(store + "/channel", self.channels)
+        r.add_get("/v1/channel/{channel_id:\\d+}", self.channel)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        public = request.path in ("/v1/ping", "/v1/auth", "/v1/openapi.json")
+        try:
+            if not public:
+                token = bearer(request)
+                identity = await self.storage.tokens.verify(token) if token else None
+                if identity is None:
+                    return problem(
+                        401,
+                        "Unauthorized",
+                        "a valid API token is required: Authorization: Bearer <token>",
+                    )
+                request[IDENTITY] = identity
+                store_id = request.match_info.get("store_id")
+                if store_id is not None and int(store_id) != identity.store_id:
+                    return problem(404, "Not Found", f"no store {store_id}")
+            return await handler(request)
+        except sf.WireError as exc:
+            return problem(400, "Bad Request", str(exc), exc.field)
+        except web.HTTPRequestEntityTooLarge:
+            return problem(
+                400, "Bad Request", f"the body is over the {MAX_BODY} byte limit", "body"
+            )
+        except web.HTTPNotFound:
+            return problem(404, "Not Found", f"nothing at {request.path}")
+        except web.HTTPMethodNotAllowed as exc:
+            return problem(
+                405,
+                "Method Not Allowed",
+                f"{request.method} is not allowed here; use {', '.join(exc.allowed_methods)}",
+            )
+
+    @staticmethod
+    def _identity(request: web.Request) -> TokenIdentity:
+        return request[IDENTITY]
+
+    @staticmethod
+    def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+        text = request.query.get(name)
+        if text is None or text == "":
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise sf.WireError(name, f"expected an integer, got {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise sf.WireError(name, f"expected {low} to {high}, got {value}")
+        return value
+
+    def _page(self, request: web.Request) -> tuple[int, int]:
+        return (
+            self._int(request, "page", 1, 1, 10**9),
+            self._int(request, "limit", MAX_LIMIT, 1, MAX_LIMIT),
+        )
+
+    # -- session ----------------------------------------------------------------------------
+
+    async def ping(self, _request: web.Request) -> web.Response:
+        """Unauthenticated liveness, as the SDK's ping expects."""
+        return hal({"timestamp": int(self.clock().timestamp())})
+
+    async def auth(self, request: web.Request) -> web.Response:
+        """Password grant: the username is a token's name, the password the token."""
+        try:
+            if request.content_type == "application/json":
+                body = await request.json()
+            else:
+                body = dict(await request.post())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise sf.WireError("body", "not valid JSON") from None
+        if not isinstance(body, dict):
+            raise sf.WireError("body", "expected an object")
+        if body.get("grant_type") != "password":
+            raise sf.WireError("grant_type", "expected 'password'")
+        username, password = body.get("username"), body.get("password")
+        for field, value in (("username", username), ("password", password)):
+            if not isinstance(value, str) or not value.strip():
+                raise sf.WireError(field, "is required")
+        assert isinstance(username, str)
+        assert isinstance(password, str)
+        identity = await self.storage.tokens.verify(password.strip(), name=username.strip())
+        if identity is None:
+            return problem(401, "Not Authorized", "Invalid username or password")
+        return hal({"token_type": "Bearer", "access_token": password.strip()})
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 description of this API."""
+        document = resources.files("sfd.daemon").joinpath("openapi.json").read_bytes()
+        return hal(document)
+
+    def _store_document(self, store_id: int, name: str) -> dict[str, Any]:
+        base = f"/v1/store/{store_id}"
+        return {
+            "id": store_id,
+            "name": name,
+            "country": "FR",
+            "status": "active",
+            "deletedAt": None,
+            "organization": None,
+            "_links": {
+                "self": {"href": base},
+                "order": {"href": base + "/order{/operation}", "templated": True},
+                "ticket": {"href": base + "/ticket"},
+                "channel": {"href": base + "/channel"},
+            },
+        }
+
+    async def me(self, request: web.Request) -> web.Response:
+        """The session: the token's account and its one store."""
+        identity = self._identity(request)
+        name = await self.storage.channels.store_name(identity.store_id) or ""
+        return hal(
+            {
+                "token": bearer(request),
+                "login": identity.name,
+                "email": "",
+                "language": "en_US",
+                "roles": ["user"],
+                "_links": {"self": {"href": "/v1/me"}},
+                "_embedded": {
+                    "account": {"id": identity.id, "login": identity.name},
+                    "store": [self._store_document(identity.store_id, name)],
+                },
+            }
+        )
+
+    async def store(self, request: web.Request) -> web.Response:
+        """One store."""
+        identity = self._identity(request)
+        name = await self.storage.channels.store_name(identity.store_id) or ""
+        return hal(self._store_document(identity.store_id, name))
+
+    # -- orders -----------------------------------------------------------------------------
+
+    async def _order_filter(self, request: web.Request, store_id: int) -> OrderFilter:
+        q = request.query
+        statuses = sf.parse_statuses(q["status"]) if q.get("status") else None
+        ack_text = q.get("acknowledgment", q.get("acknowledgement", ""))
+        if ack_text not in ("", "acknowledged", "unacknowledged"):
+            raise sf.WireError(
+                "acknowledgment", f"expected 'acknowledged' or 'unacknowledged', got {ack_text!r}"
+            )
+        acknowledged = None if not ack_text else ack_text == "acknowledged"
+        channel_id: int | None = None
+        channel_name: str | None = None
+        channel = q.get("channelId") or q.get("channel")
+        if channel:
+            if channel.isdigit():
+                channel_id = int(channel)
+            else:
+                channel_name = channel
+        extra: dict[str, Any] = {}
+        if acknowledged is False and statuses == [OrderStatus.WAITING_SHIPMENT]:
+            # The orders to process: the same set GetOrders and the order page offer.
+            probe = OrderFilter.to_process(self.clock())
+            extra = {"updated_since": probe.updated_since, "store_fulfilled": True}
+        return OrderFilter(
+            store_id=store_id,
+            statuses=statuses,
+            acknowledged=acknowledged,
+            channel=channel_name,
+            channel_id=channel_id,
+            reference=q.get("reference") or None,
+            store_reference=q.get("storeReference") or None,
+            created_since=sf.parse_date(q["since"], "since") if q.get("since") else None,
+            created_until=sf.parse_date(q["until"], "until") if q.get("until") else None,
+            sort="updated",
+            **extra,
+        )
+
+    async def orders(self, request: web.Request) -> web.Response:
+        """A page of orders, filtered exactly as the client asks."""
+        identity = self._identity(request)
+        page, limit = self._page(request)
+        query = await self._order_filter(request, identity.store_id)
+        total = await self.storage.orders.count(query)
+        query = replace(query, limit=limit, offset=(page - 1) * limit)
+        documents = await self.storage.orders.documents(query)
+        kept = {k: v for k, v in request.query.items() if k not in ("page", "limit")}
+        return hal(
+            sf.collection(
+                "order",
+                documents,
+                path=request.path.rstrip("/"),
+                query=kept,
+                page=page,
+                limit=limit,
+                total=total,
+            )
+        )
+
+    async def order(self, request: web.Request) -> web.Response:
+        """One order of the token's store."""
+        identity = self._identity(request)
+        order_id = int(request.match_info["order_id"])
+        documents = await self.storage.orders.documents(
+            OrderFilter(store_id=identity.store_id, order_id=order_id, limit=1)
+        )
+        if not documents:
+            return problem(404, "Not Found", f"no order {order_id} in store {identity.store_id}")
+        return hal(documents[0])
+
+    async def shipments(self, request: web.Request) -> web.Response:
+        """The order's shipments."""
+        identity = self._identity(request)
+        order_id = int(request.match_info["order_id"])
+        if (
+            await self.storage.orders.get(order_id, store_id=identity.store_id, details=False)
+            is None
+        ):
+            return problem(404, "Not Found", f"no order {order_id} in store {identity.store_id}")
+        page, limit = self._page(request)
+        shipments = await self.storage.operations.shipments(order_id)
+        chosen = shipments[(page - 1) * limit : page * limit]
+        return hal(
+            sf.collection(
+                "shipment",
+                [sf.encode(sf.render_shipment(t)) for t in chosen],
+                path=request.path,
+                query={},
+                page=page,
+                limit=limit,
+                total=len(shipments),
+            )
+        )
+
+    async def operate(self, request: web.Request) -> web.Response:
+        """Validate the whole request, then write every entry and its ticket in one go: 202."""
+        identity = self._identity(request)
+        name = request.match_info["operation"]
+        try:
+            kind = OperationKind(name)
+        except ValueError:
+            known = ", ".join(k.value for k in OperationKind)
+            raise sf.WireError(
+                "operation", f"unknown operation {name[:40]!r} (known: {known})"
+            ) from None
+        entries = sf.parse_operation(kind, await request.read())
+        requests = [
+            OperationRequest(
+                payload=payload,
+                order_id=entry.id,
+                reference=entry.reference,
+                channel=entry.channel_name,
+            )
+            for entry, payload in entries
+        ]
+        batch = await self.storage.operations.submit(
+            identity.store_id, kind, requests, EventSource.API, self.clock()
+        )
+        for ticket in batch.tickets:
+            log.info(
+                "operation_requested",
+                operation=ticket.operation_id,
+                ticket=ticket.id,
+                kind=kind.value,
+                order=ticket.order_reference,
+                state=ticket.state.value,
+                source="api",
+                batch=batch.id,
+                reason=ticket.reason,
+            )
+        if any(t.state == TicketState.SCHEDULED for t in batch.tickets):
+            self.on_operations()
+        base = f"/v1/store/{identity.store_id}"
+        return hal(
+            {
+                "id": batch.id,
+                "_links": {"ticket": {"href": f"{base}/ticket?batchId={batch.id}"}},
+            },
+            status=202,
+        )
+
+    # -- tickets and channels ---------------------------------------------------------------
+
+    async def tickets(self, request: web.Request) -> web.Response:
+        """Tickets, by batch or all; `meta.processing` is true while any is unfinished."""
+        identity = self._identity(request)
+        page, limit = self._page(request)
+        batch_id = request.query.get("batchId")
+        states: list[TicketState] | None = None
+        if request.query.get("state"):
+            try:
+                states = [TicketState(s) for s in request.query["state"].split(",")]
+            except ValueError:
+                raise sf.WireError(
+                    "state", "expected scheduled, running, succeed, failed or canceled"
+                ) from None
+        if batch_id:
+            everything = await self.storage.operations.batch(identity.store_id, batch_id)
+            if states:
+                everything = [t for t in everything if t.state in states]
+            total, chosen = len(everything), everything[(page - 1) * limit : page * limit]
+            processing = any(
+                t.state in (TicketState.SCHEDULED, TicketState.RUNNING) for t in everything
+            )
+        else:
+            total, chosen = await self.storage.operations.tickets(
+                identity.store_id, states=states, limit=limit, offset=(page - 1) * limit
+            )
+            processing = any(
+                t.state in (TicketState.SCHEDULED, TicketState.RUNNING) for t in chosen
+            )
+        kept = {k: v for k, v in request.query.items() if k not in ("page", "limit")}
+        return hal(
+            sf.collection(
+                "ticket",
+                [sf.encode(sf.render_ticket(t)) for t in chosen],
+                path=request.path,
+                query=kept,
+                page=page,
+                limit=limit,
+                total=total,
+                meta={"processing": processing},
+            )
+        )
+
+    async def ticket(self, request: web.Request) -> web.Response:
+        """One ticket."""
+        identity = self._identity(request)
+        ticket = await self.storage.operations.ticket(
+            identity.store_id, request.match_info["ticket_id"]
+        )
+        if ticket is None:
+            return problem(404, "Not Found", "no such ticket in this store")
+        return hal(sf.render_ticket(ticket))
+
+    async def channels(self, request: web.Request) -> web.Response:
+        """The store's channels, as the SDK's StoreChannel resources."""
+        identity = self._identity(request)
+        page, limit = self._page(request)
+        channels = await self.storage.channels.states(store_id=identity.store_id)
+        chosen = channels[(page - 1) * limit : page * limit]
+        items = [
+            sf.encode(
+                {
+                    "id": c.id,
+                    "installed": True,
+                    "_links": {"self": {"href": f"/v1/channel/{c.id}"}},
+                    "_embedded": {"channel": sf.channel_document(c.id, c.name)},
+                }
+            )
+            for c in chosen
+        ]
+        return hal(
+            sf.collection(
+                "storeChannel",
+                items,
+                path=request.path,
+                query={},
+                page=page,
+                limit=limit,
+                total=len(channels),
+            )
+        )
+
+    async def channel(self, request: web.Request) -> web.Response:
+        """One channel of the token's store."""
+        identity = self._identity(request)
+        wanted = int(request.match_info["channel_id"])
+        for c in await self.storage.channels.states(store_id=identity.store_id):
+            if c.id == wanted:
+                return hal(sf.channel_document(c.id, c.name))
+        return problem(404, "Not Found", f"no channel {wanted} in this store")

@@ -1,0 +1,210 @@
+"""Which requested operations the circuit accepts: pure decisions, the same for every source.
+
+The API, the legacy /ws, the CLI, the order page and auto-accept all ask here, so an order
+page click and a shop module's request are held to exactly the same rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState
+
+K = OperationKind
+S = OrderStatus
+
+#: The longest carrier, tracking number or link a marketplace is sent; longer is a mistake.
+MAX_FIELD = 255
+MAX_LINK = 1024
+
+
+class ShipPayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A shipment as reported: sent to the marketplace once, so it must carry everything."""
+
+    carrier: str
+    tracking_number: str = ""
+    tracking_link: str = ""
+    items: tuple[tuple[int, int], ...] = ()
+    """(order item id, quantity) for a partial shipment; empty ships the whole order."""
+    return_carrier: str | None = None
+    return_tracking_number: str | None = None
+    warehouse_id: str | None = None
+
+
+class AcknowledgePayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The shop took the order (`success`) or failed to (`error`, with its message)."""
+
+    status: str = "success"
+    store_reference: str | None = None
+    message: str = ""
+    acknowledged_at: datetime | None = None
+
+
+class ReasonPayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Accept, refuse, cancel, deliver and unacknowledge carry at most a reason."""
+
+    reason: str = ""
+
+
+class RefundPayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A refund: the shipping costs or not, and which products in which quantity."""
+
+    shipping: bool = True
+    products: tuple[tuple[str, int], ...] = ()
+
+
+Payload = ShipPayload | AcknowledgePayload | ReasonPayload | RefundPayload
+
+PAYLOAD_TYPES: dict[OperationKind, type[Payload]] = {
+    K.SHIP: ShipPayload,
+    K.ACKNOWLEDGE: AcknowledgePayload,
+    K.REFUND: RefundPayload,
+    K.ACCEPT: ReasonPayload,
+    K.REFUSE: ReasonPayload,
+    K.CANCEL: ReasonPayload,
+    K.DELIVER: ReasonPayload,
+    K.UNACKNOWLEDGE: ReasonPayload,
+}
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """What the rules need to know of an order."""
+
+    id: int
+    reference: str
+    channel: str
+    status: OrderStatus
+    fulfilled_by: FulfilledBy
+    require_tracking: bool
+    items: dict[int, int]
+    """Order item id → quantity ordered."""
+
+
+@dataclass(frozen=True)
+class PriorOperation:
+    """An operation already requested on the same order."""
+
+    id: int
+    ticket_id: str
+    kind: OperationKind
+    state: TicketState
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Schedule it, settle it at once, refuse it with a reason, or point at an older ticket."""
+
+    state: TicketState
+    reason: str = ""
+    reuse: PriorOperation | None = None
+
+
+LIVE = frozenset({TicketState.SCHEDULED, TicketState.RUNNING, TicketState.SUCCEED})
+_ACCEPTABLE = frozenset({S.WAITING_STORE_ACCEPTANCE})
+_CANCELLABLE = frozenset({S.CREATED, S.WAITING_STORE_ACCEPTANCE, S.WAITING_SHIPMENT})
+_SHIPPABLE = frozenset({S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED})
+_REFUNDABLE = frozenset({S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED, S.SHIPPED, S.PARTIALLY_REFUNDED})
+_DELIVERABLE = frozenset({S.SHIPPED, S.PARTIALLY_SHIPPED})
+_ALLOWED_FROM: dict[OperationKind, frozenset[OrderStatus]] = {
+    K.ACCEPT: _ACCEPTABLE,
+    K.REFUSE: _ACCEPTABLE,
+    K.CANCEL: _CANCELLABLE,
+    K.SHIP: _SHIPPABLE,
+    K.REFUND: _REFUNDABLE,
+    K.DELIVER: _DELIVERABLE,
+}
+
+
+def _refuse(reason: str) -> Decision:
+    return Decision(TicketState.FAILED, reason)
+
+
+def decide(
+    kind: OperationKind, order: OrderView | None, payload: Payload, prior: list[PriorOperation]
+) -> Decision:
+    """Decide what becomes of one requested operation on one order."""
+    if order is None:
+        return _refuse("order not found")
+    if kind in (K.ACKNOWLEDGE, K.UNACKNOWLEDGE):
+        return Decision(TicketState.SUCCEED)
+    encoded = msgspec.to_builtins(payload)
+    same = [p for p in prior if p.kind == kind and p.state in LIVE and p.payload == encoded]
+    if same:
+        # A repeat of a request already taken: the same ticket answers it, nothing is resent.
+        return Decision(same[0].state, reuse=same[0])
+    allowed = _ALLOWED_FROM[kind]
+    if order.status not in allowed:
+        return _refuse(
+            f"order {order.reference} is {order.status.value}; {kind.value} needs "
+            f"{' or '.join(sorted(s.value for s in allowed))}"
+        )
+    pending = [
+        p
+        for p in prior
+        if p.state in (TicketState.SCHEDULED, TicketState.RUNNING)
+        and p.kind in (K.ACCEPT, K.REFUSE, K.CANCEL)
+    ]
+    if kind in (K.ACCEPT, K.REFUSE, K.CANCEL) and pending:
+        return _refuse(
+            f"a {pending[0].kind.value} of order {order.reference} is already pending "
+            f"(ticket {pending[0].ticket_id})"
+        )
+    if kind == K.SHIP:
+        assert isinstance(payload, ShipPayload)
+        return _decide_ship(order, payload, prior)
+    return Decision(TicketState.SCHEDULED)
+
+
+def _decide_ship(order: OrderView, ship: ShipPayload, prior: list[PriorOperation]) -> Decision:
+    if order.fulfilled_by == FulfilledBy.CHANNEL:
+        return _refuse(f"order {order.reference} is shipped by the marketplace itself")
+    if not ship.carrier.strip():
+        return _refuse("carrier is required")
+    if order.require_tracking and not ship.tracking_number.strip():
+        return _refuse(f"channel {order.channel} requires a tracking number")
+    for name, value, limit in (
+        ("carrier", ship.carrier, MAX_FIELD),
+        ("trackingNumber", ship.tracking_number, MAX_FIELD),
+        ("trackingLink", ship.tracking_link, MAX_LINK),
+    ):
+        if len(value) > limit:
+            return _refuse(f"{name} is {len(value)} characters long; at most {limit}")
+    if ship.tracking_link and not ship.tracking_link.startswith(("https://", "http://")):
+        return _refuse("trackingLink must be an http(s):// URL")
+    shipments = [p for p in prior if p.kind == K.SHIP and p.state in LIVE]
+    if not ship.items:
+        if shipments:
+            return _refuse(
+                f"order {order.reference} already has a shipment "
+                f"(ticket {shipments[0].ticket_id}); a shipment is sent only once"
+            )
+        return Decision(TicketState.SCHEDULED)
+    shipped: dict[int, int] = {}
+    for p in shipments:
+        lines = p.payload.get("items") or []
+        if not lines:
+            return _refuse(
+                f"order {order.reference} was shipped whole "
+                f"(ticket {p.ticket_id}); a shipment is sent only once"
+            )
+        for item_id, quantity in lines:
+            shipped[item_id] = shipped.get(item_id, 0) + quantity
+    seen: set[int] = set()
+    for item_id, quantity in ship.items:
+        if item_id not in order.items:
+            return _refuse(f"item {item_id} is not a line of order {order.reference}")
+        if item_id in seen:
+            return _refuse(f"item {item_id} is listed twice")
+        seen.add(item_id)
+        left = order.items[item_id] - shipped.get(item_id, 0)
+        if quantity < 1 or quantity > left:
+            return _refuse(
+                f"item {item_id}: quantity {quantity} is not between 1 and the {left} left to ship"
+            )
+    return Decision(TicketState.SCHEDULED)
