@@ -72,6 +72,9 @@ class MarketplaceConnector(Protocol):
     name: str
     min_poll_interval: float | None
     """The marketplace's recommended shortest poll interval, in seconds."""
+    pages_sorted_by_update: bool
+    """Whether pages come oldest change first, so the cursor may move after each page.
+    When not (Mirakl lists by creation date), it moves only after a complete pass."""
 
     def fetch_orders(self, since: datetime | None) -> AsyncIterator[OrderPage]:
         """Yield the orders changed since `since`, page by page, oldest change first."""

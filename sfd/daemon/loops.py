@@ -178,6 +178,18 @@ class Poller(Loop):
         # The cursor never passes an order we could not read, so the next poll sees it again.
         ceiling: datetime | None = None
         held = False
+        newest: datetime | None = None
+
+        def advance() -> datetime | None:
+            nonlocal cursor
+            if newest is None or held:
+                return None
+            candidate = (min(newest, ceiling) if ceiling else newest) - CURSOR_OVERLAP
+            if cursor is not None and candidate <= cursor:
+                return None
+            cursor = candidate
+            return candidate
+
         async for page in connector.fetch_orders(cursor):
             for skipped in page.skipped:
                 self.log.warning("order_skipped", order=skipped.reference, reason=skipped.reason)
@@ -186,12 +198,10 @@ class Poller(Loop):
                     held = True
                 elif ceiling is None or skipped.updated_at < ceiling:
                     ceiling = skipped.updated_at
-            newest = max((o.updated_at for o in page.orders), default=None)
-            next_cursor = None
-            if newest is not None and not held:
-                candidate = (min(newest, ceiling) if ceiling else newest) - CURSOR_OVERLAP
-                if cursor is None or candidate > cursor:
-                    next_cursor = cursor = candidate
+            for order in page.orders:
+                if newest is None or order.updated_at > newest:
+                    newest = order.updated_at
+            next_cursor = advance() if connector.pages_sorted_by_update else None
             result = await self.storage.orders.import_page(
                 self.channel_id, self.channel.store, page.orders, self.clock(), next_cursor
             )
@@ -213,6 +223,11 @@ class Poller(Loop):
                 )
             for reference, reason in result.refused:
                 self.log.warning("order_update_refused", order=reference, reason=reason)
+        if not connector.pages_sorted_by_update:
+            # Only a complete pass has seen every change up to the newest one.
+            final = advance()
+            if final is not None:
+                await self.storage.channels.set_cursor(self.channel_id, final, self.clock())
         return counts
 
     def _fail(self, condition: str, reason: str) -> None:

@@ -137,6 +137,14 @@ class ChannelStore:
         row = await self.db.fetchone("SELECT cursor FROM channels WHERE id = ?", (channel_id,))
         return _time(row["cursor"]) if row else None
 
+    async def set_cursor(self, channel_id: int, cursor: datetime, now: datetime) -> None:
+        """Move the channel's import cursor."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE channels SET cursor = ?, updated_at = ? WHERE id = ?",
+                (to_iso(cursor), to_iso(now), channel_id),
+            )
+
     async def record_poll_started(self, channel_id: int, now: datetime) -> None:
         """A poll begins."""
         async with self.db.write() as tx:

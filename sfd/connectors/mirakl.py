@@ -1,0 +1,821 @@
+"""Mirakl's shop API: list orders (OR11), accept or refuse (OR21), ship (OR23, OR24), cancel (OR29).
+
+Every operator running Mirakl (Decathlon, Leroy Merlin, Carrefour, La Redoute...) serves the same
+shop API under its own host. Amounts are read as exact decimals, never binary floats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import msgspec
+from multidict import CIMultiDict
+from yarl import URL
+
+from sfd.clock import from_iso
+from sfd.connectors.base import (
+    AuthFailed,
+    OrderPage,
+    RateLimited,
+    Rejected,
+    ShipmentRequest,
+    SkippedOrder,
+    Transient,
+)
+from sfd.connectors.settings import MiraklSettings
+from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus, Shipment
+
+if TYPE_CHECKING:
+    from sfd.connectors.base import MarketplaceConnector
+
+#: OR11 serves at most 100 orders a page.
+PAGE_SIZE: Final = 100
+#: How long the operator's carrier list (SH21) is trusted before it is read again.
+CARRIERS_TTL: Final = 3600.0
+
+#: Order states of orders the customer has not paid yet: not imported.
+UNRELEASED_STATES: Final = frozenset({"STAGING", "WAITING_DEBIT", "WAITING_DEBIT_PAYMENT"})
+#: Order states of orders that have left the shop.
+SHIPPED_STATES: Final = frozenset({"SHIPPED", "TO_COLLECT", "RECEIVED", "CLOSED"})
+#: Order states an accepted order can be in.
+ACCEPTED_STATES: Final = frozenset({"WAITING_DEBIT", "WAITING_DEBIT_PAYMENT", "SHIPPING"}) | (
+    SHIPPED_STATES
+)
+#: Mirakl order state → sfd status, for released orders.
+STATUS_BY_STATE: Final[Mapping[str, OrderStatus]] = {
+    "WAITING_ACCEPTANCE": OrderStatus.WAITING_STORE_ACCEPTANCE,
+    "SHIPPING": OrderStatus.WAITING_SHIPMENT,
+    "SHIPPED": OrderStatus.SHIPPED,
+    "TO_COLLECT": OrderStatus.SHIPPED,
+    "RECEIVED": OrderStatus.SHIPPED,
+    "CLOSED": OrderStatus.SHIPPED,
+    "REFUSED": OrderStatus.REFUSED,
+    "CANCELED": OrderStatus.CANCELLED,
+    "REFUNDED": OrderStatus.REFUNDED,
+}
+
+PARTIAL_SHIPMENT = (
+    "Mirakl ships whole orders (OR24): a partial shipment cannot be sent; ship every line"
+)
+
+# ISO 3166-1 alpha-3 → alpha-2: Mirakl writes alpha-3 codes, the shop API speaks alpha-2.
+_COUNTRY_PAIRS: Final = (
+    "ABWAW AFGAF AGOAO AIAAI ALAAX ALBAL ANDAD AREAE ARGAR ARMAM ASMAS ATAAQ ATFTF ATGAG "
+    "AUSAU AUTAT AZEAZ BDIBI BELBE BENBJ BESBQ BFABF BGDBD BGRBG BHRBH BHSBS BIHBA BLMBL "
+    "BLRBY BLZBZ BMUBM BOLBO BRABR BRBBB BRNBN BTNBT BVTBV BWABW CAFCF CANCA CCKCC CHECH "
+    "CHLCL CHNCN CIVCI CMRCM CODCD COGCG COKCK COLCO COMKM CPVCV CRICR CUBCU CUWCW CXRCX "
+    "CYMKY CYPCY CZECZ DEUDE DJIDJ DMADM DNKDK DOMDO DZADZ ECUEC EGYEG ERIER ESHEH ESPES "
+    "ESTEE ETHET FINFI FJIFJ FLKFK FRAFR FROFO FSMFM GABGA GBRGB GEOGE GGYGG GHAGH GIBGI "
+    "GINGN GLPGP GMBGM GNBGW GNQGQ GRCGR GRDGD GRLGL GTMGT GUFGF GUMGU GUYGY HKGHK HMDHM "
+    "HNDHN HRVHR HTIHT HUNHU IDNID IMNIM INDIN IOTIO IRLIE IRNIR IRQIQ ISLIS ISRIL ITAIT "
+    "JAMJM JEYJE JORJO JPNJP KAZKZ KENKE KGZKG KHMKH KIRKI KNAKN KORKR KWTKW LAOLA LBNLB "
+    "LBRLR LBYLY LCALC LIELI LKALK LSOLS LTULT LUXLU LVALV MACMO MAFMF MARMA MCOMC MDAMD "
+    "MDGMG MDVMV MEXMX MHLMH MKDMK MLIML MLTMT MMRMM MNEME MNGMN MNPMP MOZMZ MRTMR MSRMS "
+    "MTQMQ MUSMU MWIMW MYSMY MYTYT NAMNA NCLNC NERNE NFKNF NGANG NICNI NIUNU NLDNL NORNO "
+    "NPLNP NRUNR NZLNZ OMNOM PAKPK PANPA PCNPN PERPE PHLPH PLWPW PNGPG POLPL PRIPR PRKKP "
+    "PRTPT PRYPY PSEPS PYFPF QATQA REURE ROURO RUSRU RWARW SAUSA SDNSD SENSN SGPSG SGSGS "
+    "SHNSH SJMSJ SLBSB SLESL SLVSV SMRSM SOMSO SPMPM SRBRS SSDSS STPST SURSR SVKSK SVNSI "
+    "SWESE SWZSZ SXMSX SYCSC SYRSY TCATC TCDTD TGOTG THATH TJKTJ TKLTK TKMTM TLSTL TONTO "
+    "TTOTT TUNTN TURTR TUVTV TWNTW TZATZ UGAUG UKRUA UMIUM URYUY USAUS UZBUZ VATVA VCTVC "
+    "VENVE VGBVG VIRVI VNMVN VUTVU WLFWF WSMWS YEMYE ZAFZA ZMBZM ZWEZW"
+)
+_ALPHA3_TO_ALPHA2: Final = {pair[:3]: pair[3:] for pair in _COUNTRY_PAIRS.split()}
+
+_ANY_DECODER: Final = msgspec.json.Decoder(float_hook=Decimal)
+_T = TypeVar("_T")
+
+
+class _Listing(msgspec.Struct):
+    """OR11's answer, each order kept as the exact bytes Mirakl sent."""
+
+    orders: list[msgspec.Raw]
+    total_count: int | None = None
+
+
+class _Carrier(msgspec.Struct):
+    code: str
+    label: str | None = None
+
+
+class _Carriers(msgspec.Struct):
+    carriers: list[_Carrier]
+
+
+class MalformedOrder(Exception):
+    """An order that cannot be read: which field, and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: bytes
+    headers: CIMultiDict[str]
+
+
+class MiraklConnector:
+    """One Mirakl operator's shop API, for one shop."""
+
+    min_poll_interval: float | None = 60.0
+    # OR11 lists by creation date and offers no sort by update date.
+    pages_sorted_by_update: bool = False
+
+    def __init__(
+        self,
+        settings: MiraklSettings,
+        *,
+        name: str = "mirakl",
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        base = settings.base_url.strip().rstrip("/")
+        # The operator's "API URL" often ends in /api already; our paths carry it.
+        self._base = base.removesuffix("/api")
+        self._session = session
+        self._owns_session = False
+        self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._carriers: list[_Carrier] | None = None
+        self._carriers_read_at = 0.0
+
+    # -- the connector protocol -------------------------------------------------------------
+
+    async def fetch_orders(self, since: datetime | None) -> AsyncIterator[OrderPage]:
+        """Yield the orders changed since `since`, one page per OR11 call."""
+        offset = 0
+        while True:
+            params = {
+                "paginate": "true",
+                "max": str(PAGE_SIZE),
+                "offset": str(offset),
+                "order": "asc",
+            }
+            if since is not None:
+                params["start_update_date"] = format_date(since)
+            op = f"OR11 list orders (offset {offset})"
+            listing = self._listing(await self._call("GET", "/api/orders", op, params=params), op)
+            page = OrderPage(orders=[])
+            for index, raw in enumerate(listing.orders, start=offset):
+                _read_into(page, index, bytes(raw))
+            yield page
+            count = len(listing.orders)
+            offset += count
+            if count < PAGE_SIZE or (
+                listing.total_count is not None and offset >= listing.total_count
+            ):
+                return
+
+    async def accept(self, reference: str) -> None:
+        """Accept every line of an order waiting for acceptance (OR21)."""
+        await self._decide(reference, accepted=True)
+
+    async def refuse(self, reference: str) -> None:
+        """Refuse every line of an order waiting for acceptance (OR21)."""
+        await self._decide(reference, accepted=False)
+
+    async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
+        """Send the tracking (OR23), then confirm the shipment (OR24); a repeat succeeds."""
+        if shipment.items is not None:
+            raise Rejected(PARTIAL_SHIPMENT)
+        path = f"/api/orders/{_segment(reference)}"
+        tracking = await self._tracking_body(shipment)
+        try:
+            if tracking is not None:
+                await self._call(
+                    "PUT", f"{path}/tracking", f"OR23 tracking of {reference}", body=tracking
+                )
+            await self._call("PUT", f"{path}/ship", f"OR24 ship {reference}")
+        except Rejected:
+            # After an unknown outcome the order may have shipped already: Mirakl then refuses
+            # OR23/OR24 (the order is no longer SHIPPING). Only the order's state decides.
+            order = await self._read_order(reference, f"OR11 check shipment of {reference}")
+            if order is not None and order.get("order_state") in SHIPPED_STATES:
+                return
+            raise
+
+    async def cancel(self, reference: str) -> None:
+        """Cancel the whole order (OR29); an order Mirakl shows cancelled already succeeds."""
+        try:
+            await self._call(
+                "PUT", f"/api/orders/{_segment(reference)}/cancel", f"OR29 cancel {reference}"
+            )
+        except Rejected:
+            order = await self._read_order(reference, f"OR11 check cancellation of {reference}")
+            if order is not None and order.get("order_state") == "CANCELED":
+                return
+            raise
+
+    async def order_status(self, reference: str) -> OrderStatus | None:
+        """The order's status on Mirakl now, or None if Mirakl has not released it."""
+        order = await self._read_order(reference, f"OR11 read status of {reference}")
+        if order is None:
+            return None
+        state = order.get("order_state")
+        if not isinstance(state, str):
+            raise Transient(f"Mirakl OR11: order {reference} has no order_state")
+        if state in UNRELEASED_STATES:
+            return None
+        status = STATUS_BY_STATE.get(state)
+        if status is None:
+            raise Rejected(f"Mirakl order {reference} is in an unknown state {state!r}")
+        return status
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this connector opened it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+            self._owns_session = False
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def _decide(self, reference: str, *, accepted: bool) -> None:
+        verb, done = ("accept", "accepted") if accepted else ("refuse", "refused")
+        order = await self._read_order(reference, f"OR11 read {reference} before OR21")
+        if order is None:
+            raise Rejected(f"Mirakl has no released order {reference} to {verb}")
+        state = order.get("order_state")
+        if (accepted and state in ACCEPTED_STATES) or (not accepted and state == "REFUSED"):
+            return  # done already, by us on an earlier try or by someone else
+        if state != "WAITING_ACCEPTANCE":
+            raise Rejected(
+                f"Mirakl order {reference} is {state}: only an order in WAITING_ACCEPTANCE "
+                f"can be {done}"
+            )
+        lines = order.get("order_lines")
+        ids = (
+            [line.get("order_line_id") for line in lines if isinstance(line, dict)]
+            if isinstance(lines, list)
+            else []
+        )
+        if not ids or not all(isinstance(i, str) and i for i in ids):
+            raise Rejected(f"Mirakl order {reference} has no readable order_lines to {verb}")
+        body = {"order_lines": [{"id": i, "accepted": accepted} for i in ids]}
+        await self._call(
+            "PUT",
+            f"/api/orders/{_segment(reference)}/accept",
+            f"OR21 {verb} {reference}",
+            body=body,
+        )
+
+    async def _tracking_body(self, shipment: ShipmentRequest) -> dict[str, str] | None:
+        carrier = shipment.carrier.strip()
+        number = shipment.tracking_number.strip()
+        link = shipment.tracking_link.strip()
+        if not carrier:
+            if number or link:
+                raise Rejected("Mirakl needs the carrier to record a tracking number (OR23)")
+            return None
+        code = await self._carrier_code(carrier)
+        body: dict[str, str] = {}
+        if code is not None:
+            body["carrier_code"] = code
+        else:
+            body["carrier_name"] = carrier
+            if link:
+                body["carrier_url"] = link
+        if number:
+            body["tracking_number"] = number
+        return body
+
+    async def _carrier_code(self, carrier: str) -> str | None:
+        """The operator's code for `carrier`, matched on code or label, or None if unknown."""
+        now = time.monotonic()
+        if self._carriers is None or now - self._carriers_read_at >= CARRIERS_TTL:
+            op = "SH21 list carriers"
+            body = await self._call("GET", "/api/shipping/carriers", op)
+            self._carriers = _decode(body, _Carriers, op).carriers
+            self._carriers_read_at = now
+        wanted = carrier.casefold()
+        for known in self._carriers:
+            if wanted in (known.code.strip().casefold(), (known.label or "").strip().casefold()):
+                return known.code
+        return None
+
+    async def _read_order(self, reference: str, op: str) -> dict[str, Any] | None:
+        """One order as OR11 shows it, or None when Mirakl has no such order."""
+        body = await self._call("GET", "/api/orders", op, params={"order_ids": reference})
+        for raw in self._listing(body, op).orders:
+            order = _ANY_DECODER.decode(raw)
+            if isinstance(order, dict) and order.get("order_id") == reference:
+                return order
+        return None
+
+    def _listing(self, body: bytes, op: str) -> _Listing:
+        return _decode(body, _Listing, op)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._client_timeout)
+            self._owns_session = True
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        op: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> bytes:
+        """Send one request and return the body of a 2xx answer; map every failure."""
+        query = dict(params or {})
+        if self._settings.shop_id:
+            query["shop_id"] = self._settings.shop_id
+        url = URL(self._base + path, encoded=True).with_query(query)
+        headers = {"Authorization": self._settings.api_key, "Accept": "application/json"}
+        answer = await self._send(method, url, op, headers, body)
+        if 200 <= answer.status < 300:
+            return answer.body
+        self._fail(answer, op)
+
+    async def _send(
+        self, method: str, url: URL, op: str, headers: dict[str, str], body: Any
+    ) -> _Answer:
+        try:
+            async with self._http().request(
+                method,
+                url,
+                headers=headers,
+                json=body,
+                allow_redirects=False,
+                timeout=self._client_timeout,
+            ) as response:
+                payload = await response.read()
+                return _Answer(response.status, payload, response.headers.copy())
+        except TimeoutError:
+            raise Transient(f"Mirakl {op}: no answer within {self._timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            detail = self._scrub(str(exc)) or "no detail"
+            raise Transient(f"Mirakl {op}: {type(exc).__name__}: {detail}") from None
+
+    def _fail(self, answer: _Answer, op: str) -> NoReturn:
+        status = answer.status
+        if 300 <= status < 400:
+            location = answer.headers.get("Location", "")
+            host = (urlsplit(location).hostname or location) if location else "nowhere"
+            raise Transient(f"Mirakl {op}: HTTP {status} redirect to {host} refused")
+        if status in (401, 403):
+            raise AuthFailed(f"Mirakl {op}: HTTP {status}, the API key was refused")
+        if status == 429:
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+            raise RateLimited(f"Mirakl {op}: HTTP 429 rate limited{wait}", retry_after)
+        if 400 <= status < 500:
+            message = _error_message(answer.body)
+            if message is None:
+                message = f"HTTP {status}: {_excerpt(answer.body) or 'empty body'}"
+            raise Rejected(self._scrub(message))
+        raise Transient(
+            f"Mirakl {op}: HTTP {status}: {self._scrub(_excerpt(answer.body)) or 'empty body'}"
+        )
+
+    def _scrub(self, text: str) -> str:
+        key = self._settings.api_key
+        return text.replace(key, "***") if key else text
+
+
+def _decode(body: bytes, kind: type[_T], op: str) -> _T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise Transient(f"Mirakl {op}: unexpected answer ({exc})") from None
+    except msgspec.DecodeError:
+        raise Transient(
+            f"Mirakl {op}: the answer is not JSON: {_excerpt(body) or 'empty body'}"
+        ) from None
+
+
+# -- reading orders -----------------------------------------------------------------------
+#
+# Each order is decoded on its own into typed structs: JSON numbers become exact Decimals, and a
+# field of the wrong type or a missing required field fails that order alone, with its path.
+
+_Quantity = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Field(msgspec.Struct):
+    """A Mirakl custom field (order_additional_fields, order_line_additional_fields)."""
+
+    code: str
+    value: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Tax(msgspec.Struct):
+    amount: Decimal | None = None
+
+
+class _EcoContribution(msgspec.Struct):
+    total_amount: Decimal | None = None
+
+
+class _Media(msgspec.Struct):
+    media_url: str | None = None
+    type: str | None = None
+
+
+class _Line(msgspec.Struct):
+    order_line_id: str
+    offer_sku: str
+    quantity: _Quantity
+    price_unit: Decimal | None = None
+    price: Decimal | None = None
+    shipping_price: Decimal | None = None
+    product_title: str | None = None
+    order_line_state: str | None = None
+    total_commission: Decimal | None = None
+    taxes: list[_Tax] | None = None
+    shipping_taxes: list[_Tax] | None = None
+    eco_contributions: list[_EcoContribution] | None = None
+    product_medias: list[_Media] | None = None
+    order_line_additional_fields: list[_Field] | None = None
+
+
+class _Address(msgspec.Struct):
+    firstname: str | None = None
+    lastname: str | None = None
+    company: str | None = None
+    street_1: str | None = None
+    street_2: str | None = None
+    additional_info: str | None = None
+    zip_code: str | None = None
+    city: str | None = None
+    state: str | None = None
+    country: str | None = None
+    country_iso_code: str | None = None
+    phone: str | None = None
+    phone_secondary: str | None = None
+
+
+class _Organization(msgspec.Struct):
+    name: str | None = None
+    tax_identification_number: str | None = None
+
+
+class _Customer(msgspec.Struct):
+    firstname: str | None = None
+    lastname: str | None = None
+    billing_address: _Address | None = None
+    shipping_address: _Address | None = None
+    organization: _Organization | None = None
+
+
+class _Channel(msgspec.Struct):
+    code: str | None = None
+
+
+class _Order(msgspec.Struct):
+    order_id: str
+    order_state: str
+    created_date: datetime
+    last_updated_date: datetime
+    currency_iso_code: str
+    shipping_price: Decimal
+    total_price: Decimal
+    order_lines: list[_Line]
+    price: Decimal | None = None
+    shipping_deadline: datetime | None = None
+    payment_type: str | None = None
+    payment_workflow: str | None = None
+    commercial_id: str | None = None
+    channel: _Channel | None = None
+    customer: _Customer | None = None
+    customer_notification_email: str | None = None
+    shipping_type_code: str | None = None
+    shipping_type_label: str | None = None
+    shipping_zone_code: str | None = None
+    shipping_pudo_id: str | None = None
+    shipping_carrier_code: str | None = None
+    shipping_company: str | None = None
+    shipping_tracking: str | None = None
+    shipping_tracking_url: str | None = None
+    order_additional_fields: list[_Field] | None = None
+
+
+class _Head(msgspec.Struct):
+    """What can still be learnt from an order that does not decode."""
+
+    order_id: Any = None
+    order_state: Any = None
+    last_updated_date: Any = None
+
+
+_ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
+_HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
+_MISSING = re.compile(
+    r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
+)
+_AT = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
+
+
+def _read_into(page: OrderPage, index: int, raw: bytes) -> None:
+    """Normalize one order of a page into `page`, or record why it was skipped."""
+    try:
+        order = parse_order(raw)
+    except MalformedOrder as exc:
+        page.skipped.append(_skipped(index, raw, str(exc)))
+        return
+    if order is not None:
+        page.orders.append(order)
+
+
+def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
+    try:
+        head = _HEAD_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return SkippedOrder(f"#{index}", reason)
+    reference = head.order_id if isinstance(head.order_id, str) and head.order_id else f"#{index}"
+    updated_at = None
+    if isinstance(head.last_updated_date, str):
+        try:
+            updated_at = from_iso(head.last_updated_date)
+        except ValueError:
+            updated_at = None
+    return SkippedOrder(reference, reason, updated_at)
+
+
+def parse_order(raw: bytes) -> MarketplaceOrder | None:
+    """Normalize one OR11 order from its JSON; None for an order not paid yet.
+
+    Raise MalformedOrder, naming the field, when the order cannot be read.
+    """
+    try:
+        data = _ORDER_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        try:
+            head = _HEAD_DECODER.decode(raw)
+        except msgspec.DecodeError:
+            head = _Head()
+        if head.order_state in UNRELEASED_STATES:
+            return None
+        raise _malformed(exc) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedOrder("order", f"not JSON ({exc})") from None
+    if data.order_state in UNRELEASED_STATES:
+        return None
+    status = STATUS_BY_STATE.get(data.order_state)
+    if status is None:
+        raise MalformedOrder("order_state", f"unknown state {data.order_state!r}")
+    for name in ("order_id", "currency_iso_code"):
+        if not getattr(data, name).strip():
+            raise MalformedOrder(name, "empty")
+    for name in ("price", "shipping_price", "total_price"):
+        _finite(getattr(data, name), name)
+    items = tuple(_item(line, f"order_lines[{n}]") for n, line in enumerate(data.order_lines))
+    product_amount = data.price
+    if product_amount is None:
+        product_amount = sum(
+            (
+                line.price if line.price is not None else item.price * item.quantity
+                for line, item in zip(data.order_lines, items, strict=True)
+            ),
+            Decimal(0),
+        )
+    customer = data.customer or _Customer()
+    email = data.customer_notification_email or ""
+    carrier = data.shipping_carrier_code or data.shipping_company or ""
+    tracking = data.shipping_tracking or ""
+    tracking_url = data.shipping_tracking_url or ""
+    shipment = (
+        Shipment(carrier=carrier, tracking_number=tracking, tracking_link=tracking_url)
+        if carrier or tracking or tracking_url
+        else None
+    )
+    return MarketplaceOrder(
+        reference=data.order_id,
+        status=status,
+        created_at=_utc(data.created_date),
+        updated_at=_utc(data.last_updated_date),
+        currency=data.currency_iso_code,
+        product_amount=product_amount,
+        shipping_amount=data.shipping_price,
+        total_amount=data.total_price,
+        raw=raw,
+        payment_method=data.payment_type or "",
+        shipping_method=data.shipping_type_label or data.shipping_type_code or "",
+        latest_ship_date=_utc(data.shipping_deadline) if data.shipping_deadline else None,
+        billing_address=_address(customer.billing_address, customer, email),
+        shipping_address=_address(
+            customer.shipping_address, customer, email, data.shipping_pudo_id or ""
+        ),
+        items=items,
+        shipment=shipment,
+        additional_fields=_order_fields(data, customer),
+    )
+
+
+def _malformed(exc: msgspec.ValidationError) -> MalformedOrder:
+    """msgspec's "Expected `str`, got `int` - at `$.x[0].y`" as `x[0].y: expected ...`."""
+    message = str(exc)
+    missing = _MISSING.match(message)
+    if missing:
+        at = missing["at"]
+        return MalformedOrder(f"{at}.{missing['field']}" if at else missing["field"], "missing")
+    located = _AT.match(message)
+    if located:
+        problem = located["problem"]
+        return MalformedOrder(located["at"] or "order", problem[:1].lower() + problem[1:])
+    return MalformedOrder("order", message)
+
+
+def _finite(amount: Decimal | None, path: str) -> None:
+    if amount is not None and not amount.is_finite():
+        raise MalformedOrder(path, f"expected a finite number, got {amount}")
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _item(line: _Line, path: str) -> OrderItem:
+    for name in ("price_unit", "price", "shipping_price", "total_commission"):
+        _finite(getattr(line, name), f"{path}.{name}")
+    if not line.order_line_id.strip():
+        raise MalformedOrder(f"{path}.order_line_id", "empty")
+    if not line.offer_sku.strip():
+        raise MalformedOrder(f"{path}.offer_sku", "empty")
+    unit = line.price_unit
+    if unit is None:
+        if line.price is None:
+            raise MalformedOrder(f"{path}.price_unit", "missing, and no price to derive it from")
+        unit = line.price / line.quantity if line.quantity else line.price
+    fields: dict[str, Any] = {}
+    if line.shipping_price is not None:
+        fields["shipping_price"] = str(line.shipping_price)
+    if line.shipping_taxes:
+        fields["shipping_tax_amount"] = str(_taxes(line.shipping_taxes))
+    fields.update(_custom_fields(line.order_line_additional_fields))
+    return OrderItem(
+        reference=line.offer_sku,
+        channel_reference=line.order_line_id,
+        quantity=line.quantity,
+        price=unit,
+        name=line.product_title or "",
+        status=line.order_line_state or "",
+        commission=line.total_commission or Decimal(0),
+        tax_amount=_taxes(line.taxes),
+        ecotax_amount=sum(
+            (e.total_amount or Decimal(0) for e in line.eco_contributions or ()), Decimal(0)
+        ),
+        image=_image(line.product_medias),
+        additional_fields=fields,
+    )
+
+
+def _taxes(taxes: list[_Tax] | None) -> Decimal:
+    return sum((t.amount or Decimal(0) for t in taxes or ()), Decimal(0))
+
+
+def _image(medias: list[_Media] | None) -> str:
+    urls = [m for m in medias or () if m.media_url]
+    large = [m for m in urls if (m.type or "").upper() == "LARGE"]
+    chosen = large or urls
+    return chosen[0].media_url or "" if chosen else ""
+
+
+def _address(
+    found: _Address | None, customer: _Customer, email: str, relay_id: str = ""
+) -> Address:
+    if found is None:
+        # Mirakl hides addresses until the order is accepted: keep the customer's name.
+        return Address(
+            first_name=customer.firstname or "",
+            last_name=customer.lastname or "",
+            email=email,
+            relay_id=relay_id,
+        )
+    return Address(
+        first_name=found.firstname or "",
+        last_name=found.lastname or "",
+        company=found.company or "",
+        street=found.street_1 or "",
+        street2=found.street_2 or "",
+        other=found.additional_info or "",
+        postal_code=found.zip_code or "",
+        city=found.city or "",
+        province=found.state or "",
+        country=country_code(found.country_iso_code or found.country or ""),
+        phone=found.phone or "",
+        mobile_phone=found.phone_secondary or "",
+        email=email,
+        relay_id=relay_id,
+    )
+
+
+def country_code(value: str) -> str:
+    """A country as ISO 3166-1 alpha-2 when Mirakl gave an alpha-3 code; else unchanged."""
+    code = value.strip()
+    return _ALPHA3_TO_ALPHA2.get(code.upper(), code)
+
+
+def _order_fields(data: _Order, customer: _Customer) -> dict[str, Any]:
+    fields = _custom_fields(data.order_additional_fields)
+    extra = {
+        "channel_code": data.channel.code if data.channel else None,
+        "commercial_id": data.commercial_id,
+        "shipping_type_code": data.shipping_type_code,
+        "shipping_zone_code": data.shipping_zone_code,
+        "payment_workflow": data.payment_workflow,
+    }
+    organization = customer.organization
+    if organization is not None:
+        extra["organization_name"] = organization.name
+        extra["vat_number"] = organization.tax_identification_number
+    fields.update((key, value) for key, value in extra.items() if value)
+    fields["order_state"] = data.order_state
+    return fields
+
+
+def _custom_fields(entries: list[_Field] | None) -> dict[str, Any]:
+    """Mirakl custom fields as code → value; decimal numbers written as text."""
+    fields: dict[str, Any] = {}
+    for entry in entries or ():
+        value = _ANY_DECODER.decode(entry.value)
+        fields[entry.code] = str(value) if isinstance(value, Decimal) else value
+    return fields
+
+
+# -- wire helpers -------------------------------------------------------------------------
+
+
+def format_date(moment: datetime) -> str:
+    """A time as OR11 reads it: UTC, whole seconds, `Z` (2026-11-29T10:00:00Z).
+
+    Seconds are cut, never rounded up, so no change is ever missed.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, given as seconds or as an HTTP date; None if unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _error_message(body: bytes) -> str | None:
+    """Mirakl's own error message (`{"status": 400, "message": "..."}`), if there is one."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    message = data.get("message")
+    if isinstance(message, str) and message.strip():
+        return message.strip()
+    errors = data.get("errors")
+    if isinstance(errors, list):
+        texts = [e["message"] for e in errors if isinstance(e, dict) and e.get("message")]
+        if texts:
+            return "; ".join(str(t) for t in texts)
+    return None
+
+
+def _excerpt(body: bytes, limit: int = 200) -> str:
+    text = re.sub(r"\s+", " ", body.decode("utf-8", errors="replace")).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+if TYPE_CHECKING:
+    _conforms: type[MarketplaceConnector] = MiraklConnector

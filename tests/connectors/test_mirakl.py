@@ -1,0 +1,915 @@
+"""The Mirakl connector, call by call: exact requests out, normalized orders and errors back."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from email.utils import format_datetime
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import CallbackResult, aioresponses
+from aioresponses import core as aioresponses_core
+from yarl import URL
+
+from sfd.connectors.base import (
+    AuthFailed,
+    OrderPage,
+    RateLimited,
+    Rejected,
+    ShipmentRequest,
+    Transient,
+)
+from sfd.connectors.mirakl import MiraklConnector
+from sfd.connectors.settings import MiraklSettings
+from sfd.domain import OrderStatus
+
+BASE = "https://mirakl.test"
+KEY = "c0ffee-api-key-5ecret"
+ORDERS = re.compile(r"^https://mirakl\.test/api/orders(\?.*)?$")
+CARRIERS = re.compile(r"^https://mirakl\.test/api/shipping/carriers(\?.*)?$")
+
+
+def put_url(order_id: str, action: str) -> re.Pattern[str]:
+    return re.compile(rf"^https://mirakl\.test/api/orders/{re.escape(order_id)}/{action}(\?.*)?$")
+
+
+def mirakl_order(
+    order_id: str = "7001-A", state: str = "SHIPPING", **changes: Any
+) -> dict[str, Any]:
+    """An OR11 order as Mirakl writes it: relay delivery, B2B buyer, two lines."""
+    order: dict[str, Any] = {
+        "order_id": order_id,
+        "commercial_id": order_id.removesuffix("-A"),
+        "order_state": state,
+        "created_date": "2026-11-28T09:15:00Z",
+        "last_updated_date": "2026-11-29T10:30:00.250Z",
+        "shipping_deadline": "2026-12-02T23:59:59Z",
+        "currency_iso_code": "EUR",
+        "price": 39.98,
+        "shipping_price": 4.9,
+        "total_price": 44.88,
+        "total_commission": 5.76,
+        "payment_type": "CB",
+        "payment_workflow": "PAY_ON_ACCEPTANCE",
+        "channel": {"code": "FR", "label": "France"},
+        "customer_notification_email": "k2x9@notifications.mirakl.test",
+        "customer": {
+            "customer_id": "C-981",
+            "firstname": "Camille",
+            "lastname": "Dubois",
+            "billing_address": {
+                "firstname": "Camille",
+                "lastname": "Dubois",
+                "company": "Atelier Dubois SARL",
+                "street_1": "12 rue de la République",
+                "street_2": "Bâtiment B",
+                "zip_code": "69002",
+                "city": "Lyon",
+                "country": "France",
+                "country_iso_code": "FRA",
+                "phone": "0472000000",
+                "phone_secondary": "0611223344",
+            },
+            "shipping_address": {
+                "firstname": "Camille",
+                "lastname": "Dubois",
+                "company": "Tabac de la Gare",
+                "street_1": "3 place de la Gare",
+                "zip_code": "69003",
+                "city": "Lyon",
+                "country_iso_code": "FRA",
+                "phone": "0611223344",
+                "additional_info": "Point relais 020406",
+            },
+            "organization": {
+                "name": "Atelier Dubois SARL",
+                "tax_identification_number": "FR40123456789",
+            },
+        },
+        "order_additional_fields": [
+            {"code": "vat-number", "type": "STRING", "value": "FR40123456789"}
+        ],
+        "order_lines": [
+            {
+                "order_line_id": f"{order_id}-1",
+                "order_line_state": state,
+                "offer_sku": "SKU-0001",
+                "product_title": "Housse de coussin en lin",
+                "quantity": 2,
+                "price_unit": 19.99,
+                "price": 39.98,
+                "shipping_price": 4.9,
+                "total_commission": 5.76,
+                "taxes": [{"code": "TVA", "amount": 6.66, "rate": 20}],
+                "shipping_taxes": [{"code": "TVA", "amount": 0.82, "rate": 20}],
+                "eco_contributions": [{"total_amount": 0.12}],
+                "product_medias": [
+                    {"media_url": "https://img.test/small.jpg", "type": "SMALL"},
+                    {"media_url": "https://img.test/large.jpg", "type": "LARGE"},
+                ],
+            }
+        ],
+        "shipping_type_code": "RELAY",
+        "shipping_type_label": "Livraison en point relais",
+        "shipping_zone_code": "FR",
+        "shipping_pudo_id": "020406",
+        "shipping_carrier_code": None,
+        "shipping_company": None,
+        "shipping_tracking": None,
+        "shipping_tracking_url": None,
+    }
+    order.update(changes)
+    return order
+
+
+def listing(*orders: dict[str, Any] | str, total: int | None = None) -> str:
+    """An OR11 body; an order given as text is sent byte for byte."""
+    texts = [o if isinstance(o, str) else json.dumps(o, ensure_ascii=False) for o in orders]
+    count = len(orders) if total is None else total
+    return '{"orders": [' + ", ".join(texts) + f'], "total_count": {count}}}'
+
+
+class _MockedResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 builds responses without the `stream_writer` aiohttp 3.14 requires."""
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture
+def http(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
+    monkeypatch.setattr(aioresponses_core, "ClientResponse", _MockedResponse)
+    with aioresponses() as mocked:
+        yield mocked
+
+
+@pytest.fixture
+async def connector() -> AsyncIterator[MiraklConnector]:
+    mirakl = MiraklConnector(MiraklSettings(base_url=BASE, api_key=KEY, shop_id="42"))
+    yield mirakl
+    await mirakl.aclose()
+
+
+def sent(http: aioresponses, method: str | None = None) -> list[tuple[str, URL, dict[str, Any]]]:
+    """Every request made, as (method, url, keyword arguments)."""
+    return [
+        (m, url, call.kwargs)
+        for (m, url), calls in http.requests.items()
+        for call in calls
+        if method is None or m == method
+    ]
+
+
+async def pages(connector: MiraklConnector, since: datetime | None = None) -> list[OrderPage]:
+    return [page async for page in connector.fetch_orders(since)]
+
+
+# -- listing (OR11) ---------------------------------------------------------------------------
+
+
+async def test_listing_sends_the_update_date_in_utc_with_auth_and_shop(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing())
+    since = datetime(2026, 11, 29, 11, 0, 0, 999_000, tzinfo=timezone(timedelta(hours=1)))
+
+    await pages(connector, since)
+
+    [(method, url, kwargs)] = sent(http)
+    assert method == "GET"
+    assert url.path == "/api/orders"
+    assert dict(url.query) == {
+        "start_update_date": "2026-11-29T10:00:00Z",
+        "paginate": "true",
+        "max": "100",
+        "offset": "0",
+        "order": "asc",
+        "shop_id": "42",
+    }
+    # No "+" ever goes on the wire (it would read as a space); ":" travels as is.
+    assert "start_update_date=2026-11-29T10:00:00Z" in url.raw_query_string
+    assert kwargs["headers"]["Authorization"] == KEY
+    assert kwargs["headers"]["Accept"] == "application/json"
+    assert kwargs["allow_redirects"] is False
+
+
+async def test_listing_from_the_beginning_has_no_update_date(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing())
+
+    await pages(connector, None)
+
+    [(_, url, _)] = sent(http)
+    assert "start_update_date" not in url.query
+
+
+async def test_listing_without_shop_id_sends_none(http: aioresponses) -> None:
+    http.get(ORDERS, body=listing())
+    mirakl = MiraklConnector(MiraklSettings(base_url=BASE + "/api/", api_key=KEY))
+    try:
+        await pages(mirakl)
+    finally:
+        await mirakl.aclose()
+
+    [(_, url, _)] = sent(http)
+    assert url.path == "/api/orders"
+    assert "shop_id" not in url.query
+
+
+def small_order(order_id: str) -> dict[str, Any]:
+    """A minimal valid order: a page of 100 stays small enough for aioresponses."""
+    return {
+        "order_id": order_id,
+        "order_state": "SHIPPING",
+        "created_date": "2026-11-28T09:15:00Z",
+        "last_updated_date": "2026-11-29T10:30:00Z",
+        "currency_iso_code": "EUR",
+        "price": 10,
+        "shipping_price": 0,
+        "total_price": 10,
+        "order_lines": [],
+    }
+
+
+async def test_listing_follows_offsets_until_total_count(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    first = [small_order(f"{n}-A") for n in range(100)]
+    second = [small_order(f"{n}-A") for n in range(100, 130)]
+    offsets: list[str] = []
+
+    def answer(url: URL, **kwargs: Any) -> CallbackResult:
+        offsets.append(url.query["offset"])
+        chunk = first if url.query["offset"] == "0" else second
+        return CallbackResult(body=listing(*chunk, total=130))
+
+    http.get(ORDERS, callback=answer, repeat=True)
+
+    result = await pages(connector)
+
+    assert offsets == ["0", "100"]
+    assert [len(p.orders) for p in result] == [100, 30]
+    references = [o.reference for p in result for o in p.orders]
+    assert references == [f"{n}-A" for n in range(130)]
+
+
+async def test_listing_stops_on_a_short_page(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    # total_count says more, but a page shorter than asked for is the last one.
+    http.get(ORDERS, body=listing(mirakl_order(), total=500))
+
+    result = await pages(connector)
+
+    assert len(result) == 1
+    assert len(sent(http)) == 1
+
+
+async def test_listing_normalizes_every_field(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    text = json.dumps(mirakl_order(), ensure_ascii=False, indent=1)
+    http.get(ORDERS, body=listing(text))
+
+    [page] = await pages(connector)
+
+    [order] = page.orders
+    assert page.skipped == []
+    assert order.reference == "7001-A"
+    assert order.status is OrderStatus.WAITING_SHIPMENT
+    assert order.created_at == datetime(2026, 11, 28, 9, 15, tzinfo=UTC)
+    assert order.updated_at == datetime(2026, 11, 29, 10, 30, 0, 250_000, tzinfo=UTC)
+    assert order.latest_ship_date == datetime(2026, 12, 2, 23, 59, 59, tzinfo=UTC)
+    assert order.currency == "EUR"
+    assert order.product_amount == Decimal("39.98")
+    assert order.shipping_amount == Decimal("4.9")
+    assert order.total_amount == Decimal("44.88")
+    assert order.payment_method == "CB"
+    assert order.shipping_method == "Livraison en point relais"
+    assert order.raw == text.encode()
+    assert order.shipment is None
+
+    billing = order.billing_address
+    assert (billing.first_name, billing.last_name, billing.company) == (
+        "Camille",
+        "Dubois",
+        "Atelier Dubois SARL",
+    )
+    assert (billing.street, billing.street2) == ("12 rue de la République", "Bâtiment B")
+    assert (billing.postal_code, billing.city, billing.country) == ("69002", "Lyon", "FR")
+    assert (billing.phone, billing.mobile_phone) == ("0472000000", "0611223344")
+    assert billing.email == "k2x9@notifications.mirakl.test"
+    assert billing.relay_id == ""
+    shipping = order.shipping_address
+    assert shipping.company == "Tabac de la Gare"
+    assert shipping.other == "Point relais 020406"
+    assert shipping.relay_id == "020406"
+
+    [item] = order.items
+    assert item.reference == "SKU-0001"
+    assert item.channel_reference == "7001-A-1"
+    assert item.quantity == 2
+    assert item.price == Decimal("19.99")
+    assert item.name == "Housse de coussin en lin"
+    assert item.status == "SHIPPING"
+    assert item.commission == Decimal("5.76")
+    assert item.tax_amount == Decimal("6.66")
+    assert item.ecotax_amount == Decimal("0.12")
+    assert item.image == "https://img.test/large.jpg"
+    assert item.additional_fields == {"shipping_price": "4.9", "shipping_tax_amount": "0.82"}
+
+    assert order.additional_fields == {
+        "vat-number": "FR40123456789",
+        "channel_code": "FR",
+        "commercial_id": "7001",
+        "shipping_type_code": "RELAY",
+        "shipping_zone_code": "FR",
+        "payment_workflow": "PAY_ON_ACCEPTANCE",
+        "organization_name": "Atelier Dubois SARL",
+        "vat_number": "FR40123456789",
+        "order_state": "SHIPPING",
+    }
+
+
+async def test_amounts_stay_exact_decimals(http: aioresponses, connector: MiraklConnector) -> None:
+    lines = [
+        dict(
+            mirakl_order()["order_lines"][0],
+            order_line_id=f"L{n}",
+            price=price,
+            price_unit=price,
+            quantity=1,
+        )
+        for n, price in enumerate((0.1, 0.2))
+    ]
+    order = mirakl_order(order_lines=lines, total_price=19.99, shipping_price=19.69)
+    del order["price"]  # the product amount then adds up the lines
+    http.get(ORDERS, body=listing(order))
+
+    [page] = await pages(connector)
+
+    [normalized] = page.orders
+    assert normalized.total_amount == Decimal("19.99")
+    assert normalized.shipping_amount == Decimal("19.69")
+    assert normalized.product_amount == Decimal("0.3")  # never 0.30000000000000004
+    assert [i.price for i in normalized.items] == [Decimal("0.1"), Decimal("0.2")]
+    assert all(type(i.price) is Decimal for i in normalized.items)
+
+
+async def test_shipped_order_carries_its_shipment(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    order = mirakl_order(
+        state="SHIPPED",
+        shipping_carrier_code="COLISSIMO",
+        shipping_company="Colissimo",
+        shipping_tracking="6A12345678901",
+        shipping_tracking_url="https://www.laposte.fr/outils/suivre-vos-envois?code=6A12345678901",
+    )
+    http.get(ORDERS, body=listing(order))
+
+    [page] = await pages(connector)
+
+    shipment = page.orders[0].shipment
+    assert shipment is not None
+    assert shipment.carrier == "COLISSIMO"
+    assert shipment.tracking_number == "6A12345678901"
+    assert shipment.tracking_link.endswith("code=6A12345678901")
+
+
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        ("WAITING_ACCEPTANCE", OrderStatus.WAITING_STORE_ACCEPTANCE),
+        ("SHIPPING", OrderStatus.WAITING_SHIPMENT),
+        ("SHIPPED", OrderStatus.SHIPPED),
+        ("TO_COLLECT", OrderStatus.SHIPPED),
+        ("RECEIVED", OrderStatus.SHIPPED),
+        ("CLOSED", OrderStatus.SHIPPED),
+        ("REFUSED", OrderStatus.REFUSED),
+        ("CANCELED", OrderStatus.CANCELLED),
+        ("REFUNDED", OrderStatus.REFUNDED),
+    ],
+)
+async def test_order_states_map_to_statuses(
+    http: aioresponses, connector: MiraklConnector, state: str, status: OrderStatus
+) -> None:
+    http.get(ORDERS, body=listing(mirakl_order(state=state)))
+
+    [page] = await pages(connector)
+
+    assert [o.status for o in page.orders] == [status]
+
+
+async def test_unpaid_orders_are_not_imported_nor_skipped(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    unpaid = [
+        mirakl_order("1-A", state="STAGING"),
+        mirakl_order("2-A", state="WAITING_DEBIT"),
+        # Not paid and incomplete: still silently left for later, not reported.
+        {"order_id": "3-A", "order_state": "WAITING_DEBIT_PAYMENT", "total_price": "?"},
+    ]
+    http.get(ORDERS, body=listing(*unpaid, mirakl_order("4-A")))
+
+    [page] = await pages(connector)
+
+    assert [o.reference for o in page.orders] == ["4-A"]
+    assert page.skipped == []
+
+
+async def test_an_unknown_state_skips_the_order_with_the_reason(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(mirakl_order("1-A", state="TELEPORTED"), mirakl_order("2-A")))
+
+    [page] = await pages(connector)
+
+    assert [o.reference for o in page.orders] == ["2-A"]
+    [skipped] = page.skipped
+    assert skipped.reference == "1-A"
+    assert "order_state" in skipped.reason
+    assert "TELEPORTED" in skipped.reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "problem"),
+    [
+        ({"total_price": "douze"}, "total_price", "invalid decimal"),
+        ({"created_date": "yesterday"}, "created_date", "datetime"),
+        ({"currency_iso_code": 978}, "currency_iso_code", "expected `str`, got `int`"),
+        ({"shipping_price": None}, "shipping_price", "expected `decimal`, got `null`"),
+        ({"order_lines": "none"}, "order_lines", "expected `array`"),
+    ],
+)
+async def test_a_malformed_order_is_skipped_and_the_page_goes_on(
+    http: aioresponses,
+    connector: MiraklConnector,
+    changes: dict[str, Any],
+    field: str,
+    problem: str,
+) -> None:
+    http.get(
+        ORDERS,
+        body=listing(mirakl_order("1-A"), mirakl_order("2-A", **changes), mirakl_order("3-A")),
+    )
+
+    [page] = await pages(connector)
+
+    assert [o.reference for o in page.orders] == ["1-A", "3-A"]
+    [skipped] = page.skipped
+    assert skipped.reference == "2-A"
+    assert skipped.reason.startswith(f"{field}: ")
+    assert problem in skipped.reason.lower()
+    assert skipped.updated_at == datetime(2026, 11, 29, 10, 30, 0, 250_000, tzinfo=UTC)
+
+
+async def test_a_bad_line_names_the_line_and_its_field(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    order = mirakl_order()
+    order["order_lines"][0]["quantity"] = "two"
+    http.get(ORDERS, body=listing(order))
+
+    [page] = await pages(connector)
+
+    [skipped] = page.skipped
+    assert skipped.reason == "order_lines[0].quantity: expected `int`, got `str`"
+
+
+async def test_an_order_without_id_is_skipped_by_its_position(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    nameless = mirakl_order()
+    del nameless["order_id"]
+    http.get(ORDERS, body=listing(mirakl_order("1-A"), nameless))
+
+    [page] = await pages(connector)
+
+    [skipped] = page.skipped
+    assert skipped.reference == "#1"
+    assert skipped.reason == "order_id: missing"
+    assert skipped.updated_at == datetime(2026, 11, 29, 10, 30, 0, 250_000, tzinfo=UTC)
+
+
+async def test_an_entry_that_is_not_an_order_is_skipped(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(mirakl_order("1-A"), "null", mirakl_order("3-A")))
+
+    [page] = await pages(connector)
+
+    assert [o.reference for o in page.orders] == ["1-A", "3-A"]
+    [skipped] = page.skipped
+    assert (skipped.reference, skipped.updated_at) == ("#1", None)
+    assert skipped.reason == "order: Expected `object`, got `null`"
+
+
+async def test_a_skipped_order_without_a_readable_update_date_has_none(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(mirakl_order("1-A", last_updated_date="29/11/2026")))
+
+    [page] = await pages(connector)
+
+    [skipped] = page.skipped
+    assert skipped.reference == "1-A"
+    assert skipped.reason == "last_updated_date: invalid RFC3339 encoded datetime"
+    assert skipped.updated_at is None
+
+
+# -- accept and refuse (OR21) -----------------------------------------------------------------
+
+
+def two_line_order(state: str = "WAITING_ACCEPTANCE") -> dict[str, Any]:
+    order = mirakl_order("7001-A", state=state)
+    order["order_lines"].append(dict(order["order_lines"][0], order_line_id="7001-A-2"))
+    return order
+
+
+@pytest.mark.parametrize("accepted", [True, False])
+async def test_accept_and_refuse_decide_every_line_of_the_order(
+    http: aioresponses, connector: MiraklConnector, accepted: bool
+) -> None:
+    http.get(ORDERS, body=listing(two_line_order()))
+    http.put(put_url("7001-A", "accept"), status=204)
+
+    await (connector.accept("7001-A") if accepted else connector.refuse("7001-A"))
+
+    [(_, read, _)] = sent(http, "GET")
+    assert read.query["order_ids"] == "7001-A"
+    assert read.query["shop_id"] == "42"
+    [(_, url, kwargs)] = sent(http, "PUT")
+    assert url.path == "/api/orders/7001-A/accept"
+    assert url.query["shop_id"] == "42"
+    assert kwargs["headers"]["Authorization"] == KEY
+    assert kwargs["json"] == {
+        "order_lines": [
+            {"id": "7001-A-1", "accepted": accepted},
+            {"id": "7001-A-2", "accepted": accepted},
+        ]
+    }
+
+
+async def test_accepting_an_order_accepted_already_succeeds_without_a_call(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(two_line_order(state="SHIPPING")))
+
+    await connector.accept("7001-A")
+
+    assert sent(http, "PUT") == []
+
+
+async def test_accepting_a_refused_order_is_rejected(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(two_line_order(state="REFUSED")))
+
+    with pytest.raises(Rejected, match="REFUSED"):
+        await connector.accept("7001-A")
+    assert sent(http, "PUT") == []
+
+
+async def test_accepting_an_order_mirakl_does_not_know_is_rejected(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing())
+
+    with pytest.raises(Rejected, match="no released order 7001-A"):
+        await connector.accept("7001-A")
+
+
+# -- ship (OR23 + OR24) -----------------------------------------------------------------------
+
+OPERATOR_CARRIERS = {
+    "carriers": [
+        {"code": "CHRONO", "label": "Chronopost"},
+        {
+            "code": "COLISSIMO",
+            "label": "Colissimo",
+            "tracking_url": "https://laposte.test/{trackingId}",
+        },
+    ]
+}
+
+
+async def test_ship_a_registered_carrier_by_its_code_then_confirm(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
+    http.put(put_url("7001-A", "tracking"), status=204)
+    http.put(put_url("7001-A", "ship"), status=204)
+
+    await connector.ship(
+        "7001-A",
+        ShipmentRequest(
+            carrier="chronopost", tracking_number="XY123", tracking_link="https://x.test/XY123"
+        ),
+    )
+
+    [(_, carriers_url, _)] = sent(http, "GET")
+    assert carriers_url.path == "/api/shipping/carriers"
+    tracking, ship = sorted(sent(http, "PUT"), key=lambda c: c[1].path.endswith("/ship"))
+    assert tracking[1].path == "/api/orders/7001-A/tracking"
+    assert tracking[2]["json"] == {"carrier_code": "CHRONO", "tracking_number": "XY123"}
+    assert ship[1].path == "/api/orders/7001-A/ship"
+    assert ship[1].query["shop_id"] == "42"
+    assert ship[2]["json"] is None
+
+
+async def test_ship_an_unregistered_carrier_by_name_and_tracking_url(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
+    http.put(put_url("7001-A", "tracking"), status=204)
+    http.put(put_url("7001-A", "ship"), status=204)
+
+    await connector.ship(
+        "7001-A",
+        ShipmentRequest(
+            carrier="Transports Martin",
+            tracking_number="TM-77",
+            tracking_link="https://martin.test/suivi/TM-77",
+        ),
+    )
+
+    [(_, _, kwargs)] = [c for c in sent(http, "PUT") if c[1].path.endswith("/tracking")]
+    assert kwargs["json"] == {
+        "carrier_name": "Transports Martin",
+        "carrier_url": "https://martin.test/suivi/TM-77",
+        "tracking_number": "TM-77",
+    }
+
+
+async def test_the_carrier_list_is_read_once(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
+    http.put(re.compile(r"^https://mirakl\.test/api/orders/.*$"), status=204, repeat=True)
+
+    for reference in ("1-A", "2-A", "3-A"):
+        await connector.ship(reference, ShipmentRequest(carrier="COLISSIMO", tracking_number="6A1"))
+
+    assert len(sent(http, "GET")) == 1
+    assert len(sent(http, "PUT")) == 6
+
+
+async def test_a_partial_shipment_is_rejected_without_any_call(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    partial = ShipmentRequest(carrier="Colissimo", tracking_number="6A1", items={"7001-A-1": 1})
+
+    with pytest.raises(Rejected) as caught:
+        await connector.ship("7001-A", partial)
+
+    assert caught.value.message == (
+        "Mirakl ships whole orders (OR24): a partial shipment cannot be sent; ship every line"
+    )
+    assert sent(http) == []
+
+
+async def test_shipping_again_after_the_order_shipped_succeeds(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
+    http.put(put_url("7001-A", "tracking"), status=204)
+    http.put(
+        put_url("7001-A", "ship"),
+        status=400,
+        payload={"status": 400, "message": "The order 7001-A is not in SHIPPING state"},
+    )
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
+
+    await connector.ship("7001-A", ShipmentRequest(carrier="Colissimo", tracking_number="6A1"))
+
+    [(_, check, _)] = [c for c in sent(http, "GET") if c[1].path == "/api/orders"]
+    assert check.query["order_ids"] == "7001-A"
+
+
+async def test_a_refused_shipment_of_an_order_not_shipped_keeps_mirakls_message(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
+    http.put(put_url("7001-A", "tracking"), status=204)
+    http.put(
+        put_url("7001-A", "ship"),
+        status=400,
+        payload={"status": 400, "message": "Tracking number is mandatory for this carrier"},
+    )
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPING")))
+
+    with pytest.raises(Rejected) as caught:
+        await connector.ship("7001-A", ShipmentRequest(carrier="Colissimo"))
+
+    assert caught.value.message == "Tracking number is mandatory for this carrier"
+
+
+# -- cancel (OR29) and status -----------------------------------------------------------------
+
+
+async def test_cancel_puts_to_the_orders_cancel_path(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.put(put_url("7001-A", "cancel"), status=204)
+
+    await connector.cancel("7001-A")
+
+    [(_, url, kwargs)] = sent(http, "PUT")
+    assert url.path == "/api/orders/7001-A/cancel"
+    assert url.query["shop_id"] == "42"
+    assert kwargs["json"] is None
+
+
+async def test_cancelling_an_order_cancelled_already_succeeds(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.put(put_url("7001-A", "cancel"), status=400, payload={"message": "Cannot cancel"})
+    http.get(ORDERS, body=listing(mirakl_order(state="CANCELED")))
+
+    await connector.cancel("7001-A")
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (listing(mirakl_order(state="SHIPPING")), OrderStatus.WAITING_SHIPMENT),
+        (listing(mirakl_order(state="RECEIVED")), OrderStatus.SHIPPED),
+        (listing(mirakl_order(state="WAITING_DEBIT_PAYMENT")), None),
+        (listing(), None),
+    ],
+)
+async def test_order_status_reads_one_order(
+    http: aioresponses, connector: MiraklConnector, answer: str, status: OrderStatus | None
+) -> None:
+    http.get(ORDERS, body=answer)
+
+    assert await connector.order_status("7001-A") == status
+    [(_, url, _)] = sent(http)
+    assert url.query["order_ids"] == "7001-A"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [("30", 30.0), ("1.5", 1.5), (None, None), ("soon", None)],
+)
+async def test_429_is_rate_limited_with_retry_after(
+    http: aioresponses, connector: MiraklConnector, retry_after: str | None, expected: float | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    http.get(ORDERS, status=429, headers=headers)
+
+    with pytest.raises(RateLimited) as caught:
+        await pages(connector)
+
+    assert caught.value.retry_after == expected
+
+
+async def test_retry_after_as_an_http_date(http: aioresponses, connector: MiraklConnector) -> None:
+    later = datetime.now(UTC) + timedelta(seconds=120)
+    http.get(ORDERS, status=429, headers={"Retry-After": format_datetime(later, usegmt=True)})
+
+    with pytest.raises(RateLimited) as caught:
+        await pages(connector)
+
+    assert caught.value.retry_after is not None
+    assert 110 <= caught.value.retry_after <= 120
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_server_errors_are_transient(
+    http: aioresponses, connector: MiraklConnector, status: int
+) -> None:
+    http.get(ORDERS, status=status, body="<html>Bad gateway</html>")
+
+    with pytest.raises(Transient, match=f"HTTP {status}"):
+        await pages(connector)
+
+
+async def test_a_timeout_is_transient(http: aioresponses, connector: MiraklConnector) -> None:
+    http.get(ORDERS, exception=TimeoutError())
+
+    with pytest.raises(Transient, match="no answer within 30 s"):
+        await pages(connector)
+
+
+async def test_a_connection_error_is_transient(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.put(put_url("7001-A", "cancel"), exception=aiohttp.ClientConnectionError("refused"))
+
+    with pytest.raises(Transient, match="ClientConnectionError"):
+        await connector.cancel("7001-A")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_refused_credentials_fail_auth_without_showing_the_key(
+    http: aioresponses, connector: MiraklConnector, status: int
+) -> None:
+    http.get(ORDERS, status=status, body=f'{{"message": "Invalid key {KEY}"}}')
+
+    with pytest.raises(AuthFailed) as caught:
+        await pages(connector)
+
+    assert f"HTTP {status}" in str(caught.value)
+    assert KEY not in str(caught.value)
+
+
+async def test_a_client_error_is_rejected_with_mirakls_message(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.put(
+        put_url("7001-A", "cancel"),
+        status=400,
+        payload={"status": 400, "message": f"Order cannot be canceled (key {KEY})"},
+    )
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
+
+    with pytest.raises(Rejected) as caught:
+        await connector.cancel("7001-A")
+
+    assert caught.value.message == "Order cannot be canceled (key ***)"
+
+
+async def test_a_client_error_without_json_shows_status_and_excerpt(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.put(put_url("7001-A", "cancel"), status=404, body="<html>\n  Not   Found\n</html>")
+    http.get(ORDERS, body=listing())
+
+    with pytest.raises(Rejected) as caught:
+        await connector.cancel("7001-A")
+
+    assert caught.value.message == "HTTP 404: <html> Not Found </html>"
+
+
+async def test_an_html_page_with_200_is_transient(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(
+        ORDERS,
+        status=200,
+        body="<!DOCTYPE html><html><body>Maintenance</body></html>",
+        content_type="text/html",
+    )
+
+    with pytest.raises(Transient, match="not JSON: <!DOCTYPE html>"):
+        await pages(connector)
+
+
+async def test_json_of_the_wrong_shape_is_transient(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, payload={"orders": {"7001-A": {}}, "total_count": 1})
+
+    with pytest.raises(Transient, match="unexpected answer"):
+        await pages(connector)
+
+
+async def test_a_redirect_is_refused_not_followed(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, status=302, headers={"Location": "https://login.elsewhere.test/sso"})
+
+    with pytest.raises(Transient, match=r"redirect to login\.elsewhere\.test refused"):
+        await pages(connector)
+
+    assert len(sent(http)) == 1
+
+
+# -- session ----------------------------------------------------------------------------------
+
+
+async def test_a_session_given_is_used_and_left_open(http: aioresponses) -> None:
+    http.put(put_url("7001-A", "cancel"), status=204)
+    async with aiohttp.ClientSession() as session:
+        mirakl = MiraklConnector(MiraklSettings(base_url=BASE, api_key=KEY), session=session)
+        await mirakl.cancel("7001-A")
+        await mirakl.aclose()
+
+        assert not session.closed
+
+
+async def test_the_connector_closes_the_session_it_opened(http: aioresponses) -> None:
+    http.put(put_url("7001-A", "cancel"), status=204)
+    mirakl = MiraklConnector(MiraklSettings(base_url=BASE, api_key=KEY), name="decathlon")
+    await mirakl.cancel("7001-A")
+    session = mirakl._session
+    assert session is not None
+
+    await mirakl.aclose()
+
+    assert session.closed
+    assert mirakl.name == "decathlon"
+    assert mirakl.min_poll_interval == 60.0

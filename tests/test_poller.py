@@ -1,0 +1,150 @@
+"""A channel's poller inside the running daemon, against the sandbox marketplace over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sfd.config import load_config
+from sfd.daemon.loops import Poller
+from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.runtime import Daemon
+from sfd.logs import configure_logging
+from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.storage import OrderFilter
+from tests.support import write_config
+
+KEY = "sandbox-key-poller"
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    marketplace: SandboxMarketplace
+    logs: io.StringIO
+
+    @property
+    def poller(self) -> Poller:
+        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.logs.getvalue().splitlines()]
+        return [line for line in lines if line["event"] == name]
+
+    async def poll_now(self) -> None:
+        await until(lambda: self.poller.status.state == "idle")
+        ticks = self.poller.status.ticks
+        self.poller.wake()
+        await until(lambda: self.poller.status.ticks > ticks)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Running]:
+    """The daemon, started as one task against a sandbox; stopped through its stop event."""
+    marketplace = SandboxMarketplace(KEY, seed=3)
+    async with run_sandbox(marketplace) as base_url:
+        monkeypatch.setenv("SANDBOX_KEY", KEY)
+        config = load_config(
+            write_config(
+                tmp_path,
+                f"""
+[[channels]]
+name = "sandbox"
+store = 1
+connector = "mirakl"
+poll_interval = "1h"
+[channels.settings]
+base_url = "{base_url}"
+api_key = "env:SANDBOX_KEY"
+""",
+            )
+        )
+        logs = io.StringIO()
+        configure_logging("json", "info", config.secrets, stream=logs)
+        daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
+        await daemon.start()
+        task = asyncio.create_task(daemon.serve())
+        await daemon.ready.wait()
+        started = Running(daemon, marketplace, logs)
+        await until(lambda: started.poller.status.ticks >= 1)  # the poll at start-up
+        yield started
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_poll_imports_the_orders_and_records_the_channel_state(
+    running: Running,
+) -> None:
+    running.marketplace.add_orders(250)
+    await running.poll_now()
+    storage = running.daemon.storage
+    assert storage is not None
+    assert await storage.orders.count(OrderFilter()) == 250
+    [channel] = await storage.channels.states()
+    assert channel.auth_state == "ok"
+    assert channel.last_poll_at is not None and channel.last_success_at is not None
+    assert channel.next_poll_at is not None and channel.cursor is not None
+    assert running.poller.status.detail == {"pages": 3, "created": 250, "changed": 0, "skipped": 0}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(running.daemon.url + "/healthz") as response,
+    ):
+        health = await response.json()
+    assert health["loops"]["poller:sandbox"]["state"] == "idle"
+    assert health["loops"]["poller:sandbox"]["detail"]["created"] == 250
+
+
+async def test_a_cancellation_on_the_marketplace_reaches_the_order(running: Running) -> None:
+    [reference] = running.marketplace.add_orders(1, waiting_acceptance_ratio=0.0)
+    await running.poll_now()
+    running.marketplace.cancel(reference)
+    await running.poll_now()
+    storage = running.daemon.storage
+    assert storage is not None
+    [order] = await storage.orders.find(OrderFilter())
+    detail = await storage.orders.get(order.id)
+    assert detail is not None and detail.status == "cancelled"
+    assert [(e.source, e.kind, e.to_status) for e in detail.events][-1] == (
+        "marketplace",
+        "status",
+        "cancelled",
+    )
+    assert [e["order"] for e in running.events("order_status_changed")] == [reference]
+
+
+async def test_an_auth_failure_is_logged_once_and_recovery_is_logged(running: Running) -> None:
+    running.marketplace.add_orders(5)
+    real_key = running.marketplace.api_key
+    running.marketplace.api_key = "rotated"
+    for _ in range(3):
+        await running.poll_now()
+    storage = running.daemon.storage
+    assert storage is not None
+    [channel] = await storage.channels.states()
+    assert channel.auth_state == "auth_failed"
+    assert channel.last_error is not None and "AuthFailed" in channel.last_error
+    assert len(running.events("poll_failed")) == 1
+    assert running.poller.status.condition == "auth_failed"
+
+    running.marketplace.api_key = real_key
+    await running.poll_now()
+    [channel] = await storage.channels.states()
+    assert channel.auth_state == "ok" and channel.last_error is None
+    assert [e["after_failures"] for e in running.events("poll_recovered")] == [3]
+    assert await storage.orders.count(OrderFilter()) == 5
