@@ -10,7 +10,6 @@ import pytest
 
 from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
-from sfd.storage.channels import ChannelSpec
 from tests.support import SfdProcess, start_sfd
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
