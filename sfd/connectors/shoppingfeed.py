@@ -242,9 +242,11 @@ def collection(
 ) -> bytes:
     """A paginated HAL collection. Items are already-encoded JSON documents, joined as bytes."""
     pages = max(1, -(-total // limit))
+    kept = urlencode(query)
+    prefix = f"{path}?{kept}&" if kept else f"{path}?"
 
     def link(number: int) -> dict[str, str]:
-        return {"href": f"{path}?{urlencode({**query, 'page': number, 'limit': limit})}"}
+        return {"href": f"{prefix}page={number}&limit={limit}"}
 
     links = {"self": link(page), "first": link(1), "last": link(pages)}
     if page > 1:

@@ -25,6 +25,7 @@ log = get_logger()
 
 MAX_LIMIT = 200
 MAX_BODY = 10 * 1024**2
+MAX_ID = 2**63 - 1
 IDENTITY = web.RequestKey("identity", TokenIdentity)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -111,7 +112,7 @@ class ShopApi:
                 request[IDENTITY] = identity
                 store_id = request.match_info.get("store_id")
                 if store_id is not None and int(store_id) != identity.store_id:
-                    return problem(404, "Not Found", f"no store {store_id}")
+                    return problem(404, "Not Found", f"no store {store_id[:20]}")
             return await handler(request)
         except sf.WireError as exc:
             return problem(400, "Bad Request", str(exc), exc.field)
@@ -131,6 +132,14 @@ class ShopApi:
     @staticmethod
     def _identity(request: web.Request) -> TokenIdentity:
         return request[IDENTITY]
+
+    @staticmethod
+    def _path_id(request: web.Request, name: str) -> int:
+        """A numeric id from the path; one SQLite cannot hold names nothing, so 404."""
+        value = int(request.match_info[name])
+        if value > MAX_ID:
+            raise web.HTTPNotFound()
+        return value
 
     @staticmethod
     def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -271,9 +280,8 @@ class ShopApi:
         identity = self._identity(request)
         page, limit = self._page(request)
         query = await self._order_filter(request, identity.store_id)
-        total = await self.storage.orders.count(query)
         query = replace(query, limit=limit, offset=(page - 1) * limit)
-        documents = await self.storage.orders.documents(query)
+        total, documents = await self.storage.orders.documents(query)
         kept = {k: v for k, v in request.query.items() if k not in ("page", "limit")}
         return hal(
             sf.collection(
@@ -290,8 +298,8 @@ class ShopApi:
     async def order(self, request: web.Request) -> web.Response:
         """One order of the token's store."""
         identity = self._identity(request)
-        order_id = int(request.match_info["order_id"])
-        documents = await self.storage.orders.documents(
+        order_id = self._path_id(request, "order_id")
+        _, documents = await self.storage.orders.documents(
             OrderFilter(store_id=identity.store_id, order_id=order_id, limit=1)
         )
         if not documents:
@@ -301,7 +309,7 @@ class ShopApi:
     async def shipments(self, request: web.Request) -> web.Response:
         """The order's shipments."""
         identity = self._identity(request)
-        order_id = int(request.match_info["order_id"])
+        order_id = self._path_id(request, "order_id")
         if (
             await self.storage.orders.get(order_id, store_id=identity.store_id, details=False)
             is None
@@ -455,7 +463,7 @@ class ShopApi:
     async def channel(self, request: web.Request) -> web.Response:
         """One channel of the token's store."""
         identity = self._identity(request)
-        wanted = int(request.match_info["channel_id"])
+        wanted = self._path_id(request, "channel_id")
         for c in await self.storage.channels.states(store_id=identity.store_id):
             if c.id == wanted:
                 return hal(sf.channel_document(c.id, c.name))

@@ -1,4 +1,4 @@
-"""The daemon's HTTP server: /healthz and the shop webservice."""
+"""The daemon's HTTP server: /healthz, the v1 shop API and the legacy XML webservice."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from sfd.daemon.api import MAX_BODY, ShopApi
+from sfd.daemon.ws import LegacyWebservice
 
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -21,12 +22,18 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def build_app(
-    health: HealthProbe, api: ShopApi | None = None, *, client_max_size: int = MAX_BODY
+    health: HealthProbe,
+    api: ShopApi | None = None,
+    legacy: LegacyWebservice | None = None,
+    *,
+    client_max_size: int = MAX_BODY,
 ) -> web.Application:
     """The aiohttp application the daemon serves."""
     app = web.Application(client_max_size=client_max_size)
     if api is not None:
         api.routes(app)
+    if legacy is not None:
+        legacy.routes(app)
 
     async def healthz(_request: web.Request) -> web.Response:
         ok, detail = health()

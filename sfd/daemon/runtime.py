@@ -25,6 +25,7 @@ from sfd.daemon.api import ShopApi
 from sfd.daemon.http import build_app
 from sfd.daemon.loops import Loop, Poller, deadline_watch, operations_worker
 from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.ws import LegacyWebservice
 from sfd.logs import SecretRedactor, get_logger
 from sfd.storage import OrderFilter, Storage, StorageError
 from sfd.storage.channels import ChannelSpec
@@ -129,7 +130,11 @@ class Daemon:
         assert self.storage is not None
         host, port = self.config.listen_host, self.config.listen_port
         self._runner = web.AppRunner(
-            build_app(self.health, ShopApi(self.storage, self.clock, self._operations_written)),
+            build_app(
+                self.health,
+                ShopApi(self.storage, self.clock, self._operations_written),
+                LegacyWebservice(self.storage, self.clock, self._operations_written),
+            ),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=3.0,

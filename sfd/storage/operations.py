@@ -243,6 +243,8 @@ class OperationStore:
     @staticmethod
     async def _find_order(tx: Writer, store_id: int, request: OperationRequest) -> OrderView | None:
         params: list[object]
+        if request.order_id is not None and not 0 < request.order_id < 2**63:
+            return None  # no row can have it
         if request.order_id is not None:
             where, params = "o.id = ?", [request.order_id]
         else:

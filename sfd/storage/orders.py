@@ -421,15 +421,23 @@ class OrderStore:
             [order] = await load_orders(reader, [row], events=True)
         return order
 
-    async def documents(self, query: OrderFilter) -> list[bytes]:
-        """The API documents of the orders matching a filter, in the order `find` gives."""
+    async def documents(self, query: OrderFilter) -> tuple[int, list[bytes]]:
+        """How many orders match a filter, and the API documents of the requested page."""
         where, params = self._where(query)
+        tables = self._tables(query)
         async with self.db.read() as reader:
+            # One statement answers both: the count is a constant subquery, computed once.
             rows = await reader.fetchall(
-                "SELECT o.id, o.document FROM orders o JOIN channels c ON c.id = o.channel_id "
-                f"WHERE {where} ORDER BY {_SORTS[query.sort]} LIMIT ? OFFSET ?",
-                [*params, query.limit, query.offset],
+                f"SELECT (SELECT count(*) FROM {tables} WHERE {where}) AS total, "
+                f"o.id, o.document FROM {tables} WHERE {where} "
+                f"ORDER BY {_SORTS[query.sort]} LIMIT ? OFFSET ?",
+                [*params, *params, query.limit, query.offset],
             )
+            if rows:
+                total = int(rows[0]["total"])
+            else:
+                row = await reader.fetchone(f"SELECT count(*) FROM {tables} WHERE {where}", params)
+                total = int(row[0]) if row else 0
             missing = [row["id"] for row in rows if row["document"] is None]
             rendered: dict[int, bytes] = {}
             if missing:
@@ -439,9 +447,8 @@ class OrderStore:
                 )
                 for order in await load_orders(reader, full):
                     rendered[order.id] = self._render(order)
-        return [
-            rendered[row["id"]] if row["document"] is None else row["document"].encode()
-            for row in rows
+        return total, [
+            rendered[row["id"]] if row["document"] is None else row["document"] for row in rows
         ]
 
     def _render(self, order: StoredOrder) -> bytes:
@@ -462,7 +469,7 @@ class OrderStore:
             orders = await load_orders(tx, rows)
             await tx.executemany(
                 "UPDATE orders SET document = ? WHERE id = ?",
-                [(self.renderer(order).decode(), order.id) for order in orders],
+                [(self.renderer(order), order.id) for order in orders],
             )
 
     async def find(self, query: OrderFilter, *, details: bool = False) -> list[StoredOrder]:
@@ -481,10 +488,16 @@ class OrderStore:
         """How many orders match a filter."""
         where, params = self._where(query)
         row = await self.db.fetchone(
-            f"SELECT count(*) FROM orders o JOIN channels c ON c.id = o.channel_id WHERE {where}",
-            params,
+            f"SELECT count(*) FROM {self._tables(query)} WHERE {where}", params
         )
         return int(row[0]) if row else 0
+
+    @staticmethod
+    def _tables(query: OrderFilter) -> str:
+        # The channel is joined only to filter by its name, so counts stay index-only.
+        if query.channel is None:
+            return "orders o"
+        return "orders o JOIN channels c ON c.id = o.channel_id"
 
     @staticmethod
     def _where(query: OrderFilter) -> tuple[str, list[Any]]:

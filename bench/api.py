@@ -1,0 +1,264 @@
+"""Benchmark: paging through the orders to process, at 10,000 and at 1,000,000 orders.
+
+Seeds orders straight into SQLite, starts the real `sfd run` on the file, and drives
+`GET /v1/store/1/order?acknowledgment=unacknowledged&status=waiting_shipment&limit=100`
+from an aiohttp client with 16 connections. Beside it, in the same run, a bare aiohttp
+handler returns the same bytes, as the ceiling of what aiohttp itself can serve here.
+
+    .venv/bin/python bench/api.py [--seconds 10] [--sizes 10000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Daemon, load, write_config
+from sfd.clock import to_iso, utcnow
+from sfd.connectors.shoppingfeed import render_order
+from sfd.domain import Address, OrderStatus, StoredItem, StoredOrder
+from sfd.storage import Storage
+from sfd.storage.channels import ChannelSpec
+
+QUERY = "acknowledgment=unacknowledged&status=waiting_shipment&limit=100"
+#: However long the history, a shop has a few thousand orders waiting at most.
+TO_PROCESS = 2_000
+BARE_SERVER = """
+import sys
+from aiohttp import web
+body = open(sys.argv[1], "rb").read()
+async def handler(request):
+    return web.Response(body=body, content_type="application/json")
+app = web.Application()
+app.router.add_get("/{tail:.*}", handler)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
+"""
+
+
+def template() -> StoredOrder:
+    now = utcnow()
+    address = Address(
+        first_name="Camille",
+        last_name="Dupont",
+        street="12 rue des Lilas",
+        postal_code="69003",
+        city="Lyon",
+        country="FR",
+        phone="+33600000000",
+        email="camille.dupont@example.org",
+    )
+    items = [
+        StoredItem(
+            id=n,
+            reference=f"SKU-{n:05d}",
+            channel_reference=f"L-{n}",
+            name="Lampe de bureau en chêne massif",
+            status="",
+            quantity=n,
+            price=Decimal("34.99"),
+            commission=Decimal("4.20"),
+            tax_amount=Decimal("5.83"),
+            ecotax_amount=Decimal("0.12"),
+            image="https://img.example.org/lamp.jpg",
+            additional_fields={},
+        )
+        for n in (1, 2)
+    ]
+    return StoredOrder(
+        id=0,
+        store_id=1,
+        channel_id=1,
+        channel="decathlon",
+        reference="",
+        status=OrderStatus("waiting_shipment"),
+        store_reference=None,
+        acknowledged_at=None,
+        acknowledgment_status=None,
+        acknowledgment_message=None,
+        created_at=now,
+        updated_at=now,
+        marketplace_updated_at=now,
+        imported_at=now,
+        latest_ship_date=now + timedelta(days=2),
+        is_test=False,
+        fulfilled_by="store",
+        currency="EUR",
+        product_amount=Decimal("104.97"),
+        shipping_amount=Decimal("4.90"),
+        total_amount=Decimal("109.87"),
+        payment_method="CB",
+        shipping_method="Colissimo",
+        carrier="",
+        tracking_number="",
+        tracking_link="",
+        additional_fields={"channel_code": "decathlon-fr", "shipping_type_code": "STD"},
+        billing_address=address,
+        shipping_address=address,
+        items=items,
+    )
+
+
+async def seed(database: Path, total: int) -> None:
+    """`total` orders: the newest TO_PROCESS waiting, the rest shipped and acknowledged."""
+    storage = await Storage.open(database)
+    await storage.channels.sync([(1, "Bench")], [ChannelSpec("decathlon", 1, "mirakl")], utcnow())
+    await storage.close()
+    base = template()
+    now = utcnow()
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA synchronous = OFF")
+        rows = []
+        for n in range(1, total + 1):
+            waiting = n > total - TO_PROCESS
+            status = "waiting_shipment" if waiting else "shipped"
+            moment = (
+                now - timedelta(minutes=(total - n))
+                if waiting
+                else now - timedelta(days=10, minutes=total - n)
+            )
+            order = msgspec.structs.replace(
+                base,
+                id=n,
+                reference=f"DEC-{n:08d}",
+                status=OrderStatus(status),
+                created_at=moment,
+                updated_at=moment,
+                acknowledged_at=None if waiting else moment,
+                store_reference=None if waiting else f"PS-{n}",
+            )
+            stamp = to_iso(moment)
+            rows.append(
+                (
+                    n,
+                    1,
+                    1,
+                    f"DEC-{n:08d}",
+                    status,
+                    None if waiting else stamp,
+                    None if waiting else f"PS-{n}",
+                    stamp,
+                    stamp,
+                    stamp,
+                    stamp,
+                    "EUR",
+                    "104.97",
+                    "4.90",
+                    "109.87",
+                    render_order(order),
+                )
+            )
+            if len(rows) == 20_000:
+                _insert(db, rows)
+                rows.clear()
+        _insert(db, rows)
+        db.execute("ANALYZE")
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    db.executemany(
+        "INSERT INTO orders (id, channel_id, store_id, reference, status, acknowledged_at, "
+        "store_reference, created_at, updated_at, marketplace_updated_at, imported_at, "
+        "currency, product_amount, shipping_amount, total_amount, document) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def measure(total: int, seconds: float, work: Path) -> dict[str, object]:
+    database = work / f"api-{total}.db"
+    started = time.perf_counter()
+    await seed(database, total)
+    seeded = time.perf_counter() - started
+    token = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfd",
+            "--config",
+            str(write_config(work, database)),
+            "token",
+            "create",
+            "--store",
+            "1",
+            "--name",
+            f"bench-{total}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    daemon = Daemon(write_config(work, database))
+    url = daemon.wait_ready()
+    headers = {"Authorization": f"Bearer {token}"}
+    pages = TO_PROCESS // 100
+
+    def url_for(n: int) -> str:
+        return f"{url}/v1/store/1/order?{QUERY}&page={n % pages + 1}"
+
+    await load(url_for, connections=16, seconds=2, headers=headers)  # warm-up
+    sfd = await load(url_for, connections=16, seconds=seconds, headers=headers)
+    rss = daemon.rss_mb()
+    # The same bytes the daemon serves for one page, for the bare handler.
+    body_file = work / "page.json"
+    async with aiohttp.ClientSession(headers=headers) as http, http.get(url_for(0)) as r:
+        body_file.write_bytes(await r.read())
+    daemon.stop()
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(body_file), str(port)])
+    await asyncio.sleep(1.5)
+    bare_url = f"http://127.0.0.1:{port}"
+    await load(lambda n: f"{bare_url}/p{n}", connections=16, seconds=2)
+    reference = await load(lambda n: f"{bare_url}/p{n}", connections=16, seconds=seconds)
+    bare.terminate()
+    bare.wait(10)
+    return {
+        "orders": total,
+        "to_process": TO_PROCESS,
+        "seed_seconds": round(seeded, 1),
+        "sfd": sfd.summary(),
+        "bare": reference.summary(),
+        "ratio_to_bare": round(sfd.rate / reference.rate, 3),
+        "daemon_rss_mb": round(rss, 1),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--sizes", default="10000,1000000")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="sfd-bench-") as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            result = await measure(size, args.seconds, Path(tmp))
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    if len(results) == 2:
+        small, large = results
+        ratio = large["sfd"]["median_ms"] / small["sfd"]["median_ms"]  # type: ignore[index]
+        print(json.dumps({"latency_ratio_1m_to_10k": round(ratio, 2)}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

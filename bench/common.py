@@ -1,0 +1,140 @@
+"""What the benchmarks share: a real `sfd run` process, a load client, and figures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Load:
+    """Latencies of one load run."""
+
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    bytes: int = 0
+    errors: int = 0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "requests": len(self.latencies),
+            "per_second": round(self.rate, 1),
+            "median_ms": round(statistics.median(self.latencies) * 1000, 2),
+            "p99_ms": round(self.percentile(99), 2),
+            "mean_body_kb": round(self.bytes / max(1, len(self.latencies)) / 1024, 1),
+            "errors": self.errors,
+        }
+
+
+async def load(
+    url_for: Callable[[int], str],
+    *,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+) -> Load:
+    """GET as fast as `connections` keep-alive connections allow, for `seconds`."""
+    result = Load(seconds=seconds)
+    connector = aiohttp.TCPConnector(limit=connections)
+    deadline = time.perf_counter() + seconds
+    counter = 0
+
+    async def worker() -> None:
+        nonlocal counter
+        while time.perf_counter() < deadline:
+            counter += 1
+            started = time.perf_counter()
+            async with http.get(url_for(counter), headers=headers) as response:
+                body = await response.read()
+            if response.status != 200:
+                result.errors += 1
+                continue
+            result.latencies.append(time.perf_counter() - started)
+            result.bytes += len(body)
+
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return result
+
+
+def write_config(directory: Path, database: Path, body: str = "") -> Path:
+    """A config for a benchmark daemon on a free port."""
+    path = directory / "sfd.toml"
+    path.write_text(
+        f'[daemon]\ndatabase = "{database}"\nlisten = "127.0.0.1:0"\nlog_format = "json"\n'
+        f'log_level = "info"\n\n[[stores]]\nid = 1\nname = "Bench"\n\n{body}'
+    )
+    return path
+
+
+class Daemon:
+    """`sfd run` as a separate process, so the load client does not share its GIL."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.log = config.parent / "sfd.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sfd", "--config", str(config), "run"],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        self.url = ""
+
+    def wait_ready(self, timeout: float = 120) -> str:
+        """Wait for the daemon_ready log line; return the URL."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sfd exited: {self.log.read_text()[-2000:]}")
+            for line in self.log.read_text().splitlines():
+                if '"daemon_ready"' in line:
+                    self.url = json.loads(line)["url"]
+                    return self.url
+            time.sleep(0.1)
+        raise RuntimeError("sfd did not get ready in time")
+
+    def rss_mb(self) -> float:
+        """The daemon's resident memory now."""
+        return rss_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of a process, from /proc (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

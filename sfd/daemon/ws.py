@@ -1,0 +1,284 @@
+"""The legacy Shopping Flux XML webservice, `POST /ws`, for the old shop modules.
+
+The wire format is `sfd.connectors.shoppingflux_xml`; the rules are the same as the v1 API's,
+through `storage.operations.submit`. Every answer is a well-formed XML document, errors too:
+the old modules parse whatever comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiohttp import web
+from aiohttp.web_request import FileField
+
+from sfd.clock import Clock
+from sfd.connectors import shoppingflux_xml as wsx
+from sfd.domain import EventSource, OperationKind, StoredOrder, Ticket, TicketState
+from sfd.logs import get_logger
+from sfd.rules import AcknowledgePayload, ReasonPayload, ShipPayload
+from sfd.storage import Batch, OperationRequest, OrderFilter, Storage, StorageError
+from sfd.storage.tokens import TokenIdentity
+
+log = get_logger()
+
+#: The largest form body read: a REQUEST at its limit, URL-encoded (up to 3 bytes per byte).
+MAX_FORM_BYTES = 3 * wsx.MAX_REQUEST_BYTES + 1024**2
+#: GetOrders reads the orders to process in pages of this many.
+PAGE = 200
+CONTENT_TYPE = "text/xml"
+CALLS = ("GetOrders", "ValidOrders", "UpdateOrders", "IsClient")
+#: Ticket states that mean the request was taken.
+_TAKEN = frozenset({TicketState.SCHEDULED, TicketState.RUNNING, TicketState.SUCCEED})
+
+
+def xml_response(body: bytes, status: int = 200) -> web.Response:
+    """An XML answer, UTF-8."""
+    return web.Response(body=body, status=status, content_type=CONTENT_TYPE, charset="utf-8")
+
+
+_CALLS = {c.lower(): c for c in CALLS}
+
+
+@dataclass(frozen=True)
+class _Form:
+    token: str
+    call: str
+    mode: str
+    request: str | bytes
+
+
+class _Refused(Exception):
+    """A request answered with an XML error."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+
+
+class LegacyWebservice:
+    """The `/ws` handler over one storage."""
+
+    def __init__(
+        self, storage: Storage, clock: Clock, on_operations: Callable[[], None] = lambda: None
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.on_operations = on_operations
+
+    def routes(self, app: web.Application) -> None:
+        """Add `POST /ws`, `/ws/` and `/`: old modules post to the bare host name."""
+        app.router.add_post("/ws", self.handle)
+        app.router.add_post("/ws/", self.handle)
+        app.router.add_post("/", self.handle)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Read the form, check the token, run the CALL; answer XML whatever happens."""
+        now = self.clock()
+        envelope = wsx.Envelope(date=now, call="", token="", mode="")
+        try:
+            form = await self._form(request)
+            envelope = wsx.Envelope(date=now, call=form.call, token=form.token, mode=form.mode)
+            return await self._dispatch(form, envelope)
+        except _Refused as exc:
+            return xml_response(
+                wsx.render_error(envelope, exc.type, exc.message, root_error=exc.status == 401),
+                status=exc.status,
+            )
+        except wsx.XmlWireError as exc:
+            return xml_response(wsx.render_error(envelope, "Request", str(exc)), status=400)
+        except StorageError as exc:
+            log.warning("ws_storage_error", call=envelope.call, error=str(exc))
+            return xml_response(
+                wsx.render_error(envelope, "Server", "the order database is busy; try again"),
+                status=503,
+            )
+        except Exception:
+            log.exception("ws_failed", call=envelope.call)
+            return xml_response(
+                wsx.render_error(envelope, "Server", "internal error; see the sfd log"),
+                status=500,
+            )
+
+    async def _form(self, request: web.Request) -> _Form:
+        """TOKEN, CALL, MODE and REQUEST, from a multipart or URL-encoded body."""
+        # The app's body limit suits JSON; a REQUEST may be up to MAX_REQUEST_BYTES, encoded.
+        sized = request.clone(client_max_size=MAX_FORM_BYTES)
+        try:
+            post = await sized.post()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refused(
+                400,
+                "Request",
+                f"REQUEST: the form is over {MAX_FORM_BYTES} bytes; "
+                f"a REQUEST may be up to {wsx.MAX_REQUEST_BYTES} bytes",
+            ) from None
+        except ValueError as exc:
+            raise _Refused(400, "Request", f"the form cannot be read: {exc}") from None
+        values: dict[str, str | bytes] = {}
+        for name in ("TOKEN", "CALL", "MODE", "REQUEST"):
+            value = post.get(name)
+            if isinstance(value, FileField):
+                values[name] = await asyncio.to_thread(value.file.read)
+            elif value is not None:
+                values[name] = value if isinstance(value, str) else bytes(value)
+
+        def text(name: str) -> str:
+            value = values.get(name, "")
+            if isinstance(value, str):
+                return value
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Refused(400, "Request", f"{name}: is not UTF-8") from None
+
+        # REQUEST may stay bytes: the parser then follows the document's XML declaration.
+        return _Form(
+            token=text("TOKEN"),
+            call=text("CALL"),
+            mode=text("MODE"),
+            request=values.get("REQUEST", ""),
+        )
+
+    async def _dispatch(self, form: _Form, envelope: wsx.Envelope) -> web.Response:
+        token = form.token.strip()
+        call = form.call.strip()
+        if not token:
+            raise _Refused(400, "Request", "TOKEN: is required")
+        if not call:
+            raise _Refused(400, "Request", f"CALL: is required ({', '.join(CALLS)})")
+        identity = await self.storage.tokens.verify(token)
+        if identity is None:
+            raise _Refused(401, "Authentication", "invalid token")
+        now = envelope.date
+        match _CALLS.get(call.lower()):
+            case "GetOrders":
+                orders = await self._to_process(identity, now)
+                return xml_response(wsx.render_orders(envelope, orders))
+            case "ValidOrders":
+                results = await self._valid_orders(identity, form.request, now)
+                return xml_response(wsx.render_valid_orders(envelope, results))
+            case "UpdateOrders":
+                results = await self._update_orders(identity, form.request, now)
+                return xml_response(wsx.render_update_orders(envelope, results))
+            case "IsClient":
+                return xml_response(wsx.render_is_client(envelope))
+        raise _Refused(
+            400,
+            "Request",
+            f"CALL: unknown call {wsx.clean_text(call[:40])!r} (known: {', '.join(CALLS)})",
+        )
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def _to_process(self, identity: TokenIdentity, now: datetime) -> list[StoredOrder]:
+        """Every order to process of the token's store, read a page at a time."""
+        orders: list[StoredOrder] = []
+        offset = 0
+        while True:
+            query = OrderFilter.to_process(
+                now, store_id=identity.store_id, limit=PAGE, offset=offset, sort="updated"
+            )
+            page = await self.storage.orders.find(query, details=True)
+            orders.extend(page)
+            if len(page) < PAGE:
+                return orders
+            offset += PAGE
+
+    async def _valid_orders(
+        self, identity: TokenIdentity, document: str | bytes, now: datetime
+    ) -> list[wsx.OrderResult]:
+        """Acknowledge each order: success with the shop's id, or error with its message."""
+        entries = wsx.parse_valid_orders(document)
+        requests = [
+            OperationRequest(
+                payload=AcknowledgePayload(
+                    status="error" if e.error_order is not None else "success",
+                    store_reference=e.merchant_id_order,
+                    message=e.error_order or "",
+                ),
+                reference=e.id_order,
+                channel=e.marketplace,
+            )
+            for e in entries
+        ]
+        tickets = await self._submit(identity, OperationKind.ACKNOWLEDGE, requests, now)
+        return [
+            self._result(e.id_order, e.marketplace, t)
+            for e, t in zip(entries, tickets, strict=True)
+        ]
+
+    async def _update_orders(
+        self, identity: TokenIdentity, document: str | bytes, now: datetime
+    ) -> list[wsx.OrderResult]:
+        """Ship or cancel each order, one batch per kind; the answer follows the request."""
+        updates = wsx.parse_update_orders(document)
+        tickets: dict[int, Ticket] = {}
+        for status, kind in (
+            (wsx.LegacyStatus.SHIPPED, OperationKind.SHIP),
+            (wsx.LegacyStatus.CANCELED, OperationKind.CANCEL),
+        ):
+            chosen = [i for i, u in enumerate(updates) if u.status == status]
+            requests = [
+                OperationRequest(
+                    payload=_payload(updates[i]),
+                    reference=updates[i].id_order,
+                    channel=updates[i].marketplace,
+                )
+                for i in chosen
+            ]
+            got = await self._submit(identity, kind, requests, now)
+            tickets.update(zip(chosen, got, strict=True))
+        return [self._result(u.id_order, u.marketplace, tickets[i]) for i, u in enumerate(updates)]
+
+    async def _submit(
+        self,
+        identity: TokenIdentity,
+        kind: OperationKind,
+        requests: Sequence[OperationRequest],
+        now: datetime,
+    ) -> list[Ticket]:
+        """One batch for these requests, logged per ticket; nothing when there are none."""
+        if not requests:
+            return []
+        batch: Batch = await self.storage.operations.submit(
+            identity.store_id, kind, requests, EventSource.API, now
+        )
+        for ticket in batch.tickets:
+            log.info(
+                "operation_requested",
+                operation=ticket.operation_id,
+                ticket=ticket.id,
+                kind=kind.value,
+                order=ticket.order_reference,
+                state=ticket.state.value,
+                source="ws",
+                batch=batch.id,
+                reason=ticket.reason,
+            )
+        if any(t.state == TicketState.SCHEDULED for t in batch.tickets):
+            self.on_operations()
+        return batch.tickets
+
+    @staticmethod
+    def _result(id_order: str, marketplace: str, ticket: Ticket) -> wsx.OrderResult:
+        ok = ticket.state in _TAKEN
+        reason = "" if ok else ticket.reason or f"the {ticket.kind.value} was {ticket.state.value}"
+        return wsx.OrderResult(id_order=id_order, marketplace=marketplace, ok=ok, reason=reason)
+
+
+def _payload(update: wsx.OrderUpdate) -> ShipPayload | ReasonPayload:
+    if update.status == wsx.LegacyStatus.SHIPPED:
+        return ShipPayload(
+            carrier=update.carrier_name,
+            tracking_number=update.tracking_number,
+            tracking_link=update.tracking_url,
+        )
+    return ReasonPayload()
