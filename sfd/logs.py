@@ -45,6 +45,14 @@ class SecretRedactor:
         return {key: self._clean(value) for key, value in event.items()}
 
 
+class _StdlibBridge(logging.Handler):
+    """Hands standard-library log records to structlog, so every line is one JSON object."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = structlog.get_logger().bind(logger=record.name)
+        logger.log(record.levelno, record.getMessage(), exc_info=record.exc_info or False)
+
+
 class _RedactingStream:
     """A last guard on the rendered line: tracebacks are rendered after the processors ran."""
 
@@ -92,6 +100,10 @@ def configure_logging(
         ),
         cache_logger_on_first_use=False,
     )
+    # aiohttp, asyncio and aiosqlite log through the standard library: same lines, same format.
+    root = logging.getLogger()
+    root.handlers = [_StdlibBridge()]
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level.upper()]))
 
 
 def get_logger(**context: Any) -> structlog.stdlib.BoundLogger:

@@ -94,3 +94,15 @@ api_key = "file:{key_file}"
     assert API_KEY not in captured
     assert FILE_KEY not in captured
     assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+
+
+def test_standard_library_logs_become_json_lines_too() -> None:
+    import logging
+
+    out = io.StringIO()
+    configure_logging("json", "info", [API_KEY], stream=out)
+    logging.getLogger("aiohttp.server").error("Error handling request with key %s", API_KEY)
+    [line] = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert line["level"] == "error"
+    assert line["logger"] == "aiohttp.server"
+    assert line["event"] == f"Error handling request with key {REDACTED}"
