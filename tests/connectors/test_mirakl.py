@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from email.utils import format_datetime
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
-from aioresponses import core as aioresponses_core
 from yarl import URL
 
 from sfd.connectors.base import (
@@ -28,6 +26,7 @@ from sfd.connectors.base import (
 from sfd.connectors.mirakl import MiraklConnector
 from sfd.connectors.settings import MiraklSettings
 from sfd.domain import OrderStatus
+from tests.connectors.conftest import sent
 
 BASE = "https://mirakl.test"
 KEY = "c0ffee-api-key-5ecret"
@@ -135,36 +134,11 @@ def listing(*orders: dict[str, Any] | str, total: int | None = None) -> str:
     return '{"orders": [' + ", ".join(texts) + f'], "total_count": {count}}}'
 
 
-class _MockedResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without the `stream_writer` aiohttp 3.14 requires."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-@pytest.fixture
-def http(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
-    monkeypatch.setattr(aioresponses_core, "ClientResponse", _MockedResponse)
-    with aioresponses() as mocked:
-        yield mocked
-
-
 @pytest.fixture
 async def connector() -> AsyncIterator[MiraklConnector]:
     mirakl = MiraklConnector(MiraklSettings(base_url=BASE, api_key=KEY, shop_id="42"))
     yield mirakl
     await mirakl.aclose()
-
-
-def sent(http: aioresponses, method: str | None = None) -> list[tuple[str, URL, dict[str, Any]]]:
-    """Every request made, as (method, url, keyword arguments)."""
-    return [
-        (m, url, call.kwargs)
-        for (m, url), calls in http.requests.items()
-        for call in calls
-        if method is None or m == method
-    ]
 
 
 async def pages(connector: MiraklConnector, since: datetime | None = None) -> list[OrderPage]:
