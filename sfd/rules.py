@@ -121,6 +121,16 @@ _ALLOWED_FROM: dict[OperationKind, frozenset[OrderStatus]] = {
 }
 
 
+#: The statuses that show the marketplace applied an operation.
+CONFIRMED_BY: dict[OperationKind, frozenset[OrderStatus]] = {
+    K.ACCEPT: frozenset({S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED, S.SHIPPED}),
+    K.REFUSE: frozenset({S.REFUSED}),
+    K.CANCEL: frozenset({S.CANCELLED}),
+    K.SHIP: frozenset({S.SHIPPED, S.PARTIALLY_SHIPPED}),
+    K.REFUND: frozenset({S.REFUNDED, S.PARTIALLY_REFUNDED}),
+}
+
+
 def _refuse(reason: str) -> Decision:
     return Decision(TicketState.FAILED, reason)
 

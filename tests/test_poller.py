@@ -55,7 +55,15 @@ async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
 
 
 @pytest.fixture
-async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Running]:
+def auto_accept() -> bool:
+    """Whether the channel accepts orders by itself; off unless a test asks for it."""
+    return False
+
+
+@pytest.fixture
+async def running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auto_accept: bool
+) -> AsyncIterator[Running]:
     """The daemon, started as one task against a sandbox; stopped through its stop event."""
     marketplace = SandboxMarketplace(KEY, seed=3)
     async with run_sandbox(marketplace) as base_url:
@@ -69,6 +77,7 @@ name = "sandbox"
 store = 1
 connector = "mirakl"
 poll_interval = "1h"
+auto_accept = {str(auto_accept).lower()}
 [channels.settings]
 base_url = "{base_url}"
 api_key = "env:SANDBOX_KEY"
@@ -148,3 +157,24 @@ async def test_an_auth_failure_is_logged_once_and_recovery_is_logged(running: Ru
     assert channel.auth_state == "ok" and channel.last_error is None
     assert [e["after_failures"] for e in running.events("poll_recovered")] == [3]
     assert await storage.orders.count(OrderFilter()) == 5
+
+
+@pytest.mark.parametrize("auto_accept", [True])
+async def test_auto_accept_accepts_new_orders_and_the_next_poll_confirms(
+    running: Running,
+) -> None:
+    references = running.marketplace.add_orders(4, waiting_acceptance_ratio=1.0)
+    await running.poll_now()
+    storage = running.daemon.storage
+    assert storage is not None
+    await until(lambda: all(running.marketplace.state(r) == "SHIPPING" for r in references))
+    assert [len(running.marketplace.calls_to("OR21", r)) for r in references] == [1, 1, 1, 1]
+    await running.poll_now()
+    for order in await storage.orders.find(OrderFilter()):
+        detail = await storage.orders.get(order.id)
+        assert detail is not None
+        assert detail.status == "waiting_shipment"
+        kinds = [(e.source, e.kind) for e in detail.events]
+        assert kinds[:2] == [("marketplace", "imported"), ("auto", "accept_requested")]
+        assert ("marketplace", "accept_delivered") in kinds
+        assert kinds[-2:] == [("marketplace", "status"), ("marketplace", "accept_confirmed")]

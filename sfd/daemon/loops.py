@@ -19,8 +19,10 @@ from sfd.connectors.base import (
     RateLimited,
     Transient,
 )
+from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.logs import get_logger
-from sfd.storage import OrderFilter, Storage
+from sfd.rules import ReasonPayload
+from sfd.storage import ImportResult, OperationRequest, OrderFilter, Storage
 
 #: The cursor steps back this far, so an order updated while a poll ran is never missed.
 CURSOR_OVERLAP = timedelta(minutes=5)
@@ -114,6 +116,7 @@ class Poller(Loop):
         *,
         unavailable_reason: str = "",
         redact: Callable[[str], str] = str,
+        on_operations: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(f"poller:{channel.name}", channel.poll_interval, clock)
         self.channel = channel
@@ -122,6 +125,7 @@ class Poller(Loop):
         self.connector = connector
         self.unavailable_reason = unavailable_reason
         self.redact = redact
+        self.on_operations = on_operations
         self.failures = 0
         self.log = get_logger(channel=channel.name)
         minimum = connector.min_poll_interval if connector else None
@@ -212,6 +216,7 @@ class Poller(Loop):
                 self.log.info(
                     "order_imported", order=reference, order_id=order_id, status=status.value
                 )
+            await self._auto_accept(result)
             for order_id, reference, old, new in result.changed:
                 self.log.info(
                     "order_status_changed",
@@ -229,6 +234,35 @@ class Poller(Loop):
             if final is not None:
                 await self.storage.channels.set_cursor(self.channel_id, final, self.clock())
         return counts
+
+    async def _auto_accept(self, result: ImportResult) -> None:
+        waiting = [
+            (order_id, reference)
+            for order_id, reference, status in result.created
+            if status == OrderStatus.WAITING_STORE_ACCEPTANCE
+        ]
+        if not waiting or not self.channel.auto_accept:
+            return
+        batch = await self.storage.operations.submit(
+            self.channel.store,
+            OperationKind.ACCEPT,
+            [
+                OperationRequest(payload=ReasonPayload(), order_id=order_id)
+                for order_id, _ in waiting
+            ],
+            EventSource.AUTO,
+            self.clock(),
+        )
+        for ticket in batch.tickets:
+            self.log.info(
+                "operation_requested",
+                order=ticket.order_reference,
+                kind="accept",
+                operation=ticket.operation_id,
+                state=ticket.state.value,
+                source="auto",
+            )
+        self.on_operations()
 
     def _fail(self, condition: str, reason: str) -> None:
         if self.status.condition != condition:
@@ -278,13 +312,3 @@ def deadline_watch(storage: Storage, clock: Clock) -> PeriodicCheck:
         return {"late_orders": late, "checked_at": to_iso(now)}
 
     return PeriodicCheck("deadline-watch", 60.0, clock, check)
-
-
-def operations_worker(storage: Storage, clock: Clock) -> PeriodicCheck:
-    """Watches the outbox; operations are written from the API onwards."""
-
-    async def check(now: datetime) -> dict[str, Any]:
-        channels = await storage.channels.states()
-        return {"pending_operations": sum(c.pending_operations for c in channels)}
-
-    return PeriodicCheck("operations-worker", 2.0, clock, check)

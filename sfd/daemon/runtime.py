@@ -23,8 +23,9 @@ from sfd.connectors.base import MarketplaceConnector
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
 from sfd.daemon.api import ShopApi
 from sfd.daemon.http import build_app
-from sfd.daemon.loops import Loop, Poller, deadline_watch, operations_worker
+from sfd.daemon.loops import Loop, Poller, deadline_watch
 from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
 from sfd.logs import SecretRedactor, get_logger
 from sfd.storage import OrderFilter, Storage, StorageError
@@ -67,7 +68,7 @@ class Daemon:
         self.handle_signals = handle_signals
         self.storage: Storage | None = None
         self.loops: list[Loop] = []
-        self.worker: Loop | None = None
+        self.worker: OperationsWorker | None = None
         self.connectors: list[MarketplaceConnector] = []
         self.ready = anyio.Event()
         self.stop_requested = anyio.Event()
@@ -96,6 +97,7 @@ class Daemon:
     async def _build_loops(self, storage: Storage) -> None:
         ids = await storage.channels.channel_ids()
         redactor = SecretRedactor(self.config.secrets)
+        by_channel: dict[int, MarketplaceConnector] = {}
         for channel in self.config.channels:
             connector: MarketplaceConnector | None = None
             reason = ""
@@ -104,6 +106,7 @@ class Daemon:
                     channel.name, channel.connector, self.config.channel_settings[channel.name]
                 )
                 self.connectors.append(connector)
+                by_channel[ids[channel.name]] = connector
             except ConnectorUnavailable as exc:
                 reason = str(exc)
                 log.warning("connector_unavailable", channel=channel.name, reason=reason)
@@ -116,9 +119,10 @@ class Daemon:
                     self.clock,
                     unavailable_reason=reason,
                     redact=redactor.redact,
+                    on_operations=self._operations_written,
                 )
             )
-        self.worker = operations_worker(storage, self.clock)
+        self.worker = OperationsWorker(storage, by_channel, self.clock)
         self.loops.append(self.worker)
         self.loops.append(deadline_watch(storage, self.clock))
 
@@ -200,6 +204,8 @@ class Daemon:
         if not self.stop_requested.is_set():
             self.notifier.stopping()
             log.info("daemon_stopping")
+            if self.worker is not None:
+                self.worker.stop_gracefully()
             self.stop_requested.set()
 
     # -- inside the task group ------------------------------------------------------------

@@ -6,7 +6,13 @@ import os
 
 from sfd.storage.channels import ChannelState, ChannelStore
 from sfd.storage.db import Database, DatabaseLocked, StorageError
-from sfd.storage.operations import Batch, OperationRequest, OperationStore
+from sfd.storage.operations import (
+    Batch,
+    Claim,
+    OperationQueue,
+    OperationRequest,
+    OperationStore,
+)
 from sfd.storage.orders import (
     DocumentRenderer,
     ImportResult,
@@ -18,6 +24,7 @@ from sfd.storage.tokens import TokenError, TokenStore
 __all__ = [
     "Batch",
     "ChannelState",
+    "Claim",
     "Database",
     "DatabaseLocked",
     "DocumentRenderer",
@@ -38,6 +45,7 @@ class Storage:
         self.channels = ChannelStore(db)
         self.orders = OrderStore(db, renderer)
         self.operations = OperationStore(db, self.orders)
+        self.queue = OperationQueue(db, self.orders)
         self.tokens = TokenStore(db)
 
     @classmethod

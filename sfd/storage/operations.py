@@ -6,7 +6,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -16,14 +16,16 @@ from sfd.domain import (
     FINISHED_TICKET_STATES,
     EventSource,
     FulfilledBy,
+    InvalidTransition,
     OperationKind,
     OrderStatus,
     Ticket,
     TicketState,
+    check_transition,
 )
 from sfd.rules import AcknowledgePayload, OrderView, Payload, PriorOperation, decide
 from sfd.storage.db import Database, Writer
-from sfd.storage.orders import OrderStore
+from sfd.storage.orders import OrderStore, confirm_operations
 
 K = OperationKind
 
@@ -349,3 +351,247 @@ def _ack_message(ack: AcknowledgePayload) -> str:
     if ack.message:
         parts.append(ack.message)
     return "; ".join(parts)
+
+
+class Claim(msgspec.Struct, kw_only=True, frozen=True):
+    """An operation the worker took, with what it needs to call the marketplace."""
+
+    operation_id: int
+    ticket_id: str
+    kind: OperationKind
+    channel_id: int
+    channel: str
+    order_id: int
+    order_reference: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: datetime
+    item_references: dict[int, str]
+    """Order item id → the marketplace's line reference, for partial shipments."""
+
+
+_DUE = (
+    "p.channel_id IS NOT NULL AND p.order_id IS NOT NULL "
+    "AND p.kind NOT IN ('acknowledge', 'unacknowledge') AND ("
+    "(p.state = 'scheduled' AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= ?)) "
+    "OR (p.state = 'running' AND p.lease_until < ?))"
+)
+
+
+class OperationQueue:
+    """What the worker does with the outbox: claim under a lease, and write back outcomes."""
+
+    def __init__(self, db: Database, orders: OrderStore) -> None:
+        self.db = db
+        self.orders = orders
+
+    async def claim(
+        self, now: datetime, lease: timedelta, limit: int, skip_channels: Sequence[int] = ()
+    ) -> list[Claim]:
+        """Take up to `limit` due operations; an expired lease makes a running one due again."""
+        stamp = to_iso(now)
+        skip = (
+            f"AND p.channel_id NOT IN ({','.join('?' * len(skip_channels))})"
+            if skip_channels
+            else ""
+        )
+        async with self.db.write() as tx:
+            rows = await tx.fetchall(
+                f"SELECT p.id FROM operations p WHERE {_DUE} {skip} "
+                "ORDER BY coalesce(p.next_attempt_at, p.created_at), p.id LIMIT ?",
+                (stamp, stamp, *skip_channels, limit),
+            )
+            ids = [r["id"] for r in rows]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            await tx.execute(
+                "UPDATE operations SET state = 'running', lease_until = ?, "
+                "attempts = attempts + 1, started_at = coalesce(started_at, ?), updated_at = ? "
+                f"WHERE id IN ({marks})",
+                (to_iso(now + lease), stamp, stamp, *ids),
+            )
+            return await self._claims(tx, ids)
+
+    async def _claims(self, tx: Writer, ids: list[int]) -> list[Claim]:
+        marks = ",".join("?" * len(ids))
+        rows = await tx.fetchall(
+            "SELECT p.*, o.reference AS order_reference, c.name AS channel FROM operations p "
+            "JOIN orders o ON o.id = p.order_id JOIN channels c ON c.id = p.channel_id "
+            f"WHERE p.id IN ({marks}) ORDER BY p.id",
+            ids,
+        )
+        items: dict[int, dict[int, str]] = {}
+        order_ids = sorted({r["order_id"] for r in rows})
+        for r in await tx.fetchall(
+            "SELECT id, order_id, channel_reference FROM order_items "
+            f"WHERE order_id IN ({','.join('?' * len(order_ids))})",
+            order_ids,
+        ):
+            items.setdefault(r["order_id"], {})[r["id"]] = r["channel_reference"]
+        return [
+            Claim(
+                operation_id=r["id"],
+                ticket_id=r["ticket_id"],
+                kind=OperationKind(r["kind"]),
+                channel_id=r["channel_id"],
+                channel=r["channel"],
+                order_id=r["order_id"],
+                order_reference=r["order_reference"],
+                payload=json.loads(r["payload"]),
+                attempts=r["attempts"],
+                created_at=from_iso(r["created_at"]),
+                item_references=items.get(r["order_id"], {}),
+            )
+            for r in rows
+        ]
+
+    async def delivered(
+        self, claim: Claim, now: datetime, confirm_at: datetime
+    ) -> list[tuple[int, str, float]]:
+        """The marketplace took it. Confirmation follows, by a later read or poll."""
+        stamp = to_iso(now)
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE operations SET state = 'succeed', finished_at = ?, delivered_at = ?, "
+                "lease_until = NULL, last_error = NULL, confirm_at = ?, updated_at = ? "
+                "WHERE id = ?",
+                (stamp, stamp, to_iso(confirm_at), stamp, claim.operation_id),
+            )
+            if claim.kind == K.SHIP:
+                p = claim.payload
+                await tx.execute(
+                    "UPDATE orders SET carrier = ?, tracking_number = ?, tracking_link = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (
+                        p.get("carrier", ""),
+                        p.get("tracking_number", ""),
+                        p.get("tracking_link", ""),
+                        stamp,
+                        claim.order_id,
+                    ),
+                )
+            await self.orders.add_event(
+                tx,
+                claim.order_id,
+                now,
+                EventSource.MARKETPLACE,
+                f"{claim.kind.value}_delivered",
+                message=f"taken by {claim.channel} after {claim.attempts} attempt(s)",
+                operation_id=claim.operation_id,
+            )
+            row = await tx.fetchone("SELECT status FROM orders WHERE id = ?", (claim.order_id,))
+            assert row is not None
+            # The marketplace may already show the result (an earlier poll saw it).
+            confirmed = await confirm_operations(tx, claim.order_id, OrderStatus(row[0]), now)
+            await self.orders.refresh_documents(tx, [claim.order_id])
+        return confirmed
+
+    async def failed(self, claim: Claim, now: datetime, reason: str) -> None:
+        """The marketplace refused it, or it is too old to try again: the ticket fails."""
+        stamp = to_iso(now)
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE operations SET state = 'failed', finished_at = ?, lease_until = NULL, "
+                "last_error = ?, updated_at = ? WHERE id = ?",
+                (stamp, reason, stamp, claim.operation_id),
+            )
+            await self.orders.add_event(
+                tx,
+                claim.order_id,
+                now,
+                EventSource.MARKETPLACE,
+                f"{claim.kind.value}_failed",
+                message=reason,
+                operation_id=claim.operation_id,
+            )
+            await self.orders.refresh_documents(tx, [claim.order_id])
+
+    async def retry(
+        self, claim: Claim, now: datetime, at: datetime, reason: str, *, spend_attempt: bool = True
+    ) -> None:
+        """Not now: try again at `at`. Broken credentials spend no attempt."""
+        stamp = to_iso(now)
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE operations SET state = 'scheduled', next_attempt_at = ?, "
+                "lease_until = NULL, last_error = ?, attempts = attempts - ?, updated_at = ? "
+                "WHERE id = ?",
+                (to_iso(at), reason, 0 if spend_attempt else 1, stamp, claim.operation_id),
+            )
+
+    async def release(self, claims: Sequence[Claim], now: datetime) -> None:
+        """Give back claims not started (a stop came first): due again at once, no attempt spent."""
+        if not claims:
+            return
+        ids = [c.operation_id for c in claims]
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
+                f"attempts = attempts - 1, updated_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+                (to_iso(now), *ids),
+            )
+
+    async def next_due(self) -> datetime | None:
+        """When the soonest waiting operation or confirmation is due."""
+        row = await self.db.fetchone(
+            "SELECT min(t) FROM ("
+            " SELECT coalesce(next_attempt_at, created_at) AS t FROM operations"
+            "  WHERE state = 'scheduled' AND kind NOT IN ('acknowledge', 'unacknowledge')"
+            " UNION ALL SELECT lease_until FROM operations WHERE state = 'running'"
+            " UNION ALL SELECT confirm_at FROM operations"
+            "  WHERE state = 'succeed' AND confirmed_at IS NULL AND confirm_at IS NOT NULL)"
+        )
+        return from_iso(row[0]) if row and row[0] else None
+
+    async def due_confirmations(self, now: datetime, limit: int) -> list[Claim]:
+        """Delivered operations whose result the marketplace should show by now."""
+        rows = await self.db.fetchall(
+            "SELECT id FROM operations WHERE state = 'succeed' AND confirmed_at IS NULL "
+            "AND confirm_at IS NOT NULL AND confirm_at <= ? ORDER BY confirm_at LIMIT ?",
+            (to_iso(now), limit),
+        )
+        if not rows:
+            return []
+        async with self.db.write() as tx:
+            return await self._claims(tx, [r["id"] for r in rows])
+
+    async def observed(
+        self, claim: Claim, status: OrderStatus | None, now: datetime, next_check: datetime
+    ) -> list[tuple[int, str, float]]:
+        """The marketplace's current status for a delivered operation's order.
+
+        A status the circuit allows becomes a marketplace change of the order; operations it
+        confirms are marked; otherwise the next check is scheduled.
+        """
+        async with self.db.write() as tx:
+            row = await tx.fetchone("SELECT status FROM orders WHERE id = ?", (claim.order_id,))
+            assert row is not None
+            current = OrderStatus(row[0])
+            if status is not None and status != current:
+                try:
+                    check_transition(claim.order_reference, current, status)
+                except InvalidTransition:
+                    status = current
+                else:
+                    await tx.execute(
+                        "UPDATE orders SET status = ?, updated_at = ? WHERE id = ?",
+                        (status.value, to_iso(now), claim.order_id),
+                    )
+                    await self.orders.add_event(
+                        tx,
+                        claim.order_id,
+                        now,
+                        EventSource.MARKETPLACE,
+                        "status",
+                        from_status=current,
+                        to_status=status,
+                    )
+            confirmed = await confirm_operations(tx, claim.order_id, status or current, now)
+            if not any(op_id == claim.operation_id for op_id, _, _ in confirmed):
+                await tx.execute(
+                    "UPDATE operations SET confirm_at = ?, updated_at = ? WHERE id = ?",
+                    (to_iso(next_check), to_iso(now), claim.operation_id),
+                )
+            await self.orders.refresh_documents(tx, [claim.order_id])
+        return confirmed

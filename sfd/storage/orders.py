@@ -17,6 +17,7 @@ from sfd.domain import (
     EventSource,
     InvalidTransition,
     MarketplaceOrder,
+    OperationKind,
     OrderEvent,
     OrderIssue,
     OrderStatus,
@@ -24,6 +25,7 @@ from sfd.domain import (
     StoredOrder,
     check_transition,
 )
+from sfd.rules import CONFIRMED_BY
 from sfd.storage.db import Database, Reader, StorageError, Writer
 
 OFFER_WINDOW = timedelta(days=7)
@@ -309,6 +311,7 @@ class OrderStore:
                 from_status=current,
                 to_status=order.status,
             )
+            await confirm_operations(tx, row["id"], order.status, now)
             result.changed.append((row["id"], order.reference, current, order.status))
         else:
             result.updated += 1
@@ -641,3 +644,39 @@ async def load_orders(
             )
         )
     return orders
+
+
+async def confirm_operations(
+    tx: Writer, order_id: int, status: OrderStatus, now: datetime
+) -> list[tuple[int, str, float]]:
+    """Mark the order's delivered operations that `status` confirms; record when and how fast.
+
+    Returns (operation id, kind, seconds from request to confirmation) for each.
+    """
+    confirmed = []
+    rows = await tx.fetchall(
+        "SELECT id, kind, created_at FROM operations WHERE order_id = ? AND state = 'succeed' "
+        "AND confirmed_at IS NULL ORDER BY id",
+        (order_id,),
+    )
+    for row in rows:
+        kind = OperationKind(row["kind"])
+        if status not in CONFIRMED_BY.get(kind, ()):
+            continue
+        seconds = (now - from_iso(row["created_at"])).total_seconds()
+        await tx.execute(
+            "UPDATE operations SET confirmed_at = ?, confirm_at = NULL, updated_at = ? "
+            "WHERE id = ?",
+            (to_iso(now), to_iso(now), row["id"]),
+        )
+        await OrderStore.add_event(
+            tx,
+            order_id,
+            now,
+            EventSource.MARKETPLACE,
+            f"{kind.value}_confirmed",
+            message=f"confirmed {seconds:.0f}s after the request",
+            operation_id=row["id"],
+        )
+        confirmed.append((row["id"], kind.value, seconds))
+    return confirmed

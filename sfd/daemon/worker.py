@@ -1,0 +1,280 @@
+"""The operations worker: delivers the outbox to the marketplaces, and confirms what they did.
+
+Written operations wake it at once. It claims work under a lease, calls the channel's
+connector with at most `concurrency` calls per channel, and writes every outcome in a shielded
+transaction. A marketplace that is down or throttling gets the operation again later, with
+exponential backoff and jitter; one whose credentials fail gets it again without spending an
+attempt. After a delivery, it asks the marketplace for the order's status until the result
+shows, unless a poll saw it first.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+import anyio
+import anyio.abc
+
+from sfd.clock import Clock
+from sfd.connectors.base import (
+    AuthFailed,
+    ConnectorError,
+    MarketplaceConnector,
+    RateLimited,
+    Rejected,
+    ShipmentRequest,
+)
+from sfd.daemon.loops import Loop
+from sfd.domain import OperationKind
+from sfd.logs import get_logger
+from sfd.storage import Claim, Storage
+
+K = OperationKind
+#: Operations from other processes (the CLI) are found at least this often.
+POLL = 2.0
+LEASE = timedelta(minutes=5)
+#: A call still running when a stop comes gets this long to finish before it is cancelled.
+STOP_GRACE = 5.0
+BACKOFF_BASE = 5.0
+BACKOFF_CAP = 900.0
+AUTH_WAIT = 300.0
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds before the next attempt: doubling, capped, jittered, never before Retry-After."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempts - 1))
+    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+    return float(max(delay, retry_after or 0.0))
+
+
+class OperationsWorker(Loop):
+    """Delivers operations through each channel's connector."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        connectors: Mapping[int, MarketplaceConnector],
+        clock: Clock,
+        *,
+        concurrency: int = 4,
+        max_age: timedelta = timedelta(hours=48),
+        confirm_delay: float = 60.0,
+    ) -> None:
+        super().__init__("operations-worker", POLL, clock)
+        self.storage = storage
+        self.connectors = connectors
+        self.concurrency = concurrency
+        self.max_age = max_age
+        self.confirm_delay = confirm_delay
+        self._limiters: dict[int, anyio.CapacityLimiter] = {}
+        self._paused: dict[int, datetime] = {}
+        """Channel id → when it may be called again (throttled, or credentials broken)."""
+        self._inflight: set[int] = set()
+        self._calls: set[anyio.CancelScope] = set()
+        self._stopping = False
+        self._group: anyio.abc.TaskGroup
+        self.log = get_logger(loop="operations-worker")
+
+    def _limiter(self, channel_id: int) -> anyio.CapacityLimiter:
+        if channel_id not in self._limiters:
+            self._limiters[channel_id] = anyio.CapacityLimiter(self.concurrency)
+        return self._limiters[channel_id]
+
+    async def run(self) -> None:
+        """Tick until cancelled; deliveries run beside the ticks, in one task group."""
+        async with anyio.create_task_group() as tg:
+            self._group = tg
+            await super().run()
+
+    def stop_gracefully(self, grace: float = STOP_GRACE) -> None:
+        """Claim nothing more; calls under way get `grace` seconds to bring their answer."""
+        self._stopping = True
+        deadline = anyio.current_time() + grace
+        for scope in self._calls:
+            scope.deadline = min(scope.deadline, deadline)
+
+    async def tick(self) -> float | None:
+        if self._stopping:
+            return POLL
+        now = self.clock()
+        paused = [c for c, until in self._paused.items() if until > now]
+        room = self.concurrency * max(1, len(self.connectors)) - len(self._inflight)
+        claims = (
+            await self.storage.queue.claim(now, LEASE, room, skip_channels=paused)
+            if room > 0
+            else []
+        )
+        confirmations = await self.storage.queue.due_confirmations(now, 16)
+        for claim in claims:
+            self._inflight.add(claim.operation_id)
+            self._group.start_soon(self._deliver, claim, name=f"operation {claim.operation_id}")
+        for claim in confirmations:
+            self._group.start_soon(self._confirm, claim, name=f"confirm {claim.operation_id}")
+        self.status.detail = {
+            "in_flight": len(self._inflight),
+            "claimed": len(claims),
+            "confirmations": len(confirmations),
+        }
+        self.status.last_success_at = self.clock()
+        due = await self.storage.queue.next_due()
+        if due is None:
+            return POLL
+        return min(POLL, max(0.05, (due - self.clock()).total_seconds()))
+
+    async def _deliver(self, claim: Claim) -> None:
+        try:
+            await self._deliver_one(claim)
+        finally:
+            self._inflight.discard(claim.operation_id)
+            self.wake()  # room for the next one
+
+    async def _deliver_one(self, claim: Claim) -> None:
+        log = self.log.bind(
+            channel=claim.channel,
+            order=claim.order_reference,
+            operation=claim.operation_id,
+            kind=claim.kind.value,
+        )
+        connector = self.connectors.get(claim.channel_id)
+        if connector is None:
+            await self._give_up(claim, f"channel {claim.channel} has no working connector")
+            return
+        async with self._limiter(claim.channel_id):
+            if self._stopping:
+                await self.storage.queue.release([claim], self.clock())
+                return
+            requested = self.clock()
+            # Once the call is made, a stop lets it finish for a moment: its answer decides
+            # whether the marketplace has the operation, and must be written.
+            with anyio.CancelScope(shield=True) as call:
+                self._calls.add(call)
+                try:
+                    await self._call(connector, claim)
+                except Rejected as exc:
+                    await self.storage.queue.failed(claim, self.clock(), exc.message)
+                    log.warning("operation_failed", reason=exc.message, attempts=claim.attempts)
+                    return
+                except AuthFailed as exc:
+                    wait = timedelta(seconds=AUTH_WAIT)
+                    self._paused[claim.channel_id] = self.clock() + wait
+                    await self.storage.queue.retry(
+                        claim,
+                        self.clock(),
+                        self.clock() + wait,
+                        f"AuthFailed: {exc}",
+                        spend_attempt=False,
+                    )
+                    log.warning("operation_waiting_for_credentials", reason=str(exc))
+                    return
+                except ConnectorError as exc:
+                    await self._retry(claim, exc)
+                    return
+                finally:
+                    self._calls.discard(call)
+            if call.cancelled_caught:
+                # Stopped mid-call: whether the marketplace took it is unknown. The operation
+                # is due again at the next start; connectors treat "already done" as done.
+                await self.storage.queue.retry(
+                    claim, self.clock(), self.clock(), "interrupted by a stop", spend_attempt=False
+                )
+                log.info("operation_interrupted")
+                return
+            now = self.clock()
+            confirmed = await self.storage.queue.delivered(
+                claim, now, now + timedelta(seconds=self.confirm_delay)
+            )
+            log.info(
+                "operation_delivered",
+                attempts=claim.attempts,
+                seconds=round((now - claim.created_at).total_seconds(), 3),
+                call_seconds=round((now - requested).total_seconds(), 3),
+            )
+            for _, kind, seconds in confirmed:
+                log.info("operation_confirmed", confirmed_kind=kind, seconds=round(seconds, 1))
+
+    async def _retry(self, claim: Claim, exc: ConnectorError) -> None:
+        now = self.clock()
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if now - claim.created_at > self.max_age:
+            await self._give_up(
+                claim, f"gave up after {claim.attempts} attempts over {self.max_age}: {reason}"
+            )
+            return
+        retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+        delay = backoff(claim.attempts, retry_after)
+        if retry_after:
+            self._paused[claim.channel_id] = now + timedelta(seconds=retry_after)
+        await self.storage.queue.retry(claim, now, now + timedelta(seconds=delay), reason)
+        self.log.info(
+            "operation_retry",
+            channel=claim.channel,
+            order=claim.order_reference,
+            operation=claim.operation_id,
+            reason=reason,
+            attempts=claim.attempts,
+            delay=round(delay, 1),
+        )
+
+    async def _give_up(self, claim: Claim, reason: str) -> None:
+        await self.storage.queue.failed(claim, self.clock(), reason)
+        self.log.warning(
+            "operation_failed",
+            channel=claim.channel,
+            order=claim.order_reference,
+            operation=claim.operation_id,
+            reason=reason,
+        )
+
+    async def _call(self, connector: MarketplaceConnector, claim: Claim) -> None:
+        reference = claim.order_reference
+        if claim.kind == K.ACCEPT:
+            await connector.accept(reference)
+        elif claim.kind == K.REFUSE:
+            await connector.refuse(reference)
+        elif claim.kind == K.CANCEL:
+            await connector.cancel(reference)
+        elif claim.kind == K.SHIP:
+            p = claim.payload
+            lines = p.get("items") or []
+            await connector.ship(
+                reference,
+                ShipmentRequest(
+                    carrier=p.get("carrier", ""),
+                    tracking_number=p.get("tracking_number", ""),
+                    tracking_link=p.get("tracking_link", ""),
+                    items={claim.item_references[item]: qty for item, qty in lines} or None,
+                ),
+            )
+        else:
+            raise Rejected(f"the {connector.name} connector cannot {claim.kind.value} orders yet")
+
+    async def _confirm(self, claim: Claim) -> None:
+        connector = self.connectors.get(claim.channel_id)
+        now = self.clock()
+        # Ask again later and later: 1 min, 2, 4... up to an hour; a poll may answer first.
+        waited = max(self.confirm_delay, (now - claim.created_at).total_seconds())
+        next_check = now + timedelta(seconds=min(3600.0, waited))
+        if connector is None:
+            return
+        try:
+            status = await connector.order_status(claim.order_reference)
+        except ConnectorError as exc:
+            self.log.info(
+                "confirmation_deferred",
+                channel=claim.channel,
+                order=claim.order_reference,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+            status = None
+        confirmed = await self.storage.queue.observed(claim, status, self.clock(), next_check)
+        for _, kind, seconds in confirmed:
+            self.log.info(
+                "operation_confirmed",
+                channel=claim.channel,
+                order=claim.order_reference,
+                operation=claim.operation_id,
+                confirmed_kind=kind,
+                seconds=round(seconds, 1),
+            )
