@@ -666,3 +666,33 @@ async def test_channels_are_listed_as_store_channels(api: Api) -> None:
     assert entry["_embedded"]["channel"]["name"] == "decathlon"
     status, channel = await api.get(f"/v1/channel/{entry['id']}")
     assert (status, channel["name"]) == (200, "decathlon")
+
+
+async def test_a_refund_takes_products_as_a_list_or_as_the_manuals_sku_map(api: Api) -> None:
+    order_id = await api.order_id("SHIPPED-1")
+    _, [listed] = await api.operate(
+        "refund",
+        {
+            "id": order_id,
+            "refund": {"shipping": False, "products": [{"reference": "SKU-0001", "quantity": 1}]},
+        },
+    )
+    assert listed["state"] == "scheduled"
+    assert listed["payload"]["refund"] == {
+        "shipping": False,
+        "products": [{"reference": "SKU-0001", "quantity": 1}],
+    }
+    _, [mapped] = await api.operate(
+        "refund", {"id": order_id, "refund": {"products": {"SKU-0002": 2}}}
+    )
+    assert mapped["payload"]["refund"]["products"] == [{"reference": "SKU-0002", "quantity": 2}]
+
+
+async def test_catalog_links_answer_404_rather_than_leaving_sdk_clients_without_a_link(
+    api: Api,
+) -> None:
+    _, me = await api.get("/v1/me")
+    links = me["_embedded"]["store"][0]["_links"]
+    status, body = await api.get(links["inventory"]["href"])
+    assert status == 404
+    assert body["detail"] == "sfd manages orders only; it keeps no catalog"

@@ -313,7 +313,8 @@ class _RefundProduct(msgspec.Struct):
 
 class _Refund(msgspec.Struct):
     shipping: bool = True
-    products: list[_RefundProduct] = msgspec.field(default_factory=list)
+    # The SDK's manual writes products as {"SKU": quantity}; its code as a list of objects.
+    products: list[_RefundProduct] | dict[str, int] = msgspec.field(default_factory=list)
 
 
 class _RefundEntry(_Entry, rename="camel"):
@@ -451,10 +452,12 @@ def _payload(kind: OperationKind, entry: _Entry, where: str) -> Payload:
         )
     if isinstance(entry, _RefundEntry):
         refund = entry.refund or _Refund()
-        return RefundPayload(
-            shipping=refund.shipping,
-            products=tuple((p.reference, p.quantity) for p in refund.products),
+        products = (
+            tuple(refund.products.items())
+            if isinstance(refund.products, dict)
+            else tuple((p.reference, p.quantity) for p in refund.products)
         )
+        return RefundPayload(shipping=refund.shipping, products=products)
     assert isinstance(entry, _ReasonEntry)
     return ReasonPayload(reason=entry.reason or "")
 

@@ -91,6 +91,7 @@ class ShopApi:
         r.add_get(store + "/ticket/{ticket_id}", self.ticket)
         r.add_get(store + "/channel", self.channels)
         r.add_get("/v1/channel/{channel_id:\\d+}", self.channel)
+        r.add_route("*", "/v1/catalog/{store_id:\\d+}/{resource}", self.catalog)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -209,6 +210,9 @@ class ShopApi:
                 "order": {"href": base + "/order{/operation}", "templated": True},
                 "ticket": {"href": base + "/ticket"},
                 "channel": {"href": base + "/channel"},
+                # sfd keeps no catalog; the links exist so SDK clients get a 404, not a crash.
+                "inventory": {"href": f"/v1/catalog/{store_id}/inventory"},
+                "pricing": {"href": f"/v1/catalog/{store_id}/pricing"},
             },
         }
 
@@ -430,6 +434,10 @@ class ShopApi:
         if ticket is None:
             return problem(404, "Not Found", "no such ticket in this store")
         return hal(sf.render_ticket(ticket))
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        """Inventory and pricing are the shop's business, not the order hub's."""
+        return problem(404, "Not Found", "sfd manages orders only; it keeps no catalog")
 
     async def channels(self, request: web.Request) -> web.Response:
         """The store's channels, as the SDK's StoreChannel resources."""
