@@ -109,3 +109,41 @@ async def test_commands_work_while_the_daemon_runs(
     orders = json.loads(run_cli(config, "orders", "list", "--json", env=ENV).stdout)
     assert len(orders) == 2
     assert sfd.terminate() == 0
+
+
+async def test_channels_poll_asks_the_running_daemon_to_poll_now(
+    tmp_path: Path, sfd_processes: Callable[..., SfdProcess]
+) -> None:
+    import asyncio
+
+    from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+
+    marketplace = SandboxMarketplace("poll-key", seed=5)
+    async with run_sandbox(marketplace) as base_url:
+        config = write_config(tmp_path, CHANNELS.replace("http://127.0.0.1:9", base_url))
+        env = {"DECA_KEY": "poll-key"}
+        not_running = await asyncio.to_thread(
+            run_cli, config, "channels", "poll", "decathlon", env=env
+        )
+        assert not_running.returncode == 1
+        assert "no running sfd" in not_running.stderr
+        sfd = sfd_processes(config, tmp_path, env=env)
+        await asyncio.to_thread(sfd.wait_ready)
+        for _ in range(200):  # the poll at start-up finds nothing yet
+            if any(e["event"] == "poll_done" for e in sfd.log_events()):
+                break
+            await asyncio.sleep(0.05)
+        marketplace.add_orders(7, waiting_acceptance_ratio=0.0)
+        polled = await asyncio.to_thread(run_cli, config, "channels", "poll", "decathlon", env=env)
+        assert polled.returncode == 0, polled.stderr
+        assert polled.stderr == "sfd: channel 'decathlon' is polling now\n"
+        unknown = await asyncio.to_thread(run_cli, config, "channels", "poll", "nope", env=env)
+        assert (unknown.returncode, unknown.stderr) == (1, "sfd: no channel named 'nope'\n")
+        for _ in range(200):
+            listed = await asyncio.to_thread(run_cli, config, "orders", "list", "--json", env=env)
+            if len(json.loads(listed.stdout)) == 7:
+                break
+            await asyncio.sleep(0.1)
+        assert len(json.loads(listed.stdout)) == 7
+        assert await asyncio.to_thread(sfd.terminate) == 0
+    assert not (tmp_path / "sfd.db.sock").exists()

@@ -20,6 +20,7 @@ from sfd import __version__
 from sfd.clock import utcnow
 from sfd.config import CONFIG_ENV, Config, ConfigError, load_config
 from sfd.connectors.shoppingfeed import render_order
+from sfd.daemon.admin import AdminUnavailable, admin_call
 from sfd.daemon.runtime import run_daemon, sync_config
 from sfd.domain import OrderStatus, StoredOrder
 from sfd.logs import configure_logging
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
 
     channels = commands.add_parser("channels", help="the channels and their poll state")
     channels.add_argument("--json", action="store_true")
+    channel_actions = channels.add_subparsers(
+        dest="channels_command", metavar="ACTION", parser_class=_Parser
+    )
+    poll = channel_actions.add_parser("poll", help="ask the running daemon to poll now")
+    poll.add_argument("name")
 
     orders = commands.add_parser("orders", help="orders").add_subparsers(
         dest="orders_command", metavar="ACTION", required=True, parser_class=_Parser
@@ -152,6 +158,13 @@ async def _token(args: argparse.Namespace, storage: Storage) -> int:
 
 
 async def _channels(args: argparse.Namespace, storage: Storage) -> int:
+    if args.channels_command == "poll":
+        try:
+            await admin_call(storage.db.path.resolve(), f"/channels/{args.name}/poll")
+        except AdminUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        sys.stderr.write(f"sfd: channel {args.name!r} is polling now\n")
+        return EXIT_OK
     channels = await storage.channels.states()
     if args.json:
         _print_json(channels)

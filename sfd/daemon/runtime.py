@@ -21,6 +21,7 @@ from sfd.config import Config
 from sfd.connectors import shoppingfeed
 from sfd.connectors.base import MarketplaceConnector
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
+from sfd.daemon.admin import admin_app, socket_path, start_admin
 from sfd.daemon.api import ShopApi
 from sfd.daemon.http import build_app
 from sfd.daemon.loops import Loop, Poller, deadline_watch
@@ -74,6 +75,7 @@ class Daemon:
         self.stop_requested = anyio.Event()
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
         self._summary = ""
 
     # -- phases ---------------------------------------------------------------------------
@@ -155,6 +157,26 @@ class Daemon:
         bound = self._runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
+        self._admin = web.AppRunner(
+            admin_app(self.poll_now, self._operations_written),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+        )
+        await self._admin.setup()
+        path = socket_path(self.config.database.resolve())
+        if not await start_admin(self._admin, path):
+            log.warning(
+                "admin_socket_unavailable", path=str(path), reason="path too long for a Unix socket"
+            )
+
+    def poll_now(self, channel: str) -> bool:
+        """Ask a channel's poller to poll at once; False if no such channel runs."""
+        for loop in self.loops:
+            if isinstance(loop, Poller) and loop.channel.name == channel:
+                loop.wake()
+                return True
+        return False
 
     async def serve(self) -> None:
         """Run every loop until a stop is asked for, then stop within the deadline."""
@@ -190,6 +212,10 @@ class Daemon:
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
+            if self._admin is not None:
+                await self._admin.cleanup()
+                self._admin = None
+                socket_path(self.config.database.resolve()).unlink(missing_ok=True)
             for connector in self.connectors:
                 await connector.aclose()
             self.connectors.clear()
