@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sfd.connectors.base import MarketplaceConnector
-from sfd.connectors.settings import ConnectorSettings, MiraklSettings
+from sfd.connectors.settings import ConnectorSettings, EbaySettings, MiraklSettings
 
 
 class ConnectorUnavailable(Exception):
@@ -18,6 +18,10 @@ def open_marketplace(
         from sfd.connectors.mirakl import MiraklConnector
 
         return MiraklConnector(settings, name=channel)
+    if connector == "ebay" and isinstance(settings, EbaySettings):
+        from sfd.connectors.ebay import EbayConnector
+
+        return EbayConnector(settings, name=channel)
     raise ConnectorUnavailable(
         f"connector {connector!r} is accepted in the config but not implemented in sfd "
         "yet; this channel is not polled"

@@ -1,0 +1,1041 @@
+"""eBay's Sell Fulfillment API v1: list orders (getOrders), read one (getOrder), ship
+(createShippingFulfillment), behind an OAuth user access token minted from a refresh token.
+
+Amounts come as decimal strings and are read as exact Decimals, never binary floats.
+eBay has no acceptance step, and cancellations belong to the Post-Order API, which sfd does not
+speak: accept, refuse and cancel are refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import msgspec
+from multidict import CIMultiDict
+from yarl import URL
+
+from sfd.clock import from_iso, utcnow
+from sfd.connectors.base import (
+    AuthFailed,
+    OrderPage,
+    RateLimited,
+    Rejected,
+    ShipmentRequest,
+    SkippedOrder,
+    Transient,
+)
+from sfd.connectors.mirakl import parse_retry_after
+from sfd.connectors.settings import EbaySettings
+from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
+
+if TYPE_CHECKING:
+    from sfd.connectors.base import MarketplaceConnector
+
+#: The one OAuth scope sfd needs: read orders and create shipping fulfillments. The refresh token
+#: must have been granted it (a refresh may ask for the same scopes or fewer, never more).
+SCOPE: Final = "https://api.ebay.com/oauth/api_scope/sell.fulfillment"
+ORDERS_PATH: Final = "/sell/fulfillment/v1/order"
+#: Orders a getOrders page asks for (eBay's default is 50, its maximum 1000).
+PAGE_SIZE: Final = 200
+#: How far back the first pass looks, when there is no cursor yet.
+FIRST_PASS: Final = timedelta(days=30)
+#: getOrders' date filters only reach the last 90 days (error 30830 past that): an older cursor
+#: is brought forward to just inside that window, with an hour's margin for clock skew.
+MAX_LOOKBACK: Final = timedelta(days=90) - timedelta(hours=1)
+#: An access token is renewed this long before eBay says it expires.
+TOKEN_MARGIN: Final = timedelta(seconds=60)
+
+# Order status, from three eBay fields (the spec names the enums; developer.ebay.com lists them):
+# - orderPaymentStatus (OrderPaymentStatusEnum): PAID, PENDING, FAILED, FULLY_REFUNDED,
+#   PARTIALLY_REFUNDED. PENDING and FAILED mean the buyer has not paid: not imported. eBay also
+#   uses them for a refund that is pending or failed; then the order has refunds listed in
+#   paymentSummary.refunds, the buyer did pay, and the order keeps its fulfillment status.
+# - cancelStatus.cancelState (CancelStateEnum): NONE_REQUESTED, IN_PROGRESS (a buyer asked to
+#   cancel; nothing decided yet, so no status change), CANCELED. A cancelled order is cancelled
+#   whatever its payment says (a paid order eBay cancels is usually FULLY_REFUNDED as well).
+# - orderFulfillmentStatus (OrderFulfillmentStatus): NOT_STARTED, IN_PROGRESS (some line items
+#   shipped, multi-line orders only), FULFILLED (every line item assigned to a fulfillment).
+# A full or partial refund outranks fulfillment: it is the later, and final, fact about the order.
+UNPAID_PAYMENT_STATES: Final = frozenset({"PENDING", "FAILED"})
+PAYMENT_STATES: Final = frozenset(
+    {"PAID", "PENDING", "FAILED", "FULLY_REFUNDED", "PARTIALLY_REFUNDED"}
+)
+STATUS_BY_FULFILLMENT: Final[Mapping[str, OrderStatus]] = {
+    "NOT_STARTED": OrderStatus.WAITING_SHIPMENT,
+    "IN_PROGRESS": OrderStatus.PARTIALLY_SHIPPED,
+    "FULFILLED": OrderStatus.SHIPPED,
+}
+
+NO_ACCEPTANCE: Final = (
+    "eBay has no acceptance step: a paid eBay order is ready to ship, there is nothing to "
+    "accept or refuse"
+)
+CANCEL_UNSUPPORTED: Final = (
+    "eBay cancellations go through the Post-Order API (cancellation requests), which sfd does "
+    "not support: cancel the order in eBay Seller Hub"
+)
+
+_T = TypeVar("_T")
+
+
+class MalformedOrder(Exception):
+    """An order that cannot be read: which field, and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: bytes
+    headers: CIMultiDict[str]
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    renew_at: datetime
+
+
+class _TokenAnswer(msgspec.Struct):
+    access_token: str
+    expires_in: float
+
+
+class _Listing(msgspec.Struct):
+    """getOrders' answer, each order kept as the exact bytes eBay sent."""
+
+    orders: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    total: int | None = None
+    next: str | None = None
+
+
+class EbayConnector:
+    """One eBay seller account, through the Sell Fulfillment API."""
+
+    # One listing call a minute per channel keeps far inside eBay's daily call limits, and the
+    # access token (valid two hours) is minted a dozen times a day at most.
+    min_poll_interval: float | None = 60.0
+    # eBay documents getOrders as sorted by creation date by default, and offers no sort by
+    # last modification: the cursor may only move after a complete pass.
+    pages_sorted_by_update: bool = False
+
+    def __init__(
+        self,
+        settings: EbaySettings,
+        *,
+        name: str = "ebay",
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        base = settings.base_url.strip().rstrip("/")
+        # A base URL copied with the API's path still on it keeps working.
+        self._base = base.removesuffix("/sell/fulfillment/v1")
+        self._token_url = URL(settings.token_url.strip())
+        self._session = session
+        self._owns_session = False
+        self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock
+        self._token: _Token | None = None
+        self._token_lock = asyncio.Lock()
+        credentials = f"{settings.client_id}:{settings.client_secret}".encode()
+        self._basic = base64.b64encode(credentials).decode("ascii")
+        #: The id of the last shipping fulfillment eBay created, from its Location header.
+        self.last_fulfillment_id: str | None = None
+
+    # -- the connector protocol -------------------------------------------------------------
+
+    async def fetch_orders(self, since: datetime | None) -> AsyncIterator[OrderPage]:
+        """Yield the orders modified since `since` (getOrders, lastmodifieddate filter)."""
+        start = self._start(since)
+        offset = 0
+        while True:
+            op = f"getOrders (offset {offset})"
+            answer = await self._call("GET", self.orders_url(start, offset), op)
+            listing = _decode(answer.body, _Listing, op)
+            page = OrderPage(orders=[])
+            for index, raw in enumerate(listing.orders, start=offset):
+                _read_into(page, index, bytes(raw))
+            yield page
+            count = len(listing.orders)
+            offset += count
+            if count == 0:
+                return
+            # Orders only ever enter the filtered set (a modification moves lastModifiedDate
+            # forward), so offsets may show an order twice during a pass but never skip one.
+            if listing.total is not None:
+                if offset >= listing.total:
+                    return
+            elif listing.next is None:
+                return
+
+    async def accept(self, reference: str) -> None:
+        """eBay has no acceptance step: refused."""
+        raise Rejected(NO_ACCEPTANCE)
+
+    async def refuse(self, reference: str) -> None:
+        """eBay has no acceptance step: refused."""
+        raise Rejected(NO_ACCEPTANCE)
+
+    async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
+        """Create one shipping fulfillment; a shipment eBay shows done already succeeds.
+
+        A full shipment reads the order and ships every line item not fulfilled yet, each with
+        its quantity; a partial one ships `shipment.items` (lineItemId → quantity). eBay takes
+        the carrier and the tracking number together or not at all: a tracking number without
+        a carrier is refused, a carrier without a tracking number is not sent.
+        """
+        carrier = shipment.carrier.strip()
+        number = shipment.tracking_number.strip()
+        if number and not carrier:
+            raise Rejected("eBay needs the carrier (shippingCarrierCode) with a tracking number")
+        if shipment.items is not None:
+            lines = _requested_lines(shipment.items)
+        else:
+            order = await self._ship_view(reference, f"getOrder {reference} before shipping")
+            if order.order_fulfillment_status == "FULFILLED":
+                return
+            lines = [
+                (line.line_item_id, line.quantity)
+                for line in order.line_items
+                if line.line_item_fulfillment_status != "FULFILLED" and line.quantity > 0
+            ]
+            if not lines:
+                return
+        body: dict[str, Any] = {
+            "lineItems": [{"lineItemId": i, "quantity": q} for i, q in lines],
+            "shippedDate": format_timestamp(self._clock()),
+        }
+        if carrier and number:
+            body["shippingCarrierCode"] = carrier
+            body["trackingNumber"] = number
+        path = f"{ORDERS_PATH}/{_segment(reference)}/shipping_fulfillment"
+        try:
+            answer = await self._call(
+                "POST", self._url(path), f"createShippingFulfillment {reference}", body=body
+            )
+        except Rejected:
+            # eBay documents no "already shipped" error: after a refusal, the order decides.
+            check = f"getOrder {reference} after a refusal"
+            try:
+                shipped = _shipped_already(await self._ship_view(reference, check), shipment.items)
+            except Rejected:
+                shipped = False
+            if shipped:
+                return
+            raise
+        self.last_fulfillment_id = fulfillment_id(answer.headers.get("Location"))
+
+    async def cancel(self, reference: str) -> None:
+        """Not supported: eBay cancellations belong to the Post-Order API."""
+        raise Rejected(CANCEL_UNSUPPORTED)
+
+    async def order_status(self, reference: str) -> OrderStatus | None:
+        """The order's status on eBay now, or None when it is unpaid or eBay has no such order."""
+        op = f"getOrder {reference}"
+        path = f"{ORDERS_PATH}/{_segment(reference)}"
+        try:
+            answer = await self._call("GET", self._url(path), op)
+        except _NotFound:
+            return None
+        view = _decode(answer.body, _StatusView, op)
+        try:
+            return status_of(
+                view.order_payment_status,
+                view.order_fulfillment_status,
+                view.cancel_status.cancel_state if view.cancel_status else None,
+                _has_refunds(view.payment_summary),
+            )
+        except MalformedOrder as exc:
+            raise Rejected(f"eBay order {reference}: {exc}") from None
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this connector opened it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+            self._owns_session = False
+
+    # -- URLs -----------------------------------------------------------------------------
+
+    def orders_url(self, start: datetime, offset: int) -> URL:
+        """The getOrders URL, the filter percent-encoded as eBay requires (`[` `]` as %5B %5D)."""
+        query = (
+            f"filter=lastmodifieddate:%5B{format_timestamp(start)}..%5D"
+            f"&limit={PAGE_SIZE}&offset={offset}"
+        )
+        return self._url(ORDERS_PATH, query)
+
+    def _url(self, path: str, query: str = "") -> URL:
+        return URL(f"{self._base}{path}" + (f"?{query}" if query else ""), encoded=True)
+
+    def _start(self, since: datetime | None) -> datetime:
+        now = self._clock()
+        if since is None:
+            return now - FIRST_PASS
+        since = _utc(since)
+        return min(max(since, now - MAX_LOOKBACK), now)
+
+    # -- orders read for shipping ---------------------------------------------------------
+
+    async def _ship_view(self, reference: str, op: str) -> _ShipView:
+        path = f"{ORDERS_PATH}/{_segment(reference)}"
+        try:
+            answer = await self._call("GET", self._url(path), op)
+        except _NotFound as exc:
+            raise Rejected(exc.message) from None
+        return _decode(answer.body, _ShipView, op)
+
+    # -- OAuth ----------------------------------------------------------------------------
+
+    async def _access_token(self) -> str:
+        async with self._token_lock:
+            token = self._token
+            if token is None or self._clock() >= token.renew_at:
+                token = await self._refresh()
+                self._token = token
+            return token.value
+
+    def _forget(self, value: str) -> None:
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+    async def _refresh(self) -> _Token:
+        """Mint a user access token from the refresh token (refresh token grant)."""
+        op = "OAuth refresh token grant"
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": self._settings.refresh_token,
+            "scope": SCOPE,
+        }
+        headers = {
+            "Authorization": f"Basic {self._basic}",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+        }
+        minted_at = self._clock()
+        answer = await self._send("POST", self._token_url, op, headers, data=form)
+        status = answer.status
+        if 200 <= status < 300:
+            granted = _decode(answer.body, _TokenAnswer, op)
+            if not granted.access_token:
+                raise Transient(f"eBay {op}: the answer has an empty access_token")
+            lifetime = timedelta(seconds=max(0.0, granted.expires_in))
+            return _Token(granted.access_token, minted_at + lifetime - TOKEN_MARGIN)
+        if status in (400, 401, 403):
+            # invalid_grant (refresh token expired or revoked), invalid_client (wrong client id
+            # or secret), invalid_scope: only new credentials help.
+            raise AuthFailed(self._scrub(f"eBay {op}: HTTP {status} {_oauth_error(answer.body)}"))
+        self._fail(answer, op)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._client_timeout)
+            self._owns_session = True
+        return self._session
+
+    async def _call(self, method: str, url: URL, op: str, *, body: Any = None) -> _Answer:
+        """Send one API request with the access token and return a 2xx answer; map failures.
+
+        A 401 may only mean the token expired early: it is renewed, and the call sent once more.
+        """
+        answer: _Answer | None = None
+        for attempt in (1, 2):
+            token = await self._access_token()
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            answer = await self._send(method, url, op, headers, json=body)
+            if answer.status != 401 or attempt == 2:
+                break
+            self._forget(token)
+        assert answer is not None
+        if 200 <= answer.status < 300:
+            return answer
+        if answer.status == 404:
+            raise _NotFound(self._rejection(answer, op))
+        self._fail(answer, op)
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        op: str,
+        headers: dict[str, str],
+        *,
+        json: Any = None,
+        data: Any = None,
+    ) -> _Answer:
+        try:
+            async with self._http().request(
+                method,
+                url,
+                headers=headers,
+                json=json,
+                data=data,
+                allow_redirects=False,
+                timeout=self._client_timeout,
+            ) as response:
+                payload = await response.read()
+                return _Answer(response.status, payload, response.headers.copy())
+        except TimeoutError:
+            raise Transient(f"eBay {op}: no answer within {self._timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            detail = self._scrub(str(exc)) or "no detail"
+            raise Transient(f"eBay {op}: {type(exc).__name__}: {detail}") from None
+
+    def _fail(self, answer: _Answer, op: str) -> NoReturn:
+        status = answer.status
+        if 300 <= status < 400:
+            location = answer.headers.get("Location", "")
+            host = (urlsplit(location).hostname or location) if location else "nowhere"
+            raise Transient(f"eBay {op}: HTTP {status} redirect to {host} refused")
+        if status in (401, 403):
+            detail = _error_message(answer.body)
+            why = f": {detail}" if detail else ""
+            raise AuthFailed(
+                self._scrub(f"eBay {op}: HTTP {status}, the access token was refused{why}")
+            )
+        if status == 429:
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+            raise RateLimited(f"eBay {op}: HTTP 429 rate limited{wait}", retry_after)
+        if 400 <= status < 500:
+            raise Rejected(self._rejection(answer, op))
+        raise Transient(
+            f"eBay {op}: HTTP {status}: {self._scrub(_excerpt(answer.body)) or 'empty body'}"
+        )
+
+    def _rejection(self, answer: _Answer, op: str) -> str:
+        message = _error_message(answer.body)
+        if message is None:
+            message = f"eBay {op}: HTTP {answer.status}: {_excerpt(answer.body) or 'empty body'}"
+        return self._scrub(message)
+
+    def _scrub(self, text: str) -> str:
+        secrets = [self._settings.client_secret, self._settings.refresh_token, self._basic]
+        if self._token is not None:
+            secrets.append(self._token.value)
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+class _NotFound(Rejected):
+    """A 404: eBay has no such order."""
+
+
+def _decode(body: bytes, kind: type[_T], op: str) -> _T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise Transient(f"eBay {op}: unexpected answer ({exc})") from None
+    except msgspec.DecodeError:
+        raise Transient(
+            f"eBay {op}: the answer is not JSON: {_excerpt(body) or 'empty body'}"
+        ) from None
+
+
+# -- reading orders -----------------------------------------------------------------------
+#
+# Each order is decoded on its own into typed structs named as eBay names its fields (camelCase
+# on the wire): a field of the wrong type or a missing required field fails that order alone,
+# and the reason names the field by its path in eBay's JSON.
+
+_Quantity = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Camel(msgspec.Struct, rename="camel"):
+    pass
+
+
+class _Amount(_Camel):
+    value: Decimal
+    currency: str | None = None
+
+
+class _Phone(_Camel):
+    phone_number: str | None = None
+
+
+class _ContactAddress(_Camel):
+    address_line1: str | None = None
+    address_line2: str | None = None
+    city: str | None = None
+    state_or_province: str | None = None
+    postal_code: str | None = None
+    country_code: str | None = None
+    county: str | None = None
+
+
+class _Contact(_Camel):
+    full_name: str | None = None
+    company_name: str | None = None
+    contact_address: _ContactAddress | None = None
+    primary_phone: _Phone | None = None
+    secondary_phone: _Phone | None = None
+    email: str | None = None
+
+
+class _TaxAddress(_Camel):
+    city: str | None = None
+    state_or_province: str | None = None
+    postal_code: str | None = None
+    country_code: str | None = None
+
+
+class _Buyer(_Camel):
+    username: str | None = None
+    tax_address: _TaxAddress | None = None
+    buyer_registration_address: _Contact | None = None
+
+
+class _ShippingStep(_Camel):
+    ship_to: _Contact | None = None
+    shipping_service_code: str | None = None
+    shipping_carrier_code: str | None = None
+    ship_to_reference_id: str | None = None
+
+
+class _StartInstruction(_Camel):
+    shipping_step: _ShippingStep | None = None
+    fulfillment_instructions_type: str | None = None
+    ebay_supported_fulfillment: bool | None = None
+
+
+class _Tax(_Camel):
+    amount: _Amount | None = None
+    tax_type: str | None = None
+
+
+class _LineInstructions(_Camel):
+    ship_by_date: datetime | None = None
+
+
+class _DeliveryCost(_Camel):
+    shipping_cost: _Amount | None = None
+
+
+class _Line(_Camel):
+    line_item_id: str
+    quantity: _Quantity
+    line_item_cost: _Amount
+    sku: str | None = None
+    legacy_item_id: str | None = None
+    legacy_variation_id: str | None = None
+    title: str | None = None
+    line_item_fulfillment_status: str | None = None
+    taxes: list[_Tax] | None = None
+    ebay_collect_and_remit_taxes: list[_Tax] | None = None
+    line_item_fulfillment_instructions: _LineInstructions | None = None
+    delivery_cost: _DeliveryCost | None = None
+    discounted_line_item_cost: _Amount | None = None
+
+
+class _Pricing(_Camel):
+    total: _Amount
+    price_subtotal: _Amount | None = None
+    delivery_cost: _Amount | None = None
+    price_discount_subtotal: _Amount | None = None
+    delivery_discount: _Amount | None = None
+    tax: _Amount | None = None
+    adjustment: _Amount | None = None
+    fee: _Amount | None = None
+
+
+class _CancelStatus(_Camel):
+    cancel_state: str | None = None
+
+
+class _Payment(_Camel):
+    payment_method: str | None = None
+    payment_status: str | None = None
+
+
+class _PaymentSummary(_Camel):
+    payments: list[_Payment] | None = None
+    refunds: list[Any] | None = None
+
+
+class _Order(_Camel):
+    order_id: str
+    creation_date: datetime
+    last_modified_date: datetime
+    order_payment_status: str
+    order_fulfillment_status: str
+    pricing_summary: _Pricing
+    line_items: list[_Line]
+    cancel_status: _CancelStatus | None = None
+    payment_summary: _PaymentSummary | None = None
+    buyer: _Buyer | None = None
+    fulfillment_start_instructions: list[_StartInstruction] | None = None
+    legacy_order_id: str | None = None
+    sales_record_reference: str | None = None
+    seller_id: str | None = None
+    buyer_checkout_notes: str | None = None
+    ebay_collect_and_remit_tax: bool | None = None
+    total_marketplace_fee: _Amount | None = None
+
+
+class _StatusView(_Camel):
+    """What getOrder must give for order_status."""
+
+    order_payment_status: str
+    order_fulfillment_status: str | None = None
+    cancel_status: _CancelStatus | None = None
+    payment_summary: _PaymentSummary | None = None
+
+
+class _ShipLine(_Camel):
+    line_item_id: str
+    quantity: int
+    line_item_fulfillment_status: str | None = None
+
+
+class _ShipView(_Camel):
+    """What getOrder must give to ship."""
+
+    line_items: list[_ShipLine]
+    order_fulfillment_status: str | None = None
+
+
+class _Head(msgspec.Struct, rename="camel"):
+    """What can still be learnt from an order that does not decode."""
+
+    order_id: Any = None
+    order_payment_status: Any = None
+    last_modified_date: Any = None
+    payment_summary: Any = None
+
+
+_ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
+_HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
+_MISSING = re.compile(
+    r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
+)
+_AT = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
+
+
+def status_of(
+    payment: str, fulfillment: str | None, cancel_state: str | None, refunds: bool
+) -> OrderStatus | None:
+    """The sfd status of an eBay order, or None while the buyer has not paid (see above)."""
+    if payment not in PAYMENT_STATES:
+        raise MalformedOrder("orderPaymentStatus", f"unknown status {payment!r}")
+    if payment in UNPAID_PAYMENT_STATES and not refunds:
+        return None
+    if cancel_state == "CANCELED":
+        return OrderStatus.CANCELLED
+    if payment == "FULLY_REFUNDED":
+        return OrderStatus.REFUNDED
+    if payment == "PARTIALLY_REFUNDED":
+        return OrderStatus.PARTIALLY_REFUNDED
+    status = STATUS_BY_FULFILLMENT.get(fulfillment or "")
+    if status is None:
+        raise MalformedOrder("orderFulfillmentStatus", f"unknown status {fulfillment!r}")
+    return status
+
+
+def _has_refunds(summary: _PaymentSummary | None) -> bool:
+    return bool(summary is not None and summary.refunds)
+
+
+def _read_into(page: OrderPage, index: int, raw: bytes) -> None:
+    """Normalize one order of a page into `page`, or record why it was skipped."""
+    try:
+        order = parse_order(raw)
+    except MalformedOrder as exc:
+        page.skipped.append(_skipped(index, raw, str(exc)))
+        return
+    if order is not None:
+        page.orders.append(order)
+
+
+def _head(raw: bytes) -> _Head | None:
+    try:
+        return _HEAD_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
+    head = _head(raw)
+    if head is None:
+        return SkippedOrder(f"#{index}", reason)
+    reference = head.order_id if isinstance(head.order_id, str) and head.order_id else f"#{index}"
+    updated_at = None
+    if isinstance(head.last_modified_date, str):
+        try:
+            updated_at = from_iso(head.last_modified_date)
+        except ValueError:
+            updated_at = None
+    return SkippedOrder(reference, reason, updated_at)
+
+
+def _unpaid(head: _Head | None) -> bool:
+    """Whether an order that does not decode is, as far as can be read, not paid yet."""
+    if head is None or head.order_payment_status not in UNPAID_PAYMENT_STATES:
+        return False
+    summary = head.payment_summary
+    return not (isinstance(summary, dict) and summary.get("refunds"))
+
+
+def parse_order(raw: bytes) -> MarketplaceOrder | None:
+    """Normalize one eBay order from its JSON; None for an order not paid yet.
+
+    Raise MalformedOrder, naming the field, when the order cannot be read.
+    """
+    try:
+        data = _ORDER_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        if _unpaid(_head(raw)):
+            return None
+        raise _malformed(exc) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedOrder("order", f"not JSON ({exc})") from None
+    cancel_state = data.cancel_status.cancel_state if data.cancel_status else None
+    status = status_of(
+        data.order_payment_status,
+        data.order_fulfillment_status,
+        cancel_state,
+        _has_refunds(data.payment_summary),
+    )
+    if status is None:
+        return None
+    if not data.order_id.strip():
+        raise MalformedOrder("orderId", "empty")
+    pricing = data.pricing_summary
+    currency = (pricing.total.currency or "").strip()
+    if not currency:
+        raise MalformedOrder("pricingSummary.total.currency", "missing")
+    total = _money(pricing.total, "pricingSummary.total", currency)
+    items = tuple(_item(line, f"lineItems[{n}]") for n, line in enumerate(data.line_items))
+    if pricing.price_subtotal is not None:
+        product_amount = _money(pricing.price_subtotal, "pricingSummary.priceSubtotal", currency)
+    else:
+        product_amount = sum((line.line_item_cost.value for line in data.line_items), Decimal(0))
+    shipping_amount = (
+        _money(pricing.delivery_cost, "pricingSummary.deliveryCost", currency)
+        if pricing.delivery_cost is not None
+        else Decimal(0)
+    )
+    instructions = data.fulfillment_start_instructions
+    # An array, but eBay fills only its first entry for now.
+    instruction = instructions[0] if instructions else None
+    step = instruction.shipping_step if instruction is not None else None
+    shipping = _address(step.ship_to if step is not None else None)
+    buyer = data.buyer or _Buyer()
+    registered = buyer.buyer_registration_address
+    # eBay gives no billing address; the buyer's registration address, when eBay shares it,
+    # comes closest, else the shipping address stands in.
+    billing = _address(registered) if registered is not None else shipping
+    ship_by = [
+        _utc(line.line_item_fulfillment_instructions.ship_by_date)
+        for line in data.line_items
+        if line.line_item_fulfillment_instructions is not None
+        and line.line_item_fulfillment_instructions.ship_by_date is not None
+    ]
+    payments = (data.payment_summary.payments if data.payment_summary else None) or []
+    payment_method = next((p.payment_method for p in payments if p.payment_method), "")
+    return MarketplaceOrder(
+        reference=data.order_id,
+        status=status,
+        created_at=_utc(data.creation_date),
+        updated_at=_utc(data.last_modified_date),
+        currency=currency,
+        product_amount=product_amount,
+        shipping_amount=shipping_amount,
+        total_amount=total,
+        raw=raw,
+        payment_method=payment_method,
+        shipping_method=(step.shipping_service_code or "") if step is not None else "",
+        latest_ship_date=min(ship_by) if ship_by else None,
+        billing_address=billing,
+        shipping_address=shipping,
+        items=items,
+        additional_fields=_order_fields(data, cancel_state, instruction, buyer),
+    )
+
+
+def _malformed(exc: msgspec.ValidationError) -> MalformedOrder:
+    """msgspec's "Expected `str`, got `int` - at `$.x[0].y`" as `x[0].y: expected ...`."""
+    message = str(exc)
+    missing = _MISSING.match(message)
+    if missing:
+        at = missing["at"]
+        return MalformedOrder(f"{at}.{missing['field']}" if at else missing["field"], "missing")
+    located = _AT.match(message)
+    if located:
+        problem = located["problem"]
+        return MalformedOrder(located["at"] or "order", problem[:1].lower() + problem[1:])
+    return MalformedOrder("order", message)
+
+
+def _money(amount: _Amount, path: str, currency: str | None = None) -> Decimal:
+    if not amount.value.is_finite():
+        raise MalformedOrder(f"{path}.value", f"expected a finite amount, got {amount.value}")
+    if currency is not None and amount.currency and amount.currency != currency:
+        raise MalformedOrder(
+            f"{path}.currency", f"{amount.currency!r} differs from the order's {currency!r}"
+        )
+    return amount.value
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _item(line: _Line, path: str) -> OrderItem:
+    if not line.line_item_id.strip():
+        raise MalformedOrder(f"{path}.lineItemId", "empty")
+    reference = (line.sku or "").strip() or (line.legacy_item_id or "").strip()
+    if not reference:
+        raise MalformedOrder(f"{path}.sku", "missing, and no legacyItemId either")
+    line_total = _money(line.line_item_cost, f"{path}.lineItemCost")
+    # lineItemCost is the unit price times the quantity, before discounts.
+    unit = line_total / line.quantity if line.quantity else line_total
+    taxes = _tax_total(line.taxes, f"{path}.taxes")
+    remitted = _tax_total(line.ebay_collect_and_remit_taxes, f"{path}.ebayCollectAndRemitTaxes")
+    fields: dict[str, Any] = {"line_total": str(line_total)}
+    if line.discounted_line_item_cost is not None:
+        discounted = _money(line.discounted_line_item_cost, f"{path}.discountedLineItemCost")
+        fields["discounted_line_total"] = str(discounted)
+    shipping_cost = line.delivery_cost.shipping_cost if line.delivery_cost else None
+    if shipping_cost is not None:
+        cost = _money(shipping_cost, f"{path}.deliveryCost.shippingCost")
+        fields["shipping_cost"] = str(cost)
+    if line.legacy_item_id:
+        fields["legacy_item_id"] = line.legacy_item_id
+    if line.legacy_variation_id:
+        fields["legacy_variation_id"] = line.legacy_variation_id
+    if line.ebay_collect_and_remit_taxes:
+        fields["ebay_collect_and_remit_tax"] = str(remitted)
+        fields["ebay_collect_and_remit_taxes"] = [
+            {"tax_type": t.tax_type or "", "amount": str(t.amount.value if t.amount else 0)}
+            for t in line.ebay_collect_and_remit_taxes
+        ]
+    return OrderItem(
+        reference=reference,
+        channel_reference=line.line_item_id,
+        quantity=line.quantity,
+        price=unit,
+        name=line.title or "",
+        status=line.line_item_fulfillment_status or "",
+        # eBay may list a collect-and-remit tax in `taxes` too, with the same amount: the two
+        # are alternatives, never added up.
+        tax_amount=taxes if line.taxes else remitted,
+        additional_fields=fields,
+    )
+
+
+def _tax_total(taxes: list[_Tax] | None, path: str) -> Decimal:
+    total = Decimal(0)
+    for n, tax in enumerate(taxes or ()):
+        if tax.amount is not None:
+            total += _money(tax.amount, f"{path}[{n}].amount")
+    return total
+
+
+def _split_name(full_name: str) -> tuple[str, str]:
+    """eBay gives one full name: the first word as first name, the rest as last name."""
+    parts = full_name.split(maxsplit=1)
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    return "", full_name.strip()
+
+
+def _email(value: str | None) -> str:
+    # eBay masks a buyer's email after 14 days with text such as "Invalid Request".
+    value = (value or "").strip()
+    return value if "@" in value else ""
+
+
+def _address(contact: _Contact | None) -> Address:
+    if contact is None:
+        return Address()
+    first, last = _split_name(contact.full_name or "")
+    place = contact.contact_address or _ContactAddress()
+    return Address(
+        first_name=first,
+        last_name=last,
+        company=contact.company_name or "",
+        street=place.address_line1 or "",
+        street2=place.address_line2 or "",
+        other=place.county or "",
+        postal_code=place.postal_code or "",
+        city=place.city or "",
+        province=place.state_or_province or "",
+        country=(place.country_code or "").upper(),
+        phone=(contact.primary_phone.phone_number or "") if contact.primary_phone else "",
+        mobile_phone=(
+            (contact.secondary_phone.phone_number or "") if contact.secondary_phone else ""
+        ),
+        email=_email(contact.email),
+    )
+
+
+def _order_fields(
+    data: _Order,
+    cancel_state: str | None,
+    instruction: _StartInstruction | None,
+    buyer: _Buyer,
+) -> dict[str, Any]:
+    pricing = data.pricing_summary
+    step = instruction.shipping_step if instruction is not None else None
+    fields: dict[str, Any] = {
+        "order_payment_status": data.order_payment_status,
+        "order_fulfillment_status": data.order_fulfillment_status,
+        "cancel_state": cancel_state,
+        "legacy_order_id": data.legacy_order_id,
+        "sales_record_reference": data.sales_record_reference,
+        "seller_id": data.seller_id,
+        "buyer_username": buyer.username,
+        "buyer_checkout_notes": data.buyer_checkout_notes,
+        "fulfillment_instructions_type": instruction.fulfillment_instructions_type
+        if instruction is not None
+        else None,
+        "shipping_carrier_code": step.shipping_carrier_code if step is not None else None,
+        "ship_to_reference_id": step.ship_to_reference_id if step is not None else None,
+    }
+    fields = {key: value for key, value in fields.items() if value}
+    amounts = {
+        "price_discount": (pricing.price_discount_subtotal, "priceDiscountSubtotal"),
+        "delivery_discount": (pricing.delivery_discount, "deliveryDiscount"),
+        "tax": (pricing.tax, "tax"),
+        "adjustment": (pricing.adjustment, "adjustment"),
+        "fee": (pricing.fee, "fee"),
+    }
+    for key, (amount, name) in amounts.items():
+        if amount is not None:
+            fields[key] = str(_money(amount, f"pricingSummary.{name}"))
+    if data.total_marketplace_fee is not None:
+        fields["marketplace_fee"] = str(_money(data.total_marketplace_fee, "totalMarketplaceFee"))
+    if data.ebay_collect_and_remit_tax:
+        fields["ebay_collect_and_remit_tax"] = True
+    if instruction is not None and instruction.ebay_supported_fulfillment:
+        fields["ebay_supported_fulfillment"] = True
+    tax_address = buyer.tax_address
+    if tax_address is not None:
+        place = {
+            "city": tax_address.city,
+            "province": tax_address.state_or_province,
+            "postal_code": tax_address.postal_code,
+            "country": tax_address.country_code,
+        }
+        fields["buyer_tax_address"] = {key: value for key, value in place.items() if value}
+    return fields
+
+
+# -- shipping helpers ---------------------------------------------------------------------
+
+
+def _requested_lines(items: dict[str, int]) -> list[tuple[str, int]]:
+    if not items:
+        raise Rejected("a partial shipment names no eBay line item")
+    lines: list[tuple[str, int]] = []
+    for line_id, quantity in items.items():
+        if not line_id.strip():
+            raise Rejected("a partial shipment names an empty eBay line item id")
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
+            raise Rejected(f"eBay line item {line_id}: quantity {quantity!r} is not positive")
+        lines.append((line_id, quantity))
+    return lines
+
+
+def _shipped_already(order: _ShipView, items: dict[str, int] | None) -> bool:
+    """Whether eBay shows done what was asked: the whole order, or every line named."""
+    if order.order_fulfillment_status == "FULFILLED":
+        return True
+    if items is None:
+        return False
+    fulfilled = {
+        line.line_item_id
+        for line in order.line_items
+        if line.line_item_fulfillment_status == "FULFILLED"
+    }
+    return all(line_id in fulfilled for line_id in items)
+
+
+def fulfillment_id(location: str | None) -> str | None:
+    """The fulfillment id at the end of createShippingFulfillment's Location header."""
+    if not location:
+        return None
+    path = urlsplit(location.strip()).path.rstrip("/")
+    head, _, last = path.rpartition("/")
+    return last if last and head.endswith("/shipping_fulfillment") else None
+
+
+# -- wire helpers -------------------------------------------------------------------------
+
+
+def format_timestamp(moment: datetime) -> str:
+    """A time as eBay writes it: UTC, milliseconds, `Z` (2026-11-29T10:00:00.250Z).
+
+    Sub-milliseconds are cut, never rounded up, so no change is ever missed.
+    """
+    moment = _utc(moment)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _error_message(body: bytes) -> str | None:
+    """eBay's first error, `{"errors": [{"errorId": 32100, "message": "..."}]}`, if any."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None
+    first = errors[0]
+    message = first.get("message") or first.get("longMessage")
+    if not isinstance(message, str) or not message.strip():
+        return None
+    error_id = first.get("errorId")
+    suffix = f" (eBay error {error_id})" if isinstance(error_id, int | str) and error_id else ""
+    return message.strip() + suffix
+
+
+def _oauth_error(body: bytes) -> str:
+    """The OAuth error of a token answer (`{"error": "invalid_grant", ...}`)."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return _excerpt(body) or "empty body"
+    if not isinstance(data, dict):
+        return _excerpt(body) or "empty body"
+    error = data.get("error")
+    description = data.get("error_description")
+    parts = [str(p) for p in (error, description) if isinstance(p, str) and p.strip()]
+    return ": ".join(parts) if parts else (_excerpt(body) or "empty body")
+
+
+def _excerpt(body: bytes, limit: int = 200) -> str:
+    text = re.sub(r"\s+", " ", body.decode("utf-8", errors="replace")).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+if TYPE_CHECKING:
+    _conforms: type[MarketplaceConnector] = EbayConnector
