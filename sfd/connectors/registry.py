@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from sfd.connectors.base import MarketplaceConnector
-from sfd.connectors.settings import ConnectorSettings, EbaySettings, MiraklSettings
+from sfd.connectors.settings import (
+    AmazonSettings,
+    ConnectorSettings,
+    EbaySettings,
+    MiraklSettings,
+)
 
 
 class ConnectorUnavailable(Exception):
@@ -18,6 +23,10 @@ def open_marketplace(
         from sfd.connectors.mirakl import MiraklConnector
 
         return MiraklConnector(settings, name=channel)
+    if connector == "amazon" and isinstance(settings, AmazonSettings):
+        from sfd.connectors.amazon import AmazonConnector
+
+        return AmazonConnector(settings, name=channel)
     if connector == "ebay" and isinstance(settings, EbaySettings):
         from sfd.connectors.ebay import EbayConnector
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from sfd import __version__
 from sfd.clock import utcnow
-from sfd.config import CONFIG_ENV, Config, ConfigError, load_config
+from sfd.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
 from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
 from sfd.daemon.runtime import run_daemon, sync_config
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     commands.add_parser("run", help="run the daemon")
+    commands.add_parser(
+        "demo", help="run sfd with a sandbox marketplace and a simulated shop (127.0.0.1 only)"
+    )
     commands.add_parser("check-config", help="validate the config and resolve its secrets")
     init = commands.add_parser("init-config", help="write the embedded default config")
     init.add_argument("path", help="where to write it; an existing file is left alone")
@@ -102,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get(CONFIG_ENV)
+    if not path and args.command == "demo":
+        text = resources.files("sfd").joinpath("default.toml").read_text("utf-8")
+        return parse_config(text, "<embedded default config>")
     if not path:
         raise ConfigError("sfd", [("", f"no config given: use --config FILE or set {CONFIG_ENV}")])
     return load_config(path)
@@ -279,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.daemon.log_format,
         config.daemon.log_level,
         config.secrets,
-        stream=sys.stdout if args.command == "run" else sys.stderr,
+        stream=sys.stdout if args.command in ("run", "demo") else sys.stderr,
     )
     handlers: dict[str, Callable[[Storage], Awaitable[int]]] = {
         "db": _migrate,
@@ -296,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "run":
             return anyio.run(run_daemon, config)
+        if args.command == "demo":
+            from sfd.sandbox.demo import run_demo
+
+            return anyio.run(run_demo, config)
         return anyio.run(_with_storage, config, handlers[args.command])
     except (CommandError, StorageError) as exc:
         sys.stderr.write(f"sfd: {exc}\n")

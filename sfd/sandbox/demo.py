@@ -1,0 +1,217 @@
+"""`sfd demo`: the whole circuit in one process, on 127.0.0.1 only.
+
+A sandbox marketplace (Mirakl's shop API) takes new orders now and then, sfd imports and
+accepts them, and a simulated shop pulls the orders to process over the v1 API,
+acknowledges each and ships it a few seconds later; the marketplace confirms the shipment
+and sfd's next poll records it. The logs tell each step as it happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import anyio
+
+from sfd.clock import utcnow
+from sfd.config import Config, parse_config
+from sfd.daemon.runtime import Daemon, StartupError
+from sfd.logs import get_logger
+from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.storage import Storage, TokenError
+
+CHANNEL = "sandbox"
+SHOP_TOKEN_NAME = "demo-shop"
+CARRIERS = ("Colissimo", "Chronopost", "DPD", "Mondial Relay")
+
+log = get_logger(component="demo")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How lively the demo is."""
+
+    poll_interval: str = "5s"
+    first_orders: int = 6
+    new_orders_every: float = 15.0
+    shop_pull_every: float = 5.0
+    ship_after: float = 3.0
+    ship_confirm_delay: float = 4.0
+
+
+def demo_config(base: Config, sandbox_url: str, api_key: str, settings: DemoSettings) -> Config:
+    """The config of the demo: the given daemon and stores, plus the sandbox channel."""
+    store = base.stores[0].id if base.stores else 1
+    text = f"""
+[daemon]
+database = "{base.database}"
+listen = "{base.daemon.listen}"
+log_format = "{base.daemon.log_format}"
+log_level = "{base.daemon.log_level}"
+
+[[stores]]
+id = {store}
+name = "{base.stores[0].name if base.stores else "Demo store"}"
+
+[[channels]]
+name = "{CHANNEL}"
+store = {store}
+connector = "mirakl"
+poll_interval = "{settings.poll_interval}"
+auto_accept = true
+require_tracking = true
+ship_deadline_warning = "24h"
+[channels.settings]
+base_url = "{sandbox_url}"
+api_key = "{api_key}"
+"""
+    return parse_config(text, f"{base.source} (demo)", {})
+
+
+async def issue_shop_token(storage: Storage, store: int) -> str:
+    """A fresh token for the simulated shop; the previous demo's is revoked."""
+    with contextlib.suppress(TokenError):
+        await storage.tokens.revoke(SHOP_TOKEN_NAME, utcnow())
+    _, token = await storage.tokens.create(store, SHOP_TOKEN_NAME, utcnow())
+    return token
+
+
+class SimulatedShop:
+    """A shop module pulling over the v1 API: fetch, acknowledge, then ship."""
+
+    def __init__(self, url: str, token: str, store: int, settings: DemoSettings) -> None:
+        self.url = url
+        self.store = store
+        self.settings = settings
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.next_number = 1000
+        self.log = get_logger(component="shop")
+
+    async def run(self) -> None:
+        """Pull, acknowledge and ship until cancelled."""
+        async with (
+            aiohttp.ClientSession(headers=self.headers) as http,
+            anyio.create_task_group() as tg,
+        ):
+            while True:
+                try:
+                    await self._pull(http, tg)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self.log.warning("shop_pull_failed", reason=str(exc))
+                await anyio.sleep(self.settings.shop_pull_every)
+
+    async def _pull(self, http: aiohttp.ClientSession, tg: anyio.abc.TaskGroup) -> None:
+        base = f"{self.url}/v1/store/{self.store}/order"
+        async with http.get(
+            base, params={"acknowledgment": "unacknowledged", "status": "waiting_shipment"}
+        ) as response:
+            page = await response.json()
+        orders = page["_embedded"]["order"]
+        if not orders:
+            return
+        entries = []
+        for order in orders:
+            self.next_number += 1
+            entries.append(
+                {
+                    "id": order["id"],
+                    "storeReference": f"SHOP-{self.next_number}",
+                    "status": "success",
+                }
+            )
+        async with http.post(f"{base}/acknowledge", json={"order": entries}) as response:
+            batch = await response.json()
+        for order, entry in zip(orders, entries, strict=True):
+            self.log.info(
+                "shop_imported",
+                order=order["reference"],
+                store_reference=entry["storeReference"],
+                batch=batch["id"],
+            )
+            tg.start_soon(self._ship_later, http, base, order)
+
+    async def _ship_later(
+        self, http: aiohttp.ClientSession, base: str, order: dict[str, Any]
+    ) -> None:
+        await anyio.sleep(self.settings.ship_after)
+        tracking = "6A" + "".join(random.choices("0123456789", k=11))  # noqa: S311
+        entry = {
+            "id": order["id"],
+            "carrier": random.choice(CARRIERS),  # noqa: S311
+            "trackingNumber": tracking,
+            "trackingLink": f"https://www.laposte.fr/outils/suivre-vos-envois?code={tracking}",
+        }
+        async with http.post(f"{base}/ship", json={"order": [entry]}) as response:
+            batch = await response.json()
+        self.log.info(
+            "shop_shipped",
+            order=order["reference"],
+            carrier=entry["carrier"],
+            tracking_number=tracking,
+            batch=batch["id"],
+        )
+
+
+async def _marketplace_activity(marketplace: SandboxMarketplace, settings: DemoSettings) -> None:
+    rng = random.Random(7)  # noqa: S311 - sample data
+    placed = marketplace.add_orders(settings.first_orders, waiting_acceptance_ratio=0.5)
+    log.info("sandbox_orders_placed", count=len(placed), orders=placed)
+    while True:
+        await anyio.sleep(settings.new_orders_every)
+        placed = marketplace.add_orders(rng.randint(1, 3), waiting_acceptance_ratio=0.5)
+        log.info("sandbox_orders_placed", count=len(placed), orders=placed)
+        if rng.random() < 0.3:
+            waiting = [
+                ref
+                for ref, o in marketplace.orders.items()
+                if o["order_state"] in ("WAITING_ACCEPTANCE", "SHIPPING")
+            ]
+            if waiting:
+                victim = rng.choice(waiting)
+                marketplace.cancel(victim)
+                log.info("sandbox_order_cancelled_by_buyer", order=victim)
+
+
+async def run_demo(base: Config, settings: DemoSettings | None = None) -> int:
+    """Run the sandbox, sfd and the simulated shop until SIGINT or SIGTERM."""
+    settings = settings or DemoSettings()
+    api_key = secrets.token_urlsafe(24)
+    marketplace = SandboxMarketplace(
+        api_key,
+        seed=random.randrange(1 << 30),  # noqa: S311
+        ship_confirm_delay=settings.ship_confirm_delay,
+    )
+    async with run_sandbox(marketplace) as sandbox_url:
+        config = demo_config(base, sandbox_url, api_key, settings)
+        daemon = Daemon(config)
+        try:
+            await daemon.start()
+        except StartupError as exc:
+            log.error("startup_failed", reason=str(exc))
+            await daemon.stop()
+            return 1
+        assert daemon.storage is not None
+        store = config.stores[0].id
+        token = await issue_shop_token(daemon.storage, store)
+        log.info(
+            "demo_started",
+            sandbox=sandbox_url,
+            sfd=daemon.url,
+            hint="orders appear within seconds; Ctrl-C stops the demo",
+        )
+        shop = SimulatedShop(daemon.url, token, store, settings)
+        async with anyio.create_task_group() as tg:
+
+            async def serve_then_stop_all() -> None:
+                await daemon.serve()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(serve_then_stop_all)
+            await daemon.ready.wait()
+            tg.start_soon(_marketplace_activity, marketplace, settings)
+            tg.start_soon(shop.run)
+    return 0
