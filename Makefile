@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The demo: sfd on var/sfd.db with a sandbox marketplace and a simulated shop, all on
+# 127.0.0.1. Ctrl-C stops it. For a real set-up, edit var/sfd.toml and use `sfd run`.
 run: $(STAMP)
 	$(BIN)/sfd init-config var/sfd.toml
-	$(BIN)/sfd --config var/sfd.toml run
+	$(BIN)/sfd --config var/sfd.toml demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check sfd tests bench

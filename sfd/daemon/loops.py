@@ -226,6 +226,15 @@ class Poller(Loop):
                     to_status=new.value,
                     source="marketplace",
                 )
+            for reference, operation_id, kind, seconds in result.confirmed:
+                self.log.info(
+                    "operation_confirmed",
+                    order=reference,
+                    operation=operation_id,
+                    confirmed_kind=kind,
+                    seconds=round(seconds, 1),
+                    by="poll",
+                )
             for reference, reason in result.refused:
                 self.log.warning("order_update_refused", order=reference, reason=reason)
         if not connector.pages_sorted_by_update:

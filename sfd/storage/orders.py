@@ -71,6 +71,8 @@ class ImportResult:
     unchanged: int = 0
     refused: list[tuple[str, str]] = field(default_factory=list)
     """(reference, reason) of each update refused by the status rules."""
+    confirmed: list[tuple[str, int, str, float]] = field(default_factory=list)
+    """(reference, operation id, kind, seconds since the request) of each confirmation."""
     touched: set[int] = field(default_factory=set)
     """Ids of the orders written, whose documents need rendering again."""
 
@@ -311,7 +313,10 @@ class OrderStore:
                 from_status=current,
                 to_status=order.status,
             )
-            await confirm_operations(tx, row["id"], order.status, now)
+            for operation_id, kind, seconds in await confirm_operations(
+                tx, row["id"], order.status, now
+            ):
+                result.confirmed.append((order.reference, operation_id, kind, seconds))
             result.changed.append((row["id"], order.reference, current, order.status))
         else:
             result.updated += 1
