@@ -162,7 +162,7 @@ def decide(
     ]
     if kind in (K.ACCEPT, K.REFUSE, K.CANCEL) and pending:
         return _refuse(
-            f"a {pending[0].kind.value} of order {order.reference} is already pending "
+            f"order {order.reference} already has a pending {pending[0].kind.value} "
             f"(ticket {pending[0].ticket_id})"
         )
     if kind == K.SHIP:

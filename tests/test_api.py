@@ -552,7 +552,7 @@ async def test_accept_and_refuse_need_an_order_waiting_for_acceptance(api: Api) 
     assert accepted["state"] == "scheduled"
     _, [again] = await api.operate("refuse", {"id": accept_id})
     assert again["state"] == "failed"
-    assert again["result"]["message"].startswith("a accept of order ACCEPT-1 is already pending")
+    assert again["result"]["message"].startswith("order ACCEPT-1 already has a pending accept")
     _, [wrong] = await api.operate("accept", {"id": await api.order_id("WAIT-1")})
     assert wrong["result"]["message"] == (
         "order WAIT-1 is waiting_shipment; accept needs waiting_store_acceptance"

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from sfd.clock import to_api
+from sfd.clock import from_iso, to_api
 from sfd.domain import Address, OperationKind, OrderStatus, StoredOrder, Ticket
 from sfd.rules import (
     AcknowledgePayload,
@@ -185,7 +185,9 @@ def _sf_payload(ticket: Ticket) -> dict[str, Any]:
             "status": p.get("status", "success"),
             "storeReference": p.get("store_reference"),
             "message": p.get("message", ""),
-            "acknowledgedAt": p.get("acknowledged_at"),
+            "acknowledgedAt": _date(from_iso(p["acknowledged_at"]))
+            if p.get("acknowledged_at")
+            else None,
         }
     elif ticket.kind == K.REFUND:
         out["refund"] = {
@@ -383,8 +385,14 @@ def parse_date(text: str, field: str) -> datetime:
     if offset and offset != "Z":
         sign = 1 if offset[0] == "+" else -1
         digits = offset[1:].replace(":", "")
-        zone = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
-    return moment.replace(tzinfo=zone).astimezone(UTC)
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            raise WireError(field, f"not a real UTC offset: {offset!r}")
+        zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    try:
+        return moment.replace(tzinfo=zone).astimezone(UTC)
+    except OverflowError:
+        raise WireError(field, f"out of range: {text[:60]!r}") from None
 
 
 def parse_operation(kind: OperationKind, body: bytes) -> list[tuple[_Entry, Payload]]:
@@ -393,6 +401,8 @@ def parse_operation(kind: OperationKind, body: bytes) -> list[tuple[_Entry, Payl
         document = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise WireError("body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise WireError("body", "not valid JSON: nested too deeply") from None
     if not isinstance(document, dict) or "order" not in document:
         raise WireError("order", 'is required: the body is {"order": [...]}')
     if not isinstance(document["order"], list):

@@ -6,12 +6,12 @@ storage. This module reads requests, checks tokens and stores, and answers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from sfd.clock import Clock
@@ -124,11 +124,12 @@ class ShopApi:
         except web.HTTPNotFound:
             return problem(404, "Not Found", f"nothing at {request.path}")
         except web.HTTPMethodNotAllowed as exc:
-            return problem(
-                405,
-                "Method Not Allowed",
-                f"{request.method} is not allowed here; use {', '.join(exc.allowed_methods)}",
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            response = problem(
+                405, "Method Not Allowed", f"{request.method} is not allowed here; use {allowed}"
             )
+            response.headers["Allow"] = allowed
+            return response
 
     @staticmethod
     def _identity(request: web.Request) -> TokenIdentity:
@@ -171,11 +172,13 @@ class ShopApi:
         """Password grant: the username is a token's name, the password the token."""
         try:
             if request.content_type == "application/json":
-                body = await request.json()
+                body = msgspec.json.decode(await request.read())
             else:
                 body = dict(await request.post())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, RecursionError):
             raise sf.WireError("body", "not valid JSON") from None
+        except ValueError as exc:  # a malformed form: no or a wrong multipart boundary
+            raise sf.WireError("body", f"not a readable form: {exc}") from None
         if not isinstance(body, dict):
             raise sf.WireError("body", "expected an object")
         if body.get("grant_type") != "password":
@@ -256,8 +259,8 @@ class ShopApi:
         channel_name: str | None = None
         channel = q.get("channelId") or q.get("channel")
         if channel:
-            if channel.isdigit():
-                channel_id = int(channel)
+            if channel.isascii() and channel.isdigit():
+                channel_id = int(channel) if len(channel) < 19 else 0  # 0: no such channel
             else:
                 channel_name = channel
         extra: dict[str, Any] = {}

@@ -51,8 +51,11 @@ _ORDER_COLUMNS = (
 )
 
 
+_encoder = msgspec.json.Encoder(decimal_format="number")
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _encoder.encode(value).decode()
 
 
 def _money(value: Decimal) -> str:
@@ -272,7 +275,83 @@ class OrderStore:
             [(order_id, stamp, o.status.value) for order_id, o in pairs],
         )
         result.created.extend((order_id, o.reference, o.status) for order_id, o in pairs)
-        result.touched.update(order_id for order_id, _ in pairs)
+        await self._render_new(tx, channel_id, store_id, pairs, now)
+
+    async def _render_new(
+        self,
+        tx: Writer,
+        channel_id: int,
+        store_id: int,
+        pairs: list[tuple[int, MarketplaceOrder]],
+        now: datetime,
+    ) -> None:
+        """Render new orders from what was just written, without reading them back."""
+        if self.renderer is None or not pairs:
+            return
+        channel = await tx.fetchone("SELECT name FROM channels WHERE id = ?", (channel_id,))
+        assert channel is not None
+        ids = [order_id for order_id, _ in pairs]
+        item_ids: dict[tuple[int, int], int] = {
+            (r["order_id"], r["position"]): r["id"]
+            for r in await tx.fetchall(
+                "SELECT id, order_id, position FROM order_items "
+                f"WHERE order_id IN ({','.join('?' * len(ids))})",
+                ids,
+            )
+        }
+        documents = []
+        for order_id, o in pairs:
+            shipment = o.shipment
+            stored = StoredOrder(
+                id=order_id,
+                store_id=store_id,
+                channel_id=channel_id,
+                channel=channel[0],
+                reference=o.reference,
+                status=o.status,
+                store_reference=None,
+                acknowledged_at=None,
+                acknowledgment_status=None,
+                acknowledgment_message=None,
+                created_at=o.created_at,
+                updated_at=now,
+                marketplace_updated_at=o.updated_at,
+                imported_at=now,
+                latest_ship_date=o.latest_ship_date,
+                is_test=o.is_test,
+                fulfilled_by=o.fulfilled_by.value,
+                currency=o.currency,
+                product_amount=o.product_amount,
+                shipping_amount=o.shipping_amount,
+                total_amount=o.total_amount,
+                payment_method=o.payment_method,
+                shipping_method=o.shipping_method,
+                carrier=shipment.carrier if shipment else "",
+                tracking_number=shipment.tracking_number if shipment else "",
+                tracking_link=shipment.tracking_link if shipment else "",
+                additional_fields=o.additional_fields,
+                billing_address=o.billing_address,
+                shipping_address=o.shipping_address,
+                items=[
+                    StoredItem(
+                        id=item_ids[(order_id, position)],
+                        reference=i.reference,
+                        channel_reference=i.channel_reference,
+                        name=i.name,
+                        status=i.status,
+                        quantity=i.quantity,
+                        price=i.price,
+                        commission=i.commission,
+                        tax_amount=i.tax_amount,
+                        ecotax_amount=i.ecotax_amount,
+                        image=i.image,
+                        additional_fields=i.additional_fields,
+                    )
+                    for position, i in enumerate(o.items)
+                ],
+            )
+            documents.append((self.renderer(stored), order_id))
+        await tx.executemany("UPDATE orders SET document = ? WHERE id = ?", documents)
 
     async def _update(
         self, tx: Writer, row: Any, order: MarketplaceOrder, now: datetime, result: ImportResult

@@ -110,6 +110,8 @@ class TokenStore:
 
     async def verify(self, token: str, *, name: str | None = None) -> TokenIdentity | None:
         """Who the token speaks for, or None. The hash comparison takes constant time."""
+        if TOKEN_PATTERN.fullmatch(token) is None:
+            return None
         digest = hash_token(token)
         row = await self.db.fetchone(
             "SELECT id, name, store_id, token_hash FROM api_tokens "
