@@ -24,7 +24,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Daemon, peak_rss_mb, write_config  # noqa: E402
+from bench.common import Daemon, peak_rss_mb, write_config
 
 KEY = "bench-ingest-key"
 SANDBOX = """
@@ -49,16 +49,20 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
     db = sqlite3.connect(database)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
-    db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, reference TEXT UNIQUE, "
-               "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)")
+    db.execute(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, reference TEXT UNIQUE, "
+        "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)"
+    )
     db.execute("CREATE TABLE lines (order_ref TEXT, sku TEXT, quantity INTEGER, price TEXT)")
     started = time.perf_counter()
     count = 0
     offset = 0
     async with aiohttp.ClientSession(headers={"Authorization": KEY}) as http:
         while True:
-            async with http.get(f"{base_url}/api/orders", params={
-                "paginate": "true", "max": "100", "offset": str(offset)}) as response:
+            async with http.get(
+                f"{base_url}/api/orders",
+                params={"paginate": "true", "max": "100", "offset": str(offset)},
+            ) as response:
                 page = await response.json()
             orders = page["orders"]
             if not orders:
@@ -67,13 +71,26 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
                 db.executemany(
                     "INSERT INTO orders (reference, status, total, currency, updated, payload) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(o["order_id"], o["order_state"], str(o["total_price"]),
-                      o["currency_iso_code"], o["last_updated_date"], json.dumps(o))
-                     for o in orders])
+                    [
+                        (
+                            o["order_id"],
+                            o["order_state"],
+                            str(o["total_price"]),
+                            o["currency_iso_code"],
+                            o["last_updated_date"],
+                            json.dumps(o),
+                        )
+                        for o in orders
+                    ],
+                )
                 db.executemany(
                     "INSERT INTO lines VALUES (?, ?, ?, ?)",
-                    [(o["order_id"], line["offer_sku"], line["quantity"], str(line["price"]))
-                     for o in orders for line in o["order_lines"]])
+                    [
+                        (o["order_id"], line["offer_sku"], line["quantity"], str(line["price"]))
+                        for o in orders
+                        for line in o["order_lines"]
+                    ],
+                )
             count += len(orders)
             offset += len(orders)
     db.close()
@@ -86,13 +103,19 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sfd-ingest-") as tmp:
         work = Path(tmp)
-        sandbox = subprocess.Popen([sys.executable, "-c", SANDBOX, KEY, str(args.orders)],
-                                   stdout=subprocess.PIPE, text=True)
+        sandbox = subprocess.Popen(
+            [sys.executable, "-c", SANDBOX, KEY, str(args.orders)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert sandbox.stdout is not None
         port = int(sandbox.stdout.readline())
         base_url = f"http://127.0.0.1:{port}"
         try:
-            config = write_config(work, work / "sfd.db", f"""
+            config = write_config(
+                work,
+                work / "sfd.db",
+                f"""
 [[channels]]
 name = "sandbox"
 store = 1
@@ -102,7 +125,8 @@ auto_accept = false
 [channels.settings]
 base_url = "{base_url}"
 api_key = "{KEY}"
-""")
+""",
+            )
             daemon = Daemon(config)
             daemon.wait_ready()
             poll: dict[str, object] = {}
@@ -122,14 +146,25 @@ api_key = "{KEY}"
     duration = float(poll["duration"])  # type: ignore[arg-type]
     sfd_rate = stored / duration
     reference_rate = reference_count / seconds
-    print(json.dumps({
-        "orders": args.orders,
-        "sfd": {"stored": stored, "seconds": round(duration, 1),
-                "orders_per_second": round(sfd_rate), "peak_rss_mb": round(peak, 1)},
-        "reference": {"stored": reference_count, "seconds": round(seconds, 1),
-                      "orders_per_second": round(reference_rate)},
-        "ratio_to_reference": round(sfd_rate / reference_rate, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "orders": args.orders,
+                "sfd": {
+                    "stored": stored,
+                    "seconds": round(duration, 1),
+                    "orders_per_second": round(sfd_rate),
+                    "peak_rss_mb": round(peak, 1),
+                },
+                "reference": {
+                    "stored": reference_count,
+                    "seconds": round(seconds, 1),
+                    "orders_per_second": round(reference_rate),
+                },
+                "ratio_to_reference": round(sfd_rate / reference_rate, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -61,10 +62,16 @@ class _RedactingStream:
         self.redactor = redactor
 
     def write(self, text: str) -> int:
-        return self.stream.write(self.redactor.redact(text))
+        # A log line that cannot be written (stdout closed, a broken pipe) must never break
+        # the request or the loop that logged it.
+        try:
+            return self.stream.write(self.redactor.redact(text))
+        except (OSError, ValueError):
+            return 0
 
     def flush(self) -> None:
-        self.stream.flush()
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
 
 
 def configure_logging(
