@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.abc
 import msgspec
 
 from sfd.clock import Clock, to_iso
@@ -16,6 +17,7 @@ from sfd.connectors.base import (
     AuthFailed,
     ConnectorError,
     MarketplaceConnector,
+    OrderPage,
     RateLimited,
     Transient,
 )
@@ -194,49 +196,52 @@ class Poller(Loop):
             cursor = candidate
             return candidate
 
-        async for page in connector.fetch_orders(cursor):
-            for skipped in page.skipped:
-                self.log.warning("order_skipped", order=skipped.reference, reason=skipped.reason)
-                counts["skipped"] += 1
-                if skipped.updated_at is None:
-                    held = True
-                elif ceiling is None or skipped.updated_at < ceiling:
-                    ceiling = skipped.updated_at
-            for order in page.orders:
-                if newest is None or order.updated_at > newest:
-                    newest = order.updated_at
-            next_cursor = advance() if connector.pages_sorted_by_update else None
-            result = await self.storage.orders.import_page(
-                self.channel_id, self.channel.store, page.orders, self.clock(), next_cursor
-            )
-            counts["pages"] += 1
-            counts["created"] += len(result.created)
-            counts["changed"] += len(result.changed)
-            for order_id, reference, status in result.created:
-                self.log.info(
-                    "order_imported", order=reference, order_id=order_id, status=status.value
+        async with Prefetch(connector.fetch_orders(cursor)) as stream:
+            async for page in stream:
+                for skipped in page.skipped:
+                    self.log.warning(
+                        "order_skipped", order=skipped.reference, reason=skipped.reason
+                    )
+                    counts["skipped"] += 1
+                    if skipped.updated_at is None:
+                        held = True
+                    elif ceiling is None or skipped.updated_at < ceiling:
+                        ceiling = skipped.updated_at
+                for order in page.orders:
+                    if newest is None or order.updated_at > newest:
+                        newest = order.updated_at
+                next_cursor = advance() if connector.pages_sorted_by_update else None
+                result = await self.storage.orders.import_page(
+                    self.channel_id, self.channel.store, page.orders, self.clock(), next_cursor
                 )
-            await self._auto_accept(result)
-            for order_id, reference, old, new in result.changed:
-                self.log.info(
-                    "order_status_changed",
-                    order=reference,
-                    order_id=order_id,
-                    from_status=old.value,
-                    to_status=new.value,
-                    source="marketplace",
-                )
-            for reference, operation_id, kind, seconds in result.confirmed:
-                self.log.info(
-                    "operation_confirmed",
-                    order=reference,
-                    operation=operation_id,
-                    confirmed_kind=kind,
-                    seconds=round(seconds, 1),
-                    by="poll",
-                )
-            for reference, reason in result.refused:
-                self.log.warning("order_update_refused", order=reference, reason=reason)
+                counts["pages"] += 1
+                counts["created"] += len(result.created)
+                counts["changed"] += len(result.changed)
+                for order_id, reference, status in result.created:
+                    self.log.info(
+                        "order_imported", order=reference, order_id=order_id, status=status.value
+                    )
+                await self._auto_accept(result)
+                for order_id, reference, old, new in result.changed:
+                    self.log.info(
+                        "order_status_changed",
+                        order=reference,
+                        order_id=order_id,
+                        from_status=old.value,
+                        to_status=new.value,
+                        source="marketplace",
+                    )
+                for reference, operation_id, kind, seconds in result.confirmed:
+                    self.log.info(
+                        "operation_confirmed",
+                        order=reference,
+                        operation=operation_id,
+                        confirmed_kind=kind,
+                        seconds=round(seconds, 1),
+                        by="poll",
+                    )
+                for reference, reason in result.refused:
+                    self.log.warning("order_update_refused", order=reference, reason=reason)
         if not connector.pages_sorted_by_update:
             # Only a complete pass has seen every change up to the newest one.
             final = advance()
@@ -292,6 +297,41 @@ class Poller(Loop):
             self.channel_id, now, reason, now + timedelta(seconds=delay), auth_failed=auth
         )
         return delay
+
+
+class Prefetch:
+    """Fetches the next page while the caller stores this one.
+
+    Used as `async with Prefetch(pages) as stream: async for page in stream: ...`. A fetch
+    error reaches the caller as itself, never wrapped in an exception group.
+    """
+
+    def __init__(self, pages: AsyncIterator[OrderPage]) -> None:
+        self.pages = pages
+        self.send, self.receive = anyio.create_memory_object_stream[OrderPage](1)
+        self.failure: list[Exception] = []
+        self.group = anyio.create_task_group()
+
+    async def _fetch(self) -> None:
+        async with self.send:
+            try:
+                async for page in self.pages:
+                    await self.send.send(page)
+            except Exception as exc:
+                self.failure.append(exc)
+
+    async def __aenter__(self) -> anyio.abc.ObjectReceiveStream[OrderPage]:
+        await self.group.__aenter__()
+        self.group.start_soon(self._fetch)
+        return self.receive
+
+    async def __aexit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        if error is not None:
+            self.group.cancel_scope.cancel()
+        await self.group.__aexit__(None, None, None)
+        self.receive.close()
+        if error is None and self.failure:
+            raise self.failure[0]
 
 
 class PeriodicCheck(Loop):
