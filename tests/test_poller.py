@@ -178,3 +178,24 @@ async def test_auto_accept_accepts_new_orders_and_the_next_poll_confirms(
         assert kinds[:2] == [("marketplace", "imported"), ("auto", "accept_requested")]
         assert ("marketplace", "accept_delivered") in kinds
         assert kinds[-2:] == [("marketplace", "status"), ("marketplace", "accept_confirmed")]
+
+
+async def test_a_backlog_of_1000_orders_across_pages_is_imported_once_each(
+    running: Running,
+) -> None:
+    references = set(running.marketplace.add_orders(1000, waiting_acceptance_ratio=0.3))
+    await running.poll_now()
+    # Changes made while the first pass runs are picked up by the next one.
+    cancelled = sorted(references)[:5]
+    for reference in cancelled:
+        running.marketplace.cancel(reference)
+    await running.poll_now()
+    storage = running.daemon.storage
+    assert storage is not None
+    rows = await storage.db.fetchall("SELECT reference, status FROM orders")
+    assert {r["reference"] for r in rows} == references
+    assert len(rows) == 1000
+    assert {r["reference"] for r in rows if r["status"] == "cancelled"} == set(cancelled)
+    imported = await storage.db.fetchone(
+        "SELECT count(*), count(DISTINCT order_id) FROM order_events WHERE kind = 'imported'")
+    assert tuple(imported) == (1000, 1000)  # type: ignore[arg-type]
