@@ -147,3 +147,84 @@ async def test_channels_poll_asks_the_running_daemon_to_poll_now(
         assert len(json.loads(listed.stdout)) == 7
         assert await asyncio.to_thread(sfd.terminate) == 0
     assert not (tmp_path / "sfd.db.sock").exists()
+
+
+async def test_orders_ship_accept_and_cancel_follow_the_api_rules(tmp_path: Path) -> None:
+    config = write_config(tmp_path, CHANNELS)
+    await seed(config, tmp_path)
+    orders = json.loads(run_cli(config, "orders", "list", "--json", env=ENV).stdout)
+    order = next(o for o in orders if o["reference"] == "DEC-OK")
+    no_tracking = run_cli(config, "orders", "ship", str(order["id"]), "--carrier", "DPD", env=ENV)
+    assert no_tracking.returncode == 1
+    assert no_tracking.stderr == (
+        "sfd: ship of order DEC-OK refused: channel decathlon requires a tracking number\n"
+    )
+    shipped = run_cli(
+        config,
+        "orders",
+        "ship",
+        str(order["id"]),
+        "--carrier",
+        "DPD",
+        "--tracking-number",
+        "250123456",
+        "--tracking-url",
+        "https://trace.dpd.fr/fr/trace/250123456",
+        env=ENV,
+    )
+    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.stderr.startswith("sfd: ship of order DEC-OK: ticket ")
+    assert shipped.stderr.endswith(" is scheduled\n")
+    bad_item = run_cli(
+        config, "orders", "ship", str(order["id"]), "--carrier", "DPD", "--item", "x:1", env=ENV
+    )
+    assert (bad_item.returncode, bad_item.stderr) == (
+        1,
+        "sfd: --item 'x:1': expected ITEM_ID:QUANTITY, e.g. 4401:2\n",
+    )
+    accept = run_cli(config, "orders", "accept", str(order["id"]), env=ENV)
+    assert accept.returncode == 1
+    assert "accept needs waiting_store_acceptance" in accept.stderr
+    shown = json.loads(
+        run_cli(config, "orders", "show", str(order["id"]), "--json", env=ENV).stdout
+    )
+    assert [(o["kind"], o["state"], o["source"]) for o in shown["operations"]] == [
+        ("ship", "failed", "cli"),
+        ("ship", "scheduled", "cli"),
+        ("accept", "failed", "cli"),
+    ]
+    assert [e["kind"] for e in shown["events"]][1:] == [
+        "ship_refused",
+        "ship_requested",
+        "accept_refused",
+    ]
+    listed = json.loads(
+        run_cli(config, "operations", "list", "--state", "scheduled", "--json", env=ENV).stdout
+    )
+    assert [(o["kind"], o["order_reference"]) for o in listed] == [("ship", "DEC-OK")]
+    assert late is None
+
+
+async def test_operations_retry_makes_a_failed_operation_due_again(tmp_path: Path) -> None:
+    config = write_config(tmp_path, CHANNELS)
+    await seed(config, tmp_path)
+    storage = await Storage.open(tmp_path / "sfd.db")
+    [row] = await storage.db.fetchall("SELECT id FROM orders WHERE reference = 'DEC-OK'")
+    await storage.close()
+    run_cli(config, "orders", "cancel", str(row["id"]), env=ENV)
+    storage = await Storage.open(tmp_path / "sfd.db")
+    async with storage.db.write() as tx:
+        await tx.execute("UPDATE operations SET state = 'failed', last_error = 'Mirakl: 400'")
+    [op] = await storage.db.fetchall("SELECT id FROM operations")
+    await storage.close()
+    retried = run_cli(config, "operations", "retry", str(op["id"]), env=ENV)
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stderr == (f"sfd: operation {op['id']} (cancel of order DEC-OK) is due again\n")
+    again = run_cli(config, "operations", "retry", str(op["id"]), env=ENV)
+    assert again.returncode == 1
+    assert again.stderr == (
+        f"sfd: operation {op['id']} is scheduled; only a failed operation can be retried\n"
+    )
+    shown = json.loads(run_cli(config, "orders", "show", str(row["id"]), "--json", env=ENV).stdout)
+    assert shown["events"][-1]["kind"] == "cancel_retried"
+    assert shown["events"][-1]["source"] == "cli"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,9 +23,10 @@ from sfd.config import CONFIG_ENV, Config, ConfigError, load_config, parse_confi
 from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
 from sfd.daemon.runtime import run_daemon, sync_config
-from sfd.domain import OrderStatus, StoredOrder
+from sfd.domain import EventSource, OperationKind, OrderStatus, StoredOrder, TicketState
 from sfd.logs import configure_logging
-from sfd.storage import OrderFilter, Storage, StorageError
+from sfd.rules import Payload, ReasonPayload, ShipPayload
+from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -100,6 +102,31 @@ def _parser() -> argparse.ArgumentParser:
     show = orders.add_parser("show", help="one order with its events")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
+    ship = orders.add_parser("ship", help="report a shipment, forwarded to the marketplace")
+    ship.add_argument("id", type=int)
+    ship.add_argument("--carrier", required=True)
+    ship.add_argument("--tracking-number", default="")
+    ship.add_argument("--tracking-url", default="")
+    ship.add_argument(
+        "--item",
+        action="append",
+        default=[],
+        metavar="ID:QTY",
+        help="for a partial shipment: an order item id and its quantity; repeat",
+    )
+    for action in ("accept", "refuse", "cancel"):
+        simple = orders.add_parser(action, help=f"{action} the order on its marketplace")
+        simple.add_argument("id", type=int)
+
+    operations = commands.add_parser("operations", help="the operations outbox").add_subparsers(
+        dest="operations_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    olist_ops = operations.add_parser("list", help="operations, newest first")
+    olist_ops.add_argument("--state", choices=[s.value for s in TicketState])
+    olist_ops.add_argument("--limit", type=int, default=100)
+    olist_ops.add_argument("--json", action="store_true")
+    retry = operations.add_parser("retry", help="make a failed operation due again")
+    retry.add_argument("id", type=int)
     return parser
 
 
@@ -223,8 +250,9 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         order = await storage.orders.get(args.id, store_id=None)
         if order is None:
             raise CommandError(f"no order with id {args.id}")
+        operations = await storage.operations.for_order(order.id)
         if args.json:
-            _print_json(order)
+            _print_json({**msgspec.structs.asdict(order), "operations": operations})
             return EXIT_OK
         console = _console()
         console.print(_order_rows([order]))
@@ -238,7 +266,20 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
                 _when(e.at), e.source, e.kind, e.from_status or "", e.to_status or "", e.message
             )
         console.print(events)
+        tickets = Table("operation", "kind", "state", "source", "attempts", "marketplace says")
+        for t in operations:
+            tickets.add_row(
+                str(t.operation_id),
+                t.kind.value,
+                t.state.value,
+                t.source,
+                str(t.attempts),
+                t.reason or "",
+            )
+        console.print(tickets)
         return EXIT_OK
+    if args.orders_command in ("ship", "accept", "refuse", "cancel"):
+        return await _operate(args, storage)
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
     query = OrderFilter(
@@ -254,6 +295,90 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         _print_json(orders)
     else:
         _console().print(_order_rows(orders))
+    return EXIT_OK
+
+
+def _ship_payload(args: argparse.Namespace) -> ShipPayload:
+    items = []
+    for text in args.item:
+        item, _, quantity = text.partition(":")
+        if not (item.isdigit() and quantity.isdigit()):
+            raise CommandError(f"--item {text!r}: expected ITEM_ID:QUANTITY, e.g. 4401:2")
+        items.append((int(item), int(quantity)))
+    return ShipPayload(
+        carrier=args.carrier,
+        tracking_number=args.tracking_number,
+        tracking_link=args.tracking_url,
+        items=tuple(items),
+    )
+
+
+async def _operate(args: argparse.Namespace, storage: Storage) -> int:
+    """Submit an operation on one order, by the same rules and outbox as the API."""
+    order = await storage.orders.get(args.id, details=False)
+    if order is None:
+        raise CommandError(f"no order with id {args.id}")
+    kind = OperationKind(args.orders_command)
+    payload: Payload = _ship_payload(args) if kind == OperationKind.SHIP else ReasonPayload()
+    batch = await storage.operations.submit(
+        order.store_id,
+        kind,
+        [OperationRequest(payload=payload, order_id=order.id)],
+        EventSource.CLI,
+        utcnow(),
+    )
+    [ticket] = batch.tickets
+    await _wake_daemon(storage)
+    if ticket.state == TicketState.FAILED:
+        raise CommandError(f"{kind.value} of order {order.reference} refused: {ticket.reason}")
+    sys.stderr.write(
+        f"sfd: {kind.value} of order {order.reference}: ticket {ticket.id} is "
+        f"{ticket.state.value}\n"
+    )
+    return EXIT_OK
+
+
+async def _wake_daemon(storage: Storage) -> None:
+    # The running daemon finds new operations within 2 s anyway; this makes it at once.
+    with contextlib.suppress(AdminUnavailable):
+        await admin_call(storage.db.path.resolve(), "/operations/wake")
+
+
+async def _operations(args: argparse.Namespace, storage: Storage) -> int:
+    if args.operations_command == "retry":
+        try:
+            ticket = await storage.operations.retry(args.id, EventSource.CLI, utcnow())
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        await _wake_daemon(storage)
+        sys.stderr.write(
+            f"sfd: operation {args.id} ({ticket.kind.value} of order "
+            f"{ticket.order_reference}) is due again\n"
+        )
+        return EXIT_OK
+    if args.limit < 1:
+        raise CommandError("--limit must be at least 1")
+    states = [TicketState(args.state)] if args.state else None
+    _, tickets = await storage.operations.tickets(None, states=states, limit=args.limit)
+    if args.json:
+        _print_json(tickets)
+        return EXIT_OK
+    table = Table(
+        "id", "kind", "state", "channel", "order", "source", "attempts", "created", "last error"
+    )
+    for t in tickets:
+        table.add_row(
+            str(t.operation_id),
+            t.kind.value,
+            t.state.value,
+            t.channel or "-",
+            t.order_reference or "-",
+            t.source,
+            str(t.attempts),
+            _when(t.created_at),
+            t.reason or "",
+        )
+    _console().print(table)
     return EXIT_OK
 
 
@@ -292,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": lambda s: _token(args, s),
         "channels": lambda s: _channels(args, s),
         "orders": lambda s: _orders(args, s),
+        "operations": lambda s: _operations(args, s),
     }
     try:
         if args.command == "check-config":

@@ -316,14 +316,14 @@ class OperationStore:
 
     async def tickets(
         self,
-        store_id: int,
+        store_id: int | None,
         *,
         states: Sequence[TicketState] | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[int, list[Ticket]]:
-        """A page of a store's tickets, newest first, and how many there are in all."""
-        where, params = "p.store_id = ?", list[object]([store_id])
+        """A page of tickets, newest first, of one store or all, and how many there are."""
+        where, params = "(? IS NULL OR p.store_id = ?)", list[object]([store_id, store_id])
         if states:
             where += f" AND p.state IN ({','.join('?' * len(states))})"
             params.extend(s.value for s in states)
@@ -333,6 +333,44 @@ class OperationStore:
             [*params, limit, offset],
         )
         return int(total[0]) if total else 0, [_ticket(row) for row in rows]
+
+    async def retry(self, operation_id: int, source: EventSource, now: datetime) -> Ticket:
+        """Make a failed operation due again, as a person asked; raise ValueError if it is not."""
+        async with self.db.write() as tx:
+            row = await tx.fetchone(_SELECT_TICKET + "WHERE p.id = ?", (operation_id,))
+            if row is None:
+                raise ValueError(f"no operation with id {operation_id}")
+            if row["state"] != TicketState.FAILED.value:
+                raise ValueError(
+                    f"operation {operation_id} is {row['state']}; only a failed "
+                    "operation can be retried"
+                )
+            await tx.execute(
+                "UPDATE operations SET state = 'scheduled', next_attempt_at = NULL, "
+                "finished_at = NULL, attempts = 0, created_at = ?, updated_at = ? WHERE id = ?",
+                (to_iso(now), to_iso(now), operation_id),
+            )
+            if row["order_id"] is not None:
+                await self.orders.add_event(
+                    tx,
+                    row["order_id"],
+                    now,
+                    source,
+                    f"{row['kind']}_retried",
+                    message=f"after: {row['last_error'] or 'failure'}",
+                    operation_id=operation_id,
+                )
+                await self.orders.refresh_documents(tx, [row["order_id"]])
+            updated = await tx.fetchone(_SELECT_TICKET + "WHERE p.id = ?", (operation_id,))
+        assert updated is not None
+        return _ticket(updated)
+
+    async def for_order(self, order_id: int) -> list[Ticket]:
+        """Every operation on an order, oldest first."""
+        rows = await self.db.fetchall(
+            _SELECT_TICKET + "WHERE p.order_id = ? ORDER BY p.id", (order_id,)
+        )
+        return [_ticket(row) for row in rows]
 
     async def shipments(self, order_id: int) -> list[Ticket]:
         """The order's shipments: its ship operations that have not failed."""

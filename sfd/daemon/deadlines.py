@@ -1,0 +1,129 @@
+"""The deadline watch: warns once when an order nears its ship-by date, and once when it passes.
+
+Each report is an order event written before the log line, in a transaction that writes it
+only if the order has none of that kind yet: a restart, or a second tick, reports nothing
+twice. The watch ticks at the next deadline or window opening, at most `interval` apart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+from sfd.clock import Clock, to_api
+from sfd.daemon.loops import Loop
+from sfd.storage.db import StorageError
+from sfd.storage.deadlines import (
+    DEADLINE_PASSED,
+    DEADLINE_WARNING,
+    DeadlineOrder,
+    DeadlineStore,
+)
+
+#: Ticks land this long after the moment they wait for, so that moment is surely past.
+SLACK = 0.05
+#: At most this many orders are reported per tick; a backlog is worked through at once after.
+BATCH = 500
+
+
+def hours_between(start: datetime, end: datetime) -> float:
+    """Hours from `start` to `end`, to one decimal."""
+    return round((end - start).total_seconds() / 3600, 1)
+
+
+class DeadlineWatch(Loop):
+    """Reports the orders near or past their ship-by date, each once."""
+
+    def __init__(
+        self,
+        storage_deadlines: DeadlineStore,
+        warnings: Mapping[int, timedelta],
+        clock: Clock,
+        interval: float = 60.0,
+        *,
+        batch: int = BATCH,
+    ) -> None:
+        super().__init__("deadline-watch", interval, clock)
+        self.deadlines = storage_deadlines
+        self.warnings = dict(warnings)
+        """Channel id → how long before its ship-by date an order is warned of."""
+        self.batch = batch
+        self.status.detail = {"late_orders": 0, "approaching": 0}
+
+    async def tick(self) -> float | None:
+        try:
+            return await self._tick()
+        except (StorageError, sqlite3.Error) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self.status.condition != "failing":
+                self.log.error("deadline_watch_failed", reason=reason)
+            self.status.condition = "failing"
+            self.status.last_error = reason
+            return self.interval
+
+    async def _tick(self) -> float:
+        now = self.clock()
+        approaching = await self.deadlines.approaching(now, self.warnings, limit=self.batch)
+        overdue = await self.deadlines.overdue(now, limit=self.batch)
+        warned = await self._warn(approaching, now)
+        passed = await self._passed(overdue, now)
+        self.status.detail = {
+            "late_orders": await self.deadlines.count_late(now),
+            "approaching": await self.deadlines.count_approaching(now, self.warnings),
+        }
+        if self.status.condition != "ok":
+            self.log.info("deadline_watch_recovered")
+        self.status.condition = "ok"
+        self.status.last_error = None
+        self.status.last_success_at = self.clock()
+        full = len(approaching) >= self.batch or len(overdue) >= self.batch
+        if full and (warned or passed):
+            return 0.0  # a backlog (a first start, a long stop): carry on at once
+        moment = await self.deadlines.next_moment(
+            now, self.warnings, now + timedelta(seconds=self.interval)
+        )
+        if moment is None:
+            return self.interval
+        wait = (moment - self.clock()).total_seconds() + SLACK
+        return min(self.interval, max(SLACK, wait))
+
+    async def _warn(self, orders: Sequence[DeadlineOrder], now: datetime) -> int:
+        recorded = await self.deadlines.record_many(
+            DEADLINE_WARNING,
+            now,
+            {
+                o.order_id: f"ship by {to_api(o.latest_ship_date)}: "
+                f"{hours_between(now, o.latest_ship_date)} hours left"
+                for o in orders
+            },
+        )
+        for o in orders:
+            if o.order_id in recorded:
+                self.log.warning(
+                    "ship_deadline_approaching",
+                    channel=o.channel,
+                    order=o.reference,
+                    order_id=o.order_id,
+                    latestShipDate=to_api(o.latest_ship_date),
+                    hours_left=hours_between(now, o.latest_ship_date),
+                )
+        return len(recorded)
+
+    async def _passed(self, orders: Sequence[DeadlineOrder], now: datetime) -> int:
+        recorded = await self.deadlines.record_many(
+            DEADLINE_PASSED,
+            now,
+            {o.order_id: f"ship-by date {to_api(o.latest_ship_date)} passed" for o in orders},
+        )
+        for o in orders:
+            if o.order_id in recorded:
+                self.log.error(
+                    "ship_deadline_passed",
+                    channel=o.channel,
+                    order=o.reference,
+                    order_id=o.order_id,
+                    latestShipDate=to_api(o.latest_ship_date),
+                    hours_late=hours_between(o.latest_ship_date, now),
+                )
+        return len(recorded)
