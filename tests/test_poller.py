@@ -197,5 +197,6 @@ async def test_a_backlog_of_1000_orders_across_pages_is_imported_once_each(
     assert len(rows) == 1000
     assert {r["reference"] for r in rows if r["status"] == "cancelled"} == set(cancelled)
     imported = await storage.db.fetchone(
-        "SELECT count(*), count(DISTINCT order_id) FROM order_events WHERE kind = 'imported'")
+        "SELECT count(*), count(DISTINCT order_id) FROM order_events WHERE kind = 'imported'"
+    )
     assert tuple(imported) == (1000, 1000)  # type: ignore[arg-type]
