@@ -16,6 +16,7 @@ from aiohttp import web
 
 from sfd.clock import Clock
 from sfd.connectors import shoppingfeed as sf
+from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus, TicketState
 from sfd.logs import get_logger
 from sfd.storage import OperationRequest, OrderFilter, Storage
@@ -358,23 +359,15 @@ class ShopApi:
             )
             for entry, payload in entries
         ]
-        batch = await self.storage.operations.submit(
-            identity.store_id, kind, requests, EventSource.API, self.clock()
+        batch = await request_operations(
+            self.storage,
+            identity.store_id,
+            kind,
+            requests,
+            EventSource.API,
+            self.clock(),
+            self.on_operations,
         )
-        for ticket in batch.tickets:
-            log.info(
-                "operation_requested",
-                operation=ticket.operation_id,
-                ticket=ticket.id,
-                kind=kind.value,
-                order=ticket.order_reference,
-                state=ticket.state.value,
-                source="api",
-                batch=batch.id,
-                reason=ticket.reason,
-            )
-        if any(t.state == TicketState.SCHEDULED for t in batch.tickets):
-            self.on_operations()
         base = f"/v1/store/{identity.store_id}"
         return hal(
             {

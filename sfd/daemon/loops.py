@@ -21,6 +21,7 @@ from sfd.connectors.base import (
     RateLimited,
     Transient,
 )
+from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.logs import get_logger
 from sfd.rules import ReasonPayload
@@ -257,7 +258,8 @@ class Poller(Loop):
         ]
         if not waiting or not self.channel.auto_accept:
             return
-        batch = await self.storage.operations.submit(
+        await request_operations(
+            self.storage,
             self.channel.store,
             OperationKind.ACCEPT,
             [
@@ -266,17 +268,8 @@ class Poller(Loop):
             ],
             EventSource.AUTO,
             self.clock(),
+            self.on_operations,
         )
-        for ticket in batch.tickets:
-            self.log.info(
-                "operation_requested",
-                order=ticket.order_reference,
-                kind="accept",
-                operation=ticket.operation_id,
-                state=ticket.state.value,
-                source="auto",
-            )
-        self.on_operations()
 
     def _fail(self, condition: str, reason: str) -> None:
         if self.status.condition != condition:

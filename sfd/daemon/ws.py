@@ -17,6 +17,7 @@ from aiohttp.web_request import FileField
 
 from sfd.clock import Clock
 from sfd.connectors import shoppingflux_xml as wsx
+from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, StoredOrder, Ticket, TicketState
 from sfd.logs import get_logger
 from sfd.rules import AcknowledgePayload, ReasonPayload, ShipPayload
@@ -248,23 +249,16 @@ class LegacyWebservice:
         """One batch for these requests, logged per ticket; nothing when there are none."""
         if not requests:
             return []
-        batch: Batch = await self.storage.operations.submit(
-            identity.store_id, kind, requests, EventSource.API, now
+        batch: Batch = await request_operations(
+            self.storage,
+            identity.store_id,
+            kind,
+            requests,
+            EventSource.API,
+            now,
+            self.on_operations,
+            via="ws",
         )
-        for ticket in batch.tickets:
-            log.info(
-                "operation_requested",
-                operation=ticket.operation_id,
-                ticket=ticket.id,
-                kind=kind.value,
-                order=ticket.order_reference,
-                state=ticket.state.value,
-                source="ws",
-                batch=batch.id,
-                reason=ticket.reason,
-            )
-        if any(t.state == TicketState.SCHEDULED for t in batch.tickets):
-            self.on_operations()
         return batch.tickets
 
     @staticmethod
