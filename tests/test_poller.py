@@ -117,6 +117,10 @@ async def test_a_poll_imports_the_orders_and_records_the_channel_state(
         health = await response.json()
     assert health["loops"]["poller:sandbox"]["state"] == "idle"
     assert health["loops"]["poller:sandbox"]["detail"]["created"] == 250
+    async with aiohttp.ClientSession() as http, http.get(running.daemon.url + "/metrics") as r:
+        metrics = await r.text()
+    assert 'sfd_orders_imported_total{channel="sandbox"} 250.0' in metrics
+    assert 'sfd_polls_total{channel="sandbox",result="ok"}' in metrics
 
 
 async def test_a_cancellation_on_the_marketplace_reaches_the_order(running: Running) -> None:

@@ -23,6 +23,8 @@ from sfd.storage.deadlines import (
 
 #: Ticks land this long after the moment they wait for, so that moment is surely past.
 SLACK = 0.05
+#: Ticks are at least this far apart (a backlog aside): deadlines a moment apart share one.
+MIN_GAP = 1.0
 #: At most this many orders are reported per tick; a backlog is worked through at once after.
 BATCH = 500
 
@@ -86,7 +88,7 @@ class DeadlineWatch(Loop):
         if moment is None:
             return self.interval
         wait = (moment - self.clock()).total_seconds() + SLACK
-        return min(self.interval, max(SLACK, wait))
+        return min(self.interval, max(MIN_GAP, wait))
 
     async def _warn(self, orders: Sequence[DeadlineOrder], now: datetime) -> int:
         recorded = await self.deadlines.record_many(

@@ -1,4 +1,4 @@
-"""The daemon's HTTP server: /healthz, the v1 shop API and the legacy XML webservice."""
+"""The daemon's HTTP server: /healthz, /metrics, the v1 shop API and the legacy webservice."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from sfd.daemon.api import MAX_BODY, ShopApi
+from sfd.daemon.metrics import Metrics
 from sfd.daemon.ws import LegacyWebservice
 
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
@@ -26,6 +27,7 @@ def build_app(
     api: ShopApi | None = None,
     legacy: LegacyWebservice | None = None,
     *,
+    metrics: Metrics | None = None,
     client_max_size: int = MAX_BODY,
 ) -> web.Application:
     """The aiohttp application the daemon serves."""
@@ -42,4 +44,6 @@ def build_app(
         )
 
     app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics.handler)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,7 +11,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from sfd.clock import Clock, to_iso
+from sfd.clock import Clock
 from sfd.config import ChannelConfig
 from sfd.connectors.base import (
     AuthFailed,
@@ -21,11 +21,12 @@ from sfd.connectors.base import (
     RateLimited,
     Transient,
 )
+from sfd.daemon.metrics import Metrics, PollResult
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.logs import get_logger
 from sfd.rules import ReasonPayload
-from sfd.storage import ImportResult, OperationRequest, OrderFilter, Storage
+from sfd.storage import ImportResult, OperationRequest, Storage
 
 #: The cursor steps back this far, so an order updated while a poll ran is never missed.
 CURSOR_OVERLAP = timedelta(minutes=5)
@@ -103,9 +104,6 @@ class Loop:
         self._wake = anyio.Event()
 
 
-ConnectorFactory = Callable[[], MarketplaceConnector | None]
-
-
 class Poller(Loop):
     """Imports one channel's orders every `poll_interval`, with jitter, page by page."""
 
@@ -120,8 +118,10 @@ class Poller(Loop):
         unavailable_reason: str = "",
         redact: Callable[[str], str] = str,
         on_operations: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(f"poller:{channel.name}", channel.poll_interval, clock)
+        self.metrics = metrics or Metrics()
         self.channel = channel
         self.channel_id = channel_id
         self.storage = storage
@@ -143,9 +143,14 @@ class Poller(Loop):
         # Spread channels over time so they do not all call out in the same second.
         return seconds * random.uniform(0.9, 1.1)  # noqa: S311 - not for security
 
+    def _polled(self, result: PollResult, started: datetime) -> None:
+        seconds = (self.clock() - started).total_seconds()
+        self.metrics.poll_finished(self.channel.name, result, seconds)
+
     async def tick(self) -> float | None:
         now = self.clock()
         if self.connector is None:
+            self.metrics.poll_finished(self.channel.name, "failed", None)
             self._fail("unavailable", self.unavailable_reason)
             await self.storage.channels.record_poll_failed(
                 self.channel_id,
@@ -158,14 +163,18 @@ class Poller(Loop):
         try:
             counts = await self._import(self.connector)
         except AuthFailed as exc:
+            self._polled("auth_failed", now)
             return await self._failed("auth_failed", exc, max(self.interval, AUTH_RETRY), auth=True)
         except RateLimited as exc:
+            self._polled("failed", now)
             return await self._failed("failing", exc, exc.retry_after or self.interval)
         except (Transient, ConnectorError) as exc:
+            self._polled("failed", now)
             backoff = min(self.interval, 30.0 * 2 ** min(self.failures, 10))
             return await self._failed("failing", exc, backoff)
         delay = self._jittered(self.interval)
         done = self.clock()
+        self._polled("ok", now)
         await self.storage.channels.record_poll_succeeded(
             self.channel_id, done, done + timedelta(seconds=delay)
         )
@@ -217,6 +226,7 @@ class Poller(Loop):
                 )
                 counts["pages"] += 1
                 counts["created"] += len(result.created)
+                self.metrics.orders_created(self.channel.name, len(result.created))
                 counts["changed"] += len(result.changed)
                 for order_id, reference, status in result.created:
                     self.log.info(
@@ -233,6 +243,7 @@ class Poller(Loop):
                         source="marketplace",
                     )
                 for reference, operation_id, kind, seconds in result.confirmed:
+                    self.metrics.operation_confirmed(kind, seconds)
                     self.log.info(
                         "operation_confirmed",
                         order=reference,
@@ -325,32 +336,3 @@ class Prefetch:
         self.receive.close()
         if error is None and self.failure:
             raise self.failure[0]
-
-
-class PeriodicCheck(Loop):
-    """A loop whose tick is one awaitable that reports what it found."""
-
-    def __init__(
-        self,
-        name: str,
-        interval: float,
-        clock: Clock,
-        check: Callable[[datetime], Awaitable[dict[str, Any]]],
-    ) -> None:
-        super().__init__(name, interval, clock)
-        self.check = check
-
-    async def tick(self) -> float | None:
-        self.status.detail = await self.check(self.clock())
-        self.status.last_success_at = self.clock()
-        return None
-
-
-def deadline_watch(storage: Storage, clock: Clock) -> PeriodicCheck:
-    """Counts the orders whose ship-by date has passed."""
-
-    async def check(now: datetime) -> dict[str, Any]:
-        late = await storage.orders.count(OrderFilter(late_at=now))
-        return {"late_orders": late, "checked_at": to_iso(now)}
-
-    return PeriodicCheck("deadline-watch", 60.0, clock, check)

@@ -26,9 +26,11 @@ from sfd.storage.deadlines import AUTH_STATES, DatabaseGauges, DeadlineStore
 #: CONTENT_TYPE_LATEST names format 1.0.0 since 0.22, whatever generate_latest writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: From a second to a day: an operation waits from a moment (worker awake) to hours (a
+#: From a tenth of a second to a day: an operation waits from a moment (worker awake) to hours (a
 #: marketplace down, or slow to show the result).
 OPERATION_BUCKETS = (
+    0.1,
+    0.25,
     0.5,
     1.0,
     2.5,

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -23,8 +23,10 @@ from sfd.connectors.base import MarketplaceConnector
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
 from sfd.daemon.admin import admin_app, socket_path, start_admin
 from sfd.daemon.api import ShopApi
+from sfd.daemon.deadlines import DeadlineWatch
 from sfd.daemon.http import build_app
-from sfd.daemon.loops import Loop, Poller, deadline_watch
+from sfd.daemon.loops import Loop, Poller
+from sfd.daemon.metrics import Metrics
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
@@ -32,6 +34,7 @@ from sfd.logs import SecretRedactor, get_logger
 from sfd.storage import OrderFilter, Storage, StorageError
 from sfd.storage.channels import ChannelSpec
 from sfd.storage.db import DatabaseLocked
+from sfd.storage.deadlines import DeadlineStore
 
 log = get_logger()
 
@@ -70,6 +73,7 @@ class Daemon:
         self.storage: Storage | None = None
         self.loops: list[Loop] = []
         self.worker: OperationsWorker | None = None
+        self.metrics = Metrics(clock=clock)
         self.connectors: list[MarketplaceConnector] = []
         self.ready = anyio.Event()
         self.stop_requested = anyio.Event()
@@ -87,6 +91,7 @@ class Daemon:
                 self.config.database, readers=3, renderer=shoppingfeed.render_order
             )
             self.storage.db.claim_runner()
+            self.metrics.storage = self.storage
         except (StorageError, DatabaseLocked) as exc:
             if self.storage is not None:
                 await self.storage.close()
@@ -100,6 +105,7 @@ class Daemon:
         ids = await storage.channels.channel_ids()
         redactor = SecretRedactor(self.config.secrets)
         by_channel: dict[int, MarketplaceConnector] = {}
+        self.metrics.declare_channels(c.name for c in self.config.channels)
         for channel in self.config.channels:
             connector: MarketplaceConnector | None = None
             reason = ""
@@ -122,11 +128,15 @@ class Daemon:
                     unavailable_reason=reason,
                     redact=redactor.redact,
                     on_operations=self._operations_written,
+                    metrics=self.metrics,
                 )
             )
-        self.worker = OperationsWorker(storage, by_channel, self.clock)
+        self.worker = OperationsWorker(storage, by_channel, self.clock, metrics=self.metrics)
         self.loops.append(self.worker)
-        self.loops.append(deadline_watch(storage, self.clock))
+        warnings = {
+            ids[c.name]: timedelta(seconds=c.ship_deadline_warning) for c in self.config.channels
+        }
+        self.loops.append(DeadlineWatch(DeadlineStore(storage.db), warnings, self.clock))
 
     def _operations_written(self) -> None:
         if self.worker is not None:
@@ -140,6 +150,7 @@ class Daemon:
                 self.health,
                 ShopApi(self.storage, self.clock, self._operations_written),
                 LegacyWebservice(self.storage, self.clock, self._operations_written),
+                metrics=self.metrics,
             ),
             access_log=None,
             handle_signals=False,

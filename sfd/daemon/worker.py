@@ -27,6 +27,7 @@ from sfd.connectors.base import (
     ShipmentRequest,
 )
 from sfd.daemon.loops import Loop
+from sfd.daemon.metrics import Metrics
 from sfd.domain import OperationKind
 from sfd.logs import get_logger
 from sfd.storage import Claim, Storage
@@ -61,6 +62,7 @@ class OperationsWorker(Loop):
         concurrency: int = 4,
         max_age: timedelta = timedelta(hours=48),
         confirm_delay: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__("operations-worker", POLL, clock)
         self.storage = storage
@@ -68,6 +70,7 @@ class OperationsWorker(Loop):
         self.concurrency = concurrency
         self.max_age = max_age
         self.confirm_delay = confirm_delay
+        self.metrics = metrics or Metrics()
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
         self._paused: dict[int, datetime] = {}
         """Channel id → when it may be called again (throttled, or credentials broken)."""
@@ -154,6 +157,7 @@ class OperationsWorker(Loop):
                     await self._call(connector, claim)
                 except Rejected as exc:
                     await self.storage.queue.failed(claim, self.clock(), exc.message)
+                    self.metrics.operation_outcome(claim.kind, "failed")
                     log.warning("operation_failed", reason=exc.message, attempts=claim.attempts)
                     return
                 except AuthFailed as exc:
@@ -166,6 +170,7 @@ class OperationsWorker(Loop):
                         f"AuthFailed: {exc}",
                         spend_attempt=False,
                     )
+                    self.metrics.operation_outcome(claim.kind, "waiting_credentials")
                     log.warning("operation_waiting_for_credentials", reason=str(exc))
                     return
                 except ConnectorError as exc:
@@ -185,6 +190,7 @@ class OperationsWorker(Loop):
             confirmed = await self.storage.queue.delivered(
                 claim, now, now + timedelta(seconds=self.confirm_delay)
             )
+            self.metrics.operation_delivered(claim.kind, (now - claim.created_at).total_seconds())
             log.info(
                 "operation_delivered",
                 attempts=claim.attempts,
@@ -192,6 +198,7 @@ class OperationsWorker(Loop):
                 call_seconds=round((now - requested).total_seconds(), 3),
             )
             for _, kind, seconds in confirmed:
+                self.metrics.operation_confirmed(kind, seconds)
                 log.info("operation_confirmed", confirmed_kind=kind, seconds=round(seconds, 1))
 
     async def _retry(self, claim: Claim, exc: ConnectorError) -> None:
@@ -207,6 +214,7 @@ class OperationsWorker(Loop):
         if retry_after:
             self._paused[claim.channel_id] = now + timedelta(seconds=retry_after)
         await self.storage.queue.retry(claim, now, now + timedelta(seconds=delay), reason)
+        self.metrics.operation_outcome(claim.kind, "retried")
         self.log.info(
             "operation_retry",
             channel=claim.channel,
@@ -219,6 +227,7 @@ class OperationsWorker(Loop):
 
     async def _give_up(self, claim: Claim, reason: str) -> None:
         await self.storage.queue.failed(claim, self.clock(), reason)
+        self.metrics.operation_outcome(claim.kind, "failed")
         self.log.warning(
             "operation_failed",
             channel=claim.channel,
@@ -270,6 +279,7 @@ class OperationsWorker(Loop):
             status = None
         confirmed = await self.storage.queue.observed(claim, status, self.clock(), next_check)
         for _, kind, seconds in confirmed:
+            self.metrics.operation_confirmed(kind, seconds)
             self.log.info(
                 "operation_confirmed",
                 channel=claim.channel,
