@@ -12,29 +12,26 @@ import hashlib
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Final
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
 from aiolimiter import AsyncLimiter
-from multidict import CIMultiDict
 from yarl import URL
 
 from sfd.clock import from_iso, to_api, utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
-    RateLimited,
     Rejected,
     ShipmentRequest,
     SkippedOrder,
     Transient,
 )
+from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
 from sfd.connectors.settings import AmazonSettings
 from sfd.domain import Address, FulfilledBy, MarketplaceOrder, OrderItem, OrderStatus
 
@@ -118,8 +115,6 @@ NO_CANCELLATION: Final = (
     "(or with an order acknowledgement feed)"
 )
 
-_T = TypeVar("_T")
-
 
 class MalformedOrder(Exception):
     """An order that cannot be read: which field, and what is wrong with it."""
@@ -128,13 +123,6 @@ class MalformedOrder(Exception):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
-
-
-@dataclass
-class _Answer:
-    status: int
-    body: bytes
-    headers: CIMultiDict[str]
 
 
 # -- wire shapes --------------------------------------------------------------------------------
@@ -300,7 +288,7 @@ _ITEM_DECODER: Final = msgspec.json.Decoder(_Item)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
 
 
-class AmazonConnector:
+class AmazonConnector(HttpConnector):
     """One seller's Amazon account, through SP-API Orders v0, for its marketplaces."""
 
     # getOrders restores one request a minute: polling faster only drains its burst of 20.
@@ -322,10 +310,16 @@ class AmazonConnector:
         self.name = name
         self._settings = settings
         self._endpoint = settings.endpoint.strip().rstrip("/")
-        self._session = session
-        self._owns_session = False
-        self._timeout = timeout
-        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http = HttpClient(
+            "Amazon",
+            secrets=lambda: (settings.client_secret, settings.refresh_token, self._token),
+            session=session,
+            timeout=timeout,
+            # Without Retry-After, the rate Amazon states tells when a request is restored.
+            retry_after_fallback=lambda headers: _restore_interval(
+                headers.get("x-amzn-RateLimit-Limit")
+            ),
+        )
         self._clock = clock
         self._token: str | None = None
         self._token_expires_at: datetime | None = None
@@ -363,7 +357,7 @@ class AmazonConnector:
             body = await self._call(
                 "GET", ORDERS_PATH, op, params=params, limiter=self._listing_limiter
             )
-            listing = _decode(body, _OrdersAnswer, op).payload
+            listing = self._http.decode(body, _OrdersAnswer, op).payload
             page = OrderPage(orders=[])
             for raw in listing.Orders:
                 await self._read_into(page, position, bytes(raw), seen)
@@ -421,7 +415,7 @@ class AmazonConnector:
         package["shipDate"] = format_date(self._clock())
         package["orderItems"] = [{"orderItemId": i, "quantity": q} for i, q in lines]
         body = {"marketplaceId": marketplace, "packageDetail": package}
-        path = f"{ORDERS_PATH}/{_segment(reference)}/shipmentConfirmation"
+        path = f"{ORDERS_PATH}/{segment(reference)}/shipmentConfirmation"
         try:
             await self._call("POST", path, f"confirmShipment {reference}", body=body)
         except Rejected:
@@ -445,13 +439,6 @@ class AmazonConnector:
         if status is None:
             raise Rejected(f"Amazon order {reference} has an unknown status {order.OrderStatus!r}")
         return status
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this connector opened it."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-            self._owns_session = False
 
     # -- orders -------------------------------------------------------------------------------
 
@@ -488,13 +475,13 @@ class AmazonConnector:
 
     async def _order_items(self, reference: str) -> list[bytes]:
         """Every item of an order (getOrderItems, following NextToken), as Amazon wrote it."""
-        path = f"{ORDERS_PATH}/{_segment(reference)}/orderItems"
+        path = f"{ORDERS_PATH}/{segment(reference)}/orderItems"
         items: list[bytes] = []
         params: dict[str, str] | None = None
         while True:
             op = f"getOrderItems {reference}"
             body = await self._call("GET", path, op, params=params, limiter=self._items_limiter)
-            answer = _decode(body, _ItemsAnswer, op).payload
+            answer = self._http.decode(body, _ItemsAnswer, op).payload
             items.extend(bytes(item) for item in answer.OrderItems)
             if not answer.NextToken:
                 return items
@@ -514,9 +501,9 @@ class AmazonConnector:
         return lines
 
     async def _read_order(self, reference: str, op: str) -> _OrderBrief:
-        path = f"{ORDERS_PATH}/{_segment(reference)}"
+        path = f"{ORDERS_PATH}/{segment(reference)}"
         body = await self._call("GET", path, op, limiter=self._order_limiter)
-        return _decode(body, _OrderAnswer, op).payload
+        return self._http.decode(body, _OrderAnswer, op).payload
 
     def _only_marketplace(self) -> str | None:
         ids = self._settings.marketplace_ids
@@ -553,29 +540,17 @@ class AmazonConnector:
             "client_secret": settings.client_secret,
         }
         op = "LWA token"
-        try:
-            async with self._http().request(
-                "POST",
-                settings.token_url,
-                data=form,
-                headers={"Accept": "application/json"},
-                allow_redirects=False,
-                timeout=self._client_timeout,
-            ) as response:
-                answer = _Answer(response.status, await response.read(), response.headers.copy())
-        except TimeoutError:
-            raise Transient(f"Amazon {op}: no answer within {self._timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            detail = self._scrub(str(exc)) or "no detail"
-            raise Transient(f"Amazon {op}: {type(exc).__name__}: {detail}") from None
+        headers = {"Accept": "application/json"}
+        answer = await self._http.send(
+            "POST", settings.token_url, op=op, headers=headers, form=form
+        )
         status = answer.status
         if 200 <= status < 300:
-            token = _decode(answer.body, _Token, op)
+            token = self._http.decode(answer.body, _Token, op)
             if not token.access_token or not math.isfinite(token.expires_in):
                 raise Transient(f"Amazon {op}: unexpected answer (no usable access_token)")
             return token
-        if status == 429 or status >= 500 or 300 <= status < 400:
-            self._fail(answer, op)
+        self._http.fail_common(answer, op)
         try:
             error = msgspec.json.decode(answer.body, type=_LwaError)
         except msgspec.MsgspecError:
@@ -583,15 +558,9 @@ class AmazonConnector:
         reason = error.error or f"HTTP {status}"
         if error.error_description:
             reason += f" ({error.error_description})"
-        raise AuthFailed(f"Amazon LWA refused the credentials: {self._scrub(reason)}")
+        raise AuthFailed(f"Amazon LWA refused the credentials: {self._http.scrub(reason)}")
 
     # -- HTTP ---------------------------------------------------------------------------------
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._client_timeout)
-            self._owns_session = True
-        return self._session
 
     async def _call(
         self,
@@ -608,12 +577,17 @@ class AmazonConnector:
         A 403 (an expired or revoked access token) gets one new token and one more try.
         """
         url = build_url(self._endpoint, path, params)
-        answer: _Answer | None = None
+        answer: Answer | None = None
         for attempt in (1, 2):
             token = await self._access_token()
             if limiter is not None:
                 await limiter.acquire()
-            answer = await self._send(method, url, op, token, body)
+            headers = {
+                "x-amz-access-token": token,
+                "Accept": "application/json",
+                "User-Agent": "sfd (Language=Python)",
+            }
+            answer = await self._http.send(method, url, op=op, headers=headers, body=body)
             if answer.status == 403 and attempt == 1:
                 self._forget_token(token)
                 continue
@@ -621,61 +595,12 @@ class AmazonConnector:
         assert answer is not None
         if 200 <= answer.status < 300:
             return answer.body
-        self._fail(answer, op)
-
-    async def _send(self, method: str, url: URL, op: str, token: str, body: Any) -> _Answer:
-        headers = {
-            "x-amz-access-token": token,
-            "Accept": "application/json",
-            "User-Agent": "sfd (Language=Python)",
-        }
-        try:
-            async with self._http().request(
-                method,
-                url,
-                headers=headers,
-                json=body,
-                allow_redirects=False,
-                timeout=self._client_timeout,
-            ) as response:
-                payload = await response.read()
-                return _Answer(response.status, payload, response.headers.copy())
-        except TimeoutError:
-            raise Transient(f"Amazon {op}: no answer within {self._timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            detail = self._scrub(str(exc)) or "no detail"
-            raise Transient(f"Amazon {op}: {type(exc).__name__}: {detail}") from None
-
-    def _fail(self, answer: _Answer, op: str) -> NoReturn:
-        status = answer.status
-        if 300 <= status < 400:
-            location = answer.headers.get("Location", "")
-            host = (urlsplit(location).hostname or location) if location else "nowhere"
-            raise Transient(f"Amazon {op}: HTTP {status} redirect to {host} refused")
-        if status in (401, 403):
+        self._http.fail_common(answer, op)
+        if answer.status in (401, 403):
             detail = _error_message(answer.body)
-            suffix = f": {self._scrub(detail)}" if detail else ""
-            raise AuthFailed(f"Amazon {op}: HTTP {status}, access refused{suffix}")
-        if status == 429:
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            if retry_after is None:
-                retry_after = _restore_interval(answer.headers.get("x-amzn-RateLimit-Limit"))
-            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-            raise RateLimited(f"Amazon {op}: HTTP 429 rate limited{wait}", retry_after)
-        if 400 <= status < 500:
-            message = _error_message(answer.body)
-            if message is None:
-                message = f"HTTP {status}: {_excerpt(answer.body) or 'empty body'}"
-            raise Rejected(self._scrub(message))
-        raise Transient(
-            f"Amazon {op}: HTTP {status}: {self._scrub(_excerpt(answer.body)) or 'empty body'}"
-        )
-
-    def _scrub(self, text: str) -> str:
-        for secret in (self._settings.client_secret, self._settings.refresh_token, self._token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+            suffix = f": {self._http.scrub(detail)}" if detail else ""
+            raise AuthFailed(f"Amazon {op}: HTTP {answer.status}, access refused{suffix}")
+        raise Rejected(self._http.rejection(answer, _error_message(answer.body)))
 
 
 # -- reading orders -------------------------------------------------------------------------
@@ -1010,26 +935,6 @@ def build_url(endpoint: str, path: str, params: Mapping[str, str] | None = None)
     return URL(url, encoded=True)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds, given as seconds or as an HTTP date; None if unreadable."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def _restore_interval(limit: str | None) -> float | None:
     """x-amzn-RateLimit-Limit (requests per second) as the seconds one request takes back."""
     if limit is None:
@@ -1041,21 +946,6 @@ def _restore_interval(limit: str | None) -> float | None:
     if not math.isfinite(rate) or rate <= 0:
         return None
     return round(1 / rate, 3)
-
-
-def _segment(value: str) -> str:
-    return quote(value, safe="")
-
-
-def _decode(body: bytes, kind: type[_T], op: str) -> _T:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise Transient(f"Amazon {op}: unexpected answer ({exc})") from None
-    except msgspec.DecodeError:
-        raise Transient(
-            f"Amazon {op}: the answer is not JSON: {_excerpt(body) or 'empty body'}"
-        ) from None
 
 
 def _error_message(body: bytes) -> str | None:
@@ -1073,11 +963,6 @@ def _error_message(body: bytes) -> str | None:
         elif message or code:
             texts.append(message or code)
     return "; ".join(texts) if texts else None
-
-
-def _excerpt(body: bytes, limit: int = 200) -> str:
-    text = re.sub(r"\s+", " ", body.decode("utf-8", errors="replace")).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if TYPE_CHECKING:

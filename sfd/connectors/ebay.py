@@ -15,25 +15,23 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
-from multidict import CIMultiDict
 from yarl import URL
 
 from sfd.clock import from_iso, utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
-    RateLimited,
     Rejected,
     ShipmentRequest,
     SkippedOrder,
     Transient,
 )
-from sfd.connectors.mirakl import parse_retry_after
+from sfd.connectors.http import Answer, HttpClient, HttpConnector, excerpt, segment
 from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 
@@ -84,8 +82,6 @@ CANCEL_UNSUPPORTED: Final = (
     "not support: cancel the order in eBay Seller Hub"
 )
 
-_T = TypeVar("_T")
-
 
 class MalformedOrder(Exception):
     """An order that cannot be read: which field, and what is wrong with it."""
@@ -94,13 +90,6 @@ class MalformedOrder(Exception):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
-
-
-@dataclass
-class _Answer:
-    status: int
-    body: bytes
-    headers: CIMultiDict[str]
 
 
 @dataclass(frozen=True)
@@ -122,7 +111,7 @@ class _Listing(msgspec.Struct):
     next: str | None = None
 
 
-class EbayConnector:
+class EbayConnector(HttpConnector):
     """One eBay seller account, through the Sell Fulfillment API."""
 
     # One listing call a minute per channel keeps far inside eBay's daily call limits, and the
@@ -147,10 +136,7 @@ class EbayConnector:
         # A base URL copied with the API's path still on it keeps working.
         self._base = base.removesuffix("/sell/fulfillment/v1")
         self._token_url = URL(settings.token_url.strip())
-        self._session = session
-        self._owns_session = False
-        self._timeout = timeout
-        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http = HttpClient("eBay", secrets=self._secrets, session=session, timeout=timeout)
         self._clock = clock
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
@@ -168,7 +154,7 @@ class EbayConnector:
         while True:
             op = f"getOrders (offset {offset})"
             answer = await self._call("GET", self.orders_url(start, offset), op)
-            listing = _decode(answer.body, _Listing, op)
+            listing = self._http.decode(answer.body, _Listing, op)
             page = OrderPage(orders=[])
             for index, raw in enumerate(listing.orders, start=offset):
                 _read_into(page, index, bytes(raw))
@@ -225,7 +211,7 @@ class EbayConnector:
         if carrier and number:
             body["shippingCarrierCode"] = carrier
             body["trackingNumber"] = number
-        path = f"{ORDERS_PATH}/{_segment(reference)}/shipping_fulfillment"
+        path = f"{ORDERS_PATH}/{segment(reference)}/shipping_fulfillment"
         try:
             answer = await self._call(
                 "POST", self._url(path), f"createShippingFulfillment {reference}", body=body
@@ -249,12 +235,12 @@ class EbayConnector:
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on eBay now, or None when it is unpaid or eBay has no such order."""
         op = f"getOrder {reference}"
-        path = f"{ORDERS_PATH}/{_segment(reference)}"
+        path = f"{ORDERS_PATH}/{segment(reference)}"
         try:
             answer = await self._call("GET", self._url(path), op)
         except _NotFound:
             return None
-        view = _decode(answer.body, _StatusView, op)
+        view = self._http.decode(answer.body, _StatusView, op)
         try:
             return status_of(
                 view.order_payment_status,
@@ -264,13 +250,6 @@ class EbayConnector:
             )
         except MalformedOrder as exc:
             raise Rejected(f"eBay order {reference}: {exc}") from None
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this connector opened it."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-            self._owns_session = False
 
     # -- URLs -----------------------------------------------------------------------------
 
@@ -295,12 +274,12 @@ class EbayConnector:
     # -- orders read for shipping ---------------------------------------------------------
 
     async def _ship_view(self, reference: str, op: str) -> _ShipView:
-        path = f"{ORDERS_PATH}/{_segment(reference)}"
+        path = f"{ORDERS_PATH}/{segment(reference)}"
         try:
             answer = await self._call("GET", self._url(path), op)
         except _NotFound as exc:
             raise Rejected(exc.message) from None
-        return _decode(answer.body, _ShipView, op)
+        return self._http.decode(answer.body, _ShipView, op)
 
     # -- OAuth ----------------------------------------------------------------------------
 
@@ -330,10 +309,10 @@ class EbayConnector:
             "Accept": "application/json",
         }
         minted_at = self._clock()
-        answer = await self._send("POST", self._token_url, op, headers, data=form)
+        answer = await self._http.send("POST", self._token_url, op=op, headers=headers, form=form)
         status = answer.status
         if 200 <= status < 300:
-            granted = _decode(answer.body, _TokenAnswer, op)
+            granted = self._http.decode(answer.body, _TokenAnswer, op)
             if not granted.access_token:
                 raise Transient(f"eBay {op}: the answer has an empty access_token")
             lifetime = timedelta(seconds=max(0.0, granted.expires_in))
@@ -341,27 +320,23 @@ class EbayConnector:
         if status in (400, 401, 403):
             # invalid_grant (refresh token expired or revoked), invalid_client (wrong client id
             # or secret), invalid_scope: only new credentials help.
-            raise AuthFailed(self._scrub(f"eBay {op}: HTTP {status} {_oauth_error(answer.body)}"))
+            raise AuthFailed(
+                self._http.scrub(f"eBay {op}: HTTP {status} {_oauth_error(answer.body)}")
+            )
         self._fail(answer, op)
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._client_timeout)
-            self._owns_session = True
-        return self._session
-
-    async def _call(self, method: str, url: URL, op: str, *, body: Any = None) -> _Answer:
+    async def _call(self, method: str, url: URL, op: str, *, body: Any = None) -> Answer:
         """Send one API request with the access token and return a 2xx answer; map failures.
 
         A 401 may only mean the token expired early: it is renewed, and the call sent once more.
         """
-        answer: _Answer | None = None
+        answer: Answer | None = None
         for attempt in (1, 2):
             token = await self._access_token()
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            answer = await self._send(method, url, op, headers, json=body)
+            answer = await self._http.send(method, url, op=op, headers=headers, body=body)
             if answer.status != 401 or attempt == 2:
                 break
             self._forget(token)
@@ -372,85 +347,30 @@ class EbayConnector:
             raise _NotFound(self._rejection(answer, op))
         self._fail(answer, op)
 
-    async def _send(
-        self,
-        method: str,
-        url: URL,
-        op: str,
-        headers: dict[str, str],
-        *,
-        json: Any = None,
-        data: Any = None,
-    ) -> _Answer:
-        try:
-            async with self._http().request(
-                method,
-                url,
-                headers=headers,
-                json=json,
-                data=data,
-                allow_redirects=False,
-                timeout=self._client_timeout,
-            ) as response:
-                payload = await response.read()
-                return _Answer(response.status, payload, response.headers.copy())
-        except TimeoutError:
-            raise Transient(f"eBay {op}: no answer within {self._timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            detail = self._scrub(str(exc)) or "no detail"
-            raise Transient(f"eBay {op}: {type(exc).__name__}: {detail}") from None
-
-    def _fail(self, answer: _Answer, op: str) -> NoReturn:
+    def _fail(self, answer: Answer, op: str) -> NoReturn:
+        self._http.fail_common(answer, op)
         status = answer.status
-        if 300 <= status < 400:
-            location = answer.headers.get("Location", "")
-            host = (urlsplit(location).hostname or location) if location else "nowhere"
-            raise Transient(f"eBay {op}: HTTP {status} redirect to {host} refused")
         if status in (401, 403):
             detail = _error_message(answer.body)
             why = f": {detail}" if detail else ""
             raise AuthFailed(
-                self._scrub(f"eBay {op}: HTTP {status}, the access token was refused{why}")
+                self._http.scrub(f"eBay {op}: HTTP {status}, the access token was refused{why}")
             )
-        if status == 429:
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-            raise RateLimited(f"eBay {op}: HTTP 429 rate limited{wait}", retry_after)
-        if 400 <= status < 500:
-            raise Rejected(self._rejection(answer, op))
-        raise Transient(
-            f"eBay {op}: HTTP {status}: {self._scrub(_excerpt(answer.body)) or 'empty body'}"
-        )
+        raise Rejected(self._rejection(answer, op))
 
-    def _rejection(self, answer: _Answer, op: str) -> str:
-        message = _error_message(answer.body)
-        if message is None:
-            message = f"eBay {op}: HTTP {answer.status}: {_excerpt(answer.body) or 'empty body'}"
-        return self._scrub(message)
+    def _rejection(self, answer: Answer, op: str) -> str:
+        return self._http.rejection(answer, _error_message(answer.body), op=op)
 
-    def _scrub(self, text: str) -> str:
+    def _secrets(self) -> list[str]:
+        """What no message may show: the credentials, and the access token of the moment."""
         secrets = [self._settings.client_secret, self._settings.refresh_token, self._basic]
         if self._token is not None:
             secrets.append(self._token.value)
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return secrets
 
 
 class _NotFound(Rejected):
     """A 404: eBay has no such order."""
-
-
-def _decode(body: bytes, kind: type[_T], op: str) -> _T:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise Transient(f"eBay {op}: unexpected answer ({exc})") from None
-    except msgspec.DecodeError:
-        raise Transient(
-            f"eBay {op}: the answer is not JSON: {_excerpt(body) or 'empty body'}"
-        ) from None
 
 
 # -- reading orders -----------------------------------------------------------------------
@@ -996,10 +916,6 @@ def format_timestamp(moment: datetime) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
-def _segment(value: str) -> str:
-    return quote(value, safe="")
-
-
 def _error_message(body: bytes) -> str | None:
     """eBay's first error, `{"errors": [{"errorId": 32100, "message": "..."}]}`, if any."""
     try:
@@ -1023,18 +939,13 @@ def _oauth_error(body: bytes) -> str:
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        return _excerpt(body) or "empty body"
+        return excerpt(body) or "empty body"
     if not isinstance(data, dict):
-        return _excerpt(body) or "empty body"
+        return excerpt(body) or "empty body"
     error = data.get("error")
     description = data.get("error_description")
     parts = [str(p) for p in (error, description) if isinstance(p, str) and p.strip()]
-    return ": ".join(parts) if parts else (_excerpt(body) or "empty body")
-
-
-def _excerpt(body: bytes, limit: int = 200) -> str:
-    text = re.sub(r"\s+", " ", body.decode("utf-8", errors="replace")).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return ": ".join(parts) if parts else (excerpt(body) or "empty body")
 
 
 if TYPE_CHECKING:

@@ -6,32 +6,27 @@ shop API under its own host. Amounts are read as exact decimals, never binary fl
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import aiohttp
 import msgspec
-from multidict import CIMultiDict
 from yarl import URL
 
 from sfd.clock import from_iso
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
-    RateLimited,
     Rejected,
     ShipmentRequest,
     SkippedOrder,
     Transient,
 )
+from sfd.connectors.http import HttpClient, HttpConnector, segment
 from sfd.connectors.settings import MiraklSettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus, Shipment
 
@@ -92,7 +87,6 @@ _COUNTRY_PAIRS: Final = (
 _ALPHA3_TO_ALPHA2: Final = {pair[:3]: pair[3:] for pair in _COUNTRY_PAIRS.split()}
 
 _ANY_DECODER: Final = msgspec.json.Decoder(float_hook=Decimal)
-_T = TypeVar("_T")
 
 
 class _Listing(msgspec.Struct):
@@ -120,14 +114,7 @@ class MalformedOrder(Exception):
         self.problem = problem
 
 
-@dataclass
-class _Answer:
-    status: int
-    body: bytes
-    headers: CIMultiDict[str]
-
-
-class MiraklConnector:
+class MiraklConnector(HttpConnector):
     """One Mirakl operator's shop API, for one shop."""
 
     min_poll_interval: float | None = 60.0
@@ -147,10 +134,9 @@ class MiraklConnector:
         base = settings.base_url.strip().rstrip("/")
         # The operator's "API URL" often ends in /api already; our paths carry it.
         self._base = base.removesuffix("/api")
-        self._session = session
-        self._owns_session = False
-        self._timeout = timeout
-        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http = HttpClient(
+            "Mirakl", secrets=lambda: (settings.api_key,), session=session, timeout=timeout
+        )
         self._carriers: list[_Carrier] | None = None
         self._carriers_read_at = 0.0
 
@@ -193,7 +179,7 @@ class MiraklConnector:
         """Send the tracking (OR23), then confirm the shipment (OR24); a repeat succeeds."""
         if shipment.items is not None:
             raise Rejected(PARTIAL_SHIPMENT)
-        path = f"/api/orders/{_segment(reference)}"
+        path = f"/api/orders/{segment(reference)}"
         tracking = await self._tracking_body(shipment)
         try:
             if tracking is not None:
@@ -213,7 +199,7 @@ class MiraklConnector:
         """Cancel the whole order (OR29); an order Mirakl shows cancelled already succeeds."""
         try:
             await self._call(
-                "PUT", f"/api/orders/{_segment(reference)}/cancel", f"OR29 cancel {reference}"
+                "PUT", f"/api/orders/{segment(reference)}/cancel", f"OR29 cancel {reference}"
             )
         except Rejected:
             order = await self._read_order(reference, f"OR11 check cancellation of {reference}")
@@ -235,13 +221,6 @@ class MiraklConnector:
         if status is None:
             raise Rejected(f"Mirakl order {reference} is in an unknown state {state!r}")
         return status
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this connector opened it."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-            self._owns_session = False
 
     # -- operations -----------------------------------------------------------------------
 
@@ -269,7 +248,7 @@ class MiraklConnector:
         body = {"order_lines": [{"id": i, "accepted": accepted} for i in ids]}
         await self._call(
             "PUT",
-            f"/api/orders/{_segment(reference)}/accept",
+            f"/api/orders/{segment(reference)}/accept",
             f"OR21 {verb} {reference}",
             body=body,
         )
@@ -300,7 +279,7 @@ class MiraklConnector:
         if self._carriers is None or now - self._carriers_read_at >= CARRIERS_TTL:
             op = "SH21 list carriers"
             body = await self._call("GET", "/api/shipping/carriers", op)
-            self._carriers = _decode(body, _Carriers, op).carriers
+            self._carriers = self._http.decode(body, _Carriers, op).carriers
             self._carriers_read_at = now
         wanted = carrier.casefold()
         for known in self._carriers:
@@ -318,15 +297,9 @@ class MiraklConnector:
         return None
 
     def _listing(self, body: bytes, op: str) -> _Listing:
-        return _decode(body, _Listing, op)
+        return self._http.decode(body, _Listing, op)
 
     # -- HTTP -----------------------------------------------------------------------------
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._client_timeout)
-            self._owns_session = True
-        return self._session
 
     async def _call(
         self,
@@ -343,66 +316,13 @@ class MiraklConnector:
             query["shop_id"] = self._settings.shop_id
         url = URL(self._base + path, encoded=True).with_query(query)
         headers = {"Authorization": self._settings.api_key, "Accept": "application/json"}
-        answer = await self._send(method, url, op, headers, body)
+        answer = await self._http.send(method, url, op=op, headers=headers, body=body)
         if 200 <= answer.status < 300:
             return answer.body
-        self._fail(answer, op)
-
-    async def _send(
-        self, method: str, url: URL, op: str, headers: dict[str, str], body: Any
-    ) -> _Answer:
-        try:
-            async with self._http().request(
-                method,
-                url,
-                headers=headers,
-                json=body,
-                allow_redirects=False,
-                timeout=self._client_timeout,
-            ) as response:
-                payload = await response.read()
-                return _Answer(response.status, payload, response.headers.copy())
-        except TimeoutError:
-            raise Transient(f"Mirakl {op}: no answer within {self._timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            detail = self._scrub(str(exc)) or "no detail"
-            raise Transient(f"Mirakl {op}: {type(exc).__name__}: {detail}") from None
-
-    def _fail(self, answer: _Answer, op: str) -> NoReturn:
-        status = answer.status
-        if 300 <= status < 400:
-            location = answer.headers.get("Location", "")
-            host = (urlsplit(location).hostname or location) if location else "nowhere"
-            raise Transient(f"Mirakl {op}: HTTP {status} redirect to {host} refused")
-        if status in (401, 403):
-            raise AuthFailed(f"Mirakl {op}: HTTP {status}, the API key was refused")
-        if status == 429:
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-            raise RateLimited(f"Mirakl {op}: HTTP 429 rate limited{wait}", retry_after)
-        if 400 <= status < 500:
-            message = _error_message(answer.body)
-            if message is None:
-                message = f"HTTP {status}: {_excerpt(answer.body) or 'empty body'}"
-            raise Rejected(self._scrub(message))
-        raise Transient(
-            f"Mirakl {op}: HTTP {status}: {self._scrub(_excerpt(answer.body)) or 'empty body'}"
-        )
-
-    def _scrub(self, text: str) -> str:
-        key = self._settings.api_key
-        return text.replace(key, "***") if key else text
-
-
-def _decode(body: bytes, kind: type[_T], op: str) -> _T:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise Transient(f"Mirakl {op}: unexpected answer ({exc})") from None
-    except msgspec.DecodeError:
-        raise Transient(
-            f"Mirakl {op}: the answer is not JSON: {_excerpt(body) or 'empty body'}"
-        ) from None
+        self._http.fail_common(answer, op)
+        if answer.status in (401, 403):
+            raise AuthFailed(f"Mirakl {op}: HTTP {answer.status}, the API key was refused")
+        raise Rejected(self._http.rejection(answer, _error_message(answer.body)))
 
 
 # -- reading orders -----------------------------------------------------------------------
@@ -769,30 +689,6 @@ def format_date(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds, given as seconds or as an HTTP date; None if unreadable."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _segment(value: str) -> str:
-    return quote(value, safe="")
-
-
 def _error_message(body: bytes) -> str | None:
     """Mirakl's own error message (`{"status": 400, "message": "..."}`), if there is one."""
     try:
@@ -810,11 +706,6 @@ def _error_message(body: bytes) -> str | None:
         if texts:
             return "; ".join(str(t) for t in texts)
     return None
-
-
-def _excerpt(body: bytes, limit: int = 200) -> str:
-    text = re.sub(r"\s+", " ", body.decode("utf-8", errors="replace")).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if TYPE_CHECKING:

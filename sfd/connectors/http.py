@@ -1,0 +1,203 @@
+"""The HTTP plumbing the marketplace connectors share.
+
+One session per connector (opened on first use unless one is lent), one timeout, redirects never
+followed, and the failures every marketplace means alike mapped to the connector errors, with the
+marketplace's secrets masked in every message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import msgspec
+from multidict import CIMultiDict
+from yarl import URL
+
+from sfd.connectors.base import RateLimited, Transient
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class Answer:
+    """An answer read whole: status, body and headers."""
+
+    status: int
+    body: bytes
+    headers: CIMultiDict[str]
+
+
+class HttpClient:
+    """Sends one marketplace's requests, and judges what all marketplaces fail alike.
+
+    `label` starts every message ("Mirakl OR11 ...: ..."); `secrets` gives, at each call, the
+    values to mask (a token may change between calls). `retry_after_fallback` reads the wait a
+    429 implies from its headers when Retry-After is missing or unreadable.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        secrets: Callable[[], Iterable[str | None]],
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        retry_after_fallback: Callable[[CIMultiDict[str]], float | None] | None = None,
+    ) -> None:
+        self.label = label
+        self._secrets = secrets
+        self._session = session
+        self._owns_session = False
+        self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retry_after_fallback = retry_after_fallback
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The session in use, if one is open."""
+        return self._session
+
+    async def send(
+        self,
+        method: str,
+        url: str | URL,
+        *,
+        op: str,
+        headers: Mapping[str, str],
+        body: Any = None,
+        form: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """Send one request (`body` as JSON, `form` urlencoded); no answer at all is Transient."""
+        try:
+            async with self._open().request(
+                method,
+                url,
+                headers=headers,
+                json=body,
+                data=form,
+                allow_redirects=False,
+                timeout=self._client_timeout,
+            ) as response:
+                payload = await response.read()
+                return Answer(response.status, payload, response.headers.copy())
+        except TimeoutError:
+            raise Transient(f"{self.label} {op}: no answer within {self._timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            # aiohttp's messages may quote the URL or headers, so a credential with them.
+            detail = self.scrub(str(exc)) or "no detail"
+            raise Transient(f"{self.label} {op}: {type(exc).__name__}: {detail}") from None
+
+    def fail_common(self, answer: Answer, op: str) -> None:
+        """Raise for what every marketplace means alike: a redirect, a 429, a 5xx (or any other
+        status but a 4xx). Return for a 4xx other than 429, which only the connector can read."""
+        status = answer.status
+        if 300 <= status < 400:
+            # A redirect would carry the credentials to wherever it points: never followed.
+            location = answer.headers.get("Location", "")
+            host = (urlsplit(location).hostname or location) if location else "nowhere"
+            raise Transient(f"{self.label} {op}: HTTP {status} redirect to {host} refused")
+        if status == 429:
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            if retry_after is None and self._retry_after_fallback is not None:
+                retry_after = self._retry_after_fallback(answer.headers)
+            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+            raise RateLimited(f"{self.label} {op}: HTTP 429 rate limited{wait}", retry_after)
+        if 400 <= status < 500:
+            return
+        raise Transient(
+            f"{self.label} {op}: HTTP {status}: {self.scrub(excerpt(answer.body)) or 'empty body'}"
+        )
+
+    def rejection(self, answer: Answer, message: str | None, *, op: str | None = None) -> str:
+        """Why a 4xx was refused: the marketplace's own `message`, else the status and a body
+        excerpt (after the label and `op` when given); secrets masked."""
+        if message is None:
+            message = f"HTTP {answer.status}: {excerpt(answer.body) or 'empty body'}"
+            if op is not None:
+                message = f"{self.label} {op}: {message}"
+        return self.scrub(message)
+
+    def decode(self, body: bytes, kind: type[_T], op: str) -> _T:
+        """A 2xx answer's JSON as `kind`; an answer of another shape is Transient."""
+        try:
+            return msgspec.json.decode(body, type=kind)
+        except msgspec.ValidationError as exc:
+            raise Transient(f"{self.label} {op}: unexpected answer ({exc})") from None
+        except msgspec.DecodeError:
+            raise Transient(
+                f"{self.label} {op}: the answer is not JSON: {excerpt(body) or 'empty body'}"
+            ) from None
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret of the marketplace masked."""
+        for secret in self._secrets():
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    async def aclose(self) -> None:
+        """Close the session if this client opened it; a lent one stays open."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+            self._owns_session = False
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._client_timeout)
+            self._owns_session = True
+        return self._session
+
+
+class HttpConnector:
+    """A connector speaking HTTP through its `_http` client, which closes with it."""
+
+    _http: HttpClient
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this connector opened it."""
+        await self._http.aclose()
+
+    @property
+    def _session(self) -> aiohttp.ClientSession | None:
+        # Lets the tests check that an owned session is closed and a lent one left open.
+        return self._http.session
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, given as seconds or as an HTTP date; None if unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def excerpt(body: bytes, limit: int = 200) -> str:
+    """The start of a body on one line, for a message."""
+    text = re.sub(r"\s+", " ", body.decode("utf-8", errors="replace")).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def segment(value: str) -> str:
+    """`value` as one URL path segment: every reserved character percent-encoded."""
+    return quote(value, safe="")
