@@ -67,6 +67,12 @@ class DaemonConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     listen: str = DEFAULT_LISTEN
     log_format: str = "auto"
     log_level: str = "info"
+    operation_concurrency: int = 4
+    """At most this many operations run at once on one channel."""
+    operation_max_age: Duration = Duration(48 * 3600)
+    """An operation still failing to reach its marketplace after this long fails for good."""
+    confirm_delay: Duration = Duration(60)
+    """How soon after a delivery sfd first asks the marketplace whether it took effect."""
 
 
 class StoreConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -250,6 +256,14 @@ def parse_config(
         if value not in allowed:
             choices = ", ".join(repr(a) for a in allowed)
             problems.append((f"daemon.{key}", f"expected one of {choices}, got {value!r}"))
+
+    if raw.daemon.operation_concurrency < 1:
+        problems.append(
+            (
+                "daemon.operation_concurrency",
+                f"expected 1 or more, got {raw.daemon.operation_concurrency}",
+            )
+        )
 
     store_ids: set[int] = set()
     for i, store in enumerate(raw.stores):

@@ -264,3 +264,28 @@ def test_sfd_config_variable_names_the_file(
     monkeypatch.setenv("SFD_CONFIG", str(path))
     assert main(["check-config"]) == 0
     assert f"sfd: {path} is valid: 1 stores, 0 channels, 0 shops" in capsys.readouterr().err
+
+
+def test_the_operations_worker_settings_have_defaults_and_can_be_set() -> None:
+    default = parse_config(STORE, "sfd.toml", {}).daemon
+    assert (default.operation_concurrency, default.operation_max_age, default.confirm_delay) == (
+        4,
+        48 * 3600,
+        60,
+    )
+    tuned = parse_config(
+        STORE + '[daemon]\noperation_concurrency = 2\noperation_max_age = "12h"\n'
+        'confirm_delay = "30s"\n',
+        "sfd.toml",
+        {},
+    ).daemon
+    assert (tuned.operation_concurrency, tuned.operation_max_age, tuned.confirm_delay) == (
+        2,
+        12 * 3600,
+        30,
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(STORE + "[daemon]\noperation_concurrency = 0\n", "sfd.toml", {})
+    assert caught.value.lines() == [
+        "sfd.toml: daemon.operation_concurrency: expected 1 or more, got 0"
+    ]

@@ -131,7 +131,16 @@ class Daemon:
                     metrics=self.metrics,
                 )
             )
-        self.worker = OperationsWorker(storage, by_channel, self.clock, metrics=self.metrics)
+        daemon = self.config.daemon
+        self.worker = OperationsWorker(
+            storage,
+            by_channel,
+            self.clock,
+            concurrency=daemon.operation_concurrency,
+            max_age=timedelta(seconds=daemon.operation_max_age),
+            confirm_delay=daemon.confirm_delay,
+            metrics=self.metrics,
+        )
         self.loops.append(self.worker)
         warnings = {
             ids[c.name]: timedelta(seconds=c.ship_deadline_warning) for c in self.config.channels
