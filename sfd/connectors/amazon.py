@@ -12,9 +12,9 @@ import hashlib
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import aiohttp
@@ -22,7 +22,7 @@ import msgspec
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
-from sfd.clock import from_iso, to_api, utcnow
+from sfd.clock import to_api, utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
@@ -32,6 +32,15 @@ from sfd.connectors.base import (
     Transient,
 )
 from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.parsing import (
+    MalformedOrder,
+    Quantity,
+    finite,
+    malformed,
+    parse_moment,
+    reference_or_position,
+    utc,
+)
 from sfd.connectors.settings import AmazonSettings
 from sfd.domain import Address, FulfilledBy, MarketplaceOrder, OrderItem, OrderStatus
 
@@ -114,15 +123,6 @@ NO_CANCELLATION: Final = (
     "Amazon's Orders API has no seller cancellation: cancel the order in Seller Central "
     "(or with an order acknowledgement feed)"
 )
-
-
-class MalformedOrder(Exception):
-    """An order that cannot be read: which field, and what is wrong with it."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 # -- wire shapes --------------------------------------------------------------------------------
@@ -253,16 +253,13 @@ class _Order(msgspec.Struct):
     BuyerTaxInformation: _BuyerTaxInformation | None = None
 
 
-_Quantity = Annotated[int, msgspec.Meta(ge=0)]
-
-
 class _Item(msgspec.Struct):
     OrderItemId: str
-    QuantityOrdered: _Quantity
+    QuantityOrdered: Quantity
     SellerSKU: str | None = None
     ASIN: str | None = None
     Title: str | None = None
-    QuantityShipped: _Quantity | None = None
+    QuantityShipped: Quantity | None = None
     ItemPrice: _Money | None = None
     ItemTax: _Money | None = None
     ShippingPrice: _Money | None = None
@@ -336,7 +333,7 @@ class AmazonConnector(HttpConnector):
         now = self._clock()
         before = now - LISTING_DELAY
         after = since if since is not None else now - FIRST_PASS_LOOKBACK
-        if _utc(after) >= before:
+        if utc(after) >= before:
             return  # nothing Amazon may be asked about yet
         marketplaces = ",".join(self._settings.marketplace_ids)
         channels = "MFN,AFN" if self._settings.import_afn else "MFN"
@@ -447,12 +444,8 @@ class AmazonConnector(HttpConnector):
     ) -> None:
         """Normalize one order of a page into `page`, or record why it was skipped."""
         head = _head(raw)
-        reference = (
-            head.AmazonOrderId
-            if isinstance(head.AmazonOrderId, str) and head.AmazonOrderId
-            else f"#{index}"
-        )
-        updated_at = _moment(head.LastUpdateDate)
+        reference = reference_or_position(head.AmazonOrderId, index)
+        updated_at = parse_moment(head.LastUpdateDate)
         if head.OrderStatus in UNRELEASED_STATUSES:
             return
         if head.FulfillmentChannel == "AFN" and not self._settings.import_afn:
@@ -605,11 +598,6 @@ class AmazonConnector(HttpConnector):
 
 # -- reading orders -------------------------------------------------------------------------
 
-_MISSING = re.compile(
-    r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
-)
-_AT = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
-
 
 def _head(raw: bytes) -> _Head:
     try:
@@ -618,20 +606,11 @@ def _head(raw: bytes) -> _Head:
         return _Head()
 
 
-def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return from_iso(value)
-    except ValueError:
-        return None
-
-
 def _decode_order(raw: bytes) -> _Order:
     try:
         return _ORDER_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        raise _malformed(exc, "") from None
+        raise malformed(exc, lower_unlocated=True) from None
     except msgspec.DecodeError as exc:
         raise MalformedOrder("order", f"not JSON ({exc})") from None
 
@@ -641,30 +620,9 @@ def _decode_item(raw: bytes, position: int) -> _Item:
     try:
         return _ITEM_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        raise _malformed(exc, prefix) from None
+        raise malformed(exc, prefix, lower_unlocated=True) from None
     except msgspec.DecodeError as exc:
         raise MalformedOrder(prefix, f"not JSON ({exc})") from None
-
-
-def _malformed(exc: msgspec.ValidationError, prefix: str) -> MalformedOrder:
-    """msgspec's "Expected `str`, got `int` - at `$.x.y`" as `x.y: expected ...`."""
-
-    def where(at: str | None, name: str = "") -> str:
-        parts = [p for p in (prefix, at or "") if p]
-        path = ".".join(parts)
-        if name:
-            path = f"{path}.{name}" if path else name
-        return path or "order"
-
-    message = str(exc)
-    missing = _MISSING.match(message)
-    if missing:
-        return MalformedOrder(where(missing["at"], missing["field"]), "missing")
-    located = _AT.match(message)
-    if located:
-        problem = located["problem"]
-        return MalformedOrder(where(located["at"]), problem[:1].lower() + problem[1:])
-    return MalformedOrder(where(None), message[:1].lower() + message[1:])
 
 
 def _check_order(order: _Order) -> OrderStatus:
@@ -675,7 +633,7 @@ def _check_order(order: _Order) -> OrderStatus:
     if not order.AmazonOrderId.strip():
         raise MalformedOrder("AmazonOrderId", "empty")
     if order.OrderTotal is not None:
-        _finite(order.OrderTotal.Amount, "OrderTotal.Amount")
+        finite(order.OrderTotal.Amount, "OrderTotal.Amount")
     return status
 
 
@@ -697,8 +655,8 @@ def normalize_order(order: _Order, raw: bytes, item_raws: list[bytes]) -> Market
     return MarketplaceOrder(
         reference=order.AmazonOrderId,
         status=status,
-        created_at=_utc(order.PurchaseDate),
-        updated_at=_utc(order.LastUpdateDate),
+        created_at=utc(order.PurchaseDate),
+        updated_at=utc(order.LastUpdateDate),
         currency=currency,
         product_amount=product_amount,
         shipping_amount=shipping_amount,
@@ -706,7 +664,7 @@ def normalize_order(order: _Order, raw: bytes, item_raws: list[bytes]) -> Market
         raw=b'{"order": ' + raw + b', "items": [' + b", ".join(item_raws) + b"]}",
         payment_method=order.PaymentMethod or "",
         shipping_method=order.ShipServiceLevel or "",
-        latest_ship_date=_utc(order.LatestShipDate) if order.LatestShipDate else None,
+        latest_ship_date=utc(order.LatestShipDate) if order.LatestShipDate else None,
         fulfilled_by=FulfilledBy.CHANNEL if afn else FulfilledBy.STORE,
         billing_address=_billing_address(shipping_address, buyer),
         shipping_address=shipping_address,
@@ -731,9 +689,9 @@ def _item(line: _Item, path: str) -> OrderItem:
     for name in ("ItemPrice", "ItemTax", "ShippingPrice", "ShippingTax", "ShippingDiscount"):
         money = getattr(line, name)
         if money is not None:
-            _finite(money.Amount, f"{path}.{name}.Amount")
+            finite(money.Amount, f"{path}.{name}.Amount")
     if line.PromotionDiscount is not None:
-        _finite(line.PromotionDiscount.Amount, f"{path}.PromotionDiscount.Amount")
+        finite(line.PromotionDiscount.Amount, f"{path}.PromotionDiscount.Amount")
     if not line.OrderItemId.strip():
         raise MalformedOrder(f"{path}.OrderItemId", "empty")
     if not (line.SellerSKU or "").strip():
@@ -783,17 +741,6 @@ def _amount(money: _Money | None) -> Decimal:
 
 def _text(money: _Money | None) -> str | None:
     return str(money.Amount) if money is not None and money.Amount is not None else None
-
-
-def _finite(amount: Decimal | None, path: str) -> None:
-    if amount is not None and not amount.is_finite():
-        raise MalformedOrder(path, f"expected a finite number, got {amount}")
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _address(found: _Address | None, email: str) -> Address:
@@ -921,7 +868,7 @@ def format_date(moment: datetime) -> str:
 
     Seconds are cut, never rounded up, so no change is ever missed.
     """
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_url(endpoint: str, path: str, params: Mapping[str, str] | None = None) -> URL:

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 from yarl import URL
 
-from sfd.clock import from_iso, utcnow
+from sfd.clock import utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
@@ -32,6 +31,14 @@ from sfd.connectors.base import (
     Transient,
 )
 from sfd.connectors.http import Answer, HttpClient, HttpConnector, excerpt, segment
+from sfd.connectors.parsing import (
+    MalformedOrder,
+    Quantity,
+    malformed,
+    read_into,
+    skipped,
+    utc,
+)
 from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 
@@ -81,15 +88,6 @@ CANCEL_UNSUPPORTED: Final = (
     "eBay cancellations go through the Post-Order API (cancellation requests), which sfd does "
     "not support: cancel the order in eBay Seller Hub"
 )
-
-
-class MalformedOrder(Exception):
-    """An order that cannot be read: which field, and what is wrong with it."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ class EbayConnector(HttpConnector):
             listing = self._http.decode(answer.body, _Listing, op)
             page = OrderPage(orders=[])
             for index, raw in enumerate(listing.orders, start=offset):
-                _read_into(page, index, bytes(raw))
+                read_into(page, index, bytes(raw), parse_order, _skipped)
             yield page
             count = len(listing.orders)
             offset += count
@@ -268,7 +266,7 @@ class EbayConnector(HttpConnector):
         now = self._clock()
         if since is None:
             return now - FIRST_PASS
-        since = _utc(since)
+        since = utc(since)
         return min(max(since, now - MAX_LOOKBACK), now)
 
     # -- orders read for shipping ---------------------------------------------------------
@@ -379,8 +377,6 @@ class _NotFound(Rejected):
 # on the wire): a field of the wrong type or a missing required field fails that order alone,
 # and the reason names the field by its path in eBay's JSON.
 
-_Quantity = Annotated[int, msgspec.Meta(ge=0)]
-
 
 class _Camel(msgspec.Struct, rename="camel"):
     pass
@@ -455,7 +451,7 @@ class _DeliveryCost(_Camel):
 
 class _Line(_Camel):
     line_item_id: str
-    quantity: _Quantity
+    quantity: Quantity
     line_item_cost: _Amount
     sku: str | None = None
     legacy_item_id: str | None = None
@@ -547,10 +543,6 @@ class _Head(msgspec.Struct, rename="camel"):
 
 _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
-_MISSING = re.compile(
-    r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
-)
-_AT = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
 
 
 def status_of(
@@ -577,17 +569,6 @@ def _has_refunds(summary: _PaymentSummary | None) -> bool:
     return bool(summary is not None and summary.refunds)
 
 
-def _read_into(page: OrderPage, index: int, raw: bytes) -> None:
-    """Normalize one order of a page into `page`, or record why it was skipped."""
-    try:
-        order = parse_order(raw)
-    except MalformedOrder as exc:
-        page.skipped.append(_skipped(index, raw, str(exc)))
-        return
-    if order is not None:
-        page.orders.append(order)
-
-
 def _head(raw: bytes) -> _Head | None:
     try:
         return _HEAD_DECODER.decode(raw)
@@ -598,15 +579,8 @@ def _head(raw: bytes) -> _Head | None:
 def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
     head = _head(raw)
     if head is None:
-        return SkippedOrder(f"#{index}", reason)
-    reference = head.order_id if isinstance(head.order_id, str) and head.order_id else f"#{index}"
-    updated_at = None
-    if isinstance(head.last_modified_date, str):
-        try:
-            updated_at = from_iso(head.last_modified_date)
-        except ValueError:
-            updated_at = None
-    return SkippedOrder(reference, reason, updated_at)
+        return skipped(index, reason)
+    return skipped(index, reason, head.order_id, head.last_modified_date)
 
 
 def _unpaid(head: _Head | None) -> bool:
@@ -627,7 +601,7 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     except msgspec.ValidationError as exc:
         if _unpaid(_head(raw)):
             return None
-        raise _malformed(exc) from None
+        raise malformed(exc) from None
     except msgspec.DecodeError as exc:
         raise MalformedOrder("order", f"not JSON ({exc})") from None
     cancel_state = data.cancel_status.cancel_state if data.cancel_status else None
@@ -667,7 +641,7 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     # comes closest, else the shipping address stands in.
     billing = _address(registered) if registered is not None else shipping
     ship_by = [
-        _utc(line.line_item_fulfillment_instructions.ship_by_date)
+        utc(line.line_item_fulfillment_instructions.ship_by_date)
         for line in data.line_items
         if line.line_item_fulfillment_instructions is not None
         and line.line_item_fulfillment_instructions.ship_by_date is not None
@@ -677,8 +651,8 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     return MarketplaceOrder(
         reference=data.order_id,
         status=status,
-        created_at=_utc(data.creation_date),
-        updated_at=_utc(data.last_modified_date),
+        created_at=utc(data.creation_date),
+        updated_at=utc(data.last_modified_date),
         currency=currency,
         product_amount=product_amount,
         shipping_amount=shipping_amount,
@@ -694,20 +668,6 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     )
 
 
-def _malformed(exc: msgspec.ValidationError) -> MalformedOrder:
-    """msgspec's "Expected `str`, got `int` - at `$.x[0].y`" as `x[0].y: expected ...`."""
-    message = str(exc)
-    missing = _MISSING.match(message)
-    if missing:
-        at = missing["at"]
-        return MalformedOrder(f"{at}.{missing['field']}" if at else missing["field"], "missing")
-    located = _AT.match(message)
-    if located:
-        problem = located["problem"]
-        return MalformedOrder(located["at"] or "order", problem[:1].lower() + problem[1:])
-    return MalformedOrder("order", message)
-
-
 def _money(amount: _Amount, path: str, currency: str | None = None) -> Decimal:
     if not amount.value.is_finite():
         raise MalformedOrder(f"{path}.value", f"expected a finite amount, got {amount.value}")
@@ -716,12 +676,6 @@ def _money(amount: _Amount, path: str, currency: str | None = None) -> Decimal:
             f"{path}.currency", f"{amount.currency!r} differs from the order's {currency!r}"
         )
     return amount.value
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _item(line: _Line, path: str) -> OrderItem:
@@ -912,7 +866,7 @@ def format_timestamp(moment: datetime) -> str:
 
     Sub-milliseconds are cut, never rounded up, so no change is ever missed.
     """
-    moment = _utc(moment)
+    moment = utc(moment)
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 

@@ -6,18 +6,16 @@ shop API under its own host. Amounts are read as exact decimals, never binary fl
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import msgspec
 from yarl import URL
 
-from sfd.clock import from_iso
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
@@ -27,6 +25,15 @@ from sfd.connectors.base import (
     Transient,
 )
 from sfd.connectors.http import HttpClient, HttpConnector, segment
+from sfd.connectors.parsing import (
+    MalformedOrder,
+    Quantity,
+    finite,
+    malformed,
+    read_into,
+    skipped,
+    utc,
+)
 from sfd.connectors.settings import MiraklSettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus, Shipment
 
@@ -105,15 +112,6 @@ class _Carriers(msgspec.Struct):
     carriers: list[_Carrier]
 
 
-class MalformedOrder(Exception):
-    """An order that cannot be read: which field, and what is wrong with it."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
 class MiraklConnector(HttpConnector):
     """One Mirakl operator's shop API, for one shop."""
 
@@ -158,7 +156,7 @@ class MiraklConnector(HttpConnector):
             listing = self._listing(await self._call("GET", "/api/orders", op, params=params), op)
             page = OrderPage(orders=[])
             for index, raw in enumerate(listing.orders, start=offset):
-                _read_into(page, index, bytes(raw))
+                read_into(page, index, bytes(raw), parse_order, _skipped)
             yield page
             count = len(listing.orders)
             offset += count
@@ -330,8 +328,6 @@ class MiraklConnector(HttpConnector):
 # Each order is decoded on its own into typed structs: JSON numbers become exact Decimals, and a
 # field of the wrong type or a missing required field fails that order alone, with its path.
 
-_Quantity = Annotated[int, msgspec.Meta(ge=0)]
-
 
 class _Field(msgspec.Struct):
     """A Mirakl custom field (order_additional_fields, order_line_additional_fields)."""
@@ -356,7 +352,7 @@ class _Media(msgspec.Struct):
 class _Line(msgspec.Struct):
     order_line_id: str
     offer_sku: str
-    quantity: _Quantity
+    quantity: Quantity
     price_unit: Decimal | None = None
     price: Decimal | None = None
     shipping_price: Decimal | None = None
@@ -441,36 +437,18 @@ class _Head(msgspec.Struct):
 
 _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
-_MISSING = re.compile(
-    r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
-)
-_AT = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
 
 
-def _read_into(page: OrderPage, index: int, raw: bytes) -> None:
-    """Normalize one order of a page into `page`, or record why it was skipped."""
+def _head(raw: bytes) -> _Head:
     try:
-        order = parse_order(raw)
-    except MalformedOrder as exc:
-        page.skipped.append(_skipped(index, raw, str(exc)))
-        return
-    if order is not None:
-        page.orders.append(order)
+        return _HEAD_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return _Head()
 
 
 def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
-    try:
-        head = _HEAD_DECODER.decode(raw)
-    except msgspec.DecodeError:
-        return SkippedOrder(f"#{index}", reason)
-    reference = head.order_id if isinstance(head.order_id, str) and head.order_id else f"#{index}"
-    updated_at = None
-    if isinstance(head.last_updated_date, str):
-        try:
-            updated_at = from_iso(head.last_updated_date)
-        except ValueError:
-            updated_at = None
-    return SkippedOrder(reference, reason, updated_at)
+    head = _head(raw)
+    return skipped(index, reason, head.order_id, head.last_updated_date)
 
 
 def parse_order(raw: bytes) -> MarketplaceOrder | None:
@@ -481,13 +459,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     try:
         data = _ORDER_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        try:
-            head = _HEAD_DECODER.decode(raw)
-        except msgspec.DecodeError:
-            head = _Head()
-        if head.order_state in UNRELEASED_STATES:
+        if _head(raw).order_state in UNRELEASED_STATES:
             return None
-        raise _malformed(exc) from None
+        raise malformed(exc) from None
     except msgspec.DecodeError as exc:
         raise MalformedOrder("order", f"not JSON ({exc})") from None
     if data.order_state in UNRELEASED_STATES:
@@ -499,7 +473,7 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         if not getattr(data, name).strip():
             raise MalformedOrder(name, "empty")
     for name in ("price", "shipping_price", "total_price"):
-        _finite(getattr(data, name), name)
+        finite(getattr(data, name), name)
     items = tuple(_item(line, f"order_lines[{n}]") for n, line in enumerate(data.order_lines))
     product_amount = data.price
     if product_amount is None:
@@ -523,8 +497,8 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     return MarketplaceOrder(
         reference=data.order_id,
         status=status,
-        created_at=_utc(data.created_date),
-        updated_at=_utc(data.last_updated_date),
+        created_at=utc(data.created_date),
+        updated_at=utc(data.last_updated_date),
         currency=data.currency_iso_code,
         product_amount=product_amount,
         shipping_amount=data.shipping_price,
@@ -532,7 +506,7 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         raw=raw,
         payment_method=data.payment_type or "",
         shipping_method=data.shipping_type_label or data.shipping_type_code or "",
-        latest_ship_date=_utc(data.shipping_deadline) if data.shipping_deadline else None,
+        latest_ship_date=utc(data.shipping_deadline) if data.shipping_deadline else None,
         billing_address=_address(customer.billing_address, customer, email),
         shipping_address=_address(
             customer.shipping_address, customer, email, data.shipping_pudo_id or ""
@@ -543,34 +517,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     )
 
 
-def _malformed(exc: msgspec.ValidationError) -> MalformedOrder:
-    """msgspec's "Expected `str`, got `int` - at `$.x[0].y`" as `x[0].y: expected ...`."""
-    message = str(exc)
-    missing = _MISSING.match(message)
-    if missing:
-        at = missing["at"]
-        return MalformedOrder(f"{at}.{missing['field']}" if at else missing["field"], "missing")
-    located = _AT.match(message)
-    if located:
-        problem = located["problem"]
-        return MalformedOrder(located["at"] or "order", problem[:1].lower() + problem[1:])
-    return MalformedOrder("order", message)
-
-
-def _finite(amount: Decimal | None, path: str) -> None:
-    if amount is not None and not amount.is_finite():
-        raise MalformedOrder(path, f"expected a finite number, got {amount}")
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
 def _item(line: _Line, path: str) -> OrderItem:
     for name in ("price_unit", "price", "shipping_price", "total_commission"):
-        _finite(getattr(line, name), f"{path}.{name}")
+        finite(getattr(line, name), f"{path}.{name}")
     if not line.order_line_id.strip():
         raise MalformedOrder(f"{path}.order_line_id", "empty")
     if not line.offer_sku.strip():
@@ -684,9 +633,7 @@ def format_date(moment: datetime) -> str:
 
     Seconds are cut, never rounded up, so no change is ever missed.
     """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _error_message(body: bytes) -> str | None:

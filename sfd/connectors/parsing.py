@@ -1,0 +1,118 @@
+"""What the marketplace connectors (Mirakl, Amazon, eBay) share to read orders.
+
+Each order is decoded on its own into typed msgspec structs: a field of the wrong type or a
+missing required field fails that order alone, as a MalformedOrder naming the field by its path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from sfd.clock import from_iso
+from sfd.connectors.base import OrderPage, SkippedOrder
+from sfd.domain import MarketplaceOrder
+
+#: A count that cannot be negative (a line's quantity).
+Quantity = Annotated[int, msgspec.Meta(ge=0)]
+
+_MISSING: Final = re.compile(
+    r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
+)
+_AT: Final = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
+
+
+class MalformedOrder(Exception):
+    """An order that cannot be read: which field, and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def malformed(
+    exc: msgspec.ValidationError, prefix: str = "", *, lower_unlocated: bool = False
+) -> MalformedOrder:
+    """msgspec's "Expected `str`, got `int` - at `$.x[0].y`" as `x[0].y: expected ...`.
+
+    `prefix` goes before the path (a part decoded on its own, such as `OrderItems[0]`); a
+    message msgspec locates nowhere names the prefix, else `order`, and is kept as written unless
+    `lower_unlocated` asks for its first letter in lower case.
+    """
+
+    def where(at: str | None, name: str = "") -> str:
+        path = ".".join(p for p in (prefix, at or "") if p)
+        if name:
+            path = f"{path}.{name}" if path else name
+        return path or "order"
+
+    message = str(exc)
+    missing = _MISSING.match(message)
+    if missing:
+        return MalformedOrder(where(missing["at"], missing["field"]), "missing")
+    located = _AT.match(message)
+    if located:
+        problem = located["problem"]
+        return MalformedOrder(where(located["at"]), problem[:1].lower() + problem[1:])
+    if lower_unlocated:
+        message = message[:1].lower() + message[1:]
+    return MalformedOrder(where(None), message)
+
+
+def finite(amount: Decimal | None, path: str) -> None:
+    """Raise MalformedOrder at `path` for an amount that is infinite or not a number."""
+    if amount is not None and not amount.is_finite():
+        raise MalformedOrder(path, f"expected a finite number, got {amount}")
+
+
+def utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive time is taken as UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def parse_moment(value: Any) -> datetime | None:
+    """An ISO 8601 time read from an order that may not decode, or None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return from_iso(value)
+    except ValueError:
+        return None
+
+
+def reference_or_position(value: Any, index: int) -> str:
+    """An order's id when it has a usable one, else its position in the listing, `#index`."""
+    return value if isinstance(value, str) and value else f"#{index}"
+
+
+def skipped(index: int, reason: str, reference: Any = None, updated_at: Any = None) -> SkippedOrder:
+    """A skipped order, from what could still be read of it (its id and update time, if any)."""
+    return SkippedOrder(reference_or_position(reference, index), reason, parse_moment(updated_at))
+
+
+def read_into(
+    page: OrderPage,
+    index: int,
+    raw: bytes,
+    parse: Callable[[bytes], MarketplaceOrder | None],
+    skip: Callable[[int, bytes, str], SkippedOrder],
+) -> None:
+    """Normalize one order of a page into `page`, or record why it was skipped.
+
+    `parse` returns None for an order not to import; `skip` names an order it found malformed.
+    """
+    try:
+        order = parse(raw)
+    except MalformedOrder as exc:
+        page.skipped.append(skip(index, raw, str(exc)))
+        return
+    if order is not None:
+        page.orders.append(order)
