@@ -92,6 +92,13 @@ class Daemon:
             )
             self.storage.db.claim_runner()
             self.metrics.storage = self.storage
+            reclaimed = await self.storage.queue.reclaim(self.clock())
+            if reclaimed:
+                log.info(
+                    "operations_reclaimed",
+                    count=reclaimed,
+                    reason="claimed by a process that stopped before finishing them",
+                )
         except (StorageError, DatabaseLocked) as exc:
             if self.storage is not None:
                 await self.storage.close()

@@ -75,6 +75,9 @@ class OperationsWorker(Loop):
         self._paused: dict[int, datetime] = {}
         """Channel id → when it may be called again (throttled, or credentials broken)."""
         self._inflight: set[int] = set()
+        self._called: set[int] = set()
+        """Operations whose marketplace call has begun: their outcome is unknown until it ends."""
+        self._confirming: set[int] = set()
         self._calls: set[anyio.CancelScope] = set()
         self._stopping = False
         self._group: anyio.abc.TaskGroup
@@ -91,10 +94,10 @@ class OperationsWorker(Loop):
             self._group = tg
             await super().run()
 
-    def stop_gracefully(self, grace: float = STOP_GRACE) -> None:
+    def stop_gracefully(self, grace: float | None = None) -> None:
         """Claim nothing more; calls under way get `grace` seconds to bring their answer."""
         self._stopping = True
-        deadline = anyio.current_time() + grace
+        deadline = anyio.current_time() + (STOP_GRACE if grace is None else grace)
         for scope in self._calls:
             scope.deadline = min(scope.deadline, deadline)
 
@@ -109,11 +112,18 @@ class OperationsWorker(Loop):
             if room > 0
             else []
         )
-        confirmations = await self.storage.queue.due_confirmations(now, 16)
+        confirmations = [
+            c
+            for c in await self.storage.queue.due_confirmations(
+                now, 16, next_check=now + timedelta(seconds=self.confirm_delay)
+            )
+            if c.operation_id not in self._confirming
+        ]
         for claim in claims:
             self._inflight.add(claim.operation_id)
             self._group.start_soon(self._deliver, claim, name=f"operation {claim.operation_id}")
         for claim in confirmations:
+            self._confirming.add(claim.operation_id)
             self._group.start_soon(self._confirm, claim, name=f"confirm {claim.operation_id}")
         self.status.detail = {
             "in_flight": len(self._inflight),
@@ -121,16 +131,27 @@ class OperationsWorker(Loop):
             "confirmations": len(confirmations),
         }
         self.status.last_success_at = self.clock()
-        due = await self.storage.queue.next_due()
-        if due is None:
+        # A paused channel's operations are not due before its pause ends: no spinning.
+        wake_at = [until for until in self._paused.values() if until > now]
+        due = await self.storage.queue.next_due(skip_channels=paused)
+        if due is not None:
+            wake_at.append(due)
+        if not wake_at:
             return POLL
-        return min(POLL, max(0.05, (due - self.clock()).total_seconds()))
+        return min(POLL, max(0.05, (min(wake_at) - self.clock()).total_seconds()))
 
     async def _deliver(self, claim: Claim) -> None:
         try:
             await self._deliver_one(claim)
+        except anyio.get_cancelled_exc_class():
+            if claim.operation_id not in self._called:
+                # Stopped before calling the marketplace: give the claim back at once.
+                with anyio.CancelScope(shield=True):
+                    await self.storage.queue.release([claim], self.clock())
+            raise
         finally:
             self._inflight.discard(claim.operation_id)
+            self._called.discard(claim.operation_id)
             self.wake()  # room for the next one
 
     async def _deliver_one(self, claim: Claim) -> None:
@@ -152,6 +173,7 @@ class OperationsWorker(Loop):
             # Once the call is made, a stop lets it finish for a moment: its answer decides
             # whether the marketplace has the operation, and must be written.
             with anyio.CancelScope(shield=True) as call:
+                self._called.add(claim.operation_id)
                 self._calls.add(call)
                 try:
                     await self._call(connector, claim)
@@ -260,6 +282,12 @@ class OperationsWorker(Loop):
             raise Rejected(f"the {connector.name} connector cannot {claim.kind.value} orders yet")
 
     async def _confirm(self, claim: Claim) -> None:
+        try:
+            await self._confirm_one(claim)
+        finally:
+            self._confirming.discard(claim.operation_id)
+
+    async def _confirm_one(self, claim: Claim) -> None:
         connector = self.connectors.get(claim.channel_id)
         now = self.clock()
         # Ask again later and later: 1 min, 2, 4... up to an hour; a poll may answer first.

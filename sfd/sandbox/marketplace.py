@@ -409,7 +409,8 @@ class SandboxMarketplace:
             if request.transport is not None:
                 request.transport.close()
             return response
-        call.responded = True
+        # A client already gone (killed, or its call cut short) never gets this answer.
+        call.responded = request.transport is not None and not request.transport.is_closing()
         return response
 
     def _take_failure(self, operation: str | None) -> _Failure | None:

@@ -570,29 +570,57 @@ class OperationQueue:
                 (to_iso(now), *ids),
             )
 
-    async def next_due(self) -> datetime | None:
-        """When the soonest waiting operation or confirmation is due."""
+    async def next_due(self, skip_channels: Sequence[int] = ()) -> datetime | None:
+        """When the soonest waiting operation or confirmation is due, paused channels aside."""
+        skip = ""
+        if skip_channels:
+            skip = f"AND coalesce(channel_id, 0) NOT IN ({','.join('?' * len(skip_channels))})"
         row = await self.db.fetchone(
             "SELECT min(t) FROM ("
             " SELECT coalesce(next_attempt_at, created_at) AS t FROM operations"
-            "  WHERE state = 'scheduled' AND kind NOT IN ('acknowledge', 'unacknowledge')"
+            f"  WHERE state = 'scheduled' AND kind NOT IN ('acknowledge', 'unacknowledge') {skip}"
             " UNION ALL SELECT lease_until FROM operations WHERE state = 'running'"
             " UNION ALL SELECT confirm_at FROM operations"
-            "  WHERE state = 'succeed' AND confirmed_at IS NULL AND confirm_at IS NOT NULL)"
+            "  WHERE state = 'succeed' AND confirmed_at IS NULL AND confirm_at IS NOT NULL)",
+            list(skip_channels),
         )
         return from_iso(row[0]) if row and row[0] else None
 
-    async def due_confirmations(self, now: datetime, limit: int) -> list[Claim]:
-        """Delivered operations whose result the marketplace should show by now."""
-        rows = await self.db.fetchall(
-            "SELECT id FROM operations WHERE state = 'succeed' AND confirmed_at IS NULL "
-            "AND confirm_at IS NOT NULL AND confirm_at <= ? ORDER BY confirm_at LIMIT ?",
-            (to_iso(now), limit),
-        )
-        if not rows:
-            return []
+    async def reclaim(self, now: datetime) -> int:
+        """At start, before any worker runs: what a dead process had claimed is due at once.
+
+        The file's run lock guarantees no other daemon holds those claims. Attempts are kept;
+        connectors treat a repeat of something already done as done.
+        """
         async with self.db.write() as tx:
-            return await self._claims(tx, [r["id"] for r in rows])
+            return await tx.execute(
+                "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
+                "next_attempt_at = NULL, updated_at = ? WHERE state = 'running'",
+                (to_iso(now),),
+            )
+
+    async def due_confirmations(
+        self, now: datetime, limit: int, *, next_check: datetime
+    ) -> list[Claim]:
+        """Delivered operations whose result the marketplace should show by now.
+
+        Each one taken is not due again before `next_check`, so a slow marketplace is asked
+        once at a time.
+        """
+        async with self.db.write() as tx:
+            rows = await tx.fetchall(
+                "SELECT id FROM operations WHERE state = 'succeed' AND confirmed_at IS NULL "
+                "AND confirm_at IS NOT NULL AND confirm_at <= ? ORDER BY confirm_at LIMIT ?",
+                (to_iso(now), limit),
+            )
+            if not rows:
+                return []
+            ids = [r["id"] for r in rows]
+            await tx.execute(
+                f"UPDATE operations SET confirm_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+                (to_iso(next_check), *ids),
+            )
+            return await self._claims(tx, ids)
 
     async def observed(
         self, claim: Claim, status: OrderStatus | None, now: datetime, next_check: datetime
