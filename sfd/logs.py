@@ -8,11 +8,32 @@ import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
+import msgspec
 import structlog
 
-from sfd.storage.tokens import TOKEN_PATTERN
+from sfd.storage.tokens import TOKEN_PATTERN, TOKEN_PREFIX
 
 REDACTED = "[redacted]"
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json_line(event: Any, **_: Any) -> str:
+    """One log line: msgspec writes JSON several times faster than the standard library."""
+    try:
+        return _encoder.encode(event).decode()
+    except TypeError:  # a value msgspec cannot encode: say what it is rather than fail
+        return _encoder.encode(
+            {k: v if _encodable(v) else repr(v) for k, v in event.items()}
+        ).decode()
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        _encoder.encode(value)
+    except TypeError:
+        return False
+    return True
 
 
 class SecretRedactor:
@@ -27,7 +48,7 @@ class SecretRedactor:
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return TOKEN_PATTERN.sub(REDACTED, text)
+        return TOKEN_PATTERN.sub(REDACTED, text) if TOKEN_PREFIX in text else text
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -95,7 +116,7 @@ def configure_logging(
         processors += [
             structlog.processors.dict_tracebacks,
             redactor,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            structlog.processors.JSONRenderer(serializer=_json_line),
         ]
     structlog.configure(
         processors=processors,
