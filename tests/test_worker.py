@@ -430,6 +430,35 @@ async def test_an_accepted_order_is_accepted_on_the_marketplace_once_and_confirm
     assert len(hub.marketplace.calls_to("OR21", reference)) == 1
 
 
+# -- refunds --------------------------------------------------------------------------------
+
+
+async def test_a_refund_of_a_shipped_order_reaches_or28_once_and_the_order_is_refunded(
+    hub: Hub,
+) -> None:
+    [reference] = await orders_on_sale(hub, 1)
+    hub.marketplace.set_state(reference, "SHIPPED")
+    await hub.poll_now()
+    assert (await hub.order(reference)).status == "shipped"
+    [ticket] = await hub.operate(
+        "refund", {"id": await hub.order_id(reference), "refund": {"shipping": True}}
+    )
+
+    assert (await hub.finished(ticket["id"]))["state"] == "succeed"
+    [refund] = hub.marketplace.calls_to("OR28")
+    assert refund.status == 200
+    lines = hub.marketplace.order(reference)["order_lines"]
+    assert [r["order_line_id"] for r in refund.body["refunds"]] == [
+        line["order_line_id"] for line in lines
+    ]
+    assert hub.marketplace.state(reference) == "REFUNDED"
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await hub.order(reference)).status != "refunded":
+        assert asyncio.get_running_loop().time() < deadline, "never seen refunded"
+        await asyncio.sleep(0.02)
+    assert len(hub.marketplace.calls_to("OR28")) == 1
+
+
 # -- stopping -------------------------------------------------------------------------------
 
 

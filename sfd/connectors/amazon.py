@@ -26,6 +26,7 @@ from sfd.clock import to_api, utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
+    RefundRequest,
     Rejected,
     ShipmentRequest,
     SkippedOrder,
@@ -118,6 +119,13 @@ CURRENCY_BY_MARKETPLACE: Final[Mapping[str, str]] = {
 
 NO_ACCEPTANCE: Final = (
     "Amazon has no acceptance step: an order is released once paid, and it arrives accepted"
+)
+NO_REFUND: Final = (
+    "Amazon Orders v0 has no refund call; refunds go through Seller Central or the Feeds API"
+)
+NO_DELIVERY: Final = (
+    "Amazon Orders v0 has no delivery confirmation: Amazon learns of the delivery from the "
+    "carrier's tracking"
 )
 NO_CANCELLATION: Final = (
     "Amazon's Orders API has no seller cancellation: cancel the order in Seller Central "
@@ -426,6 +434,14 @@ class AmazonConnector(HttpConnector):
     async def cancel(self, reference: str) -> None:
         """Orders v0 has no seller cancellation."""
         raise Rejected(NO_CANCELLATION)
+
+    async def refund(self, reference: str, refund: RefundRequest) -> None:
+        """Orders v0 has no refund call."""
+        raise Rejected(NO_REFUND)
+
+    async def deliver(self, reference: str) -> None:
+        """Orders v0 has no delivery confirmation."""
+        raise Rejected(NO_DELIVERY)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on Amazon now, or None while it is not paid."""

@@ -66,6 +66,17 @@ class ShipmentRequest:
     """Channel line reference → quantity, for a partial shipment; None ships everything."""
 
 
+@dataclass(frozen=True)
+class RefundRequest:
+    """A refund to the customer, sent once."""
+
+    shipping: bool = True
+    """Whether the shipping costs of the refunded lines are refunded too."""
+    items: dict[str, int] | None = None
+    """Merchant SKU (the order item's reference) → quantity; None refunds every line in full.
+    Each connector reads the order and matches the SKUs to its own lines."""
+
+
 class MarketplaceConnector(Protocol):
     """What sfd asks of a marketplace."""
 
@@ -91,6 +102,12 @@ class MarketplaceConnector(Protocol):
 
     async def cancel(self, reference: str) -> None:
         """Cancel an order that has not shipped."""
+
+    async def refund(self, reference: str, refund: RefundRequest) -> None:
+        """Refund the customer for some or all of an order's lines."""
+
+    async def deliver(self, reference: str) -> None:
+        """Report that the order reached the customer."""
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status as the marketplace sees it now, or None if it is not released."""

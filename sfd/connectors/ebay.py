@@ -13,7 +13,7 @@ import base64
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from sfd.clock import utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
+    RefundRequest,
     Rejected,
     ShipmentRequest,
     SkippedOrder,
@@ -83,6 +84,17 @@ STATUS_BY_FULFILLMENT: Final[Mapping[str, OrderStatus]] = {
 NO_ACCEPTANCE: Final = (
     "eBay has no acceptance step: a paid eBay order is ready to ship, there is nothing to "
     "accept or refuse"
+)
+NO_DELIVERY: Final = (
+    "eBay has no delivery confirmation from the seller: eBay learns of the delivery from the "
+    "carrier's tracking"
+)
+#: ReasonForRefundEnum value sent with issueRefund: sfd is not told why a refund is made.
+REFUND_REASON: Final = "OTHER"
+REFUND_COMMENT: Final = "Refund issued by the seller"
+REFUND_SCOPE: Final = (
+    "eBay refused issueRefund's access: it needs the sell.finances OAuth scope, which sfd's "
+    "token (sell.fulfillment) does not carry; issue the refund in eBay Seller Hub"
 )
 CANCEL_UNSUPPORTED: Final = (
     "eBay cancellations go through the Post-Order API (cancellation requests), which sfd does "
@@ -229,6 +241,34 @@ class EbayConnector(HttpConnector):
     async def cancel(self, reference: str) -> None:
         """Not supported: eBay cancellations belong to the Post-Order API."""
         raise Rejected(CANCEL_UNSUPPORTED)
+
+    async def refund(self, reference: str, refund: RefundRequest) -> None:
+        """Issue a refund (issueRefund): the whole order, or the line items whose SKU is named.
+
+        The amounts come from the order (getOrder): the lines' cost in proportion to the
+        quantity, plus their delivery cost when `refund.shipping`. A refund eBay shows already
+        (paymentSummary.refunds) is not issued again.
+        """
+        op = f"getOrder {reference} before issueRefund"
+        path = f"{ORDERS_PATH}/{segment(reference)}"
+        try:
+            answer = await self._call("GET", self._url(path), op)
+        except _NotFound as exc:
+            raise Rejected(exc.message) from None
+        order = self._http.decode(answer.body, _RefundView, op)
+        if order.payment_summary is not None and order.payment_summary.refunds:
+            return  # refunded already, by us on an earlier try or by someone else
+        body = refund_body(reference, order, refund)
+        try:
+            await self._call(
+                "POST", self._url(f"{path}/issue_refund"), f"issueRefund {reference}", body=body
+            )
+        except AuthFailed:
+            raise Rejected(REFUND_SCOPE) from None
+
+    async def deliver(self, reference: str) -> None:
+        """The Sell Fulfillment API has no delivery confirmation: refused."""
+        raise Rejected(NO_DELIVERY)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on eBay now, or None when it is unpaid or eBay has no such order."""
@@ -532,6 +572,14 @@ class _ShipView(_Camel):
     order_fulfillment_status: str | None = None
 
 
+class _RefundView(_Camel):
+    """What getOrder must give to refund."""
+
+    pricing_summary: _Pricing
+    line_items: list[_Line]
+    payment_summary: _PaymentSummary | None = None
+
+
 class _Head(msgspec.Struct, rename="camel"):
     """What can still be learnt from an order that does not decode."""
 
@@ -817,6 +865,50 @@ def _order_fields(
         }
         fields["buyer_tax_address"] = {key: value for key, value in place.items() if value}
     return fields
+
+
+# -- refund helpers -----------------------------------------------------------------------
+
+
+def refund_body(reference: str, order: _RefundView, refund: RefundRequest) -> dict[str, Any]:
+    """issueRefund's body: orderLevelRefundAmount for all of it, refundItems for some lines."""
+    currency = (order.pricing_summary.total.currency or "").strip()
+    if not currency:
+        raise Rejected(f"eBay order {reference} has no currency in pricingSummary.total")
+    body: dict[str, Any] = {"reasonForRefund": REFUND_REASON, "comment": REFUND_COMMENT}
+    if refund.items is None and refund.shipping:
+        body["orderLevelRefundAmount"] = _simple(order.pricing_summary.total.value, currency)
+        return body
+    wanted = dict(refund.items) if refund.items is not None else None
+    items: list[dict[str, Any]] = []
+    for line in order.line_items:
+        sku = (line.sku or "").strip() or (line.legacy_item_id or "").strip()
+        if line.quantity <= 0:
+            continue
+        quantity = line.quantity if wanted is None else min(wanted.get(sku, 0), line.quantity)
+        if quantity <= 0:
+            continue
+        if wanted is not None:
+            wanted[sku] -= quantity
+        cost = line.discounted_line_item_cost or line.line_item_cost
+        amount = cost.value * quantity / line.quantity
+        shipping = line.delivery_cost.shipping_cost if line.delivery_cost else None
+        if refund.shipping and shipping is not None:
+            amount += shipping.value * quantity / line.quantity
+        items.append({"lineItemId": line.line_item_id, "refundAmount": _simple(amount, currency)})
+    if wanted is not None:
+        left = sorted(sku for sku, quantity in wanted.items() if quantity > 0)
+        if left:
+            raise Rejected(f"eBay order {reference} has too few line items with SKU {left}")
+    if not items:
+        raise Rejected(f"eBay order {reference}: nothing to refund")
+    body["refundItems"] = items
+    return body
+
+
+def _simple(amount: Decimal, currency: str) -> dict[str, str]:
+    """A SimpleAmount: the value as a string, to the cent."""
+    return {"value": str(amount.quantize(Decimal("0.01"), ROUND_HALF_UP)), "currency": currency}
 
 
 # -- shipping helpers ---------------------------------------------------------------------

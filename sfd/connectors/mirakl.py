@@ -1,4 +1,5 @@
-"""Mirakl's shop API: list orders (OR11), accept or refuse (OR21), ship (OR23, OR24), cancel (OR29).
+"""Mirakl's shop API: list orders (OR11), accept or refuse (OR21), ship (OR23, OR24), refund (OR28),
+cancel (OR29).
 
 Every operator running Mirakl (Decathlon, Leroy Merlin, Carrefour, La Redoute...) serves the same
 shop API under its own host. Amounts are read as exact decimals, never binary floats.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
@@ -19,6 +20,7 @@ from yarl import URL
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
+    RefundRequest,
     Rejected,
     ShipmentRequest,
     SkippedOrder,
@@ -69,6 +71,13 @@ STATUS_BY_STATE: Final[Mapping[str, OrderStatus]] = {
 PARTIAL_SHIPMENT = (
     "Mirakl ships whole orders (OR24): a partial shipment cannot be sent; ship every line"
 )
+
+NO_DELIVERY: Final = (
+    "Mirakl has no delivery confirmation from the shop; the customer confirms receipt"
+)
+#: Line states in which nothing is left to refund.
+_UNREFUNDABLE_LINE_STATES: Final = frozenset({"REFUSED", "CANCELED", "REFUNDED"})
+_CENT: Final = Decimal("0.01")
 
 # ISO 3166-1 alpha-3 → alpha-2: Mirakl writes alpha-3 codes, the shop API speaks alpha-2.
 _COUNTRY_PAIRS: Final = (
@@ -126,9 +135,12 @@ class MiraklConnector(HttpConnector):
         name: str = "mirakl",
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
+        refund_reason_code: str | None = None,
     ) -> None:
         self.name = name
         self._settings = settings
+        #: The operator's refund reason code sent with OR28; the spec documents no default.
+        self.refund_reason_code = refund_reason_code
         base = settings.base_url.strip().rstrip("/")
         # The operator's "API URL" often ends in /api already; our paths carry it.
         self._base = base.removesuffix("/api")
@@ -204,6 +216,37 @@ class MiraklConnector(HttpConnector):
             if order is not None and order.get("order_state") == "CANCELED":
                 return
             raise
+
+    async def refund(self, reference: str, refund: RefundRequest) -> None:
+        """Refund order lines (OR28), their amounts read from the order (OR11) first.
+
+        `refund.items` names lines by `offer_sku`; what earlier refunds on a line already cover
+        is never refunded again, so a repeat after an unknown outcome refunds nothing twice.
+        """
+        order = await self._read_order(reference, f"OR11 read {reference} before OR28")
+        if order is None:
+            raise Rejected(f"Mirakl has no released order {reference} to refund")
+        if order.get("order_state") == "REFUNDED":
+            return
+        refunds = refund_lines(reference, order, refund, reason_code=self.refund_reason_code)
+        if not refunds:
+            return  # refunded already, by us on an earlier try or by someone else
+        body: dict[str, Any] = {"refunds": refunds}
+        if isinstance(order.get("order_tax_mode"), str):
+            body["order_tax_mode"] = order["order_tax_mode"]
+        try:
+            await self._call("PUT", "/api/orders/refund", f"OR28 refund {reference}", body=body)
+        except Rejected as exc:
+            if self.refund_reason_code is None:
+                raise Rejected(
+                    f"{exc.message} (no reason_code was sent: if the operator requires one, "
+                    "a refund reason code must be configured)"
+                ) from None
+            raise
+
+    async def deliver(self, reference: str) -> None:
+        """Mirakl's customer confirms receipt; the shop cannot: refused."""
+        raise Rejected(NO_DELIVERY)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on Mirakl now, or None if Mirakl has not released it."""
@@ -321,6 +364,107 @@ class MiraklConnector(HttpConnector):
         if answer.status in (401, 403):
             raise AuthFailed(f"Mirakl {op}: HTTP {answer.status}, the API key was refused")
         raise Rejected(self._http.rejection(answer, _error_message(answer.body)))
+
+
+# -- refunds ------------------------------------------------------------------------------
+
+
+def refund_lines(
+    reference: str,
+    order: Mapping[str, Any],
+    refund: RefundRequest,
+    *,
+    reason_code: str | None = None,
+) -> list[dict[str, Any]]:
+    """OR28's `refunds` for one order as OR11 shows it; empty when nothing is left to refund.
+
+    Amounts follow the order's tax mode: the unit price times the quantity, the line's taxes
+    and (when `refund.shipping`) its shipping price and taxes, in proportion to the quantity.
+    """
+    wanted = dict(refund.items) if refund.items is not None else None
+    if wanted is not None:
+        skus = {line.get("offer_sku") for line in _lines(order)}
+        unknown = sorted(sku for sku in wanted if sku not in skus)
+        if unknown:
+            raise Rejected(f"Mirakl order {reference} has no line with offer_sku {unknown}")
+    currency = order.get("currency_iso_code")
+    out: list[dict[str, Any]] = []
+    for line in _lines(order):
+        line_id, sku = line.get("order_line_id"), line.get("offer_sku")
+        ordered = _decimal(line.get("quantity"))
+        if not isinstance(line_id, str) or not line_id or ordered is None or ordered <= 0:
+            raise Rejected(f"Mirakl order {reference} has a line without id or quantity")
+        done = sum(
+            (_decimal(r.get("quantity")) or Decimal(0) for r in _dicts(line.get("refunds"))),
+            Decimal(0),
+        )
+        unrefundable = line.get("order_line_state") in _UNREFUNDABLE_LINE_STATES
+        remaining = Decimal(0) if unrefundable else ordered
+        remaining = max(Decimal(0), remaining - done)
+        if wanted is None:
+            quantity = remaining
+        else:
+            asked = Decimal(wanted.get(sku, 0)) if isinstance(sku, str) else Decimal(0)
+            quantity = min(asked, remaining)
+            if isinstance(sku, str) and sku in wanted:
+                wanted[sku] -= int(quantity)
+        if quantity <= 0:
+            continue
+        share = quantity / ordered
+        unit = _decimal(line.get("price_unit"))
+        if unit is None:
+            unit = (_decimal(line.get("price")) or Decimal(0)) / ordered
+        shipping = _decimal(line.get("shipping_price")) or Decimal(0)
+        entry: dict[str, Any] = {
+            "order_line_id": line_id,
+            "quantity": int(quantity),
+            "amount": _wire(unit * quantity),
+            "shipping_amount": _wire(shipping * share if refund.shipping else Decimal(0)),
+            "taxes": _refund_taxes(line.get("taxes"), share),
+            "shipping_taxes": _refund_taxes(
+                line.get("shipping_taxes"), share if refund.shipping else Decimal(0)
+            ),
+        }
+        if isinstance(currency, str) and currency:
+            entry["currency_iso_code"] = currency
+        if reason_code:
+            entry["reason_code"] = reason_code
+        out.append(entry)
+    if wanted is not None and out:
+        short = sorted(sku for sku, left in wanted.items() if left > 0)
+        if short:
+            raise Rejected(
+                f"Mirakl order {reference}: more of {short} asked for than is left to refund"
+            )
+    return out
+
+
+def _lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return _dicts(order.get("order_lines"))
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | float):
+        return None
+    number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    return number if number.is_finite() else None
+
+
+def _refund_taxes(taxes: Any, share: Decimal) -> list[dict[str, Any]]:
+    return [
+        {"code": tax["code"], "amount": _wire((_decimal(tax.get("amount")) or Decimal(0)) * share)}
+        for tax in _dicts(taxes)
+        if isinstance(tax.get("code"), str)
+    ]
+
+
+def _wire(amount: Decimal) -> float:
+    """An amount rounded to the cent, as a JSON number (the HTTP client writes floats)."""
+    return float(amount.quantize(_CENT, ROUND_HALF_UP))
 
 
 # -- reading orders -----------------------------------------------------------------------

@@ -22,7 +22,9 @@ def open_marketplace(
     if connector == "mirakl" and isinstance(settings, MiraklSettings):
         from sfd.connectors.mirakl import MiraklConnector
 
-        return MiraklConnector(settings, name=channel)
+        return MiraklConnector(
+            settings, name=channel, refund_reason_code=settings.refund_reason_code
+        )
     if connector == "amazon" and isinstance(settings, AmazonSettings):
         from sfd.connectors.amazon import AmazonConnector
 

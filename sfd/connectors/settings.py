@@ -24,6 +24,8 @@ class MiraklSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True
     base_url: str
     api_key: str
     shop_id: str | None = None
+    refund_reason_code: str | None = None
+    """The operator's refund reason code (OR28); most operators require one for refunds."""
 
 
 class AmazonSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):

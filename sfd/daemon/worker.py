@@ -23,6 +23,7 @@ from sfd.connectors.base import (
     ConnectorError,
     MarketplaceConnector,
     RateLimited,
+    RefundRequest,
     Rejected,
     ShipmentRequest,
 )
@@ -278,6 +279,18 @@ class OperationsWorker(Loop):
                     items={claim.item_references[item]: qty for item, qty in lines} or None,
                 ),
             )
+        elif claim.kind == K.REFUND:
+            p = claim.payload
+            # Merchant SKUs, as the refund was requested: each connector matches its own lines.
+            items: dict[str, int] = {}
+            for sku, qty in p.get("products") or []:
+                items[str(sku)] = items.get(str(sku), 0) + int(qty)
+            await connector.refund(
+                reference,
+                RefundRequest(shipping=bool(p.get("shipping", True)), items=items or None),
+            )
+        elif claim.kind == K.DELIVER:
+            await connector.deliver(reference)
         else:
             raise Rejected(f"the {connector.name} connector cannot {claim.kind.value} orders yet")
 

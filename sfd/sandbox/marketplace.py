@@ -1,9 +1,9 @@
 """A sandbox marketplace speaking the Mirakl shop API's order subset, state kept in memory.
 
-It serves OR11 (list orders), OR21 (accept or refuse), OR23 (tracking), OR24 (ship), OR29 (cancel)
-and SH21 (carriers) with Mirakl's paths and field names, so `MiraklConnector` can talk to it
-unchanged. Orders are kept sorted by last update, so a page costs the same at order 100,000 as
-at order 1.
+It serves OR11 (list orders), OR21 (accept or refuse), OR23 (tracking), OR24 (ship), OR28
+(refund), OR29 (cancel) and SH21 (carriers) with Mirakl's paths and field names, so
+`MiraklConnector` can talk to it unchanged. Orders are kept sorted by last update, so a page
+costs the same at order 100,000 as at order 1.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ _ADDRESSES_HIDDEN: Final = frozenset(
     {"STAGING", "WAITING_ACCEPTANCE", "WAITING_DEBIT", "WAITING_DEBIT_PAYMENT", "REFUSED"}
 )
 _FINAL_STATES: Final = frozenset({"REFUSED", "CANCELED", "CLOSED", "REFUNDED"})
+#: Line states in which OR28 may refund: the customer has been debited.
+_REFUNDABLE_STATES: Final = frozenset({"SHIPPING", "SHIPPED", "TO_COLLECT", "RECEIVED", "CLOSED"})
 _CENT: Final = Decimal("0.01")
 _ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
 
@@ -168,7 +170,7 @@ class RecordedCall:
     body: Any
     at: datetime
     operation: str | None = None
-    """OR11, OR21, OR23, OR24, OR29 or SH21; None for a path the sandbox does not serve."""
+    """OR11, OR21, OR23, OR24, OR28, OR29 or SH21; None for a path the sandbox does not serve."""
     order_id: str | None = None
     status: int | None = None
     responded: bool = False
@@ -371,6 +373,7 @@ class SandboxMarketplace:
         app.router.add_put("/api/orders/{order_id}/accept", self._accept, name="OR21")
         app.router.add_put("/api/orders/{order_id}/tracking", self._tracking, name="OR23")
         app.router.add_put("/api/orders/{order_id}/ship", self._ship, name="OR24")
+        app.router.add_put("/api/orders/refund", self._refund, name="OR28")
         app.router.add_put("/api/orders/{order_id}/cancel", self._cancel, name="OR29")
         app.router.add_get("/api/shipping/carriers", self._list_carriers, name="SH21")
         return app
@@ -582,6 +585,66 @@ class SandboxMarketplace:
             )
         self._set_state(record, "CANCELED", self._now())
         return web.Response(status=204)
+
+    async def _refund(self, request: web.Request) -> web.Response:
+        """OR28: refund order lines. A line whose quantity is all refunded becomes REFUNDED, and
+        the order too once every line is refunded, refused or cancelled."""
+        body = await _body(request)
+        asked = body.get("refunds") if isinstance(body, dict) else None
+        if not isinstance(asked, list) or not asked:
+            return _error(400, "refunds is required")
+        lines: dict[str, tuple[_Record, dict[str, Any]]] = {}
+        for refund in asked:
+            # The sandbox names its lines "<order id>-<index>".
+            order_id = _line_id(refund).rpartition("-")[0]
+            record = self._orders.get(order_id)
+            if record is not None:
+                for line in self._hold(record)["order_lines"]:
+                    lines[line["order_line_id"]] = (record, line)
+        for refund in asked:
+            if not isinstance(refund, dict) or refund.get("order_line_id") not in lines:
+                return _error(400, f"Unknown order line {_line_id(refund)}")
+            amount, shipping = refund.get("amount"), refund.get("shipping_amount", 0)
+            if not all(
+                isinstance(a, int | float) and not isinstance(a, bool) and a >= 0
+                for a in (amount, shipping)
+            ):
+                return _error(400, "amount and shipping_amount must be positive numbers")
+            record, line = lines[refund["order_line_id"]]
+            if line["order_line_state"] not in _REFUNDABLE_STATES:
+                return _error(
+                    400,
+                    f"The order line {line['order_line_id']} cannot be refunded "
+                    f"(current state: {line['order_line_state']})",
+                )
+        now = self._now()
+        created: list[dict[str, Any]] = []
+        touched: dict[str, _Record] = {}
+        for refund in asked:
+            record, line = lines[refund["order_line_id"]]
+            self._sequence += 1
+            entry = {
+                "id": f"R{self._sequence}",
+                "amount": refund["amount"],
+                "shipping_amount": refund.get("shipping_amount", 0),
+                "quantity": int(refund.get("quantity") or 0),
+                "reason_code": refund.get("reason_code"),
+                "refund_state": "REFUNDED",
+                "created_date": mirakl_time(now),
+                "transaction_date": mirakl_time(now),
+            }
+            line.setdefault("refunds", []).append(entry)
+            if sum(r["quantity"] for r in line["refunds"]) >= line["quantity"]:
+                line["order_line_state"] = "REFUNDED"
+            created.append({"order_line_id": line["order_line_id"], "refund_id": entry["id"]})
+            touched[record.order_id] = record
+        for record in touched.values():
+            data = self._hold(record)
+            if all(line["order_line_state"] in _FINAL_STATES for line in data["order_lines"]):
+                data["order_state"] = "REFUNDED"
+                data["can_cancel"] = data["can_shop_ship"] = False
+            self._touch(record, now)
+        return _json({"refunds": created})
 
     async def _list_carriers(self, request: web.Request) -> web.Response:
         return _json({"carriers": self.carriers})
@@ -883,6 +946,10 @@ def _json(payload: Any, status: int = 200) -> web.Response:
 def _error(status: int, message: str) -> web.Response:
     """An error the way Mirakl writes one."""
     return _json({"status": status, "message": message}, status)
+
+
+def _line_id(refund: Any) -> str:
+    return str(refund.get("order_line_id")) if isinstance(refund, dict) else repr(refund)
 
 
 def _not_found(request: web.Request) -> web.Response:

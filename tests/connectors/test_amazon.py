@@ -26,6 +26,7 @@ from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
     RateLimited,
+    RefundRequest,
     Rejected,
     ShipmentRequest,
     Transient,
@@ -1159,6 +1160,17 @@ async def test_cancel_is_rejected_pointing_to_seller_central(
 ) -> None:
     with pytest.raises(Rejected, match="Seller Central"):
         await connector.cancel(ORDER_ID)
+
+    assert sent(http) == []
+
+
+async def test_refund_and_deliver_are_rejected_without_a_call(
+    http: aioresponses, connector: AmazonConnector
+) -> None:
+    with pytest.raises(Rejected, match="Orders v0 has no refund call"):
+        await connector.refund(ORDER_ID, RefundRequest())
+    with pytest.raises(Rejected, match="no delivery confirmation"):
+        await connector.deliver(ORDER_ID)
 
     assert sent(http) == []
 

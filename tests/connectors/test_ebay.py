@@ -20,6 +20,7 @@ from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
     RateLimited,
+    RefundRequest,
     Rejected,
     ShipmentRequest,
     Transient,
@@ -842,6 +843,81 @@ async def test_accept_refuse_and_cancel_are_refused_without_a_call(
         await connector.cancel(ORDER_ID)
 
     assert "Post-Order API" in caught.value.message
+    assert sent(http) == []
+
+
+# -- refund (issueRefund) and delivery --------------------------------------------------------
+
+ISSUE_REFUND = order_url(tail="/issue_refund")
+
+
+async def test_a_full_refund_issues_the_order_total_at_order_level(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    grant(http)
+    http.get(order_url(), payload=ebay_order(fulfillment="FULFILLED"))
+    http.post(ISSUE_REFUND, payload={"refundId": "5R1", "refundStatus": "PENDING"})
+
+    await connector.refund(ORDER_ID, RefundRequest())
+
+    [(_, url, kwargs)] = [c for c in sent(http, "POST") if c[1].path.endswith("/issue_refund")]
+    assert url.path == f"/sell/fulfillment/v1/order/{ORDER_ID}/issue_refund"
+    assert kwargs["headers"]["Authorization"] == f"Bearer {ACCESS}"
+    assert kwargs["json"] == {
+        "reasonForRefund": "OTHER",
+        "comment": "Refund issued by the seller",
+        "orderLevelRefundAmount": eur("77.46"),
+    }
+
+
+async def test_a_partial_refund_names_the_line_items_of_the_skus(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    grant(http)
+    http.get(order_url(), payload=ebay_order(fulfillment="FULFILLED"))
+    http.post(ISSUE_REFUND, payload={"refundId": "5R1"})
+
+    await connector.refund(
+        ORDER_ID, RefundRequest(shipping=False, items={"TASSE-BLAU-300": 1, "256087654321": 1})
+    )
+
+    [(_, _, kwargs)] = [c for c in sent(http, "POST") if c[1].path.endswith("/issue_refund")]
+    assert kwargs["json"]["refundItems"] == [
+        {"lineItemId": "10012345678901", "refundAmount": eur("19.99")},
+        {"lineItemId": "10012345678902", "refundAmount": eur("12.50")},
+    ]
+    assert "orderLevelRefundAmount" not in kwargs["json"]
+
+
+async def test_an_order_ebay_shows_refunded_is_not_refunded_again(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    grant(http)
+    order = ebay_order(fulfillment="FULFILLED")
+    order["paymentSummary"]["refunds"] = [{"refundId": "5R1", "refundStatus": "PENDING"}]
+    http.get(order_url(), payload=order)
+
+    await connector.refund(ORDER_ID, RefundRequest())
+
+    assert not [c for c in sent(http, "POST") if c[1].path.endswith("/issue_refund")]
+
+
+async def test_a_refund_without_the_finances_scope_is_rejected_not_an_auth_failure(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    grant(http)
+    http.get(order_url(), payload=ebay_order(fulfillment="FULFILLED"))
+    http.post(ISSUE_REFUND, status=403, payload={"errors": [{"message": "Insufficient scope"}]})
+
+    with pytest.raises(Rejected, match=r"sell\.finances"):
+        await connector.refund(ORDER_ID, RefundRequest())
+
+
+async def test_deliver_is_refused_without_a_call(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    with pytest.raises(Rejected, match="no delivery confirmation"):
+        await connector.deliver(ORDER_ID)
     assert sent(http) == []
 
 

@@ -19,6 +19,7 @@ from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
     RateLimited,
+    RefundRequest,
     Rejected,
     ShipmentRequest,
     Transient,
@@ -710,6 +711,106 @@ async def test_cancelling_an_order_cancelled_already_succeeds(
     http.get(ORDERS, body=listing(mirakl_order(state="CANCELED")))
 
     await connector.cancel("7001-A")
+
+
+# -- refunds (OR28) and deliveries ---------------------------------------------------------------
+
+REFUND = re.compile(r"^https://mirakl\.test/api/orders/refund(\?.*)?$")
+
+
+async def test_a_full_refund_puts_every_line_with_its_amounts_to_or28(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED", order_tax_mode="TAX_INCLUDED")))
+    http.put(REFUND, payload={"refunds": [{"order_line_id": "7001-A-1", "refund_id": "R1"}]})
+
+    await connector.refund("7001-A", RefundRequest(shipping=True))
+
+    [(_, url, kwargs)] = sent(http, "PUT")
+    assert url.path == "/api/orders/refund"
+    assert url.query["shop_id"] == "42"
+    assert kwargs["json"] == {
+        "order_tax_mode": "TAX_INCLUDED",
+        "refunds": [
+            {
+                "order_line_id": "7001-A-1",
+                "quantity": 2,
+                "amount": 39.98,
+                "shipping_amount": 4.9,
+                "taxes": [{"code": "TVA", "amount": 6.66}],
+                "shipping_taxes": [{"code": "TVA", "amount": 0.82}],
+                "currency_iso_code": "EUR",
+            }
+        ],
+    }
+
+
+async def test_a_partial_refund_by_sku_without_shipping_refunds_that_share(
+    http: aioresponses,
+) -> None:
+    mirakl = MiraklConnector(
+        MiraklSettings(base_url=BASE, api_key=KEY), refund_reason_code="REFUND-15"
+    )
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
+    http.put(REFUND, payload={"refunds": []})
+    try:
+        await mirakl.refund("7001-A", RefundRequest(shipping=False, items={"SKU-0001": 1}))
+    finally:
+        await mirakl.aclose()
+
+    [(_, _, kwargs)] = sent(http, "PUT")
+    assert kwargs["json"]["refunds"] == [
+        {
+            "order_line_id": "7001-A-1",
+            "quantity": 1,
+            "amount": 19.99,
+            "shipping_amount": 0.0,
+            "taxes": [{"code": "TVA", "amount": 3.33}],
+            "shipping_taxes": [{"code": "TVA", "amount": 0.0}],
+            "currency_iso_code": "EUR",
+            "reason_code": "REFUND-15",
+        }
+    ]
+
+
+async def test_a_line_refunded_already_is_not_refunded_again(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    order = mirakl_order(state="SHIPPED")
+    order["order_lines"][0]["refunds"] = [{"id": "R1", "quantity": 2, "amount": 39.98}]
+    http.get(ORDERS, body=listing(order))
+
+    await connector.refund("7001-A", RefundRequest())
+
+    assert sent(http, "PUT") == []
+
+
+async def test_a_refund_of_an_sku_not_on_the_order_is_rejected_without_or28(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
+
+    with pytest.raises(Rejected, match="SKU-9999"):
+        await connector.refund("7001-A", RefundRequest(items={"SKU-9999": 1}))
+    assert sent(http, "PUT") == []
+
+
+async def test_a_refused_refund_without_reason_code_says_one_may_be_needed(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
+    http.put(REFUND, status=400, payload={"message": "reason_code is required"})
+
+    with pytest.raises(Rejected, match=r"reason_code is required.*must be configured"):
+        await connector.refund("7001-A", RefundRequest())
+
+
+async def test_deliver_is_rejected_without_any_call(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    with pytest.raises(Rejected, match="customer confirms receipt"):
+        await connector.deliver("7001-A")
+    assert sent(http) == []
 
 
 @pytest.mark.parametrize(
