@@ -227,11 +227,6 @@ class Database:
             raise
         await self._writer.commit()
 
-    async def integrity_check(self) -> list[str]:
-        """`PRAGMA integrity_check`: ['ok'] when the file is sound."""
-        rows = await self.fetchall("PRAGMA integrity_check")
-        return [str(row[0]) for row in rows]
-
 
 class Reader:
     """Queries on one connection."""

@@ -633,15 +633,6 @@ class OrderStore:
             params.append(to_iso(query.created_until))
         return " AND ".join(clauses), params
 
-    async def counts_by_status(self, channel_id: int | None = None) -> dict[str, int]:
-        """How many orders sit in each status, for one channel or all."""
-        rows = await self.db.fetchall(
-            "SELECT status, count(*) AS n FROM orders WHERE (? IS NULL OR channel_id = ?) "
-            "GROUP BY status",
-            (channel_id, channel_id),
-        )
-        return {row["status"]: row["n"] for row in rows}
-
 
 async def load_orders(
     reader: Reader, rows: Sequence[Any], *, events: bool = False
