@@ -9,7 +9,7 @@ from typing import NamedTuple
 import msgspec
 
 from sfd.clock import from_iso, to_iso
-from sfd.storage.db import Database
+from sfd.storage.db import Database, Writer
 
 
 class ChannelSpec(NamedTuple):
@@ -43,6 +43,14 @@ class ChannelState(msgspec.Struct, kw_only=True, frozen=True):
 
 def _time(value: str | None) -> datetime | None:
     return from_iso(value) if value else None
+
+
+async def move_cursor(tx: Writer, channel_id: int, cursor: datetime, now: datetime) -> None:
+    """Move a channel's import cursor inside the caller's transaction."""
+    await tx.execute(
+        "UPDATE channels SET cursor = ?, updated_at = ? WHERE id = ?",
+        (to_iso(cursor), to_iso(now), channel_id),
+    )
 
 
 class ChannelStore:
@@ -140,10 +148,7 @@ class ChannelStore:
     async def set_cursor(self, channel_id: int, cursor: datetime, now: datetime) -> None:
         """Move the channel's import cursor."""
         async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE channels SET cursor = ?, updated_at = ? WHERE id = ?",
-                (to_iso(cursor), to_iso(now), channel_id),
-            )
+            await move_cursor(tx, channel_id, cursor, now)
 
     async def record_poll_started(self, channel_id: int, now: datetime) -> None:
         """A poll begins."""

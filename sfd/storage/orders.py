@@ -26,6 +26,7 @@ from sfd.domain import (
     check_transition,
 )
 from sfd.rules import CONFIRMED_BY
+from sfd.storage.channels import move_cursor
 from sfd.storage.db import Database, Reader, StorageError, Writer
 
 OFFER_WINDOW = timedelta(days=7)
@@ -202,10 +203,8 @@ class OrderStore:
                     await self._update(tx, existing[reference], order, now, result)
             await self.refresh_documents(tx, result.touched)
             if cursor is not None:
-                await tx.execute(
-                    "UPDATE channels SET cursor = ?, updated_at = ? WHERE id = ?",
-                    (to_iso(cursor), to_iso(now), channel_id),
-                )
+                # The cursor moves in the page's own transaction: never past an unsaved order.
+                await move_cursor(tx, channel_id, cursor, now)
         return result
 
     @staticmethod
