@@ -10,9 +10,11 @@ shows, unless a poll saw it first.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -31,9 +33,10 @@ from sfd.daemon.loops import Loop
 from sfd.daemon.metrics import Metrics
 from sfd.domain import OperationKind
 from sfd.logs import get_logger
-from sfd.storage import Claim, Storage
+from sfd.storage import Claim, Storage, StorageUnavailable
 
 K = OperationKind
+T = TypeVar("T")
 #: Operations from other processes (the CLI) are found at least this often.
 POLL = 2.0
 LEASE = timedelta(minutes=5)
@@ -42,6 +45,8 @@ STOP_GRACE = 5.0
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 900.0
 AUTH_WAIT = 300.0
+#: While the disk cannot take a marketplace's answer, it is kept and written again this often.
+SAVE_RETRY = 1.0
 
 
 def backoff(attempts: int, retry_after: float | None = None) -> float:
@@ -105,6 +110,9 @@ class OperationsWorker(Loop):
     async def tick(self) -> float | None:
         if self._stopping:
             return POLL
+        if self.storage.db.condition is not None:
+            # No new claims while answers could not be written; calls under way carry on.
+            raise StorageUnavailable(self.storage.db.condition)
         now = self.clock()
         paused = [c for c, until in self._paused.items() if until > now]
         room = self.concurrency * max(1, len(self.connectors)) - len(self._inflight)
@@ -121,6 +129,9 @@ class OperationsWorker(Loop):
             if c.operation_id not in self._confirming
         ]
         for claim in claims:
+            if claim.operation_id in self._inflight:
+                # Its answer is still waiting for the disk (a lease ran out meanwhile).
+                continue
             self._inflight.add(claim.operation_id)
             self._group.start_soon(self._deliver, claim, name=f"operation {claim.operation_id}")
         for claim in confirmations:
@@ -141,13 +152,38 @@ class OperationsWorker(Loop):
             return POLL
         return min(POLL, max(0.05, (min(wake_at) - self.clock()).total_seconds()))
 
+    async def _save(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Write a marketplace's answer, waiting out a disk that cannot take it.
+
+        The answer lives only in memory until written; dropping it would call the marketplace
+        again. Only a stop gives up, and the lease then brings the operation back at start.
+        """
+        while True:
+            try:
+                return await write()
+            except StorageUnavailable:
+                if self._stopping:
+                    raise
+                await anyio.sleep(SAVE_RETRY)
+
     async def _deliver(self, claim: Claim) -> None:
         try:
             await self._deliver_one(claim)
+        except StorageUnavailable as exc:
+            # Stopping with the answer unwritten: the claim stays leased, and the next start
+            # (or the lease's end) makes the operation due again. Nothing is lost.
+            self.log.warning(
+                "operation_outcome_unsaved",
+                channel=claim.channel,
+                order=claim.order_reference,
+                operation=claim.operation_id,
+                reason=str(exc),
+            )
         except anyio.get_cancelled_exc_class():
             if claim.operation_id not in self._called:
-                # Stopped before calling the marketplace: give the claim back at once.
-                with anyio.CancelScope(shield=True):
+                # Stopped before calling the marketplace: give the claim back at once. A disk
+                # that refuses it leaves the lease to do the same at the next start.
+                with anyio.CancelScope(shield=True), contextlib.suppress(StorageUnavailable):
                     await self.storage.queue.release([claim], self.clock())
             raise
         finally:
@@ -179,19 +215,21 @@ class OperationsWorker(Loop):
                 try:
                     await self._call(connector, claim)
                 except Rejected as exc:
-                    await self.storage.queue.failed(claim, self.clock(), exc.message)
+                    message = exc.message
+                    await self._save(
+                        lambda: self.storage.queue.failed(claim, self.clock(), message)
+                    )
                     self.metrics.operation_outcome(claim.kind, "failed")
                     log.warning("operation_failed", reason=exc.message, attempts=claim.attempts)
                     return
                 except AuthFailed as exc:
                     wait = timedelta(seconds=AUTH_WAIT)
                     self._paused[claim.channel_id] = self.clock() + wait
-                    await self.storage.queue.retry(
-                        claim,
-                        self.clock(),
-                        self.clock() + wait,
-                        f"AuthFailed: {exc}",
-                        spend_attempt=False,
+                    reason = f"AuthFailed: {exc}"
+                    await self._save(
+                        lambda: self.storage.queue.retry(
+                            claim, self.clock(), self.clock() + wait, reason, spend_attempt=False
+                        )
                     )
                     self.metrics.operation_outcome(claim.kind, "waiting_credentials")
                     log.warning("operation_waiting_for_credentials", reason=str(exc))
@@ -204,14 +242,22 @@ class OperationsWorker(Loop):
             if call.cancelled_caught:
                 # Stopped mid-call: whether the marketplace took it is unknown. The operation
                 # is due again at the next start; connectors treat "already done" as done.
-                await self.storage.queue.retry(
-                    claim, self.clock(), self.clock(), "interrupted by a stop", spend_attempt=False
+                await self._save(
+                    lambda: self.storage.queue.retry(
+                        claim,
+                        self.clock(),
+                        self.clock(),
+                        "interrupted by a stop",
+                        spend_attempt=False,
+                    )
                 )
                 log.info("operation_interrupted")
                 return
             now = self.clock()
-            confirmed = await self.storage.queue.delivered(
-                claim, now, now + timedelta(seconds=self.confirm_delay)
+            confirmed = await self._save(
+                lambda: self.storage.queue.delivered(
+                    claim, now, now + timedelta(seconds=self.confirm_delay)
+                )
             )
             self.metrics.operation_delivered(claim.kind, (now - claim.created_at).total_seconds())
             log.info(
@@ -236,7 +282,9 @@ class OperationsWorker(Loop):
         delay = backoff(claim.attempts, retry_after)
         if retry_after:
             self._paused[claim.channel_id] = now + timedelta(seconds=retry_after)
-        await self.storage.queue.retry(claim, now, now + timedelta(seconds=delay), reason)
+        await self._save(
+            lambda: self.storage.queue.retry(claim, now, now + timedelta(seconds=delay), reason)
+        )
         self.metrics.operation_outcome(claim.kind, "retried")
         self.log.info(
             "operation_retry",
@@ -249,7 +297,7 @@ class OperationsWorker(Loop):
         )
 
     async def _give_up(self, claim: Claim, reason: str) -> None:
-        await self.storage.queue.failed(claim, self.clock(), reason)
+        await self._save(lambda: self.storage.queue.failed(claim, self.clock(), reason))
         self.metrics.operation_outcome(claim.kind, "failed")
         self.log.warning(
             "operation_failed",
@@ -297,6 +345,8 @@ class OperationsWorker(Loop):
     async def _confirm(self, claim: Claim) -> None:
         try:
             await self._confirm_one(claim)
+        except StorageUnavailable:
+            pass  # the check stays due and is made again once the disk takes writes
         finally:
             self._confirming.discard(claim.operation_id)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import shutil
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from sfd.clock import to_iso, utcnow
 BUSY_TIMEOUT_MS = 10_000
 CACHE_KIB = 32 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
+#: After a full disk, writes resume once this much is free again (a WAL's worth and more).
+MIN_FREE_BYTES = 8 * 1024 * 1024
 
 
 class StorageError(Exception):
@@ -29,6 +33,46 @@ class StorageError(Exception):
 
 class DatabaseLocked(StorageError):
     """Another `sfd run` already writes to this database."""
+
+
+@dataclass(frozen=True)
+class StorageCondition:
+    """Why the database cannot take writes at the moment: disk_full, read_only or io_error."""
+
+    kind: str
+    reason: str
+    since: datetime
+
+
+class StorageUnavailable(StorageError):
+    """A write failed because the disk is full, read-only or failing; nothing of it was kept.
+
+    The condition is the storage's, not the caller's: retry once the disk is fixed.
+    """
+
+    def __init__(self, condition: StorageCondition) -> None:
+        super().__init__(condition.reason)
+        self.condition = condition
+
+
+# SQLite's primary result codes that mean "the disk, not the statement": full, read-only, I/O.
+_UNAVAILABLE = {
+    sqlite3.SQLITE_FULL: ("disk_full", "the disk is full"),
+    sqlite3.SQLITE_READONLY: ("read_only", "the database or its directory is read-only"),
+    sqlite3.SQLITE_IOERR: ("io_error", "the disk reports an I/O error"),
+    sqlite3.SQLITE_CANTOPEN: ("io_error", "a database file cannot be opened"),
+}
+
+
+def classify(exc: sqlite3.Error, path: Path, now: datetime) -> StorageCondition | None:
+    """The storage condition an SQLite error means, or None if it is about the statement."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or (code & 0xFF) not in _UNAVAILABLE:
+        return None
+    kind, what = _UNAVAILABLE[code & 0xFF]
+    return StorageCondition(
+        kind, f"database {path} cannot be written: {what} ({exc}); nothing was changed", now
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +105,20 @@ def _is_sqlite_file(path: Path) -> bool:
     return header in (b"", b"SQLite format 3\x00")
 
 
+def _header_version(path: Path) -> int:
+    """`user_version` as the file's header holds it (bytes 60-63), read without SQLite."""
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    return int.from_bytes(header[60:64], "big") if len(header) == 100 else 0
+
+
+def _newer(path: Path, version: int, known: int) -> StorageError:
+    return StorageError(
+        f"database {path} has schema version {version}, newer than this sfd knows "
+        f"({known}); it was left as is; upgrade sfd or restore a backup made for this version"
+    )
+
+
 class Database:
     """The SQLite file: one writer connection behind a lock, and a pool of readers."""
 
@@ -75,6 +133,12 @@ class Database:
         for reader in readers:
             self._readers.put_nowait(reader)
         self._run_lock: int | None = None
+        self.condition: StorageCondition | None = None
+        """Set when a write fails for a storage reason; only `probe` clears it."""
+        self.on_condition: Callable[[StorageCondition | None, StorageCondition | None], None] = (
+            lambda _now, _before: None
+        )
+        """Called with (new, old) each time `condition` changes."""
 
     @classmethod
     async def open(
@@ -95,6 +159,10 @@ class Database:
                 raise StorageError(f"database {db_path} cannot be read: {exc.strerror}") from None
             if not sqlite_file:
                 raise StorageError(f"database {db_path} is not an SQLite file; it was left as is")
+            # Refused before any connection: opening one would switch the file to WAL.
+            version, known = _header_version(db_path), len(load_migrations())
+            if version > known:
+                raise _newer(db_path, version, known)
         elif not os.access(db_path.parent, os.W_OK):
             raise StorageError(f"database directory {db_path.parent} is not writable")
         writer = await _connect(db_path)
@@ -109,7 +177,8 @@ class Database:
             else:
                 await db.check_version()
         except BaseException:
-            for connection in opened:
+            # The writer last: closing the last connection removes the -wal and -shm files.
+            for connection in reversed(opened):
                 await connection.close()
             raise
         return db
@@ -126,7 +195,13 @@ class Database:
     def claim_runner(self) -> None:
         """Take the file's run lock, so only one `sfd run` writes to it at a time."""
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(
+                f"run lock {lock_path} cannot be opened: {exc.strerror}; "
+                "the database's directory must be writable"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -142,16 +217,66 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Writer]:
-        """A write transaction. It is shielded: once begun, cancellation lets it finish."""
+        """A write transaction. It is shielded: once begun, cancellation lets it finish.
+
+        A disk that is full, read-only or failing raises StorageUnavailable, with the whole
+        transaction rolled back, and sets `condition` until `probe` finds the disk back.
+        """
         with anyio.CancelScope(shield=True):
             async with self._write_lock:
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
-                    yield Writer(self._writer)
-                except BaseException:
-                    await self._writer.rollback()
-                    raise
-                await self._writer.commit()
+                    await self._rollback()
+                    await self._writer.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield Writer(self._writer)
+                        await self._writer.commit()
+                    except BaseException:
+                        await self._rollback()
+                        raise
+                except sqlite3.Error as exc:
+                    condition = classify(exc, self.path, utcnow())
+                    if condition is None:
+                        raise
+                    if self.condition is None or self.condition.kind != condition.kind:
+                        self._set_condition(condition)
+                    raise StorageUnavailable(condition) from exc
+
+    def _set_condition(self, condition: StorageCondition | None) -> None:
+        before, self.condition = self.condition, condition
+        self.on_condition(condition, before)
+
+    async def _rollback(self) -> None:
+        # SQLite rolls back on its own after some disk errors; a failed COMMIT may leave the
+        # transaction open. Either way the next BEGIN must find none.
+        if self._writer.in_transaction:
+            await self._writer.rollback()
+
+    async def probe(self) -> bool:
+        """Whether writes fit again; if so, clear `condition`.
+
+        A one-row write must land, and after a full disk there must be room again: a nearly
+        full disk takes small writes and refuses the next import, and would flap.
+        """
+        try:
+            async with self.write() as tx:
+                await tx.execute(
+                    "UPDATE schema_migrations SET applied_at = applied_at "
+                    "WHERE version = (SELECT max(version) FROM schema_migrations)"
+                )
+                row = await tx.fetchone(
+                    "SELECT page_size, max_page_count - page_count "
+                    "FROM pragma_page_size(), pragma_page_count(), pragma_max_page_count()"
+                )
+        except StorageUnavailable:
+            return False
+        if self.condition is not None and self.condition.kind == "disk_full":
+            free = shutil.disk_usage(self.path.parent).free
+            pages_left = row[1] * row[0] if row else 0
+            if min(free, pages_left) < MIN_FREE_BYTES:
+                return False
+        if self.condition is not None:
+            self._set_condition(None)
+        return True
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Reader]:
@@ -182,10 +307,7 @@ class Database:
         known = len(load_migrations())
         version = await self.schema_version()
         if version > known:
-            raise StorageError(
-                f"database {self.path} has schema version {version}, newer than this sfd "
-                f"knows ({known}); upgrade sfd or restore a backup made for this version"
-            )
+            raise _newer(self.path, version, known)
         if version < known:
             raise StorageError(
                 f"database {self.path} has schema version {version}, this sfd needs {known}; "
@@ -202,7 +324,13 @@ class Database:
                 await self.check_version()
             for migration in migrations[version:]:
                 with anyio.CancelScope(shield=True):
-                    await self._apply(migration)
+                    try:
+                        await self._apply(migration)
+                    except sqlite3.Error as exc:
+                        raise StorageError(
+                            f"database {self.path}: migration {migration.version} "
+                            f"({migration.name}) failed and was rolled back: {exc}"
+                        ) from None
                 applied.append(migration)
         return applied
 
@@ -315,8 +443,15 @@ async def _connect(path: Path, read_only: bool = False) -> aiosqlite.Connection:
 
 
 async def _check_writable(path: Path, connection: aiosqlite.Connection) -> None:
+    # SQLite opens a file it cannot write read-only, and a WAL file then even takes BEGIN
+    # IMMEDIATE; only a page write, rolled back before it reaches the disk, tells.
     try:
         await connection.execute("BEGIN IMMEDIATE")
-        await connection.execute("ROLLBACK")
+        try:
+            row = await _fetchone(connection, "PRAGMA user_version")
+            await connection.execute(f"PRAGMA user_version = {int(row[0]) if row else 0:d}")
+        finally:
+            if connection.in_transaction:
+                await connection.execute("ROLLBACK")
     except sqlite3.OperationalError as exc:
         raise StorageError(f"database {path} cannot be written: {exc}") from None
