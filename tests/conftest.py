@@ -55,3 +55,10 @@ def sfd_processes() -> Iterator[Callable[..., SfdProcess]]:
         if process.proc.poll() is None:
             process.kill()
         process.notify.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the reliability figures the fault, hostile-input and crash tests recorded."""
+    from tests.faults import reliability
+
+    reliability.write()

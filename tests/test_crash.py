@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from tests.faults.reliability import record
 from tests.support import SfdProcess, write_config
 
 API_KEY = "sandbox-key-crash"
@@ -90,5 +91,13 @@ async def test_sigkill_during_an_import_burst_loses_nothing(
         events = db.execute(
             "SELECT count(*), count(DISTINCT order_id) FROM order_events WHERE kind = 'imported'"
         ).fetchone()
+    record(
+        "crash",
+        "SIGKILL during an import burst",
+        tries=kills,
+        lost=len(expected - stored),
+        duplicated=events[0] - events[1],
+        test="tests/test_crash.py",
+    )
     assert stored == expected
     assert events == (len(expected), len(expected)), "an order was imported twice"

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from sfd.sandbox.marketplace import RecordedCall, run_sandbox
+from tests.faults.reliability import record
 from tests.support import SfdProcess, run_cli, write_config
 from tests.test_worker import SlowSandbox
 
@@ -187,6 +188,15 @@ async def test_sigkill_while_operations_are_delivered_loses_none_and_sends_none_
     }
 
     calls = marketplace.calls
+    took = Counter(c.order_id for c in calls if c.operation in ("OR21", "OR24") and c.status == 204)
+    record(
+        "crash",
+        "SIGKILL while operations are delivered",
+        tries=kills,
+        lost=len(set(references) - {r["reference"] for r in operations if r["state"] == "succeed"}),
+        duplicated=sum(n - 1 for n in took.values() if n > 1),
+        test="tests/test_worker_crash.py",
+    )
     assert unexplained_repeats(calls, interrupted, "OR24") == {}
     assert unexplained_repeats(calls, interrupted, "OR21") == {}
     for reference in references:

@@ -165,6 +165,12 @@ class EbayConnector(HttpConnector):
             op = f"getOrders (offset {offset})"
             answer = await self._call("GET", self.orders_url(start, offset), op)
             listing = self._http.decode(answer.body, _Listing, op)
+            if len(listing.orders) > PAGE_SIZE:
+                # Like an answer of the wrong shape: the cursor holds until eBay pages again.
+                raise Transient(
+                    f"eBay {op}: {len(listing.orders)} orders in a page where at most "
+                    f"{PAGE_SIZE} were asked for; page refused"
+                )
             page = OrderPage(orders=[])
             for index, raw in enumerate(listing.orders, start=offset):
                 read_into(page, index, bytes(raw), parse_order, _skipped)

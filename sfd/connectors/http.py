@@ -25,6 +25,9 @@ from sfd.connectors.base import RateLimited, Transient
 
 _T = TypeVar("_T")
 
+#: The largest answer read, in bytes: a full page of any marketplace is far below it.
+MAX_BODY = 32 * 1024**2
+
 
 @dataclass
 class Answer:
@@ -40,7 +43,8 @@ class HttpClient:
 
     `label` starts every message ("Mirakl OR11 ...: ..."); `secrets` gives, at each call, the
     values to mask (a token may change between calls). `retry_after_fallback` reads the wait a
-    429 implies from its headers when Retry-After is missing or unreadable.
+    429 implies from its headers when Retry-After is missing or unreadable. An answer longer
+    than `max_body` bytes is refused unread (Transient).
     """
 
     def __init__(
@@ -51,8 +55,10 @@ class HttpClient:
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
         retry_after_fallback: Callable[[CIMultiDict[str]], float | None] | None = None,
+        max_body: int = MAX_BODY,
     ) -> None:
         self.label = label
+        self.max_body = max_body
         self._secrets = secrets
         self._session = session
         self._owns_session = False
@@ -86,7 +92,7 @@ class HttpClient:
                 allow_redirects=False,
                 timeout=self._client_timeout,
             ) as response:
-                payload = await response.read()
+                payload = await self._read(response, op)
                 return Answer(response.status, payload, response.headers.copy())
         except TimeoutError:
             raise Transient(f"{self.label} {op}: no answer within {self._timeout:g} s") from None
@@ -95,9 +101,30 @@ class HttpClient:
             detail = self.scrub(str(exc)) or "no detail"
             raise Transient(f"{self.label} {op}: {type(exc).__name__}: {detail}") from None
 
+    async def _read(self, response: aiohttp.ClientResponse, op: str) -> bytes:
+        """The whole body, refused past `max_body`: a broken or hostile server cannot make
+        the daemon hold more than that in memory for one answer."""
+        limit = self.max_body
+        if response.content_length is not None and response.content_length > limit:
+            raise Transient(
+                f"{self.label} {op}: answer of {response.content_length} bytes refused "
+                f"(over the {limit} byte limit)"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise Transient(
+                    f"{self.label} {op}: answer refused past {limit} bytes (over the limit)"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def fail_common(self, answer: Answer, op: str) -> None:
         """Raise for what every marketplace means alike: a redirect, a 429, a 5xx (or any other
-        status but a 4xx). Return for a 4xx other than 429, which only the connector can read."""
+        status but a 4xx). Return for a 4xx other than 429, which only the connector can read.
+        A 429, and a 503 that says when to come back, are RateLimited with that wait."""
         status = answer.status
         if 300 <= status < 400:
             # A redirect would carry the credentials to wherever it points: never followed.
@@ -112,6 +139,14 @@ class HttpClient:
             raise RateLimited(f"{self.label} {op}: HTTP 429 rate limited{wait}", retry_after)
         if 400 <= status < 500:
             return
+        if status == 503:
+            # RFC 9110: a 503's Retry-After says how long the service expects to be down.
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            if retry_after is not None:
+                raise RateLimited(
+                    f"{self.label} {op}: HTTP 503 unavailable, retry after {retry_after:g} s",
+                    retry_after,
+                )
         raise Transient(
             f"{self.label} {op}: HTTP {status}: {self.scrub(excerpt(answer.body)) or 'empty body'}"
         )

@@ -166,6 +166,13 @@ class MiraklConnector(HttpConnector):
                 params["start_update_date"] = format_date(since)
             op = f"OR11 list orders (offset {offset})"
             listing = self._listing(await self._call("GET", "/api/orders", op, params=params), op)
+            if len(listing.orders) > PAGE_SIZE:
+                # Mirakl ignored `max` (and maybe `offset`): following such pages could loop
+                # forever or hold a whole catalogue in memory. Refused whole; the cursor holds.
+                raise Transient(
+                    f"Mirakl {op}: {len(listing.orders)} orders in a page where at most "
+                    f"{PAGE_SIZE} were asked for; page refused"
+                )
             page = OrderPage(orders=[])
             for index, raw in enumerate(listing.orders, start=offset):
                 read_into(page, index, bytes(raw), parse_order, _skipped)

@@ -395,6 +395,11 @@ def parse_date(text: str, field: str) -> datetime:
         raise WireError(field, f"out of range: {text[:60]!r}") from None
 
 
+#: The most orders one operation request may name: each is checked and written in the one
+#: transaction, which holds the database's only writer for as long.
+MAX_ENTRIES = 1000
+
+
 def parse_operation(kind: OperationKind, body: bytes) -> list[tuple[_Entry, Payload]]:
     """Read `{"order": [...]}` for one operation, validated whole; raise WireError."""
     try:
@@ -409,6 +414,12 @@ def parse_operation(kind: OperationKind, body: bytes) -> list[tuple[_Entry, Payl
         raise WireError("order", "expected an array of orders")
     if not document["order"]:
         raise WireError("order", "is empty: name at least one order")
+    if len(document["order"]) > MAX_ENTRIES:
+        raise WireError(
+            "order",
+            f"has {len(document['order'])} entries; at most {MAX_ENTRIES} a request: "
+            "send them in several requests",
+        )
     entry_type = _ENTRY_TYPES[kind]
     try:
         entries: list[_Entry] = msgspec.convert(

@@ -36,6 +36,9 @@ from sfd.domain import Address, StoredOrder
 MAX_REQUEST_BYTES = 10 * 1024**2
 #: The deepest element nesting read; the real requests need three levels.
 MAX_DEPTH = 32
+#: The most orders one ValidOrders or UpdateOrders may carry: each is checked and written in
+#: one transaction, which holds the database's only writer for as long.
+MAX_ORDERS = 1000
 #: What `<Version>` says in every response's `<Request>` echo.
 VERSION = "2"
 
@@ -214,6 +217,13 @@ def _fields(order: ET.Element, where: str) -> dict[str, str]:
 def _orders(root: ET.Element) -> list[tuple[str, dict[str, str]]]:
     """(path, fields) of each `<Order>`, the path 1-based like XPath: `ValidOrders/Order[2]`."""
     root_name = _local(root.tag)
+    count = sum(1 for c in root if _local(c.tag) == "Order")
+    if count > MAX_ORDERS:
+        raise XmlWireError(
+            root_name,
+            f"has {count} <Order> elements; at most {MAX_ORDERS} a request: "
+            "send them in several calls",
+        )
     entries = []
     for index, order in enumerate((c for c in root if _local(c.tag) == "Order"), start=1):
         where = f"{root_name}/Order[{index}]"

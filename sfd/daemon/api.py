@@ -6,8 +6,10 @@ storage. This module reads requests, checks tokens and stores, and answers.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -19,7 +21,7 @@ from sfd.connectors import shoppingfeed as sf
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus, TicketState
 from sfd.logs import get_logger
-from sfd.storage import OperationRequest, OrderFilter, Storage
+from sfd.storage import OperationRequest, OrderFilter, Storage, StorageUnavailable
 from sfd.storage.tokens import TokenIdentity
 
 log = get_logger()
@@ -44,6 +46,86 @@ def problem(status: int, title: str, detail: str, field: str | None = None) -> w
     return web.Response(
         body=sf.encode(body), status=status, content_type="application/problem+json"
     )
+
+
+#: Seconds a client is asked to wait when the disk cannot take writes.
+STORAGE_RETRY_AFTER = 60
+
+
+def storage_unavailable(exc: StorageUnavailable) -> web.Response:
+    """503 for a write the disk refused (full, read-only): nothing was changed, try later."""
+    response = problem(
+        503,
+        "Service Unavailable",
+        f"the order database cannot take writes ({exc.condition.kind}); "
+        "nothing was changed, try again later",
+    )
+    response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER)
+    return response
+
+
+class BodyTimeout(TimeoutError):
+    """The client did not send its whole body in time (a slow-loris): nothing is done.
+
+    A TimeoutError, so aiohttp's draining of an unread body after the 408 stops quietly."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+
+
+@dataclass
+class _Refused:
+    count: int
+    logged_at: float
+    unlogged: int = 0
+
+
+class TokenRefusals:
+    """Counts the wrong tokens each source (client address) sent, and warns once per source.
+
+    A source guessing tokens gets one `token_refused` warning, then another at most every
+    `window` seconds with how many more it sent: a thousand guesses are one log line, not a
+    thousand. At most `max_sources` sources are remembered, the least recent forgotten first.
+    """
+
+    def __init__(
+        self,
+        window: float = 3600.0,
+        max_sources: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.max_sources = max_sources
+        self.clock = clock
+        self._sources: OrderedDict[str, _Refused] = OrderedDict()
+
+    def refused(self, source: str, where: str) -> None:
+        """One more wrong token from `source`, at `where` (v1, auth or ws)."""
+        now = self.clock()
+        entry = self._sources.get(source)
+        if entry is None:
+            entry = self._sources[source] = _Refused(count=0, logged_at=now - self.window)
+            while len(self._sources) > self.max_sources:
+                self._sources.popitem(last=False)
+        else:
+            self._sources.move_to_end(source)
+        entry.count += 1
+        entry.unlogged += 1
+        if now - entry.logged_at >= self.window:
+            log.warning(
+                "token_refused",
+                source=source,
+                count=entry.count,
+                since_last_warning=entry.unlogged,
+                where=where,
+            )
+            entry.logged_at = now
+            entry.unlogged = 0
+
+    def count(self, source: str) -> int:
+        """How many wrong tokens `source` sent while remembered."""
+        entry = self._sources.get(source)
+        return entry.count if entry else 0
 
 
 def hal(body: Any, status: int = 200) -> web.Response:
@@ -72,6 +154,7 @@ class ShopApi:
         self.storage = storage
         self.clock = clock
         self.on_operations = on_operations
+        self.refusals = TokenRefusals()
 
     def routes(self, app: web.Application) -> None:
         """Add the v1 routes and their middleware."""
@@ -106,6 +189,8 @@ class ShopApi:
                 token = bearer(request)
                 identity = await self.storage.tokens.verify(token) if token else None
                 if identity is None:
+                    if token:
+                        self.refusals.refused(request.remote or "unknown", "v1")
                     return problem(
                         401,
                         "Unauthorized",
@@ -118,6 +203,8 @@ class ShopApi:
             return await handler(request)
         except sf.WireError as exc:
             return problem(400, "Bad Request", str(exc), exc.field)
+        except StorageUnavailable as exc:
+            return storage_unavailable(exc)
         except web.HTTPRequestEntityTooLarge:
             return problem(
                 400, "Bad Request", f"the body is over the {MAX_BODY} byte limit", "body"
@@ -192,6 +279,7 @@ class ShopApi:
         assert isinstance(password, str)
         identity = await self.storage.tokens.verify(password.strip(), name=username.strip())
         if identity is None:
+            self.refusals.refused(request.remote or "unknown", "auth")
             return problem(401, "Not Authorized", "Invalid username or password")
         return hal({"token_type": "Bearer", "access_token": password.strip()})
 

@@ -26,7 +26,7 @@ from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.logs import get_logger
 from sfd.rules import ReasonPayload
-from sfd.storage import ImportResult, OperationRequest, Storage
+from sfd.storage import ImportResult, OperationRequest, Storage, StorageUnavailable
 
 #: The cursor steps back this far, so an order updated while a poll ran is never missed.
 CURSOR_OVERLAP = timedelta(minutes=5)
@@ -34,6 +34,9 @@ CURSOR_OVERLAP = timedelta(minutes=5)
 STALL_AFTER = 300.0
 #: How slowly a channel whose credentials fail is retried.
 AUTH_RETRY = 900.0
+#: A loop whose writes fail for lack of disk (full, read-only) tries again this often.
+STORAGE_RETRY = 10.0
+STORAGE_CONDITION = "storage_unavailable"
 
 
 class LoopState(msgspec.Struct, kw_only=True):
@@ -43,7 +46,7 @@ class LoopState(msgspec.Struct, kw_only=True):
     state: str = "starting"
     """What it does: starting, idle, busy or stopped."""
     condition: str = "ok"
-    """How its work goes: ok, failing, auth_failed or unavailable."""
+    """How its work goes: ok, failing, auth_failed, unavailable or storage_unavailable."""
     ticks: int = 0
     last_tick_at: datetime | None = None
     last_success_at: datetime | None = None
@@ -87,7 +90,7 @@ class Loop:
                 self.status.busy_since = now
                 self.status.state = "busy"
                 try:
-                    delay = await self.tick()
+                    delay = await self._guarded_tick()
                 finally:
                     self.status.busy_since = None
                     self.status.state = "idle"
@@ -96,6 +99,30 @@ class Loop:
                 await self._sleep(self.interval if delay is None else delay)
         finally:
             self.status.state = "stopped"
+
+    async def _guarded_tick(self) -> float | None:
+        """One tick; a disk that cannot take writes pauses the loop instead of ending it."""
+        paused = self.status.condition == STORAGE_CONDITION
+        try:
+            delay = await self.tick()
+        except StorageUnavailable as exc:
+            if self.status.condition != STORAGE_CONDITION:
+                # Once per transition: the storage, not the marketplace, is at fault.
+                self.log.warning(
+                    "loop_paused",
+                    condition=STORAGE_CONDITION,
+                    storage=exc.condition.kind,
+                    reason=str(exc),
+                )
+            self.status.condition = STORAGE_CONDITION
+            self.status.last_error = str(exc)
+            return STORAGE_RETRY
+        if paused:
+            self.log.info("loop_resumed", after=STORAGE_CONDITION)
+        if self.status.condition == STORAGE_CONDITION:
+            self.status.condition = "ok"
+            self.status.last_error = None
+        return delay
 
     async def _sleep(self, delay: float) -> None:
         self.status.next_tick_at = self.clock() + timedelta(seconds=delay)
@@ -148,6 +175,9 @@ class Poller(Loop):
         self.metrics.poll_finished(self.channel.name, result, seconds)
 
     async def tick(self) -> float | None:
+        if self.storage.db.condition is not None:
+            # Nothing fetched could be stored: leave the marketplace alone until disk is back.
+            raise StorageUnavailable(self.storage.db.condition)
         now = self.clock()
         if self.connector is None:
             self.metrics.poll_finished(self.channel.name, "failed", None)

@@ -17,11 +17,19 @@ from aiohttp.web_request import FileField
 
 from sfd.clock import Clock
 from sfd.connectors import shoppingflux_xml as wsx
+from sfd.daemon.api import BodyTimeout, TokenRefusals
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, StoredOrder, Ticket, TicketState
 from sfd.logs import get_logger
 from sfd.rules import AcknowledgePayload, ReasonPayload, ShipPayload
-from sfd.storage import Batch, OperationRequest, OrderFilter, Storage, StorageError
+from sfd.storage import (
+    Batch,
+    OperationRequest,
+    OrderFilter,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+)
 from sfd.storage.tokens import TokenIdentity
 
 log = get_logger()
@@ -71,6 +79,8 @@ class LegacyWebservice:
         self.storage = storage
         self.clock = clock
         self.on_operations = on_operations
+        self.refusals = TokenRefusals()
+        """Shared with the v1 API's when both are served (see `build_app`)."""
 
     def routes(self, app: web.Application) -> None:
         """Add `POST /ws`, `/ws/` and `/`: old modules post to the bare host name."""
@@ -87,7 +97,7 @@ class LegacyWebservice:
         try:
             form = await self._form(request)
             envelope = wsx.Envelope(date=now, call=form.call, token=form.token, mode=form.mode)
-            return await self._dispatch(form, envelope)
+            return await self._dispatch(form, envelope, request.remote or "unknown")
         except _Refused as exc:
             return xml_response(
                 wsx.render_error(envelope, exc.type, exc.message, root_error=exc.status == 401),
@@ -95,12 +105,20 @@ class LegacyWebservice:
             )
         except wsx.XmlWireError as exc:
             return xml_response(wsx.render_error(envelope, "Request", str(exc)), status=400)
+        except StorageUnavailable as exc:
+            message = (
+                f"the order database cannot take writes ({exc.condition.kind}); "
+                "nothing was changed, try again later"
+            )
+            return xml_response(wsx.render_error(envelope, "Server", message), status=503)
         except StorageError as exc:
             log.warning("ws_storage_error", call=envelope.call, error=str(exc))
             return xml_response(
                 wsx.render_error(envelope, "Server", "the order database is busy; try again"),
                 status=503,
             )
+        except BodyTimeout:
+            raise  # answered 408 by the server's body deadline
         except Exception:
             log.exception("ws_failed", call=envelope.call)
             return xml_response(
@@ -148,7 +166,7 @@ class LegacyWebservice:
             request=values.get("REQUEST", ""),
         )
 
-    async def _dispatch(self, form: _Form, envelope: wsx.Envelope) -> web.Response:
+    async def _dispatch(self, form: _Form, envelope: wsx.Envelope, source: str) -> web.Response:
         token = form.token.strip()
         call = form.call.strip()
         if not token:
@@ -157,6 +175,7 @@ class LegacyWebservice:
             raise _Refused(400, "Request", f"CALL: is required ({', '.join(CALLS)})")
         identity = await self.storage.tokens.verify(token)
         if identity is None:
+            self.refusals.refused(source, "ws")
             raise _Refused(401, "Authentication", "invalid token")
         now = envelope.date
         match _CALLS.get(call.lower()):

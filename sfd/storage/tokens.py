@@ -18,6 +18,8 @@ TOKEN_PREFIX = "sfd_"
 #: What a token looks like, so logs can redact one wherever it appears.
 TOKEN_PATTERN = re.compile(TOKEN_PREFIX + r"[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+#: Compared against when no token has the digest, so a miss costs what a hit costs.
+_NO_DIGEST = "0" * 64
 
 
 class TokenError(StorageError):
@@ -45,7 +47,8 @@ class TokenIdentity(msgspec.Struct, kw_only=True, frozen=True):
 
 def hash_token(token: str) -> str:
     """The stored form of a token. Tokens carry 256 random bits, so a plain hash suffices."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogatepass: whatever a client sent (a lone surrogate too) hashes, and never matches.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class TokenStore:
@@ -109,16 +112,22 @@ class TokenStore:
             raise TokenError(f"no active token named {name!r}")
 
     async def verify(self, token: str, *, name: str | None = None) -> TokenIdentity | None:
-        """Who the token speaks for, or None. The hash comparison takes constant time."""
-        if TOKEN_PATTERN.fullmatch(token) is None:
-            return None
+        """Who the token speaks for, or None.
+
+        Every token costs the same work: one SHA-256, one lookup of the digest, one constant-time
+        comparison, whether it is malformed, unknown, revoked or one character off a real one.
+        The lookup is by digest, so how close a guess is to a real token changes nothing.
+        """
+        well_formed = TOKEN_PATTERN.fullmatch(token) is not None
         digest = hash_token(token)
         row = await self.db.fetchone(
             "SELECT id, name, store_id, token_hash FROM api_tokens "
             "WHERE token_hash = ? AND revoked_at IS NULL",
             (digest,),
         )
-        if row is None or not hmac.compare_digest(row["token_hash"], digest):
+        stored = row["token_hash"] if row is not None else _NO_DIGEST
+        matches = hmac.compare_digest(stored, digest)
+        if row is None or not matches or not well_formed:
             return None
         if name is not None and not hmac.compare_digest(row["name"], name):
             return None
