@@ -104,6 +104,8 @@ class ShopConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     """One `[[shops]]` entry: a shop that sfd pushes orders into."""
 
     sync_interval: Duration = Duration(600)
+    tracking_wait: Duration = Duration(86400)
+    """How long a completed order on a `require_tracking` channel waits for its tracking."""
 
 
 class _RawConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -69,6 +69,8 @@ def test_counters_and_histograms_show_with_their_names_and_labels() -> None:
         "sfd_operation_confirmation_seconds": "histogram",
         "sfd_poll_duration_seconds": "histogram",
         "sfd_polls": "counter",
+        "sfd_shop_syncs": "counter",
+        "sfd_orders_pushed": "counter",
         "sfd_pending_operations": "gauge",
         "sfd_late_orders": "gauge",
         "sfd_channel_auth_state": "gauge",

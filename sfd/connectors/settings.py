@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -13,6 +14,9 @@ class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     secret_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields whose values are credentials: required, never empty, redacted from logs."""
     url_fields: ClassVar[frozenset[str]] = frozenset()
+
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    """Seconds one HTTP call may take, answer read whole, before it counts as failed."""
 
 
 class MiraklSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -66,7 +70,29 @@ class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields
     consumer_key: str
     consumer_secret: str
     order_status: str = "processing"
-    tracking_meta_keys: list[str] = msgspec.field(default_factory=list)
+    """The status orders are created with: pending, processing or on-hold."""
+    tracking_number_meta: str = "_tracking_number"
+    """Order meta keys read for the tracking when the Shipment Tracking extension is absent."""
+    carrier_meta: str = "_tracking_provider"
+    tracking_link_meta: str = "_tracking_link"
+
+    def __post_init__(self) -> None:
+        if self.order_status not in WOOCOMMERCE_CREATE_STATUSES:
+            choices = ", ".join(repr(s) for s in WOOCOMMERCE_CREATE_STATUSES)
+            raise ValueError(f"order_status: expected one of {choices}, got {self.order_status!r}")
+        url = urlsplit(self.base_url.strip())
+        if url.scheme == "http" and url.hostname not in LOOPBACK_HOSTS:
+            # Basic auth sends the key and secret as they are: only TLS may carry them.
+            raise ValueError(
+                f"base_url: the consumer key and secret travel as HTTP Basic auth, so "
+                f"https:// is required (http:// only for 127.0.0.1 or localhost), "
+                f"got {self.base_url!r}"
+            )
+
+
+#: The statuses WooCommerce may create a pushed order with.
+WOOCOMMERCE_CREATE_STATUSES = ("pending", "processing", "on-hold")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 #: Marketplace connectors by the name a channel's `connector` key gives.

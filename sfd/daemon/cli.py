@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,13 +24,17 @@ from sfd.clock import utcnow
 from sfd.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
 from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
+from sfd.daemon.push import PushError, retry_push
 from sfd.daemon.runtime import run_daemon, sync_config
 from sfd.domain import EventSource, OperationKind, OrderStatus, StoredOrder, TicketState
 from sfd.logs import configure_logging
 from sfd.rules import Payload, ReasonPayload, ShipPayload
-from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError
+from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError, maintenance
+from sfd.storage.maintenance import CheckReport
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: The API token the `orders` commands act as when `--token` is not given.
+TOKEN_ENV = "SFD_TOKEN"
 
 
 class CommandError(Exception):
@@ -51,8 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     commands.add_parser("run", help="run the daemon")
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo", help="run sfd with a sandbox marketplace and a simulated shop (127.0.0.1 only)"
+    )
+    demo.add_argument(
+        "--push",
+        action="store_true",
+        help="push mode: sfd pushes the orders into a built-in fake WooCommerce shop",
     )
     commands.add_parser("check-config", help="validate the config and resolve its secrets")
     init = commands.add_parser("init-config", help="write the embedded default config")
@@ -62,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="db_command", metavar="ACTION", required=True, parser_class=_Parser
     )
     db.add_parser("migrate", help="apply the pending migrations")
+    backup = db.add_parser("backup", help="copy the database online, verified, to a new file")
+    backup.add_argument("path", help="the file to write; an existing one needs --force")
+    backup.add_argument("--force", action="store_true", help="replace an existing file")
+    db_check = db.add_parser(
+        "check", help="integrity and foreign key checks, and the rows in each table"
+    )
+    db_check.add_argument("--json", action="store_true")
 
     token = commands.add_parser("token", help="API tokens").add_subparsers(
         dest="token_command", metavar="ACTION", required=True, parser_class=_Parser
@@ -117,6 +135,19 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("accept", "refuse", "cancel"):
         simple = orders.add_parser(action, help=f"{action} the order on its marketplace")
         simple.add_argument("id", type=int)
+    retry_push = orders.add_parser(
+        "retry-push", help="push an order the shop refused again, at the next sync"
+    )
+    retry_push.add_argument("id", type=int)
+    for action_parser in orders.choices.values():
+        action_parser.add_argument(
+            "--token",
+            default=None,
+            help=f"act as this API token: only its store's orders (default: ${TOKEN_ENV})",
+        )
+
+    shops = commands.add_parser("shops", help="the push-mode shops and their sync state")
+    shops.add_argument("--json", action="store_true")
 
     operations = commands.add_parser("operations", help="the operations outbox").add_subparsers(
         dest="operations_command", metavar="ACTION", required=True, parser_class=_Parser
@@ -227,6 +258,61 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
     return EXIT_OK
 
 
+async def _shops(args: argparse.Namespace, storage: Storage) -> int:
+    shops = await storage.pushes.states()
+    if args.json:
+        _print_json(shops)
+        return EXIT_OK
+    table = Table(
+        "name",
+        "connector",
+        "store",
+        "auth",
+        "last sync",
+        "last success",
+        "last error",
+        "pushed",
+        "refused",
+        "unsure",
+        "awaiting tracking",
+    )
+    for s in shops:
+        table.add_row(
+            s.name,
+            s.connector,
+            str(s.store_id),
+            s.auth_state,
+            _when(s.last_sync_at),
+            _when(s.last_success_at),
+            s.last_error or "-",
+            str(s.pushed),
+            str(s.rejected),
+            str(s.pending),
+            str(s.waiting_tracking),
+        )
+    _console().print(table)
+    return EXIT_OK
+
+
+async def _retry_push(args: argparse.Namespace, storage: Storage) -> int:
+    """Clear a refused push so the next sync takes the order; wake the daemon if it runs."""
+    order = await storage.orders.get(args.id, details=False)
+    if order is None:
+        raise CommandError(f"no order with id {args.id}")
+    shops = [s.name for s in await storage.pushes.states() if s.store_id == order.store_id]
+    if not shops:
+        raise CommandError(f"store {order.store_id} has no shop in push mode ([[shops]])")
+    try:
+        said = await retry_push(storage, order.id, EventSource.CLI, utcnow())
+    except PushError as exc:
+        raise CommandError(str(exc)) from None
+    for shop in shops:
+        with contextlib.suppress(AdminUnavailable):
+            await admin_call(storage.db.path.resolve(), f"/channels/{shop}/poll")
+    sys.stderr.write(f"sfd: {said}\n")
+    return EXIT_OK
+
+
 def _order_rows(orders: Sequence[StoredOrder]) -> Table:
     table = Table(
         "id", "channel", "reference", "status", "ship by", "acknowledged", "store ref", "total"
@@ -245,9 +331,31 @@ def _order_rows(orders: Sequence[StoredOrder]) -> Table:
     return table
 
 
+async def _token_scope(args: argparse.Namespace, storage: Storage) -> int | None:
+    """The store an API token (`--token` or $SFD_TOKEN) limits the command to; None without."""
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        return None
+    identity = await storage.tokens.verify(token.strip())
+    if identity is None:
+        raise CommandError("the token is not valid (or was revoked)")
+    return identity.store_id
+
+
 async def _orders(args: argparse.Namespace, storage: Storage) -> int:
+    scope = await _token_scope(args, storage)
+    if (
+        scope is not None
+        and getattr(args, "id", None) is not None
+        and await storage.orders.get(args.id, store_id=scope, details=False) is None
+    ):
+        # Another store's order is exactly as absent as one that does not exist.
+        raise CommandError(f"no order with id {args.id}")
+    if scope is not None and getattr(args, "store", None) not in (None, scope):
+        sys.stderr.write(f"sfd: --store {args.store}: the token is for store {scope} only\n")
+        return EXIT_USAGE
     if args.orders_command == "show":
-        order = await storage.orders.get(args.id, store_id=None)
+        order = await storage.orders.get(args.id, store_id=scope)
         if order is None:
             raise CommandError(f"no order with id {args.id}")
         operations = await storage.operations.for_order(order.id)
@@ -278,12 +386,14 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
             )
         console.print(tickets)
         return EXIT_OK
+    if args.orders_command == "retry-push":
+        return await _retry_push(args, storage)
     if args.orders_command in ("ship", "accept", "refuse", "cancel"):
         return await _operate(args, storage)
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
     query = OrderFilter(
-        store_id=args.store,
+        store_id=args.store if scope is None else scope,
         statuses=[OrderStatus(s) for s in args.status] if args.status else None,
         channel=args.channel,
         acknowledged=False if args.unacknowledged else None,
@@ -382,6 +492,38 @@ async def _operations(args: argparse.Namespace, storage: Storage) -> int:
     return EXIT_OK
 
 
+def _report_check(report: CheckReport, as_json: bool) -> int:
+    if as_json:
+        _print_json({**dataclasses.asdict(report), "ok": report.ok})
+    else:
+        table = Table("table", "rows")
+        for name, rows in report.tables.items():
+            table.add_row(name, str(rows))
+        console = _console()
+        console.print(table)
+        console.print(
+            f"schema version {report.schema_version} (this sfd knows {report.known_version})"
+        )
+        for line in report.integrity[:20] + report.foreign_keys[:20]:
+            console.print(f"integrity: {line}", markup=False)
+    if not report.ok:
+        sys.stderr.write(f"sfd: database {report.path} failed its check\n")
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+async def _maintenance(args: argparse.Namespace, config: Config) -> int:
+    """`db backup` and `db check`: they read the file only, never migrating it."""
+    if args.db_command == "check":
+        return _report_check(await maintenance.check(config.database), args.json)
+    result = await maintenance.backup(config.database, args.path, force=args.force)
+    orders = result.check.tables.get("orders", 0)
+    sys.stderr.write(
+        f"sfd: backed up {config.database} to {result.path} ({result.size} bytes, "
+        f"{orders} orders, schema version {result.check.schema_version}); integrity ok\n"
+    )
+    return EXIT_OK
+
+
 async def _migrate(storage: Storage) -> int:
     version = await storage.db.schema_version()
     sys.stderr.write(f"sfd: database {storage.db.path} is at schema version {version}\n")
@@ -418,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "channels": lambda s: _channels(args, s),
         "orders": lambda s: _orders(args, s),
         "operations": lambda s: _operations(args, s),
+        "shops": lambda s: _shops(args, s),
     }
     try:
         if args.command == "check-config":
@@ -428,10 +571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "run":
             return anyio.run(run_daemon, config)
+        if args.command == "db" and args.db_command in ("backup", "check"):
+            return anyio.run(_maintenance, args, config)
         if args.command == "demo":
             from sfd.sandbox.demo import run_demo
 
-            return anyio.run(run_demo, config)
+            return anyio.run(partial(run_demo, config, push=args.push))
         return anyio.run(_with_storage, config, handlers[args.command])
     except (CommandError, StorageError) as exc:
         sys.stderr.write(f"sfd: {exc}\n")

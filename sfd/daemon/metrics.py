@@ -143,6 +143,18 @@ class Metrics:
         self.polls = Counter(
             "sfd_polls", "Polls of a channel, by result.", ["channel", "result"], registry=r
         )
+        self.shop_syncs = Counter(
+            "sfd_shop_syncs",
+            "Syncs of a push-mode shop, by result.",
+            ["shop", "result"],
+            registry=r,
+        )
+        self.orders_pushed = Counter(
+            "sfd_orders_pushed",
+            "Orders sfd created in a push-mode shop (created), or the shop refused (refused).",
+            ["shop", "outcome"],
+            registry=r,
+        )
         self.database = _DatabaseCollector()
         r.register(self.database)
 
@@ -154,6 +166,22 @@ class Metrics:
             self.orders_imported.labels(channel=channel)
             for result in POLL_RESULTS:
                 self.polls.labels(channel=channel, result=result)
+
+    def declare_shops(self, shops: Iterable[str]) -> None:
+        """Show every push-mode shop's counters at zero from the start."""
+        for shop in shops:
+            for result in POLL_RESULTS:
+                self.shop_syncs.labels(shop=shop, result=result)
+            for outcome in ("created", "refused"):
+                self.orders_pushed.labels(shop=shop, outcome=outcome)
+
+    def shop_synced(self, shop: str, result: PollResult) -> None:
+        """A sync of a push-mode shop ended."""
+        self.shop_syncs.labels(shop=shop, result=result).inc()
+
+    def order_pushed(self, shop: str, outcome: Literal["created", "refused"]) -> None:
+        """An order went into a push-mode shop, or the shop refused it."""
+        self.orders_pushed.labels(shop=shop, outcome=outcome).inc()
 
     def orders_created(self, channel: str, count: int = 1) -> None:
         """`count` new orders were imported on `channel`."""

@@ -4,6 +4,10 @@ A sandbox marketplace (Mirakl's shop API) takes new orders now and then, sfd imp
 accepts them, and a simulated shop pulls the orders to process over the v1 API,
 acknowledges each and ships it a few seconds later; the marketplace confirms the shipment
 and sfd's next poll records it. The logs tell each step as it happens.
+
+With `push=True` (`sfd demo --push`) there is no pulling shop: sfd pushes the orders into a
+built-in fake WooCommerce, a simulated merchant completes them there with a tracking number,
+and sfd reads that back and ships the orders on the marketplace.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from sfd.config import Config, parse_config
 from sfd.daemon.runtime import Daemon, StartupError
 from sfd.logs import get_logger
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from sfd.storage import Storage, TokenError
 
 CHANNEL = "sandbox"
+SHOP = "woocommerce"
 SHOP_TOKEN_NAME = "demo-shop"
 CARRIERS = ("Colissimo", "Chronopost", "DPD", "Mondial Relay")
 
@@ -41,10 +47,18 @@ class DemoSettings:
     shop_pull_every: float = 5.0
     ship_after: float = 3.0
     ship_confirm_delay: float = 4.0
+    shop_sync_interval: str = "5s"
 
 
-def demo_config(base: Config, sandbox_url: str, api_key: str, settings: DemoSettings) -> Config:
-    """The config of the demo: the given daemon and stores, plus the sandbox channel."""
+def demo_config(
+    base: Config,
+    sandbox_url: str,
+    api_key: str,
+    settings: DemoSettings,
+    shop: tuple[str, str, str] | None = None,
+) -> Config:
+    """The config of the demo: the given daemon and stores, plus the sandbox channel, and
+    with `shop` (base URL, consumer key, consumer secret) a WooCommerce shop in push mode."""
     store = base.stores[0].id if base.stores else 1
     text = f"""
 [daemon]
@@ -68,6 +82,19 @@ ship_deadline_warning = "24h"
 [channels.settings]
 base_url = "{sandbox_url}"
 api_key = "{api_key}"
+"""
+    if shop is not None:
+        shop_url, key, secret = shop
+        text += f"""
+[[shops]]
+name = "{SHOP}"
+store = {store}
+connector = "woocommerce"
+sync_interval = "{settings.shop_sync_interval}"
+[shops.settings]
+base_url = "{shop_url}"
+consumer_key = "{key}"
+consumer_secret = "{secret}"
 """
     return parse_config(text, f"{base.source} (demo)", {})
 
@@ -176,8 +203,54 @@ async def _marketplace_activity(marketplace: SandboxMarketplace, settings: DemoS
                 log.info("sandbox_order_cancelled_by_buyer", order=victim)
 
 
-async def run_demo(base: Config, settings: DemoSettings | None = None) -> int:
-    """Run the sandbox, sfd and the simulated shop until SIGINT or SIGTERM."""
+class SimulatedMerchant:
+    """A merchant working in the fake WooCommerce admin: each order sfd pushed is completed a
+    few seconds later, with a tracking number through the Shipment Tracking extension."""
+
+    def __init__(self, shop: SandboxWooCommerce, settings: DemoSettings) -> None:
+        self.shop = shop
+        self.settings = settings
+        self.seen: dict[int, float] = {}
+        self.log = get_logger(component="shop")
+
+    async def run(self) -> None:
+        """Complete orders until cancelled."""
+        while True:
+            await anyio.sleep(1.0)
+            now = anyio.current_time()
+            for order_id, order in list(self.shop.orders.items()):
+                if order["status"] != "processing":
+                    continue
+                first_seen = self.seen.setdefault(order_id, now)
+                if now - first_seen < self.settings.ship_after:
+                    continue
+                tracking = "6A" + "".join(random.choices("0123456789", k=11))  # noqa: S311
+                carrier = random.choice(CARRIERS)  # noqa: S311
+                self.shop.complete(order_id, tracking_number=tracking, provider=carrier)
+                reference = next(
+                    (
+                        m["value"]
+                        for m in order["meta_data"]
+                        if m["key"] == "sfd_marketplace_reference"
+                    ),
+                    None,
+                )
+                self.log.info(
+                    "shop_shipped",
+                    order=reference,
+                    shop_order=order_id,
+                    carrier=carrier,
+                    tracking_number=tracking,
+                )
+
+
+async def run_demo(
+    base: Config, settings: DemoSettings | None = None, *, push: bool = False
+) -> int:
+    """Run the sandbox, sfd and the simulated shop until SIGINT or SIGTERM.
+
+    With `push`, the shop is a fake WooCommerce that sfd pushes into (push mode).
+    """
     settings = settings or DemoSettings()
     api_key = secrets.token_urlsafe(24)
     marketplace = SandboxMarketplace(
@@ -185,8 +258,13 @@ async def run_demo(base: Config, settings: DemoSettings | None = None) -> int:
         seed=random.randrange(1 << 30),  # noqa: S311
         ship_confirm_delay=settings.ship_confirm_delay,
     )
-    async with run_sandbox(marketplace) as sandbox_url:
-        config = demo_config(base, sandbox_url, api_key, settings)
+    key, secret = f"ck_{secrets.token_hex(20)}", f"cs_{secrets.token_hex(20)}"
+    woocommerce = SandboxWooCommerce(key, secret)
+    async with contextlib.AsyncExitStack() as stack:
+        sandbox_url = await stack.enter_async_context(run_sandbox(marketplace))
+        shop_url = await stack.enter_async_context(run_woocommerce(woocommerce)) if push else ""
+        shop = (shop_url, key, secret) if push else None
+        config = demo_config(base, sandbox_url, api_key, settings, shop)
         daemon = Daemon(config)
         try:
             await daemon.start()
@@ -196,14 +274,14 @@ async def run_demo(base: Config, settings: DemoSettings | None = None) -> int:
             return 1
         assert daemon.storage is not None
         store = config.stores[0].id
-        token = await issue_shop_token(daemon.storage, store)
         log.info(
             "demo_started",
             sandbox=sandbox_url,
             sfd=daemon.url,
+            mode="push" if push else "pull",
+            woocommerce=shop_url if push else None,
             hint="orders appear within seconds; Ctrl-C stops the demo",
         )
-        shop = SimulatedShop(daemon.url, token, store, settings)
         async with anyio.create_task_group() as tg:
 
             async def serve_then_stop_all() -> None:
@@ -213,5 +291,9 @@ async def run_demo(base: Config, settings: DemoSettings | None = None) -> int:
             tg.start_soon(serve_then_stop_all)
             await daemon.ready.wait()
             tg.start_soon(_marketplace_activity, marketplace, settings)
-            tg.start_soon(shop.run)
+            if push:
+                tg.start_soon(SimulatedMerchant(woocommerce, settings).run)
+            else:
+                token = await issue_shop_token(daemon.storage, store)
+                tg.start_soon(SimulatedShop(daemon.url, token, store, settings).run)
     return 0

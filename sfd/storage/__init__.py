@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 
 from sfd.storage.channels import ChannelState, ChannelStore
-from sfd.storage.db import Database, DatabaseLocked, StorageError
+from sfd.storage.db import (
+    Database,
+    DatabaseLocked,
+    StorageCondition,
+    StorageError,
+    StorageUnavailable,
+)
 from sfd.storage.operations import (
     Batch,
     Claim,
@@ -19,6 +25,7 @@ from sfd.storage.orders import (
     OrderFilter,
     OrderStore,
 )
+from sfd.storage.pushes import PushStore
 from sfd.storage.tokens import TokenError, TokenStore
 
 __all__ = [
@@ -32,7 +39,9 @@ __all__ = [
     "OperationRequest",
     "OrderFilter",
     "Storage",
+    "StorageCondition",
     "StorageError",
+    "StorageUnavailable",
     "TokenError",
 ]
 
@@ -47,6 +56,7 @@ class Storage:
         self.operations = OperationStore(db, self.orders)
         self.queue = OperationQueue(db, self.orders)
         self.tokens = TokenStore(db)
+        self.pushes = PushStore(db)
 
     @classmethod
     async def open(

@@ -1,0 +1,140 @@
+"""The narrow interface every shop connector speaks in push mode (WooCommerce first).
+
+sfd creates the orders to process in the shop, and reads back which ones the shop completed
+(with their tracking) or cancelled. Failures are the marketplace connectors' four kinds:
+AuthFailed, RateLimited, Transient and Rejected (`sfd.connectors.base`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol
+
+import stamina
+
+from sfd.connectors.base import Transient
+from sfd.domain import Address
+
+
+@dataclass
+class Retry:
+    """How a shop's reads, and the push loop's search-then-create, are retried on Transient."""
+
+    attempts: int = 4
+    wait_initial: float = 1.0
+    wait_max: float = 30.0
+    timeout: float = 120.0
+
+
+#: Module-wide, mutable so tests can make the backoff short; the daemon uses the defaults.
+RETRY = Retry()
+
+
+def retrying() -> AsyncIterator[stamina.Attempt]:
+    """Attempts of one call, retried with exponential backoff on Transient failures, per RETRY.
+
+    Used as `async for attempt in retrying(): with attempt: ...`.
+    """
+    return stamina.retry_context(
+        on=Transient,
+        attempts=RETRY.attempts,
+        wait_initial=RETRY.wait_initial,
+        wait_max=RETRY.wait_max,
+        timeout=RETRY.timeout,
+    )
+
+
+@dataclass(frozen=True)
+class PushLine:
+    """One order line to create: the shop finds its product by SKU."""
+
+    sku: str
+    name: str
+    quantity: int
+    price: Decimal
+    """Unit price, taxes included."""
+
+
+@dataclass(frozen=True)
+class PushOrder:
+    """An order as sfd hands it to a shop."""
+
+    order_id: int
+    """sfd's id for the order."""
+    marketplace: str
+    """The channel the order comes from, e.g. `decathlon`."""
+    reference: str
+    """The marketplace's reference for the order."""
+    currency: str
+    billing: Address
+    shipping: Address
+    lines: tuple[PushLine, ...]
+    shipping_method: str
+    shipping_amount: Decimal
+    payment_method: str = ""
+    customer_note: str = ""
+    relay_id: str = ""
+    vat_number: str = ""
+
+
+class ShopStatus(StrEnum):
+    """What sfd reads back from a shop's order."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class ShopTracking:
+    """A shipment as the shop records it."""
+
+    carrier: str = ""
+    tracking_number: str = ""
+    tracking_link: str = ""
+    shipped_on: date | None = None
+
+
+@dataclass(frozen=True)
+class ShopOrder:
+    """A shop's order as read back: which sfd order it is, its status and its tracking."""
+
+    shop_id: str
+    status: ShopStatus
+    modified_at: datetime | None
+    marketplace_reference: str | None = None
+    sfd_order_id: int | None = None
+    tracking: ShopTracking | None = None
+    shipping_method: str = ""
+
+
+class ShopConnector(Protocol):
+    """What sfd asks of a shop it pushes orders into."""
+
+    name: str
+
+    async def create_order(self, order: PushOrder) -> str:
+        """Create the order in the shop and return the shop's id for it.
+
+        Rejected when the shop refuses it (an unknown SKU, a field it does not accept).
+        """
+
+    async def find_order(self, order: PushOrder, since: datetime | None = None) -> str | None:
+        """The shop's id of an order sfd may have created already for `order`, or None.
+
+        `since` is when the first attempt began: the order, if created, is not older.
+        """
+
+    def changed_orders(self, since: datetime | None) -> AsyncIterator[list[ShopOrder]]:
+        """Yield, page by page, the orders the shop completed or cancelled since `since`."""
+        ...
+
+    async def get_order(self, shop_id: str) -> ShopOrder | None:
+        """One order as the shop holds it now, with its tracking; None if it is gone."""
+
+    async def aclose(self) -> None:
+        """Release the connector's HTTP session."""

@@ -1,0 +1,395 @@
+"""Push mode: one loop per `[[shops]]` entry puts the store's orders to process into the shop,
+acknowledges them, and reads back which ones the shop completed (with tracking) or cancelled.
+
+Every change goes through the same rules and outbox as the API (`request_operations`, source
+`shop`). A push is recorded before the shop is called; an attempt whose outcome is unknown is
+searched for in the shop before any new create, so no crash or retry creates an order twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from sfd.clock import Clock
+from sfd.config import ShopConfig
+from sfd.connectors.base import AuthFailed, ConnectorError, RateLimited, Rejected
+from sfd.connectors.shop import PushLine, PushOrder, ShopConnector, ShopOrder, ShopStatus, retrying
+from sfd.daemon.loops import AUTH_RETRY, CURSOR_OVERLAP, Loop
+from sfd.daemon.metrics import Metrics
+from sfd.daemon.outbox import request_operations
+from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder
+from sfd.rules import LIVE, AcknowledgePayload, Payload, ReasonPayload, ShipPayload
+from sfd.storage import OperationRequest, OrderFilter, Storage
+from sfd.storage.pushes import CREATED, PENDING, REJECTED, PushRecord
+
+#: At most this many orders are pushed in one sync; the rest go in the next, soon after.
+PUSH_BATCH = 100
+MORE_SOON = 1.0
+_SHIPPABLE = frozenset({OrderStatus.WAITING_SHIPMENT, OrderStatus.PARTIALLY_SHIPPED})
+_CANCELLABLE = frozenset(
+    {OrderStatus.CREATED, OrderStatus.WAITING_STORE_ACCEPTANCE, OrderStatus.WAITING_SHIPMENT}
+)
+
+
+class PushError(Exception):
+    """A push cannot be retried; the message says why."""
+
+
+def push_order(order: StoredOrder) -> PushOrder:
+    """What the shop is given of a stored order (loaded with its lines and addresses)."""
+    billing = order.billing_address or Address()
+    shipping = order.shipping_address or billing
+    relay = shipping.relay_id
+    note = f"{order.channel} order {order.reference}"
+    if relay:
+        note += f", relay point {relay}"
+    return PushOrder(
+        order_id=order.id,
+        marketplace=order.channel,
+        reference=order.reference,
+        currency=order.currency,
+        billing=billing,
+        shipping=shipping,
+        lines=tuple(
+            PushLine(sku=i.reference, name=i.name, quantity=i.quantity, price=i.price)
+            for i in order.items
+            if i.quantity > 0
+        ),
+        shipping_method=order.shipping_method,
+        shipping_amount=order.shipping_amount,
+        payment_method=order.payment_method,
+        customer_note=note,
+        relay_id=relay,
+        vat_number=str(order.additional_fields.get("vat_number") or ""),
+    )
+
+
+class PushLoop(Loop):
+    """Syncs one shop every `sync_interval`: push, acknowledge, read back."""
+
+    def __init__(
+        self,
+        shop: ShopConfig,
+        storage: Storage,
+        connector: ShopConnector | None,
+        clock: Clock,
+        *,
+        require_tracking: Mapping[str, bool],
+        unavailable_reason: str = "",
+        redact: Callable[[str], str] = str,
+        on_operations: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(f"push:{shop.name}", shop.sync_interval, clock)
+        self.metrics = metrics or Metrics()
+        self.shop = shop
+        self.storage = storage
+        self.connector = connector
+        self.require_tracking = require_tracking
+        """Channel name → whether a shipment needs a tracking number."""
+        self.unavailable_reason = unavailable_reason
+        self.redact = redact
+        self.on_operations = on_operations
+        self.failures = 0
+        self._registered = False
+        self.log = self.log.bind(shop=shop.name)
+
+    async def tick(self) -> float | None:
+        now = self.clock()
+        if not self._registered:
+            await self.storage.pushes.register(
+                self.shop.name, self.shop.store, self.shop.connector, now
+            )
+            self._registered = True
+        if self.connector is None:
+            self._fail("unavailable", self.unavailable_reason)
+            return self.interval
+        await self.storage.pushes.sync_started(self.shop.name, now)
+        try:
+            counts = await self._push(self.connector)
+            counts |= await self._read_back(self.connector)
+        except AuthFailed as exc:
+            self.metrics.shop_synced(self.shop.name, "auth_failed")
+            return await self._failed("auth_failed", exc, max(self.interval, AUTH_RETRY), True)
+        except RateLimited as exc:
+            self.metrics.shop_synced(self.shop.name, "failed")
+            return await self._failed("failing", exc, exc.retry_after or self.interval)
+        except ConnectorError as exc:
+            self.metrics.shop_synced(self.shop.name, "failed")
+            backoff = min(self.interval, 30.0 * 2 ** min(self.failures, 10))
+            return await self._failed("failing", exc, backoff)
+        self.metrics.shop_synced(self.shop.name, "ok")
+        done = self.clock()
+        await self.storage.pushes.sync_succeeded(
+            self.shop.name, done, done + timedelta(seconds=self.interval)
+        )
+        if self.failures:
+            self.log.info("shop_sync_recovered", after_failures=self.failures)
+        self.failures = 0
+        self.status.condition = "ok"
+        self.status.last_success_at = done
+        self.status.last_error = None
+        self.status.detail = counts
+        self.log.info("shop_synced", duration=round((done - now).total_seconds(), 3), **counts)
+        # A full batch means more orders wait: the next one goes at once, not in 10 minutes.
+        return MORE_SOON if counts["pushed"] + counts["push_errors"] >= PUSH_BATCH else None
+
+    # -- push ------------------------------------------------------------------------------
+
+    async def _push(self, connector: ShopConnector) -> dict[str, int]:
+        counts = {"pushed": 0, "push_errors": 0}
+        now = self.clock()
+        orders = await self.storage.orders.find(
+            OrderFilter.to_process(now, store_id=self.shop.store, limit=PUSH_BATCH), details=True
+        )
+        records = await self.storage.pushes.for_orders(self.shop.name, [o.id for o in orders])
+        for order in orders:
+            record = records.get(order.id)
+            if record is not None and record.state == CREATED and record.shop_order_id:
+                # Created before a crash, not yet acknowledged: acknowledge only.
+                await self._acknowledge(order, record.shop_order_id)
+                continue
+            # A refused order back among those to process was unacknowledged by a person (or a
+            # crash came before its error acknowledgement): the shop is asked again.
+            if await self._push_one(connector, order, record):
+                counts["pushed"] += 1
+            else:
+                counts["push_errors"] += 1
+        return counts
+
+    async def _push_one(
+        self, connector: ShopConnector, order: StoredOrder, earlier: PushRecord | None
+    ) -> bool:
+        """Create one order in the shop and acknowledge it; False if the shop refused it."""
+        shop = self.shop.name
+        pushed = push_order(order)
+        # Written before the call: a row still pending later means "maybe created".
+        record = await self.storage.pushes.begin(shop, order.id, self.clock())
+        try:
+            uncertain = earlier is not None and earlier.state == PENDING
+            shop_id = await self._create(connector, pushed, uncertain, record)
+        except Rejected as exc:
+            message = self.redact(exc.message)
+            await self.storage.pushes.rejected(shop, order.id, message, self.clock())
+            self.log.warning("shop_push_rejected", order=order.reference, reason=message)
+            self.metrics.order_pushed(shop, "refused")
+            await self._acknowledge_error(order, message)
+            return False
+        except ConnectorError as exc:
+            await self.storage.pushes.attempt_failed(
+                shop, order.id, self.redact(str(exc)), self.clock()
+            )
+            raise
+        await self.storage.pushes.created(shop, order.id, shop_id, self.clock())
+        self.metrics.order_pushed(shop, "created")
+        self.log.info("shop_pushed", order=order.reference, order_id=order.id, shop_order=shop_id)
+        await self._acknowledge(order, shop_id)
+        return True
+
+    async def _create(
+        self, connector: ShopConnector, order: PushOrder, uncertain: bool, record: PushRecord
+    ) -> str:
+        """Search the shop first whenever an earlier attempt may have created the order."""
+        async for attempt in retrying():
+            with attempt:
+                if uncertain:
+                    try:
+                        found = await connector.find_order(order, record.started_at)
+                    except Rejected as exc:
+                        # Not the order's fault, and it may be in the shop: never a rejection.
+                        raise ConnectorError(
+                            f"cannot tell whether order {order.reference} is in the shop: {exc}"
+                        ) from None
+                    if found is not None:
+                        self.log.info(
+                            "shop_push_found", order=order.reference, shop_order=found,
+                            reason="an earlier attempt's outcome was unknown; it had created it",
+                        )  # fmt: skip
+                        return found
+                uncertain = True
+                return await connector.create_order(order)
+        raise AssertionError("unreachable: stamina raises after the last attempt")
+
+    async def _acknowledge(self, order: StoredOrder, shop_id: str) -> None:
+        payload = AcknowledgePayload(status="success", store_reference=shop_id)
+        await self._request(OperationKind.ACKNOWLEDGE, order.id, payload)
+
+    async def _acknowledge_error(self, order: StoredOrder, message: str) -> None:
+        payload = AcknowledgePayload(status="error", message=message)
+        await self._request(OperationKind.ACKNOWLEDGE, order.id, payload)
+
+    async def _request(self, kind: OperationKind, order_id: int, payload: Payload) -> bool:
+        """Submit through the outbox; False if the rules refused it (the ticket says why)."""
+        batch = await request_operations(
+            self.storage,
+            self.shop.store,
+            kind,
+            [OperationRequest(payload=payload, order_id=order_id)],
+            EventSource.SHOP,
+            self.clock(),
+            self.on_operations,
+        )
+        return all(t.reason is None for t in batch.tickets)
+
+    # -- read back -------------------------------------------------------------------------
+
+    async def _read_back(self, connector: ShopConnector) -> dict[str, int]:
+        counts = {"shipped": 0, "cancelled": 0, "waiting_tracking": 0}
+        cursor = await self.storage.pushes.cursor(self.shop.name)
+        newest: datetime | None = None
+        seen: set[str] = set()
+        async for page in connector.changed_orders(cursor):
+            for shop_order in page:
+                if shop_order.modified_at and (newest is None or shop_order.modified_at > newest):
+                    newest = shop_order.modified_at
+                seen.add(shop_order.shop_id)
+                await self._settle(shop_order, None, counts)
+        if newest is not None:
+            candidate = newest - CURSOR_OVERLAP
+            if cursor is None or candidate > cursor:
+                await self.storage.pushes.set_cursor(self.shop.name, candidate, self.clock())
+        # Completed without tracking: asked again each sync until it comes or the wait ends.
+        for push in await self.storage.pushes.waiting_tracking(self.shop.name):
+            if push.shop_order_id is None or push.shop_order_id in seen:
+                continue
+            current = await connector.get_order(push.shop_order_id)
+            if current is None:
+                await self.storage.pushes.settle(push.id, "gone", self.clock())
+                continue
+            await self._settle(current, push, counts)
+        return counts
+
+    async def _settle(
+        self, shop_order: ShopOrder, push: PushRecord | None, counts: dict[str, int]
+    ) -> None:
+        """Turn one shop order's status into a ship or cancel operation, once."""
+        if shop_order.status == ShopStatus.OTHER:
+            return
+        if push is None:
+            push = await self.storage.pushes.by_shop_order(self.shop.name, shop_order.shop_id)
+        if push is None or push.settled_at is not None:
+            return  # not an order sfd pushed, or already turned into an operation
+        order = await self.storage.orders.get(push.order_id, details=False)
+        if order is None:
+            return
+        now = self.clock()
+        if shop_order.status == ShopStatus.CANCELLED:
+            if order.status in _CANCELLABLE:
+                reason = f"cancelled in shop {self.shop.name} (order {shop_order.shop_id})"
+                await self._request(OperationKind.CANCEL, order.id, ReasonPayload(reason=reason))
+                counts["cancelled"] += 1
+                self.log.info(
+                    "shop_order_cancelled", order=order.reference, shop_order=push.shop_order_id
+                )
+                await self.storage.pushes.settle(push.id, "cancel", now)
+            else:
+                await self.storage.pushes.settle(push.id, "none", now)
+            return
+        if order.status not in _SHIPPABLE:
+            await self.storage.pushes.settle(push.id, "none", now)
+            return
+        if any(t.state in LIVE for t in await self.storage.operations.shipments(order.id)):
+            await self.storage.pushes.settle(push.id, "none", now)  # shipped another way
+            return
+        tracking = shop_order.tracking
+        number = tracking.tracking_number.strip() if tracking else ""
+        if not number and self.require_tracking.get(order.channel, True):
+            counts["waiting_tracking"] += 1
+            await self._wait_for_tracking(order, push, now)
+            return
+        payload = ShipPayload(
+            carrier=(tracking.carrier if tracking else "") or shop_order.shipping_method or "Other",
+            tracking_number=number,
+            tracking_link=tracking.tracking_link if tracking else "",
+        )
+        accepted = await self._request(OperationKind.SHIP, order.id, payload)
+        counts["shipped"] += 1
+        self.log.info(
+            "shop_order_completed" if accepted else "shop_order_completed_refused",
+            order=order.reference,
+            shop_order=push.shop_order_id,
+            carrier=payload.carrier,
+            tracking_number=number,
+        )
+        await self.storage.pushes.settle(push.id, "ship", now)
+
+    async def _wait_for_tracking(self, order: StoredOrder, push: PushRecord, now: datetime) -> None:
+        if push.completed_seen_at is None:
+            await self.storage.pushes.completed_seen(push.id, now)
+            self.log.info(
+                "shop_tracking_awaited",
+                order=order.reference,
+                shop_order=push.shop_order_id,
+                wait=self.shop.tracking_wait,
+            )
+            return
+        waited = (now - push.completed_seen_at).total_seconds()
+        if waited >= self.shop.tracking_wait and push.tracking_flagged_at is None:
+            message = (
+                f"completed in shop {self.shop.name} (order {push.shop_order_id}) "
+                f"{waited / 3600:.1f} h ago without a tracking number; channel "
+                f"{order.channel} requires one"
+            )
+            await self.storage.pushes.flag_tracking(push, now, message)
+            self.log.warning("shop_tracking_missing", order=order.reference, reason=message)
+
+    # -- failure ---------------------------------------------------------------------------
+
+    def _fail(self, condition: str, reason: str) -> None:
+        if self.status.condition != condition:
+            # Logged on the transition only, as the pollers do.
+            self.log.error("shop_sync_failed", condition=condition, reason=reason)
+        self.status.condition = condition
+        self.status.last_error = reason
+
+    async def _failed(
+        self, condition: str, exc: Exception, delay: float, auth: bool = False
+    ) -> float:
+        reason = self.redact(f"{type(exc).__name__}: {exc}")
+        self.failures += 1
+        self._fail(condition, reason)
+        now = self.clock()
+        await self.storage.pushes.sync_failed(
+            self.shop.name, now, reason, now + timedelta(seconds=delay), auth_failed=auth
+        )
+        return delay
+
+
+async def retry_push(
+    storage: Storage,
+    order_id: int,
+    source: EventSource,
+    now: datetime,
+    wake: Callable[[], None] = lambda: None,
+) -> str:
+    """Let an order the shop refused be pushed again at the next sync; say what was done.
+
+    The failed push is forgotten and the error acknowledgement withdrawn (through the outbox,
+    so the order's trail shows who asked), which puts the order back among those to process.
+    """
+    order = await storage.orders.get(order_id, details=False)
+    if order is None:
+        raise PushError(f"no order with id {order_id}")
+    records = await storage.pushes.for_order(order_id)
+    created = [r for r in records if r.state == CREATED]
+    if created:
+        raise PushError(
+            f"order {order.reference} is already in shop {created[0].shop} as order "
+            f"{created[0].shop_order_id}; it is not pushed twice"
+        )
+    failed = order.acknowledgment_status == "error" or any(r.state == REJECTED for r in records)
+    if not failed:
+        raise PushError(f"order {order.reference} has no failed push to retry")
+    await storage.pushes.forget(order_id)
+    if order.acknowledged_at is not None:
+        await request_operations(
+            storage,
+            order.store_id,
+            OperationKind.UNACKNOWLEDGE,
+            [OperationRequest(payload=ReasonPayload(reason="push retried"), order_id=order_id)],
+            source,
+            now,
+            wake,
+        )
+    return f"order {order.reference} will be pushed again at the next sync"

@@ -1,0 +1,304 @@
+"""Push mode's records: each shop's sync state and read-back cursor, and one row per order
+pushed into a shop, written before the shop is called so no crash can create an order twice."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from sfd.clock import from_iso, to_iso
+from sfd.domain import EventSource
+from sfd.storage.db import Database
+from sfd.storage.orders import OrderStore
+
+#: The order event recorded when a completed order's tracking did not come in time.
+TRACKING_MISSING = "tracking_missing"
+
+PENDING, CREATED, REJECTED = "pending", "created", "rejected"
+#: How far before its registration a shop's first read-back starts.
+FIRST_READ_MARGIN = timedelta(hours=1)
+
+
+class PushRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """One order pushed (or being pushed) into one shop."""
+
+    id: int
+    shop: str
+    order_id: int
+    state: str
+    """pending: called, outcome unknown until recorded; created; rejected by the shop."""
+    shop_order_id: str | None
+    attempts: int
+    last_error: str | None
+    started_at: datetime
+    completed_seen_at: datetime | None
+    tracking_flagged_at: datetime | None
+    settled_kind: str | None
+    settled_at: datetime | None
+
+
+class ShopState(msgspec.Struct, kw_only=True, frozen=True):
+    """A shop as `sfd shops` shows it, like a channel's poll state."""
+
+    name: str
+    store_id: int
+    connector: str
+    cursor: datetime | None
+    auth_state: str
+    last_sync_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    next_sync_at: datetime | None
+    pushed: int
+    rejected: int
+    pending: int
+    waiting_tracking: int
+
+
+def _time(value: str | None) -> datetime | None:
+    return from_iso(value) if value else None
+
+
+def _record(row: Any) -> PushRecord:
+    return PushRecord(
+        id=row["id"],
+        shop=row["shop"],
+        order_id=row["order_id"],
+        state=row["state"],
+        shop_order_id=row["shop_order_id"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        started_at=from_iso(row["started_at"]),
+        completed_seen_at=_time(row["completed_seen_at"]),
+        tracking_flagged_at=_time(row["tracking_flagged_at"]),
+        settled_kind=row["settled_kind"],
+        settled_at=_time(row["settled_at"]),
+    )
+
+
+class PushStore:
+    """Shops and their pushes."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- shops -----------------------------------------------------------------------------
+
+    async def register(self, shop: str, store_id: int, connector: str, now: datetime) -> None:
+        """Record a configured shop; its cursor (from now, at first) and state survive restarts."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                # The read-back starts about now: the shop's older orders are none of sfd's. The
+                # margin covers the shop's clock and its timestamps, written to the second.
+                "INSERT INTO shops (name, store_id, connector, cursor, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET store_id = excluded.store_id, "
+                "connector = excluded.connector, updated_at = excluded.updated_at "
+                "WHERE store_id != excluded.store_id OR connector != excluded.connector",
+                (shop, store_id, connector, to_iso(now - FIRST_READ_MARGIN), to_iso(now)),
+            )
+
+    async def cursor(self, shop: str) -> datetime | None:
+        """Where the shop's read-back resumes."""
+        row = await self.db.fetchone("SELECT cursor FROM shops WHERE name = ?", (shop,))
+        return _time(row[0]) if row else None
+
+    async def set_cursor(self, shop: str, cursor: datetime, now: datetime) -> None:
+        """Move the read-back cursor."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shops SET cursor = ?, updated_at = ? WHERE name = ?",
+                (to_iso(cursor), to_iso(now), shop),
+            )
+
+    async def sync_started(self, shop: str, now: datetime) -> None:
+        """A sync begins."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shops SET last_sync_at = ?, updated_at = ? WHERE name = ?",
+                (to_iso(now), to_iso(now), shop),
+            )
+
+    async def sync_succeeded(self, shop: str, now: datetime, next_at: datetime) -> None:
+        """A sync went through: the credentials work."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shops SET last_success_at = ?, auth_state = 'ok', last_error = NULL, "
+                "next_sync_at = ?, updated_at = ? WHERE name = ?",
+                (to_iso(now), to_iso(next_at), to_iso(now), shop),
+            )
+
+    async def sync_failed(
+        self, shop: str, now: datetime, reason: str, next_at: datetime, *, auth_failed: bool
+    ) -> None:
+        """A sync failed; `auth_failed` when the shop refused the credentials."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shops SET last_error = ?, last_error_at = ?, next_sync_at = ?, "
+                "auth_state = CASE WHEN ? THEN 'auth_failed' ELSE auth_state END, "
+                "updated_at = ? WHERE name = ?",
+                (reason, to_iso(now), to_iso(next_at), int(auth_failed), to_iso(now), shop),
+            )
+
+    async def states(self, names: Collection[str] | None = None) -> list[ShopState]:
+        """Every registered shop (or those named) with its state and push counts."""
+        rows = await self.db.fetchall(
+            "SELECT s.*, "
+            "(SELECT count(*) FROM shop_pushes p WHERE p.shop = s.name "
+            " AND p.state = 'created') AS pushed, "
+            "(SELECT count(*) FROM shop_pushes p WHERE p.shop = s.name "
+            " AND p.state = 'rejected') AS rejected, "
+            "(SELECT count(*) FROM shop_pushes p WHERE p.shop = s.name "
+            " AND p.state = 'pending') AS pending, "
+            "(SELECT count(*) FROM shop_pushes p WHERE p.shop = s.name "
+            " AND p.completed_seen_at IS NOT NULL AND p.settled_at IS NULL) AS waiting "
+            "FROM shops s ORDER BY s.name"
+        )
+        return [
+            ShopState(
+                name=r["name"],
+                store_id=r["store_id"],
+                connector=r["connector"],
+                cursor=_time(r["cursor"]),
+                auth_state=r["auth_state"],
+                last_sync_at=_time(r["last_sync_at"]),
+                last_success_at=_time(r["last_success_at"]),
+                last_error=r["last_error"],
+                last_error_at=_time(r["last_error_at"]),
+                next_sync_at=_time(r["next_sync_at"]),
+                pushed=r["pushed"],
+                rejected=r["rejected"],
+                pending=r["pending"],
+                waiting_tracking=r["waiting"],
+            )
+            for r in rows
+            if names is None or r["name"] in names
+        ]
+
+    # -- pushes ----------------------------------------------------------------------------
+
+    async def for_orders(self, shop: str, order_ids: Collection[int]) -> dict[int, PushRecord]:
+        """The push records of these orders in this shop, by order id."""
+        ids = list(order_ids)
+        found: dict[int, PushRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self.db.fetchall(
+                f"SELECT * FROM shop_pushes WHERE shop = ? AND order_id IN "
+                f"({','.join('?' * len(chunk))})",
+                [shop, *chunk],
+            )
+            found.update((row["order_id"], _record(row)) for row in rows)
+        return found
+
+    async def for_order(self, order_id: int) -> list[PushRecord]:
+        """Every shop's push record of one order."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM shop_pushes WHERE order_id = ? ORDER BY id", (order_id,)
+        )
+        return [_record(row) for row in rows]
+
+    async def begin(self, shop: str, order_id: int, now: datetime) -> PushRecord:
+        """Record an attempt before the shop is called: `pending` until its outcome is known.
+
+        A row already there keeps its start, so a search covers every earlier attempt.
+        """
+        async with self.db.write() as tx:
+            await tx.execute(
+                "INSERT INTO shop_pushes (shop, order_id, state, attempts, started_at, "
+                "updated_at) VALUES (?, ?, 'pending', 1, ?, ?) ON CONFLICT (shop, order_id) "
+                "DO UPDATE SET attempts = attempts + 1, updated_at = excluded.updated_at, "
+                "state = CASE WHEN state = 'created' THEN state ELSE 'pending' END",
+                (shop, order_id, to_iso(now), to_iso(now)),
+            )
+            row = await tx.fetchone(
+                "SELECT * FROM shop_pushes WHERE shop = ? AND order_id = ?", (shop, order_id)
+            )
+        assert row is not None
+        return _record(row)
+
+    async def created(self, shop: str, order_id: int, shop_order_id: str, now: datetime) -> None:
+        """The shop holds the order, under `shop_order_id`."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shop_pushes SET state = 'created', shop_order_id = ?, last_error = NULL, "
+                "updated_at = ? WHERE shop = ? AND order_id = ?",
+                (shop_order_id, to_iso(now), shop, order_id),
+            )
+
+    async def rejected(self, shop: str, order_id: int, message: str, now: datetime) -> None:
+        """The shop refused the order: nothing was created."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shop_pushes SET state = 'rejected', last_error = ?, updated_at = ? "
+                "WHERE shop = ? AND order_id = ?",
+                (message, to_iso(now), shop, order_id),
+            )
+
+    async def attempt_failed(self, shop: str, order_id: int, message: str, now: datetime) -> None:
+        """An attempt whose outcome is unknown: the row stays pending, with the reason."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shop_pushes SET last_error = ?, updated_at = ? "
+                "WHERE shop = ? AND order_id = ? AND state = 'pending'",
+                (message, to_iso(now), shop, order_id),
+            )
+
+    async def forget(self, order_id: int) -> int:
+        """Drop the order's push records that created nothing, so it may be pushed again."""
+        async with self.db.write() as tx:
+            return await tx.execute(
+                "DELETE FROM shop_pushes WHERE order_id = ? AND state != 'created'", (order_id,)
+            )
+
+    async def by_shop_order(self, shop: str, shop_order_id: str) -> PushRecord | None:
+        """The push that created the shop's order `shop_order_id`."""
+        row = await self.db.fetchone(
+            "SELECT * FROM shop_pushes WHERE shop = ? AND shop_order_id = ? AND state = 'created'",
+            (shop, shop_order_id),
+        )
+        return _record(row) if row else None
+
+    async def waiting_tracking(self, shop: str) -> list[PushRecord]:
+        """Completed in the shop, not yet shipped in sfd: waiting for a tracking number."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM shop_pushes WHERE shop = ? AND completed_seen_at IS NOT NULL "
+            "AND settled_at IS NULL ORDER BY id",
+            (shop,),
+        )
+        return [_record(row) for row in rows]
+
+    async def completed_seen(self, push_id: int, now: datetime) -> None:
+        """The shop completed the order without a tracking number: the wait starts now."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shop_pushes SET completed_seen_at = coalesce(completed_seen_at, ?), "
+                "updated_at = ? WHERE id = ?",
+                (to_iso(now), to_iso(now), push_id),
+            )
+
+    async def flag_tracking(self, push: PushRecord, now: datetime, message: str) -> None:
+        """The wait for tracking is over: flag it once, as an event on the order."""
+        async with self.db.write() as tx:
+            changed = await tx.execute(
+                "UPDATE shop_pushes SET tracking_flagged_at = ?, updated_at = ? "
+                "WHERE id = ? AND tracking_flagged_at IS NULL",
+                (to_iso(now), to_iso(now), push.id),
+            )
+            if changed:
+                await OrderStore.add_event(
+                    tx, push.order_id, now, EventSource.SHOP, TRACKING_MISSING, message=message
+                )
+
+    async def settle(self, push_id: int, kind: str, now: datetime) -> None:
+        """The shop's order became `kind` (ship, cancel, or nothing): it is read no more."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE shop_pushes SET settled_kind = ?, settled_at = ?, updated_at = ? "
+                "WHERE id = ?",
+                (kind, to_iso(now), to_iso(now), push_id),
+            )

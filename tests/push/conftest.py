@@ -1,0 +1,193 @@
+"""A daemon in this process with a sandbox marketplace and a fake WooCommerce shop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sfd.config import load_config
+from sfd.connectors import shop as shop_module
+from sfd.daemon.loops import Poller
+from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.push import PushLoop
+from sfd.daemon.runtime import Daemon
+from sfd.domain import StoredOrder
+from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
+from sfd.storage import Storage
+from tests.support import write_config
+
+MARKETPLACE_KEY = "sandbox-key-push"
+WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
+WC_SECRET = "cs_fedcba9876543210fedcba9876543210fedcba98"
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def push_config(
+    marketplace_url: str,
+    shop_url: str,
+    *,
+    require_tracking: bool = True,
+    tracking_wait: str = "24h",
+    shop_settings: str = "",
+) -> str:
+    return f"""
+[[channels]]
+name = "sandbox"
+store = 1
+connector = "mirakl"
+poll_interval = "1h"
+auto_accept = false
+require_tracking = {str(require_tracking).lower()}
+[channels.settings]
+base_url = "{marketplace_url}"
+api_key = "env:SANDBOX_KEY"
+
+[[shops]]
+name = "main"
+store = 1
+connector = "woocommerce"
+sync_interval = "1h"
+tracking_wait = "{tracking_wait}"
+[shops.settings]
+base_url = "{shop_url}"
+consumer_key = "env:WC_KEY"
+consumer_secret = "env:WC_SECRET"
+timeout = 2.0
+{shop_settings}
+"""
+
+
+@dataclass
+class PushHub:
+    """The running daemon, the marketplace it polls and the shop it pushes into."""
+
+    marketplace: SandboxMarketplace
+    shop: SandboxWooCommerce
+    config_path: Path
+    http: aiohttp.ClientSession
+    daemon: Daemon = field(init=False)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def storage(self) -> Storage:
+        assert self.daemon.storage is not None
+        return self.daemon.storage
+
+    @property
+    def poller(self) -> Poller:
+        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
+
+    @property
+    def pusher(self) -> PushLoop:
+        return next(loop for loop in self.daemon.loops if isinstance(loop, PushLoop))
+
+    async def start(self) -> None:
+        self.daemon = Daemon(
+            load_config(self.config_path), notifier=SystemdNotifier({}), handle_signals=False
+        )
+        await self.daemon.start()
+        self.task = asyncio.create_task(self.daemon.serve())
+        await self.daemon.ready.wait()
+        await until(lambda: self.poller.status.ticks >= 1 and self.pusher.status.ticks >= 1)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.daemon.request_stop()
+            await asyncio.wait_for(self.task, 10)
+            self.task = None
+
+    async def _tick(self, loop: Poller | PushLoop) -> None:
+        await until(lambda: loop.status.state == "idle")
+        ticks = loop.status.ticks
+        loop.wake()
+        await until(lambda: loop.status.ticks > ticks, timeout=30)
+
+    async def poll(self) -> None:
+        """Import what the marketplace has now."""
+        await self._tick(self.poller)
+
+    async def sync(self) -> None:
+        """One push-mode sync: push, acknowledge, read back."""
+        await self._tick(self.pusher)
+
+    async def orders_on_sale(self, n: int) -> list[str]:
+        """`n` paid orders on the marketplace (waiting for shipment), imported."""
+        references = self.marketplace.add_orders(n, waiting_acceptance_ratio=0.0)
+        await self.poll()
+        return references
+
+    async def order(self, reference: str) -> StoredOrder:
+        row = await self.storage.db.fetchone(
+            "SELECT id FROM orders WHERE reference = ?", (reference,)
+        )
+        assert row is not None, f"order {reference} not imported"
+        order = await self.storage.orders.get(int(row[0]))
+        assert order is not None
+        return order
+
+    def shop_order(self, reference: str) -> dict[str, Any]:
+        [order] = self.shop.orders_for(reference)
+        return order
+
+
+@pytest.fixture(autouse=True)
+def _short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries keep their shape (several attempts, growing waits), in milliseconds."""
+    monkeypatch.setattr(shop_module.RETRY, "attempts", 4)
+    monkeypatch.setattr(shop_module.RETRY, "wait_initial", 0.01)
+    monkeypatch.setattr(shop_module.RETRY, "wait_max", 0.05)
+    monkeypatch.setattr(shop_module.RETRY, "timeout", 10.0)
+
+
+@pytest.fixture
+def shop(request: pytest.FixtureRequest) -> SandboxWooCommerce:
+    """The fake shop; parametrized indirectly with "no-tracking-extension" to go without it."""
+    without = getattr(request, "param", None) == "no-tracking-extension"
+    return SandboxWooCommerce(WC_KEY, WC_SECRET, tracking_extension=not without)
+
+
+@pytest.fixture
+def hub_options() -> dict[str, Any]:
+    """Extra `push_config` options; a test overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+async def hub(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shop: SandboxWooCommerce,
+    hub_options: dict[str, Any],
+) -> AsyncIterator[PushHub]:
+    monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
+    monkeypatch.setenv("WC_KEY", WC_KEY)
+    options = dict(hub_options)
+    monkeypatch.setenv("WC_SECRET", options.pop("secret", WC_SECRET))
+    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
+    async with (
+        run_sandbox(marketplace) as marketplace_url,
+        run_woocommerce(shop) as shop_url,
+        aiohttp.ClientSession() as http,
+    ):
+        config_path = write_config(tmp_path, push_config(marketplace_url, shop_url, **options))
+        running = PushHub(marketplace, shop, config_path, http)
+        await running.start()
+        try:
+            yield running
+        finally:
+            await running.stop()

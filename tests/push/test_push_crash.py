@@ -1,0 +1,106 @@
+"""SIGKILL the real `sfd run` again and again while it pushes orders into the shop: the shop,
+which outlives every crash, never holds two orders for one marketplace order, and every order
+ends up in the shop and acknowledged with the shop's id."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
+from tests.push.conftest import MARKETPLACE_KEY, WC_KEY, WC_SECRET, push_config
+from tests.support import SfdProcess, write_config
+
+ORDERS = 60
+KILLS = 20
+
+
+def query(database: Path, sql: str) -> list[sqlite3.Row]:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(sql).fetchall()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(predicate):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+def duplicates(shop: SandboxWooCommerce) -> dict[Any, int]:
+    seen = Counter(
+        next(m["value"] for m in o["meta_data"] if m["key"] == "sfd_marketplace_reference")
+        for o in shop.orders.values()
+    )
+    return {reference: n for reference, n in seen.items() if n > 1}
+
+
+async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
+    tmp_path: Path, sfd_processes: Callable[..., SfdProcess]
+) -> None:
+    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=23)
+    references = marketplace.add_orders(ORDERS, waiting_acceptance_ratio=0.0)
+    # Each answer comes a moment after the order is created: kills land between the two.
+    shop = SandboxWooCommerce(WC_KEY, WC_SECRET, latency=0.05)
+    database = tmp_path / "sfd.db"
+    env = {"SANDBOX_KEY": MARKETPLACE_KEY, "WC_KEY": WC_KEY, "WC_SECRET": WC_SECRET}
+    rng = random.Random(2026)
+    kills_during_a_create = 0
+    async with run_sandbox(marketplace) as marketplace_url, run_woocommerce(shop) as shop_url:
+        body = push_config(marketplace_url, shop_url).replace(
+            'sync_interval = "1h"', 'sync_interval = "1s"'
+        )
+        config = write_config(tmp_path, body)
+        for _ in range(KILLS):
+            sfd = sfd_processes(config, tmp_path, env=env)
+            await asyncio.to_thread(sfd.wait_ready)
+            before = len(shop.orders)
+            if before >= ORDERS:
+                break
+            # Let some creates go through, then kill at a random moment among them.
+            await wait_until(lambda before=before: len(shop.orders) > before, 15)
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
+            sfd.kill()
+            await asyncio.sleep(0.06)  # the shop finishes what it was serving
+            kills_during_a_create += any(not r.responded for r in shop.calls("orders.create")[-2:])
+            assert duplicates(shop) == {}
+        assert len(shop.orders) < ORDERS, "every order went in before the kills were over"
+
+        sfd = sfd_processes(config, tmp_path, env=env)
+        await asyncio.to_thread(sfd.wait_ready)
+        assert await wait_until(
+            lambda: (
+                query(
+                    database,
+                    "SELECT count(*) FROM orders WHERE acknowledgment_status = 'success'",
+                )[0][0]
+                == ORDERS
+            ),
+            60,
+        ), "not every order was pushed and acknowledged"
+        assert sfd.terminate() == 0
+
+    assert duplicates(shop) == {}
+    assert len(shop.orders) == ORDERS
+    by_reference = {
+        next(m["value"] for m in o["meta_data"] if m["key"] == "sfd_marketplace_reference"): o
+        for o in shop.orders.values()
+    }
+    assert set(by_reference) == set(references)
+    for row in query(database, "SELECT reference, store_reference FROM orders"):
+        assert row["store_reference"] == str(by_reference[row["reference"]]["id"])
+    # Some kills must have cut a create short, or the test proved nothing.
+    unanswered = [r for r in shop.calls("orders.create") if not r.responded]
+    assert unanswered or kills_during_a_create, "no kill landed during a create"
+    # An order whose create went unanswered was found in the shop, never posted again.
+    assert len(shop.calls("orders.create")) == ORDERS
