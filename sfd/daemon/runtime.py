@@ -20,7 +20,8 @@ from sfd.clock import Clock, utcnow
 from sfd.config import Config
 from sfd.connectors import shoppingfeed
 from sfd.connectors.base import MarketplaceConnector
-from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
+from sfd.connectors.registry import ConnectorUnavailable, open_marketplace, open_shop
+from sfd.connectors.shop import ShopConnector
 from sfd.daemon.admin import admin_app, socket_path, start_admin
 from sfd.daemon.api import ShopApi
 from sfd.daemon.deadlines import DeadlineWatch
@@ -28,10 +29,12 @@ from sfd.daemon.http import build_app
 from sfd.daemon.loops import Loop, Poller
 from sfd.daemon.metrics import Metrics
 from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.page import OrderPage
+from sfd.daemon.push import PushLoop
 from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
 from sfd.logs import SecretRedactor, get_logger
-from sfd.storage import OrderFilter, Storage, StorageError
+from sfd.storage import OrderFilter, Storage, StorageCondition, StorageError
 from sfd.storage.channels import ChannelSpec
 from sfd.storage.db import DatabaseLocked
 from sfd.storage.deadlines import DeadlineStore
@@ -40,6 +43,8 @@ log = get_logger()
 
 #: A stop must be done by then; systemd's TimeoutStopSec is 30 s, our promise is 10 s.
 STOP_DEADLINE = 8.0
+#: While writes fail (disk full, read-only), a one-row write is tried this often.
+STORAGE_PROBE = 5.0
 
 
 class StartupError(Exception):
@@ -47,12 +52,14 @@ class StartupError(Exception):
 
 
 async def sync_config(storage: Storage, config: Config, now: datetime) -> None:
-    """Record the config's stores and channels in the database."""
+    """Record the config's stores, channels and shops in the database."""
     await storage.channels.sync(
         [(s.id, s.name) for s in config.stores],
         [ChannelSpec(c.name, c.store, c.connector, c.require_tracking) for c in config.channels],
         now,
     )
+    for shop in config.shops:
+        await storage.pushes.register(shop.name, shop.store, shop.connector, now)
 
 
 class Daemon:
@@ -75,6 +82,7 @@ class Daemon:
         self.worker: OperationsWorker | None = None
         self.metrics = Metrics(clock=clock)
         self.connectors: list[MarketplaceConnector] = []
+        self.shop_connectors: list[ShopConnector] = []
         self.ready = anyio.Event()
         self.stop_requested = anyio.Event()
         self.url = ""
@@ -99,12 +107,12 @@ class Daemon:
                     count=reclaimed,
                     reason="claimed by a process that stopped before finishing them",
                 )
+            await sync_config(self.storage, self.config, self.clock())
         except (StorageError, DatabaseLocked) as exc:
             if self.storage is not None:
                 await self.storage.close()
                 self.storage = None
             raise StartupError(str(exc)) from None
-        await sync_config(self.storage, self.config, self.clock())
         await self._build_loops(self.storage)
         await self._bind()
 
@@ -153,6 +161,36 @@ class Daemon:
             ids[c.name]: timedelta(seconds=c.ship_deadline_warning) for c in self.config.channels
         }
         self.loops.append(DeadlineWatch(DeadlineStore(storage.db), warnings, self.clock))
+        self._build_push_loops(storage, redactor)
+
+    def _build_push_loops(self, storage: Storage, redactor: SecretRedactor) -> None:
+        """One push loop per `[[shops]]` entry; the store keeps serving the v1 API beside it."""
+        tracking = {c.name: c.require_tracking for c in self.config.channels}
+        self.metrics.declare_shops(s.name for s in self.config.shops)
+        for shop in self.config.shops:
+            shop_connector: ShopConnector | None = None
+            reason = ""
+            try:
+                shop_connector = open_shop(
+                    shop.name, shop.connector, self.config.shop_settings[shop.name]
+                )
+                self.shop_connectors.append(shop_connector)
+            except ConnectorUnavailable as exc:
+                reason = str(exc)
+                log.warning("connector_unavailable", shop=shop.name, reason=reason)
+            self.loops.append(
+                PushLoop(
+                    shop,
+                    storage,
+                    shop_connector,
+                    self.clock,
+                    require_tracking=tracking,
+                    unavailable_reason=reason,
+                    redact=redactor.redact,
+                    on_operations=self._operations_written,
+                    metrics=self.metrics,
+                )
+            )
 
     def _operations_written(self) -> None:
         if self.worker is not None:
@@ -167,6 +205,16 @@ class Daemon:
                 ShopApi(self.storage, self.clock, self._operations_written),
                 LegacyWebservice(self.storage, self.clock, self._operations_written),
                 metrics=self.metrics,
+                page=OrderPage(
+                    self.storage,
+                    self.clock,
+                    self._operations_written,
+                    poll_now=self.poll_now,
+                    warnings={
+                        c.name: timedelta(seconds=c.ship_deadline_warning)
+                        for c in self.config.channels
+                    },
+                ),
             ),
             access_log=None,
             handle_signals=False,
@@ -198,12 +246,15 @@ class Daemon:
             )
 
     def poll_now(self, channel: str) -> bool:
-        """Ask a channel's poller to poll at once; False if no such channel runs."""
+        """Ask a channel's poller (or a shop's push loop) to run at once; False if none runs."""
+        found = False
         for loop in self.loops:
-            if isinstance(loop, Poller) and loop.channel.name == channel:
+            if (isinstance(loop, Poller) and loop.channel.name == channel) or (
+                isinstance(loop, PushLoop) and loop.shop.name == channel
+            ):
                 loop.wake()
-                return True
-        return False
+                found = True
+        return found
 
     async def serve(self) -> None:
         """Run every loop until a stop is asked for, then stop within the deadline."""
@@ -219,6 +270,7 @@ class Daemon:
             for loop in self.loops:
                 tg.start_soon(loop.run, name=loop.name)
             tg.start_soon(self._report, name="systemd")
+            tg.start_soon(self._watch_storage, name="storage")
             self._summary = await self._status_line()
             log.info(
                 "daemon_ready",
@@ -246,6 +298,9 @@ class Daemon:
             for connector in self.connectors:
                 await connector.aclose()
             self.connectors.clear()
+            for shop_connector in self.shop_connectors:
+                await shop_connector.aclose()
+            self.shop_connectors.clear()
             if self.storage is not None:
                 await self.storage.close()
                 self.storage = None
@@ -321,6 +376,27 @@ class Daemon:
             line += f"; failing: {', '.join(failing)}"
         return line
 
+    async def _watch_storage(self) -> None:
+        """Log each change of the storage condition once; while writes fail, probe for space."""
+        assert self.storage is not None
+        db = self.storage.db
+        db.on_condition = self._storage_changed
+        while True:
+            await anyio.sleep(STORAGE_PROBE)
+            if db.condition is not None:
+                await db.probe()
+
+    def _storage_changed(
+        self, now: StorageCondition | None, before: StorageCondition | None
+    ) -> None:
+        if now is not None:
+            log.error("storage_unavailable", condition=now.kind, reason=now.reason)
+        elif before is not None:
+            seconds = (utcnow() - before.since).total_seconds()
+            log.info("storage_recovered", after=before.kind, seconds=round(seconds, 1))
+            for loop in self.loops:
+                loop.wake()  # paused loops resume now, not at their next retry
+
     # -- health ---------------------------------------------------------------------------
 
     def all_healthy(self) -> bool:
@@ -329,11 +405,20 @@ class Daemon:
         return all(loop.healthy(now) for loop in self.loops)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """What /healthz shows."""
+        """What /healthz shows: unhealthy while a loop is stalled or the disk refuses writes."""
         now = self.clock()
-        return self.all_healthy(), {
+        condition = self.storage.db.condition if self.storage is not None else None
+        storage: dict[str, Any] = {"condition": "ok"}
+        if condition is not None:
+            storage = {
+                "condition": condition.kind,
+                "reason": condition.reason,
+                "since": condition.since,
+            }
+        return self.all_healthy() and condition is None, {
             "version": __version__,
             "time": now,
+            "storage": storage,
             "loops": {loop.name: loop.status for loop in self.loops},
         }
 

@@ -23,8 +23,15 @@ from sfd.domain import (
     TicketState,
     check_transition,
 )
-from sfd.rules import AcknowledgePayload, OrderView, Payload, PriorOperation, decide
-from sfd.storage.db import Database, Writer
+from sfd.rules import (
+    AcknowledgePayload,
+    OrderView,
+    Payload,
+    PriorOperation,
+    ReasonPayload,
+    decide,
+)
+from sfd.storage.db import Database, Reader, Writer
 from sfd.storage.orders import OrderStore, confirm_operations
 
 K = OperationKind
@@ -243,7 +250,7 @@ class OperationStore:
         )
 
     @staticmethod
-    async def _find_order(tx: Writer, store_id: int, request: OperationRequest) -> OrderView | None:
+    async def _find_order(tx: Reader, store_id: int, request: OperationRequest) -> OrderView | None:
         params: list[object]
         if request.order_id is not None and not 0 < request.order_id < 2**63:
             return None  # no row can have it
@@ -274,7 +281,7 @@ class OperationStore:
         )
 
     @staticmethod
-    async def _prior(tx: Writer, order_id: int) -> list[PriorOperation]:
+    async def _prior(tx: Reader, order_id: int) -> list[PriorOperation]:
         rows = await tx.fetchall(
             "SELECT id, ticket_id, kind, state, payload FROM operations WHERE order_id = ? "
             "ORDER BY id",
@@ -296,6 +303,17 @@ class OperationStore:
         row = await tx.fetchone("SELECT channel_id FROM orders WHERE id = ?", (order_id,))
         assert row is not None
         return int(row[0])
+
+    async def rules_view(
+        self, store_id: int, order_id: int
+    ) -> tuple[OrderView | None, list[PriorOperation]]:
+        """What the rules would see of an order now, so a page offers only what they allow."""
+        async with self.db.read() as reader:
+            order = await self._find_order(
+                reader, store_id, OperationRequest(payload=ReasonPayload(), order_id=order_id)
+            )
+            prior = await self._prior(reader, order.id) if order else []
+        return order, prior
 
     async def batch(self, store_id: int, batch_id: str) -> list[Ticket]:
         """The tickets of one batch, in request order; empty if unknown or another store's."""
@@ -372,6 +390,17 @@ class OperationStore:
         )
         return [_ticket(row) for row in rows]
 
+    async def failed_orders(self, order_ids: Sequence[int]) -> set[int]:
+        """Which of these orders have a failed operation."""
+        if not order_ids:
+            return set()
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT order_id FROM operations WHERE state = 'failed' "
+            f"AND order_id IN ({','.join('?' * len(order_ids))})",
+            list(order_ids),
+        )
+        return {int(row[0]) for row in rows}
+
     async def shipments(self, order_id: int) -> list[Ticket]:
         """The order's shipments: its ship operations that have not failed."""
         rows = await self.db.fetchall(
@@ -408,8 +437,12 @@ class Claim(msgspec.Struct, kw_only=True, frozen=True):
     """Order item id → the marketplace's line reference, for partial shipments."""
 
 
+# The first term is implied by the last, but SQLite uses the partial index operations_due_idx
+# only when the query repeats the index's own condition; without it every claim scans the
+# whole outbox, history included, while holding the write lock.
 _DUE = (
-    "p.channel_id IS NOT NULL AND p.order_id IS NOT NULL "
+    "p.state IN ('scheduled', 'running') "
+    "AND p.channel_id IS NOT NULL AND p.order_id IS NOT NULL "
     "AND p.kind NOT IN ('acknowledge', 'unacknowledge') AND ("
     "(p.state = 'scheduled' AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= ?)) "
     "OR (p.state = 'running' AND p.lease_until < ?))"
@@ -575,11 +608,14 @@ class OperationQueue:
         skip = ""
         if skip_channels:
             skip = f"AND coalesce(channel_id, 0) NOT IN ({','.join('?' * len(skip_channels))})"
+        # `state IN (...)` repeats operations_due_idx's condition so SQLite uses it (see _DUE).
         row = await self.db.fetchone(
             "SELECT min(t) FROM ("
             " SELECT coalesce(next_attempt_at, created_at) AS t FROM operations"
-            f"  WHERE state = 'scheduled' AND kind NOT IN ('acknowledge', 'unacknowledge') {skip}"
-            " UNION ALL SELECT lease_until FROM operations WHERE state = 'running'"
+            "  WHERE state IN ('scheduled', 'running') AND state = 'scheduled'"
+            f"  AND kind NOT IN ('acknowledge', 'unacknowledge') {skip}"
+            " UNION ALL SELECT lease_until FROM operations"
+            "  WHERE state IN ('scheduled', 'running') AND state = 'running'"
             " UNION ALL SELECT confirm_at FROM operations"
             "  WHERE state = 'succeed' AND confirmed_at IS NULL AND confirm_at IS NOT NULL)",
             list(skip_channels),

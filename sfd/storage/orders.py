@@ -136,6 +136,10 @@ class OrderFilter:
     created_until: datetime | None = None
     store_fulfilled: bool | None = None
     """Only orders the merchant ships (True), or only those the marketplace ships (False)."""
+    needs_person: bool = False
+    """Only orders a person should look at: see `NEEDS_PERSON`."""
+    search: str | None = None
+    """A part of the marketplace reference or of the store reference, any case."""
     limit: int = 100
     offset: int = 0
     sort: str = "ship_by"
@@ -152,6 +156,25 @@ class OrderFilter:
             store_fulfilled=True,
             **more,
         )
+
+
+_TO_SHIP = (OrderStatus.WAITING_SHIPMENT, OrderStatus.PARTIALLY_SHIPPED)
+
+#: Waiting for acceptance, or for a shipment by the merchant (late ones included), or with a
+#: failed operation while still open, or acknowledged with an error by the shop.
+NEEDS_PERSON = (
+    "(o.status = 'waiting_store_acceptance' "
+    "OR (o.status IN ('waiting_shipment', 'partially_shipped') AND o.fulfilled_by = 'store') "
+    "OR o.acknowledgment_status = 'error' "
+    "OR (o.status NOT IN ('shipped', 'cancelled', 'refunded', 'refused') AND EXISTS ("
+    "SELECT 1 FROM operations p WHERE p.order_id = o.id AND p.state = 'failed')))"
+)
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, its wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 _SORTS = {
@@ -578,6 +601,18 @@ class OrderStore:
         )
         return int(row[0]) if row else 0
 
+    async def status_counts(self, store_id: int | None = None) -> dict[int, dict[str, int]]:
+        """Channel id → order status → how many orders, for one store or all."""
+        rows = await self.db.fetchall(
+            "SELECT channel_id, status, count(*) AS n FROM orders "
+            "WHERE (? IS NULL OR store_id = ?) GROUP BY channel_id, status",
+            (store_id, store_id),
+        )
+        counts: dict[int, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(row["channel_id"], {})[row["status"]] = int(row["n"])
+        return counts
+
     @staticmethod
     def _tables(query: OrderFilter) -> str:
         # The channel is joined only to filter by its name, so counts stay index-only.
@@ -624,6 +659,13 @@ class OrderStore:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if query.needs_person:
+            clauses.append(NEEDS_PERSON)
+        if query.search:
+            clauses.append(
+                "(o.reference LIKE ? ESCAPE '\\' OR o.store_reference LIKE ? ESCAPE '\\')"
+            )
+            params.extend([_like(query.search)] * 2)
         if query.created_since is not None:
             clauses.append("o.created_at >= ?")
             params.append(to_iso(query.created_since))
@@ -677,6 +719,16 @@ async def load_orders(
         issues[r["order_id"]].append(
             OrderIssue(type=r["kind"], message=r["last_error"] or "", occurred_at=from_iso(r["at"]))
         )
+    # A shop's completed order still without tracking (push mode) is flagged until it ships.
+    flagged: dict[int, OrderIssue] = {}
+    for r in await reader.fetchall(
+        f"SELECT order_id, message, at FROM order_events WHERE order_id IN ({marks}) "
+        "AND kind = 'tracking_missing' ORDER BY id",
+        ids,
+    ):
+        flagged[r["order_id"]] = OrderIssue(
+            type="ship", message=r["message"] or "", occurred_at=from_iso(r["at"])
+        )
     trail: dict[int, list[OrderEvent]] = {i: [] for i in ids}
     if events:
         for r in await reader.fetchall(
@@ -698,6 +750,8 @@ async def load_orders(
     for row in rows:
         order = _order_from_row(row)
         found = list(issues[order.id])
+        if order.id in flagged and order.status in _TO_SHIP:
+            found.append(flagged[order.id])
         if order.acknowledgment_status == "error" and order.acknowledged_at is not None:
             found.insert(
                 0,
