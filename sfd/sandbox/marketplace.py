@@ -30,6 +30,7 @@ import msgspec
 from aiohttp import web
 
 from sfd.clock import Clock, from_iso, utcnow
+from sfd.sandbox.failures import take_failure
 
 #: The operator's carriers, as SH21 lists them (sorted by label, as Mirakl does).
 CARRIERS: Final[tuple[dict[str, str], ...]] = (
@@ -417,13 +418,7 @@ class SandboxMarketplace:
         return response
 
     def _take_failure(self, operation: str | None) -> _Failure | None:
-        for failure in self._failures:
-            if failure.operation is None or failure.operation == operation:
-                failure.remaining -= 1
-                if failure.remaining <= 0:
-                    self._failures.remove(failure)
-                return failure
-        return None
+        return take_failure(self._failures, operation)
 
     @staticmethod
     def _injected(failure: _Failure) -> web.Response:

@@ -30,6 +30,7 @@ import msgspec
 from aiohttp import web
 
 from sfd.clock import Clock, from_iso, utcnow
+from sfd.sandbox.failures import take_failure
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -268,13 +269,7 @@ class SandboxWooCommerce:
         return response
 
     def _take_failure(self, operation: str | None) -> _Failure | None:
-        for failure in self._failures:
-            if failure.operation is None or failure.operation == operation:
-                failure.remaining -= 1
-                if failure.remaining <= 0:
-                    self._failures.remove(failure)
-                return failure
-        return None
+        return take_failure(self._failures, operation)
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
