@@ -268,3 +268,29 @@ async def test_a_database_that_cannot_be_written_is_refused(path: str) -> None:
     # /proc refuses new files even to root, so this holds on any machine.
     with pytest.raises(StorageError, match=r"^database .*(cannot be|is not writable)"):
         await Database.open(path)
+
+
+async def test_the_worker_finds_due_operations_through_the_due_index_not_the_history(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """Claiming runs inside the write lock on every tick: it must never scan every operation
+    ever written (the soak found it did, and the daemon's CPU grew with the history)."""
+    statements: list[str] = []
+    db = storage.db
+    for connection in [db._writer, *db._all_readers]:
+        await connection.set_trace_callback(statements.append)
+    await storage.queue.claim(NOW, timedelta(minutes=1), 10)
+    await storage.queue.next_due()
+    for connection in [db._writer, *db._all_readers]:
+        await connection.set_trace_callback(None)
+    queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(queries) == 2, queries
+    plain = sqlite3.connect(db.path)
+    try:
+        for query in queries:
+            plan = " | ".join(row[3] for row in plain.execute("EXPLAIN QUERY PLAN " + query))
+            # Each branch over the outbox searches the partial index, none scans the table.
+            assert "operations_due_idx" in plan, plan
+            assert "SCAN p" not in plan and "SCAN operations " not in plan + " ", plan
+    finally:
+        plain.close()
