@@ -215,6 +215,11 @@ async def test_operations_retry_makes_a_failed_operation_due_again(tmp_path: Pat
     async with storage.db.write() as tx:
         await tx.execute("UPDATE operations SET state = 'failed', last_error = 'Mirakl: 400'")
     [op] = await storage.db.fetchall("SELECT id FROM operations")
+    refused = run_cli(config, "operations", "retry", str(op["id"]), env=ENV)
+    assert refused.returncode == 1, "never sent: the rules refused it, a retry would too"
+    assert "was refused by the rules (Mirakl: 400), not by the marketplace" in refused.stderr
+    async with storage.db.write() as tx:
+        await tx.execute("UPDATE operations SET attempts = 2")
     await storage.close()
     retried = run_cli(config, "operations", "retry", str(op["id"]), env=ENV)
     assert retried.returncode == 0, retried.stderr

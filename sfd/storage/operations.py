@@ -363,6 +363,13 @@ class OperationStore:
                     f"operation {operation_id} is {row['state']}; only a failed "
                     "operation can be retried"
                 )
+            if row["attempts"] == 0:
+                # Never sent: the rules refused it, and would refuse it again unchanged.
+                raise ValueError(
+                    f"operation {operation_id} was refused by the rules "
+                    f"({row['last_error'] or 'no reason'}), not by the marketplace; "
+                    "ask again with what was missing"
+                )
             await tx.execute(
                 "UPDATE operations SET state = 'scheduled', next_attempt_at = NULL, "
                 "finished_at = NULL, attempts = 0, created_at = ?, updated_at = ? WHERE id = ?",
