@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 from prometheus_client import REGISTRY
@@ -17,7 +18,7 @@ from sfd.daemon.metrics import Metrics
 from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.logs import configure_logging
 from sfd.rules import ReasonPayload
-from sfd.storage import OperationRequest, Storage
+from sfd.storage import OperationRequest, Storage, StorageUnavailable
 from tests.conftest import NOW
 from tests.factories import make_order
 
@@ -74,6 +75,7 @@ def test_counters_and_histograms_show_with_their_names_and_labels() -> None:
         "sfd_pending_operations": "gauge",
         "sfd_late_orders": "gauge",
         "sfd_channel_auth_state": "gauge",
+        "sfd_storage_writable": "gauge",
     }
     assert sample(found, "sfd_orders_imported_total", channel="decathlon") == 3
     assert sample(found, "sfd_orders_imported_total", channel="ebay-de") == 0, "declared"
@@ -214,3 +216,20 @@ async def test_the_handler_serves_the_counters_when_the_database_fails(
     assert sample(found, "sfd_late_orders", channel="decathlon") == 2, "the last values"
     [line] = [json.loads(x) for x in out.getvalue().splitlines()]
     assert line["event"] == "metrics_refresh_failed"
+
+
+async def test_storage_writable_turns_0_while_the_database_refuses_writes(
+    storage: Storage,
+) -> None:
+    metrics = Metrics(storage, clock=lambda: NOW)
+    assert sample(samples(metrics.render().decode()), "sfd_storage_writable") == 1
+    db = storage.db
+    async with db._write_lock:
+        await db._writer.execute("PRAGMA query_only = 1")
+    with pytest.raises(StorageUnavailable):
+        await storage.tokens.create(1, "refused", NOW)
+    assert sample(samples(metrics.render().decode()), "sfd_storage_writable") == 0
+    async with db._write_lock:
+        await db._writer.execute("PRAGMA query_only = 0")
+    assert await db.probe()
+    assert sample(samples(metrics.render().decode()), "sfd_storage_writable") == 1

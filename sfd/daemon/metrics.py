@@ -99,6 +99,29 @@ class _DatabaseCollector:
         return [pending, late, auth]
 
 
+class _StorageCollector:
+    """Whether the database takes writes: read from memory, the condition the writer keeps."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "sfd_storage_writable",
+            "1 while the database takes writes; 0 while the disk is full, read-only or failing.",
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        if self.metrics.storage is not None:
+            family.add_metric([], 0.0 if self.metrics.storage.db.condition else 1.0)
+        return [family]
+
+
 class Metrics:
     """The daemon's metrics and the /metrics handler.
 
@@ -157,6 +180,7 @@ class Metrics:
         )
         self.database = _DatabaseCollector()
         r.register(self.database)
+        r.register(_StorageCollector(self))
 
     # -- what the loops report --------------------------------------------------------------
 
