@@ -207,8 +207,14 @@ class HttpConnector:
         return self._http.session
 
 
+#: The longest wait a Retry-After may impose; a broken or hostile value must not stop a
+#: channel, and its shipments, for days.
+MAX_RETRY_AFTER = 3600.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds, given as seconds or as an HTTP date; None if unreadable."""
+    """Retry-After in seconds, given as seconds or as an HTTP date, at most MAX_RETRY_AFTER;
+    None if unreadable."""
     if value is None or not value.strip():
         return None
     value = value.strip()
@@ -217,14 +223,14 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
+        return min(max(0.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER)
 
 
 def excerpt(body: bytes, limit: int = 200) -> str:
