@@ -15,9 +15,11 @@ from enum import StrEnum
 from typing import Protocol
 
 import stamina
+import stamina.instrumentation
 
 from sfd.connectors.base import Transient
 from sfd.domain import Address
+from sfd.logs import get_logger
 
 
 @dataclass
@@ -33,14 +35,36 @@ class Retry:
 #: Module-wide, mutable so tests can make the backoff short; the daemon uses the defaults.
 RETRY = Retry()
 
+_log = get_logger()
 
-def retrying() -> AsyncIterator[stamina.Attempt]:
-    """Attempts of one call, retried with exponential backoff on Transient failures, per RETRY.
+
+def _retried(details: stamina.instrumentation.RetryDetails) -> None:
+    _log.debug(
+        "shop_call_retried",
+        attempt=details.retry_num,
+        wait=round(details.wait_for, 2),
+        reason=str(details.caused_by),
+    )
+
+
+# stamina's default hook warns at every retry: a shop down for an hour would flood the log.
+# The push loop logs a failing shop once, when it starts failing; each retry is a debug line.
+# (Its Prometheus hook is left out too: sfd's metrics live in their own registry.)
+stamina.instrumentation.set_on_retry_hooks([_retried])
+
+
+class CreateUncertain(Transient):
+    """A create that failed without a refusal (no answer, an unreadable one, a 5xx): the shop
+    may hold the order already, so it is searched for before any new create."""
+
+
+def retrying(on: type[Transient] = Transient) -> AsyncIterator[stamina.Attempt]:
+    """Attempts of one call, retried with exponential backoff on `on` failures, per RETRY.
 
     Used as `async for attempt in retrying(): with attempt: ...`.
     """
     return stamina.retry_context(
-        on=Transient,
+        on=on,
         attempts=RETRY.attempts,
         wait_initial=RETRY.wait_initial,
         wait_max=RETRY.wait_max,
@@ -120,7 +144,8 @@ class ShopConnector(Protocol):
     async def create_order(self, order: PushOrder) -> str:
         """Create the order in the shop and return the shop's id for it.
 
-        Rejected when the shop refuses it (an unknown SKU, a field it does not accept).
+        Rejected when the shop refuses it (an unknown SKU, a field it does not accept);
+        CreateUncertain when it failed in a way that may have left the order created.
         """
 
     async def find_order(self, order: PushOrder, since: datetime | None = None) -> str | None:

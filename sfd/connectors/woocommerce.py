@@ -17,11 +17,18 @@ import msgspec
 from yarl import URL
 
 from sfd.clock import to_iso
-from sfd.connectors.base import AuthFailed, Rejected
+from sfd.connectors.base import AuthFailed, Rejected, Transient
 from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
 from sfd.connectors.parsing import parse_moment, utc
 from sfd.connectors.settings import WooCommerceSettings
-from sfd.connectors.shop import PushOrder, ShopOrder, ShopStatus, ShopTracking, retrying
+from sfd.connectors.shop import (
+    CreateUncertain,
+    PushOrder,
+    ShopOrder,
+    ShopStatus,
+    ShopTracking,
+    retrying,
+)
 from sfd.domain import Address
 
 PER_PAGE: Final = 100
@@ -124,8 +131,11 @@ class WooCommerceConnector(HttpConnector):
     async def create_order(self, order: PushOrder) -> str:
         """POST the order once (never retried here: the caller searches before a repeat)."""
         body = await self.order_body(order)
-        answer = await self._send("POST", _ORDERS, "create order", body=body)
-        return str(self._http.decode(answer.body, _Created, "create order").id)
+        try:
+            answer = await self._send("POST", _ORDERS, "create order", body=body)
+            return str(self._http.decode(answer.body, _Created, "create order").id)
+        except Transient as exc:
+            raise CreateUncertain(str(exc)) from None
 
     async def order_body(self, order: PushOrder) -> dict[str, Any]:
         """The create body: every SKU looked up first, so an unknown one creates nothing."""
@@ -203,7 +213,7 @@ class WooCommerceConnector(HttpConnector):
         answer = await self._get(
             _ORDERS, "search orders", {"search": order.reference, "per_page": str(self.per_page)}
         )
-        found = self._match(self._http.decode(answer.body, list[_Order], "search orders"), order)
+        found = self._match(self._orders(answer, "search orders"), order)
         if found is not None or since is None:
             return found
         after = to_iso(utc(since) - timedelta(hours=1))
@@ -217,11 +227,22 @@ class WooCommerceConnector(HttpConnector):
                 "page": str(page),
             }
             answer = await self._get(_ORDERS, "list recent orders", params)
-            orders = self._http.decode(answer.body, list[_Order], "list recent orders")
+            orders = self._orders(answer, "list recent orders")
             found = self._match(orders, order)
             if found is not None or page >= _total_pages(answer) or not orders:
                 return found
         return None
+
+    def _orders(self, answer: Answer, op: str) -> list[_Order]:
+        """A page of orders; one longer than `per_page` is refused (Transient), as a shop
+        ignoring the page size would make page-by-page reading skip or repeat orders."""
+        orders = self._http.decode(answer.body, list[_Order], op)
+        if len(orders) > self.per_page:
+            raise Transient(
+                f"WooCommerce {op}: {len(orders)} orders in a page where at most "
+                f"{self.per_page} were asked for; page refused"
+            )
+        return orders
 
     @staticmethod
     def _match(orders: list[_Order], order: PushOrder) -> str | None:
@@ -251,7 +272,7 @@ class WooCommerceConnector(HttpConnector):
                 if since is not None:
                     params["modified_after"] = to_iso(utc(since))
                 answer = await self._get(_ORDERS, f"list {status} orders", params)
-                orders = self._http.decode(answer.body, list[_Order], f"list {status} orders")
+                orders = self._orders(answer, f"list {status} orders")
                 yield [await self._read(o) for o in orders]
                 if not orders or page >= _total_pages(answer):
                     break

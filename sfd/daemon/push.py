@@ -14,7 +14,15 @@ from datetime import datetime, timedelta
 from sfd.clock import Clock
 from sfd.config import ShopConfig
 from sfd.connectors.base import AuthFailed, ConnectorError, RateLimited, Rejected
-from sfd.connectors.shop import PushLine, PushOrder, ShopConnector, ShopOrder, ShopStatus, retrying
+from sfd.connectors.shop import (
+    CreateUncertain,
+    PushLine,
+    PushOrder,
+    ShopConnector,
+    ShopOrder,
+    ShopStatus,
+    retrying,
+)
 from sfd.daemon.loops import AUTH_RETRY, CURSOR_OVERLAP, Loop
 from sfd.daemon.metrics import Metrics
 from sfd.daemon.outbox import request_operations
@@ -190,8 +198,13 @@ class PushLoop(Loop):
     async def _create(
         self, connector: ShopConnector, order: PushOrder, uncertain: bool, record: PushRecord
     ) -> str:
-        """Search the shop first whenever an earlier attempt may have created the order."""
-        async for attempt in retrying():
+        """Search the shop first whenever an earlier attempt may have created the order.
+
+        Only an uncertain create is tried again here (after a search): the shop's reads
+        are retried by the connector already, and retrying them here too would multiply the
+        attempts, holding the sync for minutes while a shop is down.
+        """
+        async for attempt in retrying(on=CreateUncertain):
             with attempt:
                 if uncertain:
                     try:

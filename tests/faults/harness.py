@@ -48,26 +48,10 @@ def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
         return db.execute(sql).fetchall()
 
 
-@dataclass
-class Hub:
-    """The running daemon, its two marketplaces and its log."""
+class CapturedLog:
+    """Reads a daemon's JSON log lines, captured in `logs`."""
 
-    daemon: Daemon
-    task: asyncio.Task[None]
-    database: Path
-    flaky: SandboxMarketplace
-    steady: SandboxMarketplace
-    injector: FaultInjector
     logs: io.StringIO
-    flaky_url: str
-
-    def poller(self, channel: str) -> Poller:
-        """The poller of `flaky` or `steady`."""
-        return next(
-            loop
-            for loop in self.daemon.loops
-            if isinstance(loop, Poller) and loop.channel.name == channel
-        )
 
     def mark(self) -> int:
         """Where the log is now: `events(..., since=mark)` reads what came after."""
@@ -86,6 +70,28 @@ class Hub:
         """Every log line at these levels (after `since`)."""
         lines = [json.loads(line) for line in self.logs.getvalue()[since:].splitlines() if line]
         return [line for line in lines if line.get("level") in levels]
+
+
+@dataclass
+class Hub(CapturedLog):
+    """The running daemon, its two marketplaces and its log."""
+
+    daemon: Daemon
+    task: asyncio.Task[None]
+    database: Path
+    flaky: SandboxMarketplace
+    steady: SandboxMarketplace
+    injector: FaultInjector
+    logs: io.StringIO
+    flaky_url: str
+
+    def poller(self, channel: str) -> Poller:
+        """The poller of `flaky` or `steady`."""
+        return next(
+            loop
+            for loop in self.daemon.loops
+            if isinstance(loop, Poller) and loop.channel.name == channel
+        )
 
     def stored(self, channel: str) -> dict[str, tuple[str, str, str]]:
         """The channel's orders as stored: reference → (status, updated, total)."""
@@ -159,22 +165,32 @@ async def running_hub(
         )
         steady_url = await stack.enter_async_context(run_sandbox(steady))
         config = _config(tmp_path, flaky_url, steady_url, timeout)
-        logs = io.StringIO()
-        configure_logging("json", "info", config.secrets, stream=logs)
-        daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
-        await daemon.start()
-        task = asyncio.create_task(daemon.serve())
-        await daemon.ready.wait()
+        daemon, task, logs = await stack.enter_async_context(running_daemon(config))
         hub = Hub(daemon, task, config.database, flaky, steady, injector, logs, flaky_url)
-        try:
-            await until(
-                lambda: len(hub.stored("flaky")) == initial == len(hub.stored("steady")),
-                what="the first import of both channels",
-            )
-            yield hub
-        finally:
-            daemon.request_stop()
-            await asyncio.wait_for(task, 10)
+        await until(
+            lambda: len(hub.stored("flaky")) == initial == len(hub.stored("steady")),
+            what="the first import of both channels",
+        )
+        yield hub
+
+
+@asynccontextmanager
+async def running_daemon(
+    config: Config,
+) -> AsyncIterator[tuple[Daemon, asyncio.Task[None], io.StringIO]]:
+    """The daemon serving `config` in this process, with its log captured as JSON lines;
+    stopped on leaving."""
+    logs = io.StringIO()
+    configure_logging("json", "info", config.secrets, stream=logs)
+    daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
+    await daemon.start()
+    task = asyncio.create_task(daemon.serve())
+    try:
+        await daemon.ready.wait()
+        yield daemon, task, logs
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
 
 
 # -- certificates ---------------------------------------------------------------------------

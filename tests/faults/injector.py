@@ -118,9 +118,13 @@ class FaultInjector:
 
 
 def slow(injector: FaultInjector, seconds: float = 30.0) -> Fault:
-    """Answer only after `seconds` (or when the fault stops): past any sane client timeout."""
+    """Answer only after `seconds` (or when the fault stops): past any sane client timeout.
+
+    The request is read whole first, so a write held here takes effect when released, as on a
+    server that received it and was slow to process it."""
 
     async def fault(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await request.read()
         with suppress(TimeoutError):
             await asyncio.wait_for(injector.healed.wait(), seconds)
         return await handler(request)

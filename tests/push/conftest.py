@@ -44,6 +44,7 @@ def push_config(
     require_tracking: bool = True,
     tracking_wait: str = "24h",
     shop_settings: str = "",
+    timeout: float = 2.0,
 ) -> str:
     return f"""
 [[channels]]
@@ -67,7 +68,7 @@ tracking_wait = "{tracking_wait}"
 base_url = "{shop_url}"
 consumer_key = "env:WC_KEY"
 consumer_secret = "env:WC_SECRET"
-timeout = 2.0
+timeout = {timeout}
 {shop_settings}
 """
 

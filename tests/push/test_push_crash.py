@@ -15,6 +15,7 @@ from typing import Any
 
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
+from tests.faults.reliability import record
 from tests.push.conftest import MARKETPLACE_KEY, WC_KEY, WC_SECRET, push_config
 from tests.support import SfdProcess, write_config
 
@@ -37,12 +38,16 @@ async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def duplicates(shop: SandboxWooCommerce) -> dict[Any, int]:
-    seen = Counter(
+def in_shop(shop: SandboxWooCommerce) -> Counter[Any]:
+    """How many shop orders carry each marketplace reference."""
+    return Counter(
         next(m["value"] for m in o["meta_data"] if m["key"] == "sfd_marketplace_reference")
         for o in shop.orders.values()
     )
-    return {reference: n for reference, n in seen.items() if n > 1}
+
+
+def duplicates(shop: SandboxWooCommerce) -> dict[Any, int]:
+    return {reference: n for reference, n in in_shop(shop).items() if n > 1}
 
 
 async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
@@ -56,6 +61,7 @@ async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
     env = {"SANDBOX_KEY": MARKETPLACE_KEY, "WC_KEY": WC_KEY, "WC_SECRET": WC_SECRET}
     rng = random.Random(2026)
     kills_during_a_create = 0
+    kills = 0
     async with run_sandbox(marketplace) as marketplace_url, run_woocommerce(shop) as shop_url:
         body = push_config(marketplace_url, shop_url).replace(
             'sync_interval = "1h"', 'sync_interval = "1s"'
@@ -71,6 +77,7 @@ async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
             await wait_until(lambda before=before: len(shop.orders) > before, 15)
             await asyncio.sleep(rng.uniform(0.0, 0.15))
             sfd.kill()
+            kills += 1
             await asyncio.sleep(0.06)  # the shop finishes what it was serving
             kills_during_a_create += any(not r.responded for r in shop.calls("orders.create")[-2:])
             assert duplicates(shop) == {}
@@ -78,18 +85,21 @@ async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
 
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
-        assert await wait_until(
-            lambda: (
-                query(
-                    database,
-                    "SELECT count(*) FROM orders WHERE acknowledgment_status = 'success'",
-                )[0][0]
-                == ORDERS
-            ),
-            60,
-        ), "not every order was pushed and acknowledged"
+        acknowledged = "SELECT reference FROM orders WHERE acknowledgment_status = 'success'"
+        everything = await wait_until(lambda: len(query(database, acknowledged)) == ORDERS, 60)
         assert sfd.terminate() == 0
 
+    pushed = in_shop(shop)
+    record(
+        "crash",
+        "SIGKILL during pushes into the shop",
+        tries=kills,
+        lost=len(set(references) - pushed.keys())
+        + len(set(references) - {r[0] for r in query(database, acknowledged)}),
+        duplicated=sum(n - 1 for n in pushed.values()),
+        test="tests/push/test_push_crash.py",
+    )
+    assert everything, "not every order was pushed and acknowledged"
     assert duplicates(shop) == {}
     assert len(shop.orders) == ORDERS
     by_reference = {
