@@ -192,6 +192,8 @@ class OrderEvent(msgspec.Struct, kw_only=True, frozen=True):
     to_status: str | None
     message: str
     operation_id: int | None
+    actor: str | None = None
+    """Who: the token's name, the system user of the CLI, or the shop; None for sfd itself."""
 
 
 class OrderIssue(msgspec.Struct, kw_only=True, frozen=True):

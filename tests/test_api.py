@@ -448,6 +448,8 @@ async def test_an_error_acknowledgement_records_the_message(api: Api) -> None:
     assert stored is not None
     assert stored.acknowledgment_status == "error"
     assert [e.kind for e in stored.events][-1] == "acknowledge"
+    assert stored.events[-1].source == "api"
+    assert stored.events[-1].actor == "prestashop", "who: the token's name"
 
 
 async def test_a_shipment_is_written_once_and_an_identical_repeat_gets_the_same_ticket(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -198,6 +199,8 @@ async def test_orders_ship_accept_and_cancel_follow_the_api_rules(tmp_path: Path
         "ship_requested",
         "accept_refused",
     ]
+    # Who: the system user that ran the command.
+    assert {e["actor"] for e in shown["events"][1:]} == {getpass.getuser()}
     listed = json.loads(
         run_cli(config, "operations", "list", "--state", "scheduled", "--json", env=ENV).stdout
     )

@@ -455,6 +455,7 @@ class ShopApi:
             EventSource.API,
             self.clock(),
             self.on_operations,
+            actor=identity.name,
         )
         base = f"/v1/store/{identity.store_id}"
         return hal(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import getpass
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -303,7 +304,7 @@ async def _retry_push(args: argparse.Namespace, storage: Storage) -> int:
     if not shops:
         raise CommandError(f"store {order.store_id} has no shop in push mode ([[shops]])")
     try:
-        said = await retry_push(storage, order.id, EventSource.CLI, utcnow())
+        said = await retry_push(storage, order.id, EventSource.CLI, utcnow(), actor=args.actor)
     except PushError as exc:
         raise CommandError(str(exc)) from None
     for shop in shops:
@@ -332,14 +333,26 @@ def _order_rows(orders: Sequence[StoredOrder]) -> Table:
 
 
 async def _token_scope(args: argparse.Namespace, storage: Storage) -> int | None:
-    """The store an API token (`--token` or $SFD_TOKEN) limits the command to; None without."""
+    """The store an API token (`--token` or $SFD_TOKEN) limits the command to; None without.
+
+    Sets `args.actor`, who the orders' events name: the token's name, else the system user."""
+    args.actor = _system_user()
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
         return None
     identity = await storage.tokens.verify(token.strip())
     if identity is None:
         raise CommandError("the token is not valid (or was revoked)")
+    args.actor = identity.name
     return identity.store_id
+
+
+def _system_user() -> str | None:
+    """The login running the command, for the order's trail."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, no LOGNAME: a container's stray uid
+        return None
 
 
 async def _orders(args: argparse.Namespace, storage: Storage) -> int:
@@ -368,10 +381,16 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         for item in order.items:
             items.add_row(item.reference, item.name, str(item.quantity), str(item.price))
         console.print(items)
-        events = Table("at", "source", "event", "from", "to", "message")
+        events = Table("at", "source", "by", "event", "from", "to", "message")
         for e in order.events:
             events.add_row(
-                _when(e.at), e.source, e.kind, e.from_status or "", e.to_status or "", e.message
+                _when(e.at),
+                e.source,
+                e.actor or "",
+                e.kind,
+                e.from_status or "",
+                e.to_status or "",
+                e.message,
             )
         console.print(events)
         tickets = Table("operation", "kind", "state", "source", "attempts", "marketplace says")
@@ -436,6 +455,7 @@ async def _operate(args: argparse.Namespace, storage: Storage) -> int:
         [OperationRequest(payload=payload, order_id=order.id)],
         EventSource.CLI,
         utcnow(),
+        args.actor,
     )
     [ticket] = batch.tickets
     await _wake_daemon(storage)
@@ -457,7 +477,9 @@ async def _wake_daemon(storage: Storage) -> None:
 async def _operations(args: argparse.Namespace, storage: Storage) -> int:
     if args.operations_command == "retry":
         try:
-            ticket = await storage.operations.retry(args.id, EventSource.CLI, utcnow())
+            ticket = await storage.operations.retry(
+                args.id, EventSource.CLI, utcnow(), _system_user()
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         await _wake_daemon(storage)

@@ -22,12 +22,14 @@ async def request_operations(
     wake: Callable[[], None] = lambda: None,
     *,
     via: str | None = None,
+    actor: str | None = None,
 ) -> Batch:
     """Decide and write the operations, log each ticket, and wake the worker if it has work.
 
-    `via` names the entry point in the logs when it is finer than the event source (`ws`).
+    `via` names the entry point in the logs when it is finer than the event source (`ws`);
+    `actor` names who asked (a token's name, a user, a shop) in the orders' events.
     """
-    batch = await storage.operations.submit(store_id, kind, requests, source, now)
+    batch = await storage.operations.submit(store_id, kind, requests, source, now, actor)
     for ticket in batch.tickets:
         log.info(
             "operation_requested",
@@ -38,6 +40,7 @@ async def request_operations(
             order=ticket.order_reference,
             state=ticket.state.value,
             source=via or source.value,
+            actor=actor,
             batch=batch.id,
             reason=ticket.reason,
         )

@@ -242,6 +242,7 @@ class PushLoop(Loop):
             EventSource.SHOP,
             self.clock(),
             self.on_operations,
+            actor=self.shop.name,
         )
         return all(t.reason is None for t in batch.tickets)
 
@@ -375,6 +376,8 @@ async def retry_push(
     source: EventSource,
     now: datetime,
     wake: Callable[[], None] = lambda: None,
+    *,
+    actor: str | None = None,
 ) -> str:
     """Let an order the shop refused be pushed again at the next sync; say what was done.
 
@@ -404,5 +407,6 @@ async def retry_push(
             source,
             now,
             wake,
+            actor=actor,
         )
     return f"order {order.reference} will be pushed again at the next sync"

@@ -277,6 +277,7 @@ class LegacyWebservice:
             now,
             self.on_operations,
             via="ws",
+            actor=identity.name,
         )
         return batch.tickets
 

@@ -109,8 +109,11 @@ class OperationStore:
         requests: Sequence[OperationRequest],
         source: EventSource,
         now: datetime,
+        actor: str | None = None,
     ) -> Batch:
-        """Decide every entry and write them all, with their tickets, in one transaction."""
+        """Decide every entry and write them all, with their tickets, in one transaction.
+
+        `actor` names who asked, in each order's events."""
         batch_id = new_id()
         stamp = to_iso(now)
         touched: set[int] = set()
@@ -122,7 +125,7 @@ class OperationStore:
             )
             for position, request in enumerate(requests):
                 operation_id = await self._submit_one(
-                    tx, store_id, kind, request, source, now, batch_id, touched
+                    tx, store_id, kind, request, source, now, batch_id, touched, actor
                 )
                 await tx.execute(
                     "INSERT INTO batch_tickets (batch_id, position, operation_id) VALUES (?, ?, ?)",
@@ -151,6 +154,7 @@ class OperationStore:
         now: datetime,
         batch_id: str,
         touched: set[int],
+        actor: str | None,
     ) -> int:
         order = await self._find_order(tx, store_id, request)
         prior = await self._prior(tx, order.id) if order else []
@@ -200,6 +204,7 @@ class OperationStore:
                 f"{kind.value}_refused",
                 message=decision.reason,
                 operation_id=operation_id,
+                actor=actor,
             )
         elif kind == K.ACKNOWLEDGE:
             assert isinstance(request.payload, AcknowledgePayload)
@@ -212,6 +217,7 @@ class OperationStore:
                 "acknowledge",
                 message=_ack_message(request.payload),
                 operation_id=operation_id,
+                actor=actor,
             )
         elif kind == K.UNACKNOWLEDGE:
             await tx.execute(
@@ -220,11 +226,17 @@ class OperationStore:
                 (to_iso(now), order.id),
             )
             await self.orders.add_event(
-                tx, order.id, now, source, "unacknowledge", operation_id=operation_id
+                tx, order.id, now, source, "unacknowledge", operation_id=operation_id, actor=actor
             )
         else:
             await self.orders.add_event(
-                tx, order.id, now, source, f"{kind.value}_requested", operation_id=operation_id
+                tx,
+                order.id,
+                now,
+                source,
+                f"{kind.value}_requested",
+                operation_id=operation_id,
+                actor=actor,
             )
         return operation_id
 
@@ -352,7 +364,9 @@ class OperationStore:
         )
         return int(total[0]) if total else 0, [_ticket(row) for row in rows]
 
-    async def retry(self, operation_id: int, source: EventSource, now: datetime) -> Ticket:
+    async def retry(
+        self, operation_id: int, source: EventSource, now: datetime, actor: str | None = None
+    ) -> Ticket:
         """Make a failed operation due again, as a person asked; raise ValueError if it is not."""
         async with self.db.write() as tx:
             row = await tx.fetchone(_SELECT_TICKET + "WHERE p.id = ?", (operation_id,))
@@ -384,6 +398,7 @@ class OperationStore:
                     f"{row['kind']}_retried",
                     message=f"after: {row['last_error'] or 'failure'}",
                     operation_id=operation_id,
+                    actor=actor,
                 )
                 await self.orders.refresh_documents(tx, [row["order_id"]])
             updated = await tx.fetchone(_SELECT_TICKET + "WHERE p.id = ?", (operation_id,))

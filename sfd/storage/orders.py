@@ -497,11 +497,12 @@ class OrderStore:
         to_status: OrderStatus | None = None,
         message: str = "",
         operation_id: int | None = None,
+        actor: str | None = None,
     ) -> int:
         """Record one entry of an order's audit trail, inside the caller's transaction."""
         return await tx.insert(
             "INSERT INTO order_events (order_id, at, source, kind, from_status, to_status, "
-            "message, operation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "message, operation_id, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 order_id,
                 to_iso(now),
@@ -511,6 +512,7 @@ class OrderStore:
                 to_status.value if to_status else None,
                 message,
                 operation_id,
+                actor,
             ),
         )
 
@@ -744,6 +746,7 @@ async def load_orders(
                     to_status=r["to_status"],
                     message=r["message"],
                     operation_id=r["operation_id"],
+                    actor=r["actor"],
                 )
             )
     orders = []

@@ -20,8 +20,9 @@ from yarl import URL
 from sfd.daemon.http import build_app
 from sfd.daemon.page import OrderPage
 from sfd.daemon.ws import LegacyWebservice
-from sfd.domain import OrderStatus
-from sfd.storage import Storage
+from sfd.domain import EventSource, OperationKind, OrderStatus
+from sfd.rules import AcknowledgePayload
+from sfd.storage import OperationRequest, Storage
 from tests.conftest import NOW
 from tests.factories import make_order
 from tests.page.conftest import PageClient
@@ -492,6 +493,15 @@ async def test_an_order_the_shop_refused_can_be_pushed_again_from_its_page(site:
     await site.storage.pushes.register("woo", 1, "woocommerce", NOW)
     await site.storage.pushes.begin("woo", order, NOW)
     await site.storage.pushes.rejected("woo", order, "unknown SKU <b>SKU-9</b>", NOW)
+    error = AcknowledgePayload(status="error", message="unknown SKU <b>SKU-9</b>")
+    await site.storage.operations.submit(
+        1,
+        OperationKind.ACKNOWLEDGE,
+        [OperationRequest(payload=error, order_id=order)],
+        EventSource.SHOP,
+        NOW,
+        actor="woo",
+    )
     client = await site.signed_in()
     status, text = await client.get(f"/orders/{order}")
     assert status == 200
@@ -505,6 +515,10 @@ async def test_an_order_the_shop_refused_can_be_pushed_again_from_its_page(site:
     status, text = await client.get(location)
     assert "will be pushed again at the next sync" in text
     assert "retry-push" not in text, "nothing left to retry"
+    shown = await site.storage.orders.get(order)
+    assert shown is not None
+    trail = [(e.kind, e.source, e.actor) for e in shown.events]
+    assert trail[-2:] == [("acknowledge", "shop", "woo"), ("unacknowledge", "page", "one")]
 
 
 async def test_retrying_a_push_that_did_not_fail_is_refused_on_the_page(site: Site) -> None:

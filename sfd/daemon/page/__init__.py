@@ -511,6 +511,7 @@ class OrderPage:
             self.clock(),
             self.on_operations,
             via=f"page:{session.token_name}",
+            actor=session.token_name,
         )
         [ticket] = batch.tickets
         if ticket.state == TicketState.FAILED:
@@ -558,7 +559,7 @@ class OrderPage:
             )
         try:
             again = await self.storage.operations.retry(
-                ticket.operation_id, EventSource.PAGE, self.clock()
+                ticket.operation_id, EventSource.PAGE, self.clock(), session.token_name
             )
         except ValueError as exc:  # it changed state meanwhile
             return await self._order_page(session, order, status=409, reason=str(exc))
@@ -579,7 +580,12 @@ class OrderPage:
         shops = {p.shop for p in await self.storage.pushes.for_order(order.id)}
         try:
             said = await retry_push(
-                self.storage, order.id, EventSource.PAGE, self.clock(), self.on_operations
+                self.storage,
+                order.id,
+                EventSource.PAGE,
+                self.clock(),
+                self.on_operations,
+                actor=session.token_name,
             )
         except PushError as exc:
             return await self._order_page(session, order, status=409, reason=str(exc))
