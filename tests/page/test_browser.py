@@ -257,7 +257,7 @@ async def test_a_late_order_found_by_the_filters_is_shipped_and_the_marketplace_
     await reload_until(page, confirmed)
     await expect(page.locator("#shipment")).to_contain_text("Colissimo 6A123456789")
     timeline = page.locator(".timeline")
-    await expect(timeline).to_contain_text("page ship_requested")
+    await expect(timeline).to_contain_text("page person-one ship_requested")
     await expect(timeline).to_contain_text("marketplace ship_confirmed")
     await expect(page.locator(".actions form[action$='/ship']")).to_have_count(0)
     assert len(hub.store1.calls_to("OR24", reference)) == 1
@@ -282,7 +282,7 @@ async def test_a_ship_without_tracking_number_is_refused_and_explained_with_valu
         "https://trace.dpd.fr/fr/trace/1"
     )
     await expect(page.locator("#order-status")).to_have_text("waiting_shipment")
-    await expect(page.locator(".timeline")).to_contain_text("page ship_refused")
+    await expect(page.locator(".timeline")).to_contain_text("page person-one ship_refused")
     assert hub.store1.calls_to("OR24", hub.late[1]) == []
 
 
