@@ -281,6 +281,7 @@ async def run_demo(
             mode="push" if push else "pull",
             woocommerce=shop_url if push else None,
             hint="orders appear within seconds; Ctrl-C stops the demo",
+            page=f"{daemon.url}/ (sign in with a token from `sfd token create --store {store}`)",
         )
         async with anyio.create_task_group() as tg:
 
