@@ -101,6 +101,13 @@ class TokenStore:
             for r in rows
         ]
 
+    async def is_active(self, token_id: int) -> bool:
+        """Whether the token with this id still works (not revoked)."""
+        row = await self.db.fetchone(
+            "SELECT 1 FROM api_tokens WHERE id = ? AND revoked_at IS NULL", (token_id,)
+        )
+        return row is not None
+
     async def revoke(self, name: str, now: datetime) -> None:
         """Revoke the active token with this name; it stops working at once."""
         async with self.db.write() as tx:

@@ -186,8 +186,7 @@ class OrderPage:
         session = self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             return None
-        active = {t.id for t in await self.storage.tokens.all()}
-        if session.token_id not in active:
+        if not await self.storage.tokens.is_active(session.token_id):
             self.sessions.drop(session.id)
             log.info("page_session_ended", token=session.token_name, reason="token revoked")
             return None
