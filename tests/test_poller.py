@@ -19,9 +19,9 @@ from sfd.config import load_config
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
+from sfd.domain import OrderStatus
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
-from sfd.domain import OrderStatus
 from sfd.storage import OrderFilter
 from tests.support import write_config
 

@@ -16,6 +16,7 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
+from sfd.config import ChannelConfig, Duration
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
@@ -26,7 +27,6 @@ from sfd.connectors.base import (
     Transient,
 )
 from sfd.connectors.ebay import EbayConnector, fulfillment_id
-from sfd.config import ChannelConfig, Duration
 from sfd.connectors.settings import EbaySettings
 from sfd.daemon.loops import Poller
 from sfd.domain import OrderStatus
