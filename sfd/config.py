@@ -95,7 +95,10 @@ class ChannelConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen
     """One `[[channels]]` entry: a marketplace account polled for orders."""
 
     poll_interval: Duration = Duration(1800)
-    auto_accept: bool = True
+    import_since: Duration = Duration(30 * 86400)
+    """How far back the channel's first poll reaches, when it has no cursor yet."""
+    auto_accept: bool = False
+    """Accept orders waiting for acceptance by itself; off until the merchant turns it on."""
     require_tracking: bool = True
     ship_deadline_warning: Duration = Duration(86400)
 

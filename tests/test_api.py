@@ -217,6 +217,51 @@ async def test_the_orders_to_process_are_accepted_unacknowledged_and_recent(api:
     }
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "acknowledgment=unacknowledged&status=waiting_shipment,waiting_store_acceptance",
+        "acknowledgment=unacknowledged&status=waiting_shipment,shipped,cancelled",
+        "acknowledgment=unacknowledged",
+    ],
+)
+async def test_unacknowledged_orders_are_offered_7_days_whatever_the_statuses(
+    api: Api, query: str
+) -> None:
+    old = [
+        make_order("OLD-1"),
+        make_order("OLD-ACCEPT", S.WAITING_STORE_ACCEPTANCE),
+        make_order("OLD-SHIPPED", S.SHIPPED),
+    ]
+    await seed(api.storage, "decathlon", 1, old, NOW - timedelta(days=8))
+    status, page = await api.get(f"/v1/store/1/order?{query}")
+    assert status == 200, page
+    references = {o["reference"] for o in page["_embedded"]["order"]}
+    assert references, "the recent orders are listed"
+    assert not references & {"OLD-1", "OLD-ACCEPT", "OLD-SHIPPED"}
+    # Acknowledged or not, asked without the filter, the old orders are there.
+    _, everything = await api.get("/v1/store/1/order?status=waiting_shipment,shipped")
+    assert {"OLD-1", "OLD-SHIPPED"} <= {o["reference"] for o in everything["_embedded"]["order"]}
+
+
+@pytest.mark.parametrize("name", ["tag", "search", "error"])
+async def test_a_shoppingfeed_filter_sfd_cannot_honour_is_a_400_naming_it(
+    api: Api, name: str
+) -> None:
+    status, body = await api.get(f"/v1/store/1/order?status=waiting_shipment&{name}=test")
+    assert status == 400
+    assert body["field"] == name
+    assert body["detail"].startswith(f"{name}: this filter is not supported")
+
+
+async def test_items_references_aliases_is_an_empty_object(api: Api) -> None:
+    _, page = await api.get("/v1/store/1/order?reference=WAIT-1")
+    [order] = page["_embedded"]["order"]
+    assert order["itemsReferencesAliases"] == {}
+    _, one = await api.get(f"/v1/store/1/order/{order['id']}")
+    assert one["itemsReferencesAliases"] == {}
+
+
 async def test_a_collection_pages_with_hal_links_until_the_last(api: Api) -> None:
     status, first = await api.get("/v1/store/1/order?limit=2&status=waiting_shipment,shipped")
     assert status == 200

@@ -41,6 +41,17 @@ def test_a_full_config_is_read_with_its_secrets_resolved() -> None:
     assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8642)
 
 
+def test_acceptance_is_off_and_a_first_poll_reaches_30_days_unless_set() -> None:
+    bare = CHANNEL.replace("auto_accept = true\n", "")
+    default = parse_config(STORE + bare, "sfd.toml", ENV).channels[0]
+    assert default.auto_accept is False
+    assert default.import_since == 30 * 86400
+    chosen = bare.replace('poll_interval = "30m"', 'poll_interval = "30m"\nimport_since = "3d"')
+    assert parse_config(STORE + chosen, "sfd.toml", ENV).channels[0].import_since == 3 * 86400
+    with pytest.raises(ConfigError, match=r"channels\[0\]\.import_since: expected a duration"):
+        parse_config(STORE + chosen.replace('"3d"', '"a month"'), "sfd.toml", ENV)
+
+
 def test_the_database_defaults_to_the_state_directory_under_systemd() -> None:
     config = parse_config(STORE, "sfd.toml", {"STATE_DIRECTORY": "/var/lib/sfd"})
     assert config.database == Path("/var/lib/sfd/sfd.db")

@@ -236,6 +236,10 @@ async def test_the_official_php_sdk_runs_a_modules_whole_flow(
     assert facts["one"]["same_as_listed"] is True
     assert facts["one"]["id"] == first["id"]
     assert facts["unknown_order"]["status"] == 404
+    # An object, as Shoppingfeed sends it (PHP decodes `{}` into an empty array).
+    assert first["itemsReferencesAliases"] == []
+    assert facts["tag_filter"]["status"] == 400
+    assert facts["tag_filter"]["body"]["field"] == "tag"
 
     # Acknowledge: settled at once, so wait() returns at once.
     ack = facts["acknowledge"]
@@ -307,10 +311,14 @@ async def test_the_official_php_sdk_runs_a_modules_whole_flow(
 
     # A second whole shipment is refused by a failed ticket, not by an HTTP error.
     assert _states(facts["refused_operation"]["tickets"]) == ["failed"]
-    # A body sfd cannot read is a 400, which the SDK's batchSend drops without a word:
-    # the module sees an empty result (GuzzleHTTPAdapter::batchSend replaces `rejected`).
-    assert facts["malformed_operation"]["batch_ids"] == []
-    assert facts["malformed_operation"]["posts"][-1] == "POST /v1/store/1/order/refund 400"
+    # The SDK docblock's SKU => quantity refund map is read like the list form: one batch.
+    sku_map = facts["refund_sku_map"]
+    assert sku_map["posts"] == ["POST /v1/store/1/order/refund 202"]
+    assert len(sku_map["batch_ids"]) == 1
+    [ticket] = sku_map["tickets"]
+    assert ticket["payload"]["reference"] == sku_map["order"]
+    # Taken, and waiting for the marketplace (this test's is unreachable).
+    assert ticket["state"] in ("scheduled", "running")
 
     # Password grant: the token's name and the token.
     assert facts["password"]["login"] == "prestashop"
@@ -326,7 +334,8 @@ async def test_the_official_php_sdk_runs_a_modules_whole_flow(
     assert runs["to_process_after"] == 0
     assert facts["errors_logged"] == [
         "GET /v1/store/1/order/987654321 404",
-        "POST /v1/store/1/order/refund 400",
+        "GET /v1/store/1/order?page=1&limit=200&tag=test"
+        "&acknowledgment=unacknowledged&status=waiting_shipment 400",
     ]
 
     assert sfd.terminate() == 0

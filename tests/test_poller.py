@@ -7,16 +7,19 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from sfd.clock import from_iso, utcnow
 from sfd.config import load_config
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
+from sfd.domain import OrderStatus
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OrderFilter
@@ -55,17 +58,40 @@ async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
 
 
 @pytest.fixture
-def auto_accept() -> bool:
-    """Whether the channel accepts orders by itself; off unless a test asks for it."""
-    return False
+def auto_accept() -> bool | None:
+    """Whether the channel accepts orders by itself; None leaves the key to its default."""
+    return None
+
+
+class ShiftedClock:
+    """The sandbox marketplace's clock: now, moved by `offset`, to place orders in the past."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+
+@pytest.fixture
+def marketplace_clock() -> ShiftedClock:
+    return ShiftedClock()
+
+
+@pytest.fixture
+def marketplace(marketplace_clock: ShiftedClock) -> SandboxMarketplace:
+    return SandboxMarketplace(KEY, seed=3, clock=marketplace_clock)
 
 
 @pytest.fixture
 async def running(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auto_accept: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    auto_accept: bool | None,
+    marketplace: SandboxMarketplace,
 ) -> AsyncIterator[Running]:
     """The daemon, started as one task against a sandbox; stopped through its stop event."""
-    marketplace = SandboxMarketplace(KEY, seed=3)
+    accept_line = "" if auto_accept is None else f"auto_accept = {str(auto_accept).lower()}"
     async with run_sandbox(marketplace) as base_url:
         monkeypatch.setenv("SANDBOX_KEY", KEY)
         config = load_config(
@@ -77,7 +103,7 @@ name = "sandbox"
 store = 1
 connector = "mirakl"
 poll_interval = "1h"
-auto_accept = {str(auto_accept).lower()}
+{accept_line}
 [channels.settings]
 base_url = "{base_url}"
 api_key = "env:SANDBOX_KEY"
@@ -182,6 +208,52 @@ async def test_auto_accept_accepts_new_orders_and_the_next_poll_confirms(
         assert kinds[:2] == [("marketplace", "imported"), ("auto", "accept_requested")]
         assert ("marketplace", "accept_delivered") in kinds
         assert kinds[-2:] == [("marketplace", "status"), ("marketplace", "accept_confirmed")]
+
+
+@pytest.fixture
+def history(
+    marketplace: SandboxMarketplace, marketplace_clock: ShiftedClock
+) -> dict[str, list[str]]:
+    """Orders last changed 40 days ago and yesterday, placed before the daemon starts."""
+    marketplace_clock.offset = -timedelta(days=40)
+    old = marketplace.add_orders(2, waiting_acceptance_ratio=0.0)
+    marketplace_clock.offset = -timedelta(days=1)
+    recent = marketplace.add_orders(3, waiting_acceptance_ratio=0.0)
+    marketplace_clock.offset = timedelta(0)
+    return {"old": old, "recent": recent}
+
+
+async def test_a_first_poll_asks_mirakl_only_for_the_last_import_since(
+    history: dict[str, list[str]], running: Running
+) -> None:
+    first = running.marketplace.calls_to("OR11")[0]
+    # The channel has no cursor yet: OR11 is bounded by the default `import_since`, 30 days.
+    since = from_iso(first.query["start_update_date"])
+    expected = first.at - timedelta(days=30)
+    assert expected - timedelta(seconds=60) <= since <= expected
+    storage = running.daemon.storage
+    assert storage is not None
+    rows = await storage.db.fetchall("SELECT reference FROM orders")
+    assert {r["reference"] for r in rows} == set(history["recent"])
+    [bounded] = running.events("first_poll_bounded")
+    assert bounded["import_since"] == 30 * 86400
+    # The next poll follows the cursor the first one set.
+    await running.poll_now()
+    cursor = from_iso(running.marketplace.calls_to("OR11")[-1].query["start_update_date"])
+    assert cursor > first.at - timedelta(days=2)
+
+
+async def test_a_default_channel_leaves_orders_waiting_for_acceptance(running: Running) -> None:
+    references = running.marketplace.add_orders(3, waiting_acceptance_ratio=1.0)
+    await running.poll_now()
+    storage = running.daemon.storage
+    assert storage is not None
+    orders = await storage.orders.find(OrderFilter())
+    assert [o.status for o in orders] == [OrderStatus.WAITING_STORE_ACCEPTANCE] * 3
+    assert running.marketplace.calls_to("OR21") == []
+    assert [running.marketplace.state(r) for r in references] == ["WAITING_ACCEPTANCE"] * 3
+    pending = await storage.db.fetchone("SELECT count(*) FROM operations")
+    assert pending is not None and pending[0] == 0
 
 
 async def test_a_backlog_of_1000_orders_across_pages_is_imported_once_each(

@@ -22,8 +22,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sfd.connectors import shoppingflux_xml as wsx
+from sfd.connectors.mirakl import MiraklConnector
+from sfd.connectors.settings import MiraklSettings
 from sfd.daemon.ws import LegacyWebservice
-from sfd.domain import FulfilledBy, MarketplaceOrder, OrderStatus
+from sfd.domain import FulfilledBy, MarketplaceOrder, OrderStatus, Shipment
+from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import Storage
 from tests.conftest import NOW
 from tests.factories import make_order
@@ -80,10 +83,11 @@ class Ws:
         token: str | None = None,
         form: str = "file",
         path: str = "/ws",
+        mode: str = "Production",
     ) -> Reply:
         """POST the form: `file` (multipart, REQUEST as a file), `plain` (multipart, every
         field plain, as curl sends a PHP array) or `urlencoded` (as Zend_Http_Client sends)."""
-        fields = {"TOKEN": self.token if token is None else token, "MODE": "Production"}
+        fields = {"TOKEN": self.token if token is None else token, "MODE": mode}
         if call is not None:
             fields["CALL"] = call
         data: Any
@@ -182,6 +186,43 @@ async def test_get_orders_offers_exactly_the_orders_to_process(ws: Ws) -> None:
     assert [o.findtext("IdOrder") for o in reply.orders()] == ["DEC-NEW"]
 
 
+#: The additional fields of Shoppingfeed's Amazon Business order, as Shoppingfeed sends them.
+AMAZON_BUSINESS_FIELDS = {
+    "is_ispu": "",
+    "is_prime": "",
+    "shipping_tax": "0",
+    "is_business_order": "1",
+    "purchase_order_number": "",
+}
+
+
+async def test_get_orders_carries_the_marketplaces_additional_fields(ws: Ws) -> None:
+    """The PrestaShop module reads `$order->AdditionalFields->is_business_order` (Amazon B2B)."""
+    business = msgspec.structs.replace(
+        make_order("AMZ-B2B"),
+        additional_fields={**AMAZON_BUSINESS_FIELDS, "weird key": "x", "nested": {"a": 1}},
+    )
+    # A connector that reads a boolean flag writes it as Shoppingfeed does: 1, or empty.
+    flagged = msgspec.structs.replace(
+        make_order("AMZ-FLAG"), additional_fields={"is_business_order": True, "is_prime": False}
+    )
+    await write(ws.storage, business, flagged, make_order("DEC-PLAIN"))
+
+    reply = await ws.call("GetOrders")
+
+    by_reference = {o.findtext("IdOrder"): o for o in reply.orders()}
+    fields = by_reference["AMZ-B2B"].find("AdditionalFields")
+    assert fields is not None
+    assert children(fields) == sorted([*AMAZON_BUSINESS_FIELDS.items(), ("nested", '{"a": 1}')])
+    assert children(by_reference["AMZ-FLAG"].find("AdditionalFields")) == [
+        ("is_business_order", "1"),
+        ("is_prime", ""),
+    ]
+    assert children(by_reference["DEC-PLAIN"].find("AdditionalFields")) == [
+        ("channel_code", "decathlon-fr")
+    ]
+
+
 async def test_get_orders_writes_every_element_in_schema_order_with_exact_amounts(
     ws: Ws,
 ) -> None:
@@ -205,6 +246,7 @@ async def test_get_orders_writes_every_element_in_schema_order_with_exact_amount
         "BillingAddress",
         "ShippingAddress",
         "Products",
+        "AdditionalFields",
     ]
     # Lines: 1 x 20.99 and 2 x 21.99 = 64.97, plus 4.90 shipping.
     assert children(order)[:11] == [
@@ -693,3 +735,119 @@ def test_responses_stay_well_formed_whatever_the_values_hold() -> None:
     assert root.findtext("Response/Orders/Order/IdOrder") == "A&B<1>"
     assert root.findtext("Response/Orders/Order/Marketplace") == "deca]]>thlon"
     assert b"sfd_secret" not in body
+
+
+# -- GetCarriers and MODE=Sandbox --------------------------------------------------------------
+
+
+async def test_get_carriers_lists_the_marketplaces_carriers_and_the_names_orders_carry(
+    storage: Storage,
+) -> None:
+    """Mirakl's SH21 list (read once, then cached) and every ShippingMethod GetOrders writes."""
+    shipped = msgspec.structs.replace(
+        make_order("DEC-SHIPPED", S.SHIPPED), shipment=Shipment(carrier="Transporteur Maison")
+    )
+    relay = msgspec.structs.replace(make_order("DEC-RELAY"), shipping_method="Mondial Relay")
+    await write(storage, shipped, relay, make_order("DEC-1"))
+    await write(
+        storage,
+        msgspec.structs.replace(make_order("EBAY-1"), shipping_method="DHL"),
+        channel="ebay-de",
+    )
+    marketplace = SandboxMarketplace("ws-carriers-key")
+    async with run_sandbox(marketplace) as base_url:
+        mirakl = MiraklConnector(MiraklSettings(base_url=base_url, api_key="ws-carriers-key"))
+        app = web.Application()
+        LegacyWebservice(storage, lambda: NOW, carriers={1: [mirakl]}).routes(app)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        _, token = await storage.tokens.create(1, "legacy", NOW)
+        try:
+            async with aiohttp.ClientSession() as session:
+                ws = Ws(storage, session, str(server.make_url("")), token)
+                first = await ws.call("GetCarriers")
+                again = await ws.call("GetCarriers", form="urlencoded")
+        finally:
+            await server.close()
+            await mirakl.aclose()
+    assert first.status == 200
+    names = [c.text for c in first.root.findall("Response/Carriers/Carrier")]
+    # The operator's five, the shipment's carrier and the shipping methods; Mondial Relay and
+    # Colissimo once each although both lists name them. Store 2's DHL is not store 1's.
+    assert names == [
+        "Chronopost",
+        "Colissimo",
+        "DPD",
+        "Mondial Relay",
+        "Transporteur Maison",
+        "UPS",
+    ]
+    assert [c.text for c in again.root.findall("Response/Carriers/Carrier")] == names
+    assert len(marketplace.calls_to("SH21")) == 1
+
+
+async def test_get_carriers_still_answers_when_the_marketplace_is_down(storage: Storage) -> None:
+    await write(storage, make_order("DEC-1"))
+    marketplace = SandboxMarketplace("ws-carriers-key")
+    marketplace.fail_next(5, 503, operation="SH21")
+    async with run_sandbox(marketplace) as base_url:
+        mirakl = MiraklConnector(MiraklSettings(base_url=base_url, api_key="ws-carriers-key"))
+        app = web.Application()
+        LegacyWebservice(storage, lambda: NOW, carriers={1: [mirakl]}).routes(app)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        _, token = await storage.tokens.create(1, "legacy", NOW)
+        try:
+            async with aiohttp.ClientSession() as session:
+                reply = await Ws(storage, session, str(server.make_url("")), token).call(
+                    "GetCarriers"
+                )
+        finally:
+            await server.close()
+            await mirakl.aclose()
+    assert reply.status == 200
+    assert [c.text for c in reply.root.findall("Response/Carriers/Carrier")] == ["Colissimo"]
+
+
+async def test_sandbox_mode_answers_as_done_and_writes_nothing(ws: Ws) -> None:
+    await write(ws.storage, make_order("DEC-1"))
+    before = await ws.storage.db.fetchall(
+        "SELECT status, store_reference, acknowledged_at FROM orders"
+    )
+    events = await ws.storage.db.fetchone("SELECT count(*) FROM order_events")
+
+    valid = await ws.call(
+        "ValidOrders",
+        valid_orders(
+            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+            "<MerchantIdOrder>PS-7</MerchantIdOrder></Order>"
+        ),
+        mode="Sandbox",
+    )
+    update = await ws.call(
+        "UpdateOrders",
+        update_orders(
+            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+            "<Status>Shipped</Status><CarrierName>Colissimo</CarrierName>"
+            "<TrackingNumber>6A123</TrackingNumber></Order>"
+        ),
+        mode="sandbox",
+    )
+
+    assert valid.status == update.status == 200
+    assert valid.find("Request/Mode") == "Sandbox"
+    assert valid.find("Response/Orders/Order/Imported") == "True"
+    assert update.find("Response/Orders/Order/StatusUpdated") == "True"
+    assert await ws.operations() == 0
+    assert ws.kicks == []
+    after = await ws.storage.db.fetchall(
+        "SELECT status, store_reference, acknowledged_at FROM orders"
+    )
+    assert [tuple(r) for r in after] == [tuple(r) for r in before]
+    assert await ws.storage.db.fetchone("SELECT count(*) FROM order_events") == events
+    # GetOrders still offers the order: nothing acknowledged it.
+    assert [o.findtext("IdOrder") for o in (await ws.call("GetOrders")).orders()] == ["DEC-1"]
+    # A broken request is still refused in sandbox mode, naming what is wrong.
+    broken = await ws.call("UpdateOrders", update_orders("<Order/>"), mode="Sandbox")
+    assert broken.status == 400
+    assert "UpdateOrders/Order[1]/IdOrder" in broken.find("Response/Error/Message")

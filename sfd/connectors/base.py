@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
 
@@ -114,3 +114,14 @@ class MarketplaceConnector(Protocol):
 
     async def aclose(self) -> None:
         """Release the connector's HTTP session."""
+
+
+@runtime_checkable
+class CarrierLister(Protocol):
+    """A connector that can list its marketplace's carriers (optional: Mirakl's SH21)."""
+
+    name: str
+
+    async def carriers(self) -> list[str]:
+        """The marketplace's carrier names, as a shop would show them; cached by the connector."""
+        ...

@@ -52,8 +52,6 @@ SCOPE: Final = "https://api.ebay.com/oauth/api_scope/sell.fulfillment"
 ORDERS_PATH: Final = "/sell/fulfillment/v1/order"
 #: Orders a getOrders page asks for (eBay's default is 50, its maximum 1000).
 PAGE_SIZE: Final = 200
-#: How far back the first pass looks, when there is no cursor yet.
-FIRST_PASS: Final = timedelta(days=30)
 #: getOrders' date filters only reach the last 90 days (error 30830 past that): an older cursor
 #: is brought forward to just inside that window, with an hour's margin for clock skew.
 MAX_LOOKBACK: Final = timedelta(days=90) - timedelta(hours=1)
@@ -311,7 +309,9 @@ class EbayConnector(HttpConnector):
     def _start(self, since: datetime | None) -> datetime:
         now = self._clock()
         if since is None:
-            return now - FIRST_PASS
+            # The poller always gives a bound (the channel's `import_since` on a first poll);
+            # without one, as far back as getOrders reaches.
+            return now - MAX_LOOKBACK
         since = utc(since)
         return min(max(since, now - MAX_LOOKBACK), now)
 

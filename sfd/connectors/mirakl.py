@@ -321,16 +321,23 @@ class MiraklConnector(HttpConnector):
             body["tracking_number"] = number
         return body
 
-    async def _carrier_code(self, carrier: str) -> str | None:
-        """The operator's code for `carrier`, matched on code or label, or None if unknown."""
+    async def carriers(self) -> list[str]:
+        """The operator's carriers (SH21), by label, else code; read at most once an hour."""
+        return [(known.label or "").strip() or known.code for known in await self._carrier_list()]
+
+    async def _carrier_list(self) -> list[_Carrier]:
         now = time.monotonic()
         if self._carriers is None or now - self._carriers_read_at >= CARRIERS_TTL:
             op = "SH21 list carriers"
             body = await self._call("GET", "/api/shipping/carriers", op)
             self._carriers = self._http.decode(body, _Carriers, op).carriers
             self._carriers_read_at = now
+        return self._carriers
+
+    async def _carrier_code(self, carrier: str) -> str | None:
+        """The operator's code for `carrier`, matched on code or label, or None if unknown."""
         wanted = carrier.casefold()
-        for known in self._carriers:
+        for known in await self._carrier_list():
             if wanted in (known.code.strip().casefold(), (known.label or "").strip().casefold()):
                 return known.code
         return None

@@ -75,6 +75,9 @@ class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields
     """Order meta keys read for the tracking when the Shipment Tracking extension is absent."""
     carrier_meta: str = "_tracking_provider"
     tracking_link_meta: str = "_tracking_link"
+    customer_emails: bool = False
+    """Whether the buyer's email goes on the order's billing, where WooCommerce mails it.
+    Off: marketplaces forbid writing to their buyers; it is kept in `_sfd_buyer_email`."""
 
     def __post_init__(self) -> None:
         if self.order_status not in WOOCOMMERCE_CREATE_STATUSES:

@@ -127,7 +127,8 @@ def render_order(order: StoredOrder) -> bytes:
             "returnInfo": {"carrier": None, "trackingNumber": None},
         },
         "additionalFields": order.additional_fields,
-        "itemsReferencesAliases": None,
+        # An object, as Shoppingfeed sends it; sfd keeps no SKU aliases, so always empty.
+        "itemsReferencesAliases": {},
         "errors": [
             {"type": e.type, "message": e.message, "occurredAt": to_api(e.occurred_at)}
             for e in order.errors

@@ -12,6 +12,7 @@ with ElementTree, which escapes every value; characters XML 1.0 cannot carry are
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -405,6 +406,30 @@ def _address(parent: ET.Element, name: str, address: Address | None, *, shipping
         _sub(element, "RelayID", a.relay_id)
 
 
+#: An additional field becomes an element only when its key is an XML name the modules can
+#: read as `$order->AdditionalFields->key`.
+_XML_NAME = re.compile(r"(?!(?i:xml))[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+
+
+def _field_text(value: object) -> str:
+    """An additional field as Shoppingfeed writes it: true is `1`, false and null are empty."""
+    if value is None or value is False:
+        return ""
+    if value is True:
+        return "1"
+    if isinstance(value, str | int | float | Decimal):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _additional_fields(parent: ET.Element, order: StoredOrder) -> None:
+    """`<AdditionalFields>`: the marketplace's own fields (`is_business_order`, ...), one each."""
+    element = _sub(parent, "AdditionalFields")
+    for key in sorted(order.additional_fields):
+        if _XML_NAME.fullmatch(key):
+            _sub(element, key, _field_text(order.additional_fields[key]))
+
+
 def _order(parent: ET.Element, order: StoredOrder) -> None:
     element = _sub(parent, "Order")
     shipping = order.shipping_address or Address()
@@ -431,6 +456,7 @@ def _order(parent: ET.Element, order: StoredOrder) -> None:
         _sub(product, "Quantity", str(item.quantity))
         _sub(product, "Price", money(item.price))
         _sub(product, "Ecotax", money(item.ecotax_amount))
+    _additional_fields(element, order)
 
 
 def render_orders(envelope: Envelope, orders: Iterable[StoredOrder]) -> bytes:
@@ -442,6 +468,15 @@ def render_orders(envelope: Envelope, orders: Iterable[StoredOrder]) -> bytes:
     listing = _sub(response, "Orders")
     for order in orders:
         _order(listing, order)
+    return _serialize(root)
+
+
+def render_carriers(envelope: Envelope, names: Iterable[str]) -> bytes:
+    """GetCarriers' answer: `<Carriers><Carrier>name</Carrier>...</Carriers>`."""
+    root, response = _document(envelope)
+    listing = _sub(response, "Carriers")
+    for name in names:
+        _sub(listing, "Carrier", name)
     return _serialize(root)
 
 

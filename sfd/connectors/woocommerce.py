@@ -41,6 +41,9 @@ META_REFERENCE: Final = "sfd_marketplace_reference"
 META_ORDER_ID: Final = "sfd_order_id"
 META_RELAY: Final = "sfd_relay_point_id"
 META_VAT: Final = "sfd_buyer_vat_number"
+#: The buyer's email when `customer_emails` is off: private meta (leading `_`), which
+#: WooCommerce never mails, unlike the billing email.
+META_BUYER_EMAIL: Final = "_sfd_buyer_email"
 
 _ORDERS: Final = "/wp-json/wc/v3/orders"
 _PRODUCTS: Final = "/wp-json/wc/v3/products"
@@ -161,13 +164,20 @@ class WooCommerceConnector(HttpConnector):
             meta.append({"key": META_RELAY, "value": order.relay_id})
         if order.vat_number:
             meta.append({"key": META_VAT, "value": order.vat_number})
+        billing = _address(order.billing, billing=True)
+        if not self._settings.customer_emails:
+            # Marketplaces forbid mailing their buyers, and WooCommerce mails the billing
+            # email at every status change: the address is kept where no email goes.
+            email = billing.pop("email")
+            if email:
+                meta.append({"key": META_BUYER_EMAIL, "value": email})
         return {
             "status": self._settings.order_status,
             "set_paid": True,
             "currency": order.currency,
             "payment_method": "sfd",
             "payment_method_title": order.marketplace,
-            "billing": _address(order.billing, billing=True),
+            "billing": billing,
             "shipping": _address(order.shipping, billing=False),
             "line_items": lines,
             "shipping_lines": [

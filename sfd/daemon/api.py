@@ -48,6 +48,16 @@ def problem(status: int, title: str, detail: str, field: str | None = None) -> w
     )
 
 
+#: Order-list filters of Shoppingfeed that sfd cannot honour: refused by name, never ignored,
+#: so a client never takes a wider list for the one it asked for.
+REFUSED_FILTERS = {
+    "tag": "sfd keeps no order tags (Shoppingfeed sets them in its back office), "
+    "so no order could match; list without it",
+    "search": "sfd has no full-text order search; filter by reference or storeReference",
+    "error": "sfd cannot filter by error type; the order page and `sfd orders list` "
+    "show the orders with errors",
+}
+
 #: Seconds a client is asked to wait when the disk cannot take writes.
 STORAGE_RETRY_AFTER = 60
 
@@ -337,6 +347,9 @@ class ShopApi:
 
     async def _order_filter(self, request: web.Request, store_id: int) -> OrderFilter:
         q = request.query
+        for name, why in REFUSED_FILTERS.items():
+            if name in q:
+                raise sf.WireError(name, f"this filter is not supported: {why}")
         statuses = sf.parse_statuses(q["status"]) if q.get("status") else None
         ack_text = q.get("acknowledgment", q.get("acknowledgement", ""))
         if ack_text not in ("", "acknowledged", "unacknowledged"):
@@ -352,23 +365,28 @@ class ShopApi:
                 channel_id = int(channel) if len(channel) < 19 else 0  # 0: no such channel
             else:
                 channel_name = channel
-        extra: dict[str, Any] = {}
+        common: dict[str, Any] = {
+            "channel": channel_name,
+            "channel_id": channel_id,
+            "reference": q.get("reference") or None,
+            "store_reference": q.get("storeReference") or None,
+            "created_since": sf.parse_date(q["since"], "since") if q.get("since") else None,
+            "created_until": sf.parse_date(q["until"], "until") if q.get("until") else None,
+            "sort": "updated",
+        }
+        now = self.clock()
         if acknowledged is False and statuses == [OrderStatus.WAITING_SHIPMENT]:
             # The orders to process: the same set GetOrders and the order page offer.
-            probe = OrderFilter.to_process(self.clock())
-            extra = {"updated_since": probe.updated_since, "store_fulfilled": True}
+            return OrderFilter.to_process(now, store_id=store_id, **common)
+        # Unacknowledged orders are offered for 7 days, whatever statuses are asked for: a
+        # module asking for several statuses must not be handed older orders.
+        window = OrderFilter.to_process(now).updated_since if acknowledged is False else None
         return OrderFilter(
             store_id=store_id,
             statuses=statuses,
             acknowledged=acknowledged,
-            channel=channel_name,
-            channel_id=channel_id,
-            reference=q.get("reference") or None,
-            store_reference=q.get("storeReference") or None,
-            created_since=sf.parse_date(q["since"], "since") if q.get("since") else None,
-            created_until=sf.parse_date(q["until"], "until") if q.get("until") else None,
-            sort="updated",
-            **extra,
+            updated_since=window,
+            **common,
         )
 
     async def orders(self, request: web.Request) -> web.Response:

@@ -157,6 +157,7 @@ class Poller(Loop):
         self.redact = redact
         self.on_operations = on_operations
         self.failures = 0
+        self._bounded_logged = False
         self.log = get_logger(channel=channel.name)
         minimum = connector.min_poll_interval if connector else None
         if minimum is not None and channel.poll_interval < minimum:
@@ -236,7 +237,19 @@ class Poller(Loop):
             cursor = candidate
             return candidate
 
-        async with Prefetch(connector.fetch_orders(cursor)) as stream:
+        since = cursor
+        if since is None:
+            # No cursor yet: reach back only `import_since`, never the whole order history.
+            since = self.clock() - timedelta(seconds=self.channel.import_since)
+            if not self._bounded_logged:
+                # Once a process: a channel with no orders yet has no cursor at every poll.
+                self.log.info(
+                    "first_poll_bounded",
+                    since=since,
+                    import_since=float(self.channel.import_since),
+                )
+                self._bounded_logged = True
+        async with Prefetch(connector.fetch_orders(since)) as stream:
             async for page in stream:
                 for skipped in page.skipped:
                     self.log.warning(

@@ -19,7 +19,7 @@ from sfd import __version__
 from sfd.clock import Clock, utcnow
 from sfd.config import Config
 from sfd.connectors import shoppingfeed
-from sfd.connectors.base import MarketplaceConnector
+from sfd.connectors.base import CarrierLister, MarketplaceConnector
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace, open_shop
 from sfd.connectors.shop import ShopConnector
 from sfd.daemon.admin import admin_app, socket_path, start_admin
@@ -83,6 +83,8 @@ class Daemon:
         self.metrics = Metrics(clock=clock)
         self.connectors: list[MarketplaceConnector] = []
         self.shop_connectors: list[ShopConnector] = []
+        self.carrier_listers: dict[int, list[CarrierLister]] = {}
+        """Store id → its channels' connectors that list their marketplace's carriers (/ws)."""
         self.ready = anyio.Event()
         self.stop_requested = anyio.Event()
         self.url = ""
@@ -130,6 +132,8 @@ class Daemon:
                 )
                 self.connectors.append(connector)
                 by_channel[ids[channel.name]] = connector
+                if isinstance(connector, CarrierLister):
+                    self.carrier_listers.setdefault(channel.store, []).append(connector)
             except ConnectorUnavailable as exc:
                 reason = str(exc)
                 log.warning("connector_unavailable", channel=channel.name, reason=reason)
@@ -203,7 +207,12 @@ class Daemon:
             build_app(
                 self.health,
                 ShopApi(self.storage, self.clock, self._operations_written),
-                LegacyWebservice(self.storage, self.clock, self._operations_written),
+                LegacyWebservice(
+                    self.storage,
+                    self.clock,
+                    self._operations_written,
+                    carriers=self.carrier_listers,
+                ),
                 metrics=self.metrics,
                 page=OrderPage(
                     self.storage,
@@ -298,6 +307,7 @@ class Daemon:
             for connector in self.connectors:
                 await connector.aclose()
             self.connectors.clear()
+            self.carrier_listers.clear()
             for shop_connector in self.shop_connectors:
                 await shop_connector.aclose()
             self.shop_connectors.clear()

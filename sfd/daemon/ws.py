@@ -8,7 +8,7 @@ the old modules parse whatever comes back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +17,7 @@ from aiohttp.web_request import FileField
 
 from sfd.clock import Clock
 from sfd.connectors import shoppingflux_xml as wsx
+from sfd.connectors.base import CarrierLister, ConnectorError
 from sfd.daemon.api import BodyTimeout, TokenRefusals
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, StoredOrder, Ticket, TicketState
@@ -39,7 +40,9 @@ MAX_FORM_BYTES = 3 * wsx.MAX_REQUEST_BYTES + 1024**2
 #: GetOrders reads the orders to process in pages of this many.
 PAGE = 200
 CONTENT_TYPE = "text/xml"
-CALLS = ("GetOrders", "ValidOrders", "UpdateOrders", "IsClient")
+CALLS = ("GetOrders", "ValidOrders", "UpdateOrders", "GetCarriers", "IsClient")
+#: MODE value of a module in test mode: its writes are answered as done, and nothing changes.
+SANDBOX_MODE = "sandbox"
 #: Ticket states that mean the request was taken.
 _TAKEN = frozenset({TicketState.SCHEDULED, TicketState.RUNNING, TicketState.SUCCEED})
 
@@ -74,11 +77,17 @@ class LegacyWebservice:
     """The `/ws` handler over one storage."""
 
     def __init__(
-        self, storage: Storage, clock: Clock, on_operations: Callable[[], None] = lambda: None
+        self,
+        storage: Storage,
+        clock: Clock,
+        on_operations: Callable[[], None] = lambda: None,
+        carriers: Mapping[int, Sequence[CarrierLister]] | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
         self.on_operations = on_operations
+        self.carriers = carriers or {}
+        """Store id → its channels' connectors that can list their marketplace's carriers."""
         self.refusals = TokenRefusals()
         """Shared with the v1 API's when both are served (see `build_app`)."""
 
@@ -178,16 +187,27 @@ class LegacyWebservice:
             self.refusals.refused(source, "ws")
             raise _Refused(401, "Authentication", "invalid token")
         now = envelope.date
+        sandbox = form.mode.strip().lower() == SANDBOX_MODE
         match _CALLS.get(call.lower()):
             case "GetOrders":
                 orders = await self._to_process(identity, now)
                 return xml_response(wsx.render_orders(envelope, orders))
             case "ValidOrders":
-                results = await self._valid_orders(identity, form.request, now)
+                if sandbox:
+                    entries = wsx.parse_valid_orders(form.request)
+                    results = self._sandboxed(identity, "ValidOrders", entries)
+                else:
+                    results = await self._valid_orders(identity, form.request, now)
                 return xml_response(wsx.render_valid_orders(envelope, results))
             case "UpdateOrders":
-                results = await self._update_orders(identity, form.request, now)
+                if sandbox:
+                    updates = wsx.parse_update_orders(form.request)
+                    results = self._sandboxed(identity, "UpdateOrders", updates)
+                else:
+                    results = await self._update_orders(identity, form.request, now)
                 return xml_response(wsx.render_update_orders(envelope, results))
+            case "GetCarriers":
+                return xml_response(wsx.render_carriers(envelope, await self._carriers(identity)))
             case "IsClient":
                 return xml_response(wsx.render_is_client(envelope))
         raise _Refused(
@@ -211,6 +231,34 @@ class LegacyWebservice:
             if len(page) < PAGE:
                 return orders
             offset += PAGE
+
+    @staticmethod
+    def _sandboxed(
+        identity: TokenIdentity,
+        call: str,
+        entries: Sequence[wsx.ValidOrder] | Sequence[wsx.OrderUpdate],
+    ) -> list[wsx.OrderResult]:
+        """MODE=Sandbox: the request was read and checked; answered as done, nothing written."""
+        log.info("ws_sandbox_call", call=call, store=identity.store_id, orders=len(entries))
+        return [
+            wsx.OrderResult(id_order=e.id_order, marketplace=e.marketplace, ok=True)
+            for e in entries
+        ]
+
+    async def _carriers(self, identity: TokenIdentity) -> list[str]:
+        """The store's marketplaces' carriers where sfd can list them, and every name its
+        orders carry as ShippingMethod; one of each, whatever the case, sorted."""
+        names = await self.storage.orders.carrier_names(identity.store_id)
+        for connector in self.carriers.get(identity.store_id, ()):
+            try:
+                names.extend(await connector.carriers())
+            except ConnectorError as exc:
+                # The names sfd holds still answer; the marketplace's list comes next time.
+                log.warning("ws_carriers_unavailable", channel=connector.name, reason=str(exc))
+        unique: dict[str, str] = {}
+        for name in names:
+            unique.setdefault(name.strip().casefold(), name.strip())
+        return sorted((n for k, n in unique.items() if k), key=str.casefold)
 
     async def _valid_orders(
         self, identity: TokenIdentity, document: str | bytes, now: datetime

@@ -92,6 +92,9 @@ class SandboxWooCommerce:
         self.products: dict[int, dict[str, Any]] = {}
         self.orders: dict[int, dict[str, Any]] = {}
         self.trackings: dict[int, list[dict[str, Any]]] = {}
+        self.customer_emails: list[tuple[int, str, str]] = []
+        """(order id, address, email) of each email WooCommerce would send the buyer: it
+        mails the billing email when an order turns processing, on-hold or completed."""
         self._failures: list[_Failure] = []
         self._next_id = 100
         for sku, name, price in products:
@@ -142,6 +145,7 @@ class SandboxWooCommerce:
         now = self.clock()
         order["status"] = "completed"
         order["date_completed"] = order["date_completed_gmt"] = wc_time(now)
+        self._mail_customer(order)
         if tracking_number:
             self.add_tracking(
                 order_id, tracking_number, provider=provider, link=link, as_meta=as_meta
@@ -185,6 +189,13 @@ class SandboxWooCommerce:
         order = self.orders[order_id]
         order["status"] = "cancelled"
         self._touch(order, self.clock())
+
+    def _mail_customer(self, order: dict[str, Any]) -> None:
+        """WooCommerce's customer emails (processing, on-hold, completed order)."""
+        address = str((order.get("billing") or {}).get("email") or "")
+        if address and order["status"] in ("processing", "on-hold", "completed"):
+            email = f"customer_{order['status'].replace('-', '_')}_order"
+            self.customer_emails.append((order["id"], address, email))
 
     def fail_next(self, n: int, status: int, *, operation: str | None = None) -> None:
         """Answer the next `n` requests (of `operation`, e.g. `orders.create`) with `status`."""
@@ -378,6 +389,7 @@ class SandboxWooCommerce:
             "shipping_lines": shipping_lines,
         }
         self.orders[order_id] = order
+        self._mail_customer(order)
         return _json(order, 201)
 
     async def _get_order(self, request: web.Request) -> web.Response:

@@ -562,6 +562,18 @@ class OrderStore:
             rendered[row["id"]] if row["document"] is None else row["document"] for row in rows
         ]
 
+    async def carrier_names(self, store_id: int) -> list[str]:
+        """The carrier names a store's orders carry, as /ws GetOrders writes ShippingMethod:
+        the shipment's carrier, else the shipping method. Sorted, without repeats."""
+        async with self.db.read() as reader:
+            rows = await reader.fetchall(
+                "SELECT DISTINCT CASE WHEN carrier <> '' THEN carrier ELSE shipping_method END "
+                "AS name FROM orders "
+                "WHERE store_id = ? AND (carrier <> '' OR shipping_method <> '')",
+                [store_id],
+            )
+        return sorted(str(row["name"]) for row in rows)
+
     def _render(self, order: StoredOrder) -> bytes:
         if self.renderer is None:
             raise StorageError("no document renderer: open Storage with one to serve the API")

@@ -16,6 +16,7 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
+from sfd.config import ChannelConfig, Duration
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
@@ -27,7 +28,9 @@ from sfd.connectors.base import (
 )
 from sfd.connectors.ebay import EbayConnector, fulfillment_id
 from sfd.connectors.settings import EbaySettings
+from sfd.daemon.loops import Poller
 from sfd.domain import OrderStatus
+from sfd.storage import Storage
 from tests.connectors.conftest import sent
 
 BASE = "https://api.ebay.test"
@@ -473,8 +476,8 @@ async def test_listing_filters_on_last_modification_percent_encoded(
 @pytest.mark.parametrize(
     ("since", "start"),
     [
-        # No cursor yet: the last 30 days.
-        (None, "2026-10-30T10:00:00.000Z"),
+        # No bound at all (the poller always gives one): as far back as getOrders reaches.
+        (None, "2026-08-31T11:00:00.000Z"),
         # eBay's date filters only reach 90 days back: an older cursor comes forward.
         (NOW - timedelta(days=200), "2026-08-31T11:00:00.000Z"),
         # A cursor ahead of our clock never asks for the future.
@@ -491,6 +494,28 @@ async def test_listing_start_dates(
 
     [(_, url, _)] = sent(http, "GET")
     assert url.query["filter"] == f"lastmodifieddate:[{start}..]"
+
+
+async def test_a_first_poll_asks_only_for_the_channels_import_since(
+    http: aioresponses, connector: EbayConnector, clock: Clock, storage: Storage
+) -> None:
+    """The poller, with no cursor yet, bounds eBay's filter by `import_since`, not 30 days."""
+    grant(http)
+    http.get(ORDERS, body=listing(ebay_order()))
+    channel = ChannelConfig(
+        name="ebay-de", store=2, connector="ebay", import_since=Duration.parse("7d")
+    )
+    channel_id = (await storage.channels.channel_ids())["ebay-de"]
+    assert await storage.channels.cursor(channel_id) is None
+    poller = Poller(channel, channel_id, storage, connector, clock)
+
+    await poller.tick()
+
+    [(_, url, _)] = sent(http, "GET")
+    assert url.query["filter"] == "lastmodifieddate:[2026-11-22T10:00:00.000Z..]"
+    assert poller.status.detail["created"] == 1
+    # The next poll follows the cursor the first one left, no longer `import_since`.
+    assert await storage.channels.cursor(channel_id) is not None
 
 
 async def test_listing_follows_offsets_until_total(

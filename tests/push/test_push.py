@@ -18,7 +18,7 @@ from tests.push.conftest import PushHub, until
 from tests.support import run_cli
 
 
-def _address(stored: Any, *, billing: bool) -> dict[str, str]:
+def _address(stored: Any, *, billing: bool, customer_emails: bool = False) -> dict[str, str]:
     fields = {
         "first_name": stored.first_name,
         "last_name": stored.last_name,
@@ -31,7 +31,7 @@ def _address(stored: Any, *, billing: bool) -> dict[str, str]:
         "country": stored.country,
         "phone": stored.phone or stored.mobile_phone,
     }
-    if billing:
+    if billing and customer_emails:
         fields["email"] = stored.email
     return fields
 
@@ -59,6 +59,9 @@ async def test_the_create_body_carries_the_order_exactly(hub: PushHub) -> None:
     if mirakl["customer"]["organization"]:
         vat = mirakl["customer"]["organization"]["tax_identification_number"]
         expected_meta.append({"key": "sfd_buyer_vat_number", "value": vat})
+    if order.billing_address.email:
+        # customer_emails is off by default: the email is kept where WooCommerce mails nothing.
+        expected_meta.append({"key": "_sfd_buyer_email", "value": order.billing_address.email})
     note = f"sandbox order {reference}"
     if mirakl["shipping_pudo_id"]:
         note += f", relay point {mirakl['shipping_pudo_id']}"

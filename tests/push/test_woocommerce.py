@@ -41,9 +41,49 @@ async def fake() -> AsyncIterator[tuple[SandboxWooCommerce, str]]:
         yield shop, url
 
 
-def connector(url: str, secret: str = WC_SECRET, **kwargs: int) -> WooCommerceConnector:
-    settings = WooCommerceSettings(base_url=url, consumer_key=WC_KEY, consumer_secret=secret)
+def connector(
+    url: str, secret: str = WC_SECRET, *, customer_emails: bool = False, **kwargs: int
+) -> WooCommerceConnector:
+    settings = WooCommerceSettings(
+        base_url=url,
+        consumer_key=WC_KEY,
+        consumer_secret=secret,
+        customer_emails=customer_emails,
+    )
     return WooCommerceConnector(settings, name="main", **kwargs)
+
+
+async def test_by_default_the_buyers_email_is_kept_out_of_billing_so_woocommerce_mails_nothing(
+    fake: tuple[SandboxWooCommerce, str],
+) -> None:
+    shop, url = fake
+    wc = connector(url)
+    try:
+        shop_id = int(await wc.create_order(order()))
+    finally:
+        await wc.aclose()
+    created = shop.orders[shop_id]
+    assert created["billing"].get("email", "") == ""
+    assert created["billing"]["last_name"] == "Martin"
+    meta = {m["key"]: m["value"] for m in created["meta_data"]}
+    assert meta["_sfd_buyer_email"] == "lea@example.invalid"
+    shop.complete(shop_id, tracking_number="6A123")
+    assert shop.customer_emails == []
+
+
+async def test_with_customer_emails_on_the_billing_carries_the_buyers_email(
+    fake: tuple[SandboxWooCommerce, str],
+) -> None:
+    shop, url = fake
+    wc = connector(url, customer_emails=True)
+    try:
+        shop_id = int(await wc.create_order(order()))
+    finally:
+        await wc.aclose()
+    created = shop.orders[shop_id]
+    assert created["billing"]["email"] == "lea@example.invalid"
+    assert "_sfd_buyer_email" not in {m["key"] for m in created["meta_data"]}
+    assert shop.customer_emails == [(shop_id, "lea@example.invalid", "customer_processing_order")]
 
 
 async def test_a_variation_sku_is_sent_as_its_parent_product_and_variation(

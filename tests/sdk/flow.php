@@ -327,6 +327,14 @@ try {
         $facts['unknown_order'] = failure($e);
     }
 
+    // A Shoppingfeed filter sfd cannot honour is refused by name, never ignored.
+    try {
+        $orderApi->getPage(['filters' => ['tag' => 'test'] + $toProcess['filters']]);
+        $facts['tag_filter'] = 'accepted';
+    } catch (Throwable $e) {
+        $facts['tag_filter'] = failure($e);
+    }
+
     // Which orders the operations act on, picked by status as a module would.
     $acceptable = [];
     foreach ($orderApi->getAll(['status' => ['waiting_store_acceptance']]) as $order) {
@@ -492,11 +500,15 @@ try {
         'batch_ids' => $badResult->getBatchIds(),
         'tickets' => readTickets($badResult),
     ];
-    $malformed = new Operation();
-    $malformed->refund(new Id($shipped[0]->getId()), true, ['SKU-0001' => 1]); // keyed, as a docblock shows
-    $malformedResult = $orderApi->execute($malformed);
-    $facts['malformed_operation'] = [
-        'batch_ids' => $malformedResult->getBatchIds(),
+    // The SKU => quantity map the SDK's docblock shows, on the other shipped order.
+    $mark = count($requests);
+    $skuMap = new Operation();
+    $skuMap->refund(new Id($shipped[1]->getId()), true, ['SKU-0001' => 1]);
+    $skuMapResult = $orderApi->execute($skuMap);
+    $facts['refund_sku_map'] = [
+        'batch_ids' => $skuMapResult->getBatchIds(),
+        'tickets' => readTickets($skuMapResult),
+        'order' => $shipped[1]->getReference(),
         'posts' => requestsSince($requests, $mark, 'POST'),
     ];
 
