@@ -356,7 +356,11 @@ class ShopApi:
         if acknowledged is False and statuses == [OrderStatus.WAITING_SHIPMENT]:
             # The orders to process: the same set GetOrders and the order page offer.
             probe = OrderFilter.to_process(self.clock())
-            extra = {"updated_since": probe.updated_since, "store_fulfilled": True}
+            extra = {
+                "updated_since": probe.updated_since,
+                "store_fulfilled": True,
+                "payment_pending": False,
+            }
         return OrderFilter(
             store_id=store_id,
             statuses=statuses,
