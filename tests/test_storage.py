@@ -164,13 +164,9 @@ async def test_an_order_waiting_for_payment_is_offered_once_the_marketplace_rele
     storage: Storage,
 ) -> None:
     cid = await channel_id(storage)
-    await storage.orders.import_page(
-        cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)], NOW
-    )
+    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)], NOW)
     debit = NOW + timedelta(minutes=1)
-    pending = msgspec.structs.replace(
-        make_order("DEC-1", updated_at=debit), payment_pending=True
-    )
+    pending = msgspec.structs.replace(make_order("DEC-1", updated_at=debit), payment_pending=True)
     await storage.orders.import_page(cid, 1, [pending], debit)
     [order] = await storage.orders.find(OrderFilter())
     assert order.status == S.WAITING_SHIPMENT and order.payment_pending

@@ -47,7 +47,10 @@ WHERE cursor IS NOT NULL
       AND strftime('%Y-%m-%dT%H:%M:%S', o.marketplace_updated_at, '-5 minutes')
           || '.000000+00:00' < channels.cursor);
 
-UPDATE orders SET marketplace_updated_at = created_at
+-- A second before the order's creation: older than any version the marketplace can serve.
+UPDATE orders
+SET marketplace_updated_at =
+    strftime('%Y-%m-%dT%H:%M:%S', created_at, '-1 seconds') || '.000000+00:00'
 WHERE EXISTS (
     SELECT 1 FROM order_events e
     WHERE e.order_id = orders.id AND e.kind = 'update_refused'
