@@ -35,7 +35,8 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     ),
     S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED, S.CANCELLED, S.REFUNDED, S.PARTIALLY_REFUNDED}),
     S.SHIPPED: frozenset({S.REFUNDED, S.PARTIALLY_REFUNDED}),
-    S.PARTIALLY_REFUNDED: frozenset({S.REFUNDED}),
+    # A line refunded before shipping leaves the others to ship.
+    S.PARTIALLY_REFUNDED: frozenset({S.SHIPPED, S.PARTIALLY_SHIPPED, S.REFUNDED}),
     S.REFUSED: frozenset(),
     S.CANCELLED: frozenset(),
     S.REFUNDED: frozenset(),
@@ -59,6 +60,103 @@ def check_transition(order: str, from_status: OrderStatus, to_status: OrderStatu
     """Raise InvalidTransition unless `to_status` may follow `from_status`."""
     if to_status not in TRANSITIONS[from_status]:
         raise InvalidTransition(order, from_status, to_status)
+
+
+# The marketplace's status is the truth: a status it reports is applied even when the table
+# above has no direct step for it (an order accepted and shipped in the marketplace's back
+# office between two polls). The table still says which steps were skipped, for the trail.
+
+
+def path_between(
+    from_status: OrderStatus, to_status: OrderStatus
+) -> tuple[OrderStatus, ...] | None:
+    """The shortest way through TRANSITIONS, both ends included; None if there is none."""
+    if from_status == to_status:
+        return (from_status,)
+    came_from: dict[OrderStatus, OrderStatus] = {from_status: from_status}
+    frontier = [from_status]
+    while frontier:
+        following = []
+        for status in frontier:
+            # Statuses in declaration order, so the path chosen never depends on set order.
+            for step in (s for s in OrderStatus if s in TRANSITIONS[status]):
+                if step in came_from:
+                    continue
+                came_from[step] = status
+                if step == to_status:
+                    path = [step]
+                    while path[-1] != from_status:
+                        path.append(came_from[path[-1]])
+                    return tuple(reversed(path))
+                following.append(step)
+        frontier = following
+    return None
+
+
+def skipped_steps(
+    from_status: OrderStatus, to_status: OrderStatus
+) -> tuple[OrderStatus, ...] | None:
+    """The statuses a marketplace's change jumped over; None for a change no path leads to."""
+    path = path_between(from_status, to_status)
+    return None if path is None else path[1:-1]
+
+
+def describe_change(from_status: OrderStatus, to_status: OrderStatus) -> str:
+    """How a marketplace's change departs from the table: "" for an ordinary step.
+
+    "waiting_store_acceptance → shipped, skipping waiting_shipment", or, for a change no
+    path leads to, "refunded → shipped, a change the transition table has no path for".
+    """
+    skipped = skipped_steps(from_status, to_status)
+    change = f"{from_status.value} → {to_status.value}"
+    if skipped is None:
+        return f"{change}, a change the transition table has no path for"
+    if not skipped:
+        return ""
+    return f"{change}, skipping {', '.join(s.value for s in skipped)}"
+
+
+#: The way forward an order walks: each status is beyond every one before it.
+FORWARD: tuple[OrderStatus, ...] = (
+    S.CREATED,
+    S.WAITING_STORE_ACCEPTANCE,
+    S.WAITING_SHIPMENT,
+    S.PARTIALLY_SHIPPED,
+    S.SHIPPED,
+    S.REFUNDED,
+)
+_RANK = {status: rank for rank, status in enumerate(FORWARD)}
+#: Statuses off the forward line, and how far along it each proves the order went: a partial
+#: refund needs an accepted order, but says nothing of its shipment (eBay refunds a line
+#: before the others ship). Refused and cancelled prove nothing beyond themselves.
+_PROVES: dict[OrderStatus, OrderStatus] = {S.PARTIALLY_REFUNDED: S.WAITING_SHIPMENT}
+#: What is beyond a status off the forward line.
+_AFTER: dict[OrderStatus, frozenset[OrderStatus]] = {S.PARTIALLY_REFUNDED: frozenset({S.REFUNDED})}
+
+
+def reached(reported: OrderStatus, expected: OrderStatus) -> bool:
+    """Whether an order the marketplace reports as `reported` got to `expected` or beyond.
+
+    `shipped` has got past `waiting_shipment` (so it confirms an acceptance); `refunded` past
+    `shipped`; `partially_refunded` past `waiting_shipment` but not past `partially_shipped`;
+    `cancelled` and `refused` past nothing but themselves.
+    """
+    if reported == expected:
+        return True
+    if expected in _RANK:
+        proven = _PROVES.get(reported, reported)
+        return proven in _RANK and _RANK[proven] >= _RANK[expected]
+    return reported in _AFTER.get(expected, frozenset())
+
+
+#: Order line statuses (any case; each marketplace spells its own) of lines with nothing left
+#: to ship: refunded, cancelled or refused. Every other line of a shippable order ships.
+CLOSED_LINE_STATUSES = frozenset({"refunded", "cancelled", "canceled", "refused"})
+
+
+def line_open(status: str) -> bool:
+    """Whether an order line, by the status its marketplace reports, is still to ship."""
+    return status.strip().lower() not in CLOSED_LINE_STATUSES
 
 
 class EventSource(StrEnum):
@@ -179,6 +277,10 @@ class MarketplaceOrder(msgspec.Struct, kw_only=True, frozen=True):
     items: tuple[OrderItem, ...] = ()
     shipment: Shipment | None = None
     additional_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    payment_pending: bool = False
+    """Accepted, but the marketplace still waits for the buyer's payment (Mirakl WAITING_DEBIT):
+    the status stays `waiting_shipment`, Shoppingfeed's word, and the order is not offered to
+    the shop nor shippable until the marketplace releases it."""
 
 
 class OrderEvent(msgspec.Struct, kw_only=True, frozen=True):
@@ -251,6 +353,8 @@ class StoredOrder(msgspec.Struct, kw_only=True, frozen=True):
     tracking_number: str
     tracking_link: str
     additional_fields: dict[str, Any]
+    payment_pending: bool = False
+    """Accepted, waiting for the buyer's payment: see MarketplaceOrder.payment_pending."""
     billing_address: Address | None = None
     shipping_address: Address | None = None
     items: list[StoredItem] = msgspec.field(default_factory=list)

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState
+from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState, reached
 
 K = OperationKind
 S = OrderStatus
@@ -83,6 +83,11 @@ class OrderView:
     require_tracking: bool
     items: dict[int, int]
     """Order item id → quantity ordered."""
+    closed_items: frozenset[int] = frozenset()
+    """Order item ids the marketplace shows refunded, cancelled or refused: not to ship."""
+    payment_pending: bool = False
+    """Accepted, the buyer's payment not yet taken: nothing ships before the marketplace
+    releases the order."""
 
 
 @dataclass(frozen=True)
@@ -108,27 +113,34 @@ class Decision:
 LIVE = frozenset({TicketState.SCHEDULED, TicketState.RUNNING, TicketState.SUCCEED})
 _ACCEPTABLE = frozenset({S.WAITING_STORE_ACCEPTANCE})
 _CANCELLABLE = frozenset({S.CREATED, S.WAITING_STORE_ACCEPTANCE, S.WAITING_SHIPMENT})
-_SHIPPABLE = frozenset({S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED})
+#: A partially refunded order ships what is left: its lines not refunded (see `closed_items`).
+SHIPPABLE = frozenset({S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED, S.PARTIALLY_REFUNDED})
 _REFUNDABLE = frozenset({S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED, S.SHIPPED, S.PARTIALLY_REFUNDED})
 _DELIVERABLE = frozenset({S.SHIPPED, S.PARTIALLY_SHIPPED})
 _ALLOWED_FROM: dict[OperationKind, frozenset[OrderStatus]] = {
     K.ACCEPT: _ACCEPTABLE,
     K.REFUSE: _ACCEPTABLE,
     K.CANCEL: _CANCELLABLE,
-    K.SHIP: _SHIPPABLE,
+    K.SHIP: SHIPPABLE,
     K.REFUND: _REFUNDABLE,
     K.DELIVER: _DELIVERABLE,
 }
 
 
-#: The statuses that show the marketplace applied an operation.
+#: The statuses that show the marketplace applied an operation; any status beyond one of them
+#: (`domain.reached`) does too: `shipped` confirms an acceptance, `refunded` a shipment.
 CONFIRMED_BY: dict[OperationKind, frozenset[OrderStatus]] = {
-    K.ACCEPT: frozenset({S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED, S.SHIPPED}),
+    K.ACCEPT: frozenset({S.WAITING_SHIPMENT}),
     K.REFUSE: frozenset({S.REFUSED}),
     K.CANCEL: frozenset({S.CANCELLED}),
-    K.SHIP: frozenset({S.SHIPPED, S.PARTIALLY_SHIPPED}),
-    K.REFUND: frozenset({S.REFUNDED, S.PARTIALLY_REFUNDED}),
+    K.SHIP: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED}),
+    K.REFUND: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED}),
 }
+
+
+def confirms(kind: OperationKind, status: OrderStatus) -> bool:
+    """Whether a marketplace status shows an operation of this kind applied."""
+    return any(reached(status, expected) for expected in CONFIRMED_BY.get(kind, ()))
 
 
 def _refuse(reason: str) -> Decision:
@@ -167,8 +179,26 @@ def decide(
         )
     if kind == K.SHIP:
         assert isinstance(payload, ShipPayload)
-        return _decide_ship(order, payload, prior)
+        return _lines_to_ship(order, payload) or _decide_ship(order, payload, prior)
     return Decision(TicketState.SCHEDULED)
+
+
+def _lines_to_ship(order: OrderView, ship: ShipPayload) -> Decision | None:
+    """Refuse a shipment of nothing: before payment, of a refunded line, or of no line left."""
+    if order.payment_pending:
+        return _refuse(
+            f"order {order.reference} is waiting for the buyer's payment; it ships once "
+            f"{order.channel} releases it"
+        )
+    for item_id, _ in ship.items:
+        if item_id in order.closed_items:
+            return _refuse(
+                f"item {item_id} of order {order.reference} is refunded or cancelled; "
+                "nothing of it is left to ship"
+            )
+    if order.items and not set(order.items) - order.closed_items:
+        return _refuse(f"every line of order {order.reference} is refunded or cancelled")
+    return None
 
 
 def _decide_ship(order: OrderView, ship: ShipPayload, prior: list[PriorOperation]) -> Decision:

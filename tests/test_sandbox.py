@@ -76,7 +76,7 @@ async def test_lists_250_orders_across_pages_none_twice_none_missing() -> None:
     assert all(c.query["shop_id"] == "1" and c.responded for c in listings)
 
 
-async def test_unpaid_orders_stay_on_the_marketplace() -> None:
+async def test_orders_waiting_for_payment_are_read_as_such() -> None:
     marketplace = SandboxMarketplace(KEY, seed=3, clock=FakeClock())
     created = marketplace.add_orders(40, unpaid_ratio=0.5)
     unpaid = {oid for oid in created if marketplace.state(oid) == "WAITING_DEBIT_PAYMENT"}
@@ -84,7 +84,9 @@ async def test_unpaid_orders_stay_on_the_marketplace() -> None:
         pages = await fetch(connector)
 
     assert unpaid
-    assert {o.reference for o in orders_of(pages)} == set(created) - unpaid
+    orders = orders_of(pages)
+    assert {o.reference for o in orders} == set(created)
+    assert {o.reference for o in orders if o.payment_pending} == unpaid
     assert all(p.skipped == [] for p in pages)
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from sfd.clock import to_iso, utcnow
@@ -113,24 +114,77 @@ async def test_a_marketplace_change_becomes_an_event_and_older_versions_are_igno
     )
 
 
-async def test_an_update_against_the_rules_is_refused_and_recorded(storage: Storage) -> None:
+@pytest.mark.parametrize(
+    ("stored", "reported", "message"),
+    [
+        (
+            S.WAITING_STORE_ACCEPTANCE,
+            S.SHIPPED,
+            "waiting_store_acceptance → shipped, skipping waiting_shipment",
+        ),
+        (S.CREATED, S.SHIPPED, "created → shipped, skipping waiting_shipment"),
+        (S.CREATED, S.REFUNDED, "created → refunded, skipping waiting_shipment"),
+        (S.PARTIALLY_REFUNDED, S.SHIPPED, ""),
+        (
+            S.CANCELLED,
+            S.WAITING_SHIPMENT,
+            "cancelled → waiting_shipment, a change the transition table has no path for",
+        ),
+    ],
+)
+async def test_a_marketplace_status_is_applied_even_when_it_skips_steps(
+    storage: Storage, stored: S, reported: S, message: str
+) -> None:
     cid = await channel_id(storage)
-    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.CANCELLED)], NOW)
+    await storage.orders.import_page(cid, 1, [make_order("DEC-1", stored)], NOW)
     later = NOW + timedelta(minutes=1)
     result = await storage.orders.import_page(
-        cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT, updated_at=later)], later
+        cid, 1, [make_order("DEC-1", reported, updated_at=later)], later
     )
-    assert result.refused == [
-        ("DEC-1", "order DEC-1: cannot go from cancelled to waiting_shipment")
-    ]
-    order = await storage.orders.get((await storage.orders.find(OrderFilter()))[0].id)
-    assert order is not None and order.status == S.CANCELLED
-    assert order.events[-1].kind == "update_refused"
+    [found] = await storage.orders.find(OrderFilter())
+    order = await storage.orders.get(found.id)
+    assert order is not None and order.status == reported
+    assert result.changed == [(order.id, "DEC-1", stored, reported)]
+    assert result.jumped == ([(order.id, "DEC-1", message)] if message else [])
+    last = order.events[-1]
+    assert (last.kind, last.from_status, last.to_status, last.message) == (
+        "status",
+        stored.value,
+        reported.value,
+        message,
+    )
     # The cursor's overlap brings the same version again: it is not reported twice.
     again = await storage.orders.import_page(
-        cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT, updated_at=later)], later
+        cid, 1, [make_order("DEC-1", reported, updated_at=later)], later
     )
-    assert again.refused == [] and again.unchanged == 1
+    assert again.jumped == [] and again.changed == [] and again.unchanged == 1
+
+
+async def test_an_order_waiting_for_payment_is_offered_once_the_marketplace_releases_it(
+    storage: Storage,
+) -> None:
+    cid = await channel_id(storage)
+    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)], NOW)
+    debit = NOW + timedelta(minutes=1)
+    pending = msgspec.structs.replace(make_order("DEC-1", updated_at=debit), payment_pending=True)
+    await storage.orders.import_page(cid, 1, [pending], debit)
+    [order] = await storage.orders.find(OrderFilter())
+    assert order.status == S.WAITING_SHIPMENT and order.payment_pending
+    assert await storage.orders.count(OrderFilter.to_process(debit)) == 0
+    assert await storage.orders.count(OrderFilter(needs_person=True)) == 0
+
+    released = NOW + timedelta(minutes=2)
+    await storage.orders.import_page(cid, 1, [make_order("DEC-1", updated_at=released)], released)
+    [offered] = await storage.orders.find(OrderFilter.to_process(released))
+    assert offered.reference == "DEC-1" and not offered.payment_pending
+    detail = await storage.orders.get(offered.id)
+    assert detail is not None
+    assert [(e.kind, e.to_status) for e in detail.events] == [
+        ("imported", "waiting_store_acceptance"),
+        ("status", "waiting_shipment"),
+        ("payment_pending", None),
+        ("payment_received", None),
+    ]
 
 
 async def test_orders_to_process_follow_the_circuit_rules(storage: Storage) -> None:
@@ -186,6 +240,10 @@ async def test_the_views_answer_a_person_with_sqlite3(storage: Storage) -> None:
             make_order(
                 "STALE", updated_at=now - timedelta(days=8), ship_by=now + timedelta(days=1)
             ),
+            msgspec.structs.replace(
+                make_order("UNPAID", updated_at=now, ship_by=now + timedelta(days=1)),
+                payment_pending=True,
+            ),
         ],
         now,
     )
@@ -199,7 +257,7 @@ async def test_the_views_answer_a_person_with_sqlite3(storage: Storage) -> None:
     to_process = await storage.db.fetchall("SELECT reference FROM orders_to_process ORDER BY 1")
     assert [r[0] for r in to_process] == ["FRESH", "LATE"]
     health = await storage.db.fetchall("SELECT name, orders FROM channel_health ORDER BY name")
-    assert [(r[0], r[1]) for r in health] == [("decathlon", 3), ("ebay-de", 0)]
+    assert [(r[0], r[1]) for r in health] == [("decathlon", 4), ("ebay-de", 0)]
     assert await storage.db.fetchall("SELECT * FROM pending_operations") == []
 
 

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from sfd.clock import from_iso, to_iso
 from sfd.config import load_config
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
@@ -24,6 +25,8 @@ from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
 from sfd.sandbox.marketplace import Handler, RecordedCall, SandboxMarketplace, run_sandbox
 from sfd.storage import Storage
+from sfd.storage.db import load_migrations
+from tests.page.conftest import PageClient
 from tests.support import run_cli, write_config
 
 KEY = "sandbox-key-worker"
@@ -569,3 +572,152 @@ async def test_a_channel_waiting_for_credentials_does_not_keep_the_worker_spinni
     await asyncio.sleep(1.0)
     spent = hub.daemon.worker.status.ticks - ticks
     assert spent <= 3, f"{spent} worker ticks (each a write transaction) in one idle second"
+
+
+# -- the marketplace's status is the truth ---------------------------------------------------
+
+
+async def accepted_unconfirmed(hub: Hub, reference: str) -> dict[str, Any]:
+    """Accept an order through the API and let it reach the marketplace, not yet confirmed:
+    the worker's own check is put off, so the next poll is what settles it."""
+    assert hub.daemon.worker is not None
+    hub.daemon.worker.confirm_delay = 3600.0
+    [ticket] = await hub.operate("accept", {"id": await hub.order_id(reference)})
+    assert (await hub.finished(ticket["id"]))["state"] == "succeed"
+    assert (await hub.operation(ticket["id"]))["confirmed_at"] is None
+    return ticket
+
+
+async def test_an_order_accepted_and_shipped_between_two_polls_ends_shipped(hub: Hub) -> None:
+    [reference] = await orders_on_sale(hub, 1, waiting_acceptance=True)
+    ticket = await accepted_unconfirmed(hub, reference)
+    # Shipped from Mirakl's back office before sfd polled again: SHIPPING was never seen.
+    hub.marketplace.set_state(reference, "SHIPPED")
+    await hub.poll_now()
+
+    order = await hub.order(reference)
+    assert order.status == "shipped"
+    status = [e for e in order.events if e.kind == "status"]
+    assert [(e.from_status, e.to_status, e.message) for e in status] == [
+        (
+            "waiting_store_acceptance",
+            "shipped",
+            "waiting_store_acceptance → shipped, skipping waiting_shipment",
+        )
+    ]
+    assert (await hub.operation(ticket["id"]))["confirmed_at"] is not None
+    assert order.events[-1].kind == "accept_confirmed"
+    assert not any(e.kind == "update_refused" for e in order.events)
+
+
+async def test_an_order_waiting_for_payment_is_offered_once_mirakl_releases_it(hub: Hub) -> None:
+    [reference] = await orders_on_sale(hub, 1, waiting_acceptance=True)
+    ticket = await accepted_unconfirmed(hub, reference)
+    order_id = await hub.order_id(reference)
+    hub.marketplace.set_state(reference, "WAITING_DEBIT")
+    await hub.poll_now()
+
+    # The acceptance is confirmed, and the order waits for the buyer's payment.
+    order = await hub.order(reference)
+    assert (order.status, order.payment_pending) == ("waiting_shipment", True)
+    assert (await hub.operation(ticket["id"]))["confirmed_at"] is not None
+    to_process = "/v1/store/1/order?acknowledgment=unacknowledged&status=waiting_shipment"
+    status, listing = await hub.call("GET", to_process)
+    assert status == 200 and listing["count"] == 0, listing
+    # Nor may it ship: Mirakl would refuse it before the debit.
+    [refused] = await hub.operate("ship", ship(order_id))
+    assert refused["state"] == "failed"
+    assert (
+        "waiting for the buyer's payment" in (await hub.ticket(refused["id"]))["result"]["message"]
+    )
+    shown = run_cli(hub.config_path, "orders", "show", str(order_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "waiting for payment" in shown.stdout
+    page = PageClient(hub.daemon.url)
+    try:
+        await page.sign_in(hub.token)
+        status_code, html = await page.get(f"/orders/{order_id}")
+    finally:
+        await page.close()
+    assert status_code == 200
+    assert 'id="payment-pending"' in html and "waits for the buyer's payment" in html
+
+    hub.marketplace.set_state(reference, "SHIPPING")
+    await hub.poll_now()
+    order = await hub.order(reference)
+    assert (order.status, order.payment_pending) == ("waiting_shipment", False)
+    status, listing = await hub.call("GET", to_process)
+    assert status == 200, listing
+    assert [o["reference"] for o in listing["_embedded"]["order"]] == [reference]
+    assert [e.kind for e in order.events if e.kind.startswith("payment")] == [
+        "payment_pending",
+        "payment_received",
+    ]
+
+
+def old_database(path: Path) -> sqlite3.Connection:
+    """A database at schema 5, the last one before the marketplace's status was the truth."""
+    db = sqlite3.connect(path)
+    for migration in load_migrations()[:5]:
+        db.executescript(migration.sql)
+    db.executescript(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+        "applied_at TEXT NOT NULL) STRICT; PRAGMA user_version = 5;"
+    )
+    db.executemany(
+        "INSERT INTO schema_migrations VALUES (?, ?, '2026-01-01T00:00:00.000000+00:00')",
+        [(m.version, m.name) for m in load_migrations()[:5]],
+    )
+    return db
+
+
+async def test_an_order_an_older_sfd_left_stuck_is_repaired_by_the_next_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SANDBOX_KEY", KEY)
+    marketplace = SlowSandbox(KEY, seed=5)
+    [reference] = marketplace.add_orders(1, waiting_acceptance_ratio=1.0)
+    marketplace.set_state(reference, "SHIPPED")
+    data = marketplace.order(reference)
+    shipped_at = from_iso(data["last_updated_date"])
+    # What the old code left: the order still waiting for acceptance, the refused version's
+    # time kept as the order's, an update_refused event, and the cursor moved past it.
+    stamp = to_iso(shipped_at)
+    db = old_database(tmp_path / "sfd.db")
+    db.executescript(
+        f"""
+        INSERT INTO stores VALUES (1, 'Shop one', '{stamp}', '{stamp}');
+        INSERT INTO channels (id, name, store_id, connector, cursor, created_at, updated_at)
+            VALUES (1, 'sandbox', 1, 'mirakl', '{to_iso(shipped_at + timedelta(minutes=20))}',
+                    '{stamp}', '{stamp}');
+        INSERT INTO orders (id, channel_id, store_id, reference, status, created_at,
+                            updated_at, marketplace_updated_at, imported_at, currency,
+                            product_amount, shipping_amount, total_amount)
+            VALUES (1, 1, 1, '{reference}', 'waiting_store_acceptance',
+                    '{to_iso(from_iso(data["created_date"]))}', '{stamp}', '{stamp}',
+                    '{stamp}', 'EUR', '10.00', '0.00', '10.00');
+        INSERT INTO order_events (order_id, at, source, kind, to_status, message)
+            VALUES (1, '{stamp}', 'marketplace', 'imported', 'waiting_store_acceptance', '');
+        INSERT INTO order_events (order_id, at, source, kind, message)
+            VALUES (1, '{stamp}', 'marketplace', 'update_refused',
+                    'order {reference}: cannot go from waiting_store_acceptance to shipped');
+        """
+    )
+    db.commit()
+    db.close()
+    async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
+        running = Hub(marketplace, write_config(tmp_path, channel("sandbox", base_url)), http)
+        await running.start()  # migrates, then polls once
+        try:
+            order = await running.order(reference)
+            [state] = await running.storage.channels.states()
+        finally:
+            await running.stop()
+    assert order.status == "shipped"
+    assert [(e.kind, e.to_status, e.message) for e in order.events][-1] == (
+        "status",
+        "shipped",
+        "waiting_store_acceptance → shipped, skipping waiting_shipment",
+    )
+    assert order.marketplace_updated_at == shipped_at
+    assert state.cursor is not None and state.cursor >= shipped_at - timedelta(minutes=5)

@@ -87,6 +87,10 @@ NO_DELIVERY: Final = (
     "eBay has no delivery confirmation from the seller: eBay learns of the delivery from the "
     "carrier's tracking"
 )
+#: The order line status sfd gives an eBay line refunded in full (eBay's own
+#: lineItemFulfillmentStatus has no such value): see `domain.CLOSED_LINE_STATUSES`.
+REFUNDED_LINE: Final = "REFUNDED"
+
 #: ReasonForRefundEnum value sent with issueRefund: sfd is not told why a refund is made.
 REFUND_REASON: Final = "OTHER"
 REFUND_COMMENT: Final = "Refund issued by the seller"
@@ -196,8 +200,9 @@ class EbayConnector(HttpConnector):
     async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
         """Create one shipping fulfillment; a shipment eBay shows done already succeeds.
 
-        A full shipment reads the order and ships every line item not fulfilled yet, each with
-        its quantity; a partial one ships `shipment.items` (lineItemId → quantity). eBay takes
+        A full shipment reads the order and ships every line item not fulfilled yet nor
+        refunded (a partially refunded order ships what is left), each with its quantity; a
+        partial one ships `shipment.items` (lineItemId → quantity). eBay takes
         the carrier and the tracking number together or not at all: a tracking number without
         a carrier is refused, a carrier without a tracking number is not sent.
         """
@@ -214,7 +219,9 @@ class EbayConnector(HttpConnector):
             lines = [
                 (line.line_item_id, line.quantity)
                 for line in order.line_items
-                if line.line_item_fulfillment_status != "FULFILLED" and line.quantity > 0
+                if line.line_item_fulfillment_status != "FULFILLED"
+                and line.quantity > 0
+                and not _refunded(line)
             ]
             if not lines:
                 return
@@ -495,10 +502,15 @@ class _DeliveryCost(_Camel):
     shipping_cost: _Amount | None = None
 
 
+class _LineRefund(_Camel):
+    amount: _Amount | None = None
+
+
 class _Line(_Camel):
     line_item_id: str
     quantity: Quantity
     line_item_cost: _Amount
+    refunds: list[_LineRefund] | None = None
     sku: str | None = None
     legacy_item_id: str | None = None
     legacy_variation_id: str | None = None
@@ -569,6 +581,9 @@ class _ShipLine(_Camel):
     line_item_id: str
     quantity: int
     line_item_fulfillment_status: str | None = None
+    line_item_cost: _Amount | None = None
+    discounted_line_item_cost: _Amount | None = None
+    refunds: list[_LineRefund] | None = None
 
 
 class _ShipView(_Camel):
@@ -767,7 +782,8 @@ def _item(line: _Line, path: str) -> OrderItem:
         quantity=line.quantity,
         price=unit,
         name=line.title or "",
-        status=line.line_item_fulfillment_status or "",
+        # A line refunded in full has nothing left to ship, whatever its fulfillment says.
+        status=REFUNDED_LINE if _refunded(line) else line.line_item_fulfillment_status or "",
         # eBay may list a collect-and-remit tax in `taxes` too, with the same amount: the two
         # are alternatives, never added up.
         tax_amount=taxes if line.taxes else remitted,
@@ -934,17 +950,32 @@ def _requested_lines(items: dict[str, int]) -> list[tuple[str, int]]:
 
 
 def _shipped_already(order: _ShipView, items: dict[str, int] | None) -> bool:
-    """Whether eBay shows done what was asked: the whole order, or every line named."""
+    """Whether eBay shows done what was asked: the whole order (its lines not refunded), or
+    every line named."""
     if order.order_fulfillment_status == "FULFILLED":
         return True
-    if items is None:
-        return False
     fulfilled = {
         line.line_item_id
         for line in order.line_items
         if line.line_item_fulfillment_status == "FULFILLED"
     }
+    if items is None:
+        wanted = [line.line_item_id for line in order.line_items if not _refunded(line)]
+        return bool(wanted) and all(line_id in fulfilled for line_id in wanted)
     return all(line_id in fulfilled for line_id in items)
+
+
+def _refunded(line: _Line | _ShipLine) -> bool:
+    """Whether a line's refunds (lineItems.refunds) cover what the buyer paid for it.
+
+    A refund of part of a line's price (a goodwill gesture) leaves the line to ship; eBay
+    does not say how many units a refund covers, so a line is refunded whole or not at all.
+    """
+    if not line.refunds:
+        return False
+    paid = line.discounted_line_item_cost or line.line_item_cost
+    refunded = sum((r.amount.value for r in line.refunds if r.amount is not None), Decimal(0))
+    return paid is None or refunded >= paid.value
 
 
 def fulfillment_id(location: str | None) -> str | None:

@@ -47,17 +47,24 @@ PAGE_SIZE: Final = 100
 #: How long the operator's carrier list (SH21) is trusted before it is read again.
 CARRIERS_TTL: Final = 3600.0
 
-#: Order states of orders the customer has not paid yet: not imported.
-UNRELEASED_STATES: Final = frozenset({"STAGING", "WAITING_DEBIT", "WAITING_DEBIT_PAYMENT"})
+#: Order states of orders not released to the shop yet (the operator's fraud check): not
+#: imported.
+UNRELEASED_STATES: Final = frozenset({"STAGING"})
+#: Order states of accepted orders whose buyer Mirakl has not debited yet. They are imported
+#: as `waiting_shipment` with `payment_pending`: the acceptance is done (and confirmed), but
+#: the order is neither offered to the shop nor shippable until Mirakl moves it to SHIPPING.
+#: Shoppingfeed's status vocabulary has no word for this, and shop modules know only that
+#: vocabulary, hence a flag beside the status rather than a status of sfd's own.
+PAYMENT_PENDING_STATES: Final = frozenset({"WAITING_DEBIT", "WAITING_DEBIT_PAYMENT"})
 #: Order states of orders that have left the shop.
 SHIPPED_STATES: Final = frozenset({"SHIPPED", "TO_COLLECT", "RECEIVED", "CLOSED"})
 #: Order states an accepted order can be in.
-ACCEPTED_STATES: Final = frozenset({"WAITING_DEBIT", "WAITING_DEBIT_PAYMENT", "SHIPPING"}) | (
-    SHIPPED_STATES
-)
+ACCEPTED_STATES: Final = PAYMENT_PENDING_STATES | {"SHIPPING"} | SHIPPED_STATES
 #: Mirakl order state → sfd status, for released orders.
 STATUS_BY_STATE: Final[Mapping[str, OrderStatus]] = {
     "WAITING_ACCEPTANCE": OrderStatus.WAITING_STORE_ACCEPTANCE,
+    "WAITING_DEBIT": OrderStatus.WAITING_SHIPMENT,
+    "WAITING_DEBIT_PAYMENT": OrderStatus.WAITING_SHIPMENT,
     "SHIPPING": OrderStatus.WAITING_SHIPMENT,
     "SHIPPED": OrderStatus.SHIPPED,
     "TO_COLLECT": OrderStatus.SHIPPED,
@@ -256,14 +263,19 @@ class MiraklConnector(HttpConnector):
         raise Rejected(NO_DELIVERY)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
-        """The order's status on Mirakl now, or None if Mirakl has not released it."""
+        """The order's status on Mirakl now, or None if Mirakl has not released it.
+
+        An accepted order waiting for the buyer's payment answers None too: a bare status
+        cannot carry `payment_pending`, and `waiting_shipment` alone would offer it to the shop.
+        The next poll reads the whole order, and confirms the acceptance.
+        """
         order = await self._read_order(reference, f"OR11 read status of {reference}")
         if order is None:
             return None
         state = order.get("order_state")
         if not isinstance(state, str):
             raise Transient(f"Mirakl OR11: order {reference} has no order_state")
-        if state in UNRELEASED_STATES:
+        if state in UNRELEASED_STATES or state in PAYMENT_PENDING_STATES:
             return None
         status = STATUS_BY_STATE.get(state)
         if status is None:
@@ -610,14 +622,15 @@ def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
 
 
 def parse_order(raw: bytes) -> MarketplaceOrder | None:
-    """Normalize one OR11 order from its JSON; None for an order not paid yet.
+    """Normalize one OR11 order from its JSON; None for an order Mirakl has not released.
 
     Raise MalformedOrder, naming the field, when the order cannot be read.
     """
     try:
         data = _ORDER_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        if _head(raw).order_state in UNRELEASED_STATES:
+        if _head(raw).order_state in UNRELEASED_STATES | PAYMENT_PENDING_STATES:
+            # Mirakl may leave fields out before the debit; the order is read once released.
             return None
         raise malformed(exc) from None
     except msgspec.DecodeError as exc:
@@ -672,6 +685,7 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         items=items,
         shipment=shipment,
         additional_fields=_order_fields(data, customer),
+        payment_pending=data.order_state in PAYMENT_PENDING_STATES,
     )
 
 

@@ -386,6 +386,8 @@ class ShopApi:
             statuses=statuses,
             acknowledged=acknowledged,
             updated_since=window,
+            # An order waiting for the buyer's payment is not offered until it is released.
+            payment_pending=False if acknowledged is False else None,
             **common,
         )
 

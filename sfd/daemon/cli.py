@@ -323,7 +323,7 @@ def _order_rows(orders: Sequence[StoredOrder]) -> Table:
             str(o.id),
             o.channel,
             o.reference,
-            o.status.value,
+            f"{o.status.value} (waiting for payment)" if o.payment_pending else o.status.value,
             _when(o.latest_ship_date),
             _when(o.acknowledged_at),
             o.store_reference or "-",

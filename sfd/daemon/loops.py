@@ -295,8 +295,12 @@ class Poller(Loop):
                         seconds=round(seconds, 1),
                         by="poll",
                     )
-                for reference, reason in result.refused:
-                    self.log.warning("order_update_refused", order=reference, reason=reason)
+                for order_id, reference, how in result.jumped:
+                    # Once, when the change is applied: the marketplace moved the order on
+                    # by itself (its back office, or between two polls); sfd follows it.
+                    self.log.info(
+                        "order_status_skipped_steps", order=reference, order_id=order_id, change=how
+                    )
         if not connector.pages_sorted_by_update:
             # Only a complete pass has seen every change up to the newest one.
             final = advance()

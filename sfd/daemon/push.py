@@ -27,14 +27,20 @@ from sfd.daemon.loops import AUTH_RETRY, CURSOR_OVERLAP, Loop
 from sfd.daemon.metrics import Metrics
 from sfd.daemon.outbox import request_operations
 from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder
-from sfd.rules import LIVE, AcknowledgePayload, Payload, ReasonPayload, ShipPayload
+from sfd.rules import (
+    LIVE,
+    SHIPPABLE,
+    AcknowledgePayload,
+    Payload,
+    ReasonPayload,
+    ShipPayload,
+)
 from sfd.storage import OperationRequest, OrderFilter, Storage
 from sfd.storage.pushes import CREATED, PENDING, REJECTED, PushRecord
 
 #: At most this many orders are pushed in one sync; the rest go in the next, soon after.
 PUSH_BATCH = 100
 MORE_SOON = 1.0
-_SHIPPABLE = frozenset({OrderStatus.WAITING_SHIPMENT, OrderStatus.PARTIALLY_SHIPPED})
 _CANCELLABLE = frozenset(
     {OrderStatus.CREATED, OrderStatus.WAITING_STORE_ACCEPTANCE, OrderStatus.WAITING_SHIPMENT}
 )
@@ -300,7 +306,7 @@ class PushLoop(Loop):
             else:
                 await self.storage.pushes.settle(push.id, "none", now)
             return
-        if order.status not in _SHIPPABLE:
+        if order.status not in SHIPPABLE:
             await self.storage.pushes.settle(push.id, "none", now)
             return
         if any(t.state in LIVE for t in await self.storage.operations.shipments(order.id)):

@@ -16,12 +16,12 @@ from sfd.domain import (
     FINISHED_TICKET_STATES,
     EventSource,
     FulfilledBy,
-    InvalidTransition,
     OperationKind,
     OrderStatus,
     Ticket,
     TicketState,
-    check_transition,
+    describe_change,
+    line_open,
 )
 from sfd.rules import (
     AcknowledgePayload,
@@ -272,15 +272,16 @@ class OperationStore:
             where = "o.reference = ? AND c.name = ? COLLATE NOCASE"
             params = [request.reference, request.channel]
         row = await tx.fetchone(
-            "SELECT o.id, o.reference, o.status, o.fulfilled_by, c.name AS channel, "
-            "c.require_tracking FROM orders o JOIN channels c ON c.id = o.channel_id "
+            "SELECT o.id, o.reference, o.status, o.fulfilled_by, o.payment_pending, "
+            "c.name AS channel, c.require_tracking FROM orders o "
+            "JOIN channels c ON c.id = o.channel_id "
             f"WHERE {where} AND o.store_id = ?",
             [*params, store_id],
         )
         if row is None:
             return None
         items = await tx.fetchall(
-            "SELECT id, quantity FROM order_items WHERE order_id = ?", (row["id"],)
+            "SELECT id, quantity, status FROM order_items WHERE order_id = ?", (row["id"],)
         )
         return OrderView(
             id=row["id"],
@@ -290,6 +291,8 @@ class OperationStore:
             fulfilled_by=FulfilledBy(row["fulfilled_by"]),
             require_tracking=bool(row["require_tracking"]),
             items={item["id"]: item["quantity"] for item in items},
+            closed_items=frozenset(item["id"] for item in items if not line_open(item["status"])),
+            payment_pending=bool(row["payment_pending"]),
         )
 
     @staticmethod
@@ -685,32 +688,29 @@ class OperationQueue:
     ) -> list[tuple[int, str, float]]:
         """The marketplace's current status for a delivered operation's order.
 
-        A status the circuit allows becomes a marketplace change of the order; operations it
-        confirms are marked; otherwise the next check is scheduled.
+        A new status becomes a marketplace change of the order, even one that skips steps
+        (the event says which); operations it confirms are marked; otherwise the next check
+        is scheduled.
         """
         async with self.db.write() as tx:
             row = await tx.fetchone("SELECT status FROM orders WHERE id = ?", (claim.order_id,))
             assert row is not None
             current = OrderStatus(row[0])
             if status is not None and status != current:
-                try:
-                    check_transition(claim.order_reference, current, status)
-                except InvalidTransition:
-                    status = current
-                else:
-                    await tx.execute(
-                        "UPDATE orders SET status = ?, updated_at = ? WHERE id = ?",
-                        (status.value, to_iso(now), claim.order_id),
-                    )
-                    await self.orders.add_event(
-                        tx,
-                        claim.order_id,
-                        now,
-                        EventSource.MARKETPLACE,
-                        "status",
-                        from_status=current,
-                        to_status=status,
-                    )
+                await tx.execute(
+                    "UPDATE orders SET status = ?, updated_at = ? WHERE id = ?",
+                    (status.value, to_iso(now), claim.order_id),
+                )
+                await self.orders.add_event(
+                    tx,
+                    claim.order_id,
+                    now,
+                    EventSource.MARKETPLACE,
+                    "status",
+                    from_status=current,
+                    to_status=status,
+                    message=describe_change(current, status),
+                )
             confirmed = await confirm_operations(tx, claim.order_id, status or current, now)
             if not any(op_id == claim.operation_id for op_id, _, _ in confirmed):
                 await tx.execute(

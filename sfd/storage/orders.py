@@ -15,7 +15,6 @@ from sfd.clock import from_iso, to_iso
 from sfd.domain import (
     Address,
     EventSource,
-    InvalidTransition,
     MarketplaceOrder,
     OperationKind,
     OrderEvent,
@@ -23,9 +22,9 @@ from sfd.domain import (
     OrderStatus,
     StoredItem,
     StoredOrder,
-    check_transition,
+    describe_change,
 )
-from sfd.rules import CONFIRMED_BY
+from sfd.rules import confirms
 from sfd.storage.channels import move_cursor
 from sfd.storage.db import Database, Reader, StorageError, Writer
 
@@ -49,6 +48,7 @@ _ORDER_COLUMNS = (
     "tracking_number",
     "tracking_link",
     "additional_fields",
+    "payment_pending",
 )
 
 
@@ -73,8 +73,9 @@ class ImportResult:
     """(order id, reference, from, to) of each status change."""
     updated: int = 0
     unchanged: int = 0
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    """(reference, reason) of each update refused by the status rules."""
+    jumped: list[tuple[int, str, str]] = field(default_factory=list)
+    """(order id, reference, how) of each change that skipped steps of the transition table:
+    applied all the same, the marketplace's status being the truth."""
     confirmed: list[tuple[str, int, str, float]] = field(default_factory=list)
     """(reference, operation id, kind, seconds since the request) of each confirmation."""
     touched: set[int] = field(default_factory=set)
@@ -114,6 +115,7 @@ def _order_from_row(row: Any) -> StoredOrder:
         tracking_number=row["tracking_number"],
         tracking_link=row["tracking_link"],
         additional_fields=json.loads(row["additional_fields"]),
+        payment_pending=bool(row["payment_pending"]),
     )
 
 
@@ -136,6 +138,8 @@ class OrderFilter:
     created_until: datetime | None = None
     store_fulfilled: bool | None = None
     """Only orders the merchant ships (True), or only those the marketplace ships (False)."""
+    payment_pending: bool | None = None
+    """Only accepted orders still waiting for the buyer's payment (True), or only the others."""
     needs_person: bool = False
     """Only orders a person should look at: see `NEEDS_PERSON`."""
     search: str | None = None
@@ -147,24 +151,29 @@ class OrderFilter:
 
     @classmethod
     def to_process(cls, now: datetime, store_id: int | None = None, **more: Any) -> OrderFilter:
-        """The orders to process: accepted, not shipped, unacknowledged, updated in 7 days."""
+        """The orders to process: accepted and paid, not shipped, unacknowledged, updated in
+        7 days. An order waiting for the buyer's payment is offered once the marketplace
+        releases it."""
         return cls(
             store_id=store_id,
             statuses=[OrderStatus.WAITING_SHIPMENT],
             acknowledged=False,
             updated_since=now - OFFER_WINDOW,
             store_fulfilled=True,
+            payment_pending=False,
             **more,
         )
 
 
 _TO_SHIP = (OrderStatus.WAITING_SHIPMENT, OrderStatus.PARTIALLY_SHIPPED)
 
-#: Waiting for acceptance, or for a shipment by the merchant (late ones included), or with a
-#: failed operation while still open, or acknowledged with an error by the shop.
+#: Waiting for acceptance, or for a shipment by the merchant (late ones included; not while the
+#: buyer's payment is pending), or with a failed operation while still open, or acknowledged
+#: with an error by the shop.
 NEEDS_PERSON = (
     "(o.status = 'waiting_store_acceptance' "
-    "OR (o.status IN ('waiting_shipment', 'partially_shipped') AND o.fulfilled_by = 'store') "
+    "OR (o.status IN ('waiting_shipment', 'partially_shipped') AND o.fulfilled_by = 'store' "
+    "AND o.payment_pending = 0) "
     "OR o.acknowledgment_status = 'error' "
     "OR (o.status NOT IN ('shipped', 'cancelled', 'refunded', 'refused') AND EXISTS ("
     "SELECT 1 FROM operations p WHERE p.order_id = o.id AND p.state = 'failed')))"
@@ -237,7 +246,7 @@ class OrderStore:
         for start in range(0, len(references), 500):
             chunk = references[start : start + 500]
             rows = await tx.fetchall(
-                "SELECT id, reference, status, marketplace_updated_at FROM orders "
+                "SELECT id, reference, status, payment_pending, marketplace_updated_at FROM orders "
                 f"WHERE channel_id = ? AND reference IN ({','.join('?' * len(chunk))})",
                 [channel_id, *chunk],
             )
@@ -264,6 +273,7 @@ class OrderStore:
             shipment.tracking_number if shipment else "",
             shipment.tracking_link if shipment else "",
             _json(order.additional_fields),
+            int(order.payment_pending),
         )
 
     async def _insert(
@@ -352,6 +362,7 @@ class OrderStore:
                 tracking_number=shipment.tracking_number if shipment else "",
                 tracking_link=shipment.tracking_link if shipment else "",
                 additional_fields=o.additional_fields,
+                payment_pending=o.payment_pending,
                 billing_address=o.billing_address,
                 shipping_address=o.shipping_address,
                 items=[
@@ -383,20 +394,8 @@ class OrderStore:
         if order.updated_at <= stored_at:
             result.unchanged += 1
             return
-        if order.status != current:
-            try:
-                check_transition(order.reference, current, order.status)
-            except InvalidTransition as exc:
-                result.refused.append((order.reference, str(exc)))
-                # Remember this version, so the cursor's overlap does not report it again.
-                await tx.execute(
-                    "UPDATE orders SET marketplace_updated_at = ? WHERE id = ?",
-                    (to_iso(order.updated_at), row["id"]),
-                )
-                await self.add_event(
-                    tx, row["id"], now, EventSource.MARKETPLACE, "update_refused", message=str(exc)
-                )
-                return
+        # The marketplace's status is the truth: applied even when it skips steps of the
+        # transition table, which governs only what sfd itself may request.
         assignments = ", ".join(f"{c} = ?" for c in _ORDER_COLUMNS)
         await tx.execute(
             f"UPDATE orders SET {assignments}, updated_at = ? WHERE id = ?",
@@ -405,6 +404,7 @@ class OrderStore:
         await self._write_details(tx, [(row["id"], order)], now)
         result.touched.add(row["id"])
         if order.status != current:
+            how = describe_change(current, order.status)
             await self.add_event(
                 tx,
                 row["id"],
@@ -413,7 +413,10 @@ class OrderStore:
                 "status",
                 from_status=current,
                 to_status=order.status,
+                message=how,
             )
+            if how:
+                result.jumped.append((row["id"], order.reference, how))
             for operation_id, kind, seconds in await confirm_operations(
                 tx, row["id"], order.status, now
             ):
@@ -421,6 +424,17 @@ class OrderStore:
             result.changed.append((row["id"], order.reference, current, order.status))
         else:
             result.updated += 1
+        if order.payment_pending != bool(row["payment_pending"]):
+            await self.add_event(
+                tx,
+                row["id"],
+                now,
+                EventSource.MARKETPLACE,
+                "payment_pending" if order.payment_pending else "payment_received",
+                message="the marketplace waits for the buyer's payment before releasing it"
+                if order.payment_pending
+                else "the buyer's payment is taken: the marketplace released the order",
+            )
 
     @staticmethod
     async def _write_details(
@@ -661,6 +675,9 @@ class OrderStore:
         if query.store_fulfilled is not None:
             clauses.append("o.fulfilled_by = ?")
             params.append("store" if query.store_fulfilled else "channel")
+        if query.payment_pending is not None:
+            clauses.append("o.payment_pending = ?")
+            params.append(int(query.payment_pending))
         if query.updated_since is not None:
             clauses.append("o.updated_at >= ?")
             params.append(to_iso(query.updated_since))
@@ -804,7 +821,7 @@ async def confirm_operations(
     )
     for row in rows:
         kind = OperationKind(row["kind"])
-        if status not in CONFIRMED_BY.get(kind, ()):
+        if not confirms(kind, status):
             continue
         seconds = (now - from_iso(row["created_at"])).total_seconds()
         await tx.execute(

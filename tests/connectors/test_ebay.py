@@ -995,6 +995,61 @@ async def test_a_full_shipment_leaves_out_line_items_shipped_already(
     assert kwargs["json"]["lineItems"] == [{"lineItemId": "10012345678902", "quantity": 1}]
 
 
+def partially_refunded() -> dict[str, Any]:
+    """An order whose first line was refunded in full before anything shipped."""
+    order = ebay_order(payment="PARTIALLY_REFUNDED")
+    order["lineItems"][0]["refunds"] = [
+        {"amount": eur("64.96"), "refundDate": "2026-11-28T07:15:00.000Z", "refundId": "5R1"}
+    ]
+    # A goodwill refund of part of the second line's price leaves it to ship.
+    order["lineItems"][1]["refunds"] = [{"amount": eur("2.00"), "refundId": "5R2"}]
+    return order
+
+
+async def test_a_partially_refunded_order_reads_its_refunded_line_as_refunded(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    grant(http)
+    http.get(ORDERS, body=listing(json.dumps(partially_refunded())))
+
+    [page] = await pages(connector)
+
+    [order] = page.orders
+    assert order.status is OrderStatus.PARTIALLY_REFUNDED
+    assert [(i.channel_reference, i.status) for i in order.items] == [
+        ("10012345678901", "REFUNDED"),
+        ("10012345678902", "NOT_STARTED"),
+    ]
+
+
+async def test_a_full_shipment_of_a_partially_refunded_order_ships_the_lines_left(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    grant(http)
+    http.get(order_url(), payload=partially_refunded())
+    http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION})
+
+    await connector.ship(ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="0034"))
+
+    [(_, _, kwargs)] = [c for c in sent(http, "POST") if str(c[1]) != TOKEN_URL]
+    assert kwargs["json"]["lineItems"] == [{"lineItemId": "10012345678902", "quantity": 1}]
+
+
+async def test_a_refused_full_shipment_whose_lines_left_are_fulfilled_succeeds(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    shipped = partially_refunded()
+    shipped["lineItems"][1]["lineItemFulfillmentStatus"] = "FULFILLED"
+    grant(http)
+    http.get(order_url(), payload=partially_refunded())
+    http.post(FULFILLMENTS, status=400, payload={"errors": [{"message": "Invalid line"}]})
+    http.get(order_url(), payload=shipped)
+
+    await connector.ship(ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="0034"))
+
+    assert len(sent(http, "GET")) == 2
+
+
 async def test_a_full_shipment_of_an_order_fulfilled_already_sends_nothing(
     http: aioresponses, connector: EbayConnector
 ) -> None:

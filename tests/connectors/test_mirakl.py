@@ -384,20 +384,25 @@ async def test_order_states_map_to_statuses(
     assert [o.status for o in page.orders] == [status]
 
 
-async def test_unpaid_orders_are_not_imported_nor_skipped(
+async def test_unreleased_orders_are_not_imported_and_unpaid_ones_wait_for_payment(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    unpaid = [
+    orders = [
         mirakl_order("1-A", state="STAGING"),
         mirakl_order("2-A", state="WAITING_DEBIT"),
+        mirakl_order("3-A", state="WAITING_DEBIT_PAYMENT"),
         # Not paid and incomplete: still silently left for later, not reported.
-        {"order_id": "3-A", "order_state": "WAITING_DEBIT_PAYMENT", "total_price": "?"},
+        {"order_id": "4-A", "order_state": "WAITING_DEBIT_PAYMENT", "total_price": "?"},
     ]
-    http.get(ORDERS, body=listing(*unpaid, mirakl_order("4-A")))
+    http.get(ORDERS, body=listing(*orders, mirakl_order("5-A")))
 
     [page] = await pages(connector)
 
-    assert [o.reference for o in page.orders] == ["4-A"]
+    assert [(o.reference, o.status, o.payment_pending) for o in page.orders] == [
+        ("2-A", OrderStatus.WAITING_SHIPMENT, True),
+        ("3-A", OrderStatus.WAITING_SHIPMENT, True),
+        ("5-A", OrderStatus.WAITING_SHIPMENT, False),
+    ]
     assert page.skipped == []
 
 
@@ -818,7 +823,9 @@ async def test_deliver_is_rejected_without_any_call(
     [
         (listing(mirakl_order(state="SHIPPING")), OrderStatus.WAITING_SHIPMENT),
         (listing(mirakl_order(state="RECEIVED")), OrderStatus.SHIPPED),
+        # Accepted, not debited: a bare status cannot say "not to offer"; the poll reads it.
         (listing(mirakl_order(state="WAITING_DEBIT_PAYMENT")), None),
+        (listing(mirakl_order(state="STAGING")), None),
         (listing(), None),
     ],
 )
