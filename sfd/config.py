@@ -96,7 +96,7 @@ class ChannelConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen
 
     poll_interval: Duration = Duration(1800)
     auto_accept: bool = True
-    require_tracking: bool = True
+    require_tracking: bool = False
     ship_deadline_warning: Duration = Duration(86400)
 
 
