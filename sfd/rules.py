@@ -157,6 +157,11 @@ CONFIRMED_BY: dict[OperationKind, frozenset[OrderStatus]] = {
 }
 
 
+def _as_stored(payload: Payload) -> Any:
+    """The payload as a prior operation holds it (read back from JSON: lists, not tuples)."""
+    return msgspec.json.decode(msgspec.json.encode(payload))
+
+
 def _refuse(reason: str) -> Decision:
     return Decision(TicketState.FAILED, reason)
 
@@ -170,10 +175,10 @@ def decide(
     if kind in (K.ACKNOWLEDGE, K.UNACKNOWLEDGE):
         return Decision(TicketState.SUCCEED)
     warnings: tuple[str, ...] = ()
-    asked = msgspec.to_builtins(payload)
+    asked = _as_stored(payload)
     if isinstance(payload, ShipPayload):
         payload, warnings = normalise_ship(order, payload)
-    encoded = msgspec.to_builtins(payload)
+    encoded = _as_stored(payload)
     # A repeat is matched on what was recorded: the normalised payload, or the request as it
     # was before the rules normalised anything.
     same = [
