@@ -99,7 +99,7 @@ class ChannelConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen
     """How far back the channel's first poll reaches, when it has no cursor yet."""
     auto_accept: bool = False
     """Accept orders waiting for acceptance by itself; off until the merchant turns it on."""
-    require_tracking: bool = True
+    require_tracking: bool = False
     ship_deadline_warning: Duration = Duration(86400)
 
 

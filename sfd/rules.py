@@ -6,6 +6,7 @@ page click and a shop module's request are held to exactly the same rules.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,12 +21,31 @@ S = OrderStatus
 #: The longest carrier, tracking number or link a marketplace is sent; longer is a mistake.
 MAX_FIELD = 255
 MAX_LINK = 1024
+#: The longest tracking number field: it may hold several numbers (see `tracking_numbers`).
+MAX_TRACKING = 1024
+
+#: What separates several tracking numbers given in one field: WooCommerce's Shipment
+#: Tracking plugin joins a shipment's numbers with commas; people use semicolons or spaces.
+_TRACKING_SEPARATORS = re.compile(r"[,;\s]+")
+
+
+def tracking_numbers(text: str) -> tuple[str, ...]:
+    """The tracking numbers in one field, in order, each once; empty for a blank field."""
+    numbers: dict[str, None] = {}
+    for number in _TRACKING_SEPARATORS.split(text):
+        if number:
+            numbers.setdefault(number, None)
+    return tuple(numbers)
 
 
 class ShipPayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """A shipment as reported: sent to the marketplace once, so it must carry everything."""
+    """A shipment as reported: sent to the marketplace once, with whatever the shop knows.
 
-    carrier: str
+    Any of carrier, tracking number and link may be empty: the marketplace decides, unless the
+    channel sets `require_tracking`. `tracking_number` is kept as given, several numbers and
+    all (see `tracking_numbers`)."""
+
+    carrier: str = ""
     tracking_number: str = ""
     tracking_link: str = ""
     items: tuple[tuple[int, int], ...] = ()
@@ -103,11 +123,17 @@ class PriorOperation:
 
 @dataclass(frozen=True)
 class Decision:
-    """Schedule it, settle it at once, refuse it with a reason, or point at an older ticket."""
+    """Schedule it, settle it at once, refuse it with a reason, or point at an older ticket.
+
+    `payload` is what to record and send when the rules normalised the request (a link that is
+    not http(s) dropped, every line at full quantity made a whole shipment), and `warnings`
+    say what was changed, for the order's events."""
 
     state: TicketState
     reason: str = ""
     reuse: PriorOperation | None = None
+    payload: Payload | None = None
+    warnings: tuple[str, ...] = ()
 
 
 LIVE = frozenset({TicketState.SCHEDULED, TicketState.RUNNING, TicketState.SUCCEED})
@@ -143,6 +169,11 @@ def confirms(kind: OperationKind, status: OrderStatus) -> bool:
     return any(reached(status, expected) for expected in CONFIRMED_BY.get(kind, ()))
 
 
+def _as_stored(payload: Payload) -> Any:
+    """The payload as a prior operation holds it (read back from JSON: lists, not tuples)."""
+    return msgspec.json.decode(msgspec.json.encode(payload))
+
+
 def _refuse(reason: str) -> Decision:
     return Decision(TicketState.FAILED, reason)
 
@@ -155,8 +186,16 @@ def decide(
         return _refuse("order not found")
     if kind in (K.ACKNOWLEDGE, K.UNACKNOWLEDGE):
         return Decision(TicketState.SUCCEED)
-    encoded = msgspec.to_builtins(payload)
-    same = [p for p in prior if p.kind == kind and p.state in LIVE and p.payload == encoded]
+    warnings: tuple[str, ...] = ()
+    asked = _as_stored(payload)
+    if isinstance(payload, ShipPayload):
+        payload, warnings = normalise_ship(order, payload)
+    encoded = _as_stored(payload)
+    # A repeat is matched on what was recorded: the normalised payload, or the request as it
+    # was before the rules normalised anything.
+    same = [
+        p for p in prior if p.kind == kind and p.state in LIVE and p.payload in (encoded, asked)
+    ]
     if same:
         # A repeat of a request already taken: the same ticket answers it, nothing is resent.
         return Decision(same[0].state, reuse=same[0])
@@ -179,7 +218,10 @@ def decide(
         )
     if kind == K.SHIP:
         assert isinstance(payload, ShipPayload)
-        return _lines_to_ship(order, payload) or _decide_ship(order, payload, prior)
+        decision = _lines_to_ship(order, payload) or _decide_ship(order, payload, prior)
+        if decision.state != TicketState.SCHEDULED:
+            return decision
+        return Decision(decision.state, payload=payload, warnings=warnings)
     return Decision(TicketState.SCHEDULED)
 
 
@@ -201,22 +243,52 @@ def _lines_to_ship(order: OrderView, ship: ShipPayload) -> Decision | None:
     return None
 
 
+def normalise_ship(order: OrderView, ship: ShipPayload) -> tuple[ShipPayload, tuple[str, ...]]:
+    """The shipment to record and send, and what was changed on the way.
+
+    A link that is not http(s) is dropped (the shipment still goes). Items that list every
+    line at its full quantity are a whole shipment: every connector then ships the whole
+    order the marketplace's way, where some (Mirakl) cannot send a partial one.
+    """
+    warnings: list[str] = []
+    link = ship.tracking_link.strip()
+    if link and not link.lower().startswith(("https://", "http://")):
+        shown = link if len(link) <= 60 else link[:57] + "..."
+        warnings.append(
+            f"trackingLink {shown!r} is not an http(s):// URL: dropped, the shipment is "
+            "sent without it"
+        )
+        ship = msgspec.structs.replace(ship, tracking_link="")
+    # Refunded or cancelled lines are not left to ship: the rest, whole, is the whole order.
+    every_line = {
+        item: qty for item, qty in order.items.items() if qty > 0 and item not in order.closed_items
+    }
+    if ship.items and len(ship.items) == len(every_line) and dict(ship.items) == every_line:
+        ship = msgspec.structs.replace(ship, items=())
+    return ship, tuple(warnings)
+
+
 def _decide_ship(order: OrderView, ship: ShipPayload, prior: list[PriorOperation]) -> Decision:
     if order.fulfilled_by == FulfilledBy.CHANNEL:
         return _refuse(f"order {order.reference} is shipped by the marketplace itself")
-    if not ship.carrier.strip():
-        return _refuse("carrier is required")
-    if order.require_tracking and not ship.tracking_number.strip():
+    numbers = tracking_numbers(ship.tracking_number)
+    if order.require_tracking and not ship.carrier.strip():
+        return _refuse(f"channel {order.channel} requires a carrier")
+    if order.require_tracking and not numbers:
         return _refuse(f"channel {order.channel} requires a tracking number")
     for name, value, limit in (
         ("carrier", ship.carrier, MAX_FIELD),
-        ("trackingNumber", ship.tracking_number, MAX_FIELD),
+        ("trackingNumber", ship.tracking_number, MAX_TRACKING),
         ("trackingLink", ship.tracking_link, MAX_LINK),
     ):
         if len(value) > limit:
             return _refuse(f"{name} is {len(value)} characters long; at most {limit}")
-    if ship.tracking_link and not ship.tracking_link.startswith(("https://", "http://")):
-        return _refuse("trackingLink must be an http(s):// URL")
+    for number in numbers:
+        if len(number) > MAX_FIELD:
+            return _refuse(
+                f"trackingNumber: {number[:20]}... is {len(number)} characters long; "
+                f"at most {MAX_FIELD}"
+            )
     shipments = [p for p in prior if p.kind == K.SHIP and p.state in LIVE]
     if not ship.items:
         if shipments:

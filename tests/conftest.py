@@ -33,7 +33,7 @@ async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
     store = await Storage.open(tmp_path / "sfd.db")
     await store.channels.sync(
         [(1, "Shop one"), (2, "Shop two")],
-        [ChannelSpec("decathlon", 1, "mirakl"), ChannelSpec("ebay-de", 2, "ebay", False)],
+        [ChannelSpec("decathlon", 1, "mirakl", True), ChannelSpec("ebay-de", 2, "ebay", False)],
         NOW,
     )
     yield store

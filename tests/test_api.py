@@ -543,16 +543,16 @@ async def test_a_shipment_is_written_once_and_an_identical_repeat_gets_the_same_
             "ship needs partially_refunded or partially_shipped or waiting_shipment",
         ),
         ("WAIT-1", {"carrier": "DPD"}, "channel decathlon requires a tracking number"),
-        ("WAIT-1", {"trackingNumber": "1"}, "carrier is required"),
+        ("WAIT-1", {"trackingNumber": "1"}, "channel decathlon requires a carrier"),
         (
             "WAIT-1",
             {"carrier": "DPD", "trackingNumber": "1" * 300},
-            "trackingNumber is 300 characters long; at most 255",
+            "trackingNumber: 11111111111111111111... is 300 characters long; at most 255",
         ),
         (
             "WAIT-1",
-            {"carrier": "DPD", "trackingNumber": "1", "trackingLink": "javascript:x"},
-            "trackingLink must be an http(s):// URL",
+            {"carrier": "DPD", "trackingNumber": "1 2 " * 300},
+            "trackingNumber is 1200 characters long; at most 1024",
         ),
     ],
 )
@@ -592,6 +592,71 @@ async def test_partial_shipments_ship_what_remains_and_no_more(api: Api) -> None
     assert rest["state"] == "scheduled"
     _, [whole] = await api.operate("ship", {**base, "trackingNumber": "P5"})
     assert whole["state"] == "failed"
+
+
+async def test_a_shipment_without_carrier_or_tracking_is_taken_on_a_default_channel(
+    api: Api,
+) -> None:
+    """ebay-de keeps the default (no require_tracking): what the shop does not know is
+    forwarded as missing, null or empty alike, and the marketplace decides."""
+    order_id = await api.order_id("EBAY-1")
+    entry = {"id": order_id, "carrier": None, "trackingNumber": None, "trackingLink": None}
+    _, [ticket] = await api.operate("ship", entry, token="2")
+    assert ticket["state"] == "scheduled"
+    assert (ticket["payload"]["carrier"], ticket["payload"]["trackingNumber"]) == ("", "")
+    stored = await api.storage.orders.get(order_id)
+    assert stored is not None
+    assert [e.kind for e in stored.events][-1] == "ship_requested"
+
+
+async def test_a_link_that_is_not_http_is_dropped_with_a_warning_and_the_shipment_goes(
+    api: Api,
+) -> None:
+    order_id = await api.order_id("WAIT-1")
+    ship = {
+        "id": order_id,
+        "carrier": "DPD",
+        "trackingNumber": "250123456, 250123457",
+        "trackingLink": "javascript:alert(1)",
+    }
+    _, [ticket] = await api.operate("ship", ship)
+    assert ticket["state"] == "scheduled"
+    assert ticket["payload"]["trackingLink"] == ""
+    assert ticket["payload"]["trackingNumber"] == "250123456, 250123457", "kept as given"
+    stored = await api.storage.orders.get(order_id)
+    assert stored is not None
+    assert [(e.kind, e.source, e.actor) for e in stored.events][-2:] == [
+        ("ship_requested", "api", "prestashop"),
+        ("ship_warning", "api", "prestashop"),
+    ]
+    assert stored.events[-1].message == (
+        "trackingLink 'javascript:alert(1)' is not an http(s):// URL: dropped, the shipment "
+        "is sent without it"
+    )
+    assert stored.events[-1].operation_id == stored.events[-2].operation_id
+    # The same request again is the same shipment: one ticket, no second warning.
+    _, [again] = await api.operate("ship", ship)
+    assert again["id"] == ticket["id"]
+    assert await api.operation_count() == 1
+    stored = await api.storage.orders.get(order_id)
+    assert stored is not None and [e.kind for e in stored.events].count("ship_warning") == 1
+
+
+async def test_every_line_at_full_quantity_is_a_whole_shipment(api: Api) -> None:
+    order_id = await api.order_id("WAIT-2")
+    _, order = await api.get(f"/v1/store/1/order/{order_id}")
+    every = [{"id": i["id"], "quantity": i["quantity"]} for i in order["items"]]
+    ship = {"id": order_id, "carrier": "DPD", "trackingNumber": "P1", "items": every}
+    _, [whole] = await api.operate("ship", ship)
+    assert whole["state"] == "scheduled"
+    assert whole["payload"]["items"] == [], "sent as the whole order"
+    _, [again] = await api.operate("ship", ship)
+    assert again["id"] == whole["id"], "a repeat is the same shipment"
+    _, [more] = await api.operate("ship", {**ship, "items": every[:1]})
+    assert more["state"] == "failed"
+    assert more["result"]["message"] == (
+        f"order WAIT-2 was shipped whole (ticket {whole['id']}); a shipment is sent only once"
+    )
 
 
 async def test_accept_and_refuse_need_an_order_waiting_for_acceptance(api: Api) -> None:

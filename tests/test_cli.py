@@ -19,10 +19,13 @@ name = "decathlon"
 store = 1
 connector = "mirakl"
 poll_interval = "1h"
+require_tracking = true
 [channels.settings]
 base_url = "http://127.0.0.1:9"
 api_key = "env:DECA_KEY"
 """
+#: The same channel with the default settings: a shipment needs no carrier nor tracking.
+DEFAULT_CHANNELS = CHANNELS.replace("require_tracking = true\n", "")
 ENV = {"DECA_KEY": "deca-secret-7781"}
 
 
@@ -148,6 +151,50 @@ async def test_channels_poll_asks_the_running_daemon_to_poll_now(
         assert len(json.loads(listed.stdout)) == 7
         assert await asyncio.to_thread(sfd.terminate) == 0
     assert not (tmp_path / "sfd.db.sock").exists()
+
+
+async def test_orders_ship_needs_no_carrier_and_show_lists_every_tracking_number(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, DEFAULT_CHANNELS)
+    await seed(config, tmp_path)
+    orders = json.loads(run_cli(config, "orders", "list", "--json", env=ENV).stdout)
+    order = next(o for o in orders if o["reference"] == "DEC-OK")
+    bare = run_cli(config, "orders", "ship", str(order["id"]), env=ENV)
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stderr.endswith(" is scheduled\n")
+    shown = json.loads(
+        run_cli(config, "orders", "show", str(order["id"]), "--json", env=ENV).stdout
+    )
+    [operation] = shown["operations"]
+    assert (operation["kind"], operation["state"], operation["payload"]) == (
+        "ship",
+        "scheduled",
+        {},
+    )
+    late = next(o for o in orders if o["reference"] == "DEC-LATE")
+    several = run_cli(
+        config,
+        "orders",
+        "ship",
+        str(late["id"]),
+        "--carrier",
+        "Colissimo",
+        "--tracking-number",
+        "6A1,6A2 6A3",
+        env=ENV,
+    )
+    assert several.returncode == 0, several.stderr
+    # Delivered as the worker would: the order keeps the field as given, shows every number.
+    storage = await Storage.open(tmp_path / "sfd.db")
+    now = utcnow()
+    for claim in await storage.queue.claim(now, timedelta(minutes=1), 10):
+        await storage.queue.delivered(claim, now, now + timedelta(minutes=1))
+    await storage.close()
+    text = run_cli(config, "orders", "show", str(late["id"]), env=ENV).stdout
+    assert "6A1, 6A2, 6A3" in text and "Colissimo" in text
+    shown = json.loads(run_cli(config, "orders", "show", str(late["id"]), "--json", env=ENV).stdout)
+    assert shown["tracking_number"] == "6A1,6A2 6A3"
 
 
 async def test_orders_ship_accept_and_cancel_follow_the_api_rules(tmp_path: Path) -> None:

@@ -286,9 +286,107 @@ async def test_a_shipment_reaches_the_marketplace_once_and_the_order_ships_when_
         ("marketplace", "status", "waiting_shipment", "shipped"),
         ("marketplace", "ship_confirmed", None, None),
     ]
-    assert order.events[2].message == "taken by sandbox after 1 attempt(s)"
+    assert order.events[2].message == (
+        "taken by sandbox after 1 attempt(s); sent carrier COLISSIMO, tracking 6A123456789"
+    )
     assert re.fullmatch(r"confirmed \d+s after the request", order.events[-1].message)
     assert (await hub.operation(ticket["id"]))["confirmed_at"] is not None
+
+
+async def test_a_shipment_without_carrier_or_tracking_reaches_mirakl_by_or24_alone(
+    hub: Hub,
+) -> None:
+    """The channel keeps the default (no require_tracking): OR23 needs a carrier, so it is
+    skipped, and OR24 confirms the shipment; Mirakl decides."""
+    [reference] = await orders_on_sale(hub, 1)
+    [ticket] = await hub.operate("ship", {"id": await hub.order_id(reference)})
+    assert ticket["state"] == "scheduled"
+
+    done = await hub.finished(ticket["id"])
+    assert done["state"] == "succeed", done["result"]
+    assert [len(hub.marketplace.calls_to(op, reference)) for op in ("OR23", "OR24")] == [0, 1]
+    await until(lambda: hub.marketplace.state(reference) == "SHIPPED", 5)
+    order = await hub.order(reference)
+    delivered = next(e for e in order.events if e.kind == "ship_delivered")
+    assert delivered.message.endswith("; sent carrier none, tracking none")
+    assert "ship_warning" not in [e.kind for e in order.events]
+
+
+async def test_every_line_at_full_quantity_ships_the_whole_mirakl_order(hub: Hub) -> None:
+    """The SDK's ship() lists every line: that is the whole order, which Mirakl can ship."""
+    [reference] = await orders_on_sale(hub, 1)
+    order = await hub.order(reference)
+    every = [{"id": i.id, "quantity": i.quantity} for i in order.items]
+    [ticket] = await hub.operate("ship", {**ship(order.id), "items": every})
+    assert ticket["payload"]["items"] == []
+
+    done = await hub.finished(ticket["id"])
+    assert done["state"] == "succeed", done["result"]
+    assert [len(hub.marketplace.calls_to(op, reference)) for op in ("OR23", "OR24")] == [1, 1]
+    await until(lambda: hub.marketplace.state(reference) == "SHIPPED", 5)
+
+
+async def test_several_tracking_numbers_on_mirakl_send_the_first_and_name_the_others(
+    hub: Hub,
+) -> None:
+    """Mirakl's OR23 takes one number: the others are named in a warning event. A link that
+    is not http(s) is dropped with a warning of its own, and the shipment still goes."""
+    [reference] = await orders_on_sale(hub, 1)
+    entry = {
+        "id": await hub.order_id(reference),
+        "carrier": "Transports Martin",  # not registered: a link would go as carrier_url
+        "trackingNumber": "TM-1, TM-2;TM-3",
+        "trackingLink": "ftp://martin.test/TM-1",
+    }
+    [ticket] = await hub.operate("ship", entry)
+
+    done = await hub.finished(ticket["id"])
+    assert done["state"] == "succeed", done["result"]
+    [tracking] = hub.marketplace.calls_to("OR23", reference)
+    assert tracking.body == {"carrier_name": "Transports Martin", "tracking_number": "TM-1"}
+    assert len(hub.marketplace.calls_to("OR24", reference)) == 1
+    order = await hub.order(reference)
+    assert order.tracking_number == "TM-1, TM-2;TM-3", "every number is kept on the order"
+    assert order.tracking_link == ""
+    warnings = [(e.source, e.message) for e in order.events if e.kind == "ship_warning"]
+    assert warnings == [
+        (
+            "api",
+            "trackingLink 'ftp://martin.test/TM-1' is not an http(s):// URL: dropped, "
+            "the shipment is sent without it",
+        ),
+        (
+            "marketplace",
+            "tracking number(s) TM-2, TM-3 not forwarded to sandbox: "
+            "Mirakl takes one tracking number per order (OR23)",
+        ),
+    ]
+
+
+async def test_a_channel_that_requires_tracking_still_refuses_a_shipment_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SANDBOX_KEY", KEY)
+    marketplace = SandboxMarketplace(KEY, seed=7)
+    async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
+        body = channel("sandbox", base_url).replace(
+            "auto_accept = false\n", "auto_accept = false\nrequire_tracking = true\n"
+        )
+        running = Hub(marketplace, write_config(tmp_path, body), http)
+        await running.start()
+        _, running.token = await running.storage.tokens.create(1, "shop", running.daemon.clock())
+        try:
+            [reference] = await orders_on_sale(running, 1)
+            order_id = await running.order_id(reference)
+            [bare] = await running.operate("ship", {"id": order_id})
+            [no_carrier] = await running.operate("ship", {"id": order_id, "trackingNumber": "1"})
+            [no_number] = await running.operate("ship", {"id": order_id, "carrier": "DPD"})
+        finally:
+            await running.stop()
+    assert [t["state"] for t in (bare, no_carrier, no_number)] == ["failed"] * 3
+    assert no_carrier["result"]["message"] == "channel sandbox requires a carrier"
+    assert no_number["result"]["message"] == "channel sandbox requires a tracking number"
+    assert marketplace.calls_to("OR23") == marketplace.calls_to("OR24") == []
 
 
 async def test_a_marketplace_down_for_a_while_gets_every_shipment_once_when_it_is_back(

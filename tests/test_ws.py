@@ -527,6 +527,31 @@ async def test_shipping_without_tracking_where_the_channel_requires_it_is_refuse
     assert ws.kicks == []
 
 
+async def test_shipping_without_carrier_or_tracking_on_a_default_channel_is_taken(
+    ws: Ws,
+) -> None:
+    """Shop modules send UpdateOrders once, without a carrier when the shop has none: on a
+    channel with the default settings it goes to the marketplace as it is."""
+    await write(ws.storage, make_order("DEC-1"))
+    async with ws.storage.db.write() as tx:
+        await tx.execute("UPDATE channels SET require_tracking = 0 WHERE name = 'decathlon'")
+
+    reply = await ws.call(
+        "UpdateOrders",
+        update_orders(
+            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+            "<Status>Shipped</Status><CarrierName></CarrierName></Order>"
+        ),
+    )
+
+    [order] = reply.orders()
+    assert order.findtext("StatusUpdated") == "True"
+    row = await ws.storage.db.fetchone("SELECT kind, state, payload FROM operations")
+    assert row is not None
+    assert (row["kind"], row["state"], json.loads(row["payload"])) == ("ship", "scheduled", {})
+    assert ws.kicks == [1]
+
+
 async def test_update_orders_canceled_schedules_a_cancellation(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"), make_order("DEC-2"))
 

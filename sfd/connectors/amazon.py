@@ -28,6 +28,7 @@ from sfd.connectors.base import (
     OrderPage,
     RefundRequest,
     Rejected,
+    ShipmentReceipt,
     ShipmentRequest,
     SkippedOrder,
     Transient,
@@ -386,18 +387,28 @@ class AmazonConnector(HttpConnector):
         """Amazon has no acceptance step."""
         raise Rejected(NO_ACCEPTANCE)
 
-    async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
-        """Confirm a package (confirmShipment); an order Amazon shows shipped succeeds."""
+    async def ship(self, reference: str, shipment: ShipmentRequest) -> ShipmentReceipt:
+        """Confirm a package (confirmShipment); an order Amazon shows shipped succeeds.
+
+        confirmShipment requires carrierCode and trackingNumber and takes one package: without
+        either it cannot be sent; of several tracking numbers the first is sent.
+        """
         carrier = shipment.carrier.strip()
-        tracking = shipment.tracking_number.strip()
         if not carrier:
-            raise Rejected("Amazon needs the carrier to confirm a shipment")
-        if not tracking:
-            raise Rejected("Amazon needs a tracking number to confirm a shipment")
+            raise Rejected("Amazon needs the carrier to confirm a shipment (carrierCode)")
+        if not shipment.tracking_numbers:
+            raise Rejected("Amazon needs a tracking number to confirm a shipment (trackingNumber)")
+        tracking, *others = shipment.tracking_numbers
         lines = _requested_lines(shipment.items)
+        receipt = ShipmentReceipt(
+            carrier=carrier_code(carrier),
+            tracking_numbers=(tracking,),
+            not_forwarded=tuple(others),
+            notes=("Amazon's confirmShipment takes one tracking number",) if others else (),
+        )
         order = await self._read_order(reference, f"getOrder {reference} before confirmShipment")
         if order.OrderStatus in SHIPPED_STATUSES:
-            return  # shipped already, by us on an earlier try or by someone else
+            return receipt  # shipped already, by us on an earlier try or by someone else
         if order.OrderStatus == "Canceled":
             raise Rejected(f"Amazon order {reference} is cancelled: it cannot be shipped")
         if order.OrderStatus in UNRELEASED_STATUSES:
@@ -408,8 +419,8 @@ class AmazonConnector(HttpConnector):
         if lines is None:
             lines = await self._unshipped_lines(reference)
             if not lines:
-                return  # every item shipped already
-        code = carrier_code(carrier)
+                return receipt  # every item shipped already
+        code = receipt.carrier
         package: dict[str, Any] = {
             "packageReferenceId": package_reference(reference, tracking, lines),
             "carrierCode": code,
@@ -428,8 +439,9 @@ class AmazonConnector(HttpConnector):
             # confirmation whose answer was lost) only the order's status decides.
             again = await self._read_order(reference, f"getOrder {reference} after a refusal")
             if again.OrderStatus in SHIPPED_STATUSES:
-                return
+                return receipt
             raise
+        return receipt
 
     async def cancel(self, reference: str) -> None:
         """Orders v0 has no seller cancellation."""

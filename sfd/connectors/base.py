@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
+from sfd.rules import tracking_numbers
 
 
 class ConnectorError(Exception):
@@ -57,13 +58,34 @@ class OrderPage:
 
 @dataclass(frozen=True)
 class ShipmentRequest:
-    """Everything a marketplace needs to confirm a shipment, sent once."""
+    """Everything the shop said of a shipment, sent once; any field may be empty."""
 
-    carrier: str
+    carrier: str = ""
     tracking_number: str = ""
+    """The field as given: it may hold several numbers (`tracking_numbers`)."""
     tracking_link: str = ""
     items: dict[str, int] | None = None
     """Channel line reference → quantity, for a partial shipment; None ships everything."""
+    tracking_numbers: tuple[str, ...] = ()
+    """The numbers in `tracking_number`, one per package; read from it when not given."""
+
+    def __post_init__(self) -> None:
+        if not self.tracking_numbers and self.tracking_number.strip():
+            object.__setattr__(self, "tracking_numbers", tracking_numbers(self.tracking_number))
+
+
+@dataclass(frozen=True)
+class ShipmentReceipt:
+    """What a connector sent of a shipment, and what it could not, for the order's events."""
+
+    carrier: str = ""
+    """The carrier as sent (the marketplace's code where it has one); empty if none was."""
+    tracking_numbers: tuple[str, ...] = ()
+    """The tracking numbers the marketplace was given."""
+    not_forwarded: tuple[str, ...] = ()
+    """Tracking numbers the shop gave that the marketplace was not sent."""
+    notes: tuple[str, ...] = ()
+    """Why something was not sent, one sentence each (e.g. "Mirakl takes one number")."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +119,11 @@ class MarketplaceConnector(Protocol):
     async def refuse(self, reference: str) -> None:
         """Refuse an order waiting for the store's acceptance."""
 
-    async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
-        """Report a shipment; a repeat the marketplace calls "already shipped" succeeds."""
+    async def ship(self, reference: str, shipment: ShipmentRequest) -> ShipmentReceipt:
+        """Report a shipment; a repeat the marketplace calls "already shipped" succeeds.
+
+        Sends what the marketplace accepts of the shipment as given, and says what it left out.
+        """
 
     async def cancel(self, reference: str) -> None:
         """Cancel an order that has not shipped."""

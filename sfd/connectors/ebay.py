@@ -24,9 +24,11 @@ from yarl import URL
 from sfd.clock import utcnow
 from sfd.connectors.base import (
     AuthFailed,
+    ConnectorError,
     OrderPage,
     RefundRequest,
     Rejected,
+    ShipmentReceipt,
     ShipmentRequest,
     SkippedOrder,
     Transient,
@@ -197,25 +199,38 @@ class EbayConnector(HttpConnector):
         """eBay has no acceptance step: refused."""
         raise Rejected(NO_ACCEPTANCE)
 
-    async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
-        """Create one shipping fulfillment; a shipment eBay shows done already succeeds.
+    async def ship(self, reference: str, shipment: ShipmentRequest) -> ShipmentReceipt:
+        """Create one shipping fulfillment per package; a shipment eBay shows done succeeds.
 
         A full shipment reads the order and ships every line item not fulfilled yet nor
         refunded (a partially refunded order ships what is left), each with its quantity; a
         partial one ships `shipment.items` (lineItemId → quantity). eBay takes
-        the carrier and the tracking number together or not at all: a tracking number without
-        a carrier is refused, a carrier without a tracking number is not sent.
+        the carrier and the tracking number together or not at all: with only one of them the
+        fulfillment is created without either, and the receipt says what was left out.
+        Several tracking numbers are several packages: one fulfillment each, with the same
+        lines (eBay's API has one call per package); a later package eBay does not take is
+        named in the receipt rather than failing a shipment eBay already has.
         """
         carrier = shipment.carrier.strip()
-        number = shipment.tracking_number.strip()
-        if number and not carrier:
-            raise Rejected("eBay needs the carrier (shippingCarrierCode) with a tracking number")
+        numbers = shipment.tracking_numbers
+        notes: tuple[str, ...] = ()
+        if numbers and not carrier:
+            notes = ("eBay takes a tracking number only with its carrier (shippingCarrierCode)",)
+        elif carrier and not numbers:
+            notes = ("eBay takes the carrier only with a tracking number: it was not sent",)
+        packages: tuple[str, ...] = numbers if carrier and numbers else ()
+        receipt = ShipmentReceipt(
+            carrier=carrier if packages else "",
+            tracking_numbers=packages,
+            not_forwarded=() if packages else numbers,
+            notes=notes,
+        )
         if shipment.items is not None:
             lines = _requested_lines(shipment.items)
         else:
             order = await self._ship_view(reference, f"getOrder {reference} before shipping")
             if order.order_fulfillment_status == "FULFILLED":
-                return
+                return receipt
             lines = [
                 (line.line_item_id, line.quantity)
                 for line in order.line_items
@@ -224,14 +239,14 @@ class EbayConnector(HttpConnector):
                 and not _refunded(line)
             ]
             if not lines:
-                return
+                return receipt
         body: dict[str, Any] = {
             "lineItems": [{"lineItemId": i, "quantity": q} for i, q in lines],
             "shippedDate": format_timestamp(self._clock()),
         }
-        if carrier and number:
+        if packages:
             body["shippingCarrierCode"] = carrier
-            body["trackingNumber"] = number
+            body["trackingNumber"] = packages[0]
         path = f"{ORDERS_PATH}/{segment(reference)}/shipping_fulfillment"
         try:
             answer = await self._call(
@@ -245,9 +260,37 @@ class EbayConnector(HttpConnector):
             except Rejected:
                 shipped = False
             if shipped:
-                return
+                return receipt
             raise
         self.last_fulfillment_id = fulfillment_id(answer.headers.get("Location"))
+        return await self._more_packages(reference, path, body, receipt)
+
+    async def _more_packages(
+        self, reference: str, path: str, first: dict[str, Any], receipt: ShipmentReceipt
+    ) -> ShipmentReceipt:
+        """The second and later packages: eBay has the shipment already, so a package it does
+        not take is reported in the receipt, not retried (the shipment must not fail now)."""
+        sent = list(receipt.tracking_numbers[:1])
+        missed: list[str] = []
+        notes = list(receipt.notes)
+        for number in receipt.tracking_numbers[1:]:
+            op = f"createShippingFulfillment {reference} (package {number})"
+            try:
+                body = first | {"trackingNumber": number}
+                await self._call("POST", self._url(path), op, body=body)
+            except ConnectorError as exc:
+                missed.append(number)
+                notes.append(f"package {number}: {exc}")
+            else:
+                sent.append(number)
+        if not missed:
+            return receipt
+        return ShipmentReceipt(
+            carrier=receipt.carrier,
+            tracking_numbers=tuple(sent),
+            not_forwarded=receipt.not_forwarded + tuple(missed),
+            notes=tuple(notes),
+        )
 
     async def cancel(self, reference: str) -> None:
         """Not supported: eBay cancellations belong to the Post-Order API."""

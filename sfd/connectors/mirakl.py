@@ -22,6 +22,7 @@ from sfd.connectors.base import (
     OrderPage,
     RefundRequest,
     Rejected,
+    ShipmentReceipt,
     ShipmentRequest,
     SkippedOrder,
     Transient,
@@ -76,7 +77,8 @@ STATUS_BY_STATE: Final[Mapping[str, OrderStatus]] = {
 }
 
 PARTIAL_SHIPMENT = (
-    "Mirakl ships whole orders (OR24): a partial shipment cannot be sent; ship every line"
+    "Mirakl ships whole orders (OR24): a partial shipment cannot be sent; ship every line "
+    "(list every line at its full quantity, or none)"
 )
 
 NO_DELIVERY: Final = (
@@ -199,12 +201,17 @@ class MiraklConnector(HttpConnector):
         """Refuse every line of an order waiting for acceptance (OR21)."""
         await self._decide(reference, accepted=False)
 
-    async def ship(self, reference: str, shipment: ShipmentRequest) -> None:
-        """Send the tracking (OR23), then confirm the shipment (OR24); a repeat succeeds."""
+    async def ship(self, reference: str, shipment: ShipmentRequest) -> ShipmentReceipt:
+        """Send the tracking (OR23), then confirm the shipment (OR24); a repeat succeeds.
+
+        OR23 needs a carrier (a registered one's code, else its name) and takes one tracking
+        number: without a carrier it is skipped and only OR24 is sent, and numbers after the
+        first are not sent. The receipt says so.
+        """
         if shipment.items is not None:
             raise Rejected(PARTIAL_SHIPMENT)
         path = f"/api/orders/{segment(reference)}"
-        tracking = await self._tracking_body(shipment)
+        tracking, receipt = await self._tracking_body(shipment)
         try:
             if tracking is not None:
                 await self._call(
@@ -216,8 +223,9 @@ class MiraklConnector(HttpConnector):
             # OR23/OR24 (the order is no longer SHIPPING). Only the order's state decides.
             order = await self._read_order(reference, f"OR11 check shipment of {reference}")
             if order is not None and order.get("order_state") in SHIPPED_STATES:
-                return
+                return receipt
             raise
+        return receipt
 
     async def cancel(self, reference: str) -> None:
         """Cancel the whole order (OR29); an order Mirakl shows cancelled already succeeds."""
@@ -313,14 +321,20 @@ class MiraklConnector(HttpConnector):
             body=body,
         )
 
-    async def _tracking_body(self, shipment: ShipmentRequest) -> dict[str, str] | None:
+    async def _tracking_body(
+        self, shipment: ShipmentRequest
+    ) -> tuple[dict[str, str] | None, ShipmentReceipt]:
+        """OR23's body (None: OR23 is skipped), and the receipt of what it sends."""
         carrier = shipment.carrier.strip()
-        number = shipment.tracking_number.strip()
+        numbers = shipment.tracking_numbers
         link = shipment.tracking_link.strip()
         if not carrier:
-            if number or link:
-                raise Rejected("Mirakl needs the carrier to record a tracking number (OR23)")
-            return None
+            notes = []
+            if numbers:
+                notes.append("Mirakl records a tracking number only with a carrier (OR23)")
+            if link:
+                notes.append("the tracking link was not sent: Mirakl needs a carrier with it")
+            return None, ShipmentReceipt(not_forwarded=numbers, notes=tuple(notes))
         code = await self._carrier_code(carrier)
         body: dict[str, str] = {}
         if code is not None:
@@ -329,9 +343,15 @@ class MiraklConnector(HttpConnector):
             body["carrier_name"] = carrier
             if link:
                 body["carrier_url"] = link
-        if number:
-            body["tracking_number"] = number
-        return body
+        if numbers:
+            body["tracking_number"] = numbers[0]
+        receipt = ShipmentReceipt(
+            carrier=code or carrier,
+            tracking_numbers=numbers[:1],
+            not_forwarded=numbers[1:],
+            notes=("Mirakl takes one tracking number per order (OR23)",) if numbers[1:] else (),
+        )
+        return body, receipt
 
     async def carriers(self) -> list[str]:
         """The operator's carriers (SH21), by label, else code; read at most once an hour."""

@@ -290,9 +290,10 @@ class _ReturnInfo(msgspec.Struct, rename="camel"):
 
 
 class _ShipEntry(_Entry, rename="camel"):
-    carrier: str = ""
-    tracking_number: str = ""
-    tracking_link: str = ""
+    # null is "not known" as much as "" is: shop modules send either.
+    carrier: str | None = None
+    tracking_number: str | None = None
+    tracking_link: str | None = None
     items: list[_Item] = msgspec.field(default_factory=list)
     warehouse_id: str | int | None = None
     return_info: _ReturnInfo | None = None
@@ -451,9 +452,9 @@ def _payload(kind: OperationKind, entry: _Entry, where: str) -> Payload:
     if isinstance(entry, _ShipEntry):
         info = entry.return_info
         return ShipPayload(
-            carrier=entry.carrier,
-            tracking_number=entry.tracking_number,
-            tracking_link=entry.tracking_link,
+            carrier=entry.carrier or "",
+            tracking_number=entry.tracking_number or "",
+            tracking_link=entry.tracking_link or "",
             items=tuple((i.id, i.quantity) for i in entry.items),
             return_carrier=info.carrier if info else None,
             return_tracking_number=info.tracking_number if info else None,

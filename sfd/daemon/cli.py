@@ -29,7 +29,7 @@ from sfd.daemon.push import PushError, retry_push
 from sfd.daemon.runtime import run_daemon, sync_config
 from sfd.domain import EventSource, OperationKind, OrderStatus, StoredOrder, TicketState
 from sfd.logs import configure_logging
-from sfd.rules import Payload, ReasonPayload, ShipPayload
+from sfd.rules import Payload, ReasonPayload, ShipPayload, tracking_numbers
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError, maintenance
 from sfd.storage.maintenance import CheckReport
 
@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     ship = orders.add_parser("ship", help="report a shipment, forwarded to the marketplace")
     ship.add_argument("id", type=int)
-    ship.add_argument("--carrier", required=True)
+    ship.add_argument(
+        "--carrier", default="", help="the carrier; optional unless the channel requires tracking"
+    )
     ship.add_argument("--tracking-number", default="")
     ship.add_argument("--tracking-url", default="")
     ship.add_argument(
@@ -377,6 +379,14 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
             return EXIT_OK
         console = _console()
         console.print(_order_rows([order]))
+        if order.carrier or order.tracking_number or order.tracking_link:
+            shipment = Table("carrier", "tracking numbers", "tracking link")
+            shipment.add_row(
+                order.carrier or "-",
+                ", ".join(tracking_numbers(order.tracking_number)) or "-",
+                order.tracking_link or "-",
+            )
+            console.print(shipment)
         items = Table("sku", "name", "qty", "price")
         for item in order.items:
             items.add_row(item.reference, item.name, str(item.quantity), str(item.price))

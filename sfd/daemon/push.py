@@ -314,7 +314,7 @@ class PushLoop(Loop):
             return
         tracking = shop_order.tracking
         number = tracking.tracking_number.strip() if tracking else ""
-        if not number and self.require_tracking.get(order.channel, True):
+        if not number and self.require_tracking.get(order.channel, False):
             counts["waiting_tracking"] += 1
             await self._wait_for_tracking(order, push, now)
             return

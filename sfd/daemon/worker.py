@@ -27,6 +27,7 @@ from sfd.connectors.base import (
     RateLimited,
     RefundRequest,
     Rejected,
+    ShipmentReceipt,
     ShipmentRequest,
 )
 from sfd.daemon.loops import Loop
@@ -54,6 +55,24 @@ def backoff(attempts: int, retry_after: float | None = None) -> float:
     delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempts - 1))
     delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
     return float(max(delay, retry_after or 0.0))
+
+
+def _receipt_events(channel: str, receipt: ShipmentReceipt | None) -> tuple[str, list[str]]:
+    """What a shipment's delivery event says was sent, and the warnings for what was not."""
+    if receipt is None:
+        return "", []
+    numbers = ", ".join(receipt.tracking_numbers) or "none"
+    detail = f"carrier {receipt.carrier or 'none'}, tracking {numbers}"
+    warnings = []
+    if receipt.not_forwarded:
+        left = ", ".join(receipt.not_forwarded)
+        why = "; ".join(receipt.notes)
+        warnings.append(
+            f"tracking number(s) {left} not forwarded to {channel}" + (f": {why}" if why else "")
+        )
+    else:
+        warnings.extend(receipt.notes)
+    return detail, warnings
 
 
 class OperationsWorker(Loop):
@@ -213,7 +232,7 @@ class OperationsWorker(Loop):
                 self._called.add(claim.operation_id)
                 self._calls.add(call)
                 try:
-                    await self._call(connector, claim)
+                    receipt = await self._call(connector, claim)
                 except Rejected as exc:
                     message = exc.message
                     await self._save(
@@ -254,9 +273,14 @@ class OperationsWorker(Loop):
                 log.info("operation_interrupted")
                 return
             now = self.clock()
+            detail, warnings = _receipt_events(claim.channel, receipt)
             confirmed = await self._save(
                 lambda: self.storage.queue.delivered(
-                    claim, now, now + timedelta(seconds=self.confirm_delay)
+                    claim,
+                    now,
+                    now + timedelta(seconds=self.confirm_delay),
+                    detail=detail,
+                    warnings=warnings,
                 )
             )
             self.metrics.operation_delivered(claim.kind, (now - claim.created_at).total_seconds())
@@ -307,7 +331,8 @@ class OperationsWorker(Loop):
             reason=reason,
         )
 
-    async def _call(self, connector: MarketplaceConnector, claim: Claim) -> None:
+    async def _call(self, connector: MarketplaceConnector, claim: Claim) -> ShipmentReceipt | None:
+        """Make the marketplace call; a shipment brings back what was sent of it."""
         reference = claim.order_reference
         if claim.kind == K.ACCEPT:
             await connector.accept(reference)
@@ -318,7 +343,7 @@ class OperationsWorker(Loop):
         elif claim.kind == K.SHIP:
             p = claim.payload
             lines = p.get("items") or []
-            await connector.ship(
+            return await connector.ship(
                 reference,
                 ShipmentRequest(
                     carrier=p.get("carrier", ""),
@@ -341,6 +366,7 @@ class OperationsWorker(Loop):
             await connector.deliver(reference)
         else:
             raise Rejected(f"the {connector.name} connector cannot {claim.kind.value} orders yet")
+        return None
 
     async def _confirm(self, claim: Claim) -> None:
         try:

@@ -18,7 +18,7 @@ class ChannelSpec(NamedTuple):
     name: str
     store: int
     connector: str
-    require_tracking: bool = True
+    require_tracking: bool = False
 
 
 class ChannelState(msgspec.Struct, kw_only=True, frozen=True):

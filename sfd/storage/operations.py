@@ -161,7 +161,7 @@ class OperationStore:
         decision = decide(kind, order, request.payload, prior)
         if decision.reuse is not None:
             return decision.reuse.id
-        payload = msgspec.to_builtins(request.payload)
+        payload = msgspec.to_builtins(decision.payload or request.payload)
         if order is None:
             # Keep what the caller named, so the failed ticket says which order was not found.
             payload |= {
@@ -238,6 +238,17 @@ class OperationStore:
                 operation_id=operation_id,
                 actor=actor,
             )
+            for warning in decision.warnings:
+                await self.orders.add_event(
+                    tx,
+                    order.id,
+                    now,
+                    source,
+                    f"{kind.value}_warning",
+                    message=warning,
+                    operation_id=operation_id,
+                    actor=actor,
+                )
         return operation_id
 
     @staticmethod
@@ -543,9 +554,18 @@ class OperationQueue:
         ]
 
     async def delivered(
-        self, claim: Claim, now: datetime, confirm_at: datetime
+        self,
+        claim: Claim,
+        now: datetime,
+        confirm_at: datetime,
+        *,
+        detail: str = "",
+        warnings: Sequence[str] = (),
     ) -> list[tuple[int, str, float]]:
-        """The marketplace took it. Confirmation follows, by a later read or poll."""
+        """The marketplace took it. Confirmation follows, by a later read or poll.
+
+        `detail` says what was sent (a shipment's carrier and tracking numbers); each warning,
+        what was not, becomes an order event of its own."""
         stamp = to_iso(now)
         async with self.db.write() as tx:
             await tx.execute(
@@ -573,9 +593,20 @@ class OperationQueue:
                 now,
                 EventSource.MARKETPLACE,
                 f"{claim.kind.value}_delivered",
-                message=f"taken by {claim.channel} after {claim.attempts} attempt(s)",
+                message=f"taken by {claim.channel} after {claim.attempts} attempt(s)"
+                + (f"; sent {detail}" if detail else ""),
                 operation_id=claim.operation_id,
             )
+            for warning in warnings:
+                await self.orders.add_event(
+                    tx,
+                    claim.order_id,
+                    now,
+                    EventSource.MARKETPLACE,
+                    f"{claim.kind.value}_warning",
+                    message=warning,
+                    operation_id=claim.operation_id,
+                )
             row = await tx.fetchone("SELECT status FROM orders WHERE id = ?", (claim.order_id,))
             assert row is not None
             # The marketplace may already show the result (an earlier poll saw it).

@@ -1141,6 +1141,25 @@ async def test_an_incomplete_shipment_is_rejected_without_any_call(
     assert sent(http) == []
 
 
+async def test_several_tracking_numbers_confirm_the_first_and_name_the_others(
+    http: aioresponses, connector: AmazonConnector
+) -> None:
+    """confirmShipment takes one package: the other numbers are in the receipt."""
+    http.get(ORDER, payload=order_answer(MarketplaceId=GERMANY))
+    http.post(CONFIRM, status=204)
+
+    receipt = await connector.ship(
+        ORDER_ID,
+        ShipmentRequest(carrier="DHL", tracking_number="JD01; JD02", items={"62410391658172": 2}),
+    )
+
+    [(_, kwargs)] = calls_to(http, CONFIRM)
+    assert kwargs["json"]["packageDetail"]["trackingNumber"] == "JD01"
+    assert receipt.carrier == kwargs["json"]["packageDetail"]["carrierCode"]
+    assert (receipt.tracking_numbers, receipt.not_forwarded) == (("JD01",), ("JD02",))
+    assert receipt.notes == ("Amazon's confirmShipment takes one tracking number",)
+
+
 # -- no acceptance, no cancellation; status -----------------------------------------------------
 
 

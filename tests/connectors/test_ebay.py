@@ -1090,19 +1090,90 @@ async def test_a_carrier_without_tracking_number_is_not_sent(
     grant(http)
     http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION})
 
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="DHL", items={"10012345678902": 1}))
+    receipt = await connector.ship(
+        ORDER_ID, ShipmentRequest(carrier="DHL", items={"10012345678902": 1})
+    )
 
     [(_, _, kwargs)] = [c for c in sent(http, "POST") if str(c[1]) != TOKEN_URL]
     assert kwargs["json"] == {
         "lineItems": [{"lineItemId": "10012345678902", "quantity": 1}],
         "shippedDate": "2026-11-29T10:00:00.000Z",
     }
+    assert receipt.carrier == "" and receipt.tracking_numbers == ()
+    assert receipt.notes == ("eBay takes the carrier only with a tracking number: it was not sent",)
+
+
+async def test_a_tracking_number_without_carrier_ships_without_either(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    """eBay's trackingNumber and shippingCarrierCode go together or not at all: the shipment
+    still reaches eBay, and the receipt names the number left out."""
+    grant(http)
+    http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION})
+
+    receipt = await connector.ship(
+        ORDER_ID, ShipmentRequest(tracking_number="0034", items={"10012345678902": 1})
+    )
+
+    [(_, _, kwargs)] = [c for c in sent(http, "POST") if str(c[1]) != TOKEN_URL]
+    assert "trackingNumber" not in kwargs["json"]
+    assert "shippingCarrierCode" not in kwargs["json"]
+    assert receipt.tracking_numbers == () and receipt.not_forwarded == ("0034",)
+    assert "only with its carrier" in receipt.notes[0]
+
+
+async def test_several_tracking_numbers_make_one_fulfillment_per_package(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    grant(http)
+    http.get(order_url(), payload=ebay_order())
+    for _ in range(3):
+        http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION})
+
+    receipt = await connector.ship(
+        ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="0034, 0035;0036")
+    )
+
+    bodies = [kw["json"] for _, url, kw in sent(http, "POST") if str(url) != TOKEN_URL]
+    assert [b["trackingNumber"] for b in bodies] == ["0034", "0035", "0036"]
+    assert {b["shippingCarrierCode"] for b in bodies} == {"DHL"}
+    lines = [
+        {"lineItemId": "10012345678901", "quantity": 3},
+        {"lineItemId": "10012345678902", "quantity": 1},
+    ]
+    assert all(b["lineItems"] == lines for b in bodies)
+    assert len(sent(http, "GET")) == 1  # the lines are read once, for every package
+    assert receipt.carrier == "DHL"
+    assert receipt.tracking_numbers == ("0034", "0035", "0036")
+    assert receipt.not_forwarded == ()
+
+
+async def test_a_later_package_ebay_refuses_is_named_not_failed(
+    http: aioresponses, connector: EbayConnector
+) -> None:
+    """eBay has the shipment once the first package is taken: a refused second package must
+    not fail it (a retry would find the order fulfilled); the receipt names the number."""
+    grant(http)
+    http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION})
+    http.post(
+        FULFILLMENTS,
+        status=400,
+        payload={"errors": [{"errorId": 32100, "message": "Invalid tracking number."}]},
+    )
+
+    receipt = await connector.ship(
+        ORDER_ID,
+        ShipmentRequest(carrier="DHL", tracking_number="0034 BAD", items={"10012345678902": 1}),
+    )
+
+    assert receipt.tracking_numbers == ("0034",)
+    assert receipt.not_forwarded == ("BAD",)
+    assert "package BAD" in receipt.notes[0] and "Invalid tracking number" in receipt.notes[0]
 
 
 @pytest.mark.parametrize(
     ("shipment", "message"),
     [
-        (ShipmentRequest(carrier="", tracking_number="0034"), "needs the carrier"),
         (ShipmentRequest(carrier="DHL", tracking_number="1", items={}), "names no eBay line"),
         (
             ShipmentRequest(carrier="DHL", tracking_number="1", items={"10012345678901": 0}),

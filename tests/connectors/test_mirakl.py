@@ -21,6 +21,7 @@ from sfd.connectors.base import (
     RateLimited,
     RefundRequest,
     Rejected,
+    ShipmentReceipt,
     ShipmentRequest,
     Transient,
 )
@@ -652,9 +653,61 @@ async def test_a_partial_shipment_is_rejected_without_any_call(
         await connector.ship("7001-A", partial)
 
     assert caught.value.message == (
-        "Mirakl ships whole orders (OR24): a partial shipment cannot be sent; ship every line"
+        "Mirakl ships whole orders (OR24): a partial shipment cannot be sent; ship every line "
+        "(list every line at its full quantity, or none)"
     )
     assert sent(http) == []
+
+
+async def test_a_shipment_without_carrier_or_tracking_skips_or23_and_confirms(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.put(put_url("7001-A", "ship"), status=204)
+
+    receipt = await connector.ship("7001-A", ShipmentRequest())
+
+    [(_, url, _)] = sent(http, "PUT")
+    assert url.path == "/api/orders/7001-A/ship"
+    assert sent(http, "GET") == []  # no carrier to look up
+    assert receipt == ShipmentReceipt()
+
+
+async def test_a_tracking_number_without_carrier_is_not_sent_and_said_so(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    """OR23 needs a carrier code or name: without one, only OR24 goes, and the receipt names
+    the number Mirakl was not given."""
+    http.put(put_url("7001-A", "ship"), status=204)
+
+    receipt = await connector.ship(
+        "7001-A", ShipmentRequest(tracking_number="6A1", tracking_link="https://x.test/6A1")
+    )
+
+    assert [c[1].path for c in sent(http, "PUT")] == ["/api/orders/7001-A/ship"]
+    assert receipt.not_forwarded == ("6A1",) and receipt.tracking_numbers == ()
+    assert receipt.notes == (
+        "Mirakl records a tracking number only with a carrier (OR23)",
+        "the tracking link was not sent: Mirakl needs a carrier with it",
+    )
+
+
+async def test_several_tracking_numbers_send_the_first_and_name_the_others(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
+    http.put(put_url("7001-A", "tracking"), status=204)
+    http.put(put_url("7001-A", "ship"), status=204)
+
+    receipt = await connector.ship(
+        "7001-A", ShipmentRequest(carrier="Colissimo", tracking_number="6A1,6A2; 6A3")
+    )
+
+    [(_, _, kwargs)] = [c for c in sent(http, "PUT") if c[1].path.endswith("/tracking")]
+    assert kwargs["json"] == {"carrier_code": "COLISSIMO", "tracking_number": "6A1"}
+    assert receipt.carrier == "COLISSIMO"
+    assert receipt.tracking_numbers == ("6A1",)
+    assert receipt.not_forwarded == ("6A2", "6A3")
+    assert receipt.notes == ("Mirakl takes one tracking number per order (OR23)",)
 
 
 async def test_shipping_again_after_the_order_shipped_succeeds(

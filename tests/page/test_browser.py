@@ -99,6 +99,7 @@ store = {store}
 connector = "mirakl"
 poll_interval = "1h"
 auto_accept = false
+require_tracking = true
 [channels.settings]
 base_url = "{base_url}"
 api_key = "env:SANDBOX_KEY"
@@ -296,10 +297,10 @@ async def test_an_oversized_tracking_number_is_refused_and_nothing_is_written(
     tracking = page.get_by_label("Tracking number")
     await tracking.evaluate("input => input.removeAttribute('maxlength')")  # as a tamperer would
     await page.get_by_label("Carrier").fill("DPD")
-    await tracking.fill("7" * 300)
+    await tracking.fill("7 " * 550)
     await page.get_by_role("button", name="Mark as shipped").click()
     await expect(page.locator("#ship-error")).to_have_text(
-        "Tracking number is 300 characters long; at most 255"
+        "Tracking number is 1099 characters long; at most 1024"
     )
     await expect(page.get_by_label("Carrier")).to_have_value("DPD")
     assert await hub.operations() == before

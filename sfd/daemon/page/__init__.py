@@ -26,7 +26,15 @@ from sfd.daemon.page.sessions import Session, Sessions
 from sfd.daemon.push import PushError, retry_push
 from sfd.domain import EventSource, OperationKind, OrderStatus, StoredOrder, Ticket, TicketState
 from sfd.logs import get_logger
-from sfd.rules import CONFIRMED_BY, OrderView, PriorOperation, ReasonPayload, ShipPayload, decide
+from sfd.rules import (
+    CONFIRMED_BY,
+    OrderView,
+    PriorOperation,
+    ReasonPayload,
+    ShipPayload,
+    decide,
+    tracking_numbers,
+)
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageUnavailable
 from sfd.storage.pushes import CREATED, REJECTED
 
@@ -118,6 +126,7 @@ class OrderPage:
         )
         self.templates.filters["when"] = when
         self.templates.filters["duration"] = duration
+        self.templates.filters["tracking_numbers"] = tracking_numbers
 
     def routes(self, app: web.Application) -> None:
         """Add the page's routes. `POST /` stays the legacy webservice's."""

@@ -10,7 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sfd.domain import OperationKind
-from sfd.rules import MAX_FIELD, MAX_LINK, AcknowledgePayload, Payload, ReasonPayload, ShipPayload
+from sfd.rules import (
+    MAX_FIELD,
+    MAX_LINK,
+    MAX_TRACKING,
+    AcknowledgePayload,
+    Payload,
+    ReasonPayload,
+    ShipPayload,
+)
 
 K = OperationKind
 
@@ -34,7 +42,7 @@ _LABELS = {
     "reason": "Reason",
     "store_reference": "Store reference",
 }
-_LIMITS = {"tracking_link": MAX_LINK}
+_LIMITS = {"tracking_link": MAX_LINK, "tracking_number": MAX_TRACKING}
 
 
 class FormError(Exception):
