@@ -31,7 +31,7 @@ from sfd.logs import configure_logging
 from sfd.sandbox.amazon import FRANCE, SHIPPING_ROLE, TAX_ROLES, SandboxAmazon, run_amazon
 from sfd.storage import OrderFilter, Storage
 from tests.connectors.amazon_model import check_request
-from tests.support import write_config
+from tests.support import run_cli, write_config
 
 CLIENT_ID = "amzn1.application-oa2-client.sandbox"
 SECRET = "amzn1.oa2-cs.v1.sandbox-secret"
@@ -212,9 +212,23 @@ async def test_without_the_shipping_role_orders_arrive_flagged(
         assert order.shipping_address is not None
         assert order.shipping_address.city and not order.shipping_address.street
         assert "Direct-to-Consumer Shipping" in order.additional_fields[MISSING_PERSONAL_DATA]
+        # The order page says so.
+        _, token = await storage.tokens.create(1, "me", utcnow())
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            async with http.post(f"{running.daemon.url}/signin", data={"token": token}) as r:
+                assert r.status == 200
+            async with http.get(f"{running.daemon.url}/orders/{order.id}") as r:
+                page = await r.text()
+        assert 'id="missing-personal-data"' in page
+        assert "Direct-to-Consumer Shipping (Restricted) role" in page
     finally:
         running.daemon.request_stop()
         await asyncio.wait_for(task, 10)
+    # So does `sfd orders show`.
+    shown = run_cli(tmp_path / "sfd.toml", "orders", "show", str(order.id))
+    assert shown.returncode == 0, shown.stderr
+    assert "warning: Amazon sent this order without" in " ".join(shown.stdout.split())
 
 
 def v0_order(reference: str, updated_at: datetime) -> MarketplaceOrder:
