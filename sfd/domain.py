@@ -253,6 +253,12 @@ class Shipment(msgspec.Struct, kw_only=True, frozen=True):
     tracking_link: str = ""
 
 
+#: The `additional_fields` key of an order the marketplace sent without personal data it should
+#: have (a missing API role): its text says what is missing and how to fix it. The order page and
+#: `sfd orders show` show it.
+MISSING_PERSONAL_DATA = "missing_personal_data"
+
+
 class MarketplaceOrder(msgspec.Struct, kw_only=True, frozen=True):
     """An order as a connector hands it over: normalized, with the raw payload beside it."""
 

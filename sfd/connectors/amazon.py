@@ -1,4 +1,10 @@
-"""Amazon's Selling Partner API, Orders v0: list orders and their items, confirm shipments.
+"""Amazon's Selling Partner API: Orders v2026-01-01 to read orders, v0 to confirm shipments.
+
+One `searchOrders` call brings a page of up to 100 orders with their items, buyer, recipient,
+proceeds, fulfilment, packages and tax data (`includedData`): no call per order. Personal data
+follows the application's roles (no Restricted Data Token); an order whose address Amazon
+withheld is stored as it came, and flagged. `getOrder` answers the confirmation reads and the
+"already shipped" check. `confirmShipment` stays on Orders v0, which Amazon has not deprecated.
 
 Calls carry a Login with Amazon (LWA) access token in `x-amz-access-token`, traded for the seller's
 refresh token and cached for its hour of life; SP-API stopped requiring AWS SigV4 signatures in
@@ -12,7 +18,7 @@ import hashlib
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -26,6 +32,7 @@ from sfd.clock import to_api, utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
+    RateLimited,
     RefundRequest,
     Rejected,
     ShipmentReceipt,
@@ -33,7 +40,7 @@ from sfd.connectors.base import (
     SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.http import Answer, HttpClient, HttpConnector, parse_retry_after, segment
 from sfd.connectors.parsing import (
     MalformedOrder,
     Quantity,
@@ -44,48 +51,74 @@ from sfd.connectors.parsing import (
     utc,
 )
 from sfd.connectors.settings import AmazonSettings
-from sfd.domain import Address, FulfilledBy, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain import (
+    MISSING_PERSONAL_DATA,
+    Address,
+    FulfilledBy,
+    MarketplaceOrder,
+    OrderItem,
+    OrderStatus,
+    Shipment,
+)
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
 
-ORDERS_PATH: Final = "/orders/v0/orders"
-#: getOrders serves at most 100 orders a page (MaxResultsPerPage 1-100).
+#: searchOrders; getOrder is ORDERS_PATH/{orderId}.
+ORDERS_PATH: Final = "/orders/2026-01-01/orders"
+#: confirmShipment is on Orders v0 (not deprecated): V0_ORDERS_PATH/{orderId}/shipmentConfirmation.
+V0_ORDERS_PATH: Final = "/orders/v0/orders"
+#: searchOrders serves at most 100 orders a page (maxResultsPerPage 1-100).
 PAGE_SIZE: Final = 100
+#: The datasets a page brings with each order: everything the order's mapping reads.
+INCLUDED_DATA: Final = ("BUYER", "RECIPIENT", "FULFILLMENT", "PROCEEDS", "PACKAGES", "TAX")
+#: getOrder for a status or a shipment needs the fulfilment (status, quantities shipped) only.
+ORDER_CHECK_DATA: Final = ("FULFILLMENT",)
 #: An access token is renewed this long before LWA says it expires.
 TOKEN_MARGIN: Final = timedelta(seconds=60)
-#: LastUpdatedBefore must be at least two minutes before Amazon's now: ten seconds more keep a
+#: lastUpdatedBefore must be at least two minutes before Amazon's now: ten seconds more keep a
 #: clock running slightly ahead of Amazon's from an InvalidInput on every poll.
 LISTING_DELAY: Final = timedelta(minutes=2, seconds=10)
 #: How far back the first pass looks, when there is no cursor yet.
 FIRST_PASS_LOOKBACK: Final = timedelta(days=30)
 
-# The usage plans of the Orders v0 reference, as leaky buckets. AsyncLimiter(max_rate, period)
-# holds at most `max_rate` acquisitions (the burst) and drains `max_rate / period` per second
-# (the restore rate), so a burst B with a rate of R per second is AsyncLimiter(B, B / R).
-#: getOrders: 0.0167 requests per second (one a minute), burst 20.
-LISTING_BURST: Final = 20
-LISTING_PERIOD: Final = 1200.0
-#: getOrderItems and getOrder: 0.5 requests per second, burst 30.
-ITEMS_BURST: Final = 30
-ITEMS_PERIOD: Final = 60.0
+# The usage plans of the Orders v2026-01-01 model, as leaky buckets. AsyncLimiter(max_rate,
+# period) holds at most `max_rate` acquisitions (the burst) and drains `max_rate / period` per
+# second (the restore rate), so a burst B with a rate of R per second is AsyncLimiter(B, B / R).
+#: searchOrders: 0.0056 requests per second (one every three minutes), burst 20.
+SEARCH_RATE: Final = 0.0056
+SEARCH_BURST: Final = 20
+#: getOrder: 0.5 requests per second, burst 30.
+ORDER_RATE: Final = 0.5
+ORDER_BURST: Final = 30
+#: confirmShipment (Orders v0): 2 requests per second, burst 10.
+CONFIRM_RATE: Final = 2.0
+CONFIRM_BURST: Final = 10
 
-#: Order statuses of orders not paid yet: not imported.
-UNRELEASED_STATUSES: Final = frozenset({"Pending", "PendingAvailability"})
-#: Order statuses of orders whose every item has shipped.
-SHIPPED_STATUSES: Final = frozenset({"Shipped", "InvoiceUnconfirmed"})
-#: Amazon order status → sfd status, for released orders.
-STATUS_BY_ORDER_STATUS: Final[Mapping[str, OrderStatus]] = {
-    "Unshipped": OrderStatus.WAITING_SHIPMENT,
-    "PartiallyShipped": OrderStatus.PARTIALLY_SHIPPED,
-    "Shipped": OrderStatus.SHIPPED,
-    # Every item has shipped; only the seller's invoice confirmation is missing.
-    "InvoiceUnconfirmed": OrderStatus.SHIPPED,
-    "Canceled": OrderStatus.CANCELLED,
+#: Fulfilment statuses of orders not paid yet: not imported.
+UNRELEASED_STATUSES: Final = frozenset({"PENDING", "PENDING_AVAILABILITY"})
+#: Fulfilment statuses of orders whose every item has shipped.
+SHIPPED_STATUSES: Final = frozenset({"SHIPPED"})
+#: Amazon fulfilment status → sfd status, for released orders.
+STATUS_BY_FULFILLMENT: Final[Mapping[str, OrderStatus]] = {
+    "UNSHIPPED": OrderStatus.WAITING_SHIPMENT,
+    "PARTIALLY_SHIPPED": OrderStatus.PARTIALLY_SHIPPED,
+    "SHIPPED": OrderStatus.SHIPPED,
+    "CANCELLED": OrderStatus.CANCELLED,
     # Amazon will never fulfil it (Multi-Channel Fulfillment orders only): as final as a
     # cancellation, and an order imported earlier must close rather than wait forever.
-    "Unfulfillable": OrderStatus.CANCELLED,
+    "UNFULFILLABLE": OrderStatus.CANCELLED,
 }
+#: Statuses in which Amazon shows a merchant-fulfilled order's address to an application with
+#: the Direct-to-Consumer Shipping role: without it there, the role is missing.
+ADDRESS_STATUSES: Final = frozenset({"UNSHIPPED", "PARTIALLY_SHIPPED"})
+#: What the order page and `sfd orders show` say of an order Amazon sent without its address.
+MISSING_ADDRESS: Final = (
+    "Amazon sent this order without the buyer's name, street, postcode or phone: the "
+    "application lacks the Direct-to-Consumer Shipping (Restricted) role. Add the role to the "
+    "app in Seller Central (Develop Apps) and re-authorise it; the next change Amazon makes to "
+    "the order brings the address"
+)
 
 # Amazon's carrier codes (the CarrierCode list of the feeds' amzn-base.xsd). Any other carrier is
 # sent as "Other" with its name.
@@ -100,7 +133,7 @@ CARRIER_CODES: Final = (
     "Lasership", "Yodel",
 )  # fmt: skip
 
-#: The currency of each marketplace, for an order Amazon sends without OrderTotal (cancelled).
+#: The currency of each marketplace, for an order Amazon sends without any amount (cancelled).
 CURRENCY_BY_MARKETPLACE: Final[Mapping[str, str]] = {
     "A13V1IB3VIYZZH": "EUR",  # France
     "A1PA6795UKMFR9": "EUR",  # Germany
@@ -122,10 +155,10 @@ NO_ACCEPTANCE: Final = (
     "Amazon has no acceptance step: an order is released once paid, and it arrives accepted"
 )
 NO_REFUND: Final = (
-    "Amazon Orders v0 has no refund call; refunds go through Seller Central or the Feeds API"
+    "Amazon's Orders API has no refund call; refunds go through Seller Central or the Feeds API"
 )
 NO_DELIVERY: Final = (
-    "Amazon Orders v0 has no delivery confirmation: Amazon learns of the delivery from the "
+    "Amazon's Orders API has no delivery confirmation: Amazon learns of the delivery from the "
     "carrier's tracking"
 )
 NO_CANCELLATION: Final = (
@@ -136,37 +169,64 @@ NO_CANCELLATION: Final = (
 
 # -- wire shapes --------------------------------------------------------------------------------
 #
-# Field names are Amazon's own (PascalCase), so msgspec reports a bad field by its wire name.
+# Field names are Amazon's own (camelCase), so msgspec reports a bad field by its wire name.
 
 
-class _OrdersPage(msgspec.Struct):
-    Orders: list[msgspec.Raw]
-    NextToken: str | None = None
+class _Pagination(msgspec.Struct):
+    nextToken: str | None = None
 
 
-class _OrdersAnswer(msgspec.Struct):
-    payload: _OrdersPage
+class _SearchAnswer(msgspec.Struct):
+    orders: list[msgspec.Raw]
+    pagination: _Pagination | None = None
 
 
-class _ItemsPage(msgspec.Struct):
-    OrderItems: list[msgspec.Raw]
-    NextToken: str | None = None
+class _Money(msgspec.Struct):
+    amount: Decimal
+    currencyCode: str
 
 
-class _ItemsAnswer(msgspec.Struct):
-    payload: _ItemsPage
+class _Window(msgspec.Struct):
+    earliestDateTime: datetime | None = None
+    latestDateTime: datetime | None = None
 
 
-class _OrderBrief(msgspec.Struct):
-    """What ship and order_status need of one order."""
+class _Fulfillment(msgspec.Struct):
+    fulfillmentStatus: str
+    fulfilledBy: str | None = None
+    fulfillmentServiceLevel: str | None = None
+    shipByWindow: _Window | None = None
+    deliverByWindow: _Window | None = None
 
-    AmazonOrderId: str
-    OrderStatus: str
-    MarketplaceId: str | None = None
+
+class _SalesChannel(msgspec.Struct):
+    channelName: str
+    marketplaceId: str | None = None
+    marketplaceName: str | None = None
 
 
-class _OrderAnswer(msgspec.Struct):
-    payload: _OrderBrief
+class _CheckItemFulfillment(msgspec.Struct):
+    quantityFulfilled: Quantity | None = None
+    quantityUnfulfilled: Quantity | None = None
+
+
+class _CheckItem(msgspec.Struct):
+    orderItemId: str
+    quantityOrdered: Quantity
+    fulfillment: _CheckItemFulfillment | None = None
+
+
+class _OrderCheck(msgspec.Struct):
+    """What ship and order_status need of one order (getOrder with FULFILLMENT)."""
+
+    orderId: str
+    salesChannel: _SalesChannel
+    orderItems: list[_CheckItem]
+    fulfillment: _Fulfillment | None = None
+
+
+class _OrderCheckAnswer(msgspec.Struct):
+    order: _OrderCheck
 
 
 class _Token(msgspec.Struct):
@@ -182,124 +242,203 @@ class _LwaError(msgspec.Struct):
 class _Error(msgspec.Struct):
     code: str | None = None
     message: str | None = None
+    details: str | None = None
 
 
 class _Errors(msgspec.Struct):
     errors: list[_Error] | None = None
 
 
-class _Money(msgspec.Struct):
-    CurrencyCode: str | None = None
-    Amount: Decimal | None = None
+class _Alias(msgspec.Struct):
+    aliasId: str
+    aliasType: str
 
 
-class _Address(msgspec.Struct):
-    Name: str | None = None
-    CompanyName: str | None = None
-    AddressLine1: str | None = None
-    AddressLine2: str | None = None
-    AddressLine3: str | None = None
-    City: str | None = None
-    County: str | None = None
-    District: str | None = None
-    StateOrRegion: str | None = None
-    PostalCode: str | None = None
-    CountryCode: str | None = None
-    Phone: str | None = None
+class _Associated(msgspec.Struct):
+    orderId: str | None = None
+    associationType: str | None = None
 
 
-class _TaxClassification(msgspec.Struct):
-    Name: str | None = None
-    Value: str | None = None
+class _Buyer(msgspec.Struct):
+    buyerName: str | None = None
+    buyerEmail: str | None = None
+    buyerCompanyName: str | None = None
+    buyerPurchaseOrderNumber: str | None = None
 
 
-class _BuyerTaxInfo(msgspec.Struct):
-    CompanyLegalName: str | None = None
-    TaxingRegion: str | None = None
-    TaxClassifications: list[_TaxClassification] | None = None
+class _CustomerAddress(msgspec.Struct):
+    name: str | None = None
+    companyName: str | None = None
+    addressLine1: str | None = None
+    addressLine2: str | None = None
+    addressLine3: str | None = None
+    city: str | None = None
+    districtOrCounty: str | None = None
+    stateOrRegion: str | None = None
+    municipality: str | None = None
+    postalCode: str | None = None
+    countryCode: str | None = None
+    phone: str | None = None
+    addressType: str | None = None
 
 
-class _BuyerInfo(msgspec.Struct):
-    BuyerEmail: str | None = None
-    BuyerName: str | None = None
-    BuyerTaxInfo: _BuyerTaxInfo | None = None
-    PurchaseOrderNumber: str | None = None
+class _DeliveryPreference(msgspec.Struct):
+    dropOffLocation: str | None = None
+    addressInstruction: str | None = None
+    deliveryCapabilities: list[str] | None = None
 
 
-class _BuyerTaxInformation(msgspec.Struct):
-    BuyerLegalCompanyName: str | None = None
-    BuyerTaxRegistrationId: str | None = None
+class _Recipient(msgspec.Struct):
+    deliveryAddress: _CustomerAddress | None = None
+    deliveryPreference: _DeliveryPreference | None = None
 
 
-class _Order(msgspec.Struct):
-    AmazonOrderId: str
-    PurchaseDate: datetime
-    LastUpdateDate: datetime
-    OrderStatus: str
-    FulfillmentChannel: str | None = None
-    SalesChannel: str | None = None
-    ShipServiceLevel: str | None = None
-    ShipmentServiceLevelCategory: str | None = None
-    OrderTotal: _Money | None = None
-    PaymentMethod: str | None = None
-    PaymentMethodDetails: list[str] | None = None
-    MarketplaceId: str | None = None
-    OrderType: str | None = None
-    SellerOrderId: str | None = None
-    EarliestShipDate: datetime | None = None
-    LatestShipDate: datetime | None = None
-    EarliestDeliveryDate: datetime | None = None
-    LatestDeliveryDate: datetime | None = None
-    IsBusinessOrder: bool | None = None
-    IsPrime: bool | None = None
-    IsPremiumOrder: bool | None = None
-    IsReplacementOrder: bool | None = None
-    ReplacedOrderId: str | None = None
-    IsISPU: bool | None = None
-    IsAccessPointOrder: bool | None = None
-    ShippingAddress: _Address | None = None
-    BuyerInfo: _BuyerInfo | None = None
-    BuyerTaxInformation: _BuyerTaxInformation | None = None
+class _Breakdown(msgspec.Struct):
+    type: str
+    subtotal: _Money
+
+
+class _OrderProceeds(msgspec.Struct):
+    grandTotal: _Money | None = None
+    breakdowns: list[_Breakdown] | None = None
+
+
+class _TaxRegistration(msgspec.Struct):
+    entityType: str | None = None
+    legalName: str | None = None
+    taxRegistrationType: str | None = None
+    taxRegistrationNumber: str | None = None
+
+
+class _TaxInvoicing(msgspec.Struct):
+    buyerInvoicePreference: str | None = None
+
+
+class _OrderTax(msgspec.Struct):
+    taxRegistrations: list[_TaxRegistration] | None = None
+    taxInvoicing: _TaxInvoicing | None = None
+
+
+class _Condition(msgspec.Struct):
+    conditionType: str | None = None
+    conditionSubtype: str | None = None
+
+
+class _ItemPrice(msgspec.Struct):
+    unitPrice: _Money | None = None
+    priceDesignation: str | None = None
+
+
+class _Product(msgspec.Struct):
+    asin: str | None = None
+    title: str | None = None
+    sellerSku: str | None = None
+    condition: _Condition | None = None
+    price: _ItemPrice | None = None
+
+
+class _DetailedBreakdown(msgspec.Struct):
+    subtype: str | None = None
+    value: _Money | None = None
+
+
+class _ItemBreakdown(msgspec.Struct):
+    type: str
+    subtotal: _Money
+    detailedBreakdowns: list[_DetailedBreakdown] | None = None
+
+
+class _ItemProceeds(msgspec.Struct):
+    proceedsTotal: _Money | None = None
+    breakdowns: list[_ItemBreakdown] | None = None
+
+
+class _GiftOption(msgspec.Struct):
+    giftWrapLevel: str | None = None
+
+
+class _Packing(msgspec.Struct):
+    giftOption: _GiftOption | None = None
+
+
+class _International(msgspec.Struct):
+    iossNumber: str | None = None
+
+
+class _ItemShipping(msgspec.Struct):
+    internationalShipping: _International | None = None
+
+
+class _ItemFulfillment(msgspec.Struct):
+    quantityFulfilled: Quantity | None = None
+    quantityUnfulfilled: Quantity | None = None
+    packing: _Packing | None = None
+    shipping: _ItemShipping | None = None
 
 
 class _Item(msgspec.Struct):
-    OrderItemId: str
-    QuantityOrdered: Quantity
-    SellerSKU: str | None = None
-    ASIN: str | None = None
-    Title: str | None = None
-    QuantityShipped: Quantity | None = None
-    ItemPrice: _Money | None = None
-    ItemTax: _Money | None = None
-    ShippingPrice: _Money | None = None
-    ShippingTax: _Money | None = None
-    ShippingDiscount: _Money | None = None
-    PromotionDiscount: _Money | None = None
-    IsGift: str | None = None
-    ConditionId: str | None = None
-    IossNumber: str | None = None
+    orderItemId: str
+    quantityOrdered: Quantity
+    product: _Product
+    proceeds: _ItemProceeds | None = None
+    fulfillment: _ItemFulfillment | None = None
+
+
+class _PackageStatus(msgspec.Struct):
+    status: str
+
+
+class _PackageItem(msgspec.Struct):
+    orderItemId: str
+    quantity: Quantity
+
+
+class _Package(msgspec.Struct):
+    packageReferenceId: str
+    createdTime: datetime | None = None
+    shipTime: datetime | None = None
+    packageStatus: _PackageStatus | None = None
+    carrier: str | None = None
+    shippingService: str | None = None
+    trackingNumber: str | None = None
+    packageItems: list[_PackageItem] | None = None
+
+
+class _Order(msgspec.Struct):
+    orderId: str
+    createdTime: datetime
+    lastUpdatedTime: datetime
+    salesChannel: _SalesChannel
+    orderItems: list[_Item]
+    fulfillment: _Fulfillment
+    orderAliases: list[_Alias] | None = None
+    programs: list[str] | None = None
+    associatedOrders: list[_Associated] | None = None
+    buyer: _Buyer | None = None
+    recipient: _Recipient | None = None
+    proceeds: _OrderProceeds | None = None
+    tax: _OrderTax | None = None
+    packages: list[_Package] | None = None
 
 
 class _Head(msgspec.Struct):
     """What can be learnt from an order before, or without, reading all of it."""
 
-    AmazonOrderId: Any = None
-    OrderStatus: Any = None
-    LastUpdateDate: Any = None
-    FulfillmentChannel: Any = None
+    orderId: Any = None
+    lastUpdatedTime: Any = None
+    fulfillment: Any = None
 
 
 _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
-_ITEM_DECODER: Final = msgspec.json.Decoder(_Item)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
 
 
 class AmazonConnector(HttpConnector):
-    """One seller's Amazon account, through SP-API Orders v0, for its marketplaces."""
+    """One seller's Amazon account, through SP-API Orders v2026-01-01, for its marketplaces."""
 
-    # getOrders restores one request a minute: polling faster only drains its burst of 20.
-    min_poll_interval: float | None = 60.0
-    # The getOrders reference documents no order for its results.
+    # searchOrders restores one request every three minutes: polling faster drains its burst.
+    min_poll_interval: float | None = 180.0
+    # The searchOrders model documents no order for its results.
     pages_sorted_by_update: bool = False
 
     def __init__(
@@ -310,8 +449,6 @@ class AmazonConnector(HttpConnector):
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
-        items_max_rate: float = ITEMS_BURST,
-        items_time_period: float = ITEMS_PERIOD,
     ) -> None:
         self.name = name
         self._settings = settings
@@ -321,63 +458,75 @@ class AmazonConnector(HttpConnector):
             secrets=lambda: (settings.client_secret, settings.refresh_token, self._token),
             session=session,
             timeout=timeout,
-            # Without Retry-After, the rate Amazon states tells when a request is restored.
-            retry_after_fallback=lambda headers: _restore_interval(
-                headers.get("x-amzn-RateLimit-Limit")
-            ),
         )
         self._clock = clock
         self._token: str | None = None
         self._token_expires_at: datetime | None = None
         self._token_lock = asyncio.Lock()
-        self._listing_limiter = AsyncLimiter(LISTING_BURST, LISTING_PERIOD)
-        # getOrderItems: burst 30, then 0.5 a second, shared by every call of this connector.
-        self._items_limiter = AsyncLimiter(items_max_rate, items_time_period)
-        self._order_limiter = AsyncLimiter(ITEMS_BURST, ITEMS_PERIOD)
+        # One bucket per operation, shared by every call of this connector.
+        self._search_limiter = _bucket(SEARCH_BURST, SEARCH_RATE)
+        self._order_limiter = _bucket(ORDER_BURST, ORDER_RATE)
+        self._confirm_limiter = _bucket(CONFIRM_BURST, CONFIRM_RATE)
 
     # -- the connector protocol ---------------------------------------------------------------
 
     async def fetch_orders(self, since: datetime | None) -> AsyncIterator[OrderPage]:
-        """Yield the orders changed since `since`, one page per getOrders call."""
+        """Yield the orders changed since `since`, one page per searchOrders call.
+
+        A pagination token lives 24 hours: one Amazon refuses sends the pass back to its first
+        page, from the same cursor, once; orders already yielded are not yielded again.
+        """
         now = self._clock()
         before = now - LISTING_DELAY
         after = since if since is not None else now - FIRST_PASS_LOOKBACK
         if utc(after) >= before:
             return  # nothing Amazon may be asked about yet
-        marketplaces = ",".join(self._settings.marketplace_ids)
-        channels = "MFN,AFN" if self._settings.import_afn else "MFN"
-        first: dict[str, str] = {
-            "MarketplaceIds": marketplaces,
-            "LastUpdatedAfter": format_date(after),
-            "LastUpdatedBefore": format_date(before),
-            "FulfillmentChannels": channels,
-            "MaxResultsPerPage": str(PAGE_SIZE),
-        }
+        first = self._search_params(after, before)
         seen: dict[str, datetime] = {}
         tokens: set[str] = set()
-        params = first
+        token: str | None = None
+        restarted = False
         position = 0
         page_number = 1
         while True:
-            op = f"getOrders page {page_number}"
-            body = await self._call(
-                "GET", ORDERS_PATH, op, params=params, limiter=self._listing_limiter
+            op = f"searchOrders page {page_number}"
+            params = first if token is None else {**first, "paginationToken": token}
+            answer = await self._call_answer(
+                "GET", ORDERS_PATH, op, params=params, limiter=self._search_limiter
             )
-            listing = self._http.decode(body, _OrdersAnswer, op).payload
+            if token is not None and answer.status == 400 and not restarted:
+                # The token expired (24 h) or Amazon no longer knows it: start the pass again.
+                restarted = True
+                token = None
+                page_number = 1
+                continue
+            body = self._checked(answer, op)
+            listing = self._http.decode(body, _SearchAnswer, op)
             page = OrderPage(orders=[])
-            for raw in listing.Orders:
-                await self._read_into(page, position, bytes(raw), seen)
+            for raw in listing.orders:
+                self._read_into(page, position, bytes(raw), seen)
                 position += 1
             yield page
-            token = listing.NextToken
+            token = listing.pagination.nextToken if listing.pagination else None
             if not token:
                 return
             if token in tokens:
-                raise Transient(f"Amazon {op}: the same NextToken came back twice")
+                raise Transient(f"Amazon {op}: the same nextToken came back twice")
             tokens.add(token)
-            # With a NextToken Amazon wants the token alone, beside the required MarketplaceIds.
-            params = {"MarketplaceIds": marketplaces, "NextToken": token}
             page_number += 1
+
+    def _search_params(self, after: datetime, before: datetime) -> dict[str, str]:
+        """searchOrders' query: arrays comma-separated (the model's default `csv` format)."""
+        params = {
+            "lastUpdatedAfter": format_date(after),
+            "lastUpdatedBefore": format_date(before),
+            "marketplaceIds": ",".join(self._settings.marketplace_ids),
+        }
+        if not self._settings.import_afn:
+            params["fulfilledBy"] = "MERCHANT"
+        params["maxResultsPerPage"] = str(PAGE_SIZE)
+        params["includedData"] = ",".join(INCLUDED_DATA)
+        return params
 
     async def accept(self, reference: str) -> None:
         """Amazon has no acceptance step."""
@@ -388,7 +537,7 @@ class AmazonConnector(HttpConnector):
         raise Rejected(NO_ACCEPTANCE)
 
     async def ship(self, reference: str, shipment: ShipmentRequest) -> ShipmentReceipt:
-        """Confirm a package (confirmShipment); an order Amazon shows shipped succeeds.
+        """Confirm a package (v0 confirmShipment); an order Amazon shows shipped succeeds.
 
         confirmShipment requires carrierCode and trackingNumber and takes one package: without
         either it cannot be sent; of several tracking numbers the first is sent.
@@ -407,124 +556,86 @@ class AmazonConnector(HttpConnector):
             notes=("Amazon's confirmShipment takes one tracking number",) if others else (),
         )
         order = await self._read_order(reference, f"getOrder {reference} before confirmShipment")
-        if order.OrderStatus in SHIPPED_STATUSES:
+        status = _check_status(order)
+        if status in SHIPPED_STATUSES:
             return receipt  # shipped already, by us on an earlier try or by someone else
-        if order.OrderStatus == "Canceled":
+        if status in ("CANCELLED", "UNFULFILLABLE"):
             raise Rejected(f"Amazon order {reference} is cancelled: it cannot be shipped")
-        if order.OrderStatus in UNRELEASED_STATUSES:
-            raise Rejected(f"Amazon order {reference} is {order.OrderStatus}: not paid yet")
-        marketplace = order.MarketplaceId or self._only_marketplace()
+        if status in UNRELEASED_STATUSES:
+            raise Rejected(f"Amazon order {reference} is {status}: not paid yet")
+        marketplace = order.salesChannel.marketplaceId or self._only_marketplace()
         if marketplace is None:
             raise Rejected(f"Amazon order {reference} does not name its marketplace")
         if lines is None:
-            lines = await self._unshipped_lines(reference)
+            lines = _unshipped_lines(order)
             if not lines:
                 return receipt  # every item shipped already
-        code = receipt.carrier
-        package: dict[str, Any] = {
-            "packageReferenceId": package_reference(reference, tracking, lines),
-            "carrierCode": code,
-        }
-        if code == "Other":
-            package["carrierName"] = carrier
-        package["trackingNumber"] = tracking
-        package["shipDate"] = format_date(self._clock())
-        package["orderItems"] = [{"orderItemId": i, "quantity": q} for i, q in lines]
-        body = {"marketplaceId": marketplace, "packageDetail": package}
-        path = f"{ORDERS_PATH}/{segment(reference)}/shipmentConfirmation"
+        body = confirmation_body(marketplace, reference, carrier, tracking, lines, self._clock())
+        path = f"{V0_ORDERS_PATH}/{segment(reference)}/shipmentConfirmation"
+        op = f"confirmShipment {reference}"
         try:
-            await self._call("POST", path, f"confirmShipment {reference}", body=body)
+            await self._call("POST", path, op, body=body, limiter=self._confirm_limiter)
         except Rejected:
             # Amazon documents no "already shipped" error: after a refusal (or a repeat of a
             # confirmation whose answer was lost) only the order's status decides.
             again = await self._read_order(reference, f"getOrder {reference} after a refusal")
-            if again.OrderStatus in SHIPPED_STATUSES:
+            if _check_status(again) in SHIPPED_STATUSES:
                 return receipt
             raise
         return receipt
 
     async def cancel(self, reference: str) -> None:
-        """Orders v0 has no seller cancellation."""
+        """The Orders API has no seller cancellation."""
         raise Rejected(NO_CANCELLATION)
 
     async def refund(self, reference: str, refund: RefundRequest) -> None:
-        """Orders v0 has no refund call."""
+        """The Orders API has no refund call."""
         raise Rejected(NO_REFUND)
 
     async def deliver(self, reference: str) -> None:
-        """Orders v0 has no delivery confirmation."""
+        """The Orders API has no delivery confirmation."""
         raise Rejected(NO_DELIVERY)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
-        """The order's status on Amazon now, or None while it is not paid."""
-        order = await self._read_order(reference, f"getOrder {reference}")
-        if order.OrderStatus in UNRELEASED_STATUSES:
+        """The order's status on Amazon now (getOrder), or None while it is not paid."""
+        status = _check_status(await self._read_order(reference, f"getOrder {reference}"))
+        if status in UNRELEASED_STATUSES:
             return None
-        status = STATUS_BY_ORDER_STATUS.get(order.OrderStatus)
-        if status is None:
-            raise Rejected(f"Amazon order {reference} has an unknown status {order.OrderStatus!r}")
-        return status
+        found = STATUS_BY_FULFILLMENT.get(status)
+        if found is None:
+            raise Rejected(f"Amazon order {reference} has an unknown status {status!r}")
+        return found
 
     # -- orders -------------------------------------------------------------------------------
 
-    async def _read_into(
+    def _read_into(
         self, page: OrderPage, index: int, raw: bytes, seen: dict[str, datetime]
     ) -> None:
         """Normalize one order of a page into `page`, or record why it was skipped."""
         head = _head(raw)
-        reference = reference_or_position(head.AmazonOrderId, index)
-        updated_at = parse_moment(head.LastUpdateDate)
-        if head.OrderStatus in UNRELEASED_STATUSES:
+        reference = reference_or_position(head.orderId, index)
+        updated_at = parse_moment(head.lastUpdatedTime)
+        fulfillment = head.fulfillment if isinstance(head.fulfillment, dict) else {}
+        if fulfillment.get("fulfillmentStatus") in UNRELEASED_STATUSES:
             return
-        if head.FulfillmentChannel == "AFN" and not self._settings.import_afn:
+        if fulfillment.get("fulfilledBy") == "AMAZON" and not self._settings.import_afn:
             return
         if updated_at is not None and not reference.startswith("#"):
-            # Pages may repeat an order: only a newer version of it is read again.
+            # Pages (and a pass started again) may repeat an order: only a newer version counts.
             known = seen.get(reference)
             if known is not None and known >= updated_at:
                 return
             seen[reference] = updated_at
         try:
-            order = _decode_order(raw)
-            _check_order(order)  # before spending a getOrderItems call on it
-            items = await self._order_items(order.AmazonOrderId)
-            page.orders.append(normalize_order(order, raw, items))
+            page.orders.append(normalize_order(_decode_order(raw), raw))
         except MalformedOrder as exc:
             page.skipped.append(SkippedOrder(reference, str(exc), updated_at))
-        except Rejected as exc:
-            page.skipped.append(SkippedOrder(reference, f"OrderItems: {exc.message}", updated_at))
 
-    async def _order_items(self, reference: str) -> list[bytes]:
-        """Every item of an order (getOrderItems, following NextToken), as Amazon wrote it."""
-        path = f"{ORDERS_PATH}/{segment(reference)}/orderItems"
-        items: list[bytes] = []
-        params: dict[str, str] | None = None
-        while True:
-            op = f"getOrderItems {reference}"
-            body = await self._call("GET", path, op, params=params, limiter=self._items_limiter)
-            answer = self._http.decode(body, _ItemsAnswer, op).payload
-            items.extend(bytes(item) for item in answer.OrderItems)
-            if not answer.NextToken:
-                return items
-            params = {"NextToken": answer.NextToken}
-
-    async def _unshipped_lines(self, reference: str) -> list[tuple[str, int]]:
-        """Each item of the order with the quantity still to ship."""
-        lines: list[tuple[str, int]] = []
-        for position, raw in enumerate(await self._order_items(reference)):
-            try:
-                item = _decode_item(raw, position)
-            except MalformedOrder as exc:
-                raise Rejected(f"Amazon order {reference} has an unreadable item: {exc}") from None
-            remaining = item.QuantityOrdered - (item.QuantityShipped or 0)
-            if remaining > 0:
-                lines.append((item.OrderItemId, remaining))
-        return lines
-
-    async def _read_order(self, reference: str, op: str) -> _OrderBrief:
+    async def _read_order(self, reference: str, op: str) -> _OrderCheck:
         path = f"{ORDERS_PATH}/{segment(reference)}"
-        body = await self._call("GET", path, op, limiter=self._order_limiter)
-        return self._http.decode(body, _OrderAnswer, op).payload
+        params = {"includedData": ",".join(ORDER_CHECK_DATA)}
+        body = await self._call("GET", path, op, params=params, limiter=self._order_limiter)
+        return self._http.decode(body, _OrderCheckAnswer, op).order
 
     def _only_marketplace(self) -> str | None:
         ids = self._settings.marketplace_ids
@@ -593,9 +704,26 @@ class AmazonConnector(HttpConnector):
         body: Any = None,
         limiter: AsyncLimiter | None = None,
     ) -> bytes:
-        """Send one SP-API request and return the body of a 2xx answer; map every failure.
+        """Send one SP-API request and return the body of a 2xx answer; map every failure."""
+        answer = await self._call_answer(
+            method, path, op, params=params, body=body, limiter=limiter
+        )
+        return self._checked(answer, op)
 
-        A 403 (an expired or revoked access token) gets one new token and one more try.
+    async def _call_answer(
+        self,
+        method: str,
+        path: str,
+        op: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        limiter: AsyncLimiter | None = None,
+    ) -> Answer:
+        """Send one SP-API request through its bucket and return the answer; a 429 raises.
+
+        A 403 (an expired or revoked access token) gets one new token and one more try. The
+        rate Amazon states in `x-amzn-RateLimit-Limit` retunes the operation's bucket.
         """
         url = build_url(self._endpoint, path, params)
         answer: Answer | None = None
@@ -614,6 +742,21 @@ class AmazonConnector(HttpConnector):
                 continue
             break
         assert answer is not None
+        stated = _rate(answer.headers.get("x-amzn-RateLimit-Limit"))
+        if limiter is not None and stated is not None:
+            retune(limiter, stated)
+        if answer.status == 429:
+            rate = stated or (limiter.max_rate / limiter.time_period if limiter else None)
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            if retry_after is None and rate:
+                # Without Retry-After, the restore rate tells when one request is back.
+                retry_after = round(1 / rate, 3)
+            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+            raise RateLimited(f"Amazon {op}: HTTP 429 rate limited{wait}", retry_after)
+        return answer
+
+    def _checked(self, answer: Answer, op: str) -> bytes:
+        """The body of a 2xx answer; every other status mapped to its connector error."""
         if 200 <= answer.status < 300:
             return answer.body
         self._http.fail_common(answer, op)
@@ -643,113 +786,159 @@ def _decode_order(raw: bytes) -> _Order:
         raise MalformedOrder("order", f"not JSON ({exc})") from None
 
 
-def _decode_item(raw: bytes, position: int) -> _Item:
-    prefix = f"OrderItems[{position}]"
-    try:
-        return _ITEM_DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise malformed(exc, prefix, lower_unlocated=True) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedOrder(prefix, f"not JSON ({exc})") from None
-
-
 def _check_order(order: _Order) -> OrderStatus:
     """The sfd status of a released order; MalformedOrder for what typing let through."""
-    status = STATUS_BY_ORDER_STATUS.get(order.OrderStatus)
+    status = STATUS_BY_FULFILLMENT.get(order.fulfillment.fulfillmentStatus)
     if status is None:
-        raise MalformedOrder("OrderStatus", f"unknown status {order.OrderStatus!r}")
-    if not order.AmazonOrderId.strip():
-        raise MalformedOrder("AmazonOrderId", "empty")
-    if order.OrderTotal is not None:
-        finite(order.OrderTotal.Amount, "OrderTotal.Amount")
+        raise MalformedOrder(
+            "fulfillment.fulfillmentStatus",
+            f"unknown status {order.fulfillment.fulfillmentStatus!r}",
+        )
+    if not order.orderId.strip():
+        raise MalformedOrder("orderId", "empty")
+    proceeds = order.proceeds or _OrderProceeds()
+    if proceeds.grandTotal is not None:
+        finite(proceeds.grandTotal.amount, "proceeds.grandTotal.amount")
+    for n, part in enumerate(proceeds.breakdowns or ()):
+        finite(part.subtotal.amount, f"proceeds.breakdowns[{n}].subtotal.amount")
     return status
 
 
-def normalize_order(order: _Order, raw: bytes, item_raws: list[bytes]) -> MarketplaceOrder:
+def normalize_order(order: _Order, raw: bytes) -> MarketplaceOrder:
     """One released Amazon order with its items, normalized; MalformedOrder names a bad field."""
     status = _check_order(order)
-    lines = [_decode_item(item, n) for n, item in enumerate(item_raws)]
-    items = tuple(_item(line, f"OrderItems[{n}]") for n, line in enumerate(lines))
-    product_amount = sum((_amount(line.ItemPrice) for line in lines), Decimal(0))
-    shipping_amount = sum((_amount(line.ShippingPrice) for line in lines), Decimal(0))
-    total = order.OrderTotal.Amount if order.OrderTotal is not None else None
+    items = tuple(_item(line, f"orderItems[{n}]") for n, line in enumerate(order.orderItems))
+    product_amount = sum((_line_amount(line) for line in order.orderItems), Decimal(0))
+    shipping_amount = sum((_item_part(line, "SHIPPING") for line in order.orderItems), Decimal(0))
+    proceeds = order.proceeds or _OrderProceeds()
+    total = proceeds.grandTotal.amount if proceeds.grandTotal is not None else None
     if total is None:
-        # Amazon drops OrderTotal from cancelled orders.
+        # Amazon may send a cancelled order without proceeds.
         total = product_amount + shipping_amount
-    currency = _currency(order, lines)
-    buyer = order.BuyerInfo or _BuyerInfo()
-    shipping_address = _address(order.ShippingAddress, buyer.BuyerEmail or "")
-    afn = order.FulfillmentChannel == "AFN"
+    buyer = order.buyer or _Buyer()
+    recipient = order.recipient or _Recipient()
+    shipping_address = _address(recipient.deliveryAddress, buyer)
+    fulfillment = order.fulfillment
+    afn = fulfillment.fulfilledBy == "AMAZON"
+    fields = _order_fields(order, buyer, recipient)
+    if (
+        not afn
+        and fulfillment.fulfillmentStatus in ADDRESS_STATUSES
+        and not (shipping_address.street and shipping_address.postal_code)
+    ):
+        fields[MISSING_PERSONAL_DATA] = MISSING_ADDRESS
+    ship_by = fulfillment.shipByWindow.latestDateTime if fulfillment.shipByWindow else None
     return MarketplaceOrder(
-        reference=order.AmazonOrderId,
+        reference=order.orderId,
         status=status,
-        created_at=utc(order.PurchaseDate),
-        updated_at=utc(order.LastUpdateDate),
-        currency=currency,
+        created_at=utc(order.createdTime),
+        updated_at=utc(order.lastUpdatedTime),
+        currency=_currency(order),
         product_amount=product_amount,
         shipping_amount=shipping_amount,
         total_amount=total,
-        raw=b'{"order": ' + raw + b', "items": [' + b", ".join(item_raws) + b"]}",
-        payment_method=order.PaymentMethod or "",
-        shipping_method=order.ShipServiceLevel or "",
-        latest_ship_date=utc(order.LatestShipDate) if order.LatestShipDate else None,
+        raw=raw,
+        # As Shoppingfeed shows Amazon orders: who fulfils it.
+        payment_method="AFN" if afn else "MFN",
+        shipping_method=fulfillment.fulfillmentServiceLevel or "",
+        latest_ship_date=utc(ship_by) if ship_by else None,
         fulfilled_by=FulfilledBy.CHANNEL if afn else FulfilledBy.STORE,
-        billing_address=_billing_address(shipping_address, buyer),
+        billing_address=_billing_address(shipping_address, buyer, _buyer_tax(order)),
         shipping_address=shipping_address,
         items=items,
-        additional_fields=_order_fields(order, buyer),
-    )
-
-
-def _currency(order: _Order, lines: list[_Item]) -> str:
-    if order.OrderTotal is not None and order.OrderTotal.CurrencyCode:
-        return order.OrderTotal.CurrencyCode
-    for line in lines:
-        if line.ItemPrice is not None and line.ItemPrice.CurrencyCode:
-            return line.ItemPrice.CurrencyCode
-    currency = CURRENCY_BY_MARKETPLACE.get(order.MarketplaceId or "")
-    if currency is None:
-        raise MalformedOrder("OrderTotal.CurrencyCode", "missing")
-    return currency
-
-
-def _item(line: _Item, path: str) -> OrderItem:
-    for name in ("ItemPrice", "ItemTax", "ShippingPrice", "ShippingTax", "ShippingDiscount"):
-        money = getattr(line, name)
-        if money is not None:
-            finite(money.Amount, f"{path}.{name}.Amount")
-    if line.PromotionDiscount is not None:
-        finite(line.PromotionDiscount.Amount, f"{path}.PromotionDiscount.Amount")
-    if not line.OrderItemId.strip():
-        raise MalformedOrder(f"{path}.OrderItemId", "empty")
-    if not (line.SellerSKU or "").strip():
-        raise MalformedOrder(f"{path}.SellerSKU", "missing")
-    fields: dict[str, Any] = {}
-    extra: dict[str, Any] = {
-        "asin": line.ASIN,
-        "quantity_shipped": line.QuantityShipped,
-        "shipping_price": _text(line.ShippingPrice),
-        "shipping_tax": _text(line.ShippingTax),
-        "shipping_discount": _text(line.ShippingDiscount),
-        "promotion_discount": _text(line.PromotionDiscount),
-        "is_gift": line.IsGift,
-        "condition": line.ConditionId,
-        "ioss_number": line.IossNumber,
-    }
-    fields.update((key, value) for key, value in extra.items() if value not in (None, ""))
-    return OrderItem(
-        reference=line.SellerSKU or "",
-        channel_reference=line.OrderItemId,
-        quantity=line.QuantityOrdered,
-        price=unit_price(_amount(line.ItemPrice), line.QuantityOrdered),
-        name=line.Title or "",
-        tax_amount=_amount(line.ItemTax),
+        shipment=_shipment(order.packages),
         additional_fields=fields,
     )
 
 
+def _currency(order: _Order) -> str:
+    proceeds = order.proceeds or _OrderProceeds()
+    if proceeds.grandTotal is not None and proceeds.grandTotal.currencyCode:
+        return proceeds.grandTotal.currencyCode
+    for line in order.orderItems:
+        for money in (_unit_money(line), *(b.subtotal for b in _breakdowns(line))):
+            if money is not None and money.currencyCode:
+                return money.currencyCode
+    currency = CURRENCY_BY_MARKETPLACE.get(order.salesChannel.marketplaceId or "")
+    if currency is None:
+        raise MalformedOrder("proceeds.grandTotal.currencyCode", "missing")
+    return currency
+
+
+def _breakdowns(line: _Item) -> list[_ItemBreakdown]:
+    return list(line.proceeds.breakdowns or ()) if line.proceeds is not None else []
+
+
+def _item_part(line: _Item, kind: str) -> Decimal:
+    """The sum of a line's proceeds of one kind (ITEM, SHIPPING, TAX, DISCOUNT...)."""
+    return sum((b.subtotal.amount for b in _breakdowns(line) if b.type == kind), Decimal(0))
+
+
+def _has_part(line: _Item, kind: str) -> bool:
+    return any(b.type == kind for b in _breakdowns(line))
+
+
+def _unit_money(line: _Item) -> _Money | None:
+    price = line.product.price
+    return price.unitPrice if price is not None else None
+
+
+def _line_amount(line: _Item) -> Decimal:
+    """What the line's units cost together: its ITEM proceeds, else unit price times quantity."""
+    if _has_part(line, "ITEM"):
+        return _item_part(line, "ITEM")
+    unit = _unit_money(line)
+    return unit.amount * line.quantityOrdered if unit is not None else Decimal(0)
+
+
+def _item(line: _Item, path: str) -> OrderItem:
+    for n, part in enumerate(_breakdowns(line)):
+        finite(part.subtotal.amount, f"{path}.proceeds.breakdowns[{n}].subtotal.amount")
+    unit = _unit_money(line)
+    if unit is not None:
+        finite(unit.amount, f"{path}.product.price.unitPrice.amount")
+    if not line.orderItemId.strip():
+        raise MalformedOrder(f"{path}.orderItemId", "empty")
+    sku = (line.product.sellerSku or "").strip()
+    if not sku:
+        raise MalformedOrder(f"{path}.product.sellerSku", "missing")
+    # The unit price as listed, exact; else the line's ITEM proceeds shared out.
+    price = (
+        unit.amount if unit is not None else unit_price(_line_amount(line), line.quantityOrdered)
+    )
+    fulfillment = line.fulfillment
+    packing = fulfillment.packing if fulfillment is not None else None
+    shipping = fulfillment.shipping if fulfillment is not None else None
+    international = shipping.internationalShipping if shipping is not None else None
+    condition = line.product.condition
+    extra: dict[str, Any] = {
+        "asin": line.product.asin,
+        "quantity_shipped": fulfillment.quantityFulfilled if fulfillment is not None else None,
+        "shipping_price": _part_text(line, "SHIPPING"),
+        "promotion_discount": _part_text(line, "DISCOUNT"),
+        "gift_wrap_price": _part_text(line, "GIFT_WRAP"),
+        "is_gift": (packing.giftOption is not None) if packing is not None else None,
+        "condition": condition.conditionType if condition is not None else None,
+        "price_designation": line.product.price.priceDesignation if line.product.price else None,
+        "ioss_number": international.iossNumber if international is not None else None,
+    }
+    return OrderItem(
+        reference=sku,
+        channel_reference=line.orderItemId,
+        quantity=line.quantityOrdered,
+        price=price,
+        name=line.product.title or "",
+        tax_amount=_item_part(line, "TAX"),
+        additional_fields={k: v for k, v in extra.items() if v not in (None, "")},
+    )
+
+
+def _part_text(line: _Item, kind: str) -> str | None:
+    return str(_item_part(line, kind)) if _has_part(line, kind) else None
+
+
 def unit_price(line_total: Decimal, quantity: int) -> Decimal:
-    """The unit price of a line whose ItemPrice is the price of every unit together.
+    """The unit price of a line whose amount is the price of every unit together.
 
     A division that does not fall on the cent is rounded half up to the precision of the line
     total, and to cents at least (10.00 for 3 → 3.33).
@@ -761,90 +950,131 @@ def unit_price(line_total: Decimal, quantity: int) -> Decimal:
     return (line_total / quantity).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
 
 
-def _amount(money: _Money | None) -> Decimal:
-    if money is None or money.Amount is None:
-        return Decimal(0)
-    return money.Amount
+def _address(found: _CustomerAddress | None, buyer: _Buyer) -> Address:
+    """The delivery address (recipient.deliveryAddress) with the buyer's email.
 
-
-def _text(money: _Money | None) -> str | None:
-    return str(money.Amount) if money is not None and money.Amount is not None else None
-
-
-def _address(found: _Address | None, email: str) -> Address:
-    """Amazon's shipping address; restricted fields (name, street, phone) need an RDT and may be
-    missing: what is there is kept. Amazon gives one name: it goes whole into last_name."""
+    Name, street, postcode and phone come only with the Direct-to-Consumer Shipping role: what
+    Amazon sends is kept. Amazon gives one name: it goes whole into last_name.
+    """
+    email = buyer.buyerEmail or ""
     if found is None:
-        return Address(email=email)
+        return Address(email=email, company=buyer.buyerCompanyName or "")
     return Address(
-        last_name=found.Name or "",
-        company=found.CompanyName or "",
-        street=found.AddressLine1 or "",
-        street2=found.AddressLine2 or "",
-        other=found.AddressLine3 or "",
-        postal_code=found.PostalCode or "",
-        city=found.City or "",
-        province=found.StateOrRegion or found.County or found.District or "",
-        country=(found.CountryCode or "").strip().upper(),
-        phone=found.Phone or "",
+        last_name=found.name or "",
+        company=found.companyName or buyer.buyerCompanyName or "",
+        street=found.addressLine1 or "",
+        street2=found.addressLine2 or "",
+        other=found.addressLine3 or "",
+        postal_code=found.postalCode or "",
+        city=found.city or "",
+        province=(found.stateOrRegion or found.districtOrCounty or found.municipality or ""),
+        country=(found.countryCode or "").strip().upper(),
+        phone=found.phone or "",
         email=email,
     )
 
 
-def _billing_address(shipping: Address, buyer: _BuyerInfo) -> Address:
-    """Orders v0 has no billing address: the shipping address, under the buyer's own name."""
-    tax = buyer.BuyerTaxInfo
+def _buyer_tax(order: _Order) -> _TaxRegistration | None:
+    """The buyer's own tax registration (a business order's VAT number), if Amazon sent one."""
+    registrations = order.tax.taxRegistrations if order.tax is not None else None
+    for registration in registrations or ():
+        if registration.entityType == "BUYER" and registration.taxRegistrationNumber:
+            return registration
+    return None
+
+
+def _billing_address(shipping: Address, buyer: _Buyer, tax: _TaxRegistration | None) -> Address:
+    """Amazon gives no billing address: the delivery address, under the buyer's own name."""
+    company = buyer.buyerCompanyName or (tax.legalName if tax is not None else None)
     return msgspec.structs.replace(
         shipping,
-        last_name=buyer.BuyerName or shipping.last_name,
-        company=(tax.CompanyLegalName if tax is not None else None) or shipping.company,
+        last_name=buyer.buyerName or shipping.last_name,
+        company=company or shipping.company,
     )
 
 
-def _order_fields(order: _Order, buyer: _BuyerInfo) -> dict[str, Any]:
+def _shipment(packages: list[_Package] | None) -> Shipment | None:
+    """The newest package Amazon knows of, not cancelled: the order's shipment."""
+    live = [
+        p
+        for p in packages or ()
+        if p.packageStatus is None or p.packageStatus.status != "CANCELLED"
+    ]
+    if not live:
+        return None
+    newest = max(enumerate(live), key=lambda pair: (_package_time(pair[1]), pair[0]))[1]
+    return Shipment(carrier=newest.carrier or "", tracking_number=newest.trackingNumber or "")
+
+
+def _package_time(package: _Package) -> datetime:
+    moment = package.shipTime or package.createdTime
+    return utc(moment) if moment is not None else datetime.min.replace(tzinfo=UTC)
+
+
+def _order_fields(order: _Order, buyer: _Buyer, recipient: _Recipient) -> dict[str, Any]:
+    programs = order.programs or []
+    fulfillment = order.fulfillment
+    ship_by = fulfillment.shipByWindow or _Window()
+    deliver_by = fulfillment.deliverByWindow or _Window()
+    replaced = [
+        a.orderId
+        for a in order.associatedOrders or ()
+        if a.associationType == "REPLACEMENT_ORIGINAL_ID" and a.orderId
+    ]
+    seller_ids = [a.aliasId for a in order.orderAliases or () if a.aliasType == "SELLER_ORDER_ID"]
+    address = recipient.deliveryAddress or _CustomerAddress()
+    preference = recipient.deliveryPreference or _DeliveryPreference()
     fields: dict[str, Any] = {
-        "marketplace_id": order.MarketplaceId,
-        "sales_channel": order.SalesChannel,
-        "order_status": order.OrderStatus,
-        "fulfillment_channel": order.FulfillmentChannel,
-        "order_type": order.OrderType,
-        "seller_order_id": order.SellerOrderId,
-        "ship_service_level": order.ShipServiceLevel,
-        "shipment_service_level_category": order.ShipmentServiceLevelCategory,
-        "earliest_ship_date": to_api(order.EarliestShipDate) if order.EarliestShipDate else None,
-        "earliest_delivery_date": (
-            to_api(order.EarliestDeliveryDate) if order.EarliestDeliveryDate else None
-        ),
-        "latest_delivery_date": (
-            to_api(order.LatestDeliveryDate) if order.LatestDeliveryDate else None
-        ),
-        "payment_method_details": order.PaymentMethodDetails or None,
-        "is_business_order": order.IsBusinessOrder,
-        "is_prime": order.IsPrime,
-        "is_premium_order": order.IsPremiumOrder,
-        "is_replacement_order": order.IsReplacementOrder,
-        "replaced_order_id": order.ReplacedOrderId,
-        "is_ispu": order.IsISPU,
-        "is_access_point_order": order.IsAccessPointOrder,
-        "purchase_order_number": buyer.PurchaseOrderNumber,
+        "marketplace_id": order.salesChannel.marketplaceId,
+        "sales_channel": order.salesChannel.marketplaceName,
+        "order_status": fulfillment.fulfillmentStatus,
+        "fulfillment_channel": "AFN" if fulfillment.fulfilledBy == "AMAZON" else "MFN",
+        "seller_order_id": seller_ids[0] if seller_ids else None,
+        "ship_service_level": fulfillment.fulfillmentServiceLevel,
+        "earliest_ship_date": _when(ship_by.earliestDateTime),
+        "earliest_delivery_date": _when(deliver_by.earliestDateTime),
+        "latest_delivery_date": _when(deliver_by.latestDateTime),
+        "programs": programs or None,
+        "is_business_order": "AMAZON_BUSINESS" in programs,
+        "is_prime": "PRIME" in programs,
+        "is_premium_order": "PREMIUM" in programs,
+        "is_ispu": "IN_STORE_PICK_UP" in programs,
+        "is_replacement_order": bool(replaced),
+        "replaced_order_id": replaced[0] if replaced else None,
+        "purchase_order_number": buyer.buyerPurchaseOrderNumber,
+        "address_type": address.addressType,
+        # A parcel for a pickup point (an Amazon Locker or Counter, addressType PICKUP_POINT):
+        # the delivery address is the point's own.
+        "is_access_point_order": address.addressType == "PICKUP_POINT" or None,
+        "drop_off_location": preference.dropOffLocation,
+        "delivery_instructions": preference.addressInstruction,
+        "delivery_capabilities": preference.deliveryCapabilities or None,
+        "packages": [
+            {
+                "package_reference_id": p.packageReferenceId,
+                "status": p.packageStatus.status if p.packageStatus else None,
+                "carrier": p.carrier,
+                "tracking_number": p.trackingNumber,
+                "ship_time": _when(p.shipTime),
+                "items": {i.orderItemId: i.quantity for i in p.packageItems or ()},
+            }
+            for p in order.packages or ()
+        ]
+        or None,
     }
-    tax = buyer.BuyerTaxInfo
+    tax = _buyer_tax(order)
     if tax is not None:
-        fields["company_legal_name"] = tax.CompanyLegalName
-        fields["taxing_region"] = tax.TaxingRegion
-        classifications = {
-            c.Name: c.Value for c in tax.TaxClassifications or () if c.Name and c.Value
-        }
-        if classifications:
-            fields["tax_classifications"] = classifications
-            vat = [value for name, value in classifications.items() if "vat" in name.casefold()]
-            fields["vat_number"] = vat[0] if vat else next(iter(classifications.values()))
-    turkish = order.BuyerTaxInformation
-    if turkish is not None:
-        fields.setdefault("company_legal_name", turkish.BuyerLegalCompanyName)
-        if turkish.BuyerTaxRegistrationId:
-            fields["vat_number"] = turkish.BuyerTaxRegistrationId
+        fields["company_legal_name"] = tax.legalName
+        fields["vat_number"] = tax.taxRegistrationNumber
+        fields["tax_registration_type"] = tax.taxRegistrationType
+    invoicing = order.tax.taxInvoicing if order.tax is not None else None
+    if invoicing is not None:
+        fields["buyer_invoice_preference"] = invoicing.buyerInvoicePreference
     return {key: value for key, value in fields.items() if value not in (None, "")}
+
+
+def _when(moment: datetime | None) -> str | None:
+    return to_api(moment) if moment is not None else None
 
 
 # -- shipments ------------------------------------------------------------------------------
@@ -863,6 +1093,50 @@ def _requested_lines(items: dict[str, int] | None) -> list[tuple[str, int]] | No
             raise Rejected(f"item {item_id}: a quantity to ship must be a positive whole number")
         lines.append((item_id, quantity))
     return lines
+
+
+def _check_status(order: _OrderCheck) -> str:
+    """The fulfilment status getOrder gave; an answer without one is Transient."""
+    if order.fulfillment is None:
+        raise Transient(f"Amazon getOrder {order.orderId}: no fulfillment in the answer")
+    return order.fulfillment.fulfillmentStatus
+
+
+def _unshipped_lines(order: _OrderCheck) -> list[tuple[str, int]]:
+    """Each item of the order with the quantity still to ship."""
+    lines: list[tuple[str, int]] = []
+    for item in order.orderItems:
+        done = item.fulfillment
+        if done is not None and done.quantityUnfulfilled is not None:
+            remaining = done.quantityUnfulfilled
+        else:
+            shipped = done.quantityFulfilled if done is not None else None
+            remaining = item.quantityOrdered - (shipped or 0)
+        if remaining > 0:
+            lines.append((item.orderItemId, remaining))
+    return lines
+
+
+def confirmation_body(
+    marketplace: str,
+    reference: str,
+    carrier: str,
+    tracking: str,
+    lines: list[tuple[str, int]],
+    now: datetime,
+) -> dict[str, Any]:
+    """The v0 confirmShipment body for one package of `lines` (item id, quantity)."""
+    code = carrier_code(carrier)
+    package: dict[str, Any] = {
+        "packageReferenceId": package_reference(reference, tracking, lines),
+        "carrierCode": code,
+    }
+    if code == "Other":
+        package["carrierName"] = carrier
+    package["trackingNumber"] = tracking
+    package["shipDate"] = format_date(now)
+    package["orderItems"] = [{"orderItemId": i, "quantity": q} for i, q in lines]
+    return {"marketplaceId": marketplace, "packageDetail": package}
 
 
 def _carrier_key(name: str) -> str:
@@ -902,7 +1176,7 @@ def format_date(moment: datetime) -> str:
 def build_url(endpoint: str, path: str, params: Mapping[str, str] | None = None) -> URL:
     """The URL of a call, each query value percent-encoded in full.
 
-    A NextToken holds `+`, `/` and `=`: a `+` left bare would read as a space.
+    A nextToken holds `+`, `/` and `=`: a `+` left bare would read as a space.
     """
     url = endpoint + path
     if params:
@@ -910,17 +1184,32 @@ def build_url(endpoint: str, path: str, params: Mapping[str, str] | None = None)
     return URL(url, encoded=True)
 
 
-def _restore_interval(limit: str | None) -> float | None:
-    """x-amzn-RateLimit-Limit (requests per second) as the seconds one request takes back."""
+def _rate(limit: str | None) -> float | None:
+    """x-amzn-RateLimit-Limit: the operation's restore rate, in requests per second."""
     if limit is None:
         return None
     try:
         rate = float(limit.strip())
     except ValueError:
         return None
-    if not math.isfinite(rate) or rate <= 0:
-        return None
-    return round(1 / rate, 3)
+    return rate if math.isfinite(rate) and rate > 0 else None
+
+
+def _bucket(burst: int, rate: float) -> AsyncLimiter:
+    """A leaky bucket holding `burst` requests and restoring `rate` of them a second."""
+    return AsyncLimiter(burst, burst / rate)
+
+
+def retune(limiter: AsyncLimiter, rate: float) -> None:
+    """Make `limiter` restore `rate` requests a second, its burst and level kept.
+
+    aiolimiter reads its rate from `_rate_per_sec`, computed once in its constructor: both are
+    set, so the requests already in the bucket drain at the new rate.
+    """
+    if math.isclose(limiter.max_rate / limiter.time_period, rate):
+        return
+    limiter.time_period = limiter.max_rate / rate
+    limiter._rate_per_sec = rate
 
 
 def _error_message(body: bytes) -> str | None:
@@ -932,6 +1221,9 @@ def _error_message(body: bytes) -> str | None:
     texts: list[str] = []
     for error in data.errors or ():
         message = (error.message or "").strip()
+        details = (error.details or "").strip()
+        if details and details != message:
+            message = f"{message}: {details}" if message else details
         code = (error.code or "").strip()
         if message and code:
             texts.append(f"{message} ({code})")

@@ -33,7 +33,7 @@ class MiraklSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True
 
 
 class AmazonSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """Amazon Selling Partner API, Orders v0."""
+    """Amazon Selling Partner API: Orders v2026-01-01 reads, Orders v0 confirmShipment."""
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"client_secret", "refresh_token"})
     url_fields: ClassVar[frozenset[str]] = frozenset({"endpoint", "token_url"})

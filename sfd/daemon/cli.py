@@ -27,7 +27,14 @@ from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
 from sfd.daemon.push import PushError, retry_push
 from sfd.daemon.runtime import run_daemon, sync_config
-from sfd.domain import EventSource, OperationKind, OrderStatus, StoredOrder, TicketState
+from sfd.domain import (
+    MISSING_PERSONAL_DATA,
+    EventSource,
+    OperationKind,
+    OrderStatus,
+    StoredOrder,
+    TicketState,
+)
 from sfd.logs import configure_logging
 from sfd.rules import Payload, ReasonPayload, ShipPayload, tracking_numbers
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError, maintenance
@@ -387,6 +394,9 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
                 order.tracking_link or "-",
             )
             console.print(shipment)
+        missing = order.additional_fields.get(MISSING_PERSONAL_DATA)
+        if missing:
+            console.print(f"warning: {missing}", markup=False)
         items = Table("sku", "name", "qty", "price")
         for item in order.items:
             items.add_row(item.reference, item.name, str(item.quantity), str(item.price))
