@@ -164,6 +164,16 @@ CONFIRMED_BY: dict[OperationKind, frozenset[OrderStatus]] = {
 }
 
 
+def confirmed_by_answer(kind: OperationKind, status: OrderStatus) -> bool:
+    """Whether the marketplace's taking the operation is its confirmation.
+
+    A partially refunded order stays `partially_refunded` once its other lines ship (eBay
+    keeps the refund in the order's status), so no status read could confirm the shipment:
+    the marketplace's answer to it does.
+    """
+    return kind == K.SHIP and status == S.PARTIALLY_REFUNDED
+
+
 def confirms(kind: OperationKind, status: OrderStatus) -> bool:
     """Whether a marketplace status shows an operation of this kind applied."""
     return any(reached(status, expected) for expected in CONFIRMED_BY.get(kind, ()))

@@ -12,8 +12,9 @@ import msgspec
 import pytest
 
 from sfd.clock import to_iso, utcnow
-from sfd.domain import OrderStatus
-from sfd.storage import OrderFilter, Storage, StorageError
+from sfd.domain import EventSource, OperationKind, OrderStatus
+from sfd.rules import ShipPayload
+from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError
 from sfd.storage.db import Database, DatabaseLocked, load_migrations
 from sfd.storage.tokens import TokenError
 from tests.conftest import NOW
@@ -352,3 +353,52 @@ async def test_the_worker_finds_due_operations_through_the_due_index_not_the_his
             assert "SCAN p" not in plan and "SCAN operations " not in plan + " ", plan
     finally:
         plain.close()
+
+
+async def test_a_shipment_of_a_partially_refunded_order_is_confirmed_by_the_marketplaces_answer(
+    storage: Storage,
+) -> None:
+    """eBay keeps an order `partially_refunded` once its other lines ship: no status read
+    could ever confirm the shipment, so the marketplace's taking it confirms it."""
+    cid = await channel_id(storage)
+    result = await storage.orders.import_page(
+        cid, 1, [make_order("EB-1", S.PARTIALLY_REFUNDED)], NOW, cursor=NOW
+    )
+    [(order_id, _, _)] = result.created
+    batch = await storage.operations.submit(
+        1,
+        OperationKind.SHIP,
+        [OperationRequest(ShipPayload(carrier="DHL", tracking_number="0034"), order_id=order_id)],
+        EventSource.API,
+        NOW,
+    )
+    assert batch.tickets[0].state == "scheduled"
+    [claim] = await storage.queue.claim(NOW, timedelta(minutes=1), 10)
+
+    confirmed = await storage.queue.delivered(claim, NOW, NOW + timedelta(minutes=1))
+
+    assert [(kind, seconds) for _, kind, seconds in confirmed] == [("ship", 0.0)]
+    stored = await storage.orders.get(order_id)
+    assert stored is not None and stored.status == S.PARTIALLY_REFUNDED
+    [event] = [e for e in stored.events if e.kind == "ship_confirmed"]
+    assert "answer confirms it" in event.message
+    later = NOW + timedelta(days=1)
+    assert await storage.queue.due_confirmations(later, 10, next_check=later) == []
+
+
+async def test_a_shipment_of_an_open_order_waits_for_the_marketplaces_status(
+    storage: Storage,
+) -> None:
+    cid = await channel_id(storage)
+    result = await storage.orders.import_page(cid, 1, [make_order("EB-2")], NOW, cursor=NOW)
+    [(order_id, _, _)] = result.created
+    await storage.operations.submit(
+        1,
+        OperationKind.SHIP,
+        [OperationRequest(ShipPayload(carrier="DHL", tracking_number="0035"), order_id=order_id)],
+        EventSource.API,
+        NOW,
+    )
+    [claim] = await storage.queue.claim(NOW, timedelta(minutes=1), 10)
+
+    assert await storage.queue.delivered(claim, NOW, NOW + timedelta(minutes=1)) == []

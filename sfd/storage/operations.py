@@ -29,6 +29,7 @@ from sfd.rules import (
     Payload,
     PriorOperation,
     ReasonPayload,
+    confirmed_by_answer,
     decide,
 )
 from sfd.storage.db import Database, Reader, Writer
@@ -610,7 +611,11 @@ class OperationQueue:
             row = await tx.fetchone("SELECT status FROM orders WHERE id = ?", (claim.order_id,))
             assert row is not None
             # The marketplace may already show the result (an earlier poll saw it).
-            confirmed = await confirm_operations(tx, claim.order_id, OrderStatus(row[0]), now)
+            status = OrderStatus(row[0])
+            answered = claim.operation_id if confirmed_by_answer(claim.kind, status) else None
+            confirmed = await confirm_operations(
+                tx, claim.order_id, status, now, answered=answered
+            )
             await self.orders.refresh_documents(tx, [claim.order_id])
         return confirmed
 

@@ -807,10 +807,12 @@ async def load_orders(
 
 
 async def confirm_operations(
-    tx: Writer, order_id: int, status: OrderStatus, now: datetime
+    tx: Writer, order_id: int, status: OrderStatus, now: datetime, *, answered: int | None = None
 ) -> list[tuple[int, str, float]]:
     """Mark the order's delivered operations that `status` confirms; record when and how fast.
 
+    `answered` names an operation whose marketplace answer is its confirmation, because no
+    status will ever show it (see `rules.confirmed_by_answer`).
     Returns (operation id, kind, seconds from request to confirmation) for each.
     """
     confirmed = []
@@ -821,7 +823,8 @@ async def confirm_operations(
     )
     for row in rows:
         kind = OperationKind(row["kind"])
-        if not confirms(kind, status):
+        by_answer = row["id"] == answered
+        if not by_answer and not confirms(kind, status):
             continue
         seconds = (now - from_iso(row["created_at"])).total_seconds()
         await tx.execute(
@@ -829,13 +832,18 @@ async def confirm_operations(
             "WHERE id = ?",
             (to_iso(now), to_iso(now), row["id"]),
         )
+        how = (
+            f"the marketplace's answer confirms it: a {status.value} order keeps its status"
+            if by_answer and not confirms(kind, status)
+            else f"confirmed {seconds:.0f}s after the request"
+        )
         await OrderStore.add_event(
             tx,
             order_id,
             now,
             EventSource.MARKETPLACE,
             f"{kind.value}_confirmed",
-            message=f"confirmed {seconds:.0f}s after the request",
+            message=how,
             operation_id=row["id"],
         )
         confirmed.append((row["id"], kind.value, seconds))
