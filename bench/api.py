@@ -29,9 +29,9 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Daemon, load, write_config
-from sfd.clock import to_iso, utcnow
 from sfd.connectors.shoppingfeed import render_order
 from sfd.domain import Address, OrderStatus, StoredItem, StoredOrder
+from sfd.domain.clock import to_iso, utcnow
 from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
 

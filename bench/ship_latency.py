@@ -25,7 +25,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Daemon, write_config
-from sfd.clock import utcnow
+from sfd.domain.clock import utcnow
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 
 KEY = "bench-ship-key"

@@ -20,13 +20,13 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from sfd.clock import utcnow
 from sfd.config import Config, load_config
 from sfd.connectors.amazon import format_date
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon, sync_config
 from sfd.domain import MISSING_PERSONAL_DATA, Address, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain.clock import utcnow
 from sfd.logs import configure_logging
 from sfd.sandbox.amazon import FRANCE, SHIPPING_ROLE, TAX_ROLES, SandboxAmazon, run_amazon
 from sfd.storage import OrderFilter, Storage

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sfd.clock import from_iso
 from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.api import ShopApi
 from sfd.daemon.http import build_app
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain.clock import from_iso
 from sfd.storage import Storage
 from tests.conftest import NOW
 from tests.factories import make_order

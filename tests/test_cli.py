@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sfd.clock import utcnow
+from sfd.domain.clock import utcnow
 from sfd.storage import Storage
 from tests.factories import make_order
 from tests.support import SfdProcess, run_cli, write_config

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sfd.daemon.metrics import Metrics
 from sfd.domain import EventSource, OperationKind, OrderStatus
+from sfd.domain.rules import ReasonPayload
 from sfd.logs import configure_logging
-from sfd.rules import ReasonPayload
 from sfd.storage import OperationRequest, Storage, StorageUnavailable
 from tests.conftest import NOW
 from tests.factories import make_order

@@ -39,7 +39,7 @@ from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.api import ShopApi
 from sfd.daemon.http import build_app
 from sfd.domain import EventSource, FulfilledBy, OperationKind, OrderStatus
-from sfd.rules import AcknowledgePayload, ReasonPayload, ShipPayload
+from sfd.domain.rules import AcknowledgePayload, ReasonPayload, ShipPayload
 from sfd.storage import OperationRequest, OrderFilter, Storage
 from tests.conftest import NOW
 from tests.factories import make_order

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from sfd.clock import to_api, utcnow
 from sfd.connectors.shoppingfeed import render_order
 from sfd.domain import MarketplaceOrder, OrderStatus
+from sfd.domain.clock import to_api, utcnow
 from sfd.storage import Storage
 from tests.factories import make_order
 from tests.support import ROOT, SfdProcess, run_cli, write_config

@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfd.clock import from_iso, utcnow
 from sfd.config import load_config
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.domain import OrderStatus
+from sfd.domain.clock import from_iso, utcnow
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OrderFilter

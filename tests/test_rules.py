@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState
-from sfd.rules import OrderView, ShipPayload, confirms, decide
+from sfd.domain.rules import OrderView, ShipPayload, confirms, decide
 
 K = OperationKind
 S = OrderStatus

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState
-from sfd.rules import Decision, OrderView, PriorOperation, ShipPayload, decide, tracking_numbers
+from sfd.domain.rules import (
+    Decision,
+    OrderView,
+    PriorOperation,
+    ShipPayload,
+    decide,
+    tracking_numbers,
+)
 
 K = OperationKind
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from sfd.clock import to_iso, utcnow
 from sfd.domain import EventSource, OperationKind, OrderStatus
-from sfd.rules import ShipPayload
+from sfd.domain.clock import to_iso, utcnow
+from sfd.domain.rules import ShipPayload
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError
 from sfd.storage.db import Database, DatabaseLocked, load_migrations
 from sfd.storage.tokens import TokenError

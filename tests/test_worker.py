@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sfd.clock import from_iso, to_iso
 from sfd.config import load_config
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
+from sfd.domain.clock import from_iso, to_iso
 from sfd.sandbox.marketplace import Handler, RecordedCall, SandboxMarketplace, run_sandbox
 from sfd.storage import Storage
 from sfd.storage.db import load_migrations

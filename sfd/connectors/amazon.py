@@ -28,7 +28,6 @@ import msgspec
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
-from sfd.clock import to_api, utcnow
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
@@ -60,6 +59,7 @@ from sfd.domain import (
     OrderStatus,
     Shipment,
 )
+from sfd.domain.clock import to_api, utcnow
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
-from sfd.rules import tracking_numbers
+from sfd.domain.rules import tracking_numbers
 
 
 class ConnectorError(Exception):

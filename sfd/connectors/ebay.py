@@ -21,7 +21,6 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from sfd.clock import utcnow
 from sfd.connectors.base import (
     AuthFailed,
     ConnectorError,
@@ -44,6 +43,7 @@ from sfd.connectors.parsing import (
 )
 from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain.clock import utcnow
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector

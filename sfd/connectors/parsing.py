@@ -14,9 +14,9 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from sfd.clock import from_iso
 from sfd.connectors.base import OrderPage, SkippedOrder
 from sfd.domain import MarketplaceOrder
+from sfd.domain.clock import from_iso
 
 #: A count that cannot be negative (a line's quantity).
 Quantity = Annotated[int, msgspec.Meta(ge=0)]

@@ -15,9 +15,9 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from sfd.clock import from_iso, to_api
 from sfd.domain import Address, OperationKind, OrderStatus, StoredOrder, Ticket
-from sfd.rules import (
+from sfd.domain.clock import from_iso, to_api
+from sfd.domain.rules import (
     AcknowledgePayload,
     Payload,
     ReasonPayload,

@@ -30,8 +30,8 @@ from defusedxml import (
 )
 from defusedxml.ElementTree import XMLParser as DefusedXMLParser
 
-from sfd.clock import to_api
 from sfd.domain import Address, StoredOrder
+from sfd.domain.clock import to_api
 
 #: The largest REQUEST document read, in bytes (UTF-8).
 MAX_REQUEST_BYTES = 10 * 1024**2

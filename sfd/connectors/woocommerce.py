@@ -16,7 +16,6 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from sfd.clock import to_iso
 from sfd.connectors.base import AuthFailed, Rejected, Transient
 from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
 from sfd.connectors.parsing import parse_moment, utc
@@ -30,6 +29,7 @@ from sfd.connectors.shop import (
     retrying,
 )
 from sfd.domain import Address
+from sfd.domain.clock import to_iso
 
 PER_PAGE: Final = 100
 #: How many pages of recent orders `find_order` reads when the search found nothing.

@@ -1,6 +1,6 @@
 """The shop webservice: Shoppingfeed's order API v1, served from storage.
 
-The shapes come from `sfd.connectors.shoppingfeed`; the rules from `sfd.rules` through
+The shapes come from `sfd.connectors.shoppingfeed`; the rules from `sfd.domain.rules` through
 storage. This module reads requests, checks tokens and stores, and answers.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from sfd.clock import Clock
 from sfd.connectors import shoppingfeed as sf
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus, TicketState
+from sfd.domain.clock import Clock
 from sfd.logs import get_logger
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageUnavailable
 from sfd.storage.tokens import TokenIdentity

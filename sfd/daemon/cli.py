@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.table import Table
 
 from sfd import __version__
-from sfd.clock import utcnow
 from sfd.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
 from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
@@ -35,8 +34,9 @@ from sfd.domain import (
     StoredOrder,
     TicketState,
 )
+from sfd.domain.clock import utcnow
+from sfd.domain.rules import Payload, ReasonPayload, ShipPayload, tracking_numbers
 from sfd.logs import configure_logging
-from sfd.rules import Payload, ReasonPayload, ShipPayload, tracking_numbers
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError, maintenance
 from sfd.storage.maintenance import CheckReport
 

@@ -11,8 +11,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sfd.clock import Clock, to_api
 from sfd.daemon.loops import Loop
+from sfd.domain.clock import Clock, to_api
 from sfd.storage.db import StorageError
 from sfd.storage.deadlines import (
     DEADLINE_PASSED,

@@ -11,7 +11,6 @@ import anyio
 import anyio.abc
 import msgspec
 
-from sfd.clock import Clock
 from sfd.config import ChannelConfig
 from sfd.connectors.base import (
     AuthFailed,
@@ -24,8 +23,9 @@ from sfd.connectors.base import (
 from sfd.daemon.metrics import Metrics, PollResult
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus
+from sfd.domain.clock import Clock
+from sfd.domain.rules import ReasonPayload
 from sfd.logs import get_logger
-from sfd.rules import ReasonPayload
 from sfd.storage import ImportResult, OperationRequest, Storage, StorageUnavailable
 
 #: The cursor steps back this far, so an order updated while a poll ran is never missed.

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from sfd.clock import Clock, utcnow
+from sfd.domain.clock import Clock, utcnow
 from sfd.logs import get_logger
 from sfd.storage import Storage
 from sfd.storage.db import StorageError

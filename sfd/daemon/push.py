@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sfd.clock import Clock
 from sfd.config import ShopConfig
 from sfd.connectors.base import AuthFailed, ConnectorError, RateLimited, Rejected
 from sfd.connectors.shop import (
@@ -27,7 +26,8 @@ from sfd.daemon.loops import AUTH_RETRY, CURSOR_OVERLAP, Loop
 from sfd.daemon.metrics import Metrics
 from sfd.daemon.outbox import request_operations
 from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder
-from sfd.rules import (
+from sfd.domain.clock import Clock
+from sfd.domain.rules import (
     LIVE,
     SHIPPABLE,
     AcknowledgePayload,

@@ -16,7 +16,6 @@ import anyio
 from aiohttp import web
 
 from sfd import __version__
-from sfd.clock import Clock, utcnow
 from sfd.config import Config
 from sfd.connectors import shoppingfeed
 from sfd.connectors.base import CarrierLister, MarketplaceConnector
@@ -33,6 +32,7 @@ from sfd.daemon.page import OrderPage
 from sfd.daemon.push import PushLoop
 from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
+from sfd.domain.clock import Clock, utcnow
 from sfd.logs import SecretRedactor, get_logger
 from sfd.storage import OrderFilter, Storage, StorageCondition, StorageError
 from sfd.storage.channels import ChannelSpec

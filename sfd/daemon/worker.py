@@ -19,7 +19,6 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from sfd.clock import Clock
 from sfd.connectors.base import (
     AuthFailed,
     ConnectorError,
@@ -33,6 +32,7 @@ from sfd.connectors.base import (
 from sfd.daemon.loops import Loop
 from sfd.daemon.metrics import Metrics
 from sfd.domain import OperationKind
+from sfd.domain.clock import Clock
 from sfd.logs import get_logger
 from sfd.storage import Claim, Storage, StorageUnavailable
 

@@ -15,14 +15,14 @@ from datetime import datetime
 from aiohttp import web
 from aiohttp.web_request import FileField
 
-from sfd.clock import Clock
 from sfd.connectors import shoppingflux_xml as wsx
 from sfd.connectors.base import CarrierLister, ConnectorError
 from sfd.daemon.api import BodyTimeout, TokenRefusals
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, StoredOrder, Ticket, TicketState
+from sfd.domain.clock import Clock
+from sfd.domain.rules import AcknowledgePayload, ReasonPayload, ShipPayload
 from sfd.logs import get_logger
-from sfd.rules import AcknowledgePayload, ReasonPayload, ShipPayload
 from sfd.storage import (
     Batch,
     OperationRequest,

@@ -26,7 +26,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
-from sfd.clock import Clock, from_iso, utcnow
+from sfd.domain.clock import Clock, from_iso, utcnow
 from sfd.sandbox.marketplace import RecordedCall
 
 FRANCE: Final = "A13V1IB3VIYZZH"

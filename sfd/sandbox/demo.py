@@ -21,9 +21,9 @@ from typing import Any
 import aiohttp
 import anyio
 
-from sfd.clock import utcnow
 from sfd.config import Config, parse_config
 from sfd.daemon.runtime import Daemon, StartupError
+from sfd.domain.clock import utcnow
 from sfd.logs import get_logger
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce

@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 from aiohttp import web
 
-from sfd.clock import Clock, from_iso, utcnow
+from sfd.domain.clock import Clock, from_iso, utcnow
 from sfd.sandbox.failures import take_failure
 
 #: The operator's carriers, as SH21 lists them (sorted by label, as Mirakl does).

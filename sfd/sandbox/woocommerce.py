@@ -29,7 +29,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
-from sfd.clock import Clock, from_iso, utcnow
+from sfd.domain.clock import Clock, from_iso, utcnow
 from sfd.sandbox.failures import take_failure
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

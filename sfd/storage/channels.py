@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from sfd.clock import from_iso, to_iso
+from sfd.domain.clock import from_iso, to_iso
 from sfd.storage.db import Database, Writer
 
 

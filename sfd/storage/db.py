@@ -18,7 +18,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from sfd.clock import to_iso, utcnow
+from sfd.domain.clock import to_iso, utcnow
 
 BUSY_TIMEOUT_MS = 10_000
 #: Each connection's page cache. Small enough to be full within minutes, so the daemon's

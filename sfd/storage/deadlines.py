@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from sfd.clock import from_iso, to_iso
 from sfd.domain import LOCAL_OPERATIONS, OperationKind
+from sfd.domain.clock import from_iso, to_iso
 from sfd.storage.db import Database
 
 #: The order event recorded when an order enters its channel's warning window.

@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 
-from sfd.clock import from_iso, to_iso
 from sfd.domain import (
     FINISHED_TICKET_STATES,
     EventSource,
@@ -23,7 +22,8 @@ from sfd.domain import (
     describe_change,
     line_open,
 )
-from sfd.rules import (
+from sfd.domain.clock import from_iso, to_iso
+from sfd.domain.rules import (
     AcknowledgePayload,
     OrderView,
     Payload,
@@ -613,9 +613,7 @@ class OperationQueue:
             # The marketplace may already show the result (an earlier poll saw it).
             status = OrderStatus(row[0])
             answered = claim.operation_id if confirmed_by_answer(claim.kind, status) else None
-            confirmed = await confirm_operations(
-                tx, claim.order_id, status, now, answered=answered
-            )
+            confirmed = await confirm_operations(tx, claim.order_id, status, now, answered=answered)
             await self.orders.refresh_documents(tx, [claim.order_id])
         return confirmed
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 
-from sfd.clock import from_iso, to_iso
 from sfd.domain import (
     Address,
     EventSource,
@@ -24,7 +23,8 @@ from sfd.domain import (
     StoredOrder,
     describe_change,
 )
-from sfd.rules import confirms
+from sfd.domain.clock import from_iso, to_iso
+from sfd.domain.rules import confirms
 from sfd.storage.channels import move_cursor
 from sfd.storage.db import Database, Reader, StorageError, Writer
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from sfd.clock import from_iso, to_iso
 from sfd.domain import EventSource
+from sfd.domain.clock import from_iso, to_iso
 from sfd.storage.db import Database
 from sfd.storage.orders import OrderStore
 

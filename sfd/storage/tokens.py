@@ -11,7 +11,7 @@ from datetime import datetime
 
 import msgspec
 
-from sfd.clock import from_iso, to_iso
+from sfd.domain.clock import from_iso, to_iso
 from sfd.storage.db import Database, StorageError
 
 TOKEN_PREFIX = "sfd_"

@@ -18,11 +18,11 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from sfd.clock import utcnow
 from sfd.config import load_config
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
+from sfd.domain.clock import utcnow
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import Storage
 from tests.support import ROOT, write_config

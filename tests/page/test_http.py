@@ -21,7 +21,7 @@ from sfd.daemon.http import build_app
 from sfd.daemon.page import OrderPage
 from sfd.daemon.ws import LegacyWebservice
 from sfd.domain import EventSource, OperationKind, OrderStatus
-from sfd.rules import AcknowledgePayload
+from sfd.domain.rules import AcknowledgePayload
 from sfd.storage import OperationRequest, Storage
 from tests.conftest import NOW
 from tests.factories import make_order

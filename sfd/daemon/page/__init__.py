@@ -19,14 +19,13 @@ from urllib.parse import urlencode, urlsplit
 import jinja2
 from aiohttp import web
 
-from sfd.clock import Clock
 from sfd.daemon.outbox import request_operations
 from sfd.daemon.page.forms import ACTIONS, MAX_FORM, FormError, read_action, single_values
 from sfd.daemon.page.sessions import Session, Sessions
 from sfd.daemon.push import PushError, retry_push
 from sfd.domain import EventSource, OperationKind, OrderStatus, StoredOrder, Ticket, TicketState
-from sfd.logs import get_logger
-from sfd.rules import (
+from sfd.domain.clock import Clock
+from sfd.domain.rules import (
     CONFIRMED_BY,
     OrderView,
     PriorOperation,
@@ -35,6 +34,7 @@ from sfd.rules import (
     decide,
     tracking_numbers,
 )
+from sfd.logs import get_logger
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageUnavailable
 from sfd.storage.pushes import CREATED, REJECTED
 

@@ -1,7 +1,7 @@
 """Reading the order page's forms: every field checked, anything unexpected refused.
 
 These checks only catch what no rule needs to judge (a tampered or oversized field); whether
-an action is allowed is decided by `sfd.rules`, through the outbox, like every other source.
+an action is allowed is decided by `sfd.domain.rules`, through the outbox, like every other source.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sfd.domain import OperationKind
-from sfd.rules import (
+from sfd.domain.rules import (
     MAX_FIELD,
     MAX_LINK,
     MAX_TRACKING,
