@@ -25,6 +25,7 @@ from sfd.domain import (
 from sfd.domain.clock import from_iso, to_iso
 from sfd.domain.rules import (
     AcknowledgePayload,
+    Decision,
     OrderView,
     Payload,
     PriorOperation,
@@ -193,10 +194,29 @@ class OperationStore:
         if order is None:
             return operation_id
         touched.add(order.id)
+        await self._record_outcome(
+            tx, order.id, kind, request, decision, source, now, operation_id, actor
+        )
+        return operation_id
+
+    async def _record_outcome(
+        self,
+        tx: Connection,
+        order_id: int,
+        kind: OperationKind,
+        request: OperationRequest,
+        decision: Decision,
+        source: EventSource,
+        now: datetime,
+        operation_id: int,
+        actor: str | None,
+    ) -> None:
+        """The order's side of a new ticket: its events, and an acknowledgement's fields."""
+
         if decision.state == TicketState.FAILED:
             await self.orders.add_event(
                 tx,
-                order.id,
+                order_id,
                 now,
                 source,
                 f"{kind.value}_refused",
@@ -206,10 +226,10 @@ class OperationStore:
             )
         elif kind == K.ACKNOWLEDGE:
             assert isinstance(request.payload, AcknowledgePayload)
-            await self._acknowledge(tx, order.id, request.payload, now)
+            await self._acknowledge(tx, order_id, request.payload, now)
             await self.orders.add_event(
                 tx,
-                order.id,
+                order_id,
                 now,
                 source,
                 "acknowledge",
@@ -221,15 +241,15 @@ class OperationStore:
             await tx.execute(
                 "UPDATE orders SET acknowledged_at = NULL, acknowledgment_status = NULL, "
                 "acknowledgment_message = NULL, updated_at = $1 WHERE id = $2",
-                (to_iso(now), order.id),
+                (to_iso(now), order_id),
             )
             await self.orders.add_event(
-                tx, order.id, now, source, "unacknowledge", operation_id=operation_id, actor=actor
+                tx, order_id, now, source, "unacknowledge", operation_id=operation_id, actor=actor
             )
         else:
             await self.orders.add_event(
                 tx,
-                order.id,
+                order_id,
                 now,
                 source,
                 f"{kind.value}_requested",
@@ -239,7 +259,7 @@ class OperationStore:
             for warning in decision.warnings:
                 await self.orders.add_event(
                     tx,
-                    order.id,
+                    order_id,
                     now,
                     source,
                     f"{kind.value}_warning",
@@ -247,7 +267,6 @@ class OperationStore:
                     operation_id=operation_id,
                     actor=actor,
                 )
-        return operation_id
 
     @staticmethod
     async def _acknowledge(

@@ -704,6 +704,37 @@ class OrderStore:
         return " AND ".join(clauses), p
 
 
+def _item_from_row(r: Any) -> StoredItem:
+    return StoredItem(
+        id=r["id"],
+        reference=r["reference"],
+        channel_reference=r["channel_reference"],
+        name=r["name"],
+        status=r["status"],
+        quantity=r["quantity"],
+        price=Decimal(r["price"]),
+        commission=Decimal(r["commission"]),
+        tax_amount=Decimal(r["tax_amount"]),
+        ecotax_amount=Decimal(r["ecotax_amount"]),
+        image=r["image"],
+        additional_fields=json.loads(r["additional_fields"]),
+    )
+
+
+def _event_from_row(r: Any) -> OrderEvent:
+    return OrderEvent(
+        id=r["id"],
+        at=from_iso(r["at"]),
+        source=r["source"],
+        kind=r["kind"],
+        from_status=r["from_status"],
+        to_status=r["to_status"],
+        message=r["message"],
+        operation_id=r["operation_id"],
+        actor=r["actor"],
+    )
+
+
 async def load_orders(
     reader: Connection, rows: Sequence[Any], *, events: bool = False
 ) -> list[StoredOrder]:
@@ -716,22 +747,7 @@ async def load_orders(
     for r in await reader.fetch(
         f"SELECT * FROM order_items WHERE order_id IN ({in_ids}) ORDER BY order_id, position", ids
     ):
-        items[r["order_id"]].append(
-            StoredItem(
-                id=r["id"],
-                reference=r["reference"],
-                channel_reference=r["channel_reference"],
-                name=r["name"],
-                status=r["status"],
-                quantity=r["quantity"],
-                price=Decimal(r["price"]),
-                commission=Decimal(r["commission"]),
-                tax_amount=Decimal(r["tax_amount"]),
-                ecotax_amount=Decimal(r["ecotax_amount"]),
-                image=r["image"],
-                additional_fields=json.loads(r["additional_fields"]),
-            )
-        )
+        items[r["order_id"]].append(_item_from_row(r))
     addresses: dict[tuple[int, str], Address] = {
         (r["order_id"], r["kind"]): Address(**{f: r[f] for f in _ADDRESS_FIELDS})
         for r in await reader.fetch(
@@ -763,19 +779,7 @@ async def load_orders(
         for r in await reader.fetch(
             f"SELECT * FROM order_events WHERE order_id IN ({in_ids}) ORDER BY id", ids
         ):
-            trail[r["order_id"]].append(
-                OrderEvent(
-                    id=r["id"],
-                    at=from_iso(r["at"]),
-                    source=r["source"],
-                    kind=r["kind"],
-                    from_status=r["from_status"],
-                    to_status=r["to_status"],
-                    message=r["message"],
-                    operation_id=r["operation_id"],
-                    actor=r["actor"],
-                )
-            )
+            trail[r["order_id"]].append(_event_from_row(r))
     orders = []
     for row in rows:
         order = _order_from_row(row)
