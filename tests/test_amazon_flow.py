@@ -142,7 +142,7 @@ async def test_a_backlog_of_250_orders_arrives_in_three_calls_with_addresses_the
         assert [c.query.get("paginationToken") is None for c in searches] == [True, False, False]
         assert amazon.calls_to("getOrder") == []  # no call per order
         assert len(amazon.calls_to("lwa")) == 1
-        rows = await storage.db.fetchall("SELECT id, reference FROM orders ORDER BY id", ())
+        rows = await storage.db.fetch("SELECT id, reference FROM orders ORDER BY id", ())
         ids = {row["reference"]: row["id"] for row in rows}
         assert set(ids) == set(references)
         for reference in references[:20] + references[-5:]:
@@ -206,7 +206,7 @@ async def test_without_the_shipping_role_orders_arrive_flagged(
     running, task = await start(amazon_config(tmp_path, served, monkeypatch), amazon)
     try:
         storage = running.storage
-        [row] = await storage.db.fetchall("SELECT id FROM orders", ())
+        [row] = await storage.db.fetch("SELECT id FROM orders", ())
         order = await storage.orders.get(row["id"])
         assert order is not None and order.reference == reference
         assert order.shipping_address is not None
@@ -296,7 +296,7 @@ async def test_a_database_written_by_the_v0_connector_keeps_its_orders_ids_and_c
         await storage.channels.set_cursor(channel_id, cursor, now)
         before = {
             row["reference"]: row["id"]
-            for row in await storage.db.fetchall("SELECT id, reference FROM orders", ())
+            for row in await storage.db.fetch("SELECT id, reference FROM orders", ())
         }
     finally:
         await storage.close()
@@ -305,7 +305,7 @@ async def test_a_database_written_by_the_v0_connector_keeps_its_orders_ids_and_c
     running, task = await start(config, amazon)
     try:
         storage = running.storage
-        rows = await storage.db.fetchall("SELECT id, reference FROM orders", ())
+        rows = await storage.db.fetch("SELECT id, reference FROM orders", ())
         after = {row["reference"]: row["id"] for row in rows}
         assert len(rows) == 30  # no duplicate: 20 known, 10 new
         assert {r: after[r] for r in before} == before  # same ids

@@ -74,14 +74,14 @@ class Api:
         return body["id"], tickets["_embedded"]["ticket"]
 
     async def order_id(self, reference: str) -> int:
-        row = await self.storage.db.fetchone(
+        row = await self.storage.db.fetchrow(
             "SELECT id FROM orders WHERE reference = ?", (reference,)
         )
         assert row is not None
         return int(row[0])
 
     async def operation_count(self) -> int:
-        row = await self.storage.db.fetchone("SELECT count(*) FROM operations")
+        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
         return int(row[0]) if row else 0
 
 

@@ -258,13 +258,13 @@ async def test_operations_retry_makes_a_failed_operation_due_again(tmp_path: Pat
     config = write_config(tmp_path, CHANNELS)
     await seed(config, tmp_path)
     storage = await Storage.open(tmp_path / "sfd.db")
-    [row] = await storage.db.fetchall("SELECT id FROM orders WHERE reference = 'DEC-OK'")
+    [row] = await storage.db.fetch("SELECT id FROM orders WHERE reference = 'DEC-OK'")
     await storage.close()
     run_cli(config, "orders", "cancel", str(row["id"]), env=ENV)
     storage = await Storage.open(tmp_path / "sfd.db")
     async with storage.db.write() as tx:
         await tx.execute("UPDATE operations SET state = 'failed', last_error = 'Mirakl: 400'")
-    [op] = await storage.db.fetchall("SELECT id FROM operations")
+    [op] = await storage.db.fetch("SELECT id FROM operations")
     refused = run_cli(config, "operations", "retry", str(op["id"]), env=ENV)
     assert refused.returncode == 1, "never sent: the rules refused it, a retry would too"
     assert "was refused by the rules (Mirakl: 400), not by the marketplace" in refused.stderr

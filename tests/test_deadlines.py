@@ -17,8 +17,8 @@ import pytest
 from sfd.daemon.deadlines import DeadlineWatch
 from sfd.domain import FulfilledBy, MarketplaceOrder, OrderStatus
 from sfd.logs import configure_logging
-from sfd.storage import Storage
-from sfd.storage.db import Reader
+from sfd.storage import Storage, StorageError
+from sfd.storage.db import SQLiteConnection
 from sfd.storage.deadlines import DEADLINE_PASSED, DEADLINE_WARNING, DeadlineStore
 from tests.conftest import NOW
 from tests.factories import make_order
@@ -58,7 +58,7 @@ async def seed(
 
 
 async def order_events(storage: Storage, order_id: int, kind: str) -> list[sqlite3.Row]:
-    return await storage.db.fetchall(
+    return await storage.db.fetch(
         "SELECT * FROM order_events WHERE order_id = ? AND kind = ?", (order_id, kind)
     )
 
@@ -331,7 +331,7 @@ async def test_recording_twice_writes_one_event(storage: Storage) -> None:
 
 class FailingStore(DeadlineStore):
     async def count_late(self, now: datetime) -> int:
-        raise sqlite3.OperationalError("database is locked")
+        raise StorageError("database is locked")
 
 
 async def test_a_database_failure_is_logged_once_and_the_watch_carries_on(
@@ -341,7 +341,7 @@ async def test_a_database_failure_is_logged_once_and_the_watch_carries_on(
     assert await deadlines.tick() == 60.0
     assert await deadlines.tick() == 60.0
     assert deadlines.status.condition == "failing"
-    assert deadlines.status.last_error == "OperationalError: database is locked"
+    assert deadlines.status.last_error == "StorageError: database is locked"
     assert len(events(logs, "deadline_watch_failed")) == 1
 
 
@@ -353,18 +353,22 @@ async def test_every_query_reads_the_ship_by_index(
     ids = await storage.channels.channel_ids()
     warnings = {ids["decathlon"]: DAY, ids["ebay-de"]: timedelta(hours=2)}
     queries: list[tuple[str, Sequence[Any]]] = []
-    fetchall, fetchone = Reader.fetchall, Reader.fetchone
+    fetchall, fetchone = SQLiteConnection.fetch, SQLiteConnection.fetchrow
 
-    async def spy_all(self: Reader, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def spy_all(
+        self: SQLiteConnection, sql: str, params: Sequence[Any] = ()
+    ) -> list[sqlite3.Row]:
         queries.append((sql, params))
         return await fetchall(self, sql, params)
 
-    async def spy_one(self: Reader, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    async def spy_one(
+        self: SQLiteConnection, sql: str, params: Sequence[Any] = ()
+    ) -> sqlite3.Row | None:
         queries.append((sql, params))
         return await fetchone(self, sql, params)
 
-    monkeypatch.setattr(Reader, "fetchall", spy_all)
-    monkeypatch.setattr(Reader, "fetchone", spy_one)
+    monkeypatch.setattr(SQLiteConnection, "fetch", spy_all)
+    monkeypatch.setattr(SQLiteConnection, "fetchrow", spy_one)
     store = DeadlineStore(storage.db)
     await store.approaching(NOW, warnings)
     await store.overdue(NOW)
@@ -377,7 +381,7 @@ async def test_every_query_reads_the_ship_by_index(
     on_orders = [(sql, params) for sql, params in queries if "FROM orders o" in sql]
     assert len(on_orders) == 6
     for sql, params in on_orders:
-        plan = [row[3] for row in await storage.db.fetchall("EXPLAIN QUERY PLAN " + sql, params)]
+        plan = [row[3] for row in await storage.db.fetch("EXPLAIN QUERY PLAN " + sql, params)]
         reads = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
         orders = [step for step in reads if step.startswith(("SCAN o ", "SEARCH o "))]
         assert orders, plan

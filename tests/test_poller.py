@@ -233,7 +233,7 @@ async def test_a_first_poll_asks_mirakl_only_for_the_last_import_since(
     assert expected - timedelta(seconds=60) <= since <= expected
     storage = running.daemon.storage
     assert storage is not None
-    rows = await storage.db.fetchall("SELECT reference FROM orders")
+    rows = await storage.db.fetch("SELECT reference FROM orders")
     assert {r["reference"] for r in rows} == set(history["recent"])
     [bounded] = running.events("first_poll_bounded")
     assert bounded["import_since"] == 30 * 86400
@@ -252,7 +252,7 @@ async def test_a_default_channel_leaves_orders_waiting_for_acceptance(running: R
     assert [o.status for o in orders] == [OrderStatus.WAITING_STORE_ACCEPTANCE] * 3
     assert running.marketplace.calls_to("OR21") == []
     assert [running.marketplace.state(r) for r in references] == ["WAITING_ACCEPTANCE"] * 3
-    pending = await storage.db.fetchone("SELECT count(*) FROM operations")
+    pending = await storage.db.fetchrow("SELECT count(*) FROM operations")
     assert pending is not None and pending[0] == 0
 
 
@@ -268,11 +268,11 @@ async def test_a_backlog_of_1000_orders_across_pages_is_imported_once_each(
     await running.poll_now()
     storage = running.daemon.storage
     assert storage is not None
-    rows = await storage.db.fetchall("SELECT reference, status FROM orders")
+    rows = await storage.db.fetch("SELECT reference, status FROM orders")
     assert {r["reference"] for r in rows} == references
     assert len(rows) == 1000
     assert {r["reference"] for r in rows if r["status"] == "cancelled"} == set(cancelled)
-    imported = await storage.db.fetchone(
+    imported = await storage.db.fetchrow(
         "SELECT count(*), count(DISTINCT order_id) FROM order_events WHERE kind = 'imported'"
     )
     assert tuple(imported) == (1000, 1000)  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.domain.clock import to_iso, utcnow
 from sfd.domain.rules import ShipPayload
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError
-from sfd.storage.db import Database, DatabaseLocked, load_migrations
+from sfd.storage.database import DatabaseLocked, StorageConflict, load_migrations
+from sfd.storage.db import SQLiteDatabase
 from sfd.storage.tokens import TokenError
 from tests.conftest import NOW
 from tests.factories import make_order
@@ -28,10 +29,10 @@ async def channel_id(storage: Storage, name: str = "decathlon") -> int:
 
 
 async def test_the_file_runs_in_wal_mode_with_foreign_keys(storage: Storage) -> None:
-    assert (await storage.db.fetchone("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
-    assert (await storage.db.fetchone("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
-    assert (await storage.db.fetchone("PRAGMA busy_timeout"))[0] > 0  # type: ignore[index]
-    with pytest.raises(sqlite3.IntegrityError):
+    assert (await storage.db.fetchrow("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    assert (await storage.db.fetchrow("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
+    assert (await storage.db.fetchrow("PRAGMA busy_timeout"))[0] > 0  # type: ignore[index]
+    with pytest.raises(StorageConflict):
         async with storage.db.write() as tx:
             await tx.execute(
                 "INSERT INTO order_events (order_id, at, source, kind) "
@@ -42,10 +43,10 @@ async def test_the_file_runs_in_wal_mode_with_foreign_keys(storage: Storage) -> 
 async def test_migrations_are_numbered_and_applied_once(tmp_path: Path) -> None:
     migrations = load_migrations()
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
-    db = await Database.open(tmp_path / "a.db")
+    db = await SQLiteDatabase.open(tmp_path / "a.db")
     assert await db.schema_version() == len(migrations)
     assert await db.migrate() == []
-    rows = await db.fetchall("SELECT version, name FROM schema_migrations ORDER BY version")
+    rows = await db.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in migrations]
     await db.close()
 
@@ -70,7 +71,7 @@ async def test_a_page_is_imported_with_items_addresses_payload_and_an_event(
         ("marketplace", "imported", "waiting_shipment")
     ]
     assert await storage.channels.cursor(cid) == NOW
-    payload = await storage.db.fetchone("SELECT payload FROM order_payloads")
+    payload = await storage.db.fetchrow("SELECT payload FROM order_payloads")
     assert payload is not None and '"order_id": "DEC-1"' in payload[0]
 
 
@@ -80,7 +81,7 @@ async def test_importing_the_same_page_twice_changes_nothing(storage: Storage) -
     await storage.orders.import_page(cid, 1, page, NOW)
     again = await storage.orders.import_page(cid, 1, page, NOW + timedelta(minutes=5))
     assert (again.created, again.changed, again.unchanged) == ([], [], 50)
-    counts = await storage.db.fetchone(
+    counts = await storage.db.fetchrow(
         "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM order_events), "
         "(SELECT count(*) FROM order_items)"
     )
@@ -253,19 +254,19 @@ async def test_the_views_answer_a_person_with_sqlite3(storage: Storage) -> None:
             "UPDATE orders SET updated_at = ? WHERE reference = 'STALE'",
             (to_iso(now - timedelta(days=8)),),
         )
-    late = await storage.db.fetchall("SELECT channel, reference FROM late_orders")
+    late = await storage.db.fetch("SELECT channel, reference FROM late_orders")
     assert [(r[0], r[1]) for r in late] == [("decathlon", "LATE")]
-    to_process = await storage.db.fetchall("SELECT reference FROM orders_to_process ORDER BY 1")
+    to_process = await storage.db.fetch("SELECT reference FROM orders_to_process ORDER BY 1")
     assert [r[0] for r in to_process] == ["FRESH", "LATE"]
-    health = await storage.db.fetchall("SELECT name, orders FROM channel_health ORDER BY name")
+    health = await storage.db.fetch("SELECT name, orders FROM channel_health ORDER BY name")
     assert [(r[0], r[1]) for r in health] == [("decathlon", 4), ("ebay-de", 0)]
-    assert await storage.db.fetchall("SELECT * FROM pending_operations") == []
+    assert await storage.db.fetch("SELECT * FROM pending_operations") == []
 
 
 async def test_tokens_are_stored_hashed_and_stop_working_when_revoked(storage: Storage) -> None:
     name, token = await storage.tokens.create(1, "prestashop", NOW)
     assert token.startswith("sfd_") and len(token) == 47
-    rows = await storage.db.fetchall("SELECT * FROM api_tokens")
+    rows = await storage.db.fetch("SELECT * FROM api_tokens")
     dump = repr([tuple(r) for r in rows])
     assert token not in dump
     assert hashlib.sha256(token.encode()).hexdigest() in dump
@@ -288,14 +289,14 @@ async def test_a_token_needs_a_known_store_and_a_free_name(storage: Storage) -> 
 
 
 async def test_a_second_runner_on_the_same_file_is_refused(tmp_path: Path) -> None:
-    first = await Database.open(tmp_path / "sfd.db")
+    first = await SQLiteDatabase.open(tmp_path / "sfd.db")
     first.claim_runner()
-    second = await Database.open(tmp_path / "sfd.db")
+    second = await SQLiteDatabase.open(tmp_path / "sfd.db")
     with pytest.raises(DatabaseLocked, match="already used by a running sfd"):
         second.claim_runner()
     await second.close()
     await first.close()
-    third = await Database.open(tmp_path / "sfd.db")
+    third = await SQLiteDatabase.open(tmp_path / "sfd.db")
     third.claim_runner()
     await third.close()
 
@@ -305,19 +306,19 @@ async def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path:
     content = b"these are my accounts, not a database\n" * 100
     path.write_bytes(content)
     with pytest.raises(StorageError, match="is not an SQLite file; it was left as is"):
-        await Database.open(path)
+        await SQLiteDatabase.open(path)
     assert path.read_bytes() == content
     assert not (tmp_path / "sfd.db-wal").exists()
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "sfd.db"
-    db = await Database.open(path)
+    db = await SQLiteDatabase.open(path)
     await db.close()
     with sqlite3.connect(path) as raw:
         raw.execute("PRAGMA user_version = 999")
     with pytest.raises(StorageError, match="schema version 999, newer than this sfd knows"):
-        await Database.open(path)
+        await SQLiteDatabase.open(path)
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == 999
 
@@ -326,7 +327,7 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 async def test_a_database_that_cannot_be_written_is_refused(path: str) -> None:
     # /proc refuses new files even to root, so this holds on any machine.
     with pytest.raises(StorageError, match=r"^database .*(cannot be|is not writable)"):
-        await Database.open(path)
+        await SQLiteDatabase.open(path)
 
 
 async def test_the_worker_finds_due_operations_through_the_due_index_not_the_history(
@@ -342,8 +343,9 @@ async def test_the_worker_finds_due_operations_through_the_due_index_not_the_his
     await storage.queue.next_due()
     for connection in [db._writer, *db._all_readers]:
         await connection.set_trace_callback(None)
-    queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert len(queries) == 2, queries
+    # One UPDATE … RETURNING claims (pick and mark in one statement), one SELECT finds the next.
+    queries = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE"))]
+    assert [q.split()[0] for q in queries] == ["UPDATE", "SELECT"], queries
     plain = sqlite3.connect(db.path)
     try:
         for query in queries:

@@ -25,7 +25,7 @@ from sfd.domain import StoredOrder
 from sfd.domain.clock import from_iso, to_iso
 from sfd.sandbox.marketplace import Handler, RecordedCall, SandboxMarketplace, run_sandbox
 from sfd.storage import Storage
-from sfd.storage.db import load_migrations
+from sfd.storage.database import load_migrations
 from tests.page.conftest import PageClient
 from tests.support import run_cli, write_config
 
@@ -157,7 +157,7 @@ class Hub:
             await asyncio.sleep(0.02)
 
     async def order_id(self, reference: str) -> int:
-        row = await self.storage.db.fetchone(
+        row = await self.storage.db.fetchrow(
             "SELECT id FROM orders WHERE reference = ?", (reference,)
         )
         assert row is not None, f"order {reference} not imported"
@@ -169,7 +169,7 @@ class Hub:
         return order
 
     async def operation(self, ticket_id: str) -> sqlite3.Row:
-        row = await self.storage.db.fetchone(
+        row = await self.storage.db.fetchrow(
             "SELECT attempts, state, last_error, next_attempt_at, confirmed_at, lease_until "
             "FROM operations WHERE ticket_id = ?",
             (ticket_id,),

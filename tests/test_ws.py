@@ -112,7 +112,7 @@ class Ws:
             )
 
     async def operations(self) -> int:
-        row = await self.storage.db.fetchone("SELECT count(*) FROM operations")
+        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
         assert row is not None
         return int(row[0])
 
@@ -468,7 +468,7 @@ async def test_update_orders_shipped_schedules_a_shipment_with_its_tracking(ws: 
         ("Marketplace", "decathlon"),
         ("StatusUpdated", "True"),
     ]
-    row = await ws.storage.db.fetchone("SELECT order_id, kind, state, payload FROM operations")
+    row = await ws.storage.db.fetchrow("SELECT order_id, kind, state, payload FROM operations")
     assert row is not None
     assert (row["order_id"], row["kind"], row["state"]) == (ids["DEC-1"], "ship", "scheduled")
     assert json.loads(row["payload"]) == {
@@ -493,7 +493,7 @@ async def test_a_tracking_number_that_is_a_link_becomes_the_tracking_url(ws: Ws)
 
     # decathlon requires a tracking number: a link alone is not one.
     assert reply.find("Response/Orders/Order/StatusUpdated") == "False"
-    row = await ws.storage.db.fetchone("SELECT payload FROM operations")
+    row = await ws.storage.db.fetchrow("SELECT payload FROM operations")
     assert row is not None
     assert json.loads(row["payload"]) == {
         "carrier": "DHL",
@@ -521,7 +521,7 @@ async def test_shipping_without_tracking_where_the_channel_requires_it_is_refuse
     message = order.findtext("Error/Message") or ""
     assert "DEC-1" in message
     assert "channel decathlon requires a tracking number" in message
-    row = await ws.storage.db.fetchone("SELECT kind, state FROM operations")
+    row = await ws.storage.db.fetchrow("SELECT kind, state FROM operations")
     assert row is not None
     assert (row["kind"], row["state"]) == ("ship", "failed")
     assert ws.kicks == []
@@ -546,7 +546,7 @@ async def test_shipping_without_carrier_or_tracking_on_a_default_channel_is_take
 
     [order] = reply.orders()
     assert order.findtext("StatusUpdated") == "True"
-    row = await ws.storage.db.fetchone("SELECT kind, state, payload FROM operations")
+    row = await ws.storage.db.fetchrow("SELECT kind, state, payload FROM operations")
     assert row is not None
     assert (row["kind"], row["state"], json.loads(row["payload"])) == ("ship", "scheduled", {})
     assert ws.kicks == [1]
@@ -570,7 +570,7 @@ async def test_update_orders_canceled_schedules_a_cancellation(ws: Ws) -> None:
         ("DEC-2", "True"),
         ("DEC-1", "True"),
     ]
-    rows = await ws.storage.db.fetchall(
+    rows = await ws.storage.db.fetch(
         "SELECT order_id, kind, state, source FROM operations ORDER BY order_id"
     )
     assert [tuple(r) for r in rows] == [
@@ -836,10 +836,10 @@ async def test_get_carriers_still_answers_when_the_marketplace_is_down(storage: 
 
 async def test_sandbox_mode_answers_as_done_and_writes_nothing(ws: Ws) -> None:
     await write(ws.storage, make_order("DEC-1"))
-    before = await ws.storage.db.fetchall(
+    before = await ws.storage.db.fetch(
         "SELECT status, store_reference, acknowledged_at FROM orders"
     )
-    events = await ws.storage.db.fetchone("SELECT count(*) FROM order_events")
+    events = await ws.storage.db.fetchrow("SELECT count(*) FROM order_events")
 
     valid = await ws.call(
         "ValidOrders",
@@ -865,11 +865,9 @@ async def test_sandbox_mode_answers_as_done_and_writes_nothing(ws: Ws) -> None:
     assert update.find("Response/Orders/Order/StatusUpdated") == "True"
     assert await ws.operations() == 0
     assert ws.kicks == []
-    after = await ws.storage.db.fetchall(
-        "SELECT status, store_reference, acknowledged_at FROM orders"
-    )
+    after = await ws.storage.db.fetch("SELECT status, store_reference, acknowledged_at FROM orders")
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
-    assert await ws.storage.db.fetchone("SELECT count(*) FROM order_events") == events
+    assert await ws.storage.db.fetchrow("SELECT count(*) FROM order_events") == events
     # GetOrders still offers the order: nothing acknowledged it.
     assert [o.findtext("IdOrder") for o in (await ws.call("GetOrders")).orders()] == ["DEC-1"]
     # A broken request is still refused in sandbox mode, naming what is wrong.

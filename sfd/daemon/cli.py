@@ -234,7 +234,7 @@ async def _token(args: argparse.Namespace, storage: Storage) -> int:
 async def _channels(args: argparse.Namespace, storage: Storage) -> int:
     if args.channels_command == "poll":
         try:
-            await admin_call(storage.db.path.resolve(), f"/channels/{args.name}/poll")
+            await admin_call(storage.path.resolve(), f"/channels/{args.name}/poll")
         except AdminUnavailable as exc:
             raise CommandError(str(exc)) from None
         sys.stderr.write(f"sfd: channel {args.name!r} is polling now\n")
@@ -318,7 +318,7 @@ async def _retry_push(args: argparse.Namespace, storage: Storage) -> int:
         raise CommandError(str(exc)) from None
     for shop in shops:
         with contextlib.suppress(AdminUnavailable):
-            await admin_call(storage.db.path.resolve(), f"/channels/{shop}/poll")
+            await admin_call(storage.path.resolve(), f"/channels/{shop}/poll")
     sys.stderr.write(f"sfd: {said}\n")
     return EXIT_OK
 
@@ -491,7 +491,7 @@ async def _operate(args: argparse.Namespace, storage: Storage) -> int:
 async def _wake_daemon(storage: Storage) -> None:
     # The running daemon finds new operations within 2 s anyway; this makes it at once.
     with contextlib.suppress(AdminUnavailable):
-        await admin_call(storage.db.path.resolve(), "/operations/wake")
+        await admin_call(storage.path.resolve(), "/operations/wake")
 
 
 async def _operations(args: argparse.Namespace, storage: Storage) -> int:
@@ -567,8 +567,8 @@ async def _maintenance(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _migrate(storage: Storage) -> int:
-    version = await storage.db.schema_version()
-    sys.stderr.write(f"sfd: database {storage.db.path} is at schema version {version}\n")
+    version = await storage.schema_version()
+    sys.stderr.write(f"sfd: database {storage.path} is at schema version {version}\n")
     return EXIT_OK
 
 

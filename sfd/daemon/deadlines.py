@@ -7,13 +7,12 @@ twice. The watch ticks at the next deadline or window opening, at most `interval
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sfd.daemon.loops import Loop
 from sfd.domain.clock import Clock, to_api
-from sfd.storage.db import StorageError
+from sfd.storage import StorageError
 from sfd.storage.deadlines import (
     DEADLINE_PASSED,
     DEADLINE_WARNING,
@@ -56,7 +55,7 @@ class DeadlineWatch(Loop):
     async def tick(self) -> float | None:
         try:
             return await self._tick()
-        except (StorageError, sqlite3.Error) as exc:
+        except StorageError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if self.status.condition != "failing":
                 self.log.error("deadline_watch_failed", reason=reason)

@@ -176,9 +176,8 @@ class Poller(Loop):
         self.metrics.poll_finished(self.channel.name, result, seconds)
 
     async def tick(self) -> float | None:
-        if self.storage.db.condition is not None:
-            # Nothing fetched could be stored: leave the marketplace alone until disk is back.
-            raise StorageUnavailable(self.storage.db.condition)
+        # Nothing fetched could be stored: leave the marketplace alone until disk is back.
+        self.storage.check_writable()
         now = self.clock()
         if self.connector is None:
             self.metrics.poll_finished(self.channel.name, "failed", None)

@@ -8,7 +8,6 @@ hands out what it holds, so rendering never touches the database.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from typing import Literal
 
@@ -18,9 +17,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sfd.domain.clock import Clock, utcnow
 from sfd.logs import get_logger
-from sfd.storage import Storage
-from sfd.storage.db import StorageError
-from sfd.storage.deadlines import AUTH_STATES, DatabaseGauges, DeadlineStore
+from sfd.storage import Storage, StorageError
+from sfd.storage.deadlines import AUTH_STATES, DatabaseGauges
 
 #: The Prometheus text format `generate_latest` writes. prometheus_client's own
 #: CONTENT_TYPE_LATEST names format 1.0.0 since 0.22, whatever generate_latest writes.
@@ -118,7 +116,7 @@ class _StorageCollector:
     def collect(self) -> Iterable[Metric]:
         family = self._family()
         if self.metrics.storage is not None:
-            family.add_metric([], 0.0 if self.metrics.storage.db.condition else 1.0)
+            family.add_metric([], 0.0 if self.metrics.storage.condition else 1.0)
         return [family]
 
 
@@ -238,7 +236,7 @@ class Metrics:
         source = storage or self.storage
         if source is None:
             return
-        self.database.values = await DeadlineStore(source.db).gauges(self.clock())
+        self.database.values = await source.deadline_gauges(self.clock())
 
     def render(self) -> bytes:
         """The metrics in the Prometheus text format, as of the last refresh."""
@@ -248,7 +246,7 @@ class Metrics:
         """GET /metrics: refresh the gauges, then render everything."""
         try:
             await self.refresh()
-        except (StorageError, sqlite3.Error, ValueError) as exc:
+        except (StorageError, ValueError) as exc:
             # The counters are still worth serving; the gauges keep their last values.
             log.warning("metrics_refresh_failed", reason=f"{type(exc).__name__}: {exc}")
         return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE})

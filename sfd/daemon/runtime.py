@@ -34,10 +34,8 @@ from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
 from sfd.domain.clock import Clock, utcnow
 from sfd.logs import SecretRedactor, get_logger
-from sfd.storage import OrderFilter, Storage, StorageCondition, StorageError
+from sfd.storage import DatabaseLocked, OrderFilter, Storage, StorageCondition, StorageError
 from sfd.storage.channels import ChannelSpec
-from sfd.storage.db import DatabaseLocked
-from sfd.storage.deadlines import DeadlineStore
 
 log = get_logger()
 
@@ -100,7 +98,7 @@ class Daemon:
             self.storage = await Storage.open(
                 self.config.database, readers=3, renderer=shoppingfeed.render_order
             )
-            self.storage.db.claim_runner()
+            self.storage.claim_runner()
             self.metrics.storage = self.storage
             reclaimed = await self.storage.queue.reclaim(self.clock())
             if reclaimed:
@@ -164,7 +162,7 @@ class Daemon:
         warnings = {
             ids[c.name]: timedelta(seconds=c.ship_deadline_warning) for c in self.config.channels
         }
-        self.loops.append(DeadlineWatch(DeadlineStore(storage.db), warnings, self.clock))
+        self.loops.append(DeadlineWatch(storage.deadlines, warnings, self.clock))
         self._build_push_loops(storage, redactor)
 
     def _build_push_loops(self, storage: Storage, redactor: SecretRedactor) -> None:
@@ -389,12 +387,12 @@ class Daemon:
     async def _watch_storage(self) -> None:
         """Log each change of the storage condition once; while writes fail, probe for space."""
         assert self.storage is not None
-        db = self.storage.db
-        db.on_condition = self._storage_changed
+        storage = self.storage
+        storage.on_condition(self._storage_changed)
         while True:
             await anyio.sleep(STORAGE_PROBE)
-            if db.condition is not None:
-                await db.probe()
+            if storage.condition is not None:
+                await storage.probe()
 
     def _storage_changed(
         self, now: StorageCondition | None, before: StorageCondition | None
@@ -417,7 +415,7 @@ class Daemon:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """What /healthz shows: unhealthy while a loop is stalled or the disk refuses writes."""
         now = self.clock()
-        condition = self.storage.db.condition if self.storage is not None else None
+        condition = self.storage.condition if self.storage is not None else None
         storage: dict[str, Any] = {"condition": "ok"}
         if condition is not None:
             storage = {

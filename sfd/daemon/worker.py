@@ -129,9 +129,8 @@ class OperationsWorker(Loop):
     async def tick(self) -> float | None:
         if self._stopping:
             return POLL
-        if self.storage.db.condition is not None:
-            # No new claims while answers could not be written; calls under way carry on.
-            raise StorageUnavailable(self.storage.db.condition)
+        # No new claims while answers could not be written; calls under way carry on.
+        self.storage.check_writable()
         now = self.clock()
         paused = [c for c, until in self._paused.items() if until > now]
         room = self.concurrency * max(1, len(self.connectors)) - len(self._inflight)

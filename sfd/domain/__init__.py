@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -44,6 +44,10 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 
 #: Statuses after which an order is never offered to the shop again.
 CLOSED_STATUSES = frozenset({S.SHIPPED, S.CANCELLED, S.REFUNDED, S.REFUSED})
+#: The orders the merchant still has to ship (in the order the partial indexes spell them).
+TO_SHIP_STATUSES = (S.WAITING_SHIPMENT, S.PARTIALLY_SHIPPED)
+#: How long after its last change an unacknowledged order is still offered to the shop.
+OFFER_WINDOW = timedelta(days=7)
 
 
 class InvalidTransition(Exception):

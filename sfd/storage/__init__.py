@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from sfd.storage.channels import ChannelState, ChannelStore
-from sfd.storage.db import (
+from sfd.storage.database import (
     Database,
     DatabaseLocked,
     StorageCondition,
+    StorageConflict,
     StorageError,
     StorageUnavailable,
 )
+from sfd.storage.db import SQLiteDatabase
+from sfd.storage.deadlines import DatabaseGauges, DeadlineOrder, DeadlineStore
 from sfd.storage.operations import (
     Batch,
     Claim,
@@ -33,13 +39,17 @@ __all__ = [
     "ChannelState",
     "Claim",
     "Database",
+    "DatabaseGauges",
     "DatabaseLocked",
+    "DeadlineOrder",
+    "DeadlineStore",
     "DocumentRenderer",
     "ImportResult",
     "OperationRequest",
     "OrderFilter",
     "Storage",
     "StorageCondition",
+    "StorageConflict",
     "StorageError",
     "StorageUnavailable",
     "TokenError",
@@ -47,10 +57,14 @@ __all__ = [
 
 
 class Storage:
-    """The database and the stores of each kind of record over it."""
+    """The database and the stores of each kind of record over it.
+
+    The daemon talks to these named stores and to the few operations below, never to `db`.
+    """
 
     def __init__(self, db: Database, renderer: DocumentRenderer | None = None) -> None:
         self.db = db
+        self.deadlines = DeadlineStore(db)
         self.channels = ChannelStore(db)
         self.orders = OrderStore(db, renderer)
         self.operations = OperationStore(db, self.orders)
@@ -71,8 +85,54 @@ class Storage:
 
         `renderer` turns an order into its API document, stored each time the order changes.
         """
-        return cls(await Database.open(path, readers=readers, migrate=migrate), renderer)
+        return cls(await SQLiteDatabase.open(path, readers=readers, migrate=migrate), renderer)
 
     async def close(self) -> None:
         """Close the database."""
         await self.db.close()
+
+    @property
+    def path(self) -> Path:
+        """Where the database lives (the admin socket sits beside it)."""
+        return self.db.path
+
+    @property
+    def condition(self) -> StorageCondition | None:
+        """Why writes fail at the moment (disk full, read-only, I/O), or None when they land."""
+        return self.db.condition
+
+    def on_condition(
+        self, callback: Callable[[StorageCondition | None, StorageCondition | None], None]
+    ) -> None:
+        """Have `callback(new, old)` called each time the storage condition changes."""
+        self.db.on_condition = callback
+
+    def check_writable(self) -> None:
+        """Raise StorageUnavailable while a storage condition holds, before trying a write."""
+        if self.db.condition is not None:
+            raise StorageUnavailable(self.db.condition)
+
+    async def probe(self) -> bool:
+        """Whether writes fit again; clears the condition if so."""
+        return await self.db.probe()
+
+    async def schema_version(self) -> int:
+        """The newest migration applied to the database."""
+        return await self.db.schema_version()
+
+    def claim_runner(self) -> None:
+        """Take the database's run lock; DatabaseLocked if another `sfd run` holds it."""
+        self.db.claim_runner()
+
+    async def deadline_gauges(self, now: datetime) -> DatabaseGauges:
+        """What /metrics shows of the database at `now`."""
+        return await self.deadlines.gauges(now)
+
+    async def count_deadlines(
+        self, now: datetime, warnings: Mapping[int, timedelta]
+    ) -> tuple[int, int]:
+        """(late, approaching) orders still to ship at `now`."""
+        return (
+            await self.deadlines.count_late(now),
+            await self.deadlines.count_approaching(now, warnings),
+        )

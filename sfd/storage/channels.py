@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from sfd.domain.clock import from_iso, to_iso
-from sfd.storage.db import Database, Writer
+from sfd.domain.clock import to_iso
+from sfd.storage.database import Connection, Database, marks, stored_time
 
 
 class ChannelSpec(NamedTuple):
@@ -41,14 +41,10 @@ class ChannelState(msgspec.Struct, kw_only=True, frozen=True):
     failed_operations: int
 
 
-def _time(value: str | None) -> datetime | None:
-    return from_iso(value) if value else None
-
-
-async def move_cursor(tx: Writer, channel_id: int, cursor: datetime, now: datetime) -> None:
+async def move_cursor(tx: Connection, channel_id: int, cursor: datetime, now: datetime) -> None:
     """Move a channel's import cursor inside the caller's transaction."""
     await tx.execute(
-        "UPDATE channels SET cursor = ?, updated_at = ? WHERE id = ?",
+        "UPDATE channels SET cursor = $1, updated_at = $2 WHERE id = $3",
         (to_iso(cursor), to_iso(now), channel_id),
     )
 
@@ -69,20 +65,20 @@ class ChannelStore:
         stamp = to_iso(now)
         async with self.db.write() as tx:
             await tx.executemany(
-                "INSERT INTO stores (id, name, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO stores (id, name, created_at, updated_at) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                 "updated_at = excluded.updated_at WHERE name != excluded.name",
                 [(store_id, name, stamp, stamp) for store_id, name in stores],
             )
             names = [c.name for c in channels]
             await tx.execute(
-                "UPDATE channels SET active = 0, updated_at = ? WHERE active = 1 "
-                f"AND name NOT IN ({','.join('?' * len(names))})",
+                "UPDATE channels SET active = 0, updated_at = $1 WHERE active = 1 "
+                f"AND name NOT IN ({marks(len(names), 2)})",
                 (stamp, *names),
             )
             await tx.executemany(
                 "INSERT INTO channels (name, store_id, connector, require_tracking, active, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (name) DO "
+                "created_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $6) ON CONFLICT (name) DO "
                 "UPDATE SET store_id = excluded.store_id, connector = excluded.connector, "
                 "require_tracking = excluded.require_tracking, active = 1, "
                 "updated_at = excluded.updated_at WHERE store_id != excluded.store_id "
@@ -96,12 +92,12 @@ class ChannelStore:
 
     async def channel_ids(self) -> dict[str, int]:
         """Channel name → id."""
-        rows = await self.db.fetchall("SELECT id, name FROM channels")
+        rows = await self.db.fetch("SELECT id, name FROM channels")
         return {row["name"]: row["id"] for row in rows}
 
     async def store_name(self, store_id: int) -> str | None:
         """The store's name, or None if no store has this id."""
-        row = await self.db.fetchone("SELECT name FROM stores WHERE id = ?", (store_id,))
+        row = await self.db.fetchrow("SELECT name FROM stores WHERE id = $1", (store_id,))
         return str(row[0]) if row else None
 
     async def states(
@@ -112,9 +108,9 @@ class ChannelStore:
         if active_only:
             where.append("h.active = 1")
         if store_id is not None:
-            where.append("h.store_id = ?")
+            where.append("h.store_id = $1")
             params.append(store_id)
-        rows = await self.db.fetchall(
+        rows = await self.db.fetch(
             "SELECT c.id, c.cursor, h.* FROM channel_health h JOIN channels c ON c.name = h.name "
             f"WHERE {' AND '.join(where)} ORDER BY h.name",
             params,
@@ -126,13 +122,13 @@ class ChannelStore:
                 store_id=row["store_id"],
                 connector=row["connector"],
                 active=bool(row["active"]),
-                cursor=_time(row["cursor"]),
+                cursor=stored_time(row["cursor"]),
                 auth_state=row["auth_state"],
-                last_poll_at=_time(row["last_poll_at"]),
-                last_success_at=_time(row["last_success_at"]),
+                last_poll_at=stored_time(row["last_poll_at"]),
+                last_success_at=stored_time(row["last_success_at"]),
                 last_error=row["last_error"],
-                last_error_at=_time(row["last_error_at"]),
-                next_poll_at=_time(row["next_poll_at"]),
+                last_error_at=stored_time(row["last_error_at"]),
+                next_poll_at=stored_time(row["next_poll_at"]),
                 orders=row["orders"],
                 pending_operations=row["pending_operations"],
                 failed_operations=row["failed_operations"],
@@ -142,8 +138,8 @@ class ChannelStore:
 
     async def cursor(self, channel_id: int) -> datetime | None:
         """Where the channel's next import starts."""
-        row = await self.db.fetchone("SELECT cursor FROM channels WHERE id = ?", (channel_id,))
-        return _time(row["cursor"]) if row else None
+        row = await self.db.fetchrow("SELECT cursor FROM channels WHERE id = $1", (channel_id,))
+        return stored_time(row["cursor"]) if row else None
 
     async def set_cursor(self, channel_id: int, cursor: datetime, now: datetime) -> None:
         """Move the channel's import cursor."""
@@ -154,7 +150,7 @@ class ChannelStore:
         """A poll begins."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE channels SET last_poll_at = ?, updated_at = ? WHERE id = ?",
+                "UPDATE channels SET last_poll_at = $1, updated_at = $2 WHERE id = $3",
                 (to_iso(now), to_iso(now), channel_id),
             )
 
@@ -164,8 +160,8 @@ class ChannelStore:
         """A poll ended well: credentials work, the error is cleared."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE channels SET last_success_at = ?, auth_state = 'ok', last_error = NULL, "
-                "next_poll_at = ?, updated_at = ? WHERE id = ?",
+                "UPDATE channels SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
+                "next_poll_at = $2, updated_at = $3 WHERE id = $4",
                 (to_iso(now), to_iso(next_poll_at), to_iso(now), channel_id),
             )
 
@@ -181,8 +177,8 @@ class ChannelStore:
         """A poll failed; an auth failure marks the channel `auth_failed`."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE channels SET last_error = ?, last_error_at = ?, next_poll_at = ?, "
-                "auth_state = CASE WHEN ? THEN 'auth_failed' ELSE auth_state END, "
-                "updated_at = ? WHERE id = ?",
+                "UPDATE channels SET last_error = $1, last_error_at = $2, next_poll_at = $3, "
+                "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
+                "updated_at = $5 WHERE id = $6",
                 (error, to_iso(now), to_iso(next_poll_at), auth_failed, to_iso(now), channel_id),
             )

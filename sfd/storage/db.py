@@ -1,17 +1,22 @@
-"""One SQLite file: a single writer that serialises every write, readers beside it, migrations."""
+"""The SQLite adapter of the Database seam: one file, a writer that serialises every write,
+readers beside it, migrations.
+
+SQL comes in with `$n` parameters and goes to SQLite as `?n`; SQLite's errors leave this
+module as the storage's own exceptions.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,16 @@ import aiosqlite
 import anyio
 
 from sfd.domain.clock import to_iso, utcnow
+from sfd.storage.database import (
+    DatabaseLocked,
+    Migration,
+    StorageCondition,
+    StorageConflict,
+    StorageError,
+    StorageUnavailable,
+    load_migrations,
+    newer_schema,
+)
 
 BUSY_TIMEOUT_MS = 10_000
 #: Each connection's page cache. Small enough to be full within minutes, so the daemon's
@@ -27,41 +42,19 @@ CACHE_KIB = 8 * 1024
 #: After a full disk, writes resume once this much is free again (a WAL's worth and more).
 MIN_FREE_BYTES = 8 * 1024 * 1024
 
-
-class StorageError(Exception):
-    """The database cannot be used; the message says why and what to do."""
-
-
-class DatabaseLocked(StorageError):
-    """Another `sfd run` already writes to this database."""
-
-
-@dataclass(frozen=True)
-class StorageCondition:
-    """Why the database cannot take writes at the moment: disk_full, read_only or io_error."""
-
-    kind: str
-    reason: str
-    since: datetime
-
-
-class StorageUnavailable(StorageError):
-    """A write failed because the disk is full, read-only or failing; nothing of it was kept.
-
-    The condition is the storage's, not the caller's: retry once the disk is fixed.
-    """
-
-    def __init__(self, condition: StorageCondition) -> None:
-        super().__init__(condition.reason)
-        self.condition = condition
-
-
 # SQLite's primary result codes that mean "the disk, not the statement": full, read-only, I/O.
 _UNAVAILABLE = {
     sqlite3.SQLITE_FULL: ("disk_full", "the disk is full"),
     sqlite3.SQLITE_READONLY: ("read_only", "the database or its directory is read-only"),
     sqlite3.SQLITE_IOERR: ("io_error", "the disk reports an I/O error"),
     sqlite3.SQLITE_CANTOPEN: ("io_error", "a database file cannot be opened"),
+}
+# Codes that say what is wrong with the file or its neighbours, not with the statement.
+_EXPLAINED = {
+    sqlite3.SQLITE_BUSY: "it is busy: another process held a lock longer than the busy timeout",
+    sqlite3.SQLITE_LOCKED: "a table is locked by another statement",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged; run `sfd db check` and restore a backup",
+    sqlite3.SQLITE_NOTADB: "the file is not an SQLite database",
 }
 
 
@@ -76,28 +69,25 @@ def classify(exc: sqlite3.Error, path: Path, now: datetime) -> StorageCondition 
     )
 
 
-@dataclass(frozen=True)
-class Migration:
-    """A numbered schema change, applied once, in one transaction."""
+def translate(exc: sqlite3.Error, path: Path) -> StorageError:
+    """The storage exception an SQLite error stands for."""
+    condition = classify(exc, path, utcnow())
+    if condition is not None:
+        return StorageUnavailable(condition)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return StorageConflict(f"database {path} refused a change: {exc}")
+    code = getattr(exc, "sqlite_errorcode", None)
+    what = _EXPLAINED.get(code & 0xFF) if code is not None else None
+    return StorageError(f"database {path}: {what or exc}")
 
-    version: int
-    name: str
-    sql: str
+
+@functools.lru_cache(maxsize=1024)
+def to_sqlite(sql: str) -> str:
+    """`$n` parameters as SQLite's `?n`."""
+    return _PARAM.sub(r"?\1", sql)
 
 
-def load_migrations() -> list[Migration]:
-    """The migrations shipped with this sfd, in order."""
-    found = []
-    for entry in resources.files("sfd.storage").joinpath("migrations").iterdir():
-        stem, _, suffix = entry.name.partition(".")
-        if suffix != "sql":
-            continue
-        number, _, name = stem.partition("_")
-        found.append(Migration(int(number), name, entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise StorageError(f"migrations are not numbered 1..n: {[m.version for m in found]}")
-    return found
+_PARAM = re.compile(r"\$(\d+)")
 
 
 def _is_sqlite_file(path: Path) -> bool:
@@ -113,15 +103,54 @@ def _header_version(path: Path) -> int:
     return int.from_bytes(header[60:64], "big") if len(header) == 100 else 0
 
 
-def _newer(path: Path, version: int, known: int) -> StorageError:
-    return StorageError(
-        f"database {path} has schema version {version}, newer than this sfd knows "
-        f"({known}); it was left as is; upgrade sfd or restore a backup made for this version"
-    )
+class SQLiteConnection:
+    """Queries on one aiosqlite connection, `$n` parameters in, storage errors out."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """All rows of a query."""
+        try:
+            return list(await self.connection.execute_fetchall(to_sqlite(sql), params))
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """The first row of a query, or None."""
+        try:
+            async with self.connection.execute(to_sqlite(sql), params) as cursor:
+                row: sqlite3.Row | None = await cursor.fetchone()
+                return row
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = (), column: int = 0) -> Any:
+        """One value of the first row, or None when there is no row."""
+        row = await self.fetchrow(sql, params)
+        return None if row is None else row[column]
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; return the number of rows it changed."""
+        try:
+            async with self.connection.execute(to_sqlite(sql), params) as cursor:
+                return cursor.rowcount
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run a statement once per row."""
+        try:
+            await self.connection.executemany(to_sqlite(sql), rows)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
 
 
-class Database:
+class SQLiteDatabase:
     """The SQLite file: one writer connection behind a lock, and a pool of readers."""
+
+    scheme = "sqlite"
 
     def __init__(
         self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]
@@ -144,28 +173,10 @@ class Database:
     @classmethod
     async def open(
         cls, path: str | os.PathLike[str], *, readers: int = 2, migrate: bool = True
-    ) -> Database:
+    ) -> SQLiteDatabase:
         """Open (creating if missing) and migrate the database; raise StorageError on failure."""
         db_path = Path(path)
-        try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(
-                f"database directory {db_path.parent} cannot be created: {exc.strerror}"
-            ) from None
-        if db_path.exists():
-            try:
-                sqlite_file = _is_sqlite_file(db_path)
-            except OSError as exc:
-                raise StorageError(f"database {db_path} cannot be read: {exc.strerror}") from None
-            if not sqlite_file:
-                raise StorageError(f"database {db_path} is not an SQLite file; it was left as is")
-            # Refused before any connection: opening one would switch the file to WAL.
-            version, known = _header_version(db_path), len(load_migrations())
-            if version > known:
-                raise _newer(db_path, version, known)
-        elif not os.access(db_path.parent, os.W_OK):
-            raise StorageError(f"database directory {db_path.parent} is not writable")
+        _check_file(db_path)
         writer = await _connect(db_path)
         opened = [writer]
         try:
@@ -217,7 +228,7 @@ class Database:
         self._run_lock = fd
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Writer]:
+    async def write(self) -> AsyncIterator[SQLiteConnection]:
         """A write transaction. It is shielded: once begun, cancellation lets it finish.
 
         A disk that is full, read-only or failing raises StorageUnavailable, with the whole
@@ -229,18 +240,23 @@ class Database:
                     await self._rollback()
                     await self._writer.execute("BEGIN IMMEDIATE")
                     try:
-                        yield Writer(self._writer)
+                        yield SQLiteConnection(self._writer, self.path)
                         await self._writer.commit()
                     except BaseException:
                         await self._rollback()
                         raise
                 except sqlite3.Error as exc:
-                    condition = classify(exc, self.path, utcnow())
-                    if condition is None:
-                        raise
-                    if self.condition is None or self.condition.kind != condition.kind:
-                        self._set_condition(condition)
-                    raise StorageUnavailable(condition) from exc
+                    raise self._noticed(translate(exc, self.path)) from exc
+                except StorageUnavailable as exc:
+                    raise self._noticed(exc) from None
+
+    def _noticed(self, exc: StorageError) -> StorageError:
+        """Record the condition a failed write revealed."""
+        if isinstance(exc, StorageUnavailable) and (
+            self.condition is None or self.condition.kind != exc.condition.kind
+        ):
+            self._set_condition(exc.condition)
+        return exc
 
     def _set_condition(self, condition: StorageCondition | None) -> None:
         before, self.condition = self.condition, condition
@@ -264,7 +280,7 @@ class Database:
                     "UPDATE schema_migrations SET applied_at = applied_at "
                     "WHERE version = (SELECT max(version) FROM schema_migrations)"
                 )
-                row = await tx.fetchone(
+                row = await tx.fetchrow(
                     "SELECT page_size, max_page_count - page_count "
                     "FROM pragma_page_size(), pragma_page_count(), pragma_max_page_count()"
                 )
@@ -280,35 +296,50 @@ class Database:
         return True
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[Reader]:
+    async def read(self) -> AsyncIterator[SQLiteConnection]:
         """A reader connection; several reads in the block see one snapshot if wrapped in BEGIN."""
         connection = await self._readers.get()
         try:
-            yield Reader(connection)
+            yield SQLiteConnection(connection, self.path)
         finally:
             self._readers.put_nowait(connection)
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run one read query on a reader."""
         async with self.read() as reader:
-            return await reader.fetchall(sql, params)
+            return await reader.fetch(sql, params)
 
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         """Run one read query on a reader and return its first row."""
         async with self.read() as reader:
-            return await reader.fetchone(sql, params)
+            return await reader.fetchrow(sql, params)
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = (), column: int = 0) -> Any:
+        """Run one read query on a reader and return one value of its first row."""
+        async with self.read() as reader:
+            return await reader.fetchval(sql, params, column)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement in a write transaction of its own."""
+        async with self.write() as tx:
+            return await tx.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run a statement once per row, in one write transaction."""
+        async with self.write() as tx:
+            await tx.executemany(sql, rows)
 
     async def schema_version(self) -> int:
         """The newest migration applied to this file."""
-        row = await _fetchone(self._writer, "PRAGMA user_version")
-        return int(row[0]) if row else 0
+        value = await SQLiteConnection(self._writer, self.path).fetchval("PRAGMA user_version")
+        return int(value or 0)
 
     async def check_version(self) -> None:
         """Refuse a file migrated by a newer sfd, or one never migrated."""
-        known = len(load_migrations())
+        known = len(load_migrations(self.scheme))
         version = await self.schema_version()
         if version > known:
-            raise _newer(self.path, version, known)
+            raise newer_schema(self.path, version, known)
         if version < known:
             raise StorageError(
                 f"database {self.path} has schema version {version}, this sfd needs {known}; "
@@ -317,7 +348,7 @@ class Database:
 
     async def migrate(self) -> list[Migration]:
         """Apply every migration the file lacks, each in its own transaction."""
-        migrations = load_migrations()
+        migrations = load_migrations(self.scheme)
         applied: list[Migration] = []
         async with self._write_lock:
             version = await self.schema_version()
@@ -347,7 +378,7 @@ class Database:
                 ") STRICT"
             )
             await self._writer.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
                 (migration.version, migration.name, to_iso(utcnow())),
             )
             await self._writer.execute(f"PRAGMA user_version = {migration.version:d}")
@@ -357,46 +388,27 @@ class Database:
         await self._writer.commit()
 
 
-class Reader:
-    """Queries on one connection."""
-
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self.connection = connection
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """All rows of a query."""
-        return list(await self.connection.execute_fetchall(sql, params))
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        """The first row of a query, or None."""
-        return await _fetchone(self.connection, sql, params)
-
-
-class Writer(Reader):
-    """Statements inside the one write transaction."""
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run a statement; return the number of rows it changed."""
-        async with self.connection.execute(sql, params) as cursor:
-            return cursor.rowcount
-
-    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run an INSERT; return the new row's id."""
-        async with self.connection.execute(sql, params) as cursor:
-            if cursor.lastrowid is None:
-                raise StorageError(f"insert returned no row id: {sql[:60]}")
-            return cursor.lastrowid
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run a statement once per row."""
-        await self.connection.executemany(sql, rows)
-
-
-async def _fetchone(
-    connection: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()
-) -> sqlite3.Row | None:
-    async with connection.execute(sql, params) as cursor:
-        return await cursor.fetchone()
+def _check_file(db_path: Path) -> None:
+    """Refuse, before any connection, a path that cannot hold this sfd's database."""
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"database directory {db_path.parent} cannot be created: {exc.strerror}"
+        ) from None
+    if db_path.exists():
+        try:
+            sqlite_file = _is_sqlite_file(db_path)
+        except OSError as exc:
+            raise StorageError(f"database {db_path} cannot be read: {exc.strerror}") from None
+        if not sqlite_file:
+            raise StorageError(f"database {db_path} is not an SQLite file; it was left as is")
+        # Refused before any connection: opening one would switch the file to WAL.
+        version, known = _header_version(db_path), len(load_migrations(SQLiteDatabase.scheme))
+        if version > known:
+            raise newer_schema(db_path, version, known)
+    elif not os.access(db_path.parent, os.W_OK):
+        raise StorageError(f"database directory {db_path.parent} is not writable")
 
 
 def _statements(script: str) -> list[str]:
@@ -449,7 +461,8 @@ async def _check_writable(path: Path, connection: aiosqlite.Connection) -> None:
     try:
         await connection.execute("BEGIN IMMEDIATE")
         try:
-            row = await _fetchone(connection, "PRAGMA user_version")
+            async with connection.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
             await connection.execute(f"PRAGMA user_version = {int(row[0]) if row else 0:d}")
         finally:
             if connection.in_transaction:

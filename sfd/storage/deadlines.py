@@ -7,15 +7,14 @@ it, each query repeats the index's own condition word for word (`_TO_SHIP`).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import msgspec
 
-from sfd.domain import LOCAL_OPERATIONS, OperationKind
+from sfd.domain import LOCAL_OPERATIONS, TO_SHIP_STATUSES, OperationKind
 from sfd.domain.clock import from_iso, to_iso
-from sfd.storage.db import Database
+from sfd.storage.database import Database, Record, quoted
 
 #: The order event recorded when an order enters its channel's warning window.
 DEADLINE_WARNING = "deadline_warning"
@@ -24,7 +23,7 @@ DEADLINE_PASSED = "deadline_passed"
 
 #: The orders the merchant still has to ship. The status test is `orders_ship_by_idx`'s
 #: own WHERE clause, spelled the same, so that SQLite may use that partial index.
-_TO_SHIP = "o.status IN ('waiting_shipment', 'partially_shipped') AND o.fulfilled_by = 'store' "
+_TO_SHIP = f"o.status IN ({quoted(TO_SHIP_STATUSES)}) AND o.fulfilled_by = 'store' "
 
 _SELECT_DEADLINE = (
     "SELECT o.id, o.reference, o.channel_id, "
@@ -59,7 +58,7 @@ class DatabaseGauges(msgspec.Struct, kw_only=True, frozen=True):
     """Active channel → the state of its credentials."""
 
 
-def _deadline(row: sqlite3.Row) -> DeadlineOrder:
+def _deadline(row: Record) -> DeadlineOrder:
     return DeadlineOrder(
         order_id=row["id"],
         reference=row["reference"],
@@ -78,12 +77,12 @@ def _in_window(now: datetime, warnings: Mapping[int, timedelta]) -> tuple[str, l
     windows = {cid: w for cid, w in warnings.items() if w > timedelta(0)}
     if not windows:
         return "0", []
-    cases = " ".join("WHEN ? THEN ?" for _ in windows)
+    cases = " ".join(f"WHEN ${n} THEN ${n + 1}" for n in range(3, 3 + 2 * len(windows), 2))
     params: list[object] = [to_iso(now), to_iso(now + max(windows.values()))]
     for channel_id, window in windows.items():
         params += [channel_id, to_iso(now + window)]
     return (
-        "o.latest_ship_date >= ? AND o.latest_ship_date <= ? "
+        "o.latest_ship_date >= $1 AND o.latest_ship_date <= $2 "
         f"AND o.latest_ship_date <= CASE o.channel_id {cases} END ",
         params,
     )
@@ -106,22 +105,22 @@ class DeadlineStore:
         window, params = _in_window(now, warnings)
         if not params:
             return []
-        rows = await self.db.fetchall(
+        rows = await self.db.fetch(
             _SELECT_DEADLINE + "WHERE " + _TO_SHIP + "AND " + window + "AND NOT EXISTS ("
             "SELECT 1 FROM order_events e "
             f"WHERE e.order_id = o.id AND e.kind = '{DEADLINE_WARNING}') "
-            "ORDER BY o.latest_ship_date, o.id LIMIT ?",
+            f"ORDER BY o.latest_ship_date, o.id LIMIT ${len(params) + 1}",
             [*params, limit],
         )
         return [_deadline(row) for row in rows]
 
     async def overdue(self, now: datetime, *, limit: int = 500) -> list[DeadlineOrder]:
         """Orders still to ship whose ship-by date is before `now`, never reported as passed."""
-        rows = await self.db.fetchall(
-            _SELECT_DEADLINE + "WHERE " + _TO_SHIP + "AND o.latest_ship_date < ? "
+        rows = await self.db.fetch(
+            _SELECT_DEADLINE + "WHERE " + _TO_SHIP + "AND o.latest_ship_date < $1 "
             "AND NOT EXISTS (SELECT 1 FROM order_events e "
             f"WHERE e.order_id = o.id AND e.kind = '{DEADLINE_PASSED}') "
-            "ORDER BY o.latest_ship_date, o.id LIMIT ?",
+            "ORDER BY o.latest_ship_date, o.id LIMIT $2",
             (to_iso(now), limit),
         )
         return [_deadline(row) for row in rows]
@@ -145,10 +144,11 @@ class DeadlineStore:
             for order_id, message in messages.items():
                 changed = await tx.execute(
                     "INSERT INTO order_events (order_id, at, source, kind, message) "
-                    "SELECT ?, ?, 'auto', ?, ? WHERE EXISTS (SELECT 1 FROM orders WHERE id = ?) "
+                    "SELECT $1, $2, 'auto', $3, $4 "
+                    "WHERE EXISTS (SELECT 1 FROM orders WHERE id = $1) "
                     "AND NOT EXISTS (SELECT 1 FROM order_events "
-                    "WHERE order_id = ? AND kind = ?)",
-                    (order_id, stamp, kind, message, order_id, order_id, kind),
+                    "WHERE order_id = $1 AND kind = $3)",
+                    (order_id, stamp, kind, message),
                 )
                 if changed:
                     recorded.add(order_id)
@@ -156,8 +156,8 @@ class DeadlineStore:
 
     async def count_late(self, now: datetime) -> int:
         """How many orders are still to ship after their ship-by date."""
-        row = await self.db.fetchone(
-            "SELECT count(*) FROM orders o WHERE " + _TO_SHIP + "AND o.latest_ship_date < ?",
+        row = await self.db.fetchrow(
+            "SELECT count(*) FROM orders o WHERE " + _TO_SHIP + "AND o.latest_ship_date < $1",
             (to_iso(now),),
         )
         return int(row[0]) if row else 0
@@ -167,7 +167,7 @@ class DeadlineStore:
         window, params = _in_window(now, warnings)
         if not params:
             return 0
-        row = await self.db.fetchone(
+        row = await self.db.fetchrow(
             "SELECT count(*) FROM orders o WHERE " + _TO_SHIP + "AND " + window, params
         )
         return int(row[0]) if row else 0
@@ -183,18 +183,20 @@ class DeadlineStore:
         parts = [
             "SELECT 0 AS shift, min(o.latest_ship_date) AS at FROM orders o WHERE "
             + _TO_SHIP
-            + "AND o.latest_ship_date >= ? AND o.latest_ship_date <= ?"
+            + "AND o.latest_ship_date >= $1 AND o.latest_ship_date <= $2"
         ]
         params: list[object] = [to_iso(now), to_iso(until)]
         for channel_id, window in warnings.items():
             if window <= timedelta(0):
                 continue
+            n = len(params)
             parts.append(
-                "SELECT ? AS shift, min(o.latest_ship_date) AS at FROM orders o WHERE "
+                f"SELECT ${n + 1} AS shift, min(o.latest_ship_date) AS at FROM orders o WHERE "
                 + _TO_SHIP
                 # `+` keeps SQLite off the (channel_id, reference) index: the ship-by range
                 # is the narrow one.
-                + "AND +o.channel_id = ? AND o.latest_ship_date > ? AND o.latest_ship_date <= ?"
+                + f"AND +o.channel_id = ${n + 2} AND o.latest_ship_date > ${n + 3} "
+                f"AND o.latest_ship_date <= ${n + 4}"
             )
             params += [
                 window.total_seconds(),
@@ -202,7 +204,7 @@ class DeadlineStore:
                 to_iso(now + window),
                 to_iso(until + window),
             ]
-        rows = await self.db.fetchall(" UNION ALL ".join(parts), params)
+        rows = await self.db.fetch(" UNION ALL ".join(parts), params)
         moments = [
             from_iso(row["at"]) - timedelta(seconds=row["shift"])
             for row in rows
@@ -217,20 +219,20 @@ class DeadlineStore:
         vanish when its count falls to zero.
         """
         async with self.db.read() as reader:
-            channels = await reader.fetchall("SELECT id, name, active, auth_state FROM channels")
-            pending = await reader.fetchall(
+            channels = await reader.fetch("SELECT id, name, active, auth_state FROM channels")
+            pending = await reader.fetch(
                 "SELECT coalesce(c.name, '') AS channel, g.kind, g.n FROM ("
                 "SELECT channel_id, kind, count(*) AS n FROM operations "
                 "WHERE state IN ('scheduled', 'running') GROUP BY channel_id, kind"
                 ") g LEFT JOIN channels c ON c.id = g.channel_id",
             )
-            late = await reader.fetchall(
+            late = await reader.fetch(
                 "SELECT coalesce(c.name, '') AS channel, g.n FROM ("
                 # Grouped by `+channel_id`, not channel_id, or SQLite would rather walk every
                 # order in the (channel_id, reference) index than sort the few late ones.
                 "SELECT +o.channel_id AS channel_id, count(*) AS n FROM orders o WHERE "
                 + _TO_SHIP
-                + "AND o.latest_ship_date < ? GROUP BY 1"
+                + "AND o.latest_ship_date < $1 GROUP BY 1"
                 ") g LEFT JOIN channels c ON c.id = g.channel_id",
                 (to_iso(now),),
             )

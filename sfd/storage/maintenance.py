@@ -14,7 +14,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from sfd.storage.db import BUSY_TIMEOUT_MS, StorageError, _is_sqlite_file, load_migrations
+from sfd.storage.database import StorageError, load_migrations
+from sfd.storage.db import BUSY_TIMEOUT_MS, _is_sqlite_file
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from sfd.domain import (
 from sfd.domain.clock import from_iso, to_iso
 from sfd.domain.rules import (
     AcknowledgePayload,
+    Decision,
     OrderView,
     Payload,
     PriorOperation,
@@ -32,7 +33,7 @@ from sfd.domain.rules import (
     confirmed_by_answer,
     decide,
 )
-from sfd.storage.db import Database, Reader, Writer
+from sfd.storage.database import Connection, Database, Params, marks, stored_time
 from sfd.storage.orders import OrderStore, confirm_operations
 
 K = OperationKind
@@ -69,10 +70,6 @@ _SELECT_TICKET = (
 )
 
 
-def _opt(value: str | None) -> datetime | None:
-    return from_iso(value) if value else None
-
-
 def _ticket(row: Any, batch_id: str | None = None) -> Ticket:
     payload = json.loads(row["payload"])
     return Ticket(
@@ -90,9 +87,9 @@ def _ticket(row: Any, batch_id: str | None = None) -> Ticket:
         reason=row["last_error"],
         attempts=row["attempts"],
         created_at=from_iso(row["created_at"]),
-        started_at=_opt(row["started_at"]),
-        finished_at=_opt(row["finished_at"]),
-        confirmed_at=_opt(row["confirmed_at"]),
+        started_at=stored_time(row["started_at"]),
+        finished_at=stored_time(row["finished_at"]),
+        confirmed_at=stored_time(row["confirmed_at"]),
     )
 
 
@@ -121,7 +118,7 @@ class OperationStore:
         async with self.db.write() as tx:
             await tx.execute(
                 "INSERT INTO batches (id, store_id, kind, source, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES ($1, $2, $3, $4, $5)",
                 (batch_id, store_id, kind.value, source.value, stamp),
             )
             for position, request in enumerate(requests):
@@ -129,13 +126,14 @@ class OperationStore:
                     tx, store_id, kind, request, source, now, batch_id, touched, actor
                 )
                 await tx.execute(
-                    "INSERT INTO batch_tickets (batch_id, position, operation_id) VALUES (?, ?, ?)",
+                    "INSERT INTO batch_tickets (batch_id, position, operation_id) "
+                    "VALUES ($1, $2, $3)",
                     (batch_id, position, operation_id),
                 )
             await self.orders.refresh_documents(tx, touched)
-            rows = await tx.fetchall(
+            rows = await tx.fetch(
                 _SELECT_TICKET + "JOIN batch_tickets b ON b.operation_id = p.id "
-                "WHERE b.batch_id = ? ORDER BY b.position",
+                "WHERE b.batch_id = $1 ORDER BY b.position",
                 (batch_id,),
             )
         return Batch(
@@ -147,7 +145,7 @@ class OperationStore:
 
     async def _submit_one(
         self,
-        tx: Writer,
+        tx: Connection,
         store_id: int,
         kind: OperationKind,
         request: OperationRequest,
@@ -172,10 +170,10 @@ class OperationStore:
             }
         finished = to_iso(now) if decision.state in FINISHED_TICKET_STATES else None
         channel_id = await self._channel_id(tx, order.id) if order else None
-        operation_id = await tx.insert(
+        operation_id: int = await tx.fetchval(
             "INSERT INTO operations (ticket_id, batch_id, store_id, channel_id, order_id, kind, "
             "payload, source, state, last_error, created_at, updated_at, finished_at, started_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
             (
                 new_id(),
                 batch_id,
@@ -196,10 +194,29 @@ class OperationStore:
         if order is None:
             return operation_id
         touched.add(order.id)
+        await self._record_outcome(
+            tx, order.id, kind, request, decision, source, now, operation_id, actor
+        )
+        return operation_id
+
+    async def _record_outcome(
+        self,
+        tx: Connection,
+        order_id: int,
+        kind: OperationKind,
+        request: OperationRequest,
+        decision: Decision,
+        source: EventSource,
+        now: datetime,
+        operation_id: int,
+        actor: str | None,
+    ) -> None:
+        """The order's side of a new ticket: its events, and an acknowledgement's fields."""
+
         if decision.state == TicketState.FAILED:
             await self.orders.add_event(
                 tx,
-                order.id,
+                order_id,
                 now,
                 source,
                 f"{kind.value}_refused",
@@ -209,10 +226,10 @@ class OperationStore:
             )
         elif kind == K.ACKNOWLEDGE:
             assert isinstance(request.payload, AcknowledgePayload)
-            await self._acknowledge(tx, order.id, request.payload, now)
+            await self._acknowledge(tx, order_id, request.payload, now)
             await self.orders.add_event(
                 tx,
-                order.id,
+                order_id,
                 now,
                 source,
                 "acknowledge",
@@ -223,16 +240,16 @@ class OperationStore:
         elif kind == K.UNACKNOWLEDGE:
             await tx.execute(
                 "UPDATE orders SET acknowledged_at = NULL, acknowledgment_status = NULL, "
-                "acknowledgment_message = NULL, updated_at = ? WHERE id = ?",
-                (to_iso(now), order.id),
+                "acknowledgment_message = NULL, updated_at = $1 WHERE id = $2",
+                (to_iso(now), order_id),
             )
             await self.orders.add_event(
-                tx, order.id, now, source, "unacknowledge", operation_id=operation_id, actor=actor
+                tx, order_id, now, source, "unacknowledge", operation_id=operation_id, actor=actor
             )
         else:
             await self.orders.add_event(
                 tx,
-                order.id,
+                order_id,
                 now,
                 source,
                 f"{kind.value}_requested",
@@ -242,7 +259,7 @@ class OperationStore:
             for warning in decision.warnings:
                 await self.orders.add_event(
                     tx,
-                    order.id,
+                    order_id,
                     now,
                     source,
                     f"{kind.value}_warning",
@@ -250,19 +267,18 @@ class OperationStore:
                     operation_id=operation_id,
                     actor=actor,
                 )
-        return operation_id
 
     @staticmethod
     async def _acknowledge(
-        tx: Writer, order_id: int, ack: AcknowledgePayload, now: datetime
+        tx: Connection, order_id: int, ack: AcknowledgePayload, now: datetime
     ) -> None:
         # The first acknowledgement's time is kept; the store reference follows the latest.
         # An error acknowledgement also stops the offer: the shop saw the order, and a person
         # decides (unacknowledge) whether it is offered again. Offering it on would duplicate.
         await tx.execute(
-            "UPDATE orders SET acknowledged_at = coalesce(acknowledged_at, ?), "
-            "store_reference = coalesce(?, store_reference), acknowledgment_status = ?, "
-            "acknowledgment_message = ?, updated_at = ? WHERE id = ?",
+            "UPDATE orders SET acknowledged_at = coalesce(acknowledged_at, $1), "
+            "store_reference = coalesce($2, store_reference), acknowledgment_status = $3, "
+            "acknowledgment_message = $4, updated_at = $5 WHERE id = $6",
             (
                 to_iso(ack.acknowledged_at or now),
                 ack.store_reference,
@@ -274,26 +290,28 @@ class OperationStore:
         )
 
     @staticmethod
-    async def _find_order(tx: Reader, store_id: int, request: OperationRequest) -> OrderView | None:
-        params: list[object]
+    async def _find_order(
+        tx: Connection, store_id: int, request: OperationRequest
+    ) -> OrderView | None:
         if request.order_id is not None and not 0 < request.order_id < 2**63:
             return None  # no row can have it
+        p = Params([store_id])
         if request.order_id is not None:
-            where, params = "o.id = ?", [request.order_id]
+            where = f"o.id = {p(request.order_id)}"
         else:
-            where = "o.reference = ? AND c.name = ? COLLATE NOCASE"
-            params = [request.reference, request.channel]
-        row = await tx.fetchone(
+            where = f"o.reference = {p(request.reference)} AND c.name = {p(request.channel)} "
+            where += "COLLATE NOCASE"
+        row = await tx.fetchrow(
             "SELECT o.id, o.reference, o.status, o.fulfilled_by, o.payment_pending, "
             "c.name AS channel, c.require_tracking FROM orders o "
             "JOIN channels c ON c.id = o.channel_id "
-            f"WHERE {where} AND o.store_id = ?",
-            [*params, store_id],
+            f"WHERE {where} AND o.store_id = $1",
+            p,
         )
         if row is None:
             return None
-        items = await tx.fetchall(
-            "SELECT id, quantity, status FROM order_items WHERE order_id = ?", (row["id"],)
+        items = await tx.fetch(
+            "SELECT id, quantity, status FROM order_items WHERE order_id = $1", (row["id"],)
         )
         return OrderView(
             id=row["id"],
@@ -308,9 +326,9 @@ class OperationStore:
         )
 
     @staticmethod
-    async def _prior(tx: Reader, order_id: int) -> list[PriorOperation]:
-        rows = await tx.fetchall(
-            "SELECT id, ticket_id, kind, state, payload FROM operations WHERE order_id = ? "
+    async def _prior(tx: Connection, order_id: int) -> list[PriorOperation]:
+        rows = await tx.fetch(
+            "SELECT id, ticket_id, kind, state, payload FROM operations WHERE order_id = $1 "
             "ORDER BY id",
             (order_id,),
         )
@@ -326,8 +344,8 @@ class OperationStore:
         ]
 
     @staticmethod
-    async def _channel_id(tx: Writer, order_id: int) -> int:
-        row = await tx.fetchone("SELECT channel_id FROM orders WHERE id = ?", (order_id,))
+    async def _channel_id(tx: Connection, order_id: int) -> int:
+        row = await tx.fetchrow("SELECT channel_id FROM orders WHERE id = $1", (order_id,))
         assert row is not None
         return int(row[0])
 
@@ -344,18 +362,18 @@ class OperationStore:
 
     async def batch(self, store_id: int, batch_id: str) -> list[Ticket]:
         """The tickets of one batch, in request order; empty if unknown or another store's."""
-        rows = await self.db.fetchall(
+        rows = await self.db.fetch(
             _SELECT_TICKET + "JOIN batch_tickets b ON b.operation_id = p.id "
             "JOIN batches s ON s.id = b.batch_id "
-            "WHERE b.batch_id = ? AND s.store_id = ? ORDER BY b.position",
+            "WHERE b.batch_id = $1 AND s.store_id = $2 ORDER BY b.position",
             (batch_id, store_id),
         )
         return [_ticket(row, batch_id) for row in rows]
 
     async def ticket(self, store_id: int, ticket_id: str) -> Ticket | None:
         """One ticket; None if unknown or another store's."""
-        row = await self.db.fetchone(
-            _SELECT_TICKET + "WHERE p.ticket_id = ? AND p.store_id = ?", (ticket_id, store_id)
+        row = await self.db.fetchrow(
+            _SELECT_TICKET + "WHERE p.ticket_id = $1 AND p.store_id = $2", (ticket_id, store_id)
         )
         return _ticket(row) if row else None
 
@@ -368,14 +386,16 @@ class OperationStore:
         offset: int = 0,
     ) -> tuple[int, list[Ticket]]:
         """A page of tickets, newest first, of one store or all, and how many there are."""
-        where, params = "(? IS NULL OR p.store_id = ?)", list[object]([store_id, store_id])
+        filters = Params()
+        where = f"({filters(store_id)} IS NULL OR p.store_id = {filters(store_id)})"
         if states:
-            where += f" AND p.state IN ({','.join('?' * len(states))})"
-            params.extend(s.value for s in states)
-        total = await self.db.fetchone(f"SELECT count(*) FROM operations p WHERE {where}", params)
-        rows = await self.db.fetchall(
-            _SELECT_TICKET + f"WHERE {where} ORDER BY p.id DESC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            where += f" AND p.state IN ({filters.many(s.value for s in states)})"
+        total = await self.db.fetchrow(f"SELECT count(*) FROM operations p WHERE {where}", filters)
+        params = Params(filters)
+        rows = await self.db.fetch(
+            _SELECT_TICKET + f"WHERE {where} ORDER BY p.id DESC "
+            f"LIMIT {params(limit)} OFFSET {params(offset)}",
+            params,
         )
         return int(total[0]) if total else 0, [_ticket(row) for row in rows]
 
@@ -384,7 +404,7 @@ class OperationStore:
     ) -> Ticket:
         """Make a failed operation due again, as a person asked; raise ValueError if it is not."""
         async with self.db.write() as tx:
-            row = await tx.fetchone(_SELECT_TICKET + "WHERE p.id = ?", (operation_id,))
+            row = await tx.fetchrow(_SELECT_TICKET + "WHERE p.id = $1", (operation_id,))
             if row is None:
                 raise ValueError(f"no operation with id {operation_id}")
             if row["state"] != TicketState.FAILED.value:
@@ -401,7 +421,7 @@ class OperationStore:
                 )
             await tx.execute(
                 "UPDATE operations SET state = 'scheduled', next_attempt_at = NULL, "
-                "finished_at = NULL, attempts = 0, created_at = ?, updated_at = ? WHERE id = ?",
+                "finished_at = NULL, attempts = 0, created_at = $1, updated_at = $2 WHERE id = $3",
                 (to_iso(now), to_iso(now), operation_id),
             )
             if row["order_id"] is not None:
@@ -416,14 +436,14 @@ class OperationStore:
                     actor=actor,
                 )
                 await self.orders.refresh_documents(tx, [row["order_id"]])
-            updated = await tx.fetchone(_SELECT_TICKET + "WHERE p.id = ?", (operation_id,))
+            updated = await tx.fetchrow(_SELECT_TICKET + "WHERE p.id = $1", (operation_id,))
         assert updated is not None
         return _ticket(updated)
 
     async def for_order(self, order_id: int) -> list[Ticket]:
         """Every operation on an order, oldest first."""
-        rows = await self.db.fetchall(
-            _SELECT_TICKET + "WHERE p.order_id = ? ORDER BY p.id", (order_id,)
+        rows = await self.db.fetch(
+            _SELECT_TICKET + "WHERE p.order_id = $1 ORDER BY p.id", (order_id,)
         )
         return [_ticket(row) for row in rows]
 
@@ -431,17 +451,17 @@ class OperationStore:
         """Which of these orders have a failed operation."""
         if not order_ids:
             return set()
-        rows = await self.db.fetchall(
+        rows = await self.db.fetch(
             "SELECT DISTINCT order_id FROM operations WHERE state = 'failed' "
-            f"AND order_id IN ({','.join('?' * len(order_ids))})",
+            f"AND order_id IN ({marks(len(order_ids))})",
             list(order_ids),
         )
         return {int(row[0]) for row in rows}
 
     async def shipments(self, order_id: int) -> list[Ticket]:
         """The order's shipments: its ship operations that have not failed."""
-        rows = await self.db.fetchall(
-            _SELECT_TICKET + "WHERE p.order_id = ? AND p.kind = 'ship' "
+        rows = await self.db.fetch(
+            _SELECT_TICKET + "WHERE p.order_id = $1 AND p.kind = 'ship' "
             "AND p.state IN ('scheduled', 'running', 'succeed') ORDER BY p.id",
             (order_id,),
         )
@@ -481,8 +501,8 @@ _DUE = (
     "p.state IN ('scheduled', 'running') "
     "AND p.channel_id IS NOT NULL AND p.order_id IS NOT NULL "
     "AND p.kind NOT IN ('acknowledge', 'unacknowledge') AND ("
-    "(p.state = 'scheduled' AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= ?)) "
-    "OR (p.state = 'running' AND p.lease_until < ?))"
+    "(p.state = 'scheduled' AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= $1)) "
+    "OR (p.state = 'running' AND p.lease_until < $1))"
 )
 
 
@@ -496,42 +516,36 @@ class OperationQueue:
     async def claim(
         self, now: datetime, lease: timedelta, limit: int, skip_channels: Sequence[int] = ()
     ) -> list[Claim]:
-        """Take up to `limit` due operations; an expired lease makes a running one due again."""
-        stamp = to_iso(now)
-        skip = (
-            f"AND p.channel_id NOT IN ({','.join('?' * len(skip_channels))})"
-            if skip_channels
-            else ""
-        )
-        async with self.db.write() as tx:
-            rows = await tx.fetchall(
-                f"SELECT p.id FROM operations p WHERE {_DUE} {skip} "
-                "ORDER BY coalesce(p.next_attempt_at, p.created_at), p.id LIMIT ?",
-                (stamp, stamp, *skip_channels, limit),
-            )
-            ids = [r["id"] for r in rows]
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
-            await tx.execute(
-                "UPDATE operations SET state = 'running', lease_until = ?, "
-                "attempts = attempts + 1, started_at = coalesce(started_at, ?), updated_at = ? "
-                f"WHERE id IN ({marks})",
-                (to_iso(now + lease), stamp, stamp, *ids),
-            )
-            return await self._claims(tx, ids)
+        """Take up to `limit` due operations; an expired lease makes a running one due again.
 
-    async def _claims(self, tx: Writer, ids: list[int]) -> list[Claim]:
-        marks = ",".join("?" * len(ids))
-        rows = await tx.fetchall(
+        One statement picks and marks them, so the claim holds on any backend without relying
+        on a writer lock (PostgreSQL adds `FOR UPDATE SKIP LOCKED` to the inner SELECT).
+        """
+        stamp = to_iso(now)
+        skip = f"AND p.channel_id NOT IN ({marks(len(skip_channels), 4)}) " if skip_channels else ""
+        async with self.db.write() as tx:
+            rows = await tx.fetch(
+                "UPDATE operations SET state = 'running', lease_until = $2, "
+                "attempts = attempts + 1, started_at = coalesce(started_at, $1), updated_at = $1 "
+                f"WHERE id IN (SELECT p.id FROM operations p WHERE {_DUE} {skip}"
+                "ORDER BY coalesce(p.next_attempt_at, p.created_at), p.id LIMIT $3) "
+                "RETURNING id",
+                (stamp, to_iso(now + lease), limit, *skip_channels),
+            )
+            return await self._claims(tx, sorted(r["id"] for r in rows))
+
+    async def _claims(self, tx: Connection, ids: list[int]) -> list[Claim]:
+        if not ids:
+            return []
+        rows = await tx.fetch(
             "SELECT p.*, o.reference AS order_reference, c.name AS channel FROM operations p "
             "JOIN orders o ON o.id = p.order_id JOIN channels c ON c.id = p.channel_id "
-            f"WHERE p.id IN ({marks}) ORDER BY p.id",
+            f"WHERE p.id IN ({marks(len(ids))}) ORDER BY p.id",
             ids,
         )
         items: dict[int, dict[int, str]] = {}
         order_ids = sorted({r["order_id"] for r in rows})
-        for r in await tx.fetchall(
+        for r in await tx.fetch(
             "SELECT id, order_id, channel_reference FROM order_items "
             f"WHERE order_id IN ({','.join('?' * len(order_ids))})",
             order_ids,
@@ -570,16 +584,16 @@ class OperationQueue:
         stamp = to_iso(now)
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE operations SET state = 'succeed', finished_at = ?, delivered_at = ?, "
-                "lease_until = NULL, last_error = NULL, confirm_at = ?, updated_at = ? "
-                "WHERE id = ?",
+                "UPDATE operations SET state = 'succeed', finished_at = $1, delivered_at = $2, "
+                "lease_until = NULL, last_error = NULL, confirm_at = $3, updated_at = $4 "
+                "WHERE id = $5",
                 (stamp, stamp, to_iso(confirm_at), stamp, claim.operation_id),
             )
             if claim.kind == K.SHIP:
                 p = claim.payload
                 await tx.execute(
-                    "UPDATE orders SET carrier = ?, tracking_number = ?, tracking_link = ?, "
-                    "updated_at = ? WHERE id = ?",
+                    "UPDATE orders SET carrier = $1, tracking_number = $2, tracking_link = $3, "
+                    "updated_at = $4 WHERE id = $5",
                     (
                         p.get("carrier", ""),
                         p.get("tracking_number", ""),
@@ -608,7 +622,7 @@ class OperationQueue:
                     message=warning,
                     operation_id=claim.operation_id,
                 )
-            row = await tx.fetchone("SELECT status FROM orders WHERE id = ?", (claim.order_id,))
+            row = await tx.fetchrow("SELECT status FROM orders WHERE id = $1", (claim.order_id,))
             assert row is not None
             # The marketplace may already show the result (an earlier poll saw it).
             status = OrderStatus(row[0])
@@ -622,8 +636,8 @@ class OperationQueue:
         stamp = to_iso(now)
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE operations SET state = 'failed', finished_at = ?, lease_until = NULL, "
-                "last_error = ?, updated_at = ? WHERE id = ?",
+                "UPDATE operations SET state = 'failed', finished_at = $1, lease_until = NULL, "
+                "last_error = $2, updated_at = $3 WHERE id = $4",
                 (stamp, reason, stamp, claim.operation_id),
             )
             await self.orders.add_event(
@@ -644,9 +658,9 @@ class OperationQueue:
         stamp = to_iso(now)
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE operations SET state = 'scheduled', next_attempt_at = ?, "
-                "lease_until = NULL, last_error = ?, attempts = attempts - ?, updated_at = ? "
-                "WHERE id = ?",
+                "UPDATE operations SET state = 'scheduled', next_attempt_at = $1, "
+                "lease_until = NULL, last_error = $2, attempts = attempts - $3, updated_at = $4 "
+                "WHERE id = $5",
                 (to_iso(at), reason, 0 if spend_attempt else 1, stamp, claim.operation_id),
             )
 
@@ -658,7 +672,7 @@ class OperationQueue:
         async with self.db.write() as tx:
             await tx.execute(
                 "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
-                f"attempts = attempts - 1, updated_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+                f"attempts = attempts - 1, updated_at = $1 WHERE id IN ({marks(len(ids), 2)})",
                 (to_iso(now), *ids),
             )
 
@@ -666,9 +680,9 @@ class OperationQueue:
         """When the soonest waiting operation or confirmation is due, paused channels aside."""
         skip = ""
         if skip_channels:
-            skip = f"AND coalesce(channel_id, 0) NOT IN ({','.join('?' * len(skip_channels))})"
+            skip = f"AND coalesce(channel_id, 0) NOT IN ({marks(len(skip_channels))})"
         # `state IN (...)` repeats operations_due_idx's condition so SQLite uses it (see _DUE).
-        row = await self.db.fetchone(
+        row = await self.db.fetchrow(
             "SELECT min(t) FROM ("
             " SELECT coalesce(next_attempt_at, created_at) AS t FROM operations"
             "  WHERE state IN ('scheduled', 'running') AND state = 'scheduled'"
@@ -690,7 +704,7 @@ class OperationQueue:
         async with self.db.write() as tx:
             return await tx.execute(
                 "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
-                "next_attempt_at = NULL, updated_at = ? WHERE state = 'running'",
+                "next_attempt_at = NULL, updated_at = $1 WHERE state = 'running'",
                 (to_iso(now),),
             )
 
@@ -703,16 +717,16 @@ class OperationQueue:
         once at a time.
         """
         async with self.db.write() as tx:
-            rows = await tx.fetchall(
+            rows = await tx.fetch(
                 "SELECT id FROM operations WHERE state = 'succeed' AND confirmed_at IS NULL "
-                "AND confirm_at IS NOT NULL AND confirm_at <= ? ORDER BY confirm_at LIMIT ?",
+                "AND confirm_at IS NOT NULL AND confirm_at <= $1 ORDER BY confirm_at LIMIT $2",
                 (to_iso(now), limit),
             )
             if not rows:
                 return []
             ids = [r["id"] for r in rows]
             await tx.execute(
-                f"UPDATE operations SET confirm_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+                f"UPDATE operations SET confirm_at = $1 WHERE id IN ({marks(len(ids), 2)})",
                 (to_iso(next_check), *ids),
             )
             return await self._claims(tx, ids)
@@ -727,12 +741,12 @@ class OperationQueue:
         is scheduled.
         """
         async with self.db.write() as tx:
-            row = await tx.fetchone("SELECT status FROM orders WHERE id = ?", (claim.order_id,))
+            row = await tx.fetchrow("SELECT status FROM orders WHERE id = $1", (claim.order_id,))
             assert row is not None
             current = OrderStatus(row[0])
             if status is not None and status != current:
                 await tx.execute(
-                    "UPDATE orders SET status = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
                     (status.value, to_iso(now), claim.order_id),
                 )
                 await self.orders.add_event(
@@ -748,7 +762,7 @@ class OperationQueue:
             confirmed = await confirm_operations(tx, claim.order_id, status or current, now)
             if not any(op_id == claim.operation_id for op_id, _, _ in confirmed):
                 await tx.execute(
-                    "UPDATE operations SET confirm_at = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE operations SET confirm_at = $1, updated_at = $2 WHERE id = $3",
                     (to_iso(next_check), to_iso(now), claim.operation_id),
                 )
             await self.orders.refresh_documents(tx, [claim.order_id])

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from sfd.domain import (
+    CLOSED_STATUSES,
+    OFFER_WINDOW,
+    TO_SHIP_STATUSES,
     Address,
     EventSource,
     MarketplaceOrder,
@@ -26,9 +29,15 @@ from sfd.domain import (
 from sfd.domain.clock import from_iso, to_iso
 from sfd.domain.rules import confirms
 from sfd.storage.channels import move_cursor
-from sfd.storage.db import Database, Reader, StorageError, Writer
-
-OFFER_WINDOW = timedelta(days=7)
+from sfd.storage.database import (
+    Connection,
+    Database,
+    Params,
+    StorageError,
+    marks,
+    quoted,
+    stored_time,
+)
 
 _ADDRESS_FIELDS = tuple(Address.__struct_fields__)
 _ORDER_COLUMNS = (
@@ -82,10 +91,6 @@ class ImportResult:
     """Ids of the orders written, whose documents need rendering again."""
 
 
-def _opt_time(value: str | None) -> datetime | None:
-    return from_iso(value) if value else None
-
-
 def _order_from_row(row: Any) -> StoredOrder:
     return StoredOrder(
         id=row["id"],
@@ -95,14 +100,14 @@ def _order_from_row(row: Any) -> StoredOrder:
         reference=row["reference"],
         status=OrderStatus(row["status"]),
         store_reference=row["store_reference"],
-        acknowledged_at=_opt_time(row["acknowledged_at"]),
+        acknowledged_at=stored_time(row["acknowledged_at"]),
         acknowledgment_status=row["acknowledgment_status"],
         acknowledgment_message=row["acknowledgment_message"],
         created_at=from_iso(row["created_at"]),
         updated_at=from_iso(row["updated_at"]),
         marketplace_updated_at=from_iso(row["marketplace_updated_at"]),
         imported_at=from_iso(row["imported_at"]),
-        latest_ship_date=_opt_time(row["latest_ship_date"]),
+        latest_ship_date=stored_time(row["latest_ship_date"]),
         is_test=bool(row["is_test"]),
         fulfilled_by=row["fulfilled_by"],
         currency=row["currency"],
@@ -165,17 +170,15 @@ class OrderFilter:
         )
 
 
-_TO_SHIP = (OrderStatus.WAITING_SHIPMENT, OrderStatus.PARTIALLY_SHIPPED)
-
 #: Waiting for acceptance, or for a shipment by the merchant (late ones included; not while the
 #: buyer's payment is pending), or with a failed operation while still open, or acknowledged
 #: with an error by the shop.
 NEEDS_PERSON = (
     "(o.status = 'waiting_store_acceptance' "
-    "OR (o.status IN ('waiting_shipment', 'partially_shipped') AND o.fulfilled_by = 'store' "
+    f"OR (o.status IN ({quoted(TO_SHIP_STATUSES)}) AND o.fulfilled_by = 'store' "
     "AND o.payment_pending = 0) "
     "OR o.acknowledgment_status = 'error' "
-    "OR (o.status NOT IN ('shipped', 'cancelled', 'refunded', 'refused') AND EXISTS ("
+    f"OR (o.status NOT IN ({quoted(sorted(CLOSED_STATUSES))}) AND EXISTS ("
     "SELECT 1 FROM operations p WHERE p.order_id = o.id AND p.state = 'failed')))"
 )
 
@@ -240,14 +243,14 @@ class OrderStore:
         return result
 
     @staticmethod
-    async def _existing(tx: Writer, channel_id: int, references: list[str]) -> dict[str, Any]:
+    async def _existing(tx: Connection, channel_id: int, references: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         # SQLite allows 32766 host parameters; pages are far smaller, but chunk to be safe.
         for start in range(0, len(references), 500):
             chunk = references[start : start + 500]
-            rows = await tx.fetchall(
+            rows = await tx.fetch(
                 "SELECT id, reference, status, payment_pending, marketplace_updated_at FROM orders "
-                f"WHERE channel_id = ? AND reference IN ({','.join('?' * len(chunk))})",
+                f"WHERE channel_id = $1 AND reference IN ({marks(len(chunk), 2)})",
                 [channel_id, *chunk],
             )
             found.update({row["reference"]: row for row in rows})
@@ -278,7 +281,7 @@ class OrderStore:
 
     async def _insert(
         self,
-        tx: Writer,
+        tx: Connection,
         channel_id: int,
         store_id: int,
         orders: list[MarketplaceOrder],
@@ -289,10 +292,10 @@ class OrderStore:
             return
         stamp = to_iso(now)
         columns = ", ".join(_ORDER_COLUMNS)
-        marks = ", ".join("?" * len(_ORDER_COLUMNS))
+        values = marks(len(_ORDER_COLUMNS), 6)
         await tx.executemany(
             f"INSERT INTO orders (channel_id, store_id, reference, updated_at, imported_at, "
-            f"{columns}) VALUES (?, ?, ?, ?, ?, {marks})",
+            f"{columns}) VALUES ($1, $2, $3, $4, $5, {values})",
             [
                 (channel_id, store_id, o.reference, stamp, stamp, *self._order_values(o))
                 for o in orders
@@ -303,7 +306,7 @@ class OrderStore:
         await self._write_details(tx, pairs, now)
         await tx.executemany(
             "INSERT INTO order_events (order_id, at, source, kind, to_status, message) "
-            "VALUES (?, ?, 'marketplace', 'imported', ?, '')",
+            "VALUES ($1, $2, 'marketplace', 'imported', $3, '')",
             [(order_id, stamp, o.status.value) for order_id, o in pairs],
         )
         result.created.extend((order_id, o.reference, o.status) for order_id, o in pairs)
@@ -311,7 +314,7 @@ class OrderStore:
 
     async def _render_new(
         self,
-        tx: Writer,
+        tx: Connection,
         channel_id: int,
         store_id: int,
         pairs: list[tuple[int, MarketplaceOrder]],
@@ -320,14 +323,14 @@ class OrderStore:
         """Render new orders from what was just written, without reading them back."""
         if self.renderer is None or not pairs:
             return
-        channel = await tx.fetchone("SELECT name FROM channels WHERE id = ?", (channel_id,))
+        channel = await tx.fetchrow("SELECT name FROM channels WHERE id = $1", (channel_id,))
         assert channel is not None
         ids = [order_id for order_id, _ in pairs]
         item_ids: dict[tuple[int, int], int] = {
             (r["order_id"], r["position"]): r["id"]
-            for r in await tx.fetchall(
+            for r in await tx.fetch(
                 "SELECT id, order_id, position FROM order_items "
-                f"WHERE order_id IN ({','.join('?' * len(ids))})",
+                f"WHERE order_id IN ({marks(len(ids))})",
                 ids,
             )
         }
@@ -384,10 +387,10 @@ class OrderStore:
                 ],
             )
             documents.append((self.renderer(stored), order_id))
-        await tx.executemany("UPDATE orders SET document = ? WHERE id = ?", documents)
+        await tx.executemany("UPDATE orders SET document = $1 WHERE id = $2", documents)
 
     async def _update(
-        self, tx: Writer, row: Any, order: MarketplaceOrder, now: datetime, result: ImportResult
+        self, tx: Connection, row: Any, order: MarketplaceOrder, now: datetime, result: ImportResult
     ) -> None:
         stored_at = from_iso(row["marketplace_updated_at"])
         current = OrderStatus(row["status"])
@@ -396,9 +399,10 @@ class OrderStore:
             return
         # The marketplace's status is the truth: applied even when it skips steps of the
         # transition table, which governs only what sfd itself may request.
-        assignments = ", ".join(f"{c} = ?" for c in _ORDER_COLUMNS)
+        assignments = ", ".join(f"{c} = ${n}" for n, c in enumerate(_ORDER_COLUMNS, 1))
+        last = len(_ORDER_COLUMNS)
         await tx.execute(
-            f"UPDATE orders SET {assignments}, updated_at = ? WHERE id = ?",
+            f"UPDATE orders SET {assignments}, updated_at = ${last + 1} WHERE id = ${last + 2}",
             (*self._order_values(order), to_iso(now), row["id"]),
         )
         await self._write_details(tx, [(row["id"], order)], now)
@@ -438,7 +442,7 @@ class OrderStore:
 
     @staticmethod
     async def _write_details(
-        tx: Writer, pairs: list[tuple[int, MarketplaceOrder]], now: datetime
+        tx: Connection, pairs: list[tuple[int, MarketplaceOrder]], now: datetime
     ) -> None:
         stamp = to_iso(now)
         item_rows = []
@@ -464,7 +468,7 @@ class OrderStore:
         await tx.executemany(
             "INSERT INTO order_items (order_id, position, reference, channel_reference, name, "
             "status, quantity, price, commission, tax_amount, ecotax_amount, image, "
-            "additional_fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "additional_fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
             "ON CONFLICT (order_id, position) DO UPDATE SET reference = excluded.reference, "
             "channel_reference = excluded.channel_reference, name = excluded.name, "
             "status = excluded.status, quantity = excluded.quantity, price = excluded.price, "
@@ -474,14 +478,14 @@ class OrderStore:
             item_rows,
         )
         await tx.executemany(
-            "DELETE FROM order_items WHERE order_id = ? AND position >= ?",
+            "DELETE FROM order_items WHERE order_id = $1 AND position >= $2",
             [(order_id, len(order.items)) for order_id, order in pairs],
         )
         columns = ", ".join(_ADDRESS_FIELDS)
-        marks = ", ".join("?" * len(_ADDRESS_FIELDS))
+        values = marks(len(_ADDRESS_FIELDS), 3)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _ADDRESS_FIELDS)
         await tx.executemany(
-            f"INSERT INTO order_addresses (order_id, kind, {columns}) VALUES (?, ?, {marks}) "
+            f"INSERT INTO order_addresses (order_id, kind, {columns}) VALUES ($1, $2, {values}) "
             f"ON CONFLICT (order_id, kind) DO UPDATE SET {updates}",
             [
                 (order_id, kind, *(getattr(address, f) for f in _ADDRESS_FIELDS))
@@ -493,7 +497,7 @@ class OrderStore:
             ],
         )
         await tx.executemany(
-            "INSERT INTO order_payloads (order_id, payload, received_at) VALUES (?, ?, ?) "
+            "INSERT INTO order_payloads (order_id, payload, received_at) VALUES ($1, $2, $3) "
             "ON CONFLICT (order_id) DO UPDATE SET payload = excluded.payload, "
             "received_at = excluded.received_at",
             [(order_id, order.raw.decode("utf-8", "replace"), stamp) for order_id, order in pairs],
@@ -501,7 +505,7 @@ class OrderStore:
 
     @staticmethod
     async def add_event(
-        tx: Writer,
+        tx: Connection,
         order_id: int,
         now: datetime,
         source: EventSource,
@@ -514,9 +518,10 @@ class OrderStore:
         actor: str | None = None,
     ) -> int:
         """Record one entry of an order's audit trail, inside the caller's transaction."""
-        return await tx.insert(
+        event_id: int = await tx.fetchval(
             "INSERT INTO order_events (order_id, at, source, kind, from_status, to_status, "
-            "message, operation_id, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "message, operation_id, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "RETURNING id",
             (
                 order_id,
                 to_iso(now),
@@ -529,14 +534,15 @@ class OrderStore:
                 actor,
             ),
         )
+        return event_id
 
     async def get(
         self, order_id: int, *, store_id: int | None = None, details: bool = True
     ) -> StoredOrder | None:
         """One order with its lines, addresses and events; None if absent or in another store."""
         async with self.db.read() as reader:
-            row = await reader.fetchone(
-                _SELECT_ORDER + "WHERE o.id = ? AND (? IS NULL OR o.store_id = ?)",
+            row = await reader.fetchrow(
+                _SELECT_ORDER + "WHERE o.id = $1 AND ($2 IS NULL OR o.store_id = $3)",
                 (order_id, store_id, store_id),
             )
             if row is None:
@@ -548,27 +554,29 @@ class OrderStore:
 
     async def documents(self, query: OrderFilter) -> tuple[int, list[bytes]]:
         """How many orders match a filter, and the API documents of the requested page."""
-        where, params = self._where(query)
+        where, filters = self._where(query)
+        params = Params(filters)
         tables = self._tables(query)
         async with self.db.read() as reader:
             # One statement answers both: the count is a constant subquery, computed once.
-            rows = await reader.fetchall(
+            rows = await reader.fetch(
                 f"SELECT (SELECT count(*) FROM {tables} WHERE {where}) AS total, "
                 f"o.id, o.document FROM {tables} WHERE {where} "
-                f"ORDER BY {_SORTS[query.sort]} LIMIT ? OFFSET ?",
-                [*params, *params, query.limit, query.offset],
+                f"ORDER BY {_SORTS[query.sort]} LIMIT {params(query.limit)} "
+                f"OFFSET {params(query.offset)}",
+                params,
             )
             if rows:
                 total = int(rows[0]["total"])
             else:
-                row = await reader.fetchone(f"SELECT count(*) FROM {tables} WHERE {where}", params)
+                row = await reader.fetchrow(f"SELECT count(*) FROM {tables} WHERE {where}", filters)
                 total = int(row[0]) if row else 0
             missing = [row["id"] for row in rows if row["document"] is None]
             rendered: dict[int, bytes] = {}
             if missing:
                 # Orders written before documents existed, or without a renderer: render now.
-                full = await reader.fetchall(
-                    _SELECT_ORDER + f"WHERE o.id IN ({','.join('?' * len(missing))})", missing
+                full = await reader.fetch(
+                    _SELECT_ORDER + f"WHERE o.id IN ({marks(len(missing))})", missing
                 )
                 for order in await load_orders(reader, full):
                     rendered[order.id] = self._render(order)
@@ -580,10 +588,10 @@ class OrderStore:
         """The carrier names a store's orders carry, as /ws GetOrders writes ShippingMethod:
         the shipment's carrier, else the shipping method. Sorted, without repeats."""
         async with self.db.read() as reader:
-            rows = await reader.fetchall(
+            rows = await reader.fetch(
                 "SELECT DISTINCT CASE WHEN carrier <> '' THEN carrier ELSE shipping_method END "
                 "AS name FROM orders "
-                "WHERE store_id = ? AND (carrier <> '' OR shipping_method <> '')",
+                "WHERE store_id = $1 AND (carrier <> '' OR shipping_method <> '')",
                 [store_id],
             )
         return sorted(str(row["name"]) for row in rows)
@@ -593,19 +601,17 @@ class OrderStore:
             raise StorageError("no document renderer: open Storage with one to serve the API")
         return self.renderer(order)
 
-    async def refresh_documents(self, tx: Writer, order_ids: Collection[int]) -> None:
+    async def refresh_documents(self, tx: Connection, order_ids: Collection[int]) -> None:
         """Render the API document of each order again, inside the writing transaction."""
         if self.renderer is None or not order_ids:
             return
         ids = sorted(set(order_ids))
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows = await tx.fetchall(
-                _SELECT_ORDER + f"WHERE o.id IN ({','.join('?' * len(chunk))})", chunk
-            )
+            rows = await tx.fetch(_SELECT_ORDER + f"WHERE o.id IN ({marks(len(chunk))})", chunk)
             orders = await load_orders(tx, rows)
             await tx.executemany(
-                "UPDATE orders SET document = ? WHERE id = ?",
+                "UPDATE orders SET document = $1 WHERE id = $2",
                 [(self.renderer(order), order.id) for order in orders],
             )
 
@@ -613,9 +619,10 @@ class OrderStore:
         """Orders matching a filter, in the filter's sort; with lines and addresses if asked."""
         where, params = self._where(query)
         async with self.db.read() as reader:
-            rows = await reader.fetchall(
-                _SELECT_ORDER + f"WHERE {where} ORDER BY {_SORTS[query.sort]} LIMIT ? OFFSET ?",
-                [*params, query.limit, query.offset],
+            rows = await reader.fetch(
+                _SELECT_ORDER + f"WHERE {where} ORDER BY {_SORTS[query.sort]} "
+                f"LIMIT {params(query.limit)} OFFSET {params(query.offset)}",
+                params,
             )
             if details:
                 return await load_orders(reader, rows)
@@ -624,16 +631,16 @@ class OrderStore:
     async def count(self, query: OrderFilter) -> int:
         """How many orders match a filter."""
         where, params = self._where(query)
-        row = await self.db.fetchone(
+        row = await self.db.fetchrow(
             f"SELECT count(*) FROM {self._tables(query)} WHERE {where}", params
         )
         return int(row[0]) if row else 0
 
     async def status_counts(self, store_id: int | None = None) -> dict[int, dict[str, int]]:
         """Channel id → order status → how many orders, for one store or all."""
-        rows = await self.db.fetchall(
+        rows = await self.db.fetch(
             "SELECT channel_id, status, count(*) AS n FROM orders "
-            "WHERE (? IS NULL OR store_id = ?) GROUP BY channel_id, status",
+            "WHERE ($1 IS NULL OR store_id = $2) GROUP BY channel_id, status",
             (store_id, store_id),
         )
         counts: dict[int, dict[str, int]] = {}
@@ -649,17 +656,14 @@ class OrderStore:
         return "orders o JOIN channels c ON c.id = o.channel_id"
 
     @staticmethod
-    def _where(query: OrderFilter) -> tuple[str, list[Any]]:
-        clauses, params = ["1 = 1"], list[Any]()
+    def _where(query: OrderFilter) -> tuple[str, Params]:
+        clauses, p = ["1 = 1"], Params()
         if query.store_id is not None:
-            clauses.append("o.store_id = ?")
-            params.append(query.store_id)
+            clauses.append(f"o.store_id = {p(query.store_id)}")
         if query.statuses:
-            clauses.append(f"o.status IN ({','.join('?' * len(query.statuses))})")
-            params.extend(s.value for s in query.statuses)
+            clauses.append(f"o.status IN ({p.many(s.value for s in query.statuses)})")
         if query.channel is not None:
-            clauses.append("c.name = ?")
-            params.append(query.channel)
+            clauses.append(f"c.name = {p(query.channel)}")
         if query.acknowledged is not None:
             clauses.append(
                 "o.acknowledged_at IS NOT NULL"
@@ -668,19 +672,15 @@ class OrderStore:
             )
         if query.late_at is not None:
             clauses.append(
-                "o.status IN ('waiting_shipment', 'partially_shipped') "
-                "AND o.fulfilled_by = 'store' AND o.latest_ship_date < ?"
+                f"o.status IN ({quoted(TO_SHIP_STATUSES)}) "
+                f"AND o.fulfilled_by = 'store' AND o.latest_ship_date < {p(to_iso(query.late_at))}"
             )
-            params.append(to_iso(query.late_at))
         if query.store_fulfilled is not None:
-            clauses.append("o.fulfilled_by = ?")
-            params.append("store" if query.store_fulfilled else "channel")
+            clauses.append(f"o.fulfilled_by = {p('store' if query.store_fulfilled else 'channel')}")
         if query.payment_pending is not None:
-            clauses.append("o.payment_pending = ?")
-            params.append(int(query.payment_pending))
+            clauses.append(f"o.payment_pending = {p(int(query.payment_pending))}")
         if query.updated_since is not None:
-            clauses.append("o.updated_at >= ?")
-            params.append(to_iso(query.updated_since))
+            clauses.append(f"o.updated_at >= {p(to_iso(query.updated_since))}")
         for column, value in (
             ("o.channel_id", query.channel_id),
             ("o.id", query.order_id),
@@ -688,62 +688,76 @@ class OrderStore:
             ("o.store_reference", query.store_reference),
         ):
             if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+                clauses.append(f"{column} = {p(value)}")
         if query.needs_person:
             clauses.append(NEEDS_PERSON)
         if query.search:
+            pattern = p(_like(query.search))
             clauses.append(
-                "(o.reference LIKE ? ESCAPE '\\' OR o.store_reference LIKE ? ESCAPE '\\')"
+                f"(o.reference LIKE {pattern} ESCAPE '\\' "
+                f"OR o.store_reference LIKE {pattern} ESCAPE '\\')"
             )
-            params.extend([_like(query.search)] * 2)
         if query.created_since is not None:
-            clauses.append("o.created_at >= ?")
-            params.append(to_iso(query.created_since))
+            clauses.append(f"o.created_at >= {p(to_iso(query.created_since))}")
         if query.created_until is not None:
-            clauses.append("o.created_at <= ?")
-            params.append(to_iso(query.created_until))
-        return " AND ".join(clauses), params
+            clauses.append(f"o.created_at <= {p(to_iso(query.created_until))}")
+        return " AND ".join(clauses), p
+
+
+def _item_from_row(r: Any) -> StoredItem:
+    return StoredItem(
+        id=r["id"],
+        reference=r["reference"],
+        channel_reference=r["channel_reference"],
+        name=r["name"],
+        status=r["status"],
+        quantity=r["quantity"],
+        price=Decimal(r["price"]),
+        commission=Decimal(r["commission"]),
+        tax_amount=Decimal(r["tax_amount"]),
+        ecotax_amount=Decimal(r["ecotax_amount"]),
+        image=r["image"],
+        additional_fields=json.loads(r["additional_fields"]),
+    )
+
+
+def _event_from_row(r: Any) -> OrderEvent:
+    return OrderEvent(
+        id=r["id"],
+        at=from_iso(r["at"]),
+        source=r["source"],
+        kind=r["kind"],
+        from_status=r["from_status"],
+        to_status=r["to_status"],
+        message=r["message"],
+        operation_id=r["operation_id"],
+        actor=r["actor"],
+    )
 
 
 async def load_orders(
-    reader: Reader, rows: Sequence[Any], *, events: bool = False
+    reader: Connection, rows: Sequence[Any], *, events: bool = False
 ) -> list[StoredOrder]:
     """Orders from their rows, with lines, addresses and errors loaded in a few queries."""
     if not rows:
         return []
     ids = [row["id"] for row in rows]
-    marks = ",".join("?" * len(ids))
+    in_ids = marks(len(ids))
     items: dict[int, list[StoredItem]] = {i: [] for i in ids}
-    for r in await reader.fetchall(
-        f"SELECT * FROM order_items WHERE order_id IN ({marks}) ORDER BY order_id, position", ids
+    for r in await reader.fetch(
+        f"SELECT * FROM order_items WHERE order_id IN ({in_ids}) ORDER BY order_id, position", ids
     ):
-        items[r["order_id"]].append(
-            StoredItem(
-                id=r["id"],
-                reference=r["reference"],
-                channel_reference=r["channel_reference"],
-                name=r["name"],
-                status=r["status"],
-                quantity=r["quantity"],
-                price=Decimal(r["price"]),
-                commission=Decimal(r["commission"]),
-                tax_amount=Decimal(r["tax_amount"]),
-                ecotax_amount=Decimal(r["ecotax_amount"]),
-                image=r["image"],
-                additional_fields=json.loads(r["additional_fields"]),
-            )
-        )
+        items[r["order_id"]].append(_item_from_row(r))
     addresses: dict[tuple[int, str], Address] = {
         (r["order_id"], r["kind"]): Address(**{f: r[f] for f in _ADDRESS_FIELDS})
-        for r in await reader.fetchall(
-            f"SELECT * FROM order_addresses WHERE order_id IN ({marks})", ids
+        for r in await reader.fetch(
+            f"SELECT * FROM order_addresses WHERE order_id IN ({in_ids})", ids
         )
     }
     issues: dict[int, list[OrderIssue]] = {i: [] for i in ids}
-    for r in await reader.fetchall(
+    for r in await reader.fetch(
         f"SELECT order_id, kind, last_error, coalesce(finished_at, updated_at) AS at "
-        f"FROM operations WHERE order_id IN ({marks}) AND state = 'failed' AND kind = 'ship' "
+        f"FROM operations WHERE order_id IN ({in_ids}) AND state = 'failed' AND kind = 'ship' "
         "ORDER BY id",
         ids,
     ):
@@ -752,8 +766,8 @@ async def load_orders(
         )
     # A shop's completed order still without tracking (push mode) is flagged until it ships.
     flagged: dict[int, OrderIssue] = {}
-    for r in await reader.fetchall(
-        f"SELECT order_id, message, at FROM order_events WHERE order_id IN ({marks}) "
+    for r in await reader.fetch(
+        f"SELECT order_id, message, at FROM order_events WHERE order_id IN ({in_ids}) "
         "AND kind = 'tracking_missing' ORDER BY id",
         ids,
     ):
@@ -762,27 +776,15 @@ async def load_orders(
         )
     trail: dict[int, list[OrderEvent]] = {i: [] for i in ids}
     if events:
-        for r in await reader.fetchall(
-            f"SELECT * FROM order_events WHERE order_id IN ({marks}) ORDER BY id", ids
+        for r in await reader.fetch(
+            f"SELECT * FROM order_events WHERE order_id IN ({in_ids}) ORDER BY id", ids
         ):
-            trail[r["order_id"]].append(
-                OrderEvent(
-                    id=r["id"],
-                    at=from_iso(r["at"]),
-                    source=r["source"],
-                    kind=r["kind"],
-                    from_status=r["from_status"],
-                    to_status=r["to_status"],
-                    message=r["message"],
-                    operation_id=r["operation_id"],
-                    actor=r["actor"],
-                )
-            )
+            trail[r["order_id"]].append(_event_from_row(r))
     orders = []
     for row in rows:
         order = _order_from_row(row)
         found = list(issues[order.id])
-        if order.id in flagged and order.status in _TO_SHIP:
+        if order.id in flagged and order.status in TO_SHIP_STATUSES:
             found.append(flagged[order.id])
         if order.acknowledgment_status == "error" and order.acknowledged_at is not None:
             found.insert(
@@ -807,7 +809,12 @@ async def load_orders(
 
 
 async def confirm_operations(
-    tx: Writer, order_id: int, status: OrderStatus, now: datetime, *, answered: int | None = None
+    tx: Connection,
+    order_id: int,
+    status: OrderStatus,
+    now: datetime,
+    *,
+    answered: int | None = None,
 ) -> list[tuple[int, str, float]]:
     """Mark the order's delivered operations that `status` confirms; record when and how fast.
 
@@ -816,8 +823,8 @@ async def confirm_operations(
     Returns (operation id, kind, seconds from request to confirmation) for each.
     """
     confirmed = []
-    rows = await tx.fetchall(
-        "SELECT id, kind, created_at FROM operations WHERE order_id = ? AND state = 'succeed' "
+    rows = await tx.fetch(
+        "SELECT id, kind, created_at FROM operations WHERE order_id = $1 AND state = 'succeed' "
         "AND confirmed_at IS NULL ORDER BY id",
         (order_id,),
     )
@@ -828,8 +835,8 @@ async def confirm_operations(
             continue
         seconds = (now - from_iso(row["created_at"])).total_seconds()
         await tx.execute(
-            "UPDATE operations SET confirmed_at = ?, confirm_at = NULL, updated_at = ? "
-            "WHERE id = ?",
+            "UPDATE operations SET confirmed_at = $1, confirm_at = NULL, updated_at = $2 "
+            "WHERE id = $3",
             (to_iso(now), to_iso(now), row["id"]),
         )
         how = (

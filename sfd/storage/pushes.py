@@ -11,7 +11,7 @@ import msgspec
 
 from sfd.domain import EventSource
 from sfd.domain.clock import from_iso, to_iso
-from sfd.storage.db import Database
+from sfd.storage.database import Database, marks, stored_time
 from sfd.storage.orders import OrderStore
 
 #: The order event recorded when a completed order's tracking did not come in time.
@@ -59,10 +59,6 @@ class ShopState(msgspec.Struct, kw_only=True, frozen=True):
     waiting_tracking: int
 
 
-def _time(value: str | None) -> datetime | None:
-    return from_iso(value) if value else None
-
-
 def _record(row: Any) -> PushRecord:
     return PushRecord(
         id=row["id"],
@@ -73,10 +69,10 @@ def _record(row: Any) -> PushRecord:
         attempts=row["attempts"],
         last_error=row["last_error"],
         started_at=from_iso(row["started_at"]),
-        completed_seen_at=_time(row["completed_seen_at"]),
-        tracking_flagged_at=_time(row["tracking_flagged_at"]),
+        completed_seen_at=stored_time(row["completed_seen_at"]),
+        tracking_flagged_at=stored_time(row["tracking_flagged_at"]),
         settled_kind=row["settled_kind"],
-        settled_at=_time(row["settled_at"]),
+        settled_at=stored_time(row["settled_at"]),
     )
 
 
@@ -95,7 +91,7 @@ class PushStore:
                 # The read-back starts about now: the shop's older orders are none of sfd's. The
                 # margin covers the shop's clock and its timestamps, written to the second.
                 "INSERT INTO shops (name, store_id, connector, cursor, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) "
+                "VALUES ($1, $2, $3, $4, $5) "
                 "ON CONFLICT (name) DO UPDATE SET store_id = excluded.store_id, "
                 "connector = excluded.connector, updated_at = excluded.updated_at "
                 "WHERE store_id != excluded.store_id OR connector != excluded.connector",
@@ -104,14 +100,14 @@ class PushStore:
 
     async def cursor(self, shop: str) -> datetime | None:
         """Where the shop's read-back resumes."""
-        row = await self.db.fetchone("SELECT cursor FROM shops WHERE name = ?", (shop,))
-        return _time(row[0]) if row else None
+        row = await self.db.fetchrow("SELECT cursor FROM shops WHERE name = $1", (shop,))
+        return stored_time(row[0]) if row else None
 
     async def set_cursor(self, shop: str, cursor: datetime, now: datetime) -> None:
         """Move the read-back cursor."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shops SET cursor = ?, updated_at = ? WHERE name = ?",
+                "UPDATE shops SET cursor = $1, updated_at = $2 WHERE name = $3",
                 (to_iso(cursor), to_iso(now), shop),
             )
 
@@ -119,7 +115,7 @@ class PushStore:
         """A sync begins."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shops SET last_sync_at = ?, updated_at = ? WHERE name = ?",
+                "UPDATE shops SET last_sync_at = $1, updated_at = $2 WHERE name = $3",
                 (to_iso(now), to_iso(now), shop),
             )
 
@@ -127,8 +123,8 @@ class PushStore:
         """A sync went through: the credentials work."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shops SET last_success_at = ?, auth_state = 'ok', last_error = NULL, "
-                "next_sync_at = ?, updated_at = ? WHERE name = ?",
+                "UPDATE shops SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
+                "next_sync_at = $2, updated_at = $3 WHERE name = $4",
                 (to_iso(now), to_iso(next_at), to_iso(now), shop),
             )
 
@@ -138,15 +134,15 @@ class PushStore:
         """A sync failed; `auth_failed` when the shop refused the credentials."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shops SET last_error = ?, last_error_at = ?, next_sync_at = ?, "
-                "auth_state = CASE WHEN ? THEN 'auth_failed' ELSE auth_state END, "
-                "updated_at = ? WHERE name = ?",
+                "UPDATE shops SET last_error = $1, last_error_at = $2, next_sync_at = $3, "
+                "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
+                "updated_at = $5 WHERE name = $6",
                 (reason, to_iso(now), to_iso(next_at), int(auth_failed), to_iso(now), shop),
             )
 
     async def states(self, names: Collection[str] | None = None) -> list[ShopState]:
         """Every registered shop (or those named) with its state and push counts."""
-        rows = await self.db.fetchall(
+        rows = await self.db.fetch(
             "SELECT s.*, "
             "(SELECT count(*) FROM shop_pushes p WHERE p.shop = s.name "
             " AND p.state = 'created') AS pushed, "
@@ -163,13 +159,13 @@ class PushStore:
                 name=r["name"],
                 store_id=r["store_id"],
                 connector=r["connector"],
-                cursor=_time(r["cursor"]),
+                cursor=stored_time(r["cursor"]),
                 auth_state=r["auth_state"],
-                last_sync_at=_time(r["last_sync_at"]),
-                last_success_at=_time(r["last_success_at"]),
+                last_sync_at=stored_time(r["last_sync_at"]),
+                last_success_at=stored_time(r["last_success_at"]),
                 last_error=r["last_error"],
-                last_error_at=_time(r["last_error_at"]),
-                next_sync_at=_time(r["next_sync_at"]),
+                last_error_at=stored_time(r["last_error_at"]),
+                next_sync_at=stored_time(r["next_sync_at"]),
                 pushed=r["pushed"],
                 rejected=r["rejected"],
                 pending=r["pending"],
@@ -187,9 +183,9 @@ class PushStore:
         found: dict[int, PushRecord] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows = await self.db.fetchall(
-                f"SELECT * FROM shop_pushes WHERE shop = ? AND order_id IN "
-                f"({','.join('?' * len(chunk))})",
+            rows = await self.db.fetch(
+                f"SELECT * FROM shop_pushes WHERE shop = $1 AND order_id IN "
+                f"({marks(len(chunk), 2)})",
                 [shop, *chunk],
             )
             found.update((row["order_id"], _record(row)) for row in rows)
@@ -197,8 +193,8 @@ class PushStore:
 
     async def for_order(self, order_id: int) -> list[PushRecord]:
         """Every shop's push record of one order."""
-        rows = await self.db.fetchall(
-            "SELECT * FROM shop_pushes WHERE order_id = ? ORDER BY id", (order_id,)
+        rows = await self.db.fetch(
+            "SELECT * FROM shop_pushes WHERE order_id = $1 ORDER BY id", (order_id,)
         )
         return [_record(row) for row in rows]
 
@@ -210,13 +206,13 @@ class PushStore:
         async with self.db.write() as tx:
             await tx.execute(
                 "INSERT INTO shop_pushes (shop, order_id, state, attempts, started_at, "
-                "updated_at) VALUES (?, ?, 'pending', 1, ?, ?) ON CONFLICT (shop, order_id) "
+                "updated_at) VALUES ($1, $2, 'pending', 1, $3, $4) ON CONFLICT (shop, order_id) "
                 "DO UPDATE SET attempts = attempts + 1, updated_at = excluded.updated_at, "
                 "state = CASE WHEN state = 'created' THEN state ELSE 'pending' END",
                 (shop, order_id, to_iso(now), to_iso(now)),
             )
-            row = await tx.fetchone(
-                "SELECT * FROM shop_pushes WHERE shop = ? AND order_id = ?", (shop, order_id)
+            row = await tx.fetchrow(
+                "SELECT * FROM shop_pushes WHERE shop = $1 AND order_id = $2", (shop, order_id)
             )
         assert row is not None
         return _record(row)
@@ -225,8 +221,8 @@ class PushStore:
         """The shop holds the order, under `shop_order_id`."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shop_pushes SET state = 'created', shop_order_id = ?, last_error = NULL, "
-                "updated_at = ? WHERE shop = ? AND order_id = ?",
+                "UPDATE shop_pushes SET state = 'created', shop_order_id = $1, last_error = NULL, "
+                "updated_at = $2 WHERE shop = $3 AND order_id = $4",
                 (shop_order_id, to_iso(now), shop, order_id),
             )
 
@@ -234,8 +230,8 @@ class PushStore:
         """The shop refused the order: nothing was created."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shop_pushes SET state = 'rejected', last_error = ?, updated_at = ? "
-                "WHERE shop = ? AND order_id = ?",
+                "UPDATE shop_pushes SET state = 'rejected', last_error = $1, updated_at = $2 "
+                "WHERE shop = $3 AND order_id = $4",
                 (message, to_iso(now), shop, order_id),
             )
 
@@ -243,8 +239,8 @@ class PushStore:
         """An attempt whose outcome is unknown: the row stays pending, with the reason."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shop_pushes SET last_error = ?, updated_at = ? "
-                "WHERE shop = ? AND order_id = ? AND state = 'pending'",
+                "UPDATE shop_pushes SET last_error = $1, updated_at = $2 "
+                "WHERE shop = $3 AND order_id = $4 AND state = 'pending'",
                 (message, to_iso(now), shop, order_id),
             )
 
@@ -252,21 +248,22 @@ class PushStore:
         """Drop the order's push records that created nothing, so it may be pushed again."""
         async with self.db.write() as tx:
             return await tx.execute(
-                "DELETE FROM shop_pushes WHERE order_id = ? AND state != 'created'", (order_id,)
+                "DELETE FROM shop_pushes WHERE order_id = $1 AND state != 'created'", (order_id,)
             )
 
     async def by_shop_order(self, shop: str, shop_order_id: str) -> PushRecord | None:
         """The push that created the shop's order `shop_order_id`."""
-        row = await self.db.fetchone(
-            "SELECT * FROM shop_pushes WHERE shop = ? AND shop_order_id = ? AND state = 'created'",
+        row = await self.db.fetchrow(
+            "SELECT * FROM shop_pushes "
+            "WHERE shop = $1 AND shop_order_id = $2 AND state = 'created'",
             (shop, shop_order_id),
         )
         return _record(row) if row else None
 
     async def waiting_tracking(self, shop: str) -> list[PushRecord]:
         """Completed in the shop, not yet shipped in sfd: waiting for a tracking number."""
-        rows = await self.db.fetchall(
-            "SELECT * FROM shop_pushes WHERE shop = ? AND completed_seen_at IS NOT NULL "
+        rows = await self.db.fetch(
+            "SELECT * FROM shop_pushes WHERE shop = $1 AND completed_seen_at IS NOT NULL "
             "AND settled_at IS NULL ORDER BY id",
             (shop,),
         )
@@ -276,8 +273,8 @@ class PushStore:
         """The shop completed the order without a tracking number: the wait starts now."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shop_pushes SET completed_seen_at = coalesce(completed_seen_at, ?), "
-                "updated_at = ? WHERE id = ?",
+                "UPDATE shop_pushes SET completed_seen_at = coalesce(completed_seen_at, $1), "
+                "updated_at = $2 WHERE id = $3",
                 (to_iso(now), to_iso(now), push_id),
             )
 
@@ -285,8 +282,8 @@ class PushStore:
         """The wait for tracking is over: flag it once, as an event on the order."""
         async with self.db.write() as tx:
             changed = await tx.execute(
-                "UPDATE shop_pushes SET tracking_flagged_at = ?, updated_at = ? "
-                "WHERE id = ? AND tracking_flagged_at IS NULL",
+                "UPDATE shop_pushes SET tracking_flagged_at = $1, updated_at = $2 "
+                "WHERE id = $3 AND tracking_flagged_at IS NULL",
                 (to_iso(now), to_iso(now), push.id),
             )
             if changed:
@@ -298,7 +295,7 @@ class PushStore:
         """The shop's order became `kind` (ship, cancel, or nothing): it is read no more."""
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shop_pushes SET settled_kind = ?, settled_at = ?, updated_at = ? "
-                "WHERE id = ?",
+                "UPDATE shop_pushes SET settled_kind = $1, settled_at = $2, updated_at = $3 "
+                "WHERE id = $4",
                 (kind, to_iso(now), to_iso(now), push_id),
             )

@@ -6,13 +6,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 from datetime import datetime
 
 import msgspec
 
 from sfd.domain.clock import from_iso, to_iso
-from sfd.storage.db import Database, StorageError
+from sfd.storage.database import Database, StorageConflict, StorageError
 
 TOKEN_PREFIX = "sfd_"
 #: What a token looks like, so logs can redact one wherever it appears.
@@ -66,18 +65,18 @@ class TokenStore:
                 f"token name {name!r}: expected 1-64 letters, digits, '.', '_', '@' or '-'"
             )
         async with self.db.write() as tx:
-            if await tx.fetchone("SELECT 1 FROM stores WHERE id = ?", (store_id,)) is None:
+            if await tx.fetchrow("SELECT 1 FROM stores WHERE id = $1", (store_id,)) is None:
                 raise TokenError(
                     f"no store with id {store_id}; stores come from [[stores]] "
                     "in the config, and `sfd run` or `sfd db migrate` records them"
                 )
             try:
-                await tx.insert(
+                await tx.execute(
                     "INSERT INTO api_tokens (name, store_id, token_hash, created_at) "
-                    "VALUES (?, ?, ?, ?)",
+                    "VALUES ($1, $2, $3, $4)",
                     (name, store_id, hash_token(token), to_iso(now)),
                 )
-            except sqlite3.IntegrityError:
+            except StorageConflict:
                 raise TokenError(
                     f"a token named {name!r} already exists; revoke it first or choose another name"
                 ) from None
@@ -85,8 +84,8 @@ class TokenStore:
 
     async def all(self, *, include_revoked: bool = False) -> list[TokenInfo]:
         """Every token, newest last."""
-        rows = await self.db.fetchall(
-            "SELECT * FROM api_tokens WHERE ? OR revoked_at IS NULL ORDER BY id",
+        rows = await self.db.fetch(
+            "SELECT * FROM api_tokens WHERE $1 OR revoked_at IS NULL ORDER BY id",
             (include_revoked,),
         )
         return [
@@ -103,8 +102,8 @@ class TokenStore:
 
     async def is_active(self, token_id: int) -> bool:
         """Whether the token with this id still works (not revoked)."""
-        row = await self.db.fetchone(
-            "SELECT 1 FROM api_tokens WHERE id = ? AND revoked_at IS NULL", (token_id,)
+        row = await self.db.fetchrow(
+            "SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL", (token_id,)
         )
         return row is not None
 
@@ -112,7 +111,7 @@ class TokenStore:
         """Revoke the active token with this name; it stops working at once."""
         async with self.db.write() as tx:
             changed = await tx.execute(
-                "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
                 (to_iso(now), name),
             )
         if not changed:
@@ -127,9 +126,9 @@ class TokenStore:
         """
         well_formed = TOKEN_PATTERN.fullmatch(token) is not None
         digest = hash_token(token)
-        row = await self.db.fetchone(
+        row = await self.db.fetchrow(
             "SELECT id, name, store_id, token_hash FROM api_tokens "
-            "WHERE token_hash = ? AND revoked_at IS NULL",
+            "WHERE token_hash = $1 AND revoked_at IS NULL",
             (digest,),
         )
         stored = row["token_hash"] if row is not None else _NO_DIGEST

@@ -62,7 +62,7 @@ class Served:
         """Every order, line, event and operation row: equal before and after means untouched."""
         rows: list[tuple[Any, ...]] = []
         for table in ("orders", "order_items", "order_events", "operations"):
-            found = await self.storage.db.fetchall(f"SELECT * FROM {table} ORDER BY id")
+            found = await self.storage.db.fetch(f"SELECT * FROM {table} ORDER BY id")
             rows += [(table, *tuple(r)) for r in found]
         return rows
 

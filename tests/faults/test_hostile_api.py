@@ -95,13 +95,13 @@ async def test_generated_call_sequences_follow_the_document_and_never_cross_stor
 ) -> None:
     """Sequences chained by the OpenAPI links (list → order → ship → tickets...)."""
     other_store = [r for r in await served.snapshot() if r[0] == "orders" and r[4] == "EB-1"]
-    before = await served.storage.db.fetchall("SELECT count(*), count(DISTINCT id) FROM orders")
+    before = await served.storage.db.fetch("SELECT count(*), count(DISTINCT id) FROM orders")
     statuses, failures = await asyncio.to_thread(_stateful, served)
     assert not failures, "\n\n".join(failures)
     assert statuses[500] == 0
     assert any(200 <= s < 300 for s in statuses), statuses
     assert statuses[202] > 0, f"no operation was ever written: {statuses}"
-    after = await served.storage.db.fetchall("SELECT count(*), count(DISTINCT id) FROM orders")
+    after = await served.storage.db.fetch("SELECT count(*), count(DISTINCT id) FROM orders")
     assert tuple(before[0]) == tuple(after[0]) == (5, 5)
     snapshot = await served.snapshot()
     assert [r for r in snapshot if r[0] == "orders" and r[4] == "EB-1"] == other_store

@@ -130,13 +130,13 @@ async def test_verification_does_the_same_work_for_every_wrong_token(
     compare_digest = token_module.hmac.compare_digest
     monkeypatch.setattr(token_module, "hash_token", counting_hash)
     monkeypatch.setattr(token_module.hmac, "compare_digest", counting_compare)
-    original_fetch = storage.tokens.db.fetchone
+    original_fetch = storage.tokens.db.fetchrow
 
     async def counting_fetch(sql: str, params: Any = ()) -> Any:
         work.append("lookup")
         return await original_fetch(sql, params)
 
-    monkeypatch.setattr(storage.tokens.db, "fetchone", counting_fetch)
+    monkeypatch.setattr(storage.tokens.db, "fetchrow", counting_fetch)
 
     cases = {
         "unknown well-formed": TOKEN_PREFIX + secrets.token_urlsafe(32),

@@ -34,7 +34,8 @@ from sfd.daemon.cli import main
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon, StartupError
 from sfd.storage import OrderFilter
-from sfd.storage.db import Database, load_migrations
+from sfd.storage.database import load_migrations
+from sfd.storage.db import SQLiteDatabase
 from tests.faults.harness import Hub, query, running_hub, until
 from tests.faults.injector import Handler
 from tests.faults.reliability import record
@@ -434,7 +435,7 @@ async def test_a_read_only_file_system_at_start_is_refused_and_the_file_left_as_
     small_filesystem: Path,
 ) -> None:
     config = load_config(write_config(small_filesystem))
-    db = await Database.open(config.database)
+    db = await SQLiteDatabase.open(config.database)
     await db.close()
     snapshot = _snapshot(config.database)
     assert _mount("-o", "remount,ro", str(small_filesystem)).returncode == 0

@@ -77,7 +77,7 @@ class Hub:
         )
 
     async def order_id(self, channel: str, reference: str) -> int:
-        row = await self.storage.db.fetchone(
+        row = await self.storage.db.fetchrow(
             "SELECT o.id FROM orders o JOIN channels c ON c.id = o.channel_id "
             "WHERE c.name = ? AND o.reference = ?",
             (channel, reference),
@@ -86,7 +86,7 @@ class Hub:
         return int(row[0])
 
     async def operations(self) -> int:
-        row = await self.storage.db.fetchone("SELECT count(*) FROM operations")
+        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
         assert row is not None
         return int(row[0])
 

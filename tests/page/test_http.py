@@ -53,19 +53,19 @@ class Site:
         return client
 
     async def order_id(self, reference: str) -> int:
-        row = await self.storage.db.fetchone(
+        row = await self.storage.db.fetchrow(
             "SELECT id FROM orders WHERE reference = ?", (reference,)
         )
         assert row is not None
         return int(row[0])
 
     async def operations(self) -> int:
-        row = await self.storage.db.fetchone("SELECT count(*) FROM operations")
+        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
         assert row is not None
         return int(row[0])
 
     async def events(self) -> int:
-        row = await self.storage.db.fetchone("SELECT count(*) FROM order_events")
+        row = await self.storage.db.fetchrow("SELECT count(*) FROM order_events")
         assert row is not None
         return int(row[0])
 
@@ -360,7 +360,7 @@ async def test_an_oversized_tracking_number_is_refused_before_anything_is_writte
 async def test_an_item_of_another_order_is_refused_by_the_rules_and_shown(site: Site) -> None:
     client = await site.signed_in()
     order = await site.order_id("DEC-LATE")
-    foreign = await site.storage.db.fetchone(
+    foreign = await site.storage.db.fetchrow(
         "SELECT i.id FROM order_items i JOIN orders o ON o.id = i.order_id "
         "WHERE o.reference = 'EBAY-1' LIMIT 1"
     )
@@ -386,7 +386,7 @@ async def test_an_accept_goes_through_the_outbox_with_source_page(site: Site) ->
     assert f'action="/orders/{order}/ship"' not in text, "not shippable before acceptance"
     status, _, location = await client.post(f"/orders/{order}/accept", {})
     assert status == 303 and location.startswith(f"/orders/{order}?done=")
-    row = await site.storage.db.fetchone(
+    row = await site.storage.db.fetchrow(
         "SELECT kind, state, source FROM operations WHERE order_id = ?", (order,)
     )
     assert row is not None and tuple(row) == ("accept", "scheduled", "page")
@@ -450,7 +450,7 @@ async def test_a_failed_operation_can_be_retried_but_a_refused_one_cannot(site: 
     assert (status, location) == (303, f"/orders/{order}?done={claim.ticket_id}")
     ticket = await site.storage.operations.ticket(1, claim.ticket_id)
     assert ticket is not None and ticket.state == "scheduled"
-    event = await site.storage.db.fetchone(
+    event = await site.storage.db.fetchrow(
         "SELECT source FROM order_events WHERE kind = 'ship_retried' AND order_id = ?", (order,)
     )
     assert event is not None and event[0] == "page"

@@ -133,7 +133,7 @@ class PushHub:
         return references
 
     async def order(self, reference: str) -> StoredOrder:
-        row = await self.storage.db.fetchone(
+        row = await self.storage.db.fetchrow(
             "SELECT id FROM orders WHERE reference = ?", (reference,)
         )
         assert row is not None, f"order {reference} not imported"
