@@ -7,13 +7,12 @@ twice. The watch ticks at the next deadline or window opening, at most `interval
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
+from sfd.daemon.backoff import Backoff
 from sfd.daemon.loops import Loop
 from sfd.domain.clock import Clock, to_api
-from sfd.storage.db import StorageError
 from sfd.storage.deadlines import (
     DEADLINE_PASSED,
     DEADLINE_WARNING,
@@ -37,6 +36,12 @@ def hours_between(start: datetime, end: datetime) -> float:
 class DeadlineWatch(Loop):
     """Reports the orders near or past their ship-by date, each once."""
 
+    failed_event = "deadline_watch_failed"
+    recovered_event = "deadline_watch_recovered"
+    # The watch only reads and writes the database, whose driver errors are not all wrapped
+    # in StorageError: any of them is the watch failing, not a bug in it.
+    expected = (Exception,)
+
     def __init__(
         self,
         storage_deadlines: DeadlineStore,
@@ -46,25 +51,16 @@ class DeadlineWatch(Loop):
         *,
         batch: int = BATCH,
     ) -> None:
-        super().__init__("deadline-watch", interval, clock)
+        # A failed watch looks again at its interval: what it reports does not get more urgent.
+        steady = Backoff(base=interval, factor=1.0, cap=interval)
+        super().__init__("deadline-watch", interval, clock, backoff=steady)
         self.deadlines = storage_deadlines
         self.warnings = dict(warnings)
         """Channel id → how long before its ship-by date an order is warned of."""
         self.batch = batch
         self.status.detail = {"late_orders": 0, "approaching": 0}
 
-    async def tick(self) -> float | None:
-        try:
-            return await self._tick()
-        except (StorageError, sqlite3.Error) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if self.status.condition != "failing":
-                self.log.error("deadline_watch_failed", reason=reason)
-            self.status.condition = "failing"
-            self.status.last_error = reason
-            return self.interval
-
-    async def _tick(self) -> float:
+    async def step(self) -> float | None:
         now = self.clock()
         approaching = await self.deadlines.approaching(now, self.warnings, limit=self.batch)
         overdue = await self.deadlines.overdue(now, limit=self.batch)
@@ -74,11 +70,6 @@ class DeadlineWatch(Loop):
             "late_orders": await self.deadlines.count_late(now),
             "approaching": await self.deadlines.count_approaching(now, self.warnings),
         }
-        if self.status.condition != "ok":
-            self.log.info("deadline_watch_recovered")
-        self.status.condition = "ok"
-        self.status.last_error = None
-        self.status.last_success_at = self.clock()
         full = len(approaching) >= self.batch or len(overdue) >= self.batch
         if full and (warned or passed):
             return 0.0  # a backlog (a first start, a long stop): carry on at once

@@ -24,11 +24,13 @@ from sfd.domain import (
 )
 from sfd.domain.clock import from_iso, to_iso
 from sfd.domain.rules import (
+    PAYLOAD_TYPES,
     AcknowledgePayload,
     OrderView,
     Payload,
     PriorOperation,
     ReasonPayload,
+    ShipPayload,
     confirmed_by_answer,
     decide,
 )
@@ -467,7 +469,8 @@ class Claim(msgspec.Struct, kw_only=True, frozen=True):
     channel: str
     order_id: int
     order_reference: str
-    payload: dict[str, Any]
+    payload: Payload
+    """The operation's typed payload (`PAYLOAD_TYPES[kind]`), decoded once, here."""
     attempts: int
     created_at: datetime
     item_references: dict[int, str]
@@ -541,12 +544,12 @@ class OperationQueue:
             Claim(
                 operation_id=r["id"],
                 ticket_id=r["ticket_id"],
-                kind=OperationKind(r["kind"]),
+                kind=(kind := OperationKind(r["kind"])),
                 channel_id=r["channel_id"],
                 channel=r["channel"],
                 order_id=r["order_id"],
                 order_reference=r["order_reference"],
-                payload=json.loads(r["payload"]),
+                payload=msgspec.convert(json.loads(r["payload"]), PAYLOAD_TYPES[kind]),
                 attempts=r["attempts"],
                 created_at=from_iso(r["created_at"]),
                 item_references=items.get(r["order_id"], {}),
@@ -575,15 +578,14 @@ class OperationQueue:
                 "WHERE id = ?",
                 (stamp, stamp, to_iso(confirm_at), stamp, claim.operation_id),
             )
-            if claim.kind == K.SHIP:
-                p = claim.payload
+            if isinstance(p := claim.payload, ShipPayload):
                 await tx.execute(
                     "UPDATE orders SET carrier = ?, tracking_number = ?, tracking_link = ?, "
                     "updated_at = ? WHERE id = ?",
                     (
-                        p.get("carrier", ""),
-                        p.get("tracking_number", ""),
-                        p.get("tracking_link", ""),
+                        p.carrier,
+                        p.tracking_number,
+                        p.tracking_link,
                         stamp,
                         claim.order_id,
                     ),
