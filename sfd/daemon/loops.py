@@ -113,14 +113,14 @@ class Loop:
         clock: Clock,
         *,
         backoff: Backoff = LOOP_BACKOFF,
-        storage_retry: float = STORAGE_RETRY,
+        storage_retry: float | None = None,
         redact: Callable[[str], str] = str,
     ) -> None:
         self.name = name
         self.interval = interval
         self.clock = clock
         self.backoff = backoff
-        self.storage_retry = storage_retry
+        self.storage_retry = STORAGE_RETRY if storage_retry is None else storage_retry
         self.redact = redact
         self.status = LoopState(name=name)
         self.failures = 0
@@ -284,7 +284,7 @@ class Poller(Loop):
         on_operations: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
         backoff: Backoff = LOOP_BACKOFF,
-        storage_retry: float = STORAGE_RETRY,
+        storage_retry: float | None = None,
     ) -> None:
         super().__init__(
             f"poller:{channel.name}",

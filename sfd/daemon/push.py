@@ -25,7 +25,6 @@ from sfd.connectors.shop import (
 from sfd.daemon.backoff import LOOP_BACKOFF, Backoff
 from sfd.daemon.loops import (
     CURSOR_OVERLAP,
-    STORAGE_RETRY,
     Failure,
     Loop,
     LoopCondition,
@@ -106,7 +105,7 @@ class PushLoop(Loop):
         on_operations: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
         backoff: Backoff = LOOP_BACKOFF,
-        storage_retry: float = STORAGE_RETRY,
+        storage_retry: float | None = None,
     ) -> None:
         super().__init__(
             f"push:{shop.name}",

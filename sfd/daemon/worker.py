@@ -31,7 +31,7 @@ from sfd.connectors.base import (
     ShipmentRequest,
 )
 from sfd.daemon.backoff import LOOP_BACKOFF, OPERATION_BACKOFF, Backoff
-from sfd.daemon.loops import STORAGE_RETRY, Loop
+from sfd.daemon.loops import Loop
 from sfd.daemon.metrics import Metrics
 from sfd.domain import OperationKind
 from sfd.domain.clock import Clock
@@ -129,15 +129,15 @@ class OperationsWorker(Loop):
         metrics: Metrics | None = None,
         operation_backoff: Backoff = OPERATION_BACKOFF,
         backoff: Backoff = LOOP_BACKOFF,
-        storage_retry: float = STORAGE_RETRY,
-        save_retry: float = SAVE_RETRY,
+        storage_retry: float | None = None,
+        save_retry: float | None = None,
     ) -> None:
         super().__init__(
             "operations-worker", POLL, clock, backoff=backoff, storage_retry=storage_retry
         )
         self.operation_backoff = operation_backoff
         """How long an operation the marketplace could not take waits before the next try."""
-        self.save_retry = save_retry
+        self.save_retry = SAVE_RETRY if save_retry is None else save_retry
         self.storage = storage
         self.connectors = connectors
         self.concurrency = concurrency
