@@ -18,9 +18,11 @@ import pytest
 from aiohttp import web
 
 from sfd.config import load_config
+from sfd.daemon.backoff import Backoff
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
+from sfd.daemon.worker import OperationsWorker
 from sfd.domain import StoredOrder
 from sfd.domain.clock import from_iso, to_iso
 from sfd.sandbox.marketplace import Handler, RecordedCall, SandboxMarketplace, run_sandbox
@@ -95,6 +97,11 @@ class Hub:
     def storage(self) -> Storage:
         assert self.daemon.storage is not None
         return self.daemon.storage
+
+    @property
+    def worker(self) -> OperationsWorker:
+        assert self.daemon.worker is not None
+        return self.daemon.worker
 
     @property
     def poller(self) -> Poller:
@@ -392,7 +399,7 @@ async def test_a_channel_that_requires_tracking_still_refuses_a_shipment_without
 async def test_a_marketplace_down_for_a_while_gets_every_shipment_once_when_it_is_back(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sfd.daemon.worker.BACKOFF_BASE", 0.05)
+    hub.worker.operation_backoff = Backoff(base=0.05, jitter=0.5)
     references = await orders_on_sale(hub, 6)
     ids = [await hub.order_id(r) for r in references]
     hub.marketplace.fail_next(5, 503, operation="OR24")
@@ -423,7 +430,7 @@ async def test_a_marketplace_down_for_a_while_gets_every_shipment_once_when_it_i
 async def test_a_429_retry_after_is_waited_out_before_the_next_call(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sfd.daemon.worker.BACKOFF_BASE", 0.05)  # Retry-After is the longer
+    hub.worker.operation_backoff = Backoff(base=0.05, jitter=0.5)  # Retry-After is the longer
     [reference] = await orders_on_sale(hub, 1)
     hub.marketplace.fail_next(1, 429, retry_after=1, operation="OR24")
     [ticket] = await hub.operate("ship", ship(await hub.order_id(reference)))

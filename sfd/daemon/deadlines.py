@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
+from sfd.daemon.backoff import Backoff
 from sfd.daemon.loops import Loop
 from sfd.domain.clock import Clock, to_api
 from sfd.storage import StorageError
@@ -36,6 +37,12 @@ def hours_between(start: datetime, end: datetime) -> float:
 class DeadlineWatch(Loop):
     """Reports the orders near or past their ship-by date, each once."""
 
+    failed_event = "deadline_watch_failed"
+    recovered_event = "deadline_watch_recovered"
+    # Storage maps every driver error to StorageError: that is the watch failing; anything
+    # else is a bug in it, logged with its traceback by the loop's catch-all.
+    expected = (StorageError,)
+
     def __init__(
         self,
         storage_deadlines: DeadlineStore,
@@ -45,25 +52,16 @@ class DeadlineWatch(Loop):
         *,
         batch: int = BATCH,
     ) -> None:
-        super().__init__("deadline-watch", interval, clock)
+        # A failed watch looks again at its interval: what it reports does not get more urgent.
+        steady = Backoff(base=interval, factor=1.0, cap=interval)
+        super().__init__("deadline-watch", interval, clock, backoff=steady)
         self.deadlines = storage_deadlines
         self.warnings = dict(warnings)
         """Channel id → how long before its ship-by date an order is warned of."""
         self.batch = batch
         self.status.detail = {"late_orders": 0, "approaching": 0}
 
-    async def tick(self) -> float | None:
-        try:
-            return await self._tick()
-        except StorageError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if self.status.condition != "failing":
-                self.log.error("deadline_watch_failed", reason=reason)
-            self.status.condition = "failing"
-            self.status.last_error = reason
-            return self.interval
-
-    async def _tick(self) -> float:
+    async def step(self) -> float | None:
         now = self.clock()
         approaching = await self.deadlines.approaching(now, self.warnings, limit=self.batch)
         overdue = await self.deadlines.overdue(now, limit=self.batch)
@@ -73,11 +71,6 @@ class DeadlineWatch(Loop):
             "late_orders": await self.deadlines.count_late(now),
             "approaching": await self.deadlines.count_approaching(now, self.warnings),
         }
-        if self.status.condition != "ok":
-            self.log.info("deadline_watch_recovered")
-        self.status.condition = "ok"
-        self.status.last_error = None
-        self.status.last_success_at = self.clock()
         full = len(approaching) >= self.batch or len(overdue) >= self.batch
         if full and (warned or passed):
             return 0.0  # a backlog (a first start, a long stop): carry on at once

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -18,8 +20,8 @@ from sfd.connectors.base import (
     MarketplaceConnector,
     OrderPage,
     RateLimited,
-    Transient,
 )
+from sfd.daemon.backoff import LOOP_BACKOFF, Backoff
 from sfd.daemon.metrics import Metrics, PollResult
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus
@@ -36,7 +38,38 @@ STALL_AFTER = 300.0
 AUTH_RETRY = 900.0
 #: A loop whose writes fail for lack of disk (full, read-only) tries again this often.
 STORAGE_RETRY = 10.0
-STORAGE_CONDITION = "storage_unavailable"
+
+
+class LoopCondition(StrEnum):
+    """How a loop's work goes, as /healthz and `sfd channels` show it."""
+
+    OK = "ok"
+    FAILING = "failing"
+    AUTH_FAILED = "auth_failed"
+    UNAVAILABLE = "unavailable"
+    """The loop has no working connector (not built yet, or its settings are unusable)."""
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+
+
+STORAGE_CONDITION = LoopCondition.STORAGE_UNAVAILABLE
+
+
+class LoopUnavailable(Exception):
+    """Raised by a step that cannot work at all (no connector); the message says why."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed step, classified."""
+
+    condition: LoopCondition
+    reason: str
+    """What went wrong, safe to store and show (secrets redacted)."""
+    error: Exception
+    retry_after: float | None = None
+    """The wait the remote side asked for, when it was rate-limited."""
+    unexpected: bool = False
+    """Not a failure the loop knows: a bug, or a library raising what it never raised before."""
 
 
 class LoopState(msgspec.Struct, kw_only=True):
@@ -45,7 +78,7 @@ class LoopState(msgspec.Struct, kw_only=True):
     name: str
     state: str = "starting"
     """What it does: starting, idle, busy or stopped."""
-    condition: str = "ok"
+    condition: LoopCondition = LoopCondition.OK
     """How its work goes: ok, failing, auth_failed, unavailable or storage_unavailable."""
     ticks: int = 0
     last_tick_at: datetime | None = None
@@ -57,13 +90,42 @@ class LoopState(msgspec.Struct, kw_only=True):
 
 
 class Loop:
-    """Ticks on an interval or when woken; logs failure once per transition, not once per tick."""
+    """Ticks on an interval or when woken; one `step()` per tick, implemented by a subclass.
 
-    def __init__(self, name: str, interval: float, clock: Clock) -> None:
+    The template owns what every loop shares: it classifies a failed step (storage
+    unavailable, auth failure, rate limit with its Retry-After, timeout or other connector
+    error, or an unexpected exception), logs each change of condition once and the recovery
+    once (never once per failed tick), picks the delay before the next tick from one injected
+    `Backoff`, and never lets an exception end the loop, nor so the daemon's other loops.
+    """
+
+    failed_event: ClassVar[str] = "loop_failed"
+    """The event logged, once, when the loop's work starts failing."""
+    recovered_event: ClassVar[str] = "loop_recovered"
+    """The event logged, once, when it works again after failures."""
+    expected: ClassVar[tuple[type[Exception], ...]] = ()
+    """Exceptions besides a connector's and timeouts that are this loop's ordinary failures."""
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        clock: Clock,
+        *,
+        backoff: Backoff = LOOP_BACKOFF,
+        storage_retry: float | None = None,
+        redact: Callable[[str], str] = str,
+    ) -> None:
         self.name = name
         self.interval = interval
         self.clock = clock
+        self.backoff = backoff
+        self.storage_retry = STORAGE_RETRY if storage_retry is None else storage_retry
+        self.redact = redact
         self.status = LoopState(name=name)
+        self.failures = 0
+        """Failed steps in a row (a paused storage aside)."""
+        self._unexpected = False
         self._wake = anyio.Event()
         self.log = get_logger(loop=name)
 
@@ -78,19 +140,25 @@ class Loop:
         busy = self.status.busy_since
         return busy is None or (now - busy).total_seconds() < STALL_AFTER
 
-    async def tick(self) -> float | None:
-        """Do one round of work; return the delay before the next, or None for the interval."""
+    async def step(self) -> float | None:
+        """Do one round of work; return the delay before the next, or None for the interval.
+
+        A failure is raised, never handled here: the template classifies and logs it.
+        """
         raise NotImplementedError
+
+    async def failed(self, failure: Failure, delay: float) -> None:
+        """Record a failed step where the loop keeps its state (metrics, storage); optional."""
 
     async def run(self) -> None:
         """Tick until cancelled."""
         try:
             while True:
-                now = self.clock()
-                self.status.busy_since = now
+                delay: float | None = None
+                self.status.busy_since = self.clock()
                 self.status.state = "busy"
                 try:
-                    delay = await self._guarded_tick()
+                    delay = await self.tick()
                 finally:
                     self.status.busy_since = None
                     self.status.state = "idle"
@@ -100,29 +168,95 @@ class Loop:
         finally:
             self.status.state = "stopped"
 
-    async def _guarded_tick(self) -> float | None:
-        """One tick; a disk that cannot take writes pauses the loop instead of ending it."""
-        paused = self.status.condition == STORAGE_CONDITION
+    async def tick(self) -> float | None:
+        """One step, its failure classified, logged on transition and turned into a delay."""
         try:
-            delay = await self.tick()
-        except StorageUnavailable as exc:
-            if self.status.condition != STORAGE_CONDITION:
-                # Once per transition: the storage, not the marketplace, is at fault.
-                self.log.warning(
-                    "loop_paused",
-                    condition=STORAGE_CONDITION,
-                    storage=exc.condition.kind,
-                    reason=str(exc),
-                )
-            self.status.condition = STORAGE_CONDITION
-            self.status.last_error = str(exc)
-            return STORAGE_RETRY
-        if paused:
-            self.log.info("loop_resumed", after=STORAGE_CONDITION)
-        if self.status.condition == STORAGE_CONDITION:
-            self.status.condition = "ok"
-            self.status.last_error = None
+            delay = await self.step()
+        except Exception as exc:
+            return await self._failing(self.classify(exc))
+        self._succeeded()
         return delay
+
+    def classify(self, exc: Exception) -> Failure:
+        """What kind of failure `exc` is, with a reason fit to store and show."""
+        if isinstance(exc, StorageUnavailable):
+            return Failure(STORAGE_CONDITION, str(exc), exc)
+        if isinstance(exc, LoopUnavailable):
+            return Failure(LoopCondition.UNAVAILABLE, str(exc), exc)
+        # The reason is stored and shown: it must not carry a secret, whatever was raised.
+        reason = self.redact(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, AuthFailed):
+            return Failure(LoopCondition.AUTH_FAILED, reason, exc)
+        if isinstance(exc, RateLimited):
+            return Failure(LoopCondition.FAILING, reason, exc, retry_after=exc.retry_after)
+        known = isinstance(exc, (ConnectorError, TimeoutError, *self.expected))
+        return Failure(LoopCondition.FAILING, reason, exc, unexpected=not known)
+
+    def retry_delay(self, failure: Failure) -> float:
+        """Seconds before the tick after a failed one."""
+        match failure.condition:
+            case LoopCondition.STORAGE_UNAVAILABLE:
+                return self.storage_retry
+            case LoopCondition.UNAVAILABLE:
+                return self.interval
+            case LoopCondition.AUTH_FAILED:
+                return max(self.interval, AUTH_RETRY)
+        if isinstance(failure.error, RateLimited):
+            return failure.retry_after or self.interval
+        return min(self.interval, self.backoff.delay(self.failures))
+
+    async def _failing(self, failure: Failure) -> float:
+        self._note(failure)
+        delay = self.retry_delay(failure)
+        if failure.condition is not STORAGE_CONDITION:
+            try:
+                await self.failed(failure, delay)
+            except Exception as exc:
+                # The failure could not be recorded (the disk, say): that is the news now.
+                later = self.classify(exc)
+                self._note(later)
+                return self.retry_delay(later)
+        return delay
+
+    def _note(self, failure: Failure) -> None:
+        """Set the condition; log it only when it changes (a day down logs once, not 48 times)."""
+        status = self.status
+        changed = (status.condition, self._unexpected) != (failure.condition, failure.unexpected)
+        if failure.condition is STORAGE_CONDITION:
+            if changed:
+                # The storage, not the marketplace, is at fault: no failure counted, no backoff.
+                error = failure.error
+                kind = error.condition.kind if isinstance(error, StorageUnavailable) else ""
+                self.log.warning(
+                    "loop_paused", condition=failure.condition.value, storage=kind,
+                    reason=failure.reason,
+                )  # fmt: skip
+        else:
+            if failure.condition is not LoopCondition.UNAVAILABLE:
+                self.failures += 1
+            if changed and failure.unexpected:
+                self.log.error(
+                    "loop_failed_unexpectedly", condition=failure.condition.value,
+                    reason=failure.reason, exc_info=failure.error,
+                )  # fmt: skip
+            elif changed:
+                self.log.error(
+                    self.failed_event, condition=failure.condition.value, reason=failure.reason
+                )
+        status.condition = failure.condition
+        status.last_error = failure.reason
+        self._unexpected = failure.unexpected
+
+    def _succeeded(self) -> None:
+        if self.status.condition is STORAGE_CONDITION:
+            self.log.info("loop_resumed", after=STORAGE_CONDITION.value)
+        if self.failures:
+            self.log.info(self.recovered_event, after_failures=self.failures)
+        self.failures = 0
+        self._unexpected = False
+        self.status.condition = LoopCondition.OK
+        self.status.last_error = None
+        self.status.last_success_at = self.clock()
 
     async def _sleep(self, delay: float) -> None:
         self.status.next_tick_at = self.clock() + timedelta(seconds=delay)
@@ -133,6 +267,9 @@ class Loop:
 
 class Poller(Loop):
     """Imports one channel's orders every `poll_interval`, with jitter, page by page."""
+
+    failed_event = "poll_failed"
+    recovered_event = "poll_recovered"
 
     def __init__(
         self,
@@ -146,18 +283,26 @@ class Poller(Loop):
         redact: Callable[[str], str] = str,
         on_operations: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        backoff: Backoff = LOOP_BACKOFF,
+        storage_retry: float | None = None,
     ) -> None:
-        super().__init__(f"poller:{channel.name}", channel.poll_interval, clock)
+        super().__init__(
+            f"poller:{channel.name}",
+            channel.poll_interval,
+            clock,
+            backoff=backoff,
+            storage_retry=storage_retry,
+            redact=redact,
+        )
         self.metrics = metrics or Metrics()
         self.channel = channel
         self.channel_id = channel_id
         self.storage = storage
         self.connector = connector
         self.unavailable_reason = unavailable_reason
-        self.redact = redact
         self.on_operations = on_operations
-        self.failures = 0
         self._bounded_logged = False
+        self._started: datetime | None = None
         self.log = get_logger(channel=channel.name)
         minimum = connector.min_poll_interval if connector else None
         if minimum is not None and channel.poll_interval < minimum:
@@ -175,48 +320,35 @@ class Poller(Loop):
         seconds = (self.clock() - started).total_seconds()
         self.metrics.poll_finished(self.channel.name, result, seconds)
 
-    async def tick(self) -> float | None:
+    async def step(self) -> float | None:
         # Nothing fetched could be stored: leave the marketplace alone until disk is back.
         self.storage.check_writable()
-        now = self.clock()
+        self._started = None
         if self.connector is None:
-            self.metrics.poll_finished(self.channel.name, "failed", None)
-            self._fail("unavailable", self.unavailable_reason)
-            await self.storage.channels.record_poll_failed(
-                self.channel_id,
-                now,
-                self.unavailable_reason,
-                now + timedelta(seconds=self.interval),
-            )
-            return self.interval
+            raise LoopUnavailable(self.unavailable_reason)
+        now = self._started = self.clock()
         await self.storage.channels.record_poll_started(self.channel_id, now)
-        try:
-            counts = await self._import(self.connector)
-        except AuthFailed as exc:
-            self._polled("auth_failed", now)
-            return await self._failed("auth_failed", exc, max(self.interval, AUTH_RETRY), auth=True)
-        except RateLimited as exc:
-            self._polled("failed", now)
-            return await self._failed("failing", exc, exc.retry_after or self.interval)
-        except (Transient, ConnectorError) as exc:
-            self._polled("failed", now)
-            backoff = min(self.interval, 30.0 * 2 ** min(self.failures, 10))
-            return await self._failed("failing", exc, backoff)
+        counts = await self._import(self.connector)
         delay = self._jittered(self.interval)
         done = self.clock()
         self._polled("ok", now)
         await self.storage.channels.record_poll_succeeded(
             self.channel_id, done, done + timedelta(seconds=delay)
         )
-        if self.failures:
-            self.log.info("poll_recovered", after_failures=self.failures)
-        self.failures = 0
-        self.status.condition = "ok"
-        self.status.last_success_at = done
-        self.status.last_error = None
         self.status.detail = counts
         self.log.info("poll_done", duration=round((done - now).total_seconds(), 3), **counts)
         return delay
+
+    async def failed(self, failure: Failure, delay: float) -> None:
+        auth = failure.condition is LoopCondition.AUTH_FAILED
+        if self._started is None:
+            self.metrics.poll_finished(self.channel.name, "failed", None)
+        else:
+            self._polled("auth_failed" if auth else "failed", self._started)
+        now = self.clock()
+        await self.storage.channels.record_poll_failed(
+            self.channel_id, now, failure.reason, now + timedelta(seconds=delay), auth_failed=auth
+        )
 
     async def _import(self, connector: MarketplaceConnector) -> dict[str, int]:
         cursor = await self.storage.channels.cursor(self.channel_id)
@@ -268,44 +400,46 @@ class Poller(Loop):
                 )
                 counts["pages"] += 1
                 counts["created"] += len(result.created)
-                self.metrics.orders_created(self.channel.name, len(result.created))
                 counts["changed"] += len(result.changed)
-                for order_id, reference, status in result.created:
-                    self.log.info(
-                        "order_imported", order=reference, order_id=order_id, status=status.value
-                    )
-                await self._auto_accept(result)
-                for order_id, reference, old, new in result.changed:
-                    self.log.info(
-                        "order_status_changed",
-                        order=reference,
-                        order_id=order_id,
-                        from_status=old.value,
-                        to_status=new.value,
-                        source="marketplace",
-                    )
-                for reference, operation_id, kind, seconds in result.confirmed:
-                    self.metrics.operation_confirmed(kind, seconds)
-                    self.log.info(
-                        "operation_confirmed",
-                        order=reference,
-                        operation=operation_id,
-                        confirmed_kind=kind,
-                        seconds=round(seconds, 1),
-                        by="poll",
-                    )
-                for order_id, reference, how in result.jumped:
-                    # Once, when the change is applied: the marketplace moved the order on
-                    # by itself (its back office, or between two polls); sfd follows it.
-                    self.log.info(
-                        "order_status_skipped_steps", order=reference, order_id=order_id, change=how
-                    )
+                await self._imported(result)
         if not connector.pages_sorted_by_update:
             # Only a complete pass has seen every change up to the newest one.
             final = advance()
             if final is not None:
                 await self.storage.channels.set_cursor(self.channel_id, final, self.clock())
         return counts
+
+    async def _imported(self, result: ImportResult) -> None:
+        """Log and count what one stored page changed, and accept what waits for it."""
+        self.metrics.orders_created(self.channel.name, len(result.created))
+        for order_id, reference, status in result.created:
+            self.log.info("order_imported", order=reference, order_id=order_id, status=status.value)
+        await self._auto_accept(result)
+        for order_id, reference, old, new in result.changed:
+            self.log.info(
+                "order_status_changed",
+                order=reference,
+                order_id=order_id,
+                from_status=old.value,
+                to_status=new.value,
+                source="marketplace",
+            )
+        for reference, operation_id, kind, seconds in result.confirmed:
+            self.metrics.operation_confirmed(kind, seconds)
+            self.log.info(
+                "operation_confirmed",
+                order=reference,
+                operation=operation_id,
+                confirmed_kind=kind,
+                seconds=round(seconds, 1),
+                by="poll",
+            )
+        for order_id, reference, how in result.jumped:
+            # Once, when the change is applied: the marketplace moved the order on
+            # by itself (its back office, or between two polls); sfd follows it.
+            self.log.info(
+                "order_status_skipped_steps", order=reference, order_id=order_id, change=how
+            )
 
     async def _auto_accept(self, result: ImportResult) -> None:
         waiting = [
@@ -327,26 +461,6 @@ class Poller(Loop):
             self.clock(),
             self.on_operations,
         )
-
-    def _fail(self, condition: str, reason: str) -> None:
-        if self.status.condition != condition:
-            # Logged on the transition only: a channel down for a day logs once, not 48 times.
-            self.log.error("poll_failed", condition=condition, reason=reason)
-        self.status.condition = condition
-        self.status.last_error = reason
-
-    async def _failed(
-        self, condition: str, exc: Exception, delay: float, *, auth: bool = False
-    ) -> float:
-        # The reason is stored and shown: it must not carry a secret, whatever the connector said.
-        reason = self.redact(f"{type(exc).__name__}: {exc}")
-        self.failures += 1
-        self._fail(condition, reason)
-        now = self.clock()
-        await self.storage.channels.record_poll_failed(
-            self.channel_id, now, reason, now + timedelta(seconds=delay), auth_failed=auth
-        )
-        return delay
 
 
 class Prefetch:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from sfd.config import ShopConfig
-from sfd.connectors.base import AuthFailed, ConnectorError, RateLimited, Rejected
+from sfd.connectors.base import ConnectorError, Rejected
 from sfd.connectors.shop import (
     CreateUncertain,
     PushLine,
@@ -22,7 +22,14 @@ from sfd.connectors.shop import (
     ShopStatus,
     retrying,
 )
-from sfd.daemon.loops import AUTH_RETRY, CURSOR_OVERLAP, Loop
+from sfd.daemon.backoff import LOOP_BACKOFF, Backoff
+from sfd.daemon.loops import (
+    CURSOR_OVERLAP,
+    Failure,
+    Loop,
+    LoopCondition,
+    LoopUnavailable,
+)
 from sfd.daemon.metrics import Metrics
 from sfd.daemon.outbox import request_operations
 from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder
@@ -82,6 +89,9 @@ def push_order(order: StoredOrder) -> PushOrder:
 class PushLoop(Loop):
     """Syncs one shop every `sync_interval`: push, acknowledge, read back."""
 
+    failed_event = "shop_sync_failed"
+    recovered_event = "shop_sync_recovered"
+
     def __init__(
         self,
         shop: ShopConfig,
@@ -94,8 +104,17 @@ class PushLoop(Loop):
         redact: Callable[[str], str] = str,
         on_operations: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        backoff: Backoff = LOOP_BACKOFF,
+        storage_retry: float | None = None,
     ) -> None:
-        super().__init__(f"push:{shop.name}", shop.sync_interval, clock)
+        super().__init__(
+            f"push:{shop.name}",
+            shop.sync_interval,
+            clock,
+            backoff=backoff,
+            storage_retry=storage_retry,
+            redact=redact,
+        )
         self.metrics = metrics or Metrics()
         self.shop = shop
         self.storage = storage
@@ -103,13 +122,11 @@ class PushLoop(Loop):
         self.require_tracking = require_tracking
         """Channel name → whether a shipment needs a tracking number."""
         self.unavailable_reason = unavailable_reason
-        self.redact = redact
         self.on_operations = on_operations
-        self.failures = 0
         self._registered = False
         self.log = self.log.bind(shop=shop.name)
 
-    async def tick(self) -> float | None:
+    async def step(self) -> float | None:
         now = self.clock()
         if not self._registered:
             await self.storage.pushes.register(
@@ -117,37 +134,29 @@ class PushLoop(Loop):
             )
             self._registered = True
         if self.connector is None:
-            self._fail("unavailable", self.unavailable_reason)
-            return self.interval
+            raise LoopUnavailable(self.unavailable_reason)
         await self.storage.pushes.sync_started(self.shop.name, now)
-        try:
-            counts = await self._push(self.connector)
-            counts |= await self._read_back(self.connector)
-        except AuthFailed as exc:
-            self.metrics.shop_synced(self.shop.name, "auth_failed")
-            return await self._failed("auth_failed", exc, max(self.interval, AUTH_RETRY), True)
-        except RateLimited as exc:
-            self.metrics.shop_synced(self.shop.name, "failed")
-            return await self._failed("failing", exc, exc.retry_after or self.interval)
-        except ConnectorError as exc:
-            self.metrics.shop_synced(self.shop.name, "failed")
-            backoff = min(self.interval, 30.0 * 2 ** min(self.failures, 10))
-            return await self._failed("failing", exc, backoff)
+        counts = await self._push(self.connector)
+        counts |= await self._read_back(self.connector)
         self.metrics.shop_synced(self.shop.name, "ok")
         done = self.clock()
         await self.storage.pushes.sync_succeeded(
             self.shop.name, done, done + timedelta(seconds=self.interval)
         )
-        if self.failures:
-            self.log.info("shop_sync_recovered", after_failures=self.failures)
-        self.failures = 0
-        self.status.condition = "ok"
-        self.status.last_success_at = done
-        self.status.last_error = None
         self.status.detail = counts
         self.log.info("shop_synced", duration=round((done - now).total_seconds(), 3), **counts)
         # A full batch means more orders wait: the next one goes at once, not in 10 minutes.
         return MORE_SOON if counts["pushed"] + counts["push_errors"] >= PUSH_BATCH else None
+
+    async def failed(self, failure: Failure, delay: float) -> None:
+        if failure.condition is LoopCondition.UNAVAILABLE:
+            return  # no connector: nothing was tried, and `sfd channels` shows why
+        auth = failure.condition is LoopCondition.AUTH_FAILED
+        self.metrics.shop_synced(self.shop.name, "auth_failed" if auth else "failed")
+        now = self.clock()
+        await self.storage.pushes.sync_failed(
+            self.shop.name, now, failure.reason, now + timedelta(seconds=delay), auth_failed=auth
+        )
 
     # -- push ------------------------------------------------------------------------------
 
@@ -353,27 +362,6 @@ class PushLoop(Loop):
             )
             await self.storage.pushes.flag_tracking(push, now, message)
             self.log.warning("shop_tracking_missing", order=order.reference, reason=message)
-
-    # -- failure ---------------------------------------------------------------------------
-
-    def _fail(self, condition: str, reason: str) -> None:
-        if self.status.condition != condition:
-            # Logged on the transition only, as the pollers do.
-            self.log.error("shop_sync_failed", condition=condition, reason=reason)
-        self.status.condition = condition
-        self.status.last_error = reason
-
-    async def _failed(
-        self, condition: str, exc: Exception, delay: float, auth: bool = False
-    ) -> float:
-        reason = self.redact(f"{type(exc).__name__}: {exc}")
-        self.failures += 1
-        self._fail(condition, reason)
-        now = self.clock()
-        await self.storage.pushes.sync_failed(
-            self.shop.name, now, reason, now + timedelta(seconds=delay), auth_failed=auth
-        )
-        return delay
 
 
 async def retry_push(

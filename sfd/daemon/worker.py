@@ -11,13 +11,14 @@ shows, unless a poll saw it first.
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 import anyio
 import anyio.abc
+import structlog
 
 from sfd.connectors.base import (
     AuthFailed,
@@ -29,10 +30,12 @@ from sfd.connectors.base import (
     ShipmentReceipt,
     ShipmentRequest,
 )
+from sfd.daemon.backoff import LOOP_BACKOFF, OPERATION_BACKOFF, Backoff
 from sfd.daemon.loops import Loop
 from sfd.daemon.metrics import Metrics
 from sfd.domain import OperationKind
 from sfd.domain.clock import Clock
+from sfd.domain.rules import RefundPayload, ShipPayload
 from sfd.logs import get_logger
 from sfd.storage import Claim, Storage, StorageUnavailable
 
@@ -43,18 +46,54 @@ POLL = 2.0
 LEASE = timedelta(minutes=5)
 #: A call still running when a stop comes gets this long to finish before it is cancelled.
 STOP_GRACE = 5.0
-BACKOFF_BASE = 5.0
-BACKOFF_CAP = 900.0
 AUTH_WAIT = 300.0
 #: While the disk cannot take a marketplace's answer, it is kept and written again this often.
 SAVE_RETRY = 1.0
 
 
-def backoff(attempts: int, retry_after: float | None = None) -> float:
-    """Seconds before the next attempt: doubling, capped, jittered, never before Retry-After."""
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempts - 1))
-    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
-    return float(max(delay, retry_after or 0.0))
+@dataclass(frozen=True)
+class Delivered:
+    """The marketplace took the operation; a shipment brings back what was sent of it."""
+
+    receipt: ShipmentReceipt | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The marketplace refused it, or it was tried for too long: the ticket fails."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetryAt:
+    """Down or throttling: the operation is due again at `at`."""
+
+    at: datetime
+    reason: str
+    delay: float
+    paused_until: datetime | None = None
+    """When the channel may be called again, if it asked for a wait (Retry-After)."""
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class WaitingForCredentials:
+    """The channel's credentials fail: the operation waits without spending an attempt."""
+
+    until: datetime
+    reason: str
+    message: str
+    """What the marketplace said, for the log."""
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A stop came mid-call: whether the marketplace took it is unknown until the next start."""
+
+
+Outcome = Delivered | Failed | RetryAt | WaitingForCredentials | Interrupted
+Handler = Callable[[MarketplaceConnector, Claim], Awaitable[ShipmentReceipt | None]]
 
 
 def _receipt_events(channel: str, receipt: ShipmentReceipt | None) -> tuple[str, list[str]]:
@@ -88,8 +127,17 @@ class OperationsWorker(Loop):
         max_age: timedelta = timedelta(hours=48),
         confirm_delay: float = 60.0,
         metrics: Metrics | None = None,
+        operation_backoff: Backoff = OPERATION_BACKOFF,
+        backoff: Backoff = LOOP_BACKOFF,
+        storage_retry: float | None = None,
+        save_retry: float | None = None,
     ) -> None:
-        super().__init__("operations-worker", POLL, clock)
+        super().__init__(
+            "operations-worker", POLL, clock, backoff=backoff, storage_retry=storage_retry
+        )
+        self.operation_backoff = operation_backoff
+        """How long an operation the marketplace could not take waits before the next try."""
+        self.save_retry = SAVE_RETRY if save_retry is None else save_retry
         self.storage = storage
         self.connectors = connectors
         self.concurrency = concurrency
@@ -126,7 +174,7 @@ class OperationsWorker(Loop):
         for scope in self._calls:
             scope.deadline = min(scope.deadline, deadline)
 
-    async def tick(self) -> float | None:
+    async def step(self) -> float | None:
         if self._stopping:
             return POLL
         # No new claims while answers could not be written; calls under way carry on.
@@ -182,7 +230,7 @@ class OperationsWorker(Loop):
             except StorageUnavailable:
                 if self._stopping:
                     raise
-                await anyio.sleep(SAVE_RETRY)
+                await anyio.sleep(self.save_retry)
 
     async def _deliver(self, claim: Claim) -> None:
         try:
@@ -210,15 +258,11 @@ class OperationsWorker(Loop):
             self.wake()  # room for the next one
 
     async def _deliver_one(self, claim: Claim) -> None:
-        log = self.log.bind(
-            channel=claim.channel,
-            order=claim.order_reference,
-            operation=claim.operation_id,
-            kind=claim.kind.value,
-        )
         connector = self.connectors.get(claim.channel_id)
+        requested = self.clock()
         if connector is None:
-            await self._give_up(claim, f"channel {claim.channel} has no working connector")
+            reason = f"channel {claim.channel} has no working connector"
+            await self._write(claim, Failed(reason), requested)
             return
         async with self._limiter(claim.channel_id):
             if self._stopping:
@@ -231,141 +275,117 @@ class OperationsWorker(Loop):
                 self._called.add(claim.operation_id)
                 self._calls.add(call)
                 try:
-                    receipt = await self._call(connector, claim)
-                except Rejected as exc:
-                    message = exc.message
-                    await self._save(
-                        lambda: self.storage.queue.failed(claim, self.clock(), message)
-                    )
-                    self.metrics.operation_outcome(claim.kind, "failed")
-                    log.warning("operation_failed", reason=exc.message, attempts=claim.attempts)
-                    return
-                except AuthFailed as exc:
-                    wait = timedelta(seconds=AUTH_WAIT)
-                    self._paused[claim.channel_id] = self.clock() + wait
-                    reason = f"AuthFailed: {exc}"
-                    await self._save(
-                        lambda: self.storage.queue.retry(
-                            claim, self.clock(), self.clock() + wait, reason, spend_attempt=False
-                        )
-                    )
-                    self.metrics.operation_outcome(claim.kind, "waiting_credentials")
-                    log.warning("operation_waiting_for_credentials", reason=str(exc))
-                    return
-                except ConnectorError as exc:
-                    await self._retry(claim, exc)
-                    return
+                    outcome = await self._call(connector, claim)
                 finally:
                     self._calls.discard(call)
             if call.cancelled_caught:
-                # Stopped mid-call: whether the marketplace took it is unknown. The operation
-                # is due again at the next start; connectors treat "already done" as done.
-                await self._save(
-                    lambda: self.storage.queue.retry(
-                        claim,
-                        self.clock(),
-                        self.clock(),
-                        "interrupted by a stop",
-                        spend_attempt=False,
-                    )
-                )
-                log.info("operation_interrupted")
-                return
-            now = self.clock()
-            detail, warnings = _receipt_events(claim.channel, receipt)
-            confirmed = await self._save(
-                lambda: self.storage.queue.delivered(
-                    claim,
-                    now,
-                    now + timedelta(seconds=self.confirm_delay),
-                    detail=detail,
-                    warnings=warnings,
-                )
-            )
-            self.metrics.operation_delivered(claim.kind, (now - claim.created_at).total_seconds())
-            log.info(
-                "operation_delivered",
-                attempts=claim.attempts,
-                seconds=round((now - claim.created_at).total_seconds(), 3),
-                call_seconds=round((now - requested).total_seconds(), 3),
-            )
-            for _, kind, seconds in confirmed:
-                self.metrics.operation_confirmed(kind, seconds)
-                log.info("operation_confirmed", confirmed_kind=kind, seconds=round(seconds, 1))
+                # Whether the marketplace took it is unknown: the operation is due again at
+                # the next start, and connectors treat "already done" as done.
+                outcome = Interrupted()
+            # Kept in a local until here, then written once: a cancellation cannot lose it.
+            with anyio.CancelScope(shield=True):
+                await self._write(claim, outcome, requested)
 
-    async def _retry(self, claim: Claim, exc: ConnectorError) -> None:
+    async def _call(self, connector: MarketplaceConnector, claim: Claim) -> Outcome:
+        """Make the marketplace call, and say what came of it."""
+        handler = _HANDLERS.get(claim.kind)
+        try:
+            if handler is None:
+                raise Rejected(
+                    f"the {connector.name} connector cannot {claim.kind.value} orders yet"
+                )
+            return Delivered(await handler(connector, claim))
+        except Rejected as exc:
+            return Failed(exc.message)
+        except AuthFailed as exc:
+            return WaitingForCredentials(
+                self.clock() + timedelta(seconds=AUTH_WAIT), f"AuthFailed: {exc}", str(exc)
+            )
+        except Exception as exc:
+            # A connector error, or a bug in a connector: tried again later, never fatal to
+            # the worker (an operation that keeps failing gives up at `max_age`).
+            return self._retry_at(claim, exc)
+
+    def _retry_at(self, claim: Claim, exc: Exception) -> Failed | RetryAt:
         now = self.clock()
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if now - claim.created_at > self.max_age:
-            await self._give_up(
-                claim, f"gave up after {claim.attempts} attempts over {self.max_age}: {reason}"
-            )
-            return
+            return Failed(f"gave up after {claim.attempts} attempts over {self.max_age}: {reason}")
         retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-        delay = backoff(claim.attempts, retry_after)
-        if retry_after:
-            self._paused[claim.channel_id] = now + timedelta(seconds=retry_after)
-        await self._save(
-            lambda: self.storage.queue.retry(claim, now, now + timedelta(seconds=delay), reason)
-        )
-        self.metrics.operation_outcome(claim.kind, "retried")
-        self.log.info(
-            "operation_retry",
+        delay = self.operation_backoff.delay(claim.attempts, retry_after)
+        paused = now + timedelta(seconds=retry_after) if retry_after else None
+        unexpected = None if isinstance(exc, ConnectorError) else exc
+        return RetryAt(now + timedelta(seconds=delay), reason, delay, paused, unexpected)
+
+    async def _write(self, claim: Claim, outcome: Outcome, requested: datetime) -> None:
+        """Write an operation's outcome, then count and log it: the one place that does."""
+        log = self.log.bind(
             channel=claim.channel,
             order=claim.order_reference,
             operation=claim.operation_id,
-            reason=reason,
+            kind=claim.kind.value,
+        )
+        queue = self.storage.queue
+        match outcome:
+            case Delivered(receipt):
+                await self._delivered(claim, receipt, requested, log)
+            case Failed(reason):
+                await self._save(lambda: queue.failed(claim, self.clock(), reason))
+                self.metrics.operation_outcome(claim.kind, "failed")
+                log.warning("operation_failed", reason=reason, attempts=claim.attempts)
+            case RetryAt(at, reason, delay, paused, error):
+                if paused is not None:
+                    self._paused[claim.channel_id] = paused
+                await self._save(lambda: queue.retry(claim, self.clock(), at, reason))
+                self.metrics.operation_outcome(claim.kind, "retried")
+                log.info(
+                    "operation_retry", reason=reason, attempts=claim.attempts,
+                    delay=round(delay, 1), exc_info=error or False,
+                )  # fmt: skip
+            case WaitingForCredentials(until, reason, message):
+                self._paused[claim.channel_id] = until
+                await self._save(
+                    lambda: queue.retry(claim, self.clock(), until, reason, spend_attempt=False)
+                )
+                self.metrics.operation_outcome(claim.kind, "waiting_credentials")
+                log.warning("operation_waiting_for_credentials", reason=message)
+            case Interrupted():
+                await self._save(
+                    lambda: queue.retry(
+                        claim, self.clock(), self.clock(), "interrupted by a stop",
+                        spend_attempt=False,
+                    )
+                )  # fmt: skip
+                log.info("operation_interrupted")
+
+    async def _delivered(
+        self,
+        claim: Claim,
+        receipt: ShipmentReceipt | None,
+        requested: datetime,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        now = self.clock()
+        detail, warnings = _receipt_events(claim.channel, receipt)
+        confirmed = await self._save(
+            lambda: self.storage.queue.delivered(
+                claim,
+                now,
+                now + timedelta(seconds=self.confirm_delay),
+                detail=detail,
+                warnings=warnings,
+            )
+        )
+        self.metrics.operation_delivered(claim.kind, (now - claim.created_at).total_seconds())
+        log.info(
+            "operation_delivered",
             attempts=claim.attempts,
-            delay=round(delay, 1),
+            seconds=round((now - claim.created_at).total_seconds(), 3),
+            call_seconds=round((now - requested).total_seconds(), 3),
         )
-
-    async def _give_up(self, claim: Claim, reason: str) -> None:
-        await self._save(lambda: self.storage.queue.failed(claim, self.clock(), reason))
-        self.metrics.operation_outcome(claim.kind, "failed")
-        self.log.warning(
-            "operation_failed",
-            channel=claim.channel,
-            order=claim.order_reference,
-            operation=claim.operation_id,
-            reason=reason,
-        )
-
-    async def _call(self, connector: MarketplaceConnector, claim: Claim) -> ShipmentReceipt | None:
-        """Make the marketplace call; a shipment brings back what was sent of it."""
-        reference = claim.order_reference
-        if claim.kind == K.ACCEPT:
-            await connector.accept(reference)
-        elif claim.kind == K.REFUSE:
-            await connector.refuse(reference)
-        elif claim.kind == K.CANCEL:
-            await connector.cancel(reference)
-        elif claim.kind == K.SHIP:
-            p = claim.payload
-            lines = p.get("items") or []
-            return await connector.ship(
-                reference,
-                ShipmentRequest(
-                    carrier=p.get("carrier", ""),
-                    tracking_number=p.get("tracking_number", ""),
-                    tracking_link=p.get("tracking_link", ""),
-                    items={claim.item_references[item]: qty for item, qty in lines} or None,
-                ),
-            )
-        elif claim.kind == K.REFUND:
-            p = claim.payload
-            # Merchant SKUs, as the refund was requested: each connector matches its own lines.
-            items: dict[str, int] = {}
-            for sku, qty in p.get("products") or []:
-                items[str(sku)] = items.get(str(sku), 0) + int(qty)
-            await connector.refund(
-                reference,
-                RefundRequest(shipping=bool(p.get("shipping", True)), items=items or None),
-            )
-        elif claim.kind == K.DELIVER:
-            await connector.deliver(reference)
-        else:
-            raise Rejected(f"the {connector.name} connector cannot {claim.kind.value} orders yet")
-        return None
+        for _, kind, seconds in confirmed:
+            self.metrics.operation_confirmed(kind, seconds)
+            log.info("operation_confirmed", confirmed_kind=kind, seconds=round(seconds, 1))
 
     async def _confirm(self, claim: Claim) -> None:
         try:
@@ -404,3 +424,58 @@ class OperationsWorker(Loop):
                 confirmed_kind=kind,
                 seconds=round(seconds, 1),
             )
+
+
+async def _accept(connector: MarketplaceConnector, claim: Claim) -> None:
+    await connector.accept(claim.order_reference)
+
+
+async def _refuse(connector: MarketplaceConnector, claim: Claim) -> None:
+    await connector.refuse(claim.order_reference)
+
+
+async def _cancel(connector: MarketplaceConnector, claim: Claim) -> None:
+    await connector.cancel(claim.order_reference)
+
+
+async def _mark_delivered(connector: MarketplaceConnector, claim: Claim) -> None:
+    await connector.deliver(claim.order_reference)
+
+
+async def _ship(connector: MarketplaceConnector, claim: Claim) -> ShipmentReceipt:
+    p = claim.payload
+    if not isinstance(p, ShipPayload):
+        raise Rejected(f"a shipment needs a ship payload, not {type(p).__name__}")
+    return await connector.ship(
+        claim.order_reference,
+        ShipmentRequest(
+            carrier=p.carrier,
+            tracking_number=p.tracking_number,
+            tracking_link=p.tracking_link,
+            items={claim.item_references[item]: qty for item, qty in p.items} or None,
+        ),
+    )
+
+
+async def _refund(connector: MarketplaceConnector, claim: Claim) -> None:
+    p = claim.payload
+    if not isinstance(p, RefundPayload):
+        raise Rejected(f"a refund needs a refund payload, not {type(p).__name__}")
+    # Merchant SKUs, as the refund was requested: each connector matches its own lines.
+    items: dict[str, int] = {}
+    for sku, qty in p.products:
+        items[sku] = items.get(sku, 0) + qty
+    await connector.refund(
+        claim.order_reference, RefundRequest(shipping=p.shipping, items=items or None)
+    )
+
+
+#: Operation kind → the marketplace call that delivers it; a kind not here is refused.
+_HANDLERS: dict[OperationKind, Handler] = {
+    K.ACCEPT: _accept,
+    K.REFUSE: _refuse,
+    K.CANCEL: _cancel,
+    K.SHIP: _ship,
+    K.REFUND: _refund,
+    K.DELIVER: _mark_delivered,
+}

@@ -24,12 +24,14 @@ from sfd.domain import (
 )
 from sfd.domain.clock import from_iso, to_iso
 from sfd.domain.rules import (
+    PAYLOAD_TYPES,
     AcknowledgePayload,
     Decision,
     OrderView,
     Payload,
     PriorOperation,
     ReasonPayload,
+    ShipPayload,
     confirmed_by_answer,
     decide,
 )
@@ -487,7 +489,8 @@ class Claim(msgspec.Struct, kw_only=True, frozen=True):
     channel: str
     order_id: int
     order_reference: str
-    payload: dict[str, Any]
+    payload: Payload
+    """The operation's typed payload (`PAYLOAD_TYPES[kind]`), decoded once, here."""
     attempts: int
     created_at: datetime
     item_references: dict[int, str]
@@ -555,12 +558,12 @@ class OperationQueue:
             Claim(
                 operation_id=r["id"],
                 ticket_id=r["ticket_id"],
-                kind=OperationKind(r["kind"]),
+                kind=(kind := OperationKind(r["kind"])),
                 channel_id=r["channel_id"],
                 channel=r["channel"],
                 order_id=r["order_id"],
                 order_reference=r["order_reference"],
-                payload=json.loads(r["payload"]),
+                payload=msgspec.convert(json.loads(r["payload"]), PAYLOAD_TYPES[kind]),
                 attempts=r["attempts"],
                 created_at=from_iso(r["created_at"]),
                 item_references=items.get(r["order_id"], {}),
@@ -589,15 +592,14 @@ class OperationQueue:
                 "WHERE id = $5",
                 (stamp, stamp, to_iso(confirm_at), stamp, claim.operation_id),
             )
-            if claim.kind == K.SHIP:
-                p = claim.payload
+            if isinstance(p := claim.payload, ShipPayload):
                 await tx.execute(
                     "UPDATE orders SET carrier = $1, tracking_number = $2, tracking_link = $3, "
                     "updated_at = $4 WHERE id = $5",
                     (
-                        p.get("carrier", ""),
-                        p.get("tracking_number", ""),
-                        p.get("tracking_link", ""),
+                        p.carrier,
+                        p.tracking_number,
+                        p.tracking_link,
                         stamp,
                         claim.order_id,
                     ),
