@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sfd.connectors.settings import (
     AmazonSettings,
@@ -95,25 +95,32 @@ SHOP_SETTINGS: Mapping[str, type[ConnectorSettings]] = MappingProxyType(
 )
 
 
+def _open(entries: Mapping[str, Entry[_C]], name: str, connector: str, settings: Any) -> _C:
+    entry = entries.get(connector)
+    if entry is None or not isinstance(settings, entry.settings):
+        raise ConnectorUnavailable(connector)
+    return entry.open(name, settings)
+
+
 def open_marketplace(
     channel: str, connector: str, settings: ConnectorSettings
 ) -> MarketplaceConnector:
     """A connector for one channel; raise ConnectorUnavailable for one not built yet."""
-    entry = MARKETPLACES.get(connector)
-    if entry is None or not isinstance(settings, entry.settings):
+    try:
+        return _open(MARKETPLACES, channel, connector, settings)
+    except ConnectorUnavailable:
         raise ConnectorUnavailable(
             f"connector {connector!r} is accepted in the config but not implemented in sfd "
             "yet; this channel is not polled"
-        )
-    return entry.open(channel, settings)
+        ) from None
 
 
 def open_shop(shop: str, connector: str, settings: ConnectorSettings) -> ShopConnector:
     """A connector for one push-mode shop; raise ConnectorUnavailable for one not built yet."""
-    entry = SHOPS.get(connector)
-    if entry is None or not isinstance(settings, entry.settings):
+    try:
+        return _open(SHOPS, shop, connector, settings)
+    except ConnectorUnavailable:
         raise ConnectorUnavailable(
-            f"shop connector {connector!r} is accepted in the config but not implemented in sfd "
-            "yet; this shop is not synced"
-        )
-    return entry.open(shop, settings)
+            f"shop connector {connector!r} is accepted in the config but not implemented in "
+            "sfd yet; this shop is not synced"
+        ) from None

@@ -63,26 +63,25 @@ async def test_a_server_error_is_transient_with_its_status(
     assert "upstream broke" in str(error)
 
 
-async def test_a_timeout_is_transient(http: aioresponses, adapter: Adapter, connector: Any) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, exception=TimeoutError())
-
-    error = await read_failing(adapter, connector)
-
-    assert type(error) is Transient
-    assert "no answer within" in str(error)
-
-
-async def test_a_reset_connection_is_transient(
-    http: aioresponses, adapter: Adapter, connector: Any
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (TimeoutError(), "no answer within"),
+        (aiohttp.ServerDisconnectedError(), "ServerDisconnectedError"),
+        (aiohttp.ClientConnectionError("Connection reset by peer"), "reset by peer"),
+    ],
+    ids=["timeout", "disconnected", "reset"],
+)
+async def test_no_answer_is_transient(
+    http: aioresponses, adapter: Adapter, connector: Any, failure: Exception, said: str
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, exception=aiohttp.ServerDisconnectedError())
+    http.get(adapter.list_url, exception=failure)
 
     error = await read_failing(adapter, connector)
 
     assert type(error) is Transient
-    assert "ServerDisconnectedError" in str(error)
+    assert said in str(error)
 
 
 async def test_an_html_page_with_200_is_transient(
