@@ -13,7 +13,6 @@ refresh token and cached for its hour of life; SP-API stopped requiring AWS SigV
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import re
@@ -40,6 +39,7 @@ from sfd.connectors.base import (
     Transient,
 )
 from sfd.connectors.http import Answer, HttpClient, HttpConnector, parse_retry_after, segment
+from sfd.connectors.oauth import RefreshTokenGrant, oauth_error
 from sfd.connectors.parsing import (
     MalformedOrder,
     Quantity,
@@ -74,8 +74,6 @@ PAGE_SIZE: Final = 100
 INCLUDED_DATA: Final = ("BUYER", "RECIPIENT", "FULFILLMENT", "PROCEEDS", "PACKAGES", "TAX")
 #: getOrder for a status or a shipment needs the fulfilment (status, quantities shipped) only.
 ORDER_CHECK_DATA: Final = ("FULFILLMENT",)
-#: An access token is renewed this long before LWA says it expires.
-TOKEN_MARGIN: Final = timedelta(seconds=60)
 #: lastUpdatedBefore must be at least two minutes before Amazon's now: ten seconds more keep a
 #: clock running slightly ahead of Amazon's from an InvalidInput on every poll.
 LISTING_DELAY: Final = timedelta(minutes=2, seconds=10)
@@ -227,16 +225,6 @@ class _OrderCheck(msgspec.Struct):
 
 class _OrderCheckAnswer(msgspec.Struct):
     order: _OrderCheck
-
-
-class _Token(msgspec.Struct):
-    access_token: str
-    expires_in: float = 3600.0
-
-
-class _LwaError(msgspec.Struct):
-    error: str | None = None
-    error_description: str | None = None
 
 
 class _Error(msgspec.Struct):
@@ -455,14 +443,26 @@ class AmazonConnector(HttpConnector):
         self._endpoint = settings.endpoint.strip().rstrip("/")
         self._http = HttpClient(
             "Amazon",
-            secrets=lambda: (settings.client_secret, settings.refresh_token, self._token),
+            secrets=lambda: (settings.client_secret, settings.refresh_token, self._lwa.current),
             session=session,
             timeout=timeout,
         )
         self._clock = clock
-        self._token: str | None = None
-        self._token_expires_at: datetime | None = None
-        self._token_lock = asyncio.Lock()
+        self._lwa = RefreshTokenGrant(
+            self._http,
+            settings.token_url,
+            op="LWA token",
+            form={
+                "grant_type": "refresh_token",
+                "refresh_token": settings.refresh_token,
+                "client_id": settings.client_id,
+                "client_secret": settings.client_secret,
+            },
+            headers={"Accept": "application/json"},
+            refused=self._lwa_refused,
+            empty="Amazon LWA token: unexpected answer (no usable access_token)",
+            clock=clock,
+        )
         # One bucket per operation, shared by every call of this connector.
         self._search_limiter = _bucket(SEARCH_BURST, SEARCH_RATE)
         self._order_limiter = _bucket(ORDER_BURST, ORDER_RATE)
@@ -643,54 +643,12 @@ class AmazonConnector(HttpConnector):
 
     # -- Login with Amazon --------------------------------------------------------------------
 
-    async def _access_token(self) -> str:
-        """A valid access token: the cached one, or a new one from LWA."""
-        async with self._token_lock:
-            now = self._clock()
-            if (
-                self._token is not None
-                and self._token_expires_at is not None
-                and now < self._token_expires_at
-            ):
-                return self._token
-            token = await self._new_token()
-            self._token = token.access_token
-            self._token_expires_at = now + timedelta(seconds=token.expires_in) - TOKEN_MARGIN
-            return self._token
-
-    def _forget_token(self, token: str) -> None:
-        if self._token == token:
-            self._token = None
-            self._token_expires_at = None
-
-    async def _new_token(self) -> _Token:
-        settings = self._settings
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": settings.refresh_token,
-            "client_id": settings.client_id,
-            "client_secret": settings.client_secret,
-        }
-        op = "LWA token"
-        headers = {"Accept": "application/json"}
-        answer = await self._http.send(
-            "POST", settings.token_url, op=op, headers=headers, form=form
-        )
-        status = answer.status
-        if 200 <= status < 300:
-            token = self._http.decode(answer.body, _Token, op)
-            if not token.access_token or not math.isfinite(token.expires_in):
-                raise Transient(f"Amazon {op}: unexpected answer (no usable access_token)")
-            return token
-        self._http.fail_common(answer, op)
-        try:
-            error = msgspec.json.decode(answer.body, type=_LwaError)
-        except msgspec.MsgspecError:
-            error = _LwaError()
-        reason = error.error or f"HTTP {status}"
-        if error.error_description:
-            reason += f" ({error.error_description})"
-        raise AuthFailed(f"Amazon LWA refused the credentials: {self._http.scrub(reason)}")
+    def _lwa_refused(self, answer: Answer) -> AuthFailed:
+        error, description = oauth_error(answer.body)
+        reason = error or f"HTTP {answer.status}"
+        if description:
+            reason += f" ({description})"
+        return AuthFailed(f"Amazon LWA refused the credentials: {self._http.scrub(reason)}")
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -726,9 +684,8 @@ class AmazonConnector(HttpConnector):
         rate Amazon states in `x-amzn-RateLimit-Limit` retunes the operation's bucket.
         """
         url = build_url(self._endpoint, path, params)
-        answer: Answer | None = None
-        for attempt in (1, 2):
-            token = await self._access_token()
+
+        async def send(token: str) -> Answer:
             if limiter is not None:
                 await limiter.acquire()
             headers = {
@@ -736,12 +693,9 @@ class AmazonConnector(HttpConnector):
                 "Accept": "application/json",
                 "User-Agent": "sfd (Language=Python)",
             }
-            answer = await self._http.send(method, url, op=op, headers=headers, body=body)
-            if answer.status == 403 and attempt == 1:
-                self._forget_token(token)
-                continue
-            break
-        assert answer is not None
+            return await self._http.send(method, url, op=op, headers=headers, body=body)
+
+        answer = await self._lwa.call(send, refused_with=403)
         stated = _rate(answer.headers.get("x-amzn-RateLimit-Limit"))
         if limiter is not None and stated is not None:
             retune(limiter, stated)

@@ -8,10 +8,8 @@ speak: accept, refuse and cancel are refused with a message saying so.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -32,7 +30,8 @@ from sfd.connectors.base import (
     SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, excerpt, segment
+from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.oauth import RefreshTokenGrant, oauth_reason
 from sfd.connectors.parsing import (
     MalformedOrder,
     Quantity,
@@ -57,8 +56,8 @@ PAGE_SIZE: Final = 200
 #: getOrders' date filters only reach the last 90 days (error 30830 past that): an older cursor
 #: is brought forward to just inside that window, with an hour's margin for clock skew.
 MAX_LOOKBACK: Final = timedelta(days=90) - timedelta(hours=1)
-#: An access token is renewed this long before eBay says it expires.
-TOKEN_MARGIN: Final = timedelta(seconds=60)
+#: The refresh-token grant, as messages name it.
+GRANT: Final = "OAuth refresh token grant"
 
 # Order status, from three eBay fields (the spec names the enums; developer.ebay.com lists them):
 # - orderPaymentStatus (OrderPaymentStatusEnum): PAID, PENDING, FAILED, FULLY_REFUNDED,
@@ -106,17 +105,6 @@ CANCEL_UNSUPPORTED: Final = (
 )
 
 
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    renew_at: datetime
-
-
-class _TokenAnswer(msgspec.Struct):
-    access_token: str
-    expires_in: float
-
-
 class _Listing(msgspec.Struct):
     """getOrders' answer, each order kept as the exact bytes eBay sent."""
 
@@ -152,10 +140,26 @@ class EbayConnector(HttpConnector):
         self._token_url = URL(settings.token_url.strip())
         self._http = HttpClient("eBay", secrets=self._secrets, session=session, timeout=timeout)
         self._clock = clock
-        self._token: _Token | None = None
-        self._token_lock = asyncio.Lock()
         credentials = f"{settings.client_id}:{settings.client_secret}".encode()
         self._basic = base64.b64encode(credentials).decode("ascii")
+        self._oauth = RefreshTokenGrant(
+            self._http,
+            self._token_url,
+            op=GRANT,
+            form={
+                "grant_type": "refresh_token",
+                "refresh_token": settings.refresh_token,
+                "scope": SCOPE,
+            },
+            headers={
+                "Authorization": f"Basic {self._basic}",
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+            },
+            refused=self._grant_refused,
+            empty=f"eBay {GRANT}: the answer has an empty access_token",
+            clock=clock,
+        )
         #: The id of the last shipping fulfillment eBay created, from its Location header.
         self.last_fulfillment_id: str | None = None
 
@@ -377,47 +381,13 @@ class EbayConnector(HttpConnector):
 
     # -- OAuth ----------------------------------------------------------------------------
 
-    async def _access_token(self) -> str:
-        async with self._token_lock:
-            token = self._token
-            if token is None or self._clock() >= token.renew_at:
-                token = await self._refresh()
-                self._token = token
-            return token.value
-
-    def _forget(self, value: str) -> None:
-        if self._token is not None and self._token.value == value:
-            self._token = None
-
-    async def _refresh(self) -> _Token:
-        """Mint a user access token from the refresh token (refresh token grant)."""
-        op = "OAuth refresh token grant"
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": self._settings.refresh_token,
-            "scope": SCOPE,
-        }
-        headers = {
-            "Authorization": f"Basic {self._basic}",
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": "application/json",
-        }
-        minted_at = self._clock()
-        answer = await self._http.send("POST", self._token_url, op=op, headers=headers, form=form)
-        status = answer.status
-        if 200 <= status < 300:
-            granted = self._http.decode(answer.body, _TokenAnswer, op)
-            if not granted.access_token:
-                raise Transient(f"eBay {op}: the answer has an empty access_token")
-            lifetime = timedelta(seconds=max(0.0, granted.expires_in))
-            return _Token(granted.access_token, minted_at + lifetime - TOKEN_MARGIN)
-        if status in (400, 401, 403):
+    def _grant_refused(self, answer: Answer) -> ConnectorError:
+        if answer.status in (400, 401, 403):
             # invalid_grant (refresh token expired or revoked), invalid_client (wrong client id
             # or secret), invalid_scope: only new credentials help.
-            raise AuthFailed(
-                self._http.scrub(f"eBay {op}: HTTP {status} {_oauth_error(answer.body)}")
-            )
-        self._fail(answer, op)
+            reason = oauth_reason(answer.body)
+            return AuthFailed(self._http.scrub(f"eBay {GRANT}: HTTP {answer.status} {reason}"))
+        return Rejected(self._rejection(answer, GRANT))
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -426,15 +396,12 @@ class EbayConnector(HttpConnector):
 
         A 401 may only mean the token expired early: it is renewed, and the call sent once more.
         """
-        answer: Answer | None = None
-        for attempt in (1, 2):
-            token = await self._access_token()
+
+        async def send(token: str) -> Answer:
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            answer = await self._http.send(method, url, op=op, headers=headers, body=body)
-            if answer.status != 401 or attempt == 2:
-                break
-            self._forget(token)
-        assert answer is not None
+            return await self._http.send(method, url, op=op, headers=headers, body=body)
+
+        answer = await self._oauth.call(send, refused_with=401)
         if 200 <= answer.status < 300:
             return answer
         if answer.status == 404:
@@ -458,8 +425,8 @@ class EbayConnector(HttpConnector):
     def _secrets(self) -> list[str]:
         """What no message may show: the credentials, and the access token of the moment."""
         secrets = [self._settings.client_secret, self._settings.refresh_token, self._basic]
-        if self._token is not None:
-            secrets.append(self._token.value)
+        if self._oauth.current is not None:
+            secrets.append(self._oauth.current)
         return secrets
 
 
@@ -1058,20 +1025,6 @@ def _error_message(body: bytes) -> str | None:
     error_id = first.get("errorId")
     suffix = f" (eBay error {error_id})" if isinstance(error_id, int | str) and error_id else ""
     return message.strip() + suffix
-
-
-def _oauth_error(body: bytes) -> str:
-    """The OAuth error of a token answer (`{"error": "invalid_grant", ...}`)."""
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return excerpt(body) or "empty body"
-    if not isinstance(data, dict):
-        return excerpt(body) or "empty body"
-    error = data.get("error")
-    description = data.get("error_description")
-    parts = [str(p) for p in (error, description) if isinstance(p, str) and p.strip()]
-    return ": ".join(parts) if parts else (excerpt(body) or "empty body")
 
 
 if TYPE_CHECKING:

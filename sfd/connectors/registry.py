@@ -1,8 +1,17 @@
-"""Builds a channel's connector from its typed settings."""
+"""The one list of connectors: name → (settings class, factory), marketplaces and shops.
+
+Config validation reads the settings classes from it, the daemon opens connectors through it;
+a new connector is one entry here. Factories import their module on first use, so reading a
+config does not load every connector.
+"""
 
 from __future__ import annotations
 
-from sfd.connectors.base import MarketplaceConnector
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
 from sfd.connectors.settings import (
     AmazonSettings,
     ConnectorSettings,
@@ -10,47 +19,108 @@ from sfd.connectors.settings import (
     MiraklSettings,
     WooCommerceSettings,
 )
-from sfd.connectors.shop import ShopConnector
+
+if TYPE_CHECKING:
+    from sfd.connectors.base import MarketplaceConnector
+    from sfd.connectors.shop import ShopConnector
+
+_C = TypeVar("_C")
 
 
 class ConnectorUnavailable(Exception):
     """This sfd has no implementation of the connector yet."""
 
 
+@dataclass(frozen=True)
+class Entry(Generic[_C]):
+    """One connector: its settings class, and how to open it for a channel or shop name."""
+
+    settings: type[ConnectorSettings]
+    open: Callable[[str, ConnectorSettings], _C]
+
+
+def _mirakl(name: str, settings: ConnectorSettings) -> MarketplaceConnector:
+    from sfd.connectors.mirakl import MiraklConnector
+
+    assert isinstance(settings, MiraklSettings)
+    return MiraklConnector(
+        settings,
+        name=name,
+        refund_reason_code=settings.refund_reason_code,
+        timeout=settings.timeout,
+    )
+
+
+def _amazon(name: str, settings: ConnectorSettings) -> MarketplaceConnector:
+    from sfd.connectors.amazon import AmazonConnector
+
+    assert isinstance(settings, AmazonSettings)
+    return AmazonConnector(settings, name=name, timeout=settings.timeout)
+
+
+def _ebay(name: str, settings: ConnectorSettings) -> MarketplaceConnector:
+    from sfd.connectors.ebay import EbayConnector
+
+    assert isinstance(settings, EbaySettings)
+    return EbayConnector(settings, name=name, timeout=settings.timeout)
+
+
+def _woocommerce(name: str, settings: ConnectorSettings) -> ShopConnector:
+    from sfd.connectors.woocommerce import WooCommerceConnector
+
+    assert isinstance(settings, WooCommerceSettings)
+    return WooCommerceConnector(settings, name=name)
+
+
+#: Marketplace connectors by the name a channel's `connector` key gives.
+MARKETPLACES: Mapping[str, Entry[MarketplaceConnector]] = MappingProxyType(
+    {
+        "mirakl": Entry(MiraklSettings, _mirakl),
+        "amazon": Entry(AmazonSettings, _amazon),
+        "ebay": Entry(EbaySettings, _ebay),
+    }
+)
+
+#: Shop connectors by the name a shop's `connector` key gives.
+SHOPS: Mapping[str, Entry[ShopConnector]] = MappingProxyType(
+    {"woocommerce": Entry(WooCommerceSettings, _woocommerce)}
+)
+
+#: The settings classes alone, as config validation reads them.
+MARKETPLACE_SETTINGS: Mapping[str, type[ConnectorSettings]] = MappingProxyType(
+    {name: entry.settings for name, entry in MARKETPLACES.items()}
+)
+SHOP_SETTINGS: Mapping[str, type[ConnectorSettings]] = MappingProxyType(
+    {name: entry.settings for name, entry in SHOPS.items()}
+)
+
+
+def _open(entries: Mapping[str, Entry[_C]], name: str, connector: str, settings: Any) -> _C:
+    entry = entries.get(connector)
+    if entry is None or not isinstance(settings, entry.settings):
+        raise ConnectorUnavailable(connector)
+    return entry.open(name, settings)
+
+
 def open_marketplace(
     channel: str, connector: str, settings: ConnectorSettings
 ) -> MarketplaceConnector:
     """A connector for one channel; raise ConnectorUnavailable for one not built yet."""
-    if connector == "mirakl" and isinstance(settings, MiraklSettings):
-        from sfd.connectors.mirakl import MiraklConnector
-
-        return MiraklConnector(
-            settings,
-            name=channel,
-            refund_reason_code=settings.refund_reason_code,
-            timeout=settings.timeout,
-        )
-    if connector == "amazon" and isinstance(settings, AmazonSettings):
-        from sfd.connectors.amazon import AmazonConnector
-
-        return AmazonConnector(settings, name=channel, timeout=settings.timeout)
-    if connector == "ebay" and isinstance(settings, EbaySettings):
-        from sfd.connectors.ebay import EbayConnector
-
-        return EbayConnector(settings, name=channel, timeout=settings.timeout)
-    raise ConnectorUnavailable(
-        f"connector {connector!r} is accepted in the config but not implemented in sfd "
-        "yet; this channel is not polled"
-    )
+    try:
+        return _open(MARKETPLACES, channel, connector, settings)
+    except ConnectorUnavailable:
+        raise ConnectorUnavailable(
+            f"connector {connector!r} is accepted in the config but not implemented in sfd "
+            "yet; this channel is not polled"
+        ) from None
 
 
 def open_shop(shop: str, connector: str, settings: ConnectorSettings) -> ShopConnector:
     """A connector for one push-mode shop; raise ConnectorUnavailable for one not built yet."""
-    if connector == "woocommerce" and isinstance(settings, WooCommerceSettings):
-        from sfd.connectors.woocommerce import WooCommerceConnector
-
-        return WooCommerceConnector(settings, name=shop)
-    raise ConnectorUnavailable(
-        f"shop connector {connector!r} is accepted in the config but not implemented in sfd "
-        "yet; this shop is not synced"
-    )
+    try:
+        return _open(SHOPS, shop, connector, settings)
+    except ConnectorUnavailable:
+        raise ConnectorUnavailable(
+            f"shop connector {connector!r} is accepted in the config but not implemented in "
+            "sfd yet; this shop is not synced"
+        ) from None

@@ -98,14 +98,10 @@ WOOCOMMERCE_CREATE_STATUSES = ("pending", "processing", "on-hold")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-#: Marketplace connectors by the name a channel's `connector` key gives.
-MARKETPLACE_SETTINGS: dict[str, type[ConnectorSettings]] = {
-    "mirakl": MiraklSettings,
-    "amazon": AmazonSettings,
-    "ebay": EbaySettings,
-}
+def __getattr__(name: str) -> object:
+    """MARKETPLACE_SETTINGS and SHOP_SETTINGS, views of the one registry (`registry.py`)."""
+    if name in ("MARKETPLACE_SETTINGS", "SHOP_SETTINGS"):
+        from sfd.connectors import registry
 
-#: Shop connectors by the name a shop's `connector` key gives.
-SHOP_SETTINGS: dict[str, type[ConnectorSettings]] = {
-    "woocommerce": WooCommerceSettings,
-}
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

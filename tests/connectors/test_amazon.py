@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
@@ -1114,28 +1113,6 @@ async def test_an_answer_without_fulfillment_is_transient(
 # -- failures ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [500, 503])
-async def test_server_errors_are_transient(
-    http: aioresponses, connector: AmazonConnector, status: int
-) -> None:
-    http.get(SEARCH, status=status, body="<html>Service Unavailable</html>")
-
-    with pytest.raises(Transient, match=f"HTTP {status}"):
-        await pages(connector, NOW - timedelta(hours=1))
-
-
-async def test_a_timeout_or_a_reset_is_transient(
-    http: aioresponses, connector: AmazonConnector
-) -> None:
-    http.get(SEARCH, exception=TimeoutError())
-    http.get(ORDER, exception=aiohttp.ClientConnectionError("Connection reset by peer"))
-
-    with pytest.raises(Transient, match="no answer within 30 s"):
-        await pages(connector, NOW - timedelta(hours=1))
-    with pytest.raises(Transient, match="ClientConnectionError"):
-        await connector.order_status(ORDER_ID)
-
-
 async def test_an_answer_of_the_wrong_shape_is_transient(
     http: aioresponses, connector: AmazonConnector
 ) -> None:
@@ -1143,26 +1120,6 @@ async def test_an_answer_of_the_wrong_shape_is_transient(
 
     with pytest.raises(Transient, match="unexpected answer"):
         await pages(connector, NOW - timedelta(hours=1))
-
-
-async def test_a_redirect_is_refused_not_followed(
-    http: aioresponses, connector: AmazonConnector
-) -> None:
-    http.get(SEARCH, status=302, headers={"Location": "https://signin.elsewhere.test/ap"})
-
-    with pytest.raises(Transient, match=r"redirect to signin\.elsewhere\.test refused"):
-        await pages(connector, NOW - timedelta(hours=1))
-
-
-async def test_a_session_given_is_used_and_left_open(http: aioresponses) -> None:
-    grant(http)
-    http.get(ORDER, payload=order_answer())
-    async with aiohttp.ClientSession() as session:
-        amazon = AmazonConnector(settings(), session=session)
-        await amazon.order_status(ORDER_ID)
-        await amazon.aclose()
-
-        assert not session.closed
 
 
 def test_the_fixture_order_fits_the_model() -> None:

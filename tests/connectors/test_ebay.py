@@ -20,7 +20,6 @@ from sfd.config import ChannelConfig, Duration
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
-    RateLimited,
     RefundRequest,
     Rejected,
     ShipmentRequest,
@@ -1343,52 +1342,6 @@ async def test_order_status_in_an_unknown_state_is_rejected(
 # -- errors -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("retry_after", "expected"), [("30", 30.0), (None, None)])
-async def test_429_is_rate_limited_with_retry_after(
-    http: aioresponses, connector: EbayConnector, retry_after: str | None, expected: float | None
-) -> None:
-    grant(http)
-    headers = {"Retry-After": retry_after} if retry_after else {}
-    http.get(ORDERS, status=429, headers=headers)
-
-    with pytest.raises(RateLimited) as caught:
-        await pages(connector)
-
-    assert caught.value.retry_after == expected
-
-
-@pytest.mark.parametrize("status", [500, 502, 503])
-async def test_server_errors_are_transient(
-    http: aioresponses, connector: EbayConnector, status: int
-) -> None:
-    grant(http)
-    http.get(
-        ORDERS,
-        status=status,
-        payload={"errors": [{"errorId": 30500, "message": "System error"}]},
-    )
-
-    with pytest.raises(Transient, match=f"HTTP {status}"):
-        await pages(connector)
-
-
-async def test_a_timeout_is_transient(http: aioresponses, connector: EbayConnector) -> None:
-    grant(http)
-    http.get(ORDERS, exception=TimeoutError())
-
-    with pytest.raises(Transient, match="no answer within 30 s"):
-        await pages(connector)
-
-
-async def test_a_connection_error_is_transient(
-    http: aioresponses, connector: EbayConnector
-) -> None:
-    http.post(TOKEN_URL, exception=aiohttp.ClientConnectionError("refused"))
-
-    with pytest.raises(Transient, match="ClientConnectionError"):
-        await pages(connector)
-
-
 async def test_a_client_error_is_rejected_with_ebays_message(
     http: aioresponses, connector: EbayConnector
 ) -> None:
@@ -1416,28 +1369,6 @@ async def test_a_client_error_is_rejected_with_ebays_message(
     )
 
 
-async def test_an_html_page_with_200_is_transient(
-    http: aioresponses, connector: EbayConnector
-) -> None:
-    grant(http)
-    http.get(ORDERS, body="<!DOCTYPE html><html>Wartung</html>", content_type="text/html")
-
-    with pytest.raises(Transient, match="not JSON: <!DOCTYPE html>"):
-        await pages(connector)
-
-
-async def test_a_redirect_is_refused_not_followed(
-    http: aioresponses, connector: EbayConnector
-) -> None:
-    grant(http)
-    http.get(ORDERS, status=302, headers={"Location": "https://signin.elsewhere.test/ws"})
-
-    with pytest.raises(Transient, match=r"redirect to signin\.elsewhere\.test refused"):
-        await pages(connector)
-
-    assert len(sent(http, "GET")) == 1
-
-
 async def test_an_error_body_echoing_a_secret_is_scrubbed(
     http: aioresponses, connector: EbayConnector
 ) -> None:
@@ -1452,30 +1383,3 @@ async def test_an_error_body_echoing_a_secret_is_scrubbed(
 
 
 # -- session ----------------------------------------------------------------------------------
-
-
-async def test_a_session_given_is_used_and_left_open(http: aioresponses, clock: Clock) -> None:
-    grant(http)
-    http.get(order_url(), payload=ebay_order())
-    async with aiohttp.ClientSession() as session:
-        ebay = EbayConnector(SETTINGS, session=session, clock=clock)
-        await ebay.order_status(ORDER_ID)
-        await ebay.aclose()
-
-        assert not session.closed
-
-
-async def test_the_connector_closes_the_session_it_opened(http: aioresponses, clock: Clock) -> None:
-    grant(http)
-    http.get(order_url(), payload=ebay_order())
-    ebay = EbayConnector(SETTINGS, name="ebay-de", clock=clock)
-    await ebay.order_status(ORDER_ID)
-    session = ebay._session
-    assert session is not None
-
-    await ebay.aclose()
-
-    assert session.closed
-    assert ebay.name == "ebay-de"
-    assert ebay.min_poll_interval == 60.0
-    assert ebay.pages_sorted_by_update is False

@@ -10,7 +10,6 @@ from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 
-import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
@@ -895,22 +894,6 @@ async def test_order_status_reads_one_order(
 # -- errors -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("retry_after", "expected"),
-    [("30", 30.0), ("1.5", 1.5), (None, None), ("soon", None)],
-)
-async def test_429_is_rate_limited_with_retry_after(
-    http: aioresponses, connector: MiraklConnector, retry_after: str | None, expected: float | None
-) -> None:
-    headers = {"Retry-After": retry_after} if retry_after else {}
-    http.get(ORDERS, status=429, headers=headers)
-
-    with pytest.raises(RateLimited) as caught:
-        await pages(connector)
-
-    assert caught.value.retry_after == expected
-
-
 async def test_retry_after_as_an_http_date(http: aioresponses, connector: MiraklConnector) -> None:
     later = datetime.now(UTC) + timedelta(seconds=120)
     http.get(ORDERS, status=429, headers={"Retry-After": format_datetime(later, usegmt=True)})
@@ -920,32 +903,6 @@ async def test_retry_after_as_an_http_date(http: aioresponses, connector: Mirakl
 
     assert caught.value.retry_after is not None
     assert 110 <= caught.value.retry_after <= 120
-
-
-@pytest.mark.parametrize("status", [500, 502, 503])
-async def test_server_errors_are_transient(
-    http: aioresponses, connector: MiraklConnector, status: int
-) -> None:
-    http.get(ORDERS, status=status, body="<html>Bad gateway</html>")
-
-    with pytest.raises(Transient, match=f"HTTP {status}"):
-        await pages(connector)
-
-
-async def test_a_timeout_is_transient(http: aioresponses, connector: MiraklConnector) -> None:
-    http.get(ORDERS, exception=TimeoutError())
-
-    with pytest.raises(Transient, match="no answer within 30 s"):
-        await pages(connector)
-
-
-async def test_a_connection_error_is_transient(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    http.put(put_url("7001-A", "cancel"), exception=aiohttp.ClientConnectionError("refused"))
-
-    with pytest.raises(Transient, match="ClientConnectionError"):
-        await connector.cancel("7001-A")
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -989,20 +946,6 @@ async def test_a_client_error_without_json_shows_status_and_excerpt(
     assert caught.value.message == "HTTP 404: <html> Not Found </html>"
 
 
-async def test_an_html_page_with_200_is_transient(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    http.get(
-        ORDERS,
-        status=200,
-        body="<!DOCTYPE html><html><body>Maintenance</body></html>",
-        content_type="text/html",
-    )
-
-    with pytest.raises(Transient, match="not JSON: <!DOCTYPE html>"):
-        await pages(connector)
-
-
 async def test_json_of_the_wrong_shape_is_transient(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
@@ -1012,39 +955,4 @@ async def test_json_of_the_wrong_shape_is_transient(
         await pages(connector)
 
 
-async def test_a_redirect_is_refused_not_followed(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    http.get(ORDERS, status=302, headers={"Location": "https://login.elsewhere.test/sso"})
-
-    with pytest.raises(Transient, match=r"redirect to login\.elsewhere\.test refused"):
-        await pages(connector)
-
-    assert len(sent(http)) == 1
-
-
 # -- session ----------------------------------------------------------------------------------
-
-
-async def test_a_session_given_is_used_and_left_open(http: aioresponses) -> None:
-    http.put(put_url("7001-A", "cancel"), status=204)
-    async with aiohttp.ClientSession() as session:
-        mirakl = MiraklConnector(MiraklSettings(base_url=BASE, api_key=KEY), session=session)
-        await mirakl.cancel("7001-A")
-        await mirakl.aclose()
-
-        assert not session.closed
-
-
-async def test_the_connector_closes_the_session_it_opened(http: aioresponses) -> None:
-    http.put(put_url("7001-A", "cancel"), status=204)
-    mirakl = MiraklConnector(MiraklSettings(base_url=BASE, api_key=KEY), name="decathlon")
-    await mirakl.cancel("7001-A")
-    session = mirakl._session
-    assert session is not None
-
-    await mirakl.aclose()
-
-    assert session.closed
-    assert mirakl.name == "decathlon"
-    assert mirakl.min_poll_interval == 60.0

@@ -1,0 +1,267 @@
+"""One contract adapter per connector: all the shared suite needs to know of it.
+
+A new connector gets every case of `tests/contract/` by adding one adapter to ADAPTERS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from aioresponses import aioresponses
+
+from sfd.connectors.amazon import AmazonConnector
+from sfd.connectors.base import ShipmentRequest
+from sfd.connectors.ebay import EbayConnector
+from sfd.connectors.mirakl import MiraklConnector
+from sfd.connectors.settings import MiraklSettings, WooCommerceSettings
+from sfd.connectors.shop import PushLine, PushOrder
+from sfd.connectors.woocommerce import META_MARKETPLACE, META_REFERENCE, WooCommerceConnector
+from sfd.domain import Address
+from tests.connectors import test_amazon as amazon
+from tests.connectors import test_ebay as ebay
+from tests.connectors import test_mirakl as mirakl
+
+Connector = MiraklConnector | AmazonConnector | EbayConnector | WooCommerceConnector
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How the suite drives one connector.
+
+    `make(session)` builds it against its test base URL; `auth` answers its token grant, if
+    any; `list_url` matches its list call and `read` drains it, returning (references read,
+    skipped reasons); `page` is one list answer (orders, is it the last); `order`/`malformed`
+    are a valid order body and a malformed one with the field it must be named by;
+    `ship`/`already` send the idempotent write and answer it as "already done"; `secret` is a
+    credential that must never show.
+    """
+
+    name: str
+    make: Callable[..., Connector]
+    auth: Callable[[aioresponses], None]
+    list_url: re.Pattern[str]
+    read: Callable[[Any], Awaitable[tuple[list[str], list[str]]]]
+    page: Callable[[list[dict[str, Any]], bool], dict[str, Any]]
+    order: Callable[[str], dict[str, Any]]
+    malformed: tuple[dict[str, Any], str]
+    ship: Callable[[Any], Awaitable[Any]]
+    already: Callable[[aioresponses], None]
+    secret: str
+    first_page_size: int = 1
+    skips_malformed: bool = True
+    """Whether a malformed order is skipped alone (marketplaces), or its page refused (shops)."""
+
+
+def _no_auth(http: aioresponses) -> None:
+    """Connectors authenticated by a static key need no token."""
+
+
+async def _marketplace_read(connector: Any) -> tuple[list[str], list[str]]:
+    references: list[str] = []
+    skipped: list[str] = []
+    async for page in connector.fetch_orders(None):
+        references += [o.reference for o in page.orders]
+        skipped += [s.reason for s in page.skipped]
+    return references, skipped
+
+
+# -- Mirakl ------------------------------------------------------------------------------------
+
+
+def _mirakl_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    total = len(orders) if last else len(orders) + 1
+    return {"body": mirakl.listing(*orders, total=total)}
+
+
+async def _mirakl_ship(connector: Any) -> Any:
+    return await connector.ship("7001-A", ShipmentRequest(tracking_number=""))
+
+
+def _mirakl_already(http: aioresponses) -> None:
+    refusal = {"status": 400, "message": "The order 7001-A is not in SHIPPING state"}
+    http.put(mirakl.put_url("7001-A", "ship"), status=400, payload=refusal)
+    http.get(mirakl.ORDERS, body=mirakl.listing(mirakl.mirakl_order(state="SHIPPED")))
+
+
+MIRAKL = Adapter(
+    name="mirakl",
+    make=lambda session=None: MiraklConnector(
+        MiraklSettings(base_url=mirakl.BASE, api_key=mirakl.KEY), session=session
+    ),
+    auth=_no_auth,
+    list_url=mirakl.ORDERS,
+    read=_marketplace_read,
+    page=_mirakl_page,
+    order=mirakl.small_order,
+    malformed=(mirakl.small_order("2-A") | {"price": "ten"}, "price"),
+    ship=_mirakl_ship,
+    already=_mirakl_already,
+    secret=mirakl.KEY,
+    first_page_size=100,
+)
+
+
+# -- Amazon ------------------------------------------------------------------------------------
+
+
+def _amazon_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    return {"body": amazon.listing(*orders, next_token=None if last else "next-page")}
+
+
+async def _amazon_ship(connector: Any) -> Any:
+    request = ShipmentRequest(carrier="UPS", tracking_number="1Z")
+    return await connector.ship(amazon.ORDER_ID, request)
+
+
+def _amazon_already(http: aioresponses) -> None:
+    http.get(amazon.ORDER, payload=amazon.order_answer())
+    http.post(amazon.CONFIRM, status=400, payload={"errors": [{"code": "InvalidInput"}]})
+    http.get(amazon.ORDER, payload=amazon.order_answer("SHIPPED"))
+
+
+def _amazon_malformed() -> tuple[dict[str, Any], str]:
+    order = amazon.amazon_order("405-0000002-0000002")
+    order["orderItems"][0]["quantityOrdered"] = "two"
+    return order, "orderItems[0].quantityOrdered"
+
+
+AMAZON = Adapter(
+    name="amazon",
+    make=lambda session=None: AmazonConnector(amazon.settings(), session=session),
+    auth=lambda http: amazon.grant(http),
+    list_url=amazon.SEARCH,
+    read=_marketplace_read,
+    page=_amazon_page,
+    order=lambda ref: amazon.amazon_order(ref),
+    malformed=_amazon_malformed(),
+    ship=_amazon_ship,
+    already=_amazon_already,
+    secret=amazon.REFRESH,
+)
+
+
+# -- eBay --------------------------------------------------------------------------------------
+
+
+def _ebay_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    return {"body": ebay.listing(*orders, total=None if last else len(orders) + 1)}
+
+
+async def _ebay_ship(connector: Any) -> Any:
+    request = ShipmentRequest(carrier="DHL", tracking_number="1", items={"10012345678901": 3})
+    return await connector.ship(ebay.ORDER_ID, request)
+
+
+def _ebay_already(http: aioresponses) -> None:
+    order = ebay.ebay_order(fulfillment="IN_PROGRESS")
+    order["lineItems"][0]["lineItemFulfillmentStatus"] = "FULFILLED"
+    refusal = {"errors": [{"errorId": 32600, "message": "Invalid input data"}]}
+    http.post(ebay.FULFILLMENTS, status=400, payload=refusal)
+    http.get(ebay.order_url(), payload=order)
+
+
+def _ebay_malformed() -> tuple[dict[str, Any], str]:
+    order = ebay.small_order("2")
+    order["pricingSummary"] = {"total": {"value": [], "currency": "EUR"}}
+    return order, "pricingSummary.total.value"
+
+
+EBAY = Adapter(
+    name="ebay",
+    make=lambda session=None: EbayConnector(ebay.SETTINGS, session=session),
+    auth=lambda http: ebay.grant(http),
+    list_url=ebay.ORDERS,
+    read=_marketplace_read,
+    page=_ebay_page,
+    order=ebay.small_order,
+    malformed=_ebay_malformed(),
+    ship=_ebay_ship,
+    already=_ebay_already,
+    secret=ebay.SECRET,
+)
+
+
+# -- WooCommerce (a shop) ------------------------------------------------------------------------
+
+WC_BASE = "https://shop.test"
+WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
+WC_SECRET = "cs_fedcba9876543210fedcba9876543210fedcba98"
+WC_ORDERS = re.compile(r"^https://shop\.test/wp-json/wc/v3/orders(\?.*)?$")
+WC_PER_PAGE = 2
+
+
+def wc_order(reference: str) -> dict[str, Any]:
+    """A WooCommerce order sfd pushed, cancelled (so that reading it needs no tracking call)."""
+    return {
+        "id": int(re.sub(r"\D", "", reference) or 0),
+        "status": "cancelled",
+        "date_modified_gmt": "2026-11-29T10:30:00",
+        "meta_data": [
+            {"key": META_REFERENCE, "value": reference},
+            {"key": META_MARKETPLACE, "value": "decathlon"},
+        ],
+    }
+
+
+def _wc_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    # changed_orders reads completed orders, then cancelled ones: each status pages alone.
+    return {"body": json.dumps(orders), "headers": {"X-WP-TotalPages": "1" if last else "9"}}
+
+
+async def _wc_read(connector: Any) -> tuple[list[str], list[str]]:
+    references: list[str] = []
+    async for batch in connector.changed_orders(None):
+        references += [o.marketplace_reference or o.shop_id for o in batch]
+    return references, []
+
+
+def push_order(reference: str = "R7") -> PushOrder:
+    return PushOrder(
+        order_id=7,
+        marketplace="decathlon",
+        reference=reference,
+        currency="EUR",
+        billing=Address(first_name="Léa", last_name="Martin"),
+        shipping=Address(first_name="Léa", last_name="Martin"),
+        lines=(PushLine(sku="SKU-1", name="Lampe", quantity=1, price=Decimal("9.90")),),
+        shipping_method="Colissimo",
+        shipping_amount=Decimal("0"),
+    )
+
+
+async def _wc_find(connector: Any) -> Any:
+    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
+    assert found == "7", "a create already done is found by search, not made again"
+    return found
+
+
+def _wc_already(http: aioresponses) -> None:
+    http.get(WC_ORDERS, body=json.dumps([wc_order("R7")]))
+
+
+WOOCOMMERCE = Adapter(
+    name="woocommerce",
+    make=lambda session=None: WooCommerceConnector(
+        WooCommerceSettings(base_url=WC_BASE, consumer_key=WC_KEY, consumer_secret=WC_SECRET),
+        session=session,
+        per_page=WC_PER_PAGE,
+    ),
+    auth=_no_auth,
+    list_url=WC_ORDERS,
+    read=_wc_read,
+    page=_wc_page,
+    order=wc_order,
+    malformed=(wc_order("R2") | {"id": "two"}, "id"),
+    ship=_wc_find,
+    already=_wc_already,
+    secret=WC_SECRET,
+    skips_malformed=False,
+)
+
+ADAPTERS = [MIRAKL, AMAZON, EBAY, WOOCOMMERCE]
