@@ -17,10 +17,10 @@ from sfd.config import load_config
 from sfd.daemon.api import TokenRefusals
 from sfd.daemon.cli import main
 from sfd.daemon.runtime import sync_config
+from sfd.domain.tokens import TOKEN_PREFIX
 from sfd.logs import configure_logging
 from sfd.storage import Storage
 from sfd.storage import tokens as token_module
-from sfd.storage.tokens import TOKEN_PREFIX
 from tests.conftest import NOW
 from tests.factories import make_order
 from tests.faults.conftest import Served
