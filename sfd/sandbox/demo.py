@@ -12,6 +12,7 @@ and sfd reads that back and ships the orders on the marketplace.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import random
 import secrets
@@ -22,6 +23,7 @@ import aiohttp
 import anyio
 
 from sfd.config import Config, parse_config
+from sfd.daemon.cli import Command
 from sfd.daemon.runtime import Daemon, StartupError
 from sfd.domain.clock import utcnow
 from sfd.logs import get_logger
@@ -298,3 +300,25 @@ async def run_demo(
                 token = await issue_shop_token(daemon.storage, store)
                 tg.start_soon(SimulatedShop(daemon.url, token, store, settings).run)
     return 0
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="push mode: sfd pushes the orders into a built-in fake WooCommerce shop",
+    )
+
+
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    return await run_demo(config, push=args.push)
+
+
+#: `sfd demo`, contributed through the `sfd.commands` entry points (pyproject.toml).
+command = Command(
+    help="run sfd with a sandbox marketplace and a simulated shop (127.0.0.1 only)",
+    run=_run,
+    arguments=_arguments,
+    default_config=True,
+    serves=True,
+)
