@@ -27,7 +27,7 @@ from sfd.daemon.cli import Command
 from sfd.daemon.runtime import Daemon, StartupError
 from sfd.domain.clock import utcnow
 from sfd.logs import get_logger
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from sfd.storage import Storage, TokenError
 
@@ -72,19 +72,17 @@ log_level = "{base.daemon.log_level}"
 [[stores]]
 id = {store}
 name = "{base.stores[0].name if base.stores else "Demo store"}"
-
-[[channels]]
-name = "{CHANNEL}"
-store = {store}
-connector = "mirakl"
-poll_interval = "{settings.poll_interval}"
-auto_accept = true
-require_tracking = true
-ship_deadline_warning = "24h"
-[channels.settings]
-base_url = "{sandbox_url}"
-api_key = "{api_key}"
 """
+    text += channel_toml(
+        sandbox_url,
+        api_key,
+        name=CHANNEL,
+        store=store,
+        poll_interval=settings.poll_interval,
+        auto_accept=True,
+        require_tracking=True,
+        ship_deadline_warning="24h",
+    )
     if shop is not None:
         shop_url, key, secret = shop
         text += f"""

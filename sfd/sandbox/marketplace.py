@@ -780,6 +780,39 @@ class SandboxMarketplace:
         }
 
 
+def channel_toml(
+    base_url: str,
+    api_key: str,
+    *,
+    name: str = "sandbox",
+    store: int = 1,
+    poll_interval: str = "1h",
+    **keys: str | bool | int,
+) -> str:
+    """A `[[channels]]` entry for a Mirakl channel at `base_url` (this sandbox, say), with the
+    channel keys given, for the configs of the demo, the tests and the benches."""
+    lines = [
+        "",
+        "[[channels]]",
+        f'name = "{name}"',
+        f"store = {store}",
+        'connector = "mirakl"',
+        f'poll_interval = "{poll_interval}"',
+        *(f"{key} = {_toml_value(value)}" for key, value in keys.items()),
+        "[channels.settings]",
+        f'base_url = "{base_url}"',
+        f'api_key = "{api_key}"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _toml_value(value: str | bool | int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int) else f'"{value}"'
+
+
 class _Dice:
     """The draws an order is built from, all from one seeded generator, in a fixed order."""
 
