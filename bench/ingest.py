@@ -31,6 +31,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Daemon, peak_rss_mb, write_config
+from sfd.sandbox.marketplace import channel_toml
 
 KEY = "bench-ingest-key"
 AMAZON_BURST_ORDERS = 2000
@@ -204,17 +205,7 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
     return time.perf_counter() - started, count
 
 
-MIRAKL_CHANNEL = """
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-[channels.settings]
-base_url = "{base_url}"
-api_key = "{key}"
-"""
+MIRAKL_CHANNEL = channel_toml("{base_url}", "{key}", auto_accept=False)
 AMAZON_CHANNEL = """
 [[channels]]
 name = "amazon-fr"

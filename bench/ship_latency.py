@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Daemon, write_config
 from sfd.domain.clock import utcnow
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 
 KEY = "bench-ship-key"
 
@@ -44,17 +44,7 @@ async def main() -> None:
             config = write_config(
                 work,
                 work / "sfd.db",
-                f"""
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-[channels.settings]
-base_url = "{base_url}"
-api_key = "{KEY}"
-""",
+                channel_toml(base_url, KEY, auto_accept=False),
             )
             token = subprocess.run(
                 [

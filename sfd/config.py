@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from sfd.connectors.settings import MARKETPLACE_SETTINGS, SHOP_SETTINGS, ConnectorSettings
+from sfd.connectors.registry import MARKETPLACE_SETTINGS, SHOP_SETTINGS
+from sfd.connectors.settings import ConnectorSettings
 
 CONFIG_ENV = "SFD_CONFIG"
 DEFAULT_LISTEN = "127.0.0.1:8642"
@@ -250,75 +251,16 @@ def parse_config(
         raise ConfigError(source, [_from_msgspec(exc, "")]) from None
 
     problems: list[tuple[str, str]] = []
-    try:
-        host, port = _parse_listen(raw.daemon.listen)
-    except ValueError as exc:
-        problems.append(("daemon.listen", str(exc)))
-        host, port = "", 0
-
-    for key, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS)):
-        value = getattr(raw.daemon, key)
-        if value not in allowed:
-            choices = ", ".join(repr(a) for a in allowed)
-            problems.append((f"daemon.{key}", f"expected one of {choices}, got {value!r}"))
-
-    if raw.daemon.operation_concurrency < 1:
-        problems.append(
-            (
-                "daemon.operation_concurrency",
-                f"expected 1 or more, got {raw.daemon.operation_concurrency}",
-            )
-        )
-
-    store_ids: set[int] = set()
-    for i, store in enumerate(raw.stores):
-        if store.id < 1:
-            problems.append((f"stores[{i}].id", f"expected a positive integer, got {store.id}"))
-        if store.id in store_ids:
-            problems.append((f"stores[{i}].id", f"duplicate store id {store.id}"))
-        if not store.name.strip():
-            problems.append((f"stores[{i}].name", "must not be empty"))
-        store_ids.add(store.id)
-
+    host, port = _check_daemon(raw.daemon, problems)
+    store_ids = _check_stores(raw.stores, problems)
     resolver = _SecretResolver(env)
     secrets: set[str] = set()
-    channel_settings: dict[str, ConnectorSettings] = {}
-    shop_settings: dict[str, ConnectorSettings] = {}
-    sections: list[tuple[str, Sequence[_Connected], Any, Any]] = [
-        ("channels", raw.channels, MARKETPLACE_SETTINGS, channel_settings),
-        ("shops", raw.shops, SHOP_SETTINGS, shop_settings),
-    ]
-    for section, entries, registry, typed in sections:
-        names: set[str] = set()
-        for i, entry in enumerate(entries):
-            where = f"{section}[{i}]"
-            if not _CHANNEL_NAME.fullmatch(entry.name):
-                problems.append(
-                    (
-                        f"{where}.name",
-                        f"expected letters, digits, '-' and '_' only, got {entry.name!r}",
-                    )
-                )
-            elif entry.name in names:
-                problems.append((f"{where}.name", f"duplicate name {entry.name!r}"))
-            names.add(entry.name)
-            if entry.store not in store_ids:
-                problems.append((f"{where}.store", f"no store with id {entry.store} in [[stores]]"))
-            kind = registry.get(entry.connector)
-            if kind is None:
-                known = ", ".join(sorted(registry))
-                problems.append(
-                    (
-                        f"{where}.connector",
-                        f"unknown connector {entry.connector!r} (known: {known})",
-                    )
-                )
-                continue
-            settings = _typed_settings(
-                f"{where}.settings", entry.settings, kind, resolver, secrets, problems
-            )
-            if settings is not None:
-                typed[entry.name] = settings
+    channel_settings = _check_connected(
+        "channels", raw.channels, MARKETPLACE_SETTINGS, store_ids, resolver, secrets, problems
+    )
+    shop_settings = _check_connected(
+        "shops", raw.shops, SHOP_SETTINGS, store_ids, resolver, secrets, problems
+    )
 
     if problems:
         raise ConfigError(source, problems)
@@ -336,6 +278,83 @@ def parse_config(
         shop_settings=shop_settings,
         secrets=frozenset(s for s in secrets if s),
     )
+
+
+def _check_daemon(daemon: DaemonConfig, problems: list[tuple[str, str]]) -> tuple[str, int]:
+    """Check `[daemon]`; return the host and port it listens on."""
+    try:
+        host, port = _parse_listen(daemon.listen)
+    except ValueError as exc:
+        problems.append(("daemon.listen", str(exc)))
+        host, port = "", 0
+    for key, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS)):
+        value = getattr(daemon, key)
+        if value not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            problems.append((f"daemon.{key}", f"expected one of {choices}, got {value!r}"))
+    if daemon.operation_concurrency < 1:
+        problems.append(
+            (
+                "daemon.operation_concurrency",
+                f"expected 1 or more, got {daemon.operation_concurrency}",
+            )
+        )
+    return host, port
+
+
+def _check_stores(stores: Sequence[StoreConfig], problems: list[tuple[str, str]]) -> set[int]:
+    """Check `[[stores]]`; return their ids."""
+    store_ids: set[int] = set()
+    for i, store in enumerate(stores):
+        if store.id < 1:
+            problems.append((f"stores[{i}].id", f"expected a positive integer, got {store.id}"))
+        if store.id in store_ids:
+            problems.append((f"stores[{i}].id", f"duplicate store id {store.id}"))
+        if not store.name.strip():
+            problems.append((f"stores[{i}].name", "must not be empty"))
+        store_ids.add(store.id)
+    return store_ids
+
+
+def _check_connected(
+    section: str,
+    entries: Sequence[_Connected],
+    registry: Mapping[str, type[ConnectorSettings]],
+    store_ids: set[int],
+    resolver: _SecretResolver,
+    secrets: set[str],
+    problems: list[tuple[str, str]],
+) -> dict[str, ConnectorSettings]:
+    """Check `[[channels]]` or `[[shops]]`; return each entry's typed settings, by name."""
+    typed: dict[str, ConnectorSettings] = {}
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"{section}[{i}]"
+        if not _CHANNEL_NAME.fullmatch(entry.name):
+            problems.append(
+                (
+                    f"{where}.name",
+                    f"expected letters, digits, '-' and '_' only, got {entry.name!r}",
+                )
+            )
+        elif entry.name in names:
+            problems.append((f"{where}.name", f"duplicate name {entry.name!r}"))
+        names.add(entry.name)
+        if entry.store not in store_ids:
+            problems.append((f"{where}.store", f"no store with id {entry.store} in [[stores]]"))
+        kind = registry.get(entry.connector)
+        if kind is None:
+            known = ", ".join(sorted(registry))
+            problems.append(
+                (f"{where}.connector", f"unknown connector {entry.connector!r} (known: {known})")
+            )
+            continue
+        settings = _typed_settings(
+            f"{where}.settings", entry.settings, kind, resolver, secrets, problems
+        )
+        if settings is not None:
+            typed[entry.name] = settings
+    return typed
 
 
 def _typed_settings(

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import msgspec
 import structlog
 
-from sfd.storage.tokens import TOKEN_PATTERN, TOKEN_PREFIX
+from sfd.domain.tokens import TOKEN_PATTERN, TOKEN_PREFIX
 
 REDACTED = "[redacted]"
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from sfd.daemon.cli import main
-from sfd.sandbox.marketplace import Handler, SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import Handler, SandboxMarketplace, channel_toml, run_sandbox
 from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
 from tests.conftest import NOW
@@ -44,17 +44,7 @@ class SlowListing(SandboxMarketplace):
 
 
 def channel(base_url: str) -> str:
-    return f"""
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-[channels.settings]
-base_url = "{base_url}"
-api_key = "env:SANDBOX_KEY"
-"""
+    return channel_toml(base_url, "env:SANDBOX_KEY", auto_accept=False)
 
 
 def snapshot_counts(database: Path) -> tuple[int, int, int, str]:

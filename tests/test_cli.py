@@ -9,23 +9,16 @@ from datetime import timedelta
 from pathlib import Path
 
 from sfd.domain.clock import utcnow
+from sfd.sandbox.marketplace import channel_toml
 from sfd.storage import Storage
 from tests.factories import make_order
 from tests.support import SfdProcess, run_cli, write_config
 
-CHANNELS = """
-[[channels]]
-name = "decathlon"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-require_tracking = true
-[channels.settings]
-base_url = "http://127.0.0.1:9"
-api_key = "env:DECA_KEY"
-"""
+CHANNELS = channel_toml(
+    "http://127.0.0.1:9", "env:DECA_KEY", name="decathlon", require_tracking=True
+)
 #: The same channel with the default settings: a shipment needs no carrier nor tracking.
-DEFAULT_CHANNELS = CHANNELS.replace("require_tracking = true\n", "")
+DEFAULT_CHANNELS = channel_toml("http://127.0.0.1:9", "env:DECA_KEY", name="decathlon")
 ENV = {"DECA_KEY": "deca-secret-7781"}
 
 

@@ -28,6 +28,7 @@ import pytest
 from sfd.connectors.shoppingfeed import render_order
 from sfd.domain import MarketplaceOrder, OrderStatus
 from sfd.domain.clock import to_api, utcnow
+from sfd.sandbox.marketplace import channel_toml
 from sfd.storage import Storage
 from tests.factories import make_order
 from tests.support import ROOT, SfdProcess, run_cli, write_config
@@ -38,34 +39,10 @@ SKIP_REASON = (
     "the official PHP SDK is not available here: install php-cli and Debian's guzzle packages, "
     "check out shoppingflux/php-sdk, and set SFD_PHP_SDK_AUTOLOAD to its autoloader to run this"
 )
-CHANNELS = """
-[[channels]]
-name = "decathlon"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-[channels.settings]
-base_url = "http://127.0.0.1:9"
-api_key = "env:SDK_TEST_KEY"
-
-[[channels]]
-name = "fnac"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-[channels.settings]
-base_url = "http://127.0.0.1:9"
-api_key = "env:SDK_TEST_KEY"
-
-[[channels]]
-name = "ebay-de"
-store = 2
-connector = "mirakl"
-poll_interval = "1h"
-[channels.settings]
-base_url = "http://127.0.0.1:9"
-api_key = "env:SDK_TEST_KEY"
-"""
+CHANNELS = "".join(
+    channel_toml("http://127.0.0.1:9", "env:SDK_TEST_KEY", name=name, store=store)
+    for name, store in (("decathlon", 1), ("fnac", 1), ("ebay-de", 2))
+)
 ENV = {"SDK_TEST_KEY": "sdk-test-key"}
 DECATHLON_TO_PROCESS = 230  # over 200: the SDK has to follow `_links.next`
 FNAC_TO_PROCESS = 15

@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from sfd.logs import REDACTED, SecretRedactor, configure_logging
+from sfd.sandbox.marketplace import channel_toml
 from tests.support import SfdProcess, run_cli, write_config
 
 API_KEY = "mk-94f1e2d3c4b5a697"
@@ -57,25 +58,9 @@ def test_no_secret_reaches_the_logs_or_the_cli(
 ) -> None:
     key_file = tmp_path / "leroy.key"
     key_file.write_text(FILE_KEY + "\n")
-    body = f"""
-[[channels]]
-name = "decathlon"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-[channels.settings]
-base_url = "http://127.0.0.1:9/{API_KEY}"
-api_key = "env:DECA_KEY"
-
-[[channels]]
-name = "leroymerlin"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-[channels.settings]
-base_url = "http://127.0.0.1:9"
-api_key = "file:{key_file}"
-"""
+    body = channel_toml(
+        f"http://127.0.0.1:9/{API_KEY}", "env:DECA_KEY", name="decathlon"
+    ) + channel_toml("http://127.0.0.1:9", f"file:{key_file}", name="leroymerlin")
     config = write_config(tmp_path, body)
     env = {"DECA_KEY": API_KEY}
     sfd = sfd_processes(config, tmp_path, env=env)

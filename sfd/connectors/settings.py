@@ -97,11 +97,3 @@ class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields
 WOOCOMMERCE_CREATE_STATUSES = ("pending", "processing", "on-hold")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
-
-def __getattr__(name: str) -> object:
-    """MARKETPLACE_SETTINGS and SHOP_SETTINGS, views of the one registry (`registry.py`)."""
-    if name in ("MARKETPLACE_SETTINGS", "SHOP_SETTINGS"):
-        from sfd.connectors import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

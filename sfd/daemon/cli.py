@@ -10,8 +10,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from functools import partial
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -55,6 +54,44 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"sfd: {message}\n")
 
 
+#: The entry-point group through which other packages add commands (the sandbox adds `demo`).
+COMMANDS_GROUP = "sfd.commands"
+_Commands = argparse._SubParsersAction  # the type `add_subparsers` returns
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Command:
+    """A command another package contributes through the `sfd.commands` entry points.
+
+    The daemon never imports its contributors: `sfd demo` comes from the sandbox this way."""
+
+    help: str
+    #: Runs the command on the loaded config and the parsed arguments; returns the exit code.
+    run: Callable[[Config, argparse.Namespace], Awaitable[int]]
+    #: Adds the command's own arguments to its parser.
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    #: Without --config or $SFD_CONFIG, the command runs on the embedded default config.
+    default_config: bool = False
+    #: Its logs go to stdout, like `sfd run`'s, rather than to stderr.
+    serves: bool = False
+
+
+def _contributed() -> dict[str, Command]:
+    """The commands installed packages contribute, by name; one that cannot load is skipped."""
+    found: dict[str, Command] = {}
+    for entry in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            command = entry.load()
+        except Exception as exc:  # a broken contributor must not take the other commands down
+            sys.stderr.write(f"sfd: command {entry.name!r} ({entry.value}) cannot load: {exc}\n")
+            continue
+        if not isinstance(command, Command):
+            sys.stderr.write(f"sfd: command {entry.name!r} ({entry.value}) is not a Command\n")
+            continue
+        found[entry.name] = command
+    return found
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sfd", description="A self-hosted marketplace order hub.")
     parser.add_argument(
@@ -65,18 +102,48 @@ def _parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     commands.add_parser("run", help="run the daemon")
-    demo = commands.add_parser(
-        "demo", help="run sfd with a sandbox marketplace and a simulated shop (127.0.0.1 only)"
-    )
-    demo.add_argument(
-        "--push",
-        action="store_true",
-        help="push mode: sfd pushes the orders into a built-in fake WooCommerce shop",
-    )
+    for name, command in _contributed().items():
+        if name in _BUILT_IN:
+            continue  # a contributor cannot replace a built-in command
+        contributed = commands.add_parser(name, help=command.help)
+        if command.arguments is not None:
+            command.arguments(contributed)
+        contributed.set_defaults(contributed=command)
     commands.add_parser("check-config", help="validate the config and resolve its secrets")
     init = commands.add_parser("init-config", help="write the embedded default config")
     init.add_argument("path", help="where to write it; an existing file is left alone")
+    _add_db(commands)
+    _add_token(commands)
+    channels = commands.add_parser("channels", help="the channels and their poll state")
+    channels.add_argument("--json", action="store_true")
+    channel_actions = channels.add_subparsers(
+        dest="channels_command", metavar="ACTION", parser_class=_Parser
+    )
+    poll = channel_actions.add_parser("poll", help="ask the running daemon to poll now")
+    poll.add_argument("name")
+    _add_orders(commands)
+    shops = commands.add_parser("shops", help="the push-mode shops and their sync state")
+    shops.add_argument("--json", action="store_true")
+    _add_operations(commands)
+    return parser
 
+
+_BUILT_IN = frozenset(
+    (
+        "run",
+        "check-config",
+        "init-config",
+        "db",
+        "token",
+        "channels",
+        "orders",
+        "shops",
+        "operations",
+    )
+)
+
+
+def _add_db(commands: _Commands[_Parser]) -> None:
     db = commands.add_parser("db", help="the database").add_subparsers(
         dest="db_command", metavar="ACTION", required=True, parser_class=_Parser
     )
@@ -89,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     db_check.add_argument("--json", action="store_true")
 
+
+def _add_token(commands: _Commands[_Parser]) -> None:
     token = commands.add_parser("token", help="API tokens").add_subparsers(
         dest="token_command", metavar="ACTION", required=True, parser_class=_Parser
     )
@@ -101,14 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
 
-    channels = commands.add_parser("channels", help="the channels and their poll state")
-    channels.add_argument("--json", action="store_true")
-    channel_actions = channels.add_subparsers(
-        dest="channels_command", metavar="ACTION", parser_class=_Parser
-    )
-    poll = channel_actions.add_parser("poll", help="ask the running daemon to poll now")
-    poll.add_argument("name")
 
+def _add_orders(commands: _Commands[_Parser]) -> None:
     orders = commands.add_parser("orders", help="orders").add_subparsers(
         dest="orders_command", metavar="ACTION", required=True, parser_class=_Parser
     )
@@ -156,9 +219,8 @@ def _parser() -> argparse.ArgumentParser:
             help=f"act as this API token: only its store's orders (default: ${TOKEN_ENV})",
         )
 
-    shops = commands.add_parser("shops", help="the push-mode shops and their sync state")
-    shops.add_argument("--json", action="store_true")
 
+def _add_operations(commands: _Commands[_Parser]) -> None:
     operations = commands.add_parser("operations", help="the operations outbox").add_subparsers(
         dest="operations_command", metavar="ACTION", required=True, parser_class=_Parser
     )
@@ -168,12 +230,12 @@ def _parser() -> argparse.ArgumentParser:
     olist_ops.add_argument("--json", action="store_true")
     retry = operations.add_parser("retry", help="make a failed operation due again")
     retry.add_argument("id", type=int)
-    return parser
 
 
 def _config(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get(CONFIG_ENV)
-    if not path and args.command == "demo":
+    contributed: Command | None = getattr(args, "contributed", None)
+    if not path and contributed is not None and contributed.default_config:
         text = resources.files("sfd").joinpath("default.toml").read_text("utf-8")
         return parse_config(text, "<embedded default config>")
     if not path:
@@ -377,54 +439,7 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         sys.stderr.write(f"sfd: --store {args.store}: the token is for store {scope} only\n")
         return EXIT_USAGE
     if args.orders_command == "show":
-        order = await storage.orders.get(args.id, store_id=scope)
-        if order is None:
-            raise CommandError(f"no order with id {args.id}")
-        operations = await storage.operations.for_order(order.id)
-        if args.json:
-            _print_json({**msgspec.structs.asdict(order), "operations": operations})
-            return EXIT_OK
-        console = _console()
-        console.print(_order_rows([order]))
-        if order.carrier or order.tracking_number or order.tracking_link:
-            shipment = Table("carrier", "tracking numbers", "tracking link")
-            shipment.add_row(
-                order.carrier or "-",
-                ", ".join(tracking_numbers(order.tracking_number)) or "-",
-                order.tracking_link or "-",
-            )
-            console.print(shipment)
-        missing = order.additional_fields.get(MISSING_PERSONAL_DATA)
-        if missing:
-            console.print(f"warning: {missing}", markup=False)
-        items = Table("sku", "name", "qty", "price")
-        for item in order.items:
-            items.add_row(item.reference, item.name, str(item.quantity), str(item.price))
-        console.print(items)
-        events = Table("at", "source", "by", "event", "from", "to", "message")
-        for e in order.events:
-            events.add_row(
-                _when(e.at),
-                e.source,
-                e.actor or "",
-                e.kind,
-                e.from_status or "",
-                e.to_status or "",
-                e.message,
-            )
-        console.print(events)
-        tickets = Table("operation", "kind", "state", "source", "attempts", "marketplace says")
-        for t in operations:
-            tickets.add_row(
-                str(t.operation_id),
-                t.kind.value,
-                t.state.value,
-                t.source,
-                str(t.attempts),
-                t.reason or "",
-            )
-        console.print(tickets)
-        return EXIT_OK
+        return await _show_order(args, storage, scope)
     if args.orders_command == "retry-push":
         return await _retry_push(args, storage)
     if args.orders_command in ("ship", "accept", "refuse", "cancel"):
@@ -444,6 +459,58 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         _print_json(orders)
     else:
         _console().print(_order_rows(orders))
+    return EXIT_OK
+
+
+async def _show_order(args: argparse.Namespace, storage: Storage, scope: int | None) -> int:
+    """`sfd orders show`: the order, its shipment, items, events and tickets."""
+    order = await storage.orders.get(args.id, store_id=scope)
+    if order is None:
+        raise CommandError(f"no order with id {args.id}")
+    operations = await storage.operations.for_order(order.id)
+    if args.json:
+        _print_json({**msgspec.structs.asdict(order), "operations": operations})
+        return EXIT_OK
+    console = _console()
+    console.print(_order_rows([order]))
+    if order.carrier or order.tracking_number or order.tracking_link:
+        shipment = Table("carrier", "tracking numbers", "tracking link")
+        shipment.add_row(
+            order.carrier or "-",
+            ", ".join(tracking_numbers(order.tracking_number)) or "-",
+            order.tracking_link or "-",
+        )
+        console.print(shipment)
+    missing = order.additional_fields.get(MISSING_PERSONAL_DATA)
+    if missing:
+        console.print(f"warning: {missing}", markup=False)
+    items = Table("sku", "name", "qty", "price")
+    for item in order.items:
+        items.add_row(item.reference, item.name, str(item.quantity), str(item.price))
+    console.print(items)
+    events = Table("at", "source", "by", "event", "from", "to", "message")
+    for e in order.events:
+        events.add_row(
+            _when(e.at),
+            e.source,
+            e.actor or "",
+            e.kind,
+            e.from_status or "",
+            e.to_status or "",
+            e.message,
+        )
+    console.print(events)
+    tickets = Table("operation", "kind", "state", "source", "attempts", "marketplace says")
+    for t in operations:
+        tickets.add_row(
+            str(t.operation_id),
+            t.kind.value,
+            t.state.value,
+            t.source,
+            str(t.attempts),
+            t.reason or "",
+        )
+    console.print(tickets)
     return EXIT_OK
 
 
@@ -572,6 +639,11 @@ async def _migrate(storage: Storage) -> int:
     return EXIT_OK
 
 
+def _serves(args: argparse.Namespace) -> bool:
+    contributed: Command | None = getattr(args, "contributed", None)
+    return contributed is not None and contributed.serves
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `sfd` command."""
     args = _parser().parse_args(argv)
@@ -594,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.daemon.log_format,
         config.daemon.log_level,
         config.secrets,
-        stream=sys.stdout if args.command in ("run", "demo") else sys.stderr,
+        stream=sys.stdout if args.command == "run" or _serves(args) else sys.stderr,
     )
     handlers: dict[str, Callable[[Storage], Awaitable[int]]] = {
         "db": _migrate,
@@ -615,10 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(run_daemon, config)
         if args.command == "db" and args.db_command in ("backup", "check"):
             return anyio.run(_maintenance, args, config)
-        if args.command == "demo":
-            from sfd.sandbox.demo import run_demo
-
-            return anyio.run(partial(run_demo, config, push=args.push))
+        contributed: Command | None = getattr(args, "contributed", None)
+        if contributed is not None:
+            return anyio.run(contributed.run, config, args)
         return anyio.run(_with_storage, config, handlers[args.command])
     except (CommandError, StorageError) as exc:
         sys.stderr.write(f"sfd: {exc}\n")

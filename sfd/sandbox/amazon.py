@@ -140,6 +140,37 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _item_document(line: _Line, included: set[str]) -> dict[str, Any]:
+    """One order item, with the datasets asked for."""
+    total = line.unit * line.quantity
+    tax = (total - total / Decimal("1.2")).quantize(Decimal("0.01"))
+    item: dict[str, Any] = {
+        "orderItemId": line.item_id,
+        "quantityOrdered": line.quantity,
+        "product": {
+            "asin": f"B0{zlib.crc32(line.sku.encode()) % 10**8:08d}",
+            "title": line.title,
+            "sellerSku": line.sku,
+            "condition": {"conditionType": "NEW", "conditionSubtype": "NEW"},
+            "price": {"unitPrice": _money(line.unit)},
+        },
+    }
+    if "PROCEEDS" in included:
+        item["proceeds"] = {
+            "proceedsTotal": _money(total),
+            "breakdowns": [
+                {"type": "ITEM", "subtotal": _money(total)},
+                {"type": "TAX", "subtotal": _money(tax)},
+            ],
+        }
+    if "FULFILLMENT" in included:
+        item["fulfillment"] = {
+            "quantityFulfilled": line.shipped,
+            "quantityUnfulfilled": line.quantity - line.shipped,
+        }
+    return item
+
+
 def _money(amount: Decimal) -> dict[str, str]:
     return {"amount": str(amount), "currencyCode": "EUR"}
 
@@ -231,35 +262,6 @@ class SandboxAmazon:
 
     def document(self, order: _AmazonOrder, included: set[str]) -> dict[str, Any]:
         """One order in the v2026-01-01 shape, with the datasets asked for and allowed."""
-        items: list[dict[str, Any]] = []
-        for line in order.lines:
-            total = line.unit * line.quantity
-            tax = (total - total / Decimal("1.2")).quantize(Decimal("0.01"))
-            item: dict[str, Any] = {
-                "orderItemId": line.item_id,
-                "quantityOrdered": line.quantity,
-                "product": {
-                    "asin": f"B0{zlib.crc32(line.sku.encode()) % 10**8:08d}",
-                    "title": line.title,
-                    "sellerSku": line.sku,
-                    "condition": {"conditionType": "NEW", "conditionSubtype": "NEW"},
-                    "price": {"unitPrice": _money(line.unit)},
-                },
-            }
-            if "PROCEEDS" in included:
-                item["proceeds"] = {
-                    "proceedsTotal": _money(total),
-                    "breakdowns": [
-                        {"type": "ITEM", "subtotal": _money(total)},
-                        {"type": "TAX", "subtotal": _money(tax)},
-                    ],
-                }
-            if "FULFILLMENT" in included:
-                item["fulfillment"] = {
-                    "quantityFulfilled": line.shipped,
-                    "quantityUnfulfilled": line.quantity - line.shipped,
-                }
-            items.append(item)
         doc: dict[str, Any] = {
             "orderId": order.order_id,
             "createdTime": _stamp(order.created),
@@ -270,7 +272,7 @@ class SandboxAmazon:
                 "marketplaceId": FRANCE,
                 "marketplaceName": "Amazon.fr",
             },
-            "orderItems": items,
+            "orderItems": [_item_document(line, included) for line in order.lines],
         }
         shipping_role = SHIPPING_ROLE in self.roles
         if "BUYER" in included:

@@ -12,6 +12,7 @@ and sfd reads that back and ships the orders on the marketplace.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import random
 import secrets
@@ -22,10 +23,11 @@ import aiohttp
 import anyio
 
 from sfd.config import Config, parse_config
+from sfd.daemon.cli import Command
 from sfd.daemon.runtime import Daemon, StartupError
 from sfd.domain.clock import utcnow
 from sfd.logs import get_logger
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from sfd.storage import Storage, TokenError
 
@@ -70,19 +72,17 @@ log_level = "{base.daemon.log_level}"
 [[stores]]
 id = {store}
 name = "{base.stores[0].name if base.stores else "Demo store"}"
-
-[[channels]]
-name = "{CHANNEL}"
-store = {store}
-connector = "mirakl"
-poll_interval = "{settings.poll_interval}"
-auto_accept = true
-require_tracking = true
-ship_deadline_warning = "24h"
-[channels.settings]
-base_url = "{sandbox_url}"
-api_key = "{api_key}"
 """
+    text += channel_toml(
+        sandbox_url,
+        api_key,
+        name=CHANNEL,
+        store=store,
+        poll_interval=settings.poll_interval,
+        auto_accept=True,
+        require_tracking=True,
+        ship_deadline_warning="24h",
+    )
     if shop is not None:
         shop_url, key, secret = shop
         text += f"""
@@ -298,3 +298,25 @@ async def run_demo(
                 token = await issue_shop_token(daemon.storage, store)
                 tg.start_soon(SimulatedShop(daemon.url, token, store, settings).run)
     return 0
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="push mode: sfd pushes the orders into a built-in fake WooCommerce shop",
+    )
+
+
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    return await run_demo(config, push=args.push)
+
+
+#: `sfd demo`, contributed through the `sfd.commands` entry points (pyproject.toml).
+command = Command(
+    help="run sfd with a sandbox marketplace and a simulated shop (127.0.0.1 only)",
+    run=_run,
+    arguments=_arguments,
+    default_config=True,
+    serves=True,
+)

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -709,86 +709,25 @@ class SandboxMarketplace:
     def _generate(self, record: _Record) -> dict[str, Any]:
         """Build an order's JSON from its seed and sequence: the same every time."""
         self._order_rng.seed(self.seed * 10_000_019 + record.sequence)
-        rand = self._order_rng.random
-        stamps, state, relay, b2b = record.stamps, record.initial_state, record.relay, record.b2b
-
-        def pick(options: Sequence[_P]) -> _P:
-            return options[int(rand() * len(options))]
-
-        def number(low: int, high: int) -> int:
-            """A whole number in [low, high)."""
-            return low + int(rand() * (high - low))
-
+        dice = _Dice(self._order_rng.random)
+        pick, number = dice.pick, dice.number
+        stamps, state = record.stamps, record.initial_state
         order_id = record.order_id
         commercial_id = order_id.removesuffix("-A")
         stamp = stamps.now
         first, last = pick(_FIRST_NAMES), pick(_LAST_NAMES)
-        street, postal_code, city, country, phone_prefix = pick(_PLACES)
+        place = pick(_PLACES)
+        country = place[3]
         civility = pick(("M.", "Mme"))
-        address: dict[str, Any] = {
-            "civility": civility,
-            "firstname": first,
-            "lastname": last,
-            "company": None,
-            "company_2": None,
-            "street_1": f"{number(1, 181)} {street}",
-            "street_2": pick(_STREET_2),
-            "zip_code": postal_code,
-            "city": city,
-            "state": None,
-            "country": _COUNTRY_NAMES[country],
-            "country_iso_code": country,
-            "phone": f"{phone_prefix}{number(10**7, 10**8)}",
-            "phone_secondary": None,
-        }
-        billing = address
-        shipping = dict(address, additional_info=None)
-        additional_fields: list[dict[str, Any]] = []
-        organization = None
-        if b2b:
-            company = pick(_COMPANIES)
-            vat = f"FR{number(10**10, 10**11)}"
-            billing["company"] = shipping["company"] = company
-            organization = {
-                "name": company,
-                "identification_number": f"{number(10**13, 10**14)}",
-                "tax_identification_number": vat,
-                "organization_id": None,
-                "address": None,
-            }
-            additional_fields.append({"code": "vat-number", "type": "STRING", "value": vat})
-        pudo_id = None
-        if relay:
-            pudo_id = f"{number(1, 10**6):06d}"
-            shipping.update(
-                company=pick(_RELAYS),
-                street_1=f"{number(1, 91)} {pick(_PLACES)[0]}",
-                street_2=None,
-                additional_info=f"Point relais {pudo_id}",
-            )
+        buyer = _buyer(dice, first, last, civility, place, b2b=record.b2b, relay=record.relay)
+        billing, shipping, organization, additional_fields, pudo_id = buyer
+        if record.relay:
             type_code, type_label, shipping_price = _RELAY_SHIPPING
         else:
             type_code, type_label, shipping_price = pick(_SHIPPING_TYPES)
-
-        lines: list[dict[str, Any]] = []
-        price_total = commission_total = Decimal(0)
-        for index in range(number(1, 4)):
-            template = pick(_LINE_TEMPLATES)
-            line_shipping = shipping_price if index == 0 else _ZERO
-            line = dict(template)
-            line.update(
-                order_line_id=f"{order_id}-{index + 1}",
-                order_line_index=index + 1,
-                order_line_state=state,
-                shipping_price=line_shipping,
-                total_price=template["price"] + line_shipping,
-                shipping_taxes=_SHIPPING_TAXES[line_shipping],
-                created_date=stamp,
-                shipped_date=None,
-            )
-            lines.append(line)
-            price_total += template["price"]
-            commission_total += template["total_commission"]
+        lines = _order_lines(dice, order_id, state, stamp, shipping_price)
+        price_total = sum((line["price"] for line in lines), Decimal(0))
+        commission_total = sum((line["total_commission"] for line in lines), Decimal(0))
         accepted = state != "WAITING_ACCEPTANCE"
         return {
             "order_id": order_id,
@@ -839,6 +778,141 @@ class SandboxMarketplace:
             "has_incident": False,
             "has_customer_message": False,
         }
+
+
+def channel_toml(
+    base_url: str,
+    api_key: str,
+    *,
+    name: str = "sandbox",
+    store: int = 1,
+    poll_interval: str = "1h",
+    **keys: str | bool | int,
+) -> str:
+    """A `[[channels]]` entry for a Mirakl channel at `base_url` (this sandbox, say), with the
+    channel keys given, for the configs of the demo, the tests and the benches."""
+    lines = [
+        "",
+        "[[channels]]",
+        f'name = "{name}"',
+        f"store = {store}",
+        'connector = "mirakl"',
+        f'poll_interval = "{poll_interval}"',
+        *(f"{key} = {_toml_value(value)}" for key, value in keys.items()),
+        "[channels.settings]",
+        f'base_url = "{base_url}"',
+        f'api_key = "{api_key}"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _toml_value(value: str | bool | int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int) else f'"{value}"'
+
+
+class _Dice:
+    """The draws an order is built from, all from one seeded generator, in a fixed order."""
+
+    def __init__(self, rand: Callable[[], float]) -> None:
+        self._rand = rand
+
+    def pick(self, options: Sequence[_P]) -> _P:
+        return options[int(self._rand() * len(options))]
+
+    def number(self, low: int, high: int) -> int:
+        """A whole number in [low, high)."""
+        return low + int(self._rand() * (high - low))
+
+
+class _Buyer(NamedTuple):
+    billing: dict[str, Any]
+    shipping: dict[str, Any]
+    organization: dict[str, Any] | None
+    additional_fields: list[dict[str, Any]]
+    pudo_id: str | None
+
+
+def _buyer(
+    dice: _Dice,
+    first: str,
+    last: str,
+    civility: str,
+    place: tuple[str, str, str, str, str],
+    *,
+    b2b: bool,
+    relay: bool,
+) -> _Buyer:
+    """The buyer's addresses: a company's for B2B, a pick-up point's for relay delivery."""
+    pick, number = dice.pick, dice.number
+    street, postal_code, city, country, phone_prefix = place
+    address: dict[str, Any] = {
+        "civility": civility,
+        "firstname": first,
+        "lastname": last,
+        "company": None,
+        "company_2": None,
+        "street_1": f"{number(1, 181)} {street}",
+        "street_2": pick(_STREET_2),
+        "zip_code": postal_code,
+        "city": city,
+        "state": None,
+        "country": _COUNTRY_NAMES[country],
+        "country_iso_code": country,
+        "phone": f"{phone_prefix}{number(10**7, 10**8)}",
+        "phone_secondary": None,
+    }
+    billing = address
+    shipping = dict(address, additional_info=None)
+    additional_fields: list[dict[str, Any]] = []
+    organization = None
+    if b2b:
+        company = pick(_COMPANIES)
+        vat = f"FR{number(10**10, 10**11)}"
+        billing["company"] = shipping["company"] = company
+        organization = {
+            "name": company,
+            "identification_number": f"{number(10**13, 10**14)}",
+            "tax_identification_number": vat,
+            "organization_id": None,
+            "address": None,
+        }
+        additional_fields.append({"code": "vat-number", "type": "STRING", "value": vat})
+    pudo_id = None
+    if relay:
+        pudo_id = f"{number(1, 10**6):06d}"
+        shipping.update(
+            company=pick(_RELAYS),
+            street_1=f"{number(1, 91)} {pick(_PLACES)[0]}",
+            street_2=None,
+            additional_info=f"Point relais {pudo_id}",
+        )
+    return _Buyer(billing, shipping, organization, additional_fields, pudo_id)
+
+
+def _order_lines(
+    dice: _Dice, order_id: str, state: str, stamp: str, shipping_price: Decimal
+) -> list[dict[str, Any]]:
+    """One to three lines; the first carries the shipping price."""
+    lines: list[dict[str, Any]] = []
+    for index in range(dice.number(1, 4)):
+        template = dice.pick(_LINE_TEMPLATES)
+        line_shipping = shipping_price if index == 0 else _ZERO
+        line = dict(template)
+        line.update(
+            order_line_id=f"{order_id}-{index + 1}",
+            order_line_index=index + 1,
+            order_line_state=state,
+            shipping_price=line_shipping,
+            total_price=template["price"] + line_shipping,
+            shipping_taxes=_SHIPPING_TAXES[line_shipping],
+            created_date=stamp,
+            shipped_date=None,
+        )
+        lines.append(line)
+    return lines
 
 
 @dataclass(frozen=True)

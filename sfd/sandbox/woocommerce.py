@@ -314,33 +314,7 @@ class SandboxWooCommerce:
         if status not in ORDER_STATUSES:
             raise _WcError(400, "rest_invalid_param", "Invalid parameter(s): status")
         now = self.clock()
-        lines = []
-        for entry in body.get("line_items") or []:
-            product = self.products.get(int(entry.get("product_id") or 0))
-            variation_id = int(entry.get("variation_id") or 0)
-            if variation_id:
-                product = self.products.get(variation_id)
-            if product is None:
-                raise _WcError(
-                    400,
-                    "woocommerce_rest_invalid_product_id",
-                    f"Product ID {entry.get('product_id')} is invalid.",
-                )
-            quantity = int(entry.get("quantity") or 1)
-            total = _decimal(entry.get("total"), Decimal(product["price"]) * quantity)
-            lines.append(
-                {
-                    "id": self._id(),
-                    "name": product["name"],
-                    "product_id": entry.get("product_id"),
-                    "variation_id": variation_id,
-                    "quantity": quantity,
-                    "subtotal": f"{_decimal(entry.get('subtotal'), total):.2f}",
-                    "total": f"{total:.2f}",
-                    "sku": product["sku"],
-                    "price": float(total / quantity) if quantity else 0.0,
-                }
-            )
+        lines = [self._line_item(entry) for entry in body.get("line_items") or []]
         shipping_lines = [
             {
                 "id": self._id(),
@@ -391,6 +365,32 @@ class SandboxWooCommerce:
         self.orders[order_id] = order
         self._mail_customer(order)
         return _json(order, 201)
+
+    def _line_item(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """One line item as WooCommerce stores it; an unknown product is refused."""
+        product = self.products.get(int(entry.get("product_id") or 0))
+        variation_id = int(entry.get("variation_id") or 0)
+        if variation_id:
+            product = self.products.get(variation_id)
+        if product is None:
+            raise _WcError(
+                400,
+                "woocommerce_rest_invalid_product_id",
+                f"Product ID {entry.get('product_id')} is invalid.",
+            )
+        quantity = int(entry.get("quantity") or 1)
+        total = _decimal(entry.get("total"), Decimal(product["price"]) * quantity)
+        return {
+            "id": self._id(),
+            "name": product["name"],
+            "product_id": entry.get("product_id"),
+            "variation_id": variation_id,
+            "quantity": quantity,
+            "subtotal": f"{_decimal(entry.get('subtotal'), total):.2f}",
+            "total": f"{total:.2f}",
+            "sku": product["sku"],
+            "price": float(total / quantity) if quantity else 0.0,
+        }
 
     async def _get_order(self, request: web.Request) -> web.Response:
         return _json(self._find(request))

@@ -11,11 +11,9 @@ from datetime import datetime
 import msgspec
 
 from sfd.domain.clock import from_iso, to_iso
+from sfd.domain.tokens import TOKEN_PATTERN, TOKEN_PREFIX
 from sfd.storage.database import Database, StorageConflict, StorageError
 
-TOKEN_PREFIX = "sfd_"
-#: What a token looks like, so logs can redact one wherever it appears.
-TOKEN_PATTERN = re.compile(TOKEN_PREFIX + r"[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 #: Compared against when no token has the digest, so a miss costs what a hit costs.
 _NO_DIGEST = "0" * 64

@@ -17,10 +17,11 @@ from sfd.config import load_config
 from sfd.daemon.api import TokenRefusals
 from sfd.daemon.cli import main
 from sfd.daemon.runtime import sync_config
+from sfd.domain.tokens import TOKEN_PREFIX
 from sfd.logs import configure_logging
+from sfd.sandbox.marketplace import channel_toml
 from sfd.storage import Storage
 from sfd.storage import tokens as token_module
-from sfd.storage.tokens import TOKEN_PREFIX
 from tests.conftest import NOW
 from tests.factories import make_order
 from tests.faults.conftest import Served
@@ -262,25 +263,9 @@ async def test_the_legacy_webservice_never_touches_another_stores_order(served: 
 # -- the command line, scoped by a token ------------------------------------------------------
 
 
-CHANNELS = """
-[[channels]]
-name = "decathlon"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-[channels.settings]
-base_url = "http://127.0.0.1:9"
-api_key = "env:DECA_KEY"
-
-[[channels]]
-name = "otto"
-store = 2
-connector = "mirakl"
-poll_interval = "1h"
-[channels.settings]
-base_url = "http://127.0.0.1:9"
-api_key = "env:DECA_KEY"
-"""
+CHANNELS = channel_toml("http://127.0.0.1:9", "env:DECA_KEY", name="decathlon") + channel_toml(
+    "http://127.0.0.1:9", "env:DECA_KEY", name="otto", store=2
+)
 ENV = {"DECA_KEY": "deca-secret-5521"}
 
 

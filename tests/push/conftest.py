@@ -18,7 +18,7 @@ from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from sfd.storage import Storage
 from tests.support import write_config
@@ -46,18 +46,13 @@ def push_config(
     shop_settings: str = "",
     timeout: float = 2.0,
 ) -> str:
-    return f"""
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-require_tracking = {str(require_tracking).lower()}
-[channels.settings]
-base_url = "{marketplace_url}"
-api_key = "env:SANDBOX_KEY"
-
+    channel = channel_toml(
+        marketplace_url,
+        "env:SANDBOX_KEY",
+        auto_accept=False,
+        require_tracking=require_tracking,
+    )
+    return f"""{channel}
 [[shops]]
 name = "main"
 store = 1
