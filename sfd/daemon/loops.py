@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar, Unpack
 
 import anyio
 import anyio.abc
@@ -265,7 +265,59 @@ class Loop:
         self._wake = anyio.Event()
 
 
-class Poller(Loop):
+C = TypeVar("C")
+
+
+class ConnectorOptions(TypedDict, total=False):
+    """The keyword settings of a loop around one connector (see `ConnectorLoop`)."""
+
+    unavailable_reason: str
+    redact: Callable[[str], str]
+    on_operations: Callable[[], None]
+    metrics: Metrics | None
+    backoff: Backoff
+    storage_retry: float | None
+
+
+class ConnectorLoop(Loop, Generic[C]):
+    """A loop around one connector, a channel's or a shop's, which may be missing.
+
+    Without a connector every step fails as unavailable, with `unavailable_reason`;
+    `on_operations` is called when a step wrote operations for the worker.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        storage: Storage,
+        connector: C | None,
+        clock: Clock,
+        *,
+        unavailable_reason: str = "",
+        redact: Callable[[str], str] = str,
+        on_operations: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
+        backoff: Backoff = LOOP_BACKOFF,
+        storage_retry: float | None = None,
+    ) -> None:
+        super().__init__(
+            name, interval, clock, backoff=backoff, storage_retry=storage_retry, redact=redact
+        )
+        self.metrics = metrics or Metrics()
+        self.storage = storage
+        self.connector = connector
+        self.unavailable_reason = unavailable_reason
+        self.on_operations = on_operations
+
+    def working_connector(self) -> C:
+        """The connector, or LoopUnavailable saying why there is none."""
+        if self.connector is None:
+            raise LoopUnavailable(self.unavailable_reason)
+        return self.connector
+
+
+class Poller(ConnectorLoop[MarketplaceConnector]):
     """Imports one channel's orders every `poll_interval`, with jitter, page by page."""
 
     failed_event = "poll_failed"
@@ -278,29 +330,12 @@ class Poller(Loop):
         storage: Storage,
         connector: MarketplaceConnector | None,
         clock: Clock,
-        *,
-        unavailable_reason: str = "",
-        redact: Callable[[str], str] = str,
-        on_operations: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None,
-        backoff: Backoff = LOOP_BACKOFF,
-        storage_retry: float | None = None,
+        **options: Unpack[ConnectorOptions],
     ) -> None:
-        super().__init__(
-            f"poller:{channel.name}",
-            channel.poll_interval,
-            clock,
-            backoff=backoff,
-            storage_retry=storage_retry,
-            redact=redact,
-        )
-        self.metrics = metrics or Metrics()
+        name, interval = f"poller:{channel.name}", channel.poll_interval
+        super().__init__(name, interval, storage, connector, clock, **options)
         self.channel = channel
         self.channel_id = channel_id
-        self.storage = storage
-        self.connector = connector
-        self.unavailable_reason = unavailable_reason
-        self.on_operations = on_operations
         self._bounded_logged = False
         self._started: datetime | None = None
         self.log = get_logger(channel=channel.name)
@@ -324,11 +359,10 @@ class Poller(Loop):
         # Nothing fetched could be stored: leave the marketplace alone until disk is back.
         self.storage.check_writable()
         self._started = None
-        if self.connector is None:
-            raise LoopUnavailable(self.unavailable_reason)
+        connector = self.working_connector()
         now = self._started = self.clock()
         await self.storage.channels.record_poll_started(self.channel_id, now)
-        counts = await self._import(self.connector)
+        counts = await self._import(connector)
         delay = self._jittered(self.interval)
         done = self.clock()
         self._polled("ok", now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Unpack
 
 from sfd.config import ShopConfig
 from sfd.connectors.base import ConnectorError, Rejected
@@ -22,15 +23,13 @@ from sfd.connectors.shop import (
     ShopStatus,
     retrying,
 )
-from sfd.daemon.backoff import LOOP_BACKOFF, Backoff
 from sfd.daemon.loops import (
     CURSOR_OVERLAP,
+    ConnectorLoop,
+    ConnectorOptions,
     Failure,
-    Loop,
     LoopCondition,
-    LoopUnavailable,
 )
-from sfd.daemon.metrics import Metrics
 from sfd.daemon.outbox import request_operations
 from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder
 from sfd.domain.clock import Clock
@@ -86,7 +85,7 @@ def push_order(order: StoredOrder) -> PushOrder:
     )
 
 
-class PushLoop(Loop):
+class PushLoop(ConnectorLoop[ShopConnector]):
     """Syncs one shop every `sync_interval`: push, acknowledge, read back."""
 
     failed_event = "shop_sync_failed"
@@ -100,29 +99,13 @@ class PushLoop(Loop):
         clock: Clock,
         *,
         require_tracking: Mapping[str, bool],
-        unavailable_reason: str = "",
-        redact: Callable[[str], str] = str,
-        on_operations: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None,
-        backoff: Backoff = LOOP_BACKOFF,
-        storage_retry: float | None = None,
+        **options: Unpack[ConnectorOptions],
     ) -> None:
-        super().__init__(
-            f"push:{shop.name}",
-            shop.sync_interval,
-            clock,
-            backoff=backoff,
-            storage_retry=storage_retry,
-            redact=redact,
-        )
-        self.metrics = metrics or Metrics()
+        name, interval = f"push:{shop.name}", shop.sync_interval
+        super().__init__(name, interval, storage, connector, clock, **options)
         self.shop = shop
-        self.storage = storage
-        self.connector = connector
         self.require_tracking = require_tracking
         """Channel name → whether a shipment needs a tracking number."""
-        self.unavailable_reason = unavailable_reason
-        self.on_operations = on_operations
         self._registered = False
         self.log = self.log.bind(shop=shop.name)
 
@@ -133,11 +116,10 @@ class PushLoop(Loop):
                 self.shop.name, self.shop.store, self.shop.connector, now
             )
             self._registered = True
-        if self.connector is None:
-            raise LoopUnavailable(self.unavailable_reason)
+        connector = self.working_connector()
         await self.storage.pushes.sync_started(self.shop.name, now)
-        counts = await self._push(self.connector)
-        counts |= await self._read_back(self.connector)
+        counts = await self._push(connector)
+        counts |= await self._read_back(connector)
         self.metrics.shop_synced(self.shop.name, "ok")
         done = self.clock()
         await self.storage.pushes.sync_succeeded(

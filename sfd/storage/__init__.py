@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from sfd.storage.channels import ChannelState, ChannelStore
@@ -127,12 +127,3 @@ class Storage:
     async def deadline_gauges(self, now: datetime) -> DatabaseGauges:
         """What /metrics shows of the database at `now`."""
         return await self.deadlines.gauges(now)
-
-    async def count_deadlines(
-        self, now: datetime, warnings: Mapping[int, timedelta]
-    ) -> tuple[int, int]:
-        """(late, approaching) orders still to ship at `now`."""
-        return (
-            await self.deadlines.count_late(now),
-            await self.deadlines.count_approaching(now, warnings),
-        )

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import msgspec
 
 from sfd.domain.clock import to_iso
-from sfd.storage.database import Connection, Database, marks, stored_time
+from sfd.storage.database import Connection, Database, from_row, marks, stored_time
 
 
 class ChannelSpec(NamedTuple):
@@ -115,26 +115,7 @@ class ChannelStore:
             f"WHERE {' AND '.join(where)} ORDER BY h.name",
             params,
         )
-        return [
-            ChannelState(
-                id=row["id"],
-                name=row["name"],
-                store_id=row["store_id"],
-                connector=row["connector"],
-                active=bool(row["active"]),
-                cursor=stored_time(row["cursor"]),
-                auth_state=row["auth_state"],
-                last_poll_at=stored_time(row["last_poll_at"]),
-                last_success_at=stored_time(row["last_success_at"]),
-                last_error=row["last_error"],
-                last_error_at=stored_time(row["last_error_at"]),
-                next_poll_at=stored_time(row["next_poll_at"]),
-                orders=row["orders"],
-                pending_operations=row["pending_operations"],
-                failed_operations=row["failed_operations"],
-            )
-            for row in rows
-        ]
+        return [from_row(ChannelState, row) for row in rows]
 
     async def cursor(self, channel_id: int) -> datetime | None:
         """Where the channel's next import starts."""

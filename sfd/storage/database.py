@@ -9,13 +9,21 @@ to the exceptions below, so nothing above it catches a driver's exception.
 
 from __future__ import annotations
 
+import enum
+import functools
+import json
+import types
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import msgspec
 
 from sfd.domain.clock import from_iso
 
@@ -134,6 +142,51 @@ def stored_time(value: str | None) -> datetime | None:
     return from_iso(value) if value else None
 
 
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _reader(kind: Any) -> Callable[[Any], Any] | None:
+    """How a column holding `kind` is read back; None when the value is taken as it is."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        if inner == [datetime]:
+            return stored_time
+        read = _reader(inner[0]) if len(inner) == 1 else None
+        return None if read is None else lambda v: None if v is None else read(v)
+    if kind is datetime:
+        return from_iso
+    if kind in (Decimal, bool):
+        return typing.cast(Callable[[Any], Any], kind)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind
+    if typing.get_origin(kind) is dict:
+        return json.loads  # dict columns hold JSON text
+    return None
+
+
+@functools.cache
+def _readers(cls: type[msgspec.Struct]) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, _reader(hints[f.name])) for f in msgspec.structs.fields(cls))
+
+
+def from_row(cls: type[_S], row: Record, **given: Any) -> _S:
+    """A struct from the row's columns of the same names, read back by each field's type:
+    times from ISO text, decimals from text, flags from 0/1, enums, JSON objects.
+
+    `given` supplies (or overrides) fields whose column is named otherwise; a field with a
+    default whose column the row lacks keeps its default.
+    """
+    columns = set(row.keys())
+    values = dict(given)
+    for name, read in _readers(cls):
+        if name in values or name not in columns:
+            continue
+        value = row[name]
+        values[name] = value if read is None else read(value)
+    return cls(**values)
+
+
 class Params(list[Any]):
     """The parameters of a statement built piece by piece: `p(value)` appends, returns `$n`."""
 
@@ -200,6 +253,7 @@ __all__ = [
     "StorageConflict",
     "StorageError",
     "StorageUnavailable",
+    "from_row",
     "load_migrations",
     "marks",
     "newer_schema",

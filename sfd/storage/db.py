@@ -388,6 +388,16 @@ class SQLiteDatabase:
         await self._writer.commit()
 
 
+def refuse_foreign(path: Path) -> None:
+    """StorageError unless `path` reads as an SQLite file (it is left as is either way)."""
+    try:
+        sqlite_file = _is_sqlite_file(path)
+    except OSError as exc:
+        raise StorageError(f"database {path} cannot be read: {exc.strerror}") from None
+    if not sqlite_file:
+        raise StorageError(f"database {path} is not an SQLite file; it was left as is")
+
+
 def _check_file(db_path: Path) -> None:
     """Refuse, before any connection, a path that cannot hold this sfd's database."""
     try:
@@ -397,12 +407,7 @@ def _check_file(db_path: Path) -> None:
             f"database directory {db_path.parent} cannot be created: {exc.strerror}"
         ) from None
     if db_path.exists():
-        try:
-            sqlite_file = _is_sqlite_file(db_path)
-        except OSError as exc:
-            raise StorageError(f"database {db_path} cannot be read: {exc.strerror}") from None
-        if not sqlite_file:
-            raise StorageError(f"database {db_path} is not an SQLite file; it was left as is")
+        refuse_foreign(db_path)
         # Refused before any connection: opening one would switch the file to WAL.
         version, known = _header_version(db_path), len(load_migrations(SQLiteDatabase.scheme))
         if version > known:

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from sfd.storage.database import StorageError, load_migrations
-from sfd.storage.db import BUSY_TIMEOUT_MS, _is_sqlite_file
+from sfd.storage.db import BUSY_TIMEOUT_MS, refuse_foreign
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,7 @@ def _source(path: Path) -> sqlite3.Connection:
     """A connection that only reads `path`, refusing what is not an sfd database."""
     if not path.is_file():
         raise StorageError(f"database {path} does not exist")
-    try:
-        sqlite_file = _is_sqlite_file(path)
-    except OSError as exc:
-        raise StorageError(f"database {path} cannot be read: {exc.strerror}") from None
-    if not sqlite_file:
-        raise StorageError(f"database {path} is not an SQLite file; it was left as is")
+    refuse_foreign(path)
     try:
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         connection.execute("PRAGMA query_only = ON")

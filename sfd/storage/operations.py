@@ -35,7 +35,7 @@ from sfd.domain.rules import (
     confirmed_by_answer,
     decide,
 )
-from sfd.storage.database import Connection, Database, Params, marks, stored_time
+from sfd.storage.database import Connection, Database, Params, from_row, marks
 from sfd.storage.orders import OrderStore, confirm_operations
 
 K = OperationKind
@@ -74,24 +74,16 @@ _SELECT_TICKET = (
 
 def _ticket(row: Any, batch_id: str | None = None) -> Ticket:
     payload = json.loads(row["payload"])
-    return Ticket(
+    return from_row(
+        Ticket,
+        row,
         id=row["ticket_id"],
         operation_id=row["id"],
         batch_id=batch_id or row["batch_id"],
-        store_id=row["store_id"],
-        kind=OperationKind(row["kind"]),
-        state=TicketState(row["state"]),
-        source=row["source"],
-        order_id=row["order_id"],
         order_reference=row["order_reference"] or payload.get("reference"),
         channel=row["channel"] or payload.get("channel"),
         payload=payload,
         reason=row["last_error"],
-        attempts=row["attempts"],
-        created_at=from_iso(row["created_at"]),
-        started_at=stored_time(row["started_at"]),
-        finished_at=stored_time(row["finished_at"]),
-        confirmed_at=stored_time(row["confirmed_at"]),
     )
 
 
@@ -389,6 +381,7 @@ class OperationStore:
     ) -> tuple[int, list[Ticket]]:
         """A page of tickets, newest first, of one store or all, and how many there are."""
         filters = Params()
+        # SQLite-only as written: PostgreSQL needs a cast on the `$n IS NULL` parameter.
         where = f"({filters(store_id)} IS NULL OR p.store_id = {filters(store_id)})"
         if states:
             where += f" AND p.state IN ({filters.many(s.value for s in states)})"
@@ -692,7 +685,7 @@ class OperationQueue:
             " UNION ALL SELECT lease_until FROM operations"
             "  WHERE state IN ('scheduled', 'running') AND state = 'running'"
             " UNION ALL SELECT confirm_at FROM operations"
-            "  WHERE state = 'succeed' AND confirmed_at IS NULL AND confirm_at IS NOT NULL)",
+            "  WHERE state = 'succeed' AND confirmed_at IS NULL AND confirm_at IS NOT NULL) AS due",
             list(skip_channels),
         )
         return from_iso(row[0]) if row and row[0] else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,9 +33,9 @@ from sfd.storage.database import (
     Database,
     Params,
     StorageError,
+    from_row,
     marks,
     quoted,
-    stored_time,
 )
 
 _ADDRESS_FIELDS = tuple(Address.__struct_fields__)
@@ -92,36 +91,7 @@ class ImportResult:
 
 
 def _order_from_row(row: Any) -> StoredOrder:
-    return StoredOrder(
-        id=row["id"],
-        store_id=row["store_id"],
-        channel_id=row["channel_id"],
-        channel=row["channel"],
-        reference=row["reference"],
-        status=OrderStatus(row["status"]),
-        store_reference=row["store_reference"],
-        acknowledged_at=stored_time(row["acknowledged_at"]),
-        acknowledgment_status=row["acknowledgment_status"],
-        acknowledgment_message=row["acknowledgment_message"],
-        created_at=from_iso(row["created_at"]),
-        updated_at=from_iso(row["updated_at"]),
-        marketplace_updated_at=from_iso(row["marketplace_updated_at"]),
-        imported_at=from_iso(row["imported_at"]),
-        latest_ship_date=stored_time(row["latest_ship_date"]),
-        is_test=bool(row["is_test"]),
-        fulfilled_by=row["fulfilled_by"],
-        currency=row["currency"],
-        product_amount=Decimal(row["product_amount"]),
-        shipping_amount=Decimal(row["shipping_amount"]),
-        total_amount=Decimal(row["total_amount"]),
-        payment_method=row["payment_method"],
-        shipping_method=row["shipping_method"],
-        carrier=row["carrier"],
-        tracking_number=row["tracking_number"],
-        tracking_link=row["tracking_link"],
-        additional_fields=json.loads(row["additional_fields"]),
-        payment_pending=bool(row["payment_pending"]),
-    )
+    return from_row(StoredOrder, row)
 
 
 @dataclass(frozen=True)
@@ -541,6 +511,7 @@ class OrderStore:
     ) -> StoredOrder | None:
         """One order with its lines, addresses and events; None if absent or in another store."""
         async with self.db.read() as reader:
+            # SQLite-only as written: PostgreSQL needs a cast on the `$2 IS NULL` parameter.
             row = await reader.fetchrow(
                 _SELECT_ORDER + "WHERE o.id = $1 AND ($2 IS NULL OR o.store_id = $3)",
                 (order_id, store_id, store_id),
@@ -638,6 +609,7 @@ class OrderStore:
 
     async def status_counts(self, store_id: int | None = None) -> dict[int, dict[str, int]]:
         """Channel id → order status → how many orders, for one store or all."""
+        # SQLite-only as written: PostgreSQL needs a cast on the `$1 IS NULL` parameter.
         rows = await self.db.fetch(
             "SELECT channel_id, status, count(*) AS n FROM orders "
             "WHERE ($1 IS NULL OR store_id = $2) GROUP BY channel_id, status",
@@ -705,34 +677,11 @@ class OrderStore:
 
 
 def _item_from_row(r: Any) -> StoredItem:
-    return StoredItem(
-        id=r["id"],
-        reference=r["reference"],
-        channel_reference=r["channel_reference"],
-        name=r["name"],
-        status=r["status"],
-        quantity=r["quantity"],
-        price=Decimal(r["price"]),
-        commission=Decimal(r["commission"]),
-        tax_amount=Decimal(r["tax_amount"]),
-        ecotax_amount=Decimal(r["ecotax_amount"]),
-        image=r["image"],
-        additional_fields=json.loads(r["additional_fields"]),
-    )
+    return from_row(StoredItem, r)
 
 
 def _event_from_row(r: Any) -> OrderEvent:
-    return OrderEvent(
-        id=r["id"],
-        at=from_iso(r["at"]),
-        source=r["source"],
-        kind=r["kind"],
-        from_status=r["from_status"],
-        to_status=r["to_status"],
-        message=r["message"],
-        operation_id=r["operation_id"],
-        actor=r["actor"],
-    )
+    return from_row(OrderEvent, r)
 
 
 async def load_orders(

@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 
 from sfd.domain import EventSource
-from sfd.domain.clock import from_iso, to_iso
-from sfd.storage.database import Database, marks, stored_time
+from sfd.domain.clock import to_iso
+from sfd.storage.database import Database, Params, from_row, marks, stored_time
 from sfd.storage.orders import OrderStore
 
 #: The order event recorded when a completed order's tracking did not come in time.
@@ -60,20 +60,7 @@ class ShopState(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def _record(row: Any) -> PushRecord:
-    return PushRecord(
-        id=row["id"],
-        shop=row["shop"],
-        order_id=row["order_id"],
-        state=row["state"],
-        shop_order_id=row["shop_order_id"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        started_at=from_iso(row["started_at"]),
-        completed_seen_at=stored_time(row["completed_seen_at"]),
-        tracking_flagged_at=stored_time(row["tracking_flagged_at"]),
-        settled_kind=row["settled_kind"],
-        settled_at=stored_time(row["settled_at"]),
-    )
+    return from_row(PushRecord, row)
 
 
 class PushStore:
@@ -155,22 +142,7 @@ class PushStore:
             "FROM shops s ORDER BY s.name"
         )
         return [
-            ShopState(
-                name=r["name"],
-                store_id=r["store_id"],
-                connector=r["connector"],
-                cursor=stored_time(r["cursor"]),
-                auth_state=r["auth_state"],
-                last_sync_at=stored_time(r["last_sync_at"]),
-                last_success_at=stored_time(r["last_success_at"]),
-                last_error=r["last_error"],
-                last_error_at=stored_time(r["last_error_at"]),
-                next_sync_at=stored_time(r["next_sync_at"]),
-                pushed=r["pushed"],
-                rejected=r["rejected"],
-                pending=r["pending"],
-                waiting_tracking=r["waiting"],
-            )
+            from_row(ShopState, r, waiting_tracking=r["waiting"])
             for r in rows
             if names is None or r["name"] in names
         ]
@@ -219,29 +191,35 @@ class PushStore:
 
     async def created(self, shop: str, order_id: int, shop_order_id: str, now: datetime) -> None:
         """The shop holds the order, under `shop_order_id`."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shop_pushes SET state = 'created', shop_order_id = $1, last_error = NULL, "
-                "updated_at = $2 WHERE shop = $3 AND order_id = $4",
-                (shop_order_id, to_iso(now), shop, order_id),
-            )
+        changes = {"state": CREATED, "shop_order_id": shop_order_id, "last_error": None}
+        await self._update(shop, order_id, now, changes)
 
     async def rejected(self, shop: str, order_id: int, message: str, now: datetime) -> None:
         """The shop refused the order: nothing was created."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shop_pushes SET state = 'rejected', last_error = $1, updated_at = $2 "
-                "WHERE shop = $3 AND order_id = $4",
-                (message, to_iso(now), shop, order_id),
-            )
+        await self._update(shop, order_id, now, {"state": REJECTED, "last_error": message})
 
     async def attempt_failed(self, shop: str, order_id: int, message: str, now: datetime) -> None:
         """An attempt whose outcome is unknown: the row stays pending, with the reason."""
+        await self._update(shop, order_id, now, {"last_error": message}, pending_only=True)
+
+    async def _update(
+        self,
+        shop: str,
+        order_id: int,
+        now: datetime,
+        changes: dict[str, Any],
+        *,
+        pending_only: bool = False,
+    ) -> None:
+        """Set `changes` (column → value) and the update time on one push row."""
+        p = Params()
+        sets = ", ".join(f"{column} = {p(value)}" for column, value in changes.items())
+        where = f"shop = {p(shop)} AND order_id = {p(order_id)}"
         async with self.db.write() as tx:
             await tx.execute(
-                "UPDATE shop_pushes SET last_error = $1, updated_at = $2 "
-                "WHERE shop = $3 AND order_id = $4 AND state = 'pending'",
-                (message, to_iso(now), shop, order_id),
+                f"UPDATE shop_pushes SET {sets}, updated_at = {p(to_iso(now))} WHERE {where}"
+                + (f" AND state = {p(PENDING)}" if pending_only else ""),
+                p,
             )
 
     async def forget(self, order_id: int) -> int:

@@ -10,9 +10,9 @@ from datetime import datetime
 
 import msgspec
 
-from sfd.domain.clock import from_iso, to_iso
+from sfd.domain.clock import to_iso
 from sfd.domain.tokens import TOKEN_PATTERN, TOKEN_PREFIX
-from sfd.storage.database import Database, StorageConflict, StorageError
+from sfd.storage.database import Database, StorageConflict, StorageError, from_row
 
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 #: Compared against when no token has the digest, so a miss costs what a hit costs.
@@ -86,17 +86,7 @@ class TokenStore:
             "SELECT * FROM api_tokens WHERE $1 OR revoked_at IS NULL ORDER BY id",
             (include_revoked,),
         )
-        return [
-            TokenInfo(
-                id=r["id"],
-                name=r["name"],
-                store_id=r["store_id"],
-                created_at=from_iso(r["created_at"]),
-                last_used_at=from_iso(r["last_used_at"]) if r["last_used_at"] else None,
-                revoked_at=from_iso(r["revoked_at"]) if r["revoked_at"] else None,
-            )
-            for r in rows
-        ]
+        return [from_row(TokenInfo, r) for r in rows]
 
     async def is_active(self, token_id: int) -> bool:
         """Whether the token with this id still works (not revoked)."""
