@@ -98,7 +98,7 @@ class Daemon:
             self.storage = await Storage.open(
                 self.config.database, readers=3, renderer=shoppingfeed.render_order
             )
-            self.storage.claim_runner()
+            await self.storage.claim_runner()
             self.metrics.storage = self.storage
             reclaimed = await self.storage.queue.reclaim(self.clock())
             if reclaimed:

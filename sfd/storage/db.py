@@ -204,7 +204,7 @@ class SQLiteDatabase:
                 os.close(self._run_lock)
                 self._run_lock = None
 
-    def claim_runner(self) -> None:
+    async def claim_runner(self) -> None:
         """Take the file's run lock, so only one `sfd run` writes to it at a time."""
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:

@@ -381,8 +381,8 @@ class OperationStore:
     ) -> tuple[int, list[Ticket]]:
         """A page of tickets, newest first, of one store or all, and how many there are."""
         filters = Params()
-        # SQLite-only as written: PostgreSQL needs a cast on the `$n IS NULL` parameter.
-        where = f"({filters(store_id)} IS NULL OR p.store_id = {filters(store_id)})"
+        # The cast gives PostgreSQL the type of a parameter that may be NULL.
+        where = f"(CAST({filters(store_id)} AS BIGINT) IS NULL OR p.store_id = {filters(store_id)})"
         if states:
             where += f" AND p.state IN ({filters.many(s.value for s in states)})"
         total = await self.db.fetchrow(f"SELECT count(*) FROM operations p WHERE {where}", filters)
@@ -543,7 +543,7 @@ class OperationQueue:
         order_ids = sorted({r["order_id"] for r in rows})
         for r in await tx.fetch(
             "SELECT id, order_id, channel_reference FROM order_items "
-            f"WHERE order_id IN ({','.join('?' * len(order_ids))})",
+            f"WHERE order_id IN ({marks(len(order_ids))})",
             order_ids,
         ):
             items.setdefault(r["order_id"], {})[r["id"]] = r["channel_reference"]
