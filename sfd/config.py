@@ -74,6 +74,9 @@ class DaemonConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     """An operation still failing to reach its marketplace after this long fails for good."""
     confirm_delay: Duration = Duration(60)
     """How soon after a delivery sfd first asks the marketplace whether it took effect."""
+    lease_ttl: Duration = Duration(30)
+    """On PostgreSQL, how long an instance's lease on a channel or shop outlives its last
+    renewal (renewed every third of it): a dead instance's work moves on within about this."""
 
 
 class StoreConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -292,6 +295,8 @@ def _check_daemon(daemon: DaemonConfig, problems: list[tuple[str, str]]) -> tupl
         if value not in allowed:
             choices = ", ".join(repr(a) for a in allowed)
             problems.append((f"daemon.{key}", f"expected one of {choices}, got {value!r}"))
+    if daemon.lease_ttl < 1:
+        problems.append(("daemon.lease_ttl", f"expected 1s or more, got {daemon.lease_ttl}s"))
     if daemon.operation_concurrency < 1:
         problems.append(
             (

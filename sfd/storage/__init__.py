@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +20,14 @@ from sfd.storage.database import (
 )
 from sfd.storage.db import SQLiteDatabase
 from sfd.storage.deadlines import DatabaseGauges, DeadlineOrder, DeadlineStore
+from sfd.storage.leases import (
+    OPERATIONS_CHANNEL,
+    Lease,
+    LeaseStore,
+    Listener,
+    channel_lease,
+    shop_lease,
+)
 from sfd.storage.operations import (
     Batch,
     Claim,
@@ -33,6 +43,7 @@ from sfd.storage.orders import (
 )
 from sfd.storage.postgres import PostgresDatabase, is_postgres_url, redact_url
 from sfd.storage.pushes import PushStore
+from sfd.storage.sessions import SessionStore
 from sfd.storage.tokens import TokenError, TokenStore
 
 __all__ = [
@@ -46,6 +57,8 @@ __all__ = [
     "DeadlineStore",
     "DocumentRenderer",
     "ImportResult",
+    "Lease",
+    "LeaseStore",
     "OperationRequest",
     "OrderFilter",
     "Storage",
@@ -54,9 +67,16 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "TokenError",
+    "channel_lease",
     "is_postgres_url",
     "redact_url",
+    "shop_lease",
 ]
+
+
+def new_instance_id() -> str:
+    """An id for this process among instances: host, pid and a random part (pids repeat)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Storage:
@@ -74,6 +94,8 @@ class Storage:
         self.queue = OperationQueue(db, self.orders)
         self.tokens = TokenStore(db)
         self.pushes = PushStore(db)
+        self.leases = LeaseStore(db)
+        self.sessions = SessionStore(db)
 
     @classmethod
     async def open(
@@ -143,6 +165,23 @@ class Storage:
         """Take SQLite's run lock (DatabaseLocked if another `sfd run` holds it); on
         PostgreSQL, where several instances share the database, register this one."""
         await self.db.claim_runner()
+
+    @property
+    def instance_id(self) -> str:
+        """This process's id among the instances sharing the database (host:pid:random)."""
+        found: str | None = getattr(self.db, "instance_id", None)
+        if found is None:
+            found = self._instance_id = getattr(self, "_instance_id", None) or new_instance_id()
+        return found
+
+    async def listen_operations(self, wake: Callable[[], None]) -> Listener | None:
+        """Have `wake()` called when another instance writes operations (PostgreSQL's
+        LISTEN/NOTIFY); None on SQLite, where one instance writes them all."""
+        listen = getattr(self.db, "listen", None)
+        if listen is None:
+            return None
+        listener: Listener = await listen(OPERATIONS_CHANNEL, lambda _payload: wake())
+        return listener
 
     async def deadline_gauges(self, now: datetime) -> DatabaseGauges:
         """What /metrics shows of the database at `now`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +36,7 @@ from sfd.domain.rules import (
     decide,
 )
 from sfd.storage.database import Connection, Database, Params, from_row, marks
+from sfd.storage.leases import OPERATIONS_CHANNEL
 from sfd.storage.orders import OrderStore, confirm_operations
 
 K = OperationKind
@@ -125,6 +126,7 @@ class OperationStore:
                     (batch_id, position, operation_id),
                 )
             await self.orders.refresh_documents(tx, touched)
+            await self._notify(tx, touched)
             rows = await tx.fetch(
                 _SELECT_TICKET + "JOIN batch_tickets b ON b.operation_id = p.id "
                 "WHERE b.batch_id = $1 ORDER BY b.position",
@@ -136,6 +138,13 @@ class OperationStore:
             kind=kind,
             tickets=[_ticket(row, batch_id) for row in rows],
         )
+
+    async def _notify(self, tx: Connection, orders: Collection[int]) -> None:
+        """Wake the other instances' workers when this transaction commits (PostgreSQL's
+        NOTIFY; on SQLite one instance writes and delivers, and wakes its worker itself)."""
+        if self.db.scheme != "postgres" or not orders:
+            return
+        await tx.execute("SELECT pg_notify($1, $2)", (OPERATIONS_CHANNEL, ""))
 
     async def _submit_one(
         self,
@@ -431,6 +440,7 @@ class OperationStore:
                     actor=actor,
                 )
                 await self.orders.refresh_documents(tx, [row["order_id"]])
+            await self._notify(tx, [row["order_id"]] if row["order_id"] is not None else [])
             updated = await tx.fetchrow(_SELECT_TICKET + "WHERE p.id = $1", (operation_id,))
         assert updated is not None
         return _ticket(updated)
@@ -502,6 +512,16 @@ _DUE = (
 )
 
 
+def _held(p: Params, holder: str | None, now: datetime) -> str:
+    """The condition "its channel's lease is `holder`'s at `now`" (nothing without a holder)."""
+    if holder is None:
+        return ""
+    return (
+        "AND EXISTS (SELECT 1 FROM leases l WHERE l.name = 'channel:' || p.channel_id "
+        f"AND l.holder = {p(holder)} AND l.expires_at > {p(to_iso(now))}) "
+    )
+
+
 class OperationQueue:
     """What the worker does with the outbox: claim under a lease, and write back outcomes."""
 
@@ -510,25 +530,42 @@ class OperationQueue:
         self.orders = orders
 
     async def claim(
-        self, now: datetime, lease: timedelta, limit: int, skip_channels: Sequence[int] = ()
+        self,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        skip_channels: Sequence[int] = (),
+        *,
+        holder: str | None = None,
+        lease_now: datetime | None = None,
     ) -> list[Claim]:
         """Take up to `limit` due operations; an expired lease makes a running one due again.
 
         One statement picks and marks them, so the claim holds on any backend without relying
-        on a writer lock (PostgreSQL adds `FOR UPDATE SKIP LOCKED` to the inner SELECT).
+        on a writer lock (PostgreSQL adds `FOR UPDATE SKIP LOCKED` to the inner SELECT, so
+        instances claiming at once never wait for, nor take, each other's rows). With
+        `holder`, only operations of channels whose lease `holder` holds at `lease_now` are
+        taken: a channel's operations are delivered by one instance at a time.
         """
         stamp = to_iso(now)
-        skip = f"AND p.channel_id NOT IN ({marks(len(skip_channels), 4)}) " if skip_channels else ""
+        p = Params([stamp, to_iso(now + lease), limit])
+        skip = f"AND p.channel_id NOT IN ({p.many(skip_channels)}) " if skip_channels else ""
+        held = _held(p, holder, lease_now or now)
         async with self.db.write() as tx:
             rows = await tx.fetch(
                 "UPDATE operations SET state = 'running', lease_until = $2, "
                 "attempts = attempts + 1, started_at = coalesce(started_at, $1), updated_at = $1 "
-                f"WHERE id IN (SELECT p.id FROM operations p WHERE {_DUE} {skip}"
-                "ORDER BY coalesce(p.next_attempt_at, p.created_at), p.id LIMIT $3) "
-                "RETURNING id",
-                (stamp, to_iso(now + lease), limit, *skip_channels),
+                f"WHERE id IN (SELECT p.id FROM operations p WHERE {_DUE} {skip}{held}"
+                "ORDER BY coalesce(p.next_attempt_at, p.created_at), p.id LIMIT $3"
+                f"{self._skip_locked}) RETURNING id",
+                p,
             )
             return await self._claims(tx, sorted(r["id"] for r in rows))
+
+    @property
+    def _skip_locked(self) -> str:
+        # SQLite has one writer at a time; PostgreSQL instances claim side by side.
+        return " FOR UPDATE OF p SKIP LOCKED" if self.db.scheme == "postgres" else ""
 
     async def _claims(self, tx: Connection, ids: list[int]) -> list[Claim]:
         if not ids:
@@ -671,22 +708,32 @@ class OperationQueue:
                 (to_iso(now), *ids),
             )
 
-    async def next_due(self, skip_channels: Sequence[int] = ()) -> datetime | None:
-        """When the soonest waiting operation or confirmation is due, paused channels aside."""
+    async def next_due(
+        self,
+        skip_channels: Sequence[int] = (),
+        *,
+        holder: str | None = None,
+        lease_now: datetime | None = None,
+    ) -> datetime | None:
+        """When the soonest waiting operation or confirmation is due, paused channels aside
+        (and, with `holder`, only of the channels it holds)."""
+        p = Params()
         skip = ""
         if skip_channels:
-            skip = f"AND coalesce(channel_id, 0) NOT IN ({marks(len(skip_channels))})"
+            skip = f"AND coalesce(p.channel_id, 0) NOT IN ({p.many(skip_channels)}) "
+        held = _held(p, holder, lease_now) if lease_now is not None else ""
         # `state IN (...)` repeats operations_due_idx's condition so SQLite uses it (see _DUE).
         row = await self.db.fetchrow(
             "SELECT min(t) FROM ("
-            " SELECT coalesce(next_attempt_at, created_at) AS t FROM operations"
-            "  WHERE state IN ('scheduled', 'running') AND state = 'scheduled'"
-            f"  AND kind NOT IN ('acknowledge', 'unacknowledge') {skip}"
-            " UNION ALL SELECT lease_until FROM operations"
-            "  WHERE state IN ('scheduled', 'running') AND state = 'running'"
-            " UNION ALL SELECT confirm_at FROM operations"
-            "  WHERE state = 'succeed' AND confirmed_at IS NULL AND confirm_at IS NOT NULL) AS due",
-            list(skip_channels),
+            " SELECT coalesce(p.next_attempt_at, p.created_at) AS t FROM operations p"
+            "  WHERE p.state IN ('scheduled', 'running') AND p.state = 'scheduled'"
+            f"  AND p.kind NOT IN ('acknowledge', 'unacknowledge') {skip}{held}"
+            " UNION ALL SELECT p.lease_until FROM operations p"
+            f"  WHERE p.state IN ('scheduled', 'running') AND p.state = 'running' {held}"
+            " UNION ALL SELECT p.confirm_at FROM operations p"
+            "  WHERE p.state = 'succeed' AND p.confirmed_at IS NULL AND p.confirm_at IS NOT NULL"
+            f" {held}) AS due",
+            p,
         )
         return from_iso(row[0]) if row and row[0] else None
 
@@ -694,8 +741,12 @@ class OperationQueue:
         """At start, before any worker runs: what a dead process had claimed is due at once.
 
         The file's run lock guarantees no other daemon holds those claims. Attempts are kept;
-        connectors treat a repeat of something already done as done.
+        connectors treat a repeat of something already done as done. On PostgreSQL other
+        instances may be delivering right now: nothing is reclaimed here, and each channel's
+        left-over claims come back when its lease is taken (`LeaseStore.acquire`).
         """
+        if self.db.scheme == "postgres":
+            return 0
         async with self.db.write() as tx:
             return await tx.execute(
                 "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
@@ -704,18 +755,27 @@ class OperationQueue:
             )
 
     async def due_confirmations(
-        self, now: datetime, limit: int, *, next_check: datetime
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        next_check: datetime,
+        holder: str | None = None,
+        lease_now: datetime | None = None,
     ) -> list[Claim]:
         """Delivered operations whose result the marketplace should show by now.
 
         Each one taken is not due again before `next_check`, so a slow marketplace is asked
         once at a time.
         """
+        p = Params([to_iso(now), limit])
+        held = _held(p, holder, lease_now or now)
         async with self.db.write() as tx:
             rows = await tx.fetch(
-                "SELECT id FROM operations WHERE state = 'succeed' AND confirmed_at IS NULL "
-                "AND confirm_at IS NOT NULL AND confirm_at <= $1 ORDER BY confirm_at LIMIT $2",
-                (to_iso(now), limit),
+                "SELECT p.id FROM operations p WHERE p.state = 'succeed' "
+                "AND p.confirmed_at IS NULL AND p.confirm_at IS NOT NULL AND p.confirm_at <= $1 "
+                f"{held}ORDER BY p.confirm_at LIMIT $2",
+                p,
             )
             if not rows:
                 return []

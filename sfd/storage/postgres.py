@@ -280,6 +280,25 @@ class PostgresDatabase:
             (self._instance, socket.gethostname(), os.getpid(), now),
         )
 
+    @property
+    def instance_id(self) -> str | None:
+        """This instance's id once registered by `claim_runner` (host:pid:random)."""
+        return self._instance
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> PostgresListener:
+        """Call `callback(payload)` for every NOTIFY on `channel`, on a connection held for it."""
+        try:
+            connection = await self._pool.acquire(timeout=CONNECT_TIMEOUT)
+        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
+            raise translate(exc, self.where) from exc
+        listener = PostgresListener(self._pool, connection, channel, callback)
+        try:
+            await connection.add_listener(channel, listener.notified)
+        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
+            await listener.close()
+            raise translate(exc, self.where) from exc
+        return listener
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Conn]:
         try:
@@ -444,6 +463,40 @@ class PostgresDatabase:
             ) from None
 
 
+class PostgresListener:
+    """A LISTEN on one pooled connection, held until `close`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        connection: PoolConnectionProxy,
+        channel: str,
+        callback: Callable[[str], None],
+    ) -> None:
+        self._pool = pool
+        self._connection: PoolConnectionProxy | None = connection
+        self.channel = channel
+        self.callback = callback
+
+    def notified(self, _connection: _Conn, _pid: int, _channel: str, payload: object) -> None:
+        """asyncpg's listener callback."""
+        self.callback(str(payload))
+
+    def alive(self) -> bool:
+        """Whether the connection is still open (notifications still arrive)."""
+        return self._connection is not None and not self._connection.is_closed()
+
+    async def close(self) -> None:
+        """Stop listening; give the connection back to the pool."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with anyio.CancelScope(shield=True), suppress(asyncpg.PostgresError, *_UNREACHABLE):
+            if not connection.is_closed():
+                await connection.remove_listener(self.channel, self.notified)
+            await self._pool.release(connection)
+
+
 async def _version(connection: PostgresConnection) -> int:
     exists = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
@@ -454,6 +507,7 @@ async def _version(connection: PostgresConnection) -> int:
 __all__ = [
     "PostgresConnection",
     "PostgresDatabase",
+    "PostgresListener",
     "is_postgres_url",
     "redact_url",
     "translate",

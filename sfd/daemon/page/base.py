@@ -77,7 +77,7 @@ class PageBase:
         self.on_operations = on_operations
         self.poll_now = poll_now
         self.warnings = dict(warnings or {})
-        self.sessions = sessions or Sessions()
+        self.sessions = sessions or Sessions(storage.sessions)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("sfd.daemon", "templates"),
             autoescape=True,
@@ -136,11 +136,11 @@ class PageBase:
 
     async def session(self, request: web.Request) -> Session | None:
         """The request's live session, if its token is still valid (not revoked since)."""
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        session = await self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             return None
         if not await self.storage.tokens.is_active(session.token_id):
-            self.sessions.drop(session.id)
+            await self.sessions.drop(session.id)
             log.info("page_session_ended", token=session.token_name, reason="token revoked")
             return None
         return session

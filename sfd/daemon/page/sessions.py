@@ -1,13 +1,20 @@
-"""Sessions of the order page, kept in the daemon's memory: a restart signs everyone out."""
+"""Sessions of the order page, kept in the database: every instance behind a load balancer
+knows them (no sticky sessions needed), and a restart signs nobody out.
+
+The cookie carries a random session id; the database holds only its SHA-256, as for API
+tokens. The CSRF token lives in the session row, so a form rendered by one instance is
+accepted by another.
+"""
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from sfd.domain.clock import Clock, utcnow
+from sfd.storage.sessions import PageSession, SessionStore
 from sfd.storage.tokens import TokenIdentity
 
 #: A session ends this long after sign-in, used or not.
@@ -25,7 +32,7 @@ class Session:
     token_name: str
     store_id: int
     csrf: str
-    expires_at: float
+    expires_at: datetime
 
     def csrf_matches(self, sent: str | None) -> bool:
         """Whether a form carried this session's CSRF token (constant-time comparison)."""
@@ -33,48 +40,52 @@ class Session:
 
 
 class Sessions:
-    """Random session id → session. Monotonic time, so a clock change does not end them."""
+    """Random session id → session, stored hashed in the database."""
 
     def __init__(
-        self, lifetime: float = LIFETIME, *, monotonic: Callable[[], float] = time.monotonic
+        self, store: SessionStore, lifetime: float = LIFETIME, *, clock: Clock = utcnow
     ) -> None:
+        self.store = store
         self.lifetime = lifetime
-        self.monotonic = monotonic
-        self._by_id: dict[str, Session] = {}
+        self.clock = clock
 
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def create(self, identity: TokenIdentity) -> Session:
+    async def create(self, identity: TokenIdentity) -> Session:
         """A new session for a verified token."""
-        now = self.monotonic()
-        for sid in [s.id for s in self._by_id.values() if s.expires_at <= now]:
-            del self._by_id[sid]
-        while len(self._by_id) >= MAX_SESSIONS:
-            del self._by_id[next(iter(self._by_id))]  # dicts keep insertion order: the oldest
+        now = self.clock()
         session = Session(
             id=secrets.token_urlsafe(32),
             token_id=identity.id,
             token_name=identity.name,
             store_id=identity.store_id,
             csrf=secrets.token_urlsafe(32),
-            expires_at=now + self.lifetime,
+            expires_at=now + timedelta(seconds=self.lifetime),
         )
-        self._by_id[session.id] = session
+        stored = PageSession(
+            token_id=session.token_id,
+            token_name=session.token_name,
+            store_id=session.store_id,
+            csrf=session.csrf,
+            expires_at=session.expires_at,
+        )
+        await self.store.create(session.id, stored, now, MAX_SESSIONS)
         return session
 
-    def get(self, session_id: str | None) -> Session | None:
+    async def get(self, session_id: str | None) -> Session | None:
         """The live session with this id, or None."""
         if not session_id:
             return None
-        session = self._by_id.get(session_id)
-        if session is None:
+        found = await self.store.get(session_id, self.clock())
+        if found is None:
             return None
-        if session.expires_at <= self.monotonic():
-            del self._by_id[session_id]
-            return None
-        return session
+        return Session(
+            id=session_id,
+            token_id=found.token_id,
+            token_name=found.token_name,
+            store_id=found.store_id,
+            csrf=found.csrf,
+            expires_at=found.expires_at,
+        )
 
-    def drop(self, session_id: str) -> None:
+    async def drop(self, session_id: str) -> None:
         """End a session (sign-out, or its token was revoked)."""
-        self._by_id.pop(session_id, None)
+        await self.store.drop(session_id)

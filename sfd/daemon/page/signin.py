@@ -43,7 +43,7 @@ class SignInPages(PageBase):
                 401,
                 error="That token is not valid: unknown, revoked, or not copied whole.",
             )
-        session = self.sessions.create(identity)
+        session = await self.sessions.create(identity)
         log.info("page_signed_in", token=identity.name, store=identity.store_id)
         response = self.redirect("/orders")
         response.set_cookie(
@@ -62,7 +62,7 @@ class SignInPages(PageBase):
         if isinstance(checked, web.StreamResponse):
             return checked
         session, _ = checked
-        self.sessions.drop(session.id)
+        await self.sessions.drop(session.id)
         log.info("page_signed_out", token=session.token_name)
         response = self.redirect("/signin")
         response.del_cookie(COOKIE, path="/")
