@@ -77,7 +77,7 @@ class LoopState(msgspec.Struct, kw_only=True):
 
     name: str
     state: str = "starting"
-    """What it does: starting, idle, busy or stopped."""
+    """What it does: starting, idle, busy, stopped, or standby (another instance runs it)."""
     condition: LoopCondition = LoopCondition.OK
     """How its work goes: ok, failing, auth_failed, unavailable or storage_unavailable."""
     ticks: int = 0
@@ -87,6 +87,8 @@ class LoopState(msgspec.Struct, kw_only=True):
     busy_since: datetime | None = None
     next_tick_at: datetime | None = None
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
+    holder: str | None = None
+    """The instance holding this loop's lease, where loops are leased (None: none yet)."""
 
 
 class Loop:
@@ -128,6 +130,8 @@ class Loop:
         self._unexpected = False
         self._wake = anyio.Event()
         self.log = get_logger(loop=name)
+        self.lease_check: Callable[[], bool] = lambda: True
+        """Whether this instance still holds the loop's lease; checked before each tick."""
 
     def wake(self) -> None:
         """Tick now rather than at the next interval."""
@@ -137,6 +141,8 @@ class Loop:
         """False once the loop stopped or has been stuck in one tick for too long."""
         if self.status.state == "stopped":
             return False
+        if self.status.state == "standby":
+            return True  # another instance holds its lease
         busy = self.status.busy_since
         return busy is None or (now - busy).total_seconds() < STALL_AFTER
 
@@ -154,6 +160,11 @@ class Loop:
         """Tick until cancelled."""
         try:
             while True:
+                if not self.lease_check():
+                    # The lease may lapse before the next renewal: stop before another
+                    # instance may take the work over.
+                    self.log.info("loop_lease_expired")
+                    return
                 delay: float | None = None
                 self.status.busy_since = self.clock()
                 self.status.state = "busy"

@@ -25,6 +25,7 @@ from sfd.daemon.admin import admin_app, socket_path, start_admin
 from sfd.daemon.api import ShopApi
 from sfd.daemon.deadlines import DeadlineWatch
 from sfd.daemon.http import build_app
+from sfd.daemon.leases import LeaseKeeper
 from sfd.daemon.loops import Loop, Poller
 from sfd.daemon.metrics import Metrics
 from sfd.daemon.notify import SystemdNotifier
@@ -34,8 +35,17 @@ from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
 from sfd.domain.clock import Clock, utcnow
 from sfd.logs import SecretRedactor, get_logger
-from sfd.storage import DatabaseLocked, OrderFilter, Storage, StorageCondition, StorageError
+from sfd.storage import (
+    DatabaseLocked,
+    OrderFilter,
+    Storage,
+    StorageCondition,
+    StorageError,
+    channel_lease,
+    shop_lease,
+)
 from sfd.storage.channels import ChannelSpec
+from sfd.storage.leases import Listener
 
 log = get_logger()
 
@@ -43,6 +53,10 @@ log = get_logger()
 STOP_DEADLINE = 8.0
 #: While writes fail (disk full, read-only), a one-row write is tried this often.
 STORAGE_PROBE = 5.0
+#: While the LISTEN connection for other instances' operations is down, it is retried this often.
+LISTEN_RETRY = 5.0
+#: The lease of the deadline watch (one instance warns about late orders).
+DEADLINES_LEASE = "deadlines"
 
 
 class StartupError(Exception):
@@ -89,6 +103,9 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self._summary = ""
+        self.leases: LeaseKeeper | None = None
+        """Which loops run in this instance; every loop but the operations worker is leased."""
+        self._listener: Listener | None = None
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -115,6 +132,31 @@ class Daemon:
             raise StartupError(str(exc)) from None
         await self._build_loops(self.storage)
         await self._bind()
+        try:
+            await self._take_leases(self.storage)
+        except StorageError as exc:
+            raise StartupError(str(exc)) from None
+
+    async def _take_leases(self, storage: Storage) -> None:
+        """Take this instance's share of the leases before anything runs."""
+        ids = await storage.channels.channel_ids()
+        leased: dict[str, Loop] = {}
+        for loop in self.loops:
+            if isinstance(loop, Poller):
+                leased[channel_lease(loop.channel_id)] = loop
+            elif isinstance(loop, PushLoop):
+                leased[shop_lease(loop.shop.name)] = loop
+            elif isinstance(loop, DeadlineWatch):
+                leased[DEADLINES_LEASE] = loop
+        self.leases = LeaseKeeper(
+            storage,
+            storage.instance_id,
+            self.config.daemon.lease_ttl,
+            leased,
+            worker=self.worker,
+            channel_ids={channel_lease(i): i for i in ids.values()},
+        )
+        await self.leases.round()
 
     async def _build_loops(self, storage: Storage) -> None:
         ids = await storage.channels.channel_ids()
@@ -157,6 +199,7 @@ class Daemon:
             max_age=timedelta(seconds=daemon.operation_max_age),
             confirm_delay=daemon.confirm_delay,
             metrics=self.metrics,
+            holder=storage.instance_id,
         )
         self.loops.append(self.worker)
         warnings = {
@@ -273,9 +316,13 @@ class Daemon:
                 await self.stop()
 
     async def _serve(self) -> None:
+        assert self.leases is not None
         async with anyio.create_task_group() as tg:
             for loop in self.loops:
-                tg.start_soon(loop.run, name=loop.name)
+                if loop not in self.leases.loops.values():
+                    tg.start_soon(loop.run, name=loop.name)
+            tg.start_soon(self.leases.run, name="leases")
+            tg.start_soon(self._listen, name="listen")
             tg.start_soon(self._report, name="systemd")
             tg.start_soon(self._watch_storage, name="storage")
             self._summary = await self._status_line()
@@ -286,6 +333,8 @@ class Daemon:
                 database=str(self.config.database),
                 channels=len(self.config.channels),
                 pid=os.getpid(),
+                instance=self.leases.instance,
+                leases=len(self.leases.held),
             )
             self.notifier.ready(self._summary)
             self.ready.set()
@@ -295,6 +344,12 @@ class Daemon:
     async def stop(self) -> None:
         """Release everything; every step is shielded and bounded in time."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_DEADLINE):
+            if self._listener is not None:
+                await self._listener.close()
+                self._listener = None
+            if self.leases is not None and self.storage is not None:
+                # Given back at once: the other instances take the work at their next round.
+                await self.leases.give_back_all()
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
@@ -384,6 +439,31 @@ class Daemon:
             line += f"; failing: {', '.join(failing)}"
         return line
 
+    async def _listen(self) -> None:
+        """Wake the worker when another instance writes operations (PostgreSQL); the worker's
+        own timer finds them anyway while this connection is down."""
+        assert self.storage is not None
+        assert self.worker is not None
+        down = False
+        while True:
+            if self._listener is None or not self._listener.alive():
+                if self._listener is not None:
+                    await self._listener.close()
+                    self._listener = None
+                try:
+                    self._listener = await self.storage.listen_operations(self.worker.wake)
+                except StorageError as exc:
+                    if not down:
+                        log.warning("operations_listen_failed", reason=str(exc))
+                    down = True
+                else:
+                    if down:
+                        log.info("operations_listen_recovered")
+                    down = False
+                if self._listener is None and not down:
+                    return  # SQLite: this instance writes every operation itself
+            await anyio.sleep(LISTEN_RETRY)
+
     async def _watch_storage(self) -> None:
         """Log each change of the storage condition once; while writes fail, probe for space."""
         assert self.storage is not None
@@ -423,10 +503,18 @@ class Daemon:
                 "reason": condition.reason,
                 "since": condition.since,
             }
+        leases: dict[str, Any] = {}
+        if self.leases is not None:
+            leases = {
+                "instance": self.leases.instance,
+                "instances": self.leases.instances,
+                "held": sorted(self.leases.held),
+            }
         return self.all_healthy() and condition is None, {
             "version": __version__,
             "time": now,
             "storage": storage,
+            "leases": leases,
             "loops": {loop.name: loop.status for loop in self.loops},
         }
 

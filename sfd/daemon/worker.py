@@ -34,7 +34,7 @@ from sfd.daemon.backoff import LOOP_BACKOFF, OPERATION_BACKOFF, Backoff
 from sfd.daemon.loops import Loop
 from sfd.daemon.metrics import Metrics
 from sfd.domain import OperationKind
-from sfd.domain.clock import Clock
+from sfd.domain.clock import Clock, utcnow
 from sfd.domain.rules import RefundPayload, ShipPayload
 from sfd.logs import get_logger
 from sfd.storage import Claim, Storage, StorageUnavailable
@@ -131,6 +131,7 @@ class OperationsWorker(Loop):
         backoff: Backoff = LOOP_BACKOFF,
         storage_retry: float | None = None,
         save_retry: float | None = None,
+        holder: str | None = None,
     ) -> None:
         super().__init__(
             "operations-worker", POLL, clock, backoff=backoff, storage_retry=storage_retry
@@ -148,6 +149,12 @@ class OperationsWorker(Loop):
         self._paused: dict[int, datetime] = {}
         """Channel id → when it may be called again (throttled, or credentials broken)."""
         self._inflight: set[int] = set()
+        self._channel_of: dict[int, int] = {}
+        """Operation in flight → its channel id."""
+        self.holder = holder
+        """This instance's id: only operations of channels whose lease it holds are taken."""
+        self.claim_lock = anyio.Lock()
+        """Held from a claim until its deliveries are in flight; a lease is given back under it."""
         self._called: set[int] = set()
         """Operations whose marketplace call has begun: their outcome is unknown until it ends."""
         self._confirming: set[int] = set()
@@ -160,6 +167,10 @@ class OperationsWorker(Loop):
         if channel_id not in self._limiters:
             self._limiters[channel_id] = anyio.CapacityLimiter(self.concurrency)
         return self._limiters[channel_id]
+
+    def busy_channels(self) -> set[int]:
+        """Channels with a delivery under way in this instance."""
+        return set(self._channel_of.values())
 
     async def run(self) -> None:
         """Tick until cancelled; deliveries run beside the ticks, in one task group."""
@@ -180,26 +191,35 @@ class OperationsWorker(Loop):
         # No new claims while answers could not be written; calls under way carry on.
         self.storage.check_writable()
         now = self.clock()
+        lease_now = utcnow()  # leases run on real time, whatever the injected clock says
         paused = [c for c, until in self._paused.items() if until > now]
         room = self.concurrency * max(1, len(self.connectors)) - len(self._inflight)
-        claims = (
-            await self.storage.queue.claim(now, LEASE, room, skip_channels=paused)
-            if room > 0
-            else []
-        )
+        async with self.claim_lock:
+            claims = (
+                await self.storage.queue.claim(
+                    now, LEASE, room, paused, holder=self.holder, lease_now=lease_now
+                )
+                if room > 0
+                else []
+            )
+            for claim in claims:
+                if claim.operation_id in self._inflight:
+                    # Its answer is still waiting for the disk (a lease ran out meanwhile).
+                    continue
+                self._inflight.add(claim.operation_id)
+                self._channel_of[claim.operation_id] = claim.channel_id
+                self._group.start_soon(self._deliver, claim, name=f"operation {claim.operation_id}")
         confirmations = [
             c
             for c in await self.storage.queue.due_confirmations(
-                now, 16, next_check=now + timedelta(seconds=self.confirm_delay)
+                now,
+                16,
+                next_check=now + timedelta(seconds=self.confirm_delay),
+                holder=self.holder,
+                lease_now=lease_now,
             )
             if c.operation_id not in self._confirming
         ]
-        for claim in claims:
-            if claim.operation_id in self._inflight:
-                # Its answer is still waiting for the disk (a lease ran out meanwhile).
-                continue
-            self._inflight.add(claim.operation_id)
-            self._group.start_soon(self._deliver, claim, name=f"operation {claim.operation_id}")
         for claim in confirmations:
             self._confirming.add(claim.operation_id)
             self._group.start_soon(self._confirm, claim, name=f"confirm {claim.operation_id}")
@@ -211,7 +231,9 @@ class OperationsWorker(Loop):
         self.status.last_success_at = self.clock()
         # A paused channel's operations are not due before its pause ends: no spinning.
         wake_at = [until for until in self._paused.values() if until > now]
-        due = await self.storage.queue.next_due(skip_channels=paused)
+        due = await self.storage.queue.next_due(
+            skip_channels=paused, holder=self.holder, lease_now=lease_now if self.holder else None
+        )
         if due is not None:
             wake_at.append(due)
         if not wake_at:
@@ -254,6 +276,7 @@ class OperationsWorker(Loop):
             raise
         finally:
             self._inflight.discard(claim.operation_id)
+            self._channel_of.pop(claim.operation_id, None)
             self._called.discard(claim.operation_id)
             self.wake()  # room for the next one
 

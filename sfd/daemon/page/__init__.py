@@ -2,8 +2,9 @@
 
 A person signs in with an API token and sees that token's store only. Every action goes
 through `sfd.daemon.outbox.request_operations` (the rules and the outbox the API uses), with
-source `page`. Sessions live in the database, hashed (`sessions.Sessions`). Every changing form carries the
-session's CSRF token; the session cookie is HttpOnly, SameSite=Strict, and Secure over TLS.
+source `page`. Sessions live in the database, hashed (`sessions.Sessions`). Every changing
+form carries the session's CSRF token; the session cookie is HttpOnly, SameSite=Strict, and
+Secure over TLS.
 
 The handlers are split by resource: `signin` (the session), `orders` (the list), `order` (one
 order and its actions), `channels`; `base` holds what they share.
