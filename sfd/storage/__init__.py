@@ -124,6 +124,11 @@ class Storage:
         return cls(db, renderer)
 
     @property
+    def where(self) -> str:
+        """The database as messages name it: the file, or the URL without its password."""
+        return self.db.where
+
+    @property
     def scheme(self) -> str:
         """The backend: "sqlite" or "postgres"."""
         return self.db.scheme

@@ -71,9 +71,10 @@ class ChannelStore:
                 [(store_id, name, stamp, stamp) for store_id, name in stores],
             )
             names = [c.name for c in channels]
+            # PostgreSQL has no empty IN list: with no channels, the clause goes.
+            listed = f"AND name NOT IN ({marks(len(names), 2)})" if names else ""
             await tx.execute(
-                "UPDATE channels SET active = 0, updated_at = $1 WHERE active = 1 "
-                f"AND name NOT IN ({marks(len(names), 2)})",
+                f"UPDATE channels SET active = 0, updated_at = $1 WHERE active = 1 {listed}",
                 (stamp, *names),
             )
             await tx.executemany(

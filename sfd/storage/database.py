@@ -100,6 +100,8 @@ class Database(Connection, Protocol):
 
     scheme: str
     path: Path
+    where: str
+    """The database as messages name it: the file's path, or the URL without its password."""
     condition: StorageCondition | None
     on_condition: Callable[[StorageCondition | None, StorageCondition | None], None]
 

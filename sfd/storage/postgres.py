@@ -205,6 +205,7 @@ class PostgresDatabase:
     def __init__(self, url: str, pool: asyncpg.Pool, path: Path) -> None:
         self.url = url
         self.where = redact_url(url)
+        """The URL as logs and messages show it (no password)."""
         self.path = path
         """A local path standing for this database: the admin socket sits beside it."""
         self._pool = pool
@@ -223,10 +224,18 @@ class PostgresDatabase:
         password: str | None = None,
         readers: int = 2,
         migrate: bool = True,
+        check: bool = True,
         path: Path | None = None,
     ) -> PostgresDatabase:
-        """Connect a pool of `readers + 2` connections and migrate; StorageError on failure."""
+        """Connect a pool of `readers + 2` connections and migrate (or, with `migrate` off,
+        check the schema version unless `check` is off too); StorageError on failure."""
         where = redact_url(url)
+        path = path or Path("var/postgres-sfd")
+        try:
+            # The admin socket sits beside `path`, as it sits beside an SQLite file.
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"state directory {path.parent} cannot be created: {exc}") from None
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -244,11 +253,11 @@ class PostgresDatabase:
                 else StorageError(f"database {where}: {exc}")
             )
             raise StorageError(f"{error}; is the PostgreSQL server up?") from None
-        db = cls(url, pool, path or Path("var/sfd-postgres"))
+        db = cls(url, pool, path)
         try:
             if migrate:
                 await db.migrate()
-            else:
+            elif check:
                 await db.check_version()
         except BaseException:
             await db.close()
