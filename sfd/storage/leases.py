@@ -108,13 +108,13 @@ class LeaseStore:
         """
         taken: list[str] = []
         stamp, until = to_iso(now), self._until(now, ttl)
-        async with self.db.write() as tx:
-            for name in names:
-                if len(taken) >= limit:
-                    break
-                before = await tx.fetchrow(
-                    "SELECT holder, expires_at FROM leases WHERE name = $1", (name,)
-                )
+        for name in names:
+            if len(taken) >= limit:
+                break
+            # One short transaction per lease: instances taking leases in different orders
+            # never hold one row while waiting for another (no deadlock).
+            async with self.db.write() as tx:
+                before = await tx.fetchrow("SELECT holder FROM leases WHERE name = $1", (name,))
                 row = await tx.fetchrow(
                     "INSERT INTO leases (name, holder, acquired_at, expires_at) "
                     "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET "
