@@ -1,5 +1,5 @@
 """Several real `sfd run` processes on one PostgreSQL database: each channel is polled by one
-instance at a time, a killed instance's channels move on within 2 × lease_ttl, shipments
+instance at a time, a killed instance's channels move on within 2 x lease_ttl, shipments
 reported through any instance reach the marketplace once, across kills and restarts.
 
 PostgreSQL only: skipped without a server (failing under CI=true), like the rest of the
@@ -9,6 +9,7 @@ PostgreSQL half of the suite.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections import Counter
@@ -98,6 +99,14 @@ class Cluster:
         ]
 
 
+def instance_of(sfd: SfdProcess) -> str:
+    """The instance id a process announced at start."""
+    for event in sfd.log_events():
+        if event.get("event") == "daemon_ready":
+            return str(event["instance"])
+    raise AssertionError("no daemon_ready line")
+
+
 def polled_after(marketplace: SandboxMarketplace, after: float) -> bool:
     return any(c.operation == "OR11" and c.at.timestamp() > after for c in marketplace.calls)
 
@@ -105,7 +114,7 @@ def polled_after(marketplace: SandboxMarketplace, after: float) -> bool:
 def overlapping(calls: list[RecordedCall], latency: float) -> int:
     """OR11 requests to one marketplace that arrived while another was still being answered."""
     times = sorted(c.at.timestamp() for c in calls if c.operation == "OR11")
-    return sum(1 for a, b in zip(times, times[1:], strict=False) if b - a < latency * 0.9)
+    return sum(1 for a, b in itertools.pairwise(times) if b - a < latency * 0.9)
 
 
 class SlowList(SandboxMarketplace):
@@ -220,7 +229,9 @@ async def test_each_channel_is_polled_by_one_instance_and_moves_on_when_one_dies
 async def wait_until_orders(database: str, channel_id: int) -> bool:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        rows = await fetch(database, "SELECT count(*) FROM orders WHERE channel_id = $1", channel_id)
+        rows = await fetch(
+            database, "SELECT count(*) FROM orders WHERE channel_id = $1", channel_id
+        )
         if rows[0][0]:
             return True
         await asyncio.sleep(0.1)
@@ -238,11 +249,13 @@ async def test_shipments_through_every_instance_reach_the_marketplace_once_acros
 ) -> None:
     per_channel = -(-SHIPMENTS // CHANNELS)
     marketplaces = [SandboxMarketplace(f"key-{i}", seed=100 + i) for i in range(CHANNELS)]
-    references: list[str] = []
-    for m in marketplaces:
-        references += m.add_orders(per_channel, waiting_acceptance_ratio=0.0)
-    references = references[:SHIPMENTS]
-    owner = {r: m for m in marketplaces for r in m.orders}
+    # Each sandbox numbers its orders alike: an order is (channel, reference).
+    references = [
+        (f"ch{i:02d}", r)
+        for i, m in enumerate(marketplaces)
+        for r in m.add_orders(per_channel, waiting_acceptance_ratio=0.0)
+    ][:SHIPMENTS]
+    owner = {f"ch{i:02d}": m for i, m in enumerate(marketplaces)}
     rng = random.Random(2026)
     async with aiohttp.ClientSession() as http:
         servers = [run_sandbox(m) for m in marketplaces]
@@ -263,8 +276,12 @@ async def test_shipments_through_every_instance_reach_the_marketplace_once_acros
                 await asyncio.sleep(0.2)
             token = await create_token(config)
             ids = {
-                r["reference"]: r["id"]
-                for r in await fetch(database, "SELECT id, reference FROM orders")
+                (r["name"], r["reference"]): r["id"]
+                for r in await fetch(
+                    database,
+                    "SELECT o.id, o.reference, c.name FROM orders o "
+                    "JOIN channels c ON c.id = o.channel_id",
+                )
             }
             entries = [
                 {"id": ids[r], "carrier": "Colissimo", "trackingNumber": f"6A{n:09d}"}
@@ -284,16 +301,20 @@ async def test_shipments_through_every_instance_reach_the_marketplace_once_acros
                 )
                 await asyncio.sleep(rng.uniform(0.05, 0.4))
                 slot = rng.randrange(INSTANCES)
+                victim = instance_of(cluster.procs[slot])
                 await asyncio.to_thread(cluster.procs[slot].kill)
                 kills += 1
                 if await poster and batches:
                     batches.pop(0)
                 interrupted |= {
-                    r["reference"]
+                    (r["name"], r["reference"])
                     for r in await fetch(
                         database,
-                        "SELECT o.reference FROM operations p JOIN orders o ON o.id = p.order_id "
-                        "WHERE p.state = 'running'",
+                        "SELECT o.reference, c.name FROM operations p "
+                        "JOIN orders o ON o.id = p.order_id JOIN channels c ON c.id = p.channel_id "
+                        "JOIN leases l ON l.name = 'channel:' || p.channel_id "
+                        "WHERE p.state = 'running' AND l.holder = $1",
+                        victim,
                     )
                 }
                 await cluster.launch(slot)
@@ -318,21 +339,31 @@ async def test_shipments_through_every_instance_reach_the_marketplace_once_acros
 
     operations = await fetch(
         database,
-        "SELECT o.reference, p.state, p.last_error FROM operations p "
-        "JOIN orders o ON o.id = p.order_id",
+        "SELECT c.name, o.reference, p.state, p.last_error FROM operations p "
+        "JOIN orders o ON o.id = p.order_id JOIN channels c ON c.id = p.channel_id",
     )
-    assert sorted(r["reference"] for r in operations) == sorted(references), "one per order"
+    assert sorted((r["name"], r["reference"]) for r in operations) == sorted(references)
     assert [dict(r) for r in operations if r["state"] != "succeed"] == []
-    stored = await fetch(database, "SELECT reference, count(*) AS n FROM orders GROUP BY reference")
+    stored = await fetch(
+        database, "SELECT channel_id, reference, count(*) AS n FROM orders GROUP BY 1, 2"
+    )
     assert len(stored) == per_channel * CHANNELS
     assert all(r["n"] == 1 for r in stored), "an order stored twice"
-    calls = [c for m in marketplaces for c in m.calls]
-    assert unexplained_repeats(calls, interrupted, "OR24") == {}
-    for reference in references:
-        took = [c for c in owner[reference].calls_to("OR24", reference) if c.status == 204]
-        assert len(took) == 1, (reference, took)
-    sent = Counter(c.order_id for c in calls if c.operation == "OR24")
+    repeats = {}
+    sent = 0
+    for name, marketplace in owner.items():
+        gone = {r for n, r in interrupted if n == name}
+        repeats.update(
+            {(name, r): v for r, v in unexplained_repeats(marketplace.calls, gone, "OR24").items()}
+        )
+        sent += sum(
+            1 for n in Counter(c.order_id for c in marketplace.calls_to("OR24")).values() if n > 1
+        )
+    assert repeats == {}
+    for name, reference in references:
+        took = [c for c in owner[name].calls_to("OR24", reference) if c.status == 204]
+        assert len(took) == 1, (name, reference, took)
     print(
         f"{kills} kills over {INSTANCES} instances; {len(interrupted)} shipments in flight at a "
-        f"kill; {sum(1 for n in sent.values() if n > 1)} sent again after an unknown outcome"
+        f"kill; {sent} sent again after an unknown outcome"
     )
