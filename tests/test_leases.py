@@ -23,6 +23,8 @@ async def test_a_lease_has_one_holder_until_it_lapses_or_is_given_back(
     storage: Storage, database_url: str
 ) -> None:
     leases = storage.leases
+    if leases.exclusive:
+        pytest.skip("SQLite has one instance per file: see the sqlite_only tests")
     names = [channel_lease(1), channel_lease(2), "shop:woo"]
     assert await leases.acquire("a", names, NOW, TTL, limit=2) == names[:2]
     # b finds a's two leases held, and takes only the free one.
@@ -37,20 +39,17 @@ async def test_a_lease_has_one_holder_until_it_lapses_or_is_given_back(
     assert await leases.acquire("a", ["shop:woo"], NOW, TTL, limit=1) == ["shop:woo"]
 
     later = NOW + TTL + timedelta(seconds=1)
-    taken = await leases.acquire("b", [names[0]], later, TTL, limit=1)
-    if leases.exclusive:
-        # SQLite: one instance owns the file; its leases never lapse.
-        assert taken == []
-        assert (await leases.all())[names[0]].expires_at.isoformat().startswith(NEVER[:10])
-    else:
-        assert taken == [names[0]]
-        assert await leases.renew("a", names, later, TTL) == {names[1], "shop:woo"}
+    assert await leases.acquire("b", [names[0]], later, TTL, limit=1) == [names[0]]
+    assert await leases.renew("a", names, later, TTL) == {names[1], "shop:woo"}
 
 
 @pytest.mark.sqlite_only
 async def test_sqlite_leases_never_lapse(storage: Storage) -> None:
     assert storage.leases.exclusive
     assert await storage.leases.live_instances(NOW, TTL) == 1
+    await storage.leases.acquire("only", [channel_lease(1)], NOW, TTL, limit=1)
+    lease = (await storage.leases.all())[channel_lease(1)]
+    assert lease.expires_at.isoformat().startswith(NEVER[:10])
 
 
 async def test_live_instances_count_heartbeats_within_the_ttl(storage: Storage) -> None:
@@ -111,3 +110,14 @@ async def test_two_instances_racing_for_the_same_leases_share_them(
         assert set(got_a) | set(got_b) == set(names)
     finally:
         await other.close()
+
+
+@pytest.mark.sqlite_only
+async def test_a_restarted_sqlite_instance_takes_the_leases_a_killed_one_left(
+    storage: Storage,
+) -> None:
+    names = [channel_lease(1), channel_lease(2)]
+    assert await storage.leases.acquire("killed", names, NOW, TTL, limit=2) == names
+    # The run lock proves the old holder is gone: its never-lapsing leases are taken at once.
+    assert await storage.leases.acquire("restarted", names, NOW, TTL, limit=2) == names
+    assert {lease.holder for lease in (await storage.leases.all()).values()} == {"restarted"}

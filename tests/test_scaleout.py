@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import time
 from collections import Counter
@@ -166,6 +167,18 @@ async def test_each_channel_is_polled_by_one_instance_and_moves_on_when_one_dies
                 raise AssertionError(f"leases never spread evenly: {held}")
             every = [n for h in held for n in h]
             assert len(every) == len(set(every)), f"a lease held twice: {held}"
+            # `sfd channels` and /healthz name the instance running each channel.
+            ids = [instance_of(p) for p in cluster.procs]
+            listed = await asyncio.to_thread(run_cli, config, "channels", "--json")
+            holders = {c["name"]: c["held_by"] for c in json.loads(listed.stdout)}
+            assert set(holders.values()) <= set(ids), holders
+            assert len(holders) == CHANNELS
+            for n, h in enumerate(held):
+                names = {
+                    r["id"]: r["name"] for r in await fetch(database, "SELECT * FROM channels")
+                }
+                mine = {names[int(x.split(":")[1])] for x in h if x.startswith("channel:")}
+                assert mine == {c for c, i in holders.items() if i == ids[n]}
 
             rows = await fetch(database, "SELECT count(*) FROM orders")
             assert await wait_until(lambda: all(m.calls_to("OR11") for m in marketplaces), 10)

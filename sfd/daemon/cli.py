@@ -48,6 +48,7 @@ from sfd.storage import (
     OrderFilter,
     Storage,
     StorageError,
+    channel_lease,
     is_postgres_url,
     maintenance,
 )
@@ -332,7 +333,13 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
             raise CommandError(str(exc)) from None
         sys.stderr.write(f"sfd: channel {args.name!r} is polling now\n")
         return EXIT_OK
-    channels = await storage.channels.states()
+    leases = await storage.leases.all()
+    now = utcnow()
+    channels = []
+    for state in await storage.channels.states():
+        lease = leases.get(channel_lease(state.id))
+        holder = lease.holder if lease is not None and lease.expires_at > now else None
+        channels.append(msgspec.structs.replace(state, held_by=holder))
     if args.json:
         _print_json(channels)
         return EXIT_OK
@@ -345,6 +352,7 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
         "last error",
         "orders",
         "pending ops",
+        "held by",
     )
     for c in channels:
         table.add_row(
@@ -356,6 +364,7 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
             c.last_error or "-",
             str(c.orders),
             str(c.pending_operations),
+            c.held_by or "-",
         )
     _console().print(table)
     return EXIT_OK

@@ -148,11 +148,13 @@ class LeaseKeeper:
 
     async def _take(self, count: int, deadline: float) -> None:
         now = utcnow()
+        # On SQLite whatever another instance held is free: the run lock says it is gone.
+        exclusive = self.storage.leases.exclusive
         free = [
             name
             for name in self.loops
             if name not in self.held
-            and ((lease := self.view.get(name)) is None or lease.expires_at <= now)
+            and (exclusive or (lease := self.view.get(name)) is None or lease.expires_at <= now)
         ]
         random.shuffle(free)  # instances starting together do not all race for the same rows
         taken = await self.storage.leases.acquire(self.instance, free, now, self.ttl, count)

@@ -39,6 +39,8 @@ class ChannelState(msgspec.Struct, kw_only=True, frozen=True):
     orders: int
     pending_operations: int
     failed_operations: int
+    held_by: str | None = None
+    """The instance whose lease runs this channel's poller (several instances on PostgreSQL)."""
 
 
 async def move_cursor(tx: Connection, channel_id: int, cursor: datetime, now: datetime) -> None:

@@ -130,9 +130,10 @@ class LeaseStore:
                     "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET "
                     "holder = excluded.holder, acquired_at = excluded.acquired_at, "
                     "expires_at = excluded.expires_at "
-                    "WHERE leases.holder = excluded.holder OR leases.expires_at <= $3 "
+                    "WHERE leases.holder = excluded.holder OR leases.expires_at <= $3 OR $5 "
                     "RETURNING name",
-                    (name, holder, stamp, until),
+                    # SQLite: the run lock proves whoever held it before is gone.
+                    (name, holder, stamp, until, self.exclusive),
                 )
                 if row is None:
                     continue
