@@ -6,6 +6,12 @@ from an aiohttp client with 16 connections. Beside it, in the same run, a bare a
 handler returns the same bytes, as the ceiling of what aiohttp itself can serve here.
 
     .venv/bin/python bench/api.py [--seconds 10] [--sizes 10000,1000000]
+
+On PostgreSQL (issue 17), one instance and then several on the same database, side by side,
+the load spread round-robin over the instances' addresses (as a load balancer would):
+
+    .venv/bin/python bench/api.py --postgres postgresql://postgres@127.0.0.1/postgres \
+        --sizes 1000000 --instances 1,3
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -243,11 +250,123 @@ async def measure(total: int, seconds: float, work: Path) -> dict[str, object]:
     }
 
 
+async def seed_postgres(url: str, total: int) -> None:
+    """As `seed`, into a PostgreSQL database, with COPY."""
+    storage = await Storage.open(url)
+    await storage.channels.sync([(1, "Bench")], [ChannelSpec("decathlon", 1, "mirakl")], utcnow())
+    await storage.close()
+    base = template()
+    now = utcnow()
+    connection = await asyncpg.connect(url)
+    try:
+        rows: list[tuple[object, ...]] = []
+        for n in range(1, total + 1):
+            waiting = n > total - TO_PROCESS
+            status = "waiting_shipment" if waiting else "shipped"
+            moment = (
+                now - timedelta(minutes=(total - n))
+                if waiting
+                else now - timedelta(days=10, minutes=total - n)
+            )
+            order = msgspec.structs.replace(
+                base,
+                id=n,
+                reference=f"DEC-{n:08d}",
+                status=OrderStatus(status),
+                created_at=moment,
+                updated_at=moment,
+                acknowledged_at=None if waiting else moment,
+                store_reference=None if waiting else f"PS-{n}",
+            )
+            rows.append(
+                (n, 1, 1, f"DEC-{n:08d}", status, None if waiting else moment,
+                 None if waiting else f"PS-{n}", moment, moment, moment, moment, "EUR",
+                 Decimal("104.97"), Decimal("4.90"), Decimal("109.87"), render_order(order))
+            )  # fmt: skip
+            if len(rows) == 20_000 or n == total:
+                await connection.copy_records_to_table("orders", records=rows, columns=_COLUMNS)
+                rows.clear()
+        await connection.execute("ANALYZE orders")
+    finally:
+        await connection.close()
+
+
+_COLUMNS = [
+    "id", "channel_id", "store_id", "reference", "status", "acknowledged_at",
+    "store_reference", "created_at", "updated_at", "marketplace_updated_at", "imported_at",
+    "currency", "product_amount", "shipping_amount", "total_amount", "document",
+]  # fmt: skip
+
+
+async def measure_postgres(
+    server: str, total: int, seconds: float, work: Path, counts: list[int]
+) -> list[dict[str, object]]:
+    """One instance, then `counts` instances, on one PostgreSQL database of `total` orders."""
+    name = f"sfd_bench_api_{total}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = server.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        started = time.perf_counter()
+        await seed_postgres(url, total)
+        seeded = time.perf_counter() - started
+        config = write_config(work, url)
+        token = subprocess.run(
+            [sys.executable, "-m", "sfd", "--config", str(config), "token", "create",
+             "--store", "1", "--name", f"bench-{total}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        headers = {"Authorization": f"Bearer {token}"}
+        pages = TO_PROCESS // 100
+        results = []
+        for count in counts:
+            daemons = []
+            for i in range(count):
+                directory = work / f"pg-{total}-{count}-{i}"
+                directory.mkdir(exist_ok=True)
+                daemons.append(Daemon(write_config(directory, url)))
+            urls = [d.wait_ready() for d in daemons]
+
+            def url_for(n: int, urls: list[str] = urls) -> str:
+                return f"{urls[n % len(urls)]}/v1/store/1/order?{QUERY}&page={n % pages + 1}"
+
+            await load(url_for, connections=16 * count, seconds=2, headers=headers)
+            sfd = await load(url_for, connections=16 * count, seconds=seconds, headers=headers)
+            for d in daemons:
+                d.stop()
+            results.append(
+                {
+                    "backend": "postgres",
+                    "orders": total,
+                    "instances": count,
+                    "connections": 16 * count,
+                    "seed_seconds": round(seeded, 1),
+                    "sfd": sfd.summary(),
+                }
+            )
+        return results
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sizes", default="10000,1000000")
+    parser.add_argument("--postgres", help="a PostgreSQL server URL: bench PostgreSQL instead")
+    parser.add_argument("--instances", default="1,3", help="instance counts, on PostgreSQL")
     args = parser.parse_args()
+    if args.postgres:
+        counts = [int(c) for c in args.instances.split(",")]
+        with tempfile.TemporaryDirectory(prefix="sfd-bench-") as tmp:
+            for size in (int(s) for s in args.sizes.split(",")):
+                for result in await measure_postgres(
+                    args.postgres, size, args.seconds, Path(tmp), counts
+                ):
+                    print(json.dumps(result), flush=True)
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="sfd-bench-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):

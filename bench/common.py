@@ -78,7 +78,7 @@ async def load(
     return result
 
 
-def write_config(directory: Path, database: Path, body: str = "") -> Path:
+def write_config(directory: Path, database: Path | str, body: str = "") -> Path:
     """A config for a benchmark daemon on a free port."""
     path = directory / "sfd.toml"
     path.write_text(
