@@ -12,7 +12,25 @@ from sfd.domain.rules import tracking_numbers
 
 
 class ConnectorError(Exception):
-    """A marketplace call that did not succeed."""
+    """A marketplace call that did not succeed.
+
+    `method`, `url` (its secrets masked) and `status` say which request failed and how the
+    service answered (None: no answer), set by the HTTP client where the call fails; `str()` is
+    the message tickets and logs show.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.status = status
 
 
 class AuthFailed(ConnectorError):
@@ -22,8 +40,16 @@ class AuthFailed(ConnectorError):
 class RateLimited(ConnectorError):
     """The marketplace asked us to slow down."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, method=method, url=url, status=status)
         self.retry_after = retry_after
 
 
@@ -34,8 +60,15 @@ class Transient(ConnectorError):
 class Rejected(ConnectorError):
     """The marketplace refused this request; its message is kept."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, method=method, url=url, status=status)
         self.message = message
 
 
