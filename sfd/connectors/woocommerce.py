@@ -21,8 +21,10 @@ from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
 from sfd.connectors.parsing import parse_moment, utc
 from sfd.connectors.settings import WooCommerceSettings
 from sfd.connectors.shop import (
+    DEFAULT_RETRY,
     CreateUncertain,
     PushOrder,
+    Retry,
     ShopOrder,
     ShopStatus,
     ShopTracking,
@@ -112,8 +114,10 @@ class WooCommerceConnector(HttpConnector):
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = None,
         per_page: int = PER_PAGE,
+        retry: Retry = DEFAULT_RETRY,
     ) -> None:
         self.name = name
+        self.retry = retry
         self.per_page = per_page
         self._settings = settings
         self._base = settings.base_url.strip().rstrip("/")
@@ -354,7 +358,7 @@ class WooCommerceConnector(HttpConnector):
         self, path: str, op: str, params: dict[str, str] | None = None, *, missing_ok: bool = False
     ) -> Answer:
         """A read, retried with backoff on 5xx, timeouts and dropped connections."""
-        async for attempt in retrying():
+        async for attempt in retrying(self.retry):
             with attempt:
                 return await self._send("GET", path, op, params=params, missing_ok=missing_ok)
         raise AssertionError("unreachable: stamina raises after the last attempt")
