@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
 from sfd.domain.rules import tracking_numbers
+
+
+class Where(TypedDict, total=False):
+    """Which request failed, and how it was answered (see ConnectorError)."""
+
+    method: str | None
+    url: str | None
+    status: int | None
 
 
 class ConnectorError(Exception):
@@ -41,15 +49,9 @@ class RateLimited(ConnectorError):
     """The marketplace asked us to slow down."""
 
     def __init__(
-        self,
-        message: str,
-        retry_after: float | None = None,
-        *,
-        method: str | None = None,
-        url: str | None = None,
-        status: int | None = None,
+        self, message: str, retry_after: float | None = None, **where: Unpack[Where]
     ) -> None:
-        super().__init__(message, method=method, url=url, status=status)
+        super().__init__(message, **where)
         self.retry_after = retry_after
 
 
@@ -60,15 +62,8 @@ class Transient(ConnectorError):
 class Rejected(ConnectorError):
     """The marketplace refused this request; its message is kept."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        method: str | None = None,
-        url: str | None = None,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(message, method=method, url=url, status=status)
+    def __init__(self, message: str, **where: Unpack[Where]) -> None:
+        super().__init__(message, **where)
         self.message = message
 
 

@@ -32,10 +32,10 @@ from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment, unle
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_reason
 from sfd.connectors.parsing import (
     MalformedOrder,
+    PageReader,
     Quantity,
     head,
     malformed,
-    read_page,
     skipper,
     utc,
 )
@@ -178,15 +178,7 @@ class EbayConnector(HttpConnector):
             op = f"getOrders (offset {offset})"
             answer = await self._call("GET", self.orders_url(start, offset), op)
             listing = self._http.decode(answer.body, _Listing, op)
-            yield read_page(
-                "eBay",
-                op,
-                listing.orders,
-                offset=offset,
-                most=PAGE_SIZE,
-                parse=parse_order,
-                skip=_skipped,
-            )
+            yield _PAGES.read(op, listing.orders, offset)
             count = len(listing.orders)
             offset += count
             if count == 0:
@@ -721,6 +713,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         items=items,
         additional_fields=_order_fields(data, cancel_state, instruction, buyer),
     )
+
+
+_PAGES: Final = PageReader("eBay", PAGE_SIZE, parse_order, _skipped)
 
 
 def _money(amount: _Amount, path: str, currency: str | None = None) -> Decimal:

@@ -28,12 +28,12 @@ from sfd.connectors.base import (
 from sfd.connectors.http import HttpClient, HttpConnector, segment, unless_done
 from sfd.connectors.parsing import (
     MalformedOrder,
+    PageReader,
     Quantity,
     finite,
     format_date,
     head,
     malformed,
-    read_page,
     skipper,
     utc,
 )
@@ -179,15 +179,7 @@ class MiraklConnector(HttpConnector):
                 params["start_update_date"] = format_date(since)
             op = f"OR11 list orders (offset {offset})"
             listing = self._listing(await self._call("GET", "/api/orders", op, params=params), op)
-            yield read_page(
-                "Mirakl",
-                op,
-                listing.orders,
-                offset=offset,
-                most=PAGE_SIZE,
-                parse=parse_order,
-                skip=_skipped,
-            )
+            yield _PAGES.read(op, listing.orders, offset)
             count = len(listing.orders)
             offset += count
             if count < PAGE_SIZE or (
@@ -697,6 +689,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         additional_fields=_order_fields(data, customer),
         payment_pending=data.order_state in PAYMENT_PENDING_STATES,
     )
+
+
+_PAGES: Final = PageReader("Mirakl", PAGE_SIZE, parse_order, _skipped)
 
 
 def _item(line: _Line, path: str) -> OrderItem:

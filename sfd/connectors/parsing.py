@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, TypeVar
@@ -120,31 +121,32 @@ def read_into(
         page.orders.append(order)
 
 
-def read_page(
-    label: str,
-    op: str,
-    orders: Sequence[msgspec.Raw],
-    *,
-    offset: int,
-    most: int,
-    parse: Callable[[bytes], MarketplaceOrder | None],
-    skip: Callable[[int, bytes, str], SkippedOrder],
-) -> OrderPage:
-    """One listing page's orders, numbered from `offset`, each normalized or skipped.
+@dataclass(frozen=True)
+class PageReader:
+    """Reads one marketplace's listing pages of at most `most` orders: each order normalized
+    by `parse` (None: not to import) or, found malformed, skipped as `skip` names it."""
 
-    A page of more than the `most` orders asked for is refused whole (Transient): the service
-    ignored the page size (and maybe the offset), and following such pages could loop forever
-    or hold a whole catalogue in memory. The cursor holds until the service pages again.
-    """
-    if len(orders) > most:
-        raise Transient(
-            f"{label} {op}: {len(orders)} orders in a page where at most {most} were asked "
-            "for; page refused"
-        )
-    page = OrderPage(orders=[])
-    for index, raw in enumerate(orders, start=offset):
-        read_into(page, index, bytes(raw), parse, skip)
-    return page
+    label: str
+    most: int
+    parse: Callable[[bytes], MarketplaceOrder | None]
+    skip: Callable[[int, bytes, str], SkippedOrder]
+
+    def read(self, op: str, orders: Sequence[msgspec.Raw], offset: int) -> OrderPage:
+        """One page's orders, numbered from `offset`.
+
+        A page of more than the orders asked for is refused whole (Transient): the service
+        ignored the page size (and maybe the offset), and following such pages could loop
+        forever or hold a whole catalogue in memory. The cursor holds until it pages again.
+        """
+        if len(orders) > self.most:
+            raise Transient(
+                f"{self.label} {op}: {len(orders)} orders in a page where at most {self.most} "
+                "were asked for; page refused"
+            )
+        page = OrderPage(orders=[])
+        for index, raw in enumerate(orders, start=offset):
+            read_into(page, index, bytes(raw), self.parse, self.skip)
+        return page
 
 
 def head(decoder: msgspec.json.Decoder[_H], raw: bytes) -> _H | None:
