@@ -30,7 +30,6 @@ from yarl import URL
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
-    RateLimited,
     RefundRequest,
     Rejected,
     ShipmentReceipt,
@@ -38,12 +37,14 @@ from sfd.connectors.base import (
     SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, parse_retry_after, segment
+from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment, unless_done
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_error
 from sfd.connectors.parsing import (
     MalformedOrder,
     Quantity,
     finite,
+    format_date,
+    head,
     malformed,
     parse_moment,
     reference_or_position,
@@ -446,6 +447,7 @@ class AmazonConnector(HttpConnector):
             secrets=lambda: (settings.client_secret, settings.refresh_token, self._lwa.current),
             session=session,
             timeout=timeout,
+            error_message=_error_message,
         )
         self._clock = clock
         self._lwa = RefreshTokenGrant(
@@ -573,15 +575,13 @@ class AmazonConnector(HttpConnector):
         body = confirmation_body(marketplace, reference, carrier, tracking, lines, self._clock())
         path = f"{V0_ORDERS_PATH}/{segment(reference)}/shipmentConfirmation"
         op = f"confirmShipment {reference}"
-        try:
-            await self._call("POST", path, op, body=body, limiter=self._confirm_limiter)
-        except Rejected:
-            # Amazon documents no "already shipped" error: after a refusal (or a repeat of a
-            # confirmation whose answer was lost) only the order's status decides.
+
+        async def shipped() -> bool:
             again = await self._read_order(reference, f"getOrder {reference} after a refusal")
-            if _check_status(again) in SHIPPED_STATUSES:
-                return receipt
-            raise
+            return _check_status(again) in SHIPPED_STATUSES
+
+        send = self._call("POST", path, op, body=body, limiter=self._confirm_limiter)
+        await unless_done(send, shipped)
         return receipt
 
     async def cancel(self, reference: str) -> None:
@@ -612,10 +612,10 @@ class AmazonConnector(HttpConnector):
         self, page: OrderPage, index: int, raw: bytes, seen: dict[str, datetime]
     ) -> None:
         """Normalize one order of a page into `page`, or record why it was skipped."""
-        head = _head(raw)
-        reference = reference_or_position(head.orderId, index)
-        updated_at = parse_moment(head.lastUpdatedTime)
-        fulfillment = head.fulfillment if isinstance(head.fulfillment, dict) else {}
+        found = head(_HEAD_DECODER, raw) or _Head()
+        reference = reference_or_position(found.orderId, index)
+        updated_at = parse_moment(found.lastUpdatedTime)
+        fulfillment = found.fulfillment if isinstance(found.fulfillment, dict) else {}
         if fulfillment.get("fulfillmentStatus") in UNRELEASED_STATUSES:
             return
         if fulfillment.get("fulfilledBy") == "AMAZON" and not self._settings.import_afn:
@@ -701,34 +701,16 @@ class AmazonConnector(HttpConnector):
             retune(limiter, stated)
         if answer.status == 429:
             rate = stated or (limiter.max_rate / limiter.time_period if limiter else None)
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            if retry_after is None and rate:
-                # Without Retry-After, the restore rate tells when one request is back.
-                retry_after = round(1 / rate, 3)
-            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-            raise RateLimited(f"Amazon {op}: HTTP 429 rate limited{wait}", retry_after)
+            # Without Retry-After, the restore rate tells when one request is back.
+            self._http.fail_common(answer, op, lambda _: round(1 / rate, 3) if rate else None)
         return answer
 
     def _checked(self, answer: Answer, op: str) -> bytes:
         """The body of a 2xx answer; every other status mapped to its connector error."""
-        if 200 <= answer.status < 300:
-            return answer.body
-        self._http.fail_common(answer, op)
-        if answer.status in (401, 403):
-            detail = _error_message(answer.body)
-            suffix = f": {self._http.scrub(detail)}" if detail else ""
-            raise AuthFailed(f"Amazon {op}: HTTP {answer.status}, access refused{suffix}")
-        raise Rejected(self._http.rejection(answer, _error_message(answer.body)))
+        return self._http.ok(answer, op, refused="access refused").body
 
 
 # -- reading orders -------------------------------------------------------------------------
-
-
-def _head(raw: bytes) -> _Head:
-    try:
-        return _HEAD_DECODER.decode(raw)
-    except msgspec.MsgspecError:
-        return _Head()
 
 
 def _decode_order(raw: bytes) -> _Order:
@@ -1117,14 +1099,6 @@ def package_reference(reference: str, tracking: str, lines: list[tuple[str, int]
 
 
 # -- wire helpers ---------------------------------------------------------------------------
-
-
-def format_date(moment: datetime) -> str:
-    """A time as SP-API reads it: UTC, whole seconds, `Z` (2026-11-29T10:00:00Z).
-
-    Seconds are cut, never rounded up, so no change is ever missed.
-    """
-    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_url(endpoint: str, path: str, params: Mapping[str, str] | None = None) -> URL:

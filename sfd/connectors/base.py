@@ -5,14 +5,40 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
 from sfd.domain.rules import tracking_numbers
 
 
+class Where(TypedDict, total=False):
+    """Which request failed, and how it was answered (see ConnectorError)."""
+
+    method: str | None
+    url: str | None
+    status: int | None
+
+
 class ConnectorError(Exception):
-    """A marketplace call that did not succeed."""
+    """A marketplace call that did not succeed.
+
+    `method`, `url` (its secrets masked) and `status` say which request failed and how the
+    service answered (None: no answer), set by the HTTP client where the call fails; `str()` is
+    the message tickets and logs show.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.status = status
 
 
 class AuthFailed(ConnectorError):
@@ -22,8 +48,10 @@ class AuthFailed(ConnectorError):
 class RateLimited(ConnectorError):
     """The marketplace asked us to slow down."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, retry_after: float | None = None, **where: Unpack[Where]
+    ) -> None:
+        super().__init__(message, **where)
         self.retry_after = retry_after
 
 
@@ -34,8 +62,8 @@ class Transient(ConnectorError):
 class Rejected(ConnectorError):
     """The marketplace refused this request; its message is kept."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, **where: Unpack[Where]) -> None:
+        super().__init__(message, **where)
         self.message = message
 
 

@@ -12,7 +12,7 @@ import base64
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,17 +27,16 @@ from sfd.connectors.base import (
     Rejected,
     ShipmentReceipt,
     ShipmentRequest,
-    SkippedOrder,
-    Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment, unless_done
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_reason
 from sfd.connectors.parsing import (
     MalformedOrder,
+    PageReader,
     Quantity,
+    head,
     malformed,
-    read_into,
-    skipped,
+    skipper,
     utc,
 )
 from sfd.connectors.settings import EbaySettings
@@ -138,7 +137,13 @@ class EbayConnector(HttpConnector):
         # A base URL copied with the API's path still on it keeps working.
         self._base = base.removesuffix("/sell/fulfillment/v1")
         self._token_url = URL(settings.token_url.strip())
-        self._http = HttpClient("eBay", secrets=self._secrets, session=session, timeout=timeout)
+        self._http = HttpClient(
+            "eBay",
+            secrets=self._secrets,
+            session=session,
+            timeout=timeout,
+            error_message=_error_message,
+        )
         self._clock = clock
         credentials = f"{settings.client_id}:{settings.client_secret}".encode()
         self._basic = base64.b64encode(credentials).decode("ascii")
@@ -173,16 +178,7 @@ class EbayConnector(HttpConnector):
             op = f"getOrders (offset {offset})"
             answer = await self._call("GET", self.orders_url(start, offset), op)
             listing = self._http.decode(answer.body, _Listing, op)
-            if len(listing.orders) > PAGE_SIZE:
-                # Like an answer of the wrong shape: the cursor holds until eBay pages again.
-                raise Transient(
-                    f"eBay {op}: {len(listing.orders)} orders in a page where at most "
-                    f"{PAGE_SIZE} were asked for; page refused"
-                )
-            page = OrderPage(orders=[])
-            for index, raw in enumerate(listing.orders, start=offset):
-                read_into(page, index, bytes(raw), parse_order, _skipped)
-            yield page
+            yield _PAGES.read(op, listing.orders, offset)
             count = len(listing.orders)
             offset += count
             if count == 0:
@@ -252,20 +248,18 @@ class EbayConnector(HttpConnector):
             body["shippingCarrierCode"] = carrier
             body["trackingNumber"] = packages[0]
         path = f"{ORDERS_PATH}/{segment(reference)}/shipping_fulfillment"
-        try:
-            answer = await self._call(
-                "POST", self._url(path), f"createShippingFulfillment {reference}", body=body
-            )
-        except Rejected:
-            # eBay documents no "already shipped" error: after a refusal, the order decides.
-            check = f"getOrder {reference} after a refusal"
+        op = f"createShippingFulfillment {reference}"
+
+        async def shipped() -> bool:
             try:
-                shipped = _shipped_already(await self._ship_view(reference, check), shipment.items)
+                view = await self._ship_view(reference, f"getOrder {reference} after a refusal")
             except Rejected:
-                shipped = False
-            if shipped:
-                return receipt
-            raise
+                return False
+            return _shipped_already(view, shipment.items)
+
+        answer = await unless_done(self._call("POST", self._url(path), op, body=body), shipped)
+        if answer is None:
+            return receipt
         self.last_fulfillment_id = fulfillment_id(answer.headers.get("Location"))
         return await self._more_packages(reference, path, body, receipt)
 
@@ -386,8 +380,9 @@ class EbayConnector(HttpConnector):
             # invalid_grant (refresh token expired or revoked), invalid_client (wrong client id
             # or secret), invalid_scope: only new credentials help.
             reason = oauth_reason(answer.body)
-            return AuthFailed(self._http.scrub(f"eBay {GRANT}: HTTP {answer.status} {reason}"))
-        return Rejected(self._rejection(answer, GRANT))
+            failed = AuthFailed(self._http.scrub(f"eBay {GRANT}: HTTP {answer.status} {reason}"))
+            return self._http.error(failed, answer)
+        return self._http.refusal(answer, GRANT, with_op=True)
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -402,25 +397,9 @@ class EbayConnector(HttpConnector):
             return await self._http.send(method, url, op=op, headers=headers, body=body)
 
         answer = await self._oauth.call(send, refused_with=401)
-        if 200 <= answer.status < 300:
-            return answer
         if answer.status == 404:
-            raise _NotFound(self._rejection(answer, op))
-        self._fail(answer, op)
-
-    def _fail(self, answer: Answer, op: str) -> NoReturn:
-        self._http.fail_common(answer, op)
-        status = answer.status
-        if status in (401, 403):
-            detail = _error_message(answer.body)
-            why = f": {detail}" if detail else ""
-            raise AuthFailed(
-                self._http.scrub(f"eBay {op}: HTTP {status}, the access token was refused{why}")
-            )
-        raise Rejected(self._rejection(answer, op))
-
-    def _rejection(self, answer: Answer, op: str) -> str:
-        return self._http.rejection(answer, _error_message(answer.body), op=op)
+            raise self._http.refusal(answer, op, with_op=True, kind=_NotFound)
+        return self._http.ok(answer, op, refused="the access token was refused", with_op=True)
 
     def _secrets(self) -> list[str]:
         """What no message may show: the credentials, and the access token of the moment."""
@@ -648,18 +627,7 @@ def _has_refunds(summary: _PaymentSummary | None) -> bool:
     return bool(summary is not None and summary.refunds)
 
 
-def _head(raw: bytes) -> _Head | None:
-    try:
-        return _HEAD_DECODER.decode(raw)
-    except msgspec.DecodeError:
-        return None
-
-
-def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
-    head = _head(raw)
-    if head is None:
-        return skipped(index, reason)
-    return skipped(index, reason, head.order_id, head.last_modified_date)
+_skipped: Final = skipper(_HEAD_DECODER, "order_id", "last_modified_date")
 
 
 def _unpaid(head: _Head | None) -> bool:
@@ -678,7 +646,7 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     try:
         data = _ORDER_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        if _unpaid(_head(raw)):
+        if _unpaid(head(_HEAD_DECODER, raw)):
             return None
         raise malformed(exc) from None
     except msgspec.DecodeError as exc:
@@ -745,6 +713,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         items=items,
         additional_fields=_order_fields(data, cancel_state, instruction, buyer),
     )
+
+
+_PAGES: Final = PageReader("eBay", PAGE_SIZE, parse_order, _skipped)
 
 
 def _money(amount: _Amount, path: str, currency: str | None = None) -> Decimal:

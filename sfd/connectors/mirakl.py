@@ -8,7 +8,7 @@ shop API under its own host. Amounts are read as exact decimals, never binary fl
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -18,23 +18,23 @@ import msgspec
 from yarl import URL
 
 from sfd.connectors.base import (
-    AuthFailed,
     OrderPage,
     RefundRequest,
     Rejected,
     ShipmentReceipt,
     ShipmentRequest,
-    SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import HttpClient, HttpConnector, segment
+from sfd.connectors.http import HttpClient, HttpConnector, segment, unless_done
 from sfd.connectors.parsing import (
     MalformedOrder,
+    PageReader,
     Quantity,
     finite,
+    format_date,
+    head,
     malformed,
-    read_into,
-    skipped,
+    skipper,
     utc,
 )
 from sfd.connectors.settings import MiraklSettings
@@ -154,7 +154,11 @@ class MiraklConnector(HttpConnector):
         # The operator's "API URL" often ends in /api already; our paths carry it.
         self._base = base.removesuffix("/api")
         self._http = HttpClient(
-            "Mirakl", secrets=lambda: (settings.api_key,), session=session, timeout=timeout
+            "Mirakl",
+            secrets=lambda: (settings.api_key,),
+            session=session,
+            timeout=timeout,
+            error_message=_error_message,
         )
         self._carriers: list[_Carrier] | None = None
         self._carriers_read_at = 0.0
@@ -175,17 +179,7 @@ class MiraklConnector(HttpConnector):
                 params["start_update_date"] = format_date(since)
             op = f"OR11 list orders (offset {offset})"
             listing = self._listing(await self._call("GET", "/api/orders", op, params=params), op)
-            if len(listing.orders) > PAGE_SIZE:
-                # Mirakl ignored `max` (and maybe `offset`): following such pages could loop
-                # forever or hold a whole catalogue in memory. Refused whole; the cursor holds.
-                raise Transient(
-                    f"Mirakl {op}: {len(listing.orders)} orders in a page where at most "
-                    f"{PAGE_SIZE} were asked for; page refused"
-                )
-            page = OrderPage(orders=[])
-            for index, raw in enumerate(listing.orders, start=offset):
-                read_into(page, index, bytes(raw), parse_order, _skipped)
-            yield page
+            yield _PAGES.read(op, listing.orders, offset)
             count = len(listing.orders)
             offset += count
             if count < PAGE_SIZE or (
@@ -212,32 +206,28 @@ class MiraklConnector(HttpConnector):
             raise Rejected(PARTIAL_SHIPMENT)
         path = f"/api/orders/{segment(reference)}"
         tracking, receipt = await self._tracking_body(shipment)
-        try:
+
+        async def send() -> None:
             if tracking is not None:
                 await self._call(
                     "PUT", f"{path}/tracking", f"OR23 tracking of {reference}", body=tracking
                 )
             await self._call("PUT", f"{path}/ship", f"OR24 ship {reference}")
-        except Rejected:
-            # After an unknown outcome the order may have shipped already: Mirakl then refuses
-            # OR23/OR24 (the order is no longer SHIPPING). Only the order's state decides.
-            order = await self._read_order(reference, f"OR11 check shipment of {reference}")
-            if order is not None and order.get("order_state") in SHIPPED_STATES:
-                return receipt
-            raise
+
+        # After an unknown outcome the order may have shipped already: Mirakl then refuses
+        # OR23/OR24 (the order is no longer SHIPPING).
+        check = f"OR11 check shipment of {reference}"
+        await unless_done(send(), lambda: self._in_state(reference, check, SHIPPED_STATES))
         return receipt
 
     async def cancel(self, reference: str) -> None:
         """Cancel the whole order (OR29); an order Mirakl shows cancelled already succeeds."""
-        try:
-            await self._call(
-                "PUT", f"/api/orders/{segment(reference)}/cancel", f"OR29 cancel {reference}"
-            )
-        except Rejected:
-            order = await self._read_order(reference, f"OR11 check cancellation of {reference}")
-            if order is not None and order.get("order_state") == "CANCELED":
-                return
-            raise
+        path = f"/api/orders/{segment(reference)}/cancel"
+        check = f"OR11 check cancellation of {reference}"
+        await unless_done(
+            self._call("PUT", path, f"OR29 cancel {reference}"),
+            lambda: self._in_state(reference, check, {"CANCELED"}),
+        )
 
     async def refund(self, reference: str, refund: RefundRequest) -> None:
         """Refund order lines (OR28), their amounts read from the order (OR11) first.
@@ -383,6 +373,11 @@ class MiraklConnector(HttpConnector):
                 return order
         return None
 
+    async def _in_state(self, reference: str, op: str, states: Collection[str]) -> bool:
+        """Whether OR11 shows the order in one of `states`."""
+        order = await self._read_order(reference, op)
+        return order is not None and order.get("order_state") in states
+
     def _listing(self, body: bytes, op: str) -> _Listing:
         return self._http.decode(body, _Listing, op)
 
@@ -404,12 +399,7 @@ class MiraklConnector(HttpConnector):
         url = URL(self._base + path, encoded=True).with_query(query)
         headers = {"Authorization": self._settings.api_key, "Accept": "application/json"}
         answer = await self._http.send(method, url, op=op, headers=headers, body=body)
-        if 200 <= answer.status < 300:
-            return answer.body
-        self._http.fail_common(answer, op)
-        if answer.status in (401, 403):
-            raise AuthFailed(f"Mirakl {op}: HTTP {answer.status}, the API key was refused")
-        raise Rejected(self._http.rejection(answer, _error_message(answer.body)))
+        return self._http.ok(answer, op, refused="the API key was refused", detail=False).body
 
 
 # -- refunds ------------------------------------------------------------------------------
@@ -629,16 +619,7 @@ _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
 
 
-def _head(raw: bytes) -> _Head:
-    try:
-        return _HEAD_DECODER.decode(raw)
-    except msgspec.DecodeError:
-        return _Head()
-
-
-def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
-    head = _head(raw)
-    return skipped(index, reason, head.order_id, head.last_updated_date)
+_skipped: Final = skipper(_HEAD_DECODER, "order_id", "last_updated_date")
 
 
 def parse_order(raw: bytes) -> MarketplaceOrder | None:
@@ -649,7 +630,8 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     try:
         data = _ORDER_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        if _head(raw).order_state in UNRELEASED_STATES | PAYMENT_PENDING_STATES:
+        found = head(_HEAD_DECODER, raw)
+        if found is not None and found.order_state in UNRELEASED_STATES | PAYMENT_PENDING_STATES:
             # Mirakl may leave fields out before the debit; the order is read once released.
             return None
         raise malformed(exc) from None
@@ -707,6 +689,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         additional_fields=_order_fields(data, customer),
         payment_pending=data.order_state in PAYMENT_PENDING_STATES,
     )
+
+
+_PAGES: Final = PageReader("Mirakl", PAGE_SIZE, parse_order, _skipped)
 
 
 def _item(line: _Line, path: str) -> OrderItem:
@@ -818,14 +803,6 @@ def _custom_fields(entries: list[_Field] | None) -> dict[str, Any]:
 
 
 # -- wire helpers -------------------------------------------------------------------------
-
-
-def format_date(moment: datetime) -> str:
-    """A time as OR11 reads it: UTC, whole seconds, `Z` (2026-11-29T10:00:00Z).
-
-    Seconds are cut, never rounded up, so no change is ever missed.
-    """
-    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _error_message(body: bytes) -> str | None:

@@ -7,14 +7,15 @@ missing required field fails that order alone, as a MalformedOrder naming the fi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
-from sfd.connectors.base import OrderPage, SkippedOrder
+from sfd.connectors.base import OrderPage, SkippedOrder, Transient
 from sfd.domain import MarketplaceOrder
 from sfd.domain.clock import from_iso
 
@@ -25,6 +26,8 @@ _MISSING: Final = re.compile(
     r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
 )
 _AT: Final = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
+
+_H = TypeVar("_H", bound=msgspec.Struct)
 
 
 class MalformedOrder(Exception):
@@ -116,3 +119,63 @@ def read_into(
         return
     if order is not None:
         page.orders.append(order)
+
+
+@dataclass(frozen=True)
+class PageReader:
+    """Reads one marketplace's listing pages of at most `most` orders: each order normalized
+    by `parse` (None: not to import) or, found malformed, skipped as `skip` names it."""
+
+    label: str
+    most: int
+    parse: Callable[[bytes], MarketplaceOrder | None]
+    skip: Callable[[int, bytes, str], SkippedOrder]
+
+    def read(self, op: str, orders: Sequence[msgspec.Raw], offset: int) -> OrderPage:
+        """One page's orders, numbered from `offset`.
+
+        A page of more than the orders asked for is refused whole (Transient): the service
+        ignored the page size (and maybe the offset), and following such pages could loop
+        forever or hold a whole catalogue in memory. The cursor holds until it pages again.
+        """
+        if len(orders) > self.most:
+            raise Transient(
+                f"{self.label} {op}: {len(orders)} orders in a page where at most {self.most} "
+                "were asked for; page refused"
+            )
+        page = OrderPage(orders=[])
+        for index, raw in enumerate(orders, start=offset):
+            read_into(page, index, bytes(raw), self.parse, self.skip)
+        return page
+
+
+def head(decoder: msgspec.json.Decoder[_H], raw: bytes) -> _H | None:
+    """What `decoder` (a struct of optional `Any` fields) reads of an order, or None if it
+    is not a JSON object."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.MsgspecError:
+        return None
+
+
+def skipper(
+    decoder: msgspec.json.Decoder[_H], reference: str, updated_at: str
+) -> Callable[[int, bytes, str], SkippedOrder]:
+    """How to skip an order that does not decode: named by the head's `reference` and
+    `updated_at` fields when it has them, else by its position."""
+
+    def skip(index: int, raw: bytes, reason: str) -> SkippedOrder:
+        found = head(decoder, raw)
+        if found is None:
+            return skipped(index, reason)
+        return skipped(index, reason, getattr(found, reference), getattr(found, updated_at))
+
+    return skip
+
+
+def format_date(moment: datetime) -> str:
+    """A time as Mirakl and SP-API read it: UTC, whole seconds, `Z` (2026-11-29T10:00:00Z).
+
+    Seconds are cut, never rounded up, so no change is ever missed.
+    """
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -19,12 +19,13 @@ from sfd.connectors.settings import (
     MiraklSettings,
     WooCommerceSettings,
 )
+from sfd.connectors.shop import DEFAULT_RETRY, Retry
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
     from sfd.connectors.shop import ShopConnector
 
-_C = TypeVar("_C")
+_F = TypeVar("_F")
 
 
 class ConnectorUnavailable(Exception):
@@ -32,11 +33,17 @@ class ConnectorUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class Entry(Generic[_C]):
+class Entry(Generic[_F]):
     """One connector: its settings class, and how to open it for a channel or shop name."""
 
     settings: type[ConnectorSettings]
-    open: Callable[[str, ConnectorSettings], _C]
+    open: _F
+
+
+#: Opens a marketplace connector: (channel name, settings).
+MarketplaceFactory = Callable[[str, ConnectorSettings], "MarketplaceConnector"]
+#: Opens a shop connector: (shop name, settings, how its calls are retried).
+ShopFactory = Callable[[str, ConnectorSettings, Retry], "ShopConnector"]
 
 
 def _mirakl(name: str, settings: ConnectorSettings) -> MarketplaceConnector:
@@ -65,15 +72,15 @@ def _ebay(name: str, settings: ConnectorSettings) -> MarketplaceConnector:
     return EbayConnector(settings, name=name, timeout=settings.timeout)
 
 
-def _woocommerce(name: str, settings: ConnectorSettings) -> ShopConnector:
+def _woocommerce(name: str, settings: ConnectorSettings, retry: Retry) -> ShopConnector:
     from sfd.connectors.woocommerce import WooCommerceConnector
 
     assert isinstance(settings, WooCommerceSettings)
-    return WooCommerceConnector(settings, name=name)
+    return WooCommerceConnector(settings, name=name, retry=retry)
 
 
 #: Marketplace connectors by the name a channel's `connector` key gives.
-MARKETPLACES: Mapping[str, Entry[MarketplaceConnector]] = MappingProxyType(
+MARKETPLACES: Mapping[str, Entry[MarketplaceFactory]] = MappingProxyType(
     {
         "mirakl": Entry(MiraklSettings, _mirakl),
         "amazon": Entry(AmazonSettings, _amazon),
@@ -82,7 +89,7 @@ MARKETPLACES: Mapping[str, Entry[MarketplaceConnector]] = MappingProxyType(
 )
 
 #: Shop connectors by the name a shop's `connector` key gives.
-SHOPS: Mapping[str, Entry[ShopConnector]] = MappingProxyType(
+SHOPS: Mapping[str, Entry[ShopFactory]] = MappingProxyType(
     {"woocommerce": Entry(WooCommerceSettings, _woocommerce)}
 )
 
@@ -95,11 +102,11 @@ SHOP_SETTINGS: Mapping[str, type[ConnectorSettings]] = MappingProxyType(
 )
 
 
-def _open(entries: Mapping[str, Entry[_C]], name: str, connector: str, settings: Any) -> _C:
+def _entry(entries: Mapping[str, Entry[_F]], connector: str, settings: Any) -> _F:
     entry = entries.get(connector)
     if entry is None or not isinstance(settings, entry.settings):
         raise ConnectorUnavailable(connector)
-    return entry.open(name, settings)
+    return entry.open
 
 
 def open_marketplace(
@@ -107,20 +114,25 @@ def open_marketplace(
 ) -> MarketplaceConnector:
     """A connector for one channel; raise ConnectorUnavailable for one not built yet."""
     try:
-        return _open(MARKETPLACES, channel, connector, settings)
+        factory = _entry(MARKETPLACES, connector, settings)
     except ConnectorUnavailable:
         raise ConnectorUnavailable(
             f"connector {connector!r} is accepted in the config but not implemented in sfd "
             "yet; this channel is not polled"
         ) from None
+    return factory(channel, settings)
 
 
-def open_shop(shop: str, connector: str, settings: ConnectorSettings) -> ShopConnector:
-    """A connector for one push-mode shop; raise ConnectorUnavailable for one not built yet."""
+def open_shop(
+    shop: str, connector: str, settings: ConnectorSettings, *, retry: Retry = DEFAULT_RETRY
+) -> ShopConnector:
+    """A connector for one push-mode shop, its calls retried per `retry`; raise
+    ConnectorUnavailable for one not built yet."""
     try:
-        return _open(SHOPS, shop, connector, settings)
+        factory = _entry(SHOPS, connector, settings)
     except ConnectorUnavailable:
         raise ConnectorUnavailable(
             f"shop connector {connector!r} is accepted in the config but not implemented in "
             "sfd yet; this shop is not synced"
         ) from None
+    return factory(shop, settings, retry)

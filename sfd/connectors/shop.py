@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
+from typing import Final, Protocol
 
 import stamina
 import stamina.instrumentation
@@ -22,9 +22,12 @@ from sfd.domain import Address
 from sfd.logs import get_logger
 
 
-@dataclass
+@dataclass(frozen=True)
 class Retry:
-    """How a shop's reads, and the push loop's search-then-create, are retried on Transient."""
+    """How a shop's reads, and the push loop's search-then-create, are retried on Transient.
+
+    Given to each shop connector (`retry`); the daemon uses the defaults, tests a short backoff.
+    """
 
     attempts: int = 4
     wait_initial: float = 1.0
@@ -32,8 +35,8 @@ class Retry:
     timeout: float = 120.0
 
 
-#: Module-wide, mutable so tests can make the backoff short; the daemon uses the defaults.
-RETRY = Retry()
+#: The policy a shop connector gets when none is given.
+DEFAULT_RETRY: Final = Retry()
 
 _log = get_logger()
 
@@ -58,17 +61,17 @@ class CreateUncertain(Transient):
     may hold the order already, so it is searched for before any new create."""
 
 
-def retrying(on: type[Transient] = Transient) -> AsyncIterator[stamina.Attempt]:
-    """Attempts of one call, retried with exponential backoff on `on` failures, per RETRY.
+def retrying(policy: Retry, on: type[Transient] = Transient) -> AsyncIterator[stamina.Attempt]:
+    """Attempts of one call, retried with exponential backoff on `on` failures, per `policy`.
 
-    Used as `async for attempt in retrying(): with attempt: ...`.
+    Used as `async for attempt in retrying(policy): with attempt: ...`.
     """
     return stamina.retry_context(
         on=on,
-        attempts=RETRY.attempts,
-        wait_initial=RETRY.wait_initial,
-        wait_max=RETRY.wait_max,
-        timeout=RETRY.timeout,
+        attempts=policy.attempts,
+        wait_initial=policy.wait_initial,
+        wait_max=policy.wait_max,
+        timeout=policy.timeout,
     )
 
 
@@ -140,6 +143,8 @@ class ShopConnector(Protocol):
     """What sfd asks of a shop it pushes orders into."""
 
     name: str
+    retry: Retry
+    """How its reads, and the push loop's search-then-create, are retried."""
 
     async def create_order(self, order: PushOrder) -> str:
         """Create the order in the shop and return the shop's id for it.

@@ -201,7 +201,7 @@ class PushLoop(ConnectorLoop[ShopConnector]):
         are retried by the connector already, and retrying them here too would multiply the
         attempts, holding the sync for minutes while a shop is down.
         """
-        async for attempt in retrying(on=CreateUncertain):
+        async for attempt in retrying(connector.retry, on=CreateUncertain):
             with attempt:
                 if uncertain:
                     try:

@@ -20,7 +20,7 @@ from sfd.config import Config
 from sfd.connectors import shoppingfeed
 from sfd.connectors.base import CarrierLister, MarketplaceConnector
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace, open_shop
-from sfd.connectors.shop import ShopConnector
+from sfd.connectors.shop import DEFAULT_RETRY, Retry, ShopConnector
 from sfd.daemon.admin import admin_app, socket_path, start_admin
 from sfd.daemon.api import ShopApi
 from sfd.daemon.deadlines import DeadlineWatch
@@ -70,8 +70,10 @@ class Daemon:
         clock: Clock = utcnow,
         notifier: SystemdNotifier | None = None,
         handle_signals: bool = True,
+        shop_retry: Retry = DEFAULT_RETRY,
     ) -> None:
         self.config = config
+        self.shop_retry = shop_retry
         self.clock = clock
         self.notifier = notifier or SystemdNotifier()
         self.handle_signals = handle_signals
@@ -174,7 +176,10 @@ class Daemon:
             reason = ""
             try:
                 shop_connector = open_shop(
-                    shop.name, shop.connector, self.config.shop_settings[shop.name]
+                    shop.name,
+                    shop.connector,
+                    self.config.shop_settings[shop.name],
+                    retry=self.shop_retry,
                 )
                 self.shop_connectors.append(shop_connector)
             except ConnectorUnavailable as exc:

@@ -20,7 +20,7 @@ from sfd.connectors.base import ShipmentRequest
 from sfd.connectors.ebay import EbayConnector
 from sfd.connectors.mirakl import MiraklConnector
 from sfd.connectors.settings import MiraklSettings, WooCommerceSettings
-from sfd.connectors.shop import PushLine, PushOrder
+from sfd.connectors.shop import PushLine, PushOrder, Retry
 from sfd.connectors.woocommerce import META_MARKETPLACE, META_REFERENCE, WooCommerceConnector
 from sfd.domain import Address
 from tests.connectors import test_amazon as amazon
@@ -251,6 +251,8 @@ WOOCOMMERCE = Adapter(
         WooCommerceSettings(base_url=WC_BASE, consumer_key=WC_KEY, consumer_secret=WC_SECRET),
         session=session,
         per_page=WC_PER_PAGE,
+        # Each failure is judged on its first attempt: reads are not retried here.
+        retry=Retry(attempts=1),
     ),
     auth=_no_auth,
     list_url=WC_ORDERS,

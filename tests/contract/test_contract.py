@@ -49,6 +49,22 @@ async def test_a_retry_after_of_days_is_capped(
     assert error.retry_after == MAX_RETRY_AFTER
 
 
+@pytest.mark.parametrize(("status", "kind"), [(500, Transient), (429, RateLimited)])
+async def test_an_error_names_the_request_and_the_answer_status(
+    http: aioresponses, adapter: Adapter, connector: Any, status: int, kind: type[ConnectorError]
+) -> None:
+    adapter.auth(http)
+    http.get(adapter.list_url, status=status, body="no")
+
+    error = await read_failing(adapter, connector)
+
+    assert type(error) is kind
+    assert (error.method, error.status) == ("GET", status)
+    assert error.url is not None
+    assert adapter.list_url.match(error.url), error.url
+    assert adapter.secret not in error.url
+
+
 @pytest.mark.parametrize("status", [500, 502, 504])
 async def test_a_server_error_is_transient_with_its_status(
     http: aioresponses, adapter: Adapter, connector: Any, status: int

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from sfd.config import Config, Duration, load_config
+from sfd.connectors.shop import DEFAULT_RETRY, Retry
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
@@ -176,13 +177,15 @@ async def running_hub(
 
 @asynccontextmanager
 async def running_daemon(
-    config: Config,
+    config: Config, *, shop_retry: Retry = DEFAULT_RETRY
 ) -> AsyncIterator[tuple[Daemon, asyncio.Task[None], io.StringIO]]:
     """The daemon serving `config` in this process, with its log captured as JSON lines;
     stopped on leaving."""
     logs = io.StringIO()
     configure_logging("json", "info", config.secrets, stream=logs)
-    daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
+    daemon = Daemon(
+        config, notifier=SystemdNotifier({}), handle_signals=False, shop_retry=shop_retry
+    )
     await daemon.start()
     task = asyncio.create_task(daemon.serve())
     try:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from sfd.config import load_config
-from sfd.connectors import shop as shop_module
+from sfd.connectors.shop import Retry
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.push import PushLoop
@@ -26,6 +26,8 @@ from tests.support import write_config
 MARKETPLACE_KEY = "sandbox-key-push"
 WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
 WC_SECRET = "cs_fedcba9876543210fedcba9876543210fedcba98"
+#: The shop's retries keep their shape (several attempts, growing waits), in milliseconds.
+SHORT_RETRY = Retry(attempts=4, wait_initial=0.01, wait_max=0.05, timeout=10.0)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -94,7 +96,10 @@ class PushHub:
 
     async def start(self) -> None:
         self.daemon = Daemon(
-            load_config(self.config_path), notifier=SystemdNotifier({}), handle_signals=False
+            load_config(self.config_path),
+            notifier=SystemdNotifier({}),
+            handle_signals=False,
+            shop_retry=SHORT_RETRY,
         )
         await self.daemon.start()
         self.task = asyncio.create_task(self.daemon.serve())
@@ -139,15 +144,6 @@ class PushHub:
     def shop_order(self, reference: str) -> dict[str, Any]:
         [order] = self.shop.orders_for(reference)
         return order
-
-
-@pytest.fixture(autouse=True)
-def _short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries keep their shape (several attempts, growing waits), in milliseconds."""
-    monkeypatch.setattr(shop_module.RETRY, "attempts", 4)
-    monkeypatch.setattr(shop_module.RETRY, "wait_initial", 0.01)
-    monkeypatch.setattr(shop_module.RETRY, "wait_max", 0.05)
-    monkeypatch.setattr(shop_module.RETRY, "timeout", 10.0)
 
 
 @pytest.fixture
