@@ -2,19 +2,82 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sfd.logs import configure_logging
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def until(
+    predicate: Callable[[], bool], timeout: float = 10, what: str = "", *, in_thread: bool = False
+) -> None:
+    """Wait until `predicate()` holds (run in a thread if it blocks); fail after `timeout` s."""
+    if not await wait_until(predicate, timeout, in_thread=in_thread):
+        raise AssertionError(f"not within {timeout} s: {what or predicate}")
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float, *, in_thread: bool = True
+) -> bool:
+    """Whether `predicate()` came to hold within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if await asyncio.to_thread(predicate) if in_thread else predicate():
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+
+
+def read_only(database: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    """Read the file as a person would with sqlite3, beside the running daemon."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(sql, params).fetchall()
+
+
+def capture_logs() -> io.StringIO:
+    """Send sfd's JSON log lines to a buffer, for `events` to read."""
+    out = io.StringIO()
+    configure_logging("json", "info", [], stream=out)
+    return out
+
+
+def events(logs: io.StringIO, name: str) -> list[dict[str, Any]]:
+    """The log lines of event `name`, in the order they were written."""
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    return [line for line in lines if line["event"] == name]
+
+
+def mirakl_channel(base_url: str, poll_interval: str = "2s") -> str:
+    """The TOML of one Mirakl channel on a sandbox whose key is in $SANDBOX_KEY."""
+    return f"""
+[[channels]]
+name = "sandbox"
+store = 1
+connector = "mirakl"
+poll_interval = "{poll_interval}"
+auto_accept = false
+[channels.settings]
+base_url = "{base_url}"
+api_key = "env:SANDBOX_KEY"
+"""
 
 
 def write_config(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -31,19 +31,11 @@ from sfd.logs import configure_logging
 from sfd.sandbox.amazon import FRANCE, SHIPPING_ROLE, TAX_ROLES, SandboxAmazon, run_amazon
 from sfd.storage import OrderFilter, Storage
 from tests.connectors.amazon_model import check_request
-from tests.support import run_cli, write_config
+from tests.support import run_cli, until, write_config
 
 CLIENT_ID = "amzn1.application-oa2-client.sandbox"
 SECRET = "amzn1.oa2-cs.v1.sandbox-secret"
 REFRESH = "Atzr|sandbox-refresh-token"
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 20) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -16,12 +15,12 @@ import pytest
 
 from sfd.daemon.deadlines import DeadlineWatch
 from sfd.domain import FulfilledBy, MarketplaceOrder, OrderStatus
-from sfd.logs import configure_logging
 from sfd.storage import Storage, StorageError
 from sfd.storage.db import SQLiteConnection
 from sfd.storage.deadlines import DEADLINE_PASSED, DEADLINE_WARNING, DeadlineStore
 from tests.conftest import NOW
 from tests.factories import make_order
+from tests.support import events
 
 S = OrderStatus
 DAY = timedelta(hours=24)
@@ -33,18 +32,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def logs() -> io.StringIO:
-    out = io.StringIO()
-    configure_logging("json", "info", [], stream=out)
-    return out
-
-
-def events(logs: io.StringIO, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
-    return [line for line in lines if line["event"] == name]
 
 
 async def seed(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from sfd.domain.clock import from_iso, utcnow
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OrderFilter
-from tests.support import write_config
+from tests.support import until, write_config
 
 KEY = "sandbox-key-poller"
 
@@ -47,14 +47,6 @@ class Running:
         ticks = self.poller.status.ticks
         self.poller.wake()
         await until(lambda: self.poller.status.ticks > ticks)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +29,7 @@ from sfd.sandbox.marketplace import Handler, RecordedCall, SandboxMarketplace, r
 from sfd.storage import Storage
 from sfd.storage.database import load_migrations
 from tests.page.conftest import PageClient
-from tests.support import run_cli, write_config
+from tests.support import run_cli, until, write_config
 
 KEY = "sandbox-key-worker"
 CONFIRM_DELAY = 0.2
@@ -56,15 +56,6 @@ class SlowSandbox(SandboxMarketplace):
         if delay:
             await asyncio.sleep(delay)
         return await handler(request)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def two_xx(call: RecordedCall) -> bool:

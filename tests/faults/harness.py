@@ -8,7 +8,7 @@ import io
 import json
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +23,13 @@ from sfd.daemon.runtime import Daemon
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from tests.faults.injector import FaultInjector
-from tests.support import write_config
+from tests.support import until, write_config
 
 KEY = "sandbox-key-faults-3141"
 #: Poll interval of both channels; a failed poll is retried after it too.
 INTERVAL = 0.3
 #: The flaky channel's client timeout: short, yet long enough for a loaded 2-core machine.
 TIMEOUT = 1.0
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15, what: str = "") -> None:
-    """Wait until `predicate()` holds; fail the test after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or predicate}")
-        await asyncio.sleep(0.02)
 
 
 def query(database: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -25,7 +25,7 @@ from sfd.daemon.runtime import Daemon
 from sfd.domain.clock import utcnow
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import Storage
-from tests.support import ROOT, write_config
+from tests.support import ROOT, until, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -104,13 +104,6 @@ require_tracking = true
 base_url = "{base_url}"
 api_key = "env:SANDBOX_KEY"
 """
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
