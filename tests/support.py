@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,18 @@ async def wait_until(
         if loop.time() > deadline:
             return False
         await asyncio.sleep(0.01)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = ""
+) -> None:
+    """Await `check()` until it holds; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        await asyncio.sleep(0.02)
 
 
 def read_only(database: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:

@@ -20,7 +20,7 @@ from sfd.storage.db import SQLiteConnection
 from sfd.storage.deadlines import DEADLINE_PASSED, DEADLINE_WARNING, DeadlineStore
 from tests.conftest import NOW
 from tests.factories import make_order
-from tests.support import events
+from tests.support import events, until
 
 S = OrderStatus
 DAY = timedelta(hours=24)
@@ -290,10 +290,7 @@ async def test_the_watch_runs_as_a_loop_and_shows_its_counts(
     deadlines = await watch(storage, clock)
     task = asyncio.create_task(deadlines.run())
     try:
-        for _ in range(500):
-            if deadlines.status.ticks:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: deadlines.status.ticks > 0)
         assert deadlines.status.ticks == 1
         assert deadlines.status.state == "idle"
         assert deadlines.status.condition == "ok"

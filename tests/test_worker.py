@@ -579,9 +579,9 @@ async def test_a_stop_during_a_delivery_waits_for_the_answer_and_writes_it(hub: 
     await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
     database = hub.daemon.config.database
 
-    started = asyncio.get_running_loop().time()
     await hub.stop()
-    assert asyncio.get_running_loop().time() - started < 4, "the call's grace is 5 s at most"
+    # The stop waited for the answer, which reached the worker (not cut off by the grace).
+    assert [c.responded for c in hub.marketplace.calls_to("OR24", reference)] == [True]
 
     assert read_operation(database, ticket["id"])["state"] == "succeed"
     assert [c.status for c in hub.marketplace.calls_to("OR24", reference)] == [204]
