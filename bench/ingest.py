@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -73,8 +74,8 @@ asyncio.run(main())
 """
 
 
-async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
-    """Fetch every page and insert orders and lines with executemany: (seconds, orders)."""
+def reference_database(database: Path) -> sqlite3.Connection:
+    """The plain schema the hand-written reference imports write to."""
     db = sqlite3.connect(database)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
@@ -83,6 +84,24 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
         "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)"
     )
     db.execute("CREATE TABLE lines (order_ref TEXT, sku TEXT, quantity INTEGER, price TEXT)")
+    return db
+
+
+def insert_page(
+    db: sqlite3.Connection, orders: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
+) -> None:
+    """One page of orders and their lines, with executemany."""
+    db.executemany(
+        "INSERT INTO orders (reference, status, total, currency, updated, payload) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        orders,
+    )
+    db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?)", lines)
+
+
+async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
+    """Fetch every page and insert orders and lines with executemany: (seconds, orders)."""
+    db = reference_database(database)
     started = time.perf_counter()
     count = 0
     offset = 0
@@ -97,9 +116,8 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
             if not orders:
                 break
             with db:
-                db.executemany(
-                    "INSERT INTO orders (reference, status, total, currency, updated, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                insert_page(
+                    db,
                     [
                         (
                             o["order_id"],
@@ -111,9 +129,6 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
                         )
                         for o in orders
                     ],
-                )
-                db.executemany(
-                    "INSERT INTO lines VALUES (?, ?, ?, ?)",
                     [
                         (o["order_id"], line["offer_sku"], line["quantity"], str(line["price"]))
                         for o in orders
@@ -129,14 +144,7 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
 async def amazon_reference_import(base_url: str, database: Path) -> tuple[float, int]:
     """Amazon's pages fetched with aiohttp (one LWA token, then searchOrders with its
     nextToken), orders and lines inserted with executemany: (seconds, orders)."""
-    db = sqlite3.connect(database)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute(
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, reference TEXT UNIQUE, "
-        "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)"
-    )
-    db.execute("CREATE TABLE lines (order_ref TEXT, sku TEXT, quantity INTEGER, price TEXT)")
+    db = reference_database(database)
     started = time.perf_counter()
     count = 0
     async with aiohttp.ClientSession() as http:
@@ -168,9 +176,8 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
                 page = await response.json()
             orders = page["orders"]
             with db:
-                db.executemany(
-                    "INSERT INTO orders (reference, status, total, currency, updated, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                insert_page(
+                    db,
                     [
                         (
                             o["orderId"],
@@ -182,9 +189,6 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
                         )
                         for o in orders
                     ],
-                )
-                db.executemany(
-                    "INSERT INTO lines VALUES (?, ?, ?, ?)",
                     [
                         (
                             o["orderId"],
