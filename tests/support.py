@@ -16,9 +16,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sfd.config import Config
+from sfd.daemon.loops import Loop, Poller
+from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.runtime import Daemon
 from sfd.logs import configure_logging
+
+L = TypeVar("L", bound=Loop)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +61,29 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"not within {timeout} s: {what or check}")
         await asyncio.sleep(0.02)
+
+
+def loop_of(daemon: Daemon, kind: type[L]) -> L:
+    """The daemon's loop of class `kind`."""
+    return next(loop for loop in daemon.loops if isinstance(loop, kind))
+
+
+async def start_daemon(
+    config: Config, prepare: Callable[[Daemon], None] | None = None
+) -> tuple[Daemon, asyncio.Task[None]]:
+    """Run the daemon in this process as one task; return once it is ready and has polled.
+
+    `prepare` adjusts the started daemon before it serves. To stop it, set its stop event
+    and await the task.
+    """
+    daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
+    await daemon.start()
+    if prepare is not None:
+        prepare(daemon)
+    task = asyncio.create_task(daemon.serve())
+    await daemon.ready.wait()
+    await until(lambda: loop_of(daemon, Poller).status.ticks >= 1)  # the poll at start-up
+    return daemon, task
 
 
 def read_only(database: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:

@@ -23,7 +23,6 @@ from yarl import URL
 from sfd.config import Config, load_config
 from sfd.connectors.amazon import format_date
 from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon, sync_config
 from sfd.domain import MISSING_PERSONAL_DATA, Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.clock import utcnow
@@ -31,7 +30,7 @@ from sfd.logs import configure_logging
 from sfd.sandbox.amazon import FRANCE, SHIPPING_ROLE, TAX_ROLES, SandboxAmazon, run_amazon
 from sfd.storage import OrderFilter, Storage
 from tests.connectors.amazon_model import check_request
-from tests.support import run_cli, until, write_config
+from tests.support import loop_of, run_cli, start_daemon, until, write_config
 
 CLIENT_ID = "amzn1.application-oa2-client.sandbox"
 SECRET = "amzn1.oa2-cs.v1.sandbox-secret"
@@ -46,7 +45,7 @@ class Running:
 
     @property
     def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
+        return loop_of(self.daemon, Poller)
 
     @property
     def storage(self) -> Storage:
@@ -85,13 +84,8 @@ marketplace_ids = ["{FRANCE}"]
 async def start(config: Config, amazon: SandboxAmazon) -> tuple[Running, asyncio.Task[None]]:
     logs = io.StringIO()
     configure_logging("json", "info", config.secrets, stream=logs)
-    daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
-    await daemon.start()
-    task = asyncio.create_task(daemon.serve())
-    await daemon.ready.wait()
-    running = Running(daemon, amazon, logs)
-    await until(lambda: running.poller.status.ticks >= 1)  # the poll at start-up
-    return running, task
+    daemon, task = await start_daemon(config)
+    return Running(daemon, amazon, logs), task
 
 
 @pytest.fixture

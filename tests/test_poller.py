@@ -16,14 +16,13 @@ import pytest
 
 from sfd.config import load_config
 from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.domain import OrderStatus
 from sfd.domain.clock import from_iso, utcnow
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OrderFilter
-from tests.support import until, write_config
+from tests.support import loop_of, start_daemon, until, write_config
 
 KEY = "sandbox-key-poller"
 
@@ -36,7 +35,7 @@ class Running:
 
     @property
     def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
+        return loop_of(self.daemon, Poller)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.logs.getvalue().splitlines()]
@@ -104,13 +103,8 @@ api_key = "env:SANDBOX_KEY"
         )
         logs = io.StringIO()
         configure_logging("json", "info", config.secrets, stream=logs)
-        daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
-        await daemon.start()
-        task = asyncio.create_task(daemon.serve())
-        await daemon.ready.wait()
-        started = Running(daemon, marketplace, logs)
-        await until(lambda: started.poller.status.ticks >= 1)  # the poll at start-up
-        yield started
+        daemon, task = await start_daemon(config)
+        yield Running(daemon, marketplace, logs)
         daemon.request_stop()
         await asyncio.wait_for(task, 10)
 

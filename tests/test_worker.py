@@ -20,7 +20,6 @@ from aiohttp import web
 from sfd.config import load_config
 from sfd.daemon.backoff import Backoff
 from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.daemon.worker import OperationsWorker
 from sfd.domain import StoredOrder
@@ -29,7 +28,7 @@ from sfd.sandbox.marketplace import Handler, RecordedCall, SandboxMarketplace, r
 from sfd.storage import Storage
 from sfd.storage.database import load_migrations
 from tests.page.conftest import PageClient
-from tests.support import run_cli, until, write_config
+from tests.support import loop_of, run_cli, start_daemon, until, write_config
 
 KEY = "sandbox-key-worker"
 CONFIRM_DELAY = 0.2
@@ -96,18 +95,14 @@ class Hub:
 
     @property
     def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
+        return loop_of(self.daemon, Poller)
 
     async def start(self) -> None:
-        self.daemon = Daemon(
-            load_config(self.config_path), notifier=SystemdNotifier({}), handle_signals=False
-        )
-        await self.daemon.start()
-        assert self.daemon.worker is not None
-        self.daemon.worker.confirm_delay = CONFIRM_DELAY
-        self.task = asyncio.create_task(self.daemon.serve())
-        await self.daemon.ready.wait()
-        await until(lambda: self.poller.status.ticks >= 1)  # the poll at start-up
+        def hasten(daemon: Daemon) -> None:
+            assert daemon.worker is not None
+            daemon.worker.confirm_delay = CONFIRM_DELAY
+
+        self.daemon, self.task = await start_daemon(load_config(self.config_path), hasten)
 
     async def stop(self) -> None:
         if self.task is not None:

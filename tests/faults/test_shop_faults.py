@@ -36,7 +36,7 @@ from tests.push.conftest import (
     _short_backoff,  # noqa: F401 - autouse: the shop's retries in milliseconds
     push_config,
 )
-from tests.support import write_config
+from tests.support import loop_of, write_config
 
 GROUP = "shop fault"
 SHOP = "main"
@@ -76,11 +76,11 @@ class ShopHub(CapturedLog):
 
     @property
     def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
+        return loop_of(self.daemon, Poller)
 
     @property
     def pusher(self) -> PushLoop:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, PushLoop))
+        return loop_of(self.daemon, PushLoop)
 
     @property
     def running(self) -> bool:

@@ -14,14 +14,13 @@ import pytest
 from sfd.config import load_config
 from sfd.connectors import shop as shop_module
 from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from sfd.storage import Storage
-from tests.support import until, write_config
+from tests.support import loop_of, start_daemon, until, write_config
 
 MARKETPLACE_KEY = "sandbox-key-push"
 WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
@@ -77,20 +76,15 @@ class PushHub:
 
     @property
     def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
+        return loop_of(self.daemon, Poller)
 
     @property
     def pusher(self) -> PushLoop:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, PushLoop))
+        return loop_of(self.daemon, PushLoop)
 
     async def start(self) -> None:
-        self.daemon = Daemon(
-            load_config(self.config_path), notifier=SystemdNotifier({}), handle_signals=False
-        )
-        await self.daemon.start()
-        self.task = asyncio.create_task(self.daemon.serve())
-        await self.daemon.ready.wait()
-        await until(lambda: self.poller.status.ticks >= 1 and self.pusher.status.ticks >= 1)
+        self.daemon, self.task = await start_daemon(load_config(self.config_path))
+        await until(lambda: self.pusher.status.ticks >= 1)
 
     async def stop(self) -> None:
         if self.task is not None:
