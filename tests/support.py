@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 from sfd.config import Config
 from sfd.daemon.loops import Loop, Poller
 from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.logs import configure_logging
+from sfd.storage import Storage
 
 L = TypeVar("L", bound=Loop)
 
@@ -66,6 +68,25 @@ async def eventually(
 def loop_of(daemon: Daemon, kind: type[L]) -> L:
     """The daemon's loop of class `kind`."""
     return next(loop for loop in daemon.loops if isinstance(loop, kind))
+
+
+class InProcess:
+    """What a test reads of a daemon it runs in-process (`self.daemon`)."""
+
+    daemon: Daemon
+
+    @property
+    def storage(self) -> Storage:
+        assert self.daemon.storage is not None
+        return self.daemon.storage
+
+    @property
+    def poller(self) -> Poller:
+        return loop_of(self.daemon, Poller)
+
+    @property
+    def pusher(self) -> PushLoop:
+        return loop_of(self.daemon, PushLoop)
 
 
 async def start_daemon(

@@ -22,7 +22,6 @@ from yarl import URL
 
 from sfd.config import Config, load_config
 from sfd.connectors.amazon import format_date
-from sfd.daemon.loops import Poller
 from sfd.daemon.runtime import Daemon, sync_config
 from sfd.domain import MISSING_PERSONAL_DATA, Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.clock import utcnow
@@ -30,7 +29,7 @@ from sfd.logs import configure_logging
 from sfd.sandbox.amazon import FRANCE, SHIPPING_ROLE, TAX_ROLES, SandboxAmazon, run_amazon
 from sfd.storage import OrderFilter, Storage
 from tests.connectors.amazon_model import check_request
-from tests.support import loop_of, run_cli, start_daemon, until, write_config
+from tests.support import InProcess, run_cli, start_daemon, until, write_config
 
 CLIENT_ID = "amzn1.application-oa2-client.sandbox"
 SECRET = "amzn1.oa2-cs.v1.sandbox-secret"
@@ -38,19 +37,10 @@ REFRESH = "Atzr|sandbox-refresh-token"
 
 
 @dataclass
-class Running:
+class Running(InProcess):
     daemon: Daemon
     amazon: SandboxAmazon
     logs: io.StringIO
-
-    @property
-    def poller(self) -> Poller:
-        return loop_of(self.daemon, Poller)
-
-    @property
-    def storage(self) -> Storage:
-        assert self.daemon.storage is not None
-        return self.daemon.storage
 
 
 def amazon_config(directory: Path, base_url: str, monkeypatch: pytest.MonkeyPatch) -> Config:

@@ -15,27 +15,22 @@ import aiohttp
 import pytest
 
 from sfd.config import load_config
-from sfd.daemon.loops import Poller
 from sfd.daemon.runtime import Daemon
 from sfd.domain import OrderStatus
 from sfd.domain.clock import from_iso, utcnow
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OrderFilter
-from tests.support import loop_of, start_daemon, until, write_config
+from tests.support import InProcess, start_daemon, until, write_config
 
 KEY = "sandbox-key-poller"
 
 
 @dataclass
-class Running:
+class Running(InProcess):
     daemon: Daemon
     marketplace: SandboxMarketplace
     logs: io.StringIO
-
-    @property
-    def poller(self) -> Poller:
-        return loop_of(self.daemon, Poller)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.logs.getvalue().splitlines()]

@@ -19,16 +19,14 @@ from aiohttp import web
 
 from sfd.config import load_config
 from sfd.daemon.backoff import Backoff
-from sfd.daemon.loops import Poller
 from sfd.daemon.runtime import Daemon
 from sfd.daemon.worker import OperationsWorker
 from sfd.domain import StoredOrder
 from sfd.domain.clock import from_iso, to_iso
 from sfd.sandbox.marketplace import Handler, RecordedCall, SandboxMarketplace, run_sandbox
-from sfd.storage import Storage
 from sfd.storage.database import load_migrations
 from tests.page.conftest import PageClient
-from tests.support import loop_of, run_cli, start_daemon, until, write_config
+from tests.support import InProcess, run_cli, start_daemon, until, write_config
 
 KEY = "sandbox-key-worker"
 CONFIRM_DELAY = 0.2
@@ -73,7 +71,7 @@ def assert_took_effect_once(calls: list[RecordedCall]) -> None:
 
 
 @dataclass
-class Hub:
+class Hub(InProcess):
     """The daemon running in this process against the sandbox, and an API client for store 1."""
 
     marketplace: SlowSandbox
@@ -84,18 +82,9 @@ class Hub:
     token: str = ""
 
     @property
-    def storage(self) -> Storage:
-        assert self.daemon.storage is not None
-        return self.daemon.storage
-
-    @property
     def worker(self) -> OperationsWorker:
         assert self.daemon.worker is not None
         return self.daemon.worker
-
-    @property
-    def poller(self) -> Poller:
-        return loop_of(self.daemon, Poller)
 
     async def start(self) -> None:
         def hasten(daemon: Daemon) -> None:

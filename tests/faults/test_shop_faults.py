@@ -20,7 +20,6 @@ from aiohttp import web
 from sfd.config import Config, Duration, load_config
 from sfd.connectors import shop as shop_module
 from sfd.connectors.woocommerce import PER_PAGE
-from sfd.daemon.loops import Poller
 from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
@@ -36,7 +35,7 @@ from tests.push.conftest import (
     _short_backoff,  # noqa: F401 - autouse: the shop's retries in milliseconds
     push_config,
 )
-from tests.support import loop_of, write_config
+from tests.support import InProcess, write_config
 
 GROUP = "shop fault"
 SHOP = "main"
@@ -63,7 +62,7 @@ def _three_attempts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
 
 @dataclass
-class ShopHub(CapturedLog):
+class ShopHub(CapturedLog, InProcess):
     """The running daemon, the marketplace it polls, the shop behind the injector, its log."""
 
     daemon: Daemon
@@ -73,14 +72,6 @@ class ShopHub(CapturedLog):
     shop: SandboxWooCommerce
     injector: FaultInjector
     logs: io.StringIO
-
-    @property
-    def poller(self) -> Poller:
-        return loop_of(self.daemon, Poller)
-
-    @property
-    def pusher(self) -> PushLoop:
-        return loop_of(self.daemon, PushLoop)
 
     @property
     def running(self) -> bool:

@@ -19,8 +19,7 @@ from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
-from sfd.storage import Storage
-from tests.support import loop_of, start_daemon, until, write_config
+from tests.support import InProcess, start_daemon, until, write_config
 
 MARKETPLACE_KEY = "sandbox-key-push"
 WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
@@ -59,7 +58,7 @@ timeout = {timeout}
 
 
 @dataclass
-class PushHub:
+class PushHub(InProcess):
     """The running daemon, the marketplace it polls and the shop it pushes into."""
 
     marketplace: SandboxMarketplace
@@ -68,19 +67,6 @@ class PushHub:
     http: aiohttp.ClientSession
     daemon: Daemon = field(init=False)
     task: asyncio.Task[None] | None = None
-
-    @property
-    def storage(self) -> Storage:
-        assert self.daemon.storage is not None
-        return self.daemon.storage
-
-    @property
-    def poller(self) -> Poller:
-        return loop_of(self.daemon, Poller)
-
-    @property
-    def pusher(self) -> PushLoop:
-        return loop_of(self.daemon, PushLoop)
 
     async def start(self) -> None:
         self.daemon, self.task = await start_daemon(load_config(self.config_path))
