@@ -41,35 +41,29 @@ AMAZON_SECRET = "amzn1.oa2-cs.v1.bench"
 AMAZON_REFRESH = "Atzr|bench"
 AMAZON_SANDBOX = """
 import asyncio, sys
-from aiohttp import web
 from sfd.sandbox.amazon import SandboxAmazon
+from sfd.sandbox.kit import serve
 async def main():
     # sfd keeps to the usage plan itself; the reference, after it, must not find it spent.
     amazon = SandboxAmazon(
         sys.argv[1], sys.argv[2], sys.argv[3], seed=11, enforce_usage_plans=False
     )
     amazon.add_orders(int(sys.argv[4]))
-    runner = web.AppRunner(amazon.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
+    async with serve(amazon.app()) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        await asyncio.Event().wait()
 asyncio.run(main())
 """
 SANDBOX = """
 import asyncio, sys
-from aiohttp import web
 from sfd.sandbox.marketplace import SandboxMarketplace
+from sfd.sandbox.kit import serve
 async def main():
     marketplace = SandboxMarketplace(sys.argv[1], seed=11)
     marketplace.add_orders(int(sys.argv[2]), waiting_acceptance_ratio=0.0)
-    runner = web.AppRunner(marketplace.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
+    async with serve(marketplace.app()) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        await asyncio.Event().wait()
 asyncio.run(main())
 """
 

@@ -59,6 +59,17 @@ async def watch(
     )
 
 
+async def seed_soon_and_late(storage: Storage) -> None:
+    """One order due in five hours, one five hours late."""
+    await seed(
+        storage,
+        [
+            make_order("DEC-SOON", ship_by=NOW + timedelta(hours=5)),
+            make_order("DEC-LATE", ship_by=NOW - timedelta(hours=5)),
+        ],
+    )
+
+
 async def test_an_order_within_its_window_is_warned_of_once(
     storage: Storage, logs: io.StringIO
 ) -> None:
@@ -173,13 +184,7 @@ async def test_an_order_shipped_after_its_warning_is_not_reported_late(
 async def test_after_a_restart_nothing_is_reported_again(
     storage: Storage, logs: io.StringIO, tmp_path: Path
 ) -> None:
-    await seed(
-        storage,
-        [
-            make_order("DEC-SOON", ship_by=NOW + timedelta(hours=5)),
-            make_order("DEC-LATE", ship_by=NOW - timedelta(hours=5)),
-        ],
-    )
+    await seed_soon_and_late(storage)
     clock = Clock()
     await (await watch(storage, clock)).tick()
     assert len(events(logs, "ship_deadline_approaching")) == 1
@@ -279,13 +284,7 @@ async def test_a_backlog_larger_than_a_batch_is_worked_through_at_once(
 async def test_the_watch_runs_as_a_loop_and_shows_its_counts(
     storage: Storage, logs: io.StringIO
 ) -> None:
-    await seed(
-        storage,
-        [
-            make_order("DEC-SOON", ship_by=NOW + timedelta(hours=5)),
-            make_order("DEC-LATE", ship_by=NOW - timedelta(hours=5)),
-        ],
-    )
+    await seed_soon_and_late(storage)
     clock = Clock()
     deadlines = await watch(storage, clock)
     task = asyncio.create_task(deadlines.run())
