@@ -127,21 +127,6 @@ def events(logs: io.StringIO, name: str) -> list[dict[str, Any]]:
     return [line for line in lines if line["event"] == name]
 
 
-def mirakl_channel(base_url: str, poll_interval: str = "2s") -> str:
-    """The TOML of one Mirakl channel on a sandbox whose key is in $SANDBOX_KEY."""
-    return f"""
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "{poll_interval}"
-auto_accept = false
-[channels.settings]
-base_url = "{base_url}"
-api_key = "env:SANDBOX_KEY"
-"""
-
-
 def write_config(
     directory: Path,
     body: str = "",

@@ -8,9 +8,9 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from tests.faults.reliability import record
-from tests.support import SfdProcess, mirakl_channel, wait_until, write_config
+from tests.support import SfdProcess, wait_until, write_config
 
 API_KEY = "sandbox-key-crash"
 
@@ -33,7 +33,10 @@ async def test_sigkill_during_an_import_burst_loses_nothing(
     database = tmp_path / "sfd.db"
     rng = random.Random(2026)
     async with run_sandbox(marketplace) as base_url:
-        config = write_config(tmp_path, mirakl_channel(base_url))
+        config = write_config(
+            tmp_path,
+            channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="2s", auto_accept=False),
+        )
         env = {"SANDBOX_KEY": API_KEY}
         kills = 0
         committed = 0

@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from sfd.sandbox.marketplace import RecordedCall, run_sandbox
+from sfd.sandbox.marketplace import RecordedCall, channel_toml, run_sandbox
 from tests.faults.reliability import record
-from tests.support import SfdProcess, mirakl_channel, read_only, run_cli, wait_until, write_config
+from tests.support import SfdProcess, read_only, run_cli, wait_until, write_config
 from tests.test_worker import SlowSandbox
 
 API_KEY = "sandbox-key-worker-crash"
@@ -74,7 +74,10 @@ async def test_sigkill_while_operations_are_delivered_loses_none_and_sends_none_
     env = {"SANDBOX_KEY": API_KEY}
     rng = random.Random(2027)
     async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
-        config = write_config(tmp_path, mirakl_channel(base_url, "1s"))
+        config = write_config(
+            tmp_path,
+            channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="1s", auto_accept=False),
+        )
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
         assert await wait_until(
@@ -195,7 +198,10 @@ async def test_an_operation_in_flight_at_a_kill_is_sent_again_at_the_next_start(
     database = tmp_path / "sfd.db"
     env = {"SANDBOX_KEY": API_KEY}
     async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
-        config = write_config(tmp_path, mirakl_channel(base_url, "1s"))
+        config = write_config(
+            tmp_path,
+            channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="1s", auto_accept=False),
+        )
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
         assert await wait_until(lambda: bool(read_only(database, "SELECT id FROM orders")), 15)

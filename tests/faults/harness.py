@@ -21,7 +21,7 @@ from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.logs import configure_logging
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from tests.faults.injector import FaultInjector
 from tests.support import until, write_config
 
@@ -114,18 +114,8 @@ class Hub(CapturedLog):
 
 def _config(tmp_path: Path, flaky_url: str, steady_url: str, timeout: float) -> Config:
     channels = "".join(
-        f"""
-[[channels]]
-name = "{name}"
-store = {store}
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-[channels.settings]
-base_url = "{url}"
-api_key = "env:SANDBOX_KEY"
-timeout = {timeout}
-"""
+        channel_toml(url, "env:SANDBOX_KEY", name=name, store=store, auto_accept=False)
+        + f"timeout = {timeout}\n"  # under [channels.settings], the entry's last table
         for name, store, url in (("flaky", 1, flaky_url), ("steady", 2, steady_url))
     )
     config = load_config(write_config(tmp_path, channels), {"SANDBOX_KEY": KEY})
