@@ -25,6 +25,18 @@ BATCH = 10
 KILLS = 20
 
 
+async def polling(
+    sfd_processes: Callable[..., SfdProcess], tmp_path: Path, base_url: str
+) -> tuple[Path, SfdProcess]:
+    """The config of a real sfd polling the sandbox at `base_url` every second, and that sfd,
+    ready."""
+    channel = channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="1s", auto_accept=False)
+    config = write_config(tmp_path, channel)
+    sfd = sfd_processes(config, tmp_path, env={"SANDBOX_KEY": API_KEY})
+    await asyncio.to_thread(sfd.wait_ready)
+    return config, sfd
+
+
 async def post(
     http: aiohttp.ClientSession, url: str, token: str, operation: str, entries: list[Any]
 ) -> bool:
@@ -74,12 +86,7 @@ async def test_sigkill_while_operations_are_delivered_loses_none_and_sends_none_
     env = {"SANDBOX_KEY": API_KEY}
     rng = random.Random(2027)
     async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
-        config = write_config(
-            tmp_path,
-            channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="1s", auto_accept=False),
-        )
-        sfd = sfd_processes(config, tmp_path, env=env)
-        await asyncio.to_thread(sfd.wait_ready)
+        config, sfd = await polling(sfd_processes, tmp_path, base_url)
         assert await wait_until(
             lambda: read_only(database, "SELECT count(*) FROM orders")[0][0] == ORDERS, 30
         ), "the orders were not imported"
@@ -198,12 +205,7 @@ async def test_an_operation_in_flight_at_a_kill_is_sent_again_at_the_next_start(
     database = tmp_path / "sfd.db"
     env = {"SANDBOX_KEY": API_KEY}
     async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
-        config = write_config(
-            tmp_path,
-            channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="1s", auto_accept=False),
-        )
-        sfd = sfd_processes(config, tmp_path, env=env)
-        await asyncio.to_thread(sfd.wait_ready)
+        config, sfd = await polling(sfd_processes, tmp_path, base_url)
         assert await wait_until(lambda: bool(read_only(database, "SELECT id FROM orders")), 15)
         [[order_id]] = read_only(database, "SELECT id FROM orders")
         created = await asyncio.to_thread(
