@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -40,41 +41,35 @@ AMAZON_SECRET = "amzn1.oa2-cs.v1.bench"
 AMAZON_REFRESH = "Atzr|bench"
 AMAZON_SANDBOX = """
 import asyncio, sys
-from aiohttp import web
 from sfd.sandbox.amazon import SandboxAmazon
+from sfd.sandbox.kit import serve
 async def main():
     # sfd keeps to the usage plan itself; the reference, after it, must not find it spent.
     amazon = SandboxAmazon(
         sys.argv[1], sys.argv[2], sys.argv[3], seed=11, enforce_usage_plans=False
     )
     amazon.add_orders(int(sys.argv[4]))
-    runner = web.AppRunner(amazon.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
+    async with serve(amazon.app()) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        await asyncio.Event().wait()
 asyncio.run(main())
 """
 SANDBOX = """
 import asyncio, sys
-from aiohttp import web
 from sfd.sandbox.marketplace import SandboxMarketplace
+from sfd.sandbox.kit import serve
 async def main():
     marketplace = SandboxMarketplace(sys.argv[1], seed=11)
     marketplace.add_orders(int(sys.argv[2]), waiting_acceptance_ratio=0.0)
-    runner = web.AppRunner(marketplace.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
+    async with serve(marketplace.app()) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        await asyncio.Event().wait()
 asyncio.run(main())
 """
 
 
-async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
-    """Fetch every page and insert orders and lines with executemany: (seconds, orders)."""
+def reference_database(database: Path) -> sqlite3.Connection:
+    """The plain schema the hand-written reference imports write to."""
     db = sqlite3.connect(database)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
@@ -83,6 +78,24 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
         "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)"
     )
     db.execute("CREATE TABLE lines (order_ref TEXT, sku TEXT, quantity INTEGER, price TEXT)")
+    return db
+
+
+def insert_page(
+    db: sqlite3.Connection, orders: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
+) -> None:
+    """One page of orders and their lines, with executemany."""
+    db.executemany(
+        "INSERT INTO orders (reference, status, total, currency, updated, payload) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        orders,
+    )
+    db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?)", lines)
+
+
+async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
+    """Fetch every page and insert orders and lines with executemany: (seconds, orders)."""
+    db = reference_database(database)
     started = time.perf_counter()
     count = 0
     offset = 0
@@ -97,9 +110,8 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
             if not orders:
                 break
             with db:
-                db.executemany(
-                    "INSERT INTO orders (reference, status, total, currency, updated, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                insert_page(
+                    db,
                     [
                         (
                             o["order_id"],
@@ -111,9 +123,6 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
                         )
                         for o in orders
                     ],
-                )
-                db.executemany(
-                    "INSERT INTO lines VALUES (?, ?, ?, ?)",
                     [
                         (o["order_id"], line["offer_sku"], line["quantity"], str(line["price"]))
                         for o in orders
@@ -129,14 +138,7 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
 async def amazon_reference_import(base_url: str, database: Path) -> tuple[float, int]:
     """Amazon's pages fetched with aiohttp (one LWA token, then searchOrders with its
     nextToken), orders and lines inserted with executemany: (seconds, orders)."""
-    db = sqlite3.connect(database)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute(
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, reference TEXT UNIQUE, "
-        "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)"
-    )
-    db.execute("CREATE TABLE lines (order_ref TEXT, sku TEXT, quantity INTEGER, price TEXT)")
+    db = reference_database(database)
     started = time.perf_counter()
     count = 0
     async with aiohttp.ClientSession() as http:
@@ -168,9 +170,8 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
                 page = await response.json()
             orders = page["orders"]
             with db:
-                db.executemany(
-                    "INSERT INTO orders (reference, status, total, currency, updated, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                insert_page(
+                    db,
                     [
                         (
                             o["orderId"],
@@ -182,9 +183,6 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
                         )
                         for o in orders
                     ],
-                )
-                db.executemany(
-                    "INSERT INTO lines VALUES (?, ?, ?, ?)",
                     [
                         (
                             o["orderId"],

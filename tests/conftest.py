@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import structlog
 
 from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
-from tests.support import SfdProcess, start_sfd
+from tests.support import SfdProcess, capture_logs, start_sfd
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 
@@ -62,3 +63,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests.faults import reliability
 
     reliability.write()
+
+
+@pytest.fixture
+def logs() -> io.StringIO:
+    """sfd's JSON log lines of this test, for `tests.support.events`."""
+    return capture_logs()

@@ -10,6 +10,19 @@ from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 from tests.conftest import NOW
 
 
+def camille(street: str, **fields: str) -> Address:
+    """Camille Dupont's address in Lyon, at `street`."""
+    return Address(
+        first_name="Camille",
+        last_name="Dupont",
+        street=street,
+        postal_code="69003",
+        city="Lyon",
+        country="FR",
+        **fields,
+    )
+
+
 def make_order(
     reference: str,
     status: OrderStatus = OrderStatus.WAITING_SHIPMENT,
@@ -47,24 +60,8 @@ def make_order(
         shipping_method="Colissimo",
         latest_ship_date=ship_by or updated_at + timedelta(days=2),
         raw=raw,
-        billing_address=Address(
-            first_name="Camille",
-            last_name="Dupont",
-            street="12 rue des Lilas",
-            postal_code="69003",
-            city="Lyon",
-            country="FR",
-            email="camille@example.org",
-        ),
-        shipping_address=Address(
-            first_name="Camille",
-            last_name="Dupont",
-            street="Relais Tabac du Centre",
-            postal_code="69003",
-            city="Lyon",
-            country="FR",
-            relay_id=relay_id,
-        ),
+        billing_address=camille(street="12 rue des Lilas", email="camille@example.org"),
+        shipping_address=camille(street="Relais Tabac du Centre", relay_id=relay_id),
         items=items,
         additional_fields={"channel_code": "decathlon-fr"},
     )

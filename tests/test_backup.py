@@ -20,7 +20,7 @@ from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
 from tests.conftest import NOW
 from tests.factories import make_order
-from tests.support import SfdProcess, run_cli, write_config
+from tests.support import SfdProcess, run_cli, until, write_config
 
 KEY = "sandbox-key-backup"
 ORDERS = 1500
@@ -62,13 +62,6 @@ def snapshot_counts(database: Path) -> tuple[int, int, int, str]:
     return orders, with_items, imported, integrity
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(predicate):
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_restores(
     tmp_path: Path, sfd_processes: Callable[..., SfdProcess]
 ) -> None:
@@ -82,7 +75,7 @@ async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_
         config = write_config(tmp_path, channel(base_url))
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
-        await until(lambda: snapshot_counts(database)[0] >= 100)
+        await until(lambda: snapshot_counts(database)[0] >= 100, 30, in_thread=True)
 
         before = snapshot_counts(database)[0]
         result = await asyncio.to_thread(run_cli, config, "db", "backup", str(target), env=env)
@@ -98,7 +91,7 @@ async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_
         assert orders == with_items == imported
         assert [p.name for p in target.parent.iterdir()] == ["sfd-1.db"], "a temporary remains"
         # The daemon never noticed, and finishes its import.
-        await until(lambda: snapshot_counts(database)[0] == ORDERS)
+        await until(lambda: snapshot_counts(database)[0] == ORDERS, 30, in_thread=True)
         assert await asyncio.to_thread(sfd.terminate) == 0
 
         # Restore: stopped, copied back, started; the next poll fills in what came later.
@@ -110,7 +103,7 @@ async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_
         assert json.loads(check.stdout)["tables"]["orders"] == orders
         restored = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(restored.wait_ready)
-        await until(lambda: snapshot_counts(database)[0] == ORDERS)
+        await until(lambda: snapshot_counts(database)[0] == ORDERS, 30, in_thread=True)
         assert await asyncio.to_thread(restored.terminate) == 0
 
     with contextlib.closing(sqlite3.connect(database)) as db:

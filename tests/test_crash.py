@@ -8,25 +8,11 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from tests.faults.reliability import record
-from tests.support import SfdProcess, write_config
+from tests.support import SfdProcess, wait_until, write_config
 
 API_KEY = "sandbox-key-crash"
-
-
-def channel_config(base_url: str) -> str:
-    return f"""
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "2s"
-auto_accept = false
-[channels.settings]
-base_url = "{base_url}"
-api_key = "env:SANDBOX_KEY"
-"""
 
 
 def counts(database: Path) -> tuple[int, int, int]:
@@ -39,15 +25,6 @@ def counts(database: Path) -> tuple[int, int, int]:
     return row[0], row[1], row[2]
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await asyncio.to_thread(predicate):
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
 async def test_sigkill_during_an_import_burst_loses_nothing(
     tmp_path: Path, sfd_processes: Callable[..., SfdProcess]
 ) -> None:
@@ -56,7 +33,10 @@ async def test_sigkill_during_an_import_burst_loses_nothing(
     database = tmp_path / "sfd.db"
     rng = random.Random(2026)
     async with run_sandbox(marketplace) as base_url:
-        config = write_config(tmp_path, channel_config(base_url))
+        config = write_config(
+            tmp_path,
+            channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="2s", auto_accept=False),
+        )
         env = {"SANDBOX_KEY": API_KEY}
         kills = 0
         committed = 0

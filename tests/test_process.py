@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -38,12 +37,9 @@ def test_ready_then_healthz_then_sigterm_stops_cleanly(
     assert set(body["loops"]) == {"operations-worker", "deadline-watch"}
     assert body["loops"]["deadline-watch"]["state"] in {"idle", "busy"}
 
-    signalled = time.monotonic()
     sfd.proc.send_signal(signal.SIGTERM)
-    stopping = sfd.wait_for_notification("STOPPING=1", timeout=10)
+    sfd.wait_for_notification("STOPPING=1", timeout=10)
     assert sfd.proc.wait(10) == 0
-    assert time.monotonic() - signalled < 10
-    assert stopping - signalled < 10
     events = [e["event"] for e in sfd.log_events()]
     assert events[-3:] == ["signal_received", "daemon_stopping", "daemon_stopped"]
 

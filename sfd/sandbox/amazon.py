@@ -17,7 +17,7 @@ import random
 import secrets
 import zlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +27,7 @@ import msgspec
 from aiohttp import web
 
 from sfd.domain.clock import Clock, from_iso, utcnow
-from sfd.sandbox.marketplace import RecordedCall
+from sfd.sandbox.kit import RecordedCall, record, serve
 
 FRANCE: Final = "A13V1IB3VIYZZH"
 SEARCH_PARAMETERS: Final = frozenset(
@@ -341,20 +341,7 @@ class SandboxAmazon:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
-        raw = await request.read()
-        body: Any = raw.decode("utf-8", errors="replace") if raw else None
-        if raw and request.content_type == "application/json":
-            with suppress(msgspec.DecodeError):
-                body = msgspec.json.decode(raw)
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            body=body,
-            at=self.clock(),
-            operation=request.match_info.route.name,
-            order_id=request.match_info.get("order_id"),
-        )
+        call = await record(request, self.clock())
         self.calls.append(call)
         operation = call.operation
         response: web.StreamResponse
@@ -579,11 +566,5 @@ async def run_amazon(
 
     LWA's token endpoint is at BASE/auth/o2/token, the orders operations under BASE.
     """
-    runner = web.AppRunner(amazon.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield f"http://{host}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(amazon.app(), host=host, port=port) as url:
+        yield url

@@ -26,11 +26,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, NamedTuple, TypeVar
 
-import msgspec
 from aiohttp import web
 
 from sfd.domain.clock import Clock, from_iso, utcnow
-from sfd.sandbox.failures import take_failure
+from sfd.sandbox.kit import (
+    Failure,
+    conclude,
+    json_answer,
+    read_body,
+    record,
+    serve,
+    take_failure,
+)
+from sfd.sandbox.kit import (
+    RecordedCall as RecordedCall,  # re-exported: tests and the demo import it from here
+)
 
 #: The operator's carriers, as SH21 lists them (sorted by label, as Mirakl does).
 CARRIERS: Final[tuple[dict[str, str], ...]] = (
@@ -74,7 +84,6 @@ _FINAL_STATES: Final = frozenset({"REFUSED", "CANCELED", "CLOSED", "REFUNDED"})
 #: Line states in which OR28 may refund: the customer has been debited.
 _REFUNDABLE_STATES: Final = frozenset({"SHIPPING", "SHIPPED", "TO_COLLECT", "RECEIVED", "CLOSED"})
 _CENT: Final = Decimal("0.01")
-_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
 
 _FIRST_NAMES: Final = (
     "Camille", "Léa", "Manon", "Chloé", "Inès", "Louise", "Jade", "Emma", "Lucas", "Hugo",
@@ -161,32 +170,6 @@ def mirakl_time(moment: datetime) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
-@dataclass
-class RecordedCall:
-    """One request the sandbox received, as it arrived, and whether it was answered."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    at: datetime
-    operation: str | None = None
-    """OR11, OR21, OR23, OR24, OR28, OR29 or SH21; None for a path the sandbox does not serve."""
-    order_id: str | None = None
-    status: int | None = None
-    responded: bool = False
-    """False when the sandbox dropped the connection instead of answering."""
-
-
-@dataclass
-class _Failure:
-    remaining: int
-    status: int | None
-    """None drops the connection after the request took effect."""
-    retry_after: str | None
-    operation: str | None
-
-
 @dataclass(slots=True)
 class _Record:
     """An order. Until something changes it, only what regenerates it is kept: 100,000
@@ -257,7 +240,7 @@ class SandboxMarketplace:
         """(last update, order id) of every order, sorted: OR11's order."""
         self._due: list[tuple[datetime, str]] = []
         """Shipments confirmed by OR24 that Mirakl has not applied yet, soonest first."""
-        self._failures: list[_Failure] = []
+        self._failures: list[Failure] = []
         self._sequence = 0
 
     # -- state, for tests and the demo ----------------------------------------------------
@@ -354,7 +337,7 @@ class SandboxMarketplace:
     ) -> None:
         """Answer the next `n` requests (of `operation`, if given) with `status`, unprocessed."""
         after = None if retry_after is None else str(retry_after)
-        self._failures.append(_Failure(n, status, after, operation))
+        self._failures.append(Failure(n, operation, status, retry_after=after))
 
     def clear_failures(self) -> None:
         """Stop injecting failures: every request is served normally again."""
@@ -365,7 +348,7 @@ class SandboxMarketplace:
 
         The caller cannot know whether its request took effect: an unknown outcome.
         """
-        self._failures.append(_Failure(n, None, None, operation))
+        self._failures.append(Failure(n, operation, drop=True))
 
     def app(self) -> web.Application:
         """The aiohttp application serving this marketplace."""
@@ -383,17 +366,7 @@ class SandboxMarketplace:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        body = await _body(request)
-        route = request.match_info.route
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            body=body,
-            at=self.clock(),
-            operation=route.name,
-            order_id=request.match_info.get("order_id"),
-        )
+        call = await record(request, self.clock())
         self.calls.append(call)
         self._settle()
         failure = self._take_failure(call.operation)
@@ -408,20 +381,13 @@ class SandboxMarketplace:
             except web.HTTPException as exc:
                 call.status, call.responded = exc.status, True
                 raise
-        call.status = response.status
-        if failure is not None and failure.status is None:
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        # A client already gone (killed, or its call cut short) never gets this answer.
-        call.responded = request.transport is not None and not request.transport.is_closing()
-        return response
+        return await conclude(request, call, response, failure)
 
-    def _take_failure(self, operation: str | None) -> _Failure | None:
+    def _take_failure(self, operation: str | None) -> Failure | None:
         return take_failure(self._failures, operation)
 
     @staticmethod
-    def _injected(failure: _Failure) -> web.Response:
+    def _injected(failure: Failure) -> web.Response:
         assert failure.status is not None
         status = failure.status
         headers = {}
@@ -483,7 +449,7 @@ class SandboxMarketplace:
                 f"The order {data['order_id']} is not in WAITING_ACCEPTANCE state "
                 f"(current state: {data['order_state']})",
             )
-        body = await _body(request)
+        body = await read_body(request)
         decisions = body.get("order_lines") if isinstance(body, dict) else None
         if not isinstance(decisions, list):
             return _error(400, "order_lines is required")
@@ -520,7 +486,7 @@ class SandboxMarketplace:
                 f"The tracking of order {data['order_id']} cannot be updated in state "
                 f"{data['order_state']}",
             )
-        body = await _body(request)
+        body = await read_body(request)
         if not isinstance(body, dict):
             return _error(400, "A JSON object is required")
         code, name = body.get("carrier_code"), body.get("carrier_name")
@@ -584,7 +550,7 @@ class SandboxMarketplace:
     async def _refund(self, request: web.Request) -> web.Response:
         """OR28: refund order lines. A line whose quantity is all refunded becomes REFUNDED, and
         the order too once every line is refunded, refused or cancelled."""
-        body = await _body(request)
+        body = await read_body(request)
         asked = body.get("refunds") if isinstance(body, dict) else None
         if not isinstance(asked, list) or not asked:
             return _error(400, "refunds is required")
@@ -984,32 +950,13 @@ async def run_sandbox(
     marketplace: SandboxMarketplace, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve `marketplace` on `host` (a free port by default) and yield its base URL."""
-    runner = web.AppRunner(marketplace.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        yield f"http://{host}:{bound}"
-    finally:
-        await runner.cleanup()
-
-
-async def _body(request: web.Request) -> Any:
-    """The request's JSON body; its text if it is not JSON; None if there is none."""
-    raw = await request.read()
-    if not raw:
-        return None
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return raw.decode("utf-8", errors="replace")
+    async with serve(marketplace.app(), host=host, port=port) as url:
+        yield url
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=_ENCODER.encode(payload), content_type="application/json"
-    )
+    """Mirakl writes its amounts as JSON numbers."""
+    return json_answer(payload, status, decimals="number")
 
 
 def _error(status: int, message: str) -> web.Response:

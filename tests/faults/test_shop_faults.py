@@ -19,7 +19,6 @@ from aiohttp import web
 
 from sfd.config import Config, Duration, load_config
 from sfd.connectors.woocommerce import PER_PAGE
-from sfd.daemon.loops import Poller
 from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
@@ -35,7 +34,7 @@ from tests.push.conftest import (
     WC_SECRET,
     push_config,
 )
-from tests.support import write_config
+from tests.support import InProcess, write_config
 
 GROUP = "shop fault"
 SHOP = "main"
@@ -59,7 +58,7 @@ THREE_ATTEMPTS = replace(SHORT_RETRY, attempts=3)
 
 
 @dataclass
-class ShopHub(CapturedLog):
+class ShopHub(CapturedLog, InProcess):
     """The running daemon, the marketplace it polls, the shop behind the injector, its log."""
 
     daemon: Daemon
@@ -69,14 +68,6 @@ class ShopHub(CapturedLog):
     shop: SandboxWooCommerce
     injector: FaultInjector
     logs: io.StringIO
-
-    @property
-    def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
-
-    @property
-    def pusher(self) -> PushLoop:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, PushLoop))
 
     @property
     def running(self) -> bool:

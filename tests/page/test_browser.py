@@ -23,9 +23,9 @@ from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.domain.clock import utcnow
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.storage import Storage
-from tests.support import ROOT, write_config
+from tests.support import ROOT, until, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -92,25 +92,14 @@ class Hub:
 
 
 def channel(name: str, store: int, base_url: str) -> str:
-    return f"""
-[[channels]]
-name = "{name}"
-store = {store}
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-require_tracking = true
-[channels.settings]
-base_url = "{base_url}"
-api_key = "env:SANDBOX_KEY"
-"""
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    return channel_toml(
+        base_url,
+        "env:SANDBOX_KEY",
+        name=name,
+        store=store,
+        auto_accept=False,
+        require_tracking=True,
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,29 +14,18 @@ import pytest
 from sfd.config import load_config
 from sfd.connectors.shop import Retry
 from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
-from sfd.storage import Storage
-from tests.support import write_config
+from tests.support import InProcess, start_daemon, until, write_config
 
 MARKETPLACE_KEY = "sandbox-key-push"
 WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
 WC_SECRET = "cs_fedcba9876543210fedcba9876543210fedcba98"
 #: The shop's retries keep their shape (several attempts, growing waits), in milliseconds.
 SHORT_RETRY = Retry(attempts=4, wait_initial=0.01, wait_max=0.05, timeout=10.0)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def push_config(
@@ -71,7 +60,7 @@ timeout = {timeout}
 
 
 @dataclass
-class PushHub:
+class PushHub(InProcess):
     """The running daemon, the marketplace it polls and the shop it pushes into."""
 
     marketplace: SandboxMarketplace
@@ -81,30 +70,11 @@ class PushHub:
     daemon: Daemon = field(init=False)
     task: asyncio.Task[None] | None = None
 
-    @property
-    def storage(self) -> Storage:
-        assert self.daemon.storage is not None
-        return self.daemon.storage
-
-    @property
-    def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
-
-    @property
-    def pusher(self) -> PushLoop:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, PushLoop))
-
     async def start(self) -> None:
-        self.daemon = Daemon(
-            load_config(self.config_path),
-            notifier=SystemdNotifier({}),
-            handle_signals=False,
-            shop_retry=SHORT_RETRY,
+        self.daemon, self.task = await start_daemon(
+            load_config(self.config_path), shop_retry=SHORT_RETRY
         )
-        await self.daemon.start()
-        self.task = asyncio.create_task(self.daemon.serve())
-        await self.daemon.ready.wait()
-        await until(lambda: self.poller.status.ticks >= 1 and self.pusher.status.ticks >= 1)
+        await until(lambda: self.pusher.status.ticks >= 1)
 
     async def stop(self) -> None:
         if self.task is not None:

@@ -15,7 +15,7 @@ from sfd.domain import EventSource, OrderStatus
 from sfd.storage import OrderFilter
 from sfd.storage.pushes import TRACKING_MISSING
 from tests.push.conftest import PushHub, until
-from tests.support import run_cli
+from tests.support import eventually, run_cli
 
 
 def _address(stored: Any, *, billing: bool, customer_emails: bool = False) -> dict[str, str]:
@@ -334,8 +334,12 @@ async def test_a_completed_order_without_tracking_waits_then_is_flagged(hub: Pus
     [state] = await hub.storage.pushes.states()
     assert state.waiting_tracking == 1
 
-    await asyncio.sleep(1.1)
-    await hub.sync()
+    async def flagged() -> bool:
+        # The tracking wait is counted in real time: sync until it has run out.
+        await hub.sync()
+        return any(e.kind == TRACKING_MISSING for e in (await hub.order(reference)).events)
+
+    await eventually(flagged, what="the order flagged for its missing tracking")
     order = await hub.order(reference)
     [flag] = [e for e in order.events if e.kind == TRACKING_MISSING]
     assert flag.source == "shop" and "without a tracking number" in flag.message

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,25 +15,10 @@ from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from tests.faults.reliability import record
 from tests.push.conftest import MARKETPLACE_KEY, WC_KEY, WC_SECRET, push_config
-from tests.support import SfdProcess, write_config
+from tests.support import SfdProcess, read_only, wait_until, write_config
 
 ORDERS = 60
 KILLS = 20
-
-
-def query(database: Path, sql: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(sql).fetchall()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(predicate):
-            return True
-        await asyncio.sleep(0.02)
-    return False
 
 
 def in_shop(shop: SandboxWooCommerce) -> Counter[Any]:
@@ -86,7 +69,7 @@ async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
         acknowledged = "SELECT reference FROM orders WHERE acknowledgment_status = 'success'"
-        everything = await wait_until(lambda: len(query(database, acknowledged)) == ORDERS, 60)
+        everything = await wait_until(lambda: len(read_only(database, acknowledged)) == ORDERS, 60)
         assert sfd.terminate() == 0
 
     pushed = in_shop(shop)
@@ -95,7 +78,7 @@ async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
         "SIGKILL during pushes into the shop",
         tries=kills,
         lost=len(set(references) - pushed.keys())
-        + len(set(references) - {r[0] for r in query(database, acknowledged)}),
+        + len(set(references) - {r[0] for r in read_only(database, acknowledged)}),
         duplicated=sum(n - 1 for n in pushed.values()),
         test="tests/push/test_push_crash.py",
     )
@@ -107,7 +90,7 @@ async def test_sigkill_during_pushes_never_puts_one_order_twice_in_the_shop(
         for o in shop.orders.values()
     }
     assert set(by_reference) == set(references)
-    for row in query(database, "SELECT reference, store_reference FROM orders"):
+    for row in read_only(database, "SELECT reference, store_reference FROM orders"):
         assert row["store_reference"] == str(by_reference[row["reference"]]["id"])
     # Some kills must have cut a create short, or the test proved nothing.
     unanswered = [r for r in shop.calls("orders.create") if not r.responded]
