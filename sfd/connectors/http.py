@@ -80,15 +80,17 @@ class HttpClient:
         headers: Mapping[str, str],
         body: Any = None,
         form: Mapping[str, str] | None = None,
+        content: bytes | None = None,
     ) -> Answer:
-        """Send one request (`body` as JSON, `form` urlencoded); no answer at all is Transient."""
+        """Send one request (`body` as JSON, `form` urlencoded, `content` as given, its type in
+        `headers`); no answer at all is Transient."""
         try:
             async with self._open().request(
                 method,
                 url,
                 headers=headers,
                 json=body,
-                data=form,
+                data=form if form is not None else content,
                 allow_redirects=False,
                 timeout=self._client_timeout,
             ) as response:

@@ -38,6 +38,8 @@ class PushRecord(msgspec.Struct, kw_only=True, frozen=True):
     tracking_flagged_at: datetime | None
     settled_kind: str | None
     settled_at: datetime | None
+    steps: dict[str, str] = msgspec.field(default_factory=dict)
+    """The ids a connector creating the order in several calls recorded, by step."""
 
 
 class ShopState(msgspec.Struct, kw_only=True, frozen=True):
@@ -73,7 +75,14 @@ def _record(row: Any) -> PushRecord:
         tracking_flagged_at=stored_time(row["tracking_flagged_at"]),
         settled_kind=row["settled_kind"],
         settled_at=stored_time(row["settled_at"]),
+        steps=_steps(row["steps"]),
     )
+
+
+def _steps(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    return msgspec.json.decode(text, type=dict[str, str])
 
 
 class PushStore:
@@ -224,6 +233,23 @@ class PushStore:
                 "UPDATE shop_pushes SET state = 'created', shop_order_id = $1, last_error = NULL, "
                 "updated_at = $2 WHERE shop = $3 AND order_id = $4",
                 (shop_order_id, to_iso(now), shop, order_id),
+            )
+
+    async def record_steps(
+        self, shop: str, order_id: int, steps: dict[str, str], now: datetime
+    ) -> None:
+        """Record the steps a connector made so far of a pending create (all of them, merged:
+        a step recorded once is never lost)."""
+        async with self.db.write() as tx:
+            row = await tx.fetchrow(
+                "SELECT steps FROM shop_pushes WHERE shop = $1 AND order_id = $2",
+                (shop, order_id),
+            )
+            merged = (_steps(row["steps"]) if row else {}) | steps
+            await tx.execute(
+                "UPDATE shop_pushes SET steps = $1, updated_at = $2 "
+                "WHERE shop = $3 AND order_id = $4",
+                (msgspec.json.encode(merged).decode(), to_iso(now), shop, order_id),
             )
 
     async def rejected(self, shop: str, order_id: int, message: str, now: datetime) -> None:
