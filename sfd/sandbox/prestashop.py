@@ -127,21 +127,17 @@ class SandboxPrestaShop:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(5)  # noqa: S311 - order references, not secrets
-        for name, iso, states in (("France", "FR", 0), ("Belgium", "BE", 0), ("Italy", "IT", 1)):
-            self.add("countries", {"iso_code": iso, "name": name, "contains_states": states})
-        italy = self.find("countries", iso_code="IT")[0]["id"]
-        for iso, name in (("MI", "Milano"), ("RM", "Roma"), ("TO", "Torino")):
-            self.add("states", {"id_country": italy, "iso_code": iso, "name": name})
         self.add("currencies", {"iso_code": "EUR", "name": "Euro"})
-        self.add("taxes", {"rate": "20.000", "name": "TVA FR 20%"})
-        self.add("taxes", {"rate": "21.000", "name": "BTW BE 21%"})
-        self.add("taxes", {"rate": "22.000", "name": "IVA IT 22%"})
-        for country, tax in (("FR", 1), ("BE", 2), ("IT", 3)):
-            country_id = self.find("countries", iso_code=country)[0]["id"]
-            self.add(
-                "tax_rules",
-                {"id_tax_rules_group": 1, "id_country": country_id, "id_state": 0, "id_tax": tax},
-            )
+        for iso, name, rate in _COUNTRIES:
+            country = self.add("countries", {"iso_code": iso, "name": name, "contains_states": 0})
+            tax = self.add("taxes", {"rate": rate, "name": f"VAT {iso} {rate}%"})
+            rule = {"id_tax_rules_group": 1, "id_country": country, "id_state": 0, "id_tax": tax}
+            self.add("tax_rules", rule)
+        us = self.add(
+            "countries", {"iso_code": "US", "name": "United States", "contains_states": 1}
+        )
+        for iso, name in (("NY", "New York"), ("CA", "California"), ("TX", "Texas")):
+            self.add("states", {"id_country": us, "iso_code": iso, "name": name})
         self.add("carriers", {"name": "Marketplace", "is_free": 1, "url": "", "cost": "0"})
         self.add(
             "carriers",
@@ -459,6 +455,12 @@ class SandboxPrestaShop:
         return Decimal(0)
 
 
+#: The countries of the sandbox marketplace's buyers, with their standard VAT rate.
+_COUNTRIES: Final = (
+    ("FR", "France", "20.000"), ("BE", "Belgium", "21.000"), ("DE", "Germany", "19.000"),
+    ("ES", "Spain", "21.000"), ("IT", "Italy", "22.000"), ("LU", "Luxembourg", "17.000"),
+    ("NL", "Netherlands", "21.000"), ("PT", "Portugal", "23.000"),
+)  # fmt: skip
 _RESOURCES: Final = frozenset(
     {
         "products", "combinations", "countries", "states", "currencies", "carriers",

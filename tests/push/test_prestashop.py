@@ -226,13 +226,13 @@ async def test_a_country_with_states_needs_a_known_state(
     shop, url = fake
     ps = connector(url)
     try:
-        with pytest.raises(Rejected, match=r"needs a state for country IT .*'Atlantis'.*province"):
-            await ps.create_order(order(country="IT", province="Atlantis"))
-        shop_id = int(await ps.create_order(order(reference="R-IT", country="IT", province="MI")))
+        with pytest.raises(Rejected, match=r"needs a state for country US .*'Atlantis'.*province"):
+            await ps.create_order(order(country="US", province="Atlantis"))
+        shop_id = int(await ps.create_order(order(reference="R-US", country="US", province="NY")))
     finally:
         await ps.aclose()
     address = shop.tables["addresses"][int(shop.orders[shop_id]["id_address_delivery"])]
-    assert address["id_state"] == str(shop.find("states", iso_code="MI")[0]["id"])
+    assert address["id_state"] == str(shop.find("states", iso_code="NY")[0]["id"])
 
 
 async def test_a_module_not_installed_is_refused_with_the_setting_named(
