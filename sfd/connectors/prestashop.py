@@ -419,7 +419,7 @@ class PrestaShopConnector(HttpConnector):
                 "id_cart": cart,
                 "id_customer": customer,
                 "private": 1,
-                "message": _message_text(order),
+                "message": order_message(order),
             },
         )
 
@@ -725,7 +725,7 @@ class PrestaShopConnector(HttpConnector):
         return shop_id
 
     async def _cart_by_message(self, order: PushOrder) -> str | None:
-        text = _message_text(order)
+        text = order_message(order)
         # The message begins with sfd's order id (digits): the begins-with filter is safe.
         prefix = text.split(":", 1)[0]
         found = await self._list(
@@ -942,7 +942,7 @@ async def _same(value: str) -> str:
     return value
 
 
-def _message_text(order: PushOrder) -> str:
+def order_message(order: PushOrder) -> str:
     """The private message naming the marketplace order; it begins with sfd's order id."""
     parts = [f"sfd order {order.order_id}: {order.marketplace} order {order.reference}"]
     if order.shipping_method:

@@ -26,8 +26,9 @@ import asyncio
 import base64
 import binascii
 import random
+import secrets
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,7 @@ from aiohttp import web
 from defusedxml import ElementTree
 
 from sfd.domain.clock import Clock, utcnow
+from sfd.logs import get_logger
 from sfd.sandbox.failures import take_failure
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -564,6 +566,54 @@ def _json(payload: Any, status: int = 200) -> web.Response:
 def _error(status: int, message: str) -> web.Response:
     """An error the way the webservice writes one in JSON."""
     return _json({"errors": [{"code": 0, "message": message}]}, status)
+
+
+class PrestaShopMerchant:
+    """A merchant in the fake PrestaShop back office: each paid order sfd pushed is shipped a
+    few seconds later, with a tracking number on its order carrier."""
+
+    def __init__(self, shop: SandboxPrestaShop, ship_after: float) -> None:
+        self.shop = shop
+        self.ship_after = ship_after
+        self.seen: dict[int, float] = {}
+        self.log = get_logger(component="shop")
+
+    async def run(self) -> None:
+        """Ship paid orders until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for order_id, order in list(self.shop.orders.items()):
+                if order["current_state"] != STATE_PAYMENT_ACCEPTED:
+                    continue
+                if now - self.seen.setdefault(order_id, now) < self.ship_after:
+                    continue
+                tracking = "6A" + "".join(self.shop.rng.choices(string.digits, k=11))
+                self.shop.ship(order_id, tracking)
+                self.log.info(
+                    "shop_shipped",
+                    order=self.shop.reference_of(order_id),
+                    shop_order=order_id,
+                    carrier="Colissimo",
+                    tracking_number=tracking,
+                )
+
+
+@asynccontextmanager
+async def prestashop_demo(
+    ship_after: float,
+) -> AsyncIterator[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
+    """A fake PrestaShop for `sfd demo --push prestashop`: its `[[shops]]` TOML and merchant."""
+    key = secrets.token_hex(16).upper()
+    shop = SandboxPrestaShop(key)
+    async with run_prestashop(shop) as url:
+        toml = (
+            f'connector = "prestashop"\n[shops.settings]\nbase_url = "{url}"\n'
+            f'api_key = "{key}"\npayment_module = "ps_wirepayment"\ncarrier_id = {FREE_CARRIER}\n'
+            'timezone = "UTC"\n'
+        )
+        yield toml, PrestaShopMerchant(shop, ship_after).run
 
 
 @asynccontextmanager
