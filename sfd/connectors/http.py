@@ -87,8 +87,10 @@ class HttpClient:
         headers: Mapping[str, str],
         body: Any = None,
         form: Mapping[str, str] | None = None,
+        content: bytes | None = None,
     ) -> Answer:
-        """Send one request (`body` as JSON, `form` urlencoded); no answer at all is Transient."""
+        """Send one request (`body` as JSON, `form` urlencoded, `content` as given, its type in
+        `headers`); no answer at all is Transient."""
         where = self.scrub(str(url))
         try:
             async with self._open().request(
@@ -96,7 +98,7 @@ class HttpClient:
                 url,
                 headers=headers,
                 json=body,
-                data=form,
+                data=form if form is not None else content,
                 allow_redirects=False,
                 timeout=self._client_timeout,
             ) as response:

@@ -17,6 +17,7 @@ from sfd.connectors.settings import (
     ConnectorSettings,
     EbaySettings,
     MiraklSettings,
+    PrestaShopSettings,
     WooCommerceSettings,
 )
 from sfd.connectors.shop import DEFAULT_RETRY, Retry
@@ -79,6 +80,13 @@ def _woocommerce(name: str, settings: ConnectorSettings, retry: Retry) -> ShopCo
     return WooCommerceConnector(settings, name=name, retry=retry)
 
 
+def _prestashop(name: str, settings: ConnectorSettings, retry: Retry) -> ShopConnector:
+    from sfd.connectors.prestashop import PrestaShopConnector
+
+    assert isinstance(settings, PrestaShopSettings)
+    return PrestaShopConnector(settings, name=name, retry=retry)
+
+
 #: Marketplace connectors by the name a channel's `connector` key gives.
 MARKETPLACES: Mapping[str, Entry[MarketplaceFactory]] = MappingProxyType(
     {
@@ -90,7 +98,10 @@ MARKETPLACES: Mapping[str, Entry[MarketplaceFactory]] = MappingProxyType(
 
 #: Shop connectors by the name a shop's `connector` key gives.
 SHOPS: Mapping[str, Entry[ShopFactory]] = MappingProxyType(
-    {"woocommerce": Entry(WooCommerceSettings, _woocommerce)}
+    {
+        "woocommerce": Entry(WooCommerceSettings, _woocommerce),
+        "prestashop": Entry(PrestaShopSettings, _prestashop),
+    }
 )
 
 #: The settings classes alone, as config validation reads them.

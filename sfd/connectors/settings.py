@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -96,3 +97,51 @@ class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields
 #: The statuses WooCommerce may create a pushed order with.
 WOOCOMMERCE_CREATE_STATUSES = ("pending", "processing", "on-hold")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class PrestaShopSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A PrestaShop shop's Webservice API (1.7 and 8), for push mode."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"api_key"})
+    url_fields: ClassVar[frozenset[str]] = frozenset({"base_url"})
+
+    base_url: str
+    api_key: str
+    """The webservice key, sent as the HTTP Basic user with an empty password."""
+    payment_module: str
+    """The technical name of an installed payment module orders are created with."""
+    carrier_id: Annotated[int, msgspec.Meta(ge=1)]
+    """The carrier orders are created with: a free one, so the cart totals the marketplace's."""
+    id_lang: Annotated[int, msgspec.Meta(ge=1)] = 1
+    id_shop: Annotated[int, msgspec.Meta(ge=1)] = 1
+    paid_state: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """The order state a created order is moved to (PrestaShop's "Payment accepted": 2)."""
+    shipped_states: list[int] = msgspec.field(default_factory=lambda: [4, 5])
+    """States read back as shipped (PrestaShop's "Shipped" 4 and "Delivered" 5)."""
+    cancelled_states: list[int] = msgspec.field(default_factory=lambda: [6])
+    timezone: str = "Europe/Paris"
+    """The shop's time zone (its PS_TIMEZONE): PrestaShop writes its dates in it, unzoned."""
+    customer_emails: bool = False
+    """Whether the customer gets the buyer's marketplace email, where PrestaShop mails it.
+    Off: marketplaces forbid writing to their buyers; the customer's email is unreachable."""
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.base_url.strip())
+        if url.scheme == "http" and url.hostname not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"base_url: the webservice key travels as HTTP Basic auth, so https:// is "
+                f"required (http:// only for 127.0.0.1 or localhost), got {self.base_url!r}"
+            )
+        overlap = set(self.shipped_states) & set(self.cancelled_states)
+        if overlap:
+            raise ValueError(
+                f"shipped_states and cancelled_states: state {min(overlap)} is in both"
+            )
+        if self.paid_state in set(self.shipped_states) | set(self.cancelled_states):
+            raise ValueError(
+                f"paid_state: state {self.paid_state} is also read back as shipped or cancelled"
+            )
+        try:
+            ZoneInfo(self.timezone)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from None

@@ -7,12 +7,12 @@ AuthFailed, RateLimited, Transient and Rejected (`sfd.connectors.base`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import stamina
 import stamina.instrumentation
@@ -168,3 +168,48 @@ class ShopConnector(Protocol):
 
     async def aclose(self) -> None:
         """Release the connector's HTTP session."""
+
+
+class Steps:
+    """The steps of one order's create made so far, by name → the shop's id for each.
+
+    A connector whose create takes several calls records each id as soon as it has it; the
+    push loop keeps them with the push row, so a crash in the middle resumes the chain.
+    """
+
+    def __init__(
+        self,
+        done: Mapping[str, str] | None = None,
+        save: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._done = dict(done or {})
+        self._save = save
+
+    def get(self, step: str) -> str | None:
+        """The id recorded for `step`, or None if it was not made yet."""
+        return self._done.get(step)
+
+    async def record(self, step: str, value: str) -> None:
+        """Record `step` as made, before the next one starts."""
+        self._done[step] = value
+        if self._save is not None:
+            await self._save(dict(self._done))
+
+    def as_dict(self) -> dict[str, str]:
+        """Every step recorded, by name."""
+        return dict(self._done)
+
+
+@runtime_checkable
+class StepwiseShop(Protocol):
+    """A shop connector whose create takes several calls (PrestaShop), each one recorded."""
+
+    async def create_order_in_steps(self, order: PushOrder, steps: Steps) -> str:
+        """`create_order`, skipping the steps already recorded and recording each new one."""
+        ...
+
+    async def find_order_in_steps(
+        self, order: PushOrder, since: datetime | None, steps: Steps
+    ) -> str | None:
+        """`find_order`, helped by the steps recorded; an order found is finished (its state)."""
+        ...

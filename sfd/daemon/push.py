@@ -21,6 +21,8 @@ from sfd.connectors.shop import (
     ShopConnector,
     ShopOrder,
     ShopStatus,
+    Steps,
+    StepwiseShop,
     retrying,
 )
 from sfd.daemon.loops import (
@@ -201,11 +203,16 @@ class PushLoop(ConnectorLoop[ShopConnector]):
         are retried by the connector already, and retrying them here too would multiply the
         attempts, holding the sync for minutes while a shop is down.
         """
+        steps = self._steps(connector, record)
         async for attempt in retrying(connector.retry, on=CreateUncertain):
             with attempt:
                 if uncertain:
                     try:
-                        found = await connector.find_order(order, record.started_at)
+                        found = await (
+                            connector.find_order_in_steps(order, record.started_at, steps)
+                            if isinstance(connector, StepwiseShop)
+                            else connector.find_order(order, record.started_at)
+                        )
                     except Rejected as exc:
                         # Not the order's fault, and it may be in the shop: never a rejection.
                         raise ConnectorError(
@@ -218,8 +225,22 @@ class PushLoop(ConnectorLoop[ShopConnector]):
                         )  # fmt: skip
                         return found
                 uncertain = True
+                if isinstance(connector, StepwiseShop):
+                    return await connector.create_order_in_steps(order, steps)
                 return await connector.create_order(order)
         raise AssertionError("unreachable: stamina raises after the last attempt")
+
+    def _steps(self, connector: ShopConnector, record: PushRecord) -> Steps:
+        """The create's steps made so far, each new one written to the push row at once."""
+        if not isinstance(connector, StepwiseShop):
+            return Steps()
+
+        async def save(done: dict[str, str]) -> None:
+            await self.storage.pushes.record_steps(
+                self.shop.name, record.order_id, done, self.clock()
+            )
+
+        return Steps(record.steps, save)
 
     async def _acknowledge(self, order: StoredOrder, shop_id: str) -> None:
         payload = AcknowledgePayload(status="success", store_reference=shop_id)

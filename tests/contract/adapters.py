@@ -19,7 +19,8 @@ from sfd.connectors.amazon import AmazonConnector
 from sfd.connectors.base import ShipmentRequest
 from sfd.connectors.ebay import EbayConnector
 from sfd.connectors.mirakl import MiraklConnector
-from sfd.connectors.settings import MiraklSettings, WooCommerceSettings
+from sfd.connectors.prestashop import PrestaShopConnector
+from sfd.connectors.settings import MiraklSettings, PrestaShopSettings, WooCommerceSettings
 from sfd.connectors.shop import PushLine, PushOrder, Retry
 from sfd.connectors.woocommerce import META_MARKETPLACE, META_REFERENCE, WooCommerceConnector
 from sfd.domain import Address
@@ -27,7 +28,9 @@ from tests.connectors import test_amazon as amazon
 from tests.connectors import test_ebay as ebay
 from tests.connectors import test_mirakl as mirakl
 
-Connector = MiraklConnector | AmazonConnector | EbayConnector | WooCommerceConnector
+Connector = (
+    MiraklConnector | AmazonConnector | EbayConnector | WooCommerceConnector | PrestaShopConnector
+)
 
 
 @dataclass(frozen=True)
@@ -266,4 +269,78 @@ WOOCOMMERCE = Adapter(
     skips_malformed=False,
 )
 
-ADAPTERS = [MIRAKL, AMAZON, EBAY, WOOCOMMERCE]
+
+# -- PrestaShop (a shop) -------------------------------------------------------------------------
+
+PS_BASE = "https://ps.test"
+PS_KEY = "PSKEY0123456789ABCDEFGHIJKLMNOPQ"
+PS_ORDERS = re.compile(r"^https://ps\.test/api/orders\?.*$")
+PS_PER_PAGE = 2
+
+
+def ps_order(reference: str) -> dict[str, Any]:
+    """A PrestaShop order in a listing (`display=[…]`), cancelled: no tracking is read."""
+    return {
+        "id": int(re.sub(r"\D", "", reference) or 0),
+        "current_state": "6",
+        "date_upd": "2026-11-29 10:30:00",
+        "module": "ps_wirepayment",
+        "id_carrier": "1",
+    }
+
+
+def _ps_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    # A page shorter than the page size is the last; PrestaShop 1.7 writes none as `[]`.
+    assert last or len(orders) == PS_PER_PAGE
+    return {"body": json.dumps({"orders": orders} if orders else [])}
+
+
+async def _ps_read(connector: Any) -> tuple[list[str], list[str]]:
+    # The listing holds no marketplace reference: the test's references are `<id>-A`.
+    references: list[str] = []
+    async for batch in connector.changed_orders(None):
+        references += [f"{o.shop_id}-A" for o in batch]
+    return references, []
+
+
+async def _ps_find(connector: Any) -> Any:
+    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
+    assert found == "7", "a create already done is found by search, not made again"
+    return found
+
+
+def _ps_already(http: aioresponses) -> None:
+    from sfd.connectors.prestashop import order_message
+
+    text = order_message(push_order("R7"))
+    messages = {"messages": [{"id": 3, "id_cart": "5", "message": text}]}
+    http.get(re.compile(r"^https://ps\.test/api/messages\?.*$"), body=json.dumps(messages))
+    http.get(PS_ORDERS, body=json.dumps({"orders": [{"id": 7}]}))
+    paid = {"order_histories": [{"id": 9, "id_order_state": "2"}]}
+    http.get(re.compile(r"^https://ps\.test/api/order_histories\?.*$"), body=json.dumps(paid))
+
+
+PRESTASHOP = Adapter(
+    name="prestashop",
+    make=lambda session=None: PrestaShopConnector(
+        PrestaShopSettings(
+            base_url=PS_BASE, api_key=PS_KEY, payment_module="ps_wirepayment", carrier_id=1
+        ),
+        session=session,
+        per_page=PS_PER_PAGE,
+        retry=Retry(attempts=1),
+    ),
+    auth=_no_auth,
+    list_url=PS_ORDERS,
+    read=_ps_read,
+    page=_ps_page,
+    order=ps_order,
+    malformed=(ps_order("2-A") | {"id": "two"}, "id"),
+    ship=_ps_find,
+    already=_ps_already,
+    secret=PS_KEY,
+    first_page_size=PS_PER_PAGE,
+    skips_malformed=False,
+)
+
+ADAPTERS = [MIRAKL, AMAZON, EBAY, WOOCOMMERCE, PRESTASHOP]
