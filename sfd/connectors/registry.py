@@ -17,6 +17,7 @@ from sfd.connectors.settings import (
     ConnectorSettings,
     EbaySettings,
     MiraklSettings,
+    ShopifySettings,
     WooCommerceSettings,
 )
 
@@ -72,6 +73,13 @@ def _woocommerce(name: str, settings: ConnectorSettings) -> ShopConnector:
     return WooCommerceConnector(settings, name=name)
 
 
+def _shopify(name: str, settings: ConnectorSettings) -> ShopConnector:
+    from sfd.connectors.shopify import ShopifyConnector
+
+    assert isinstance(settings, ShopifySettings)
+    return ShopifyConnector(settings, name=name)
+
+
 #: Marketplace connectors by the name a channel's `connector` key gives.
 MARKETPLACES: Mapping[str, Entry[MarketplaceConnector]] = MappingProxyType(
     {
@@ -83,7 +91,10 @@ MARKETPLACES: Mapping[str, Entry[MarketplaceConnector]] = MappingProxyType(
 
 #: Shop connectors by the name a shop's `connector` key gives.
 SHOPS: Mapping[str, Entry[ShopConnector]] = MappingProxyType(
-    {"woocommerce": Entry(WooCommerceSettings, _woocommerce)}
+    {
+        "woocommerce": Entry(WooCommerceSettings, _woocommerce),
+        "shopify": Entry(ShopifySettings, _shopify),
+    }
 )
 
 #: The settings classes alone, as config validation reads them.
