@@ -37,7 +37,7 @@ from sfd.domain import Address
 from sfd.domain.clock import to_iso
 
 #: Orders per page of a read-back (a page's cost grows with it).
-PAGE_SIZE: Final = 50
+PAGE_SIZE: Final = 20
 #: How many pages of recent orders `find_order` reads when the search found nothing.
 FIND_PAGES: Final = 10
 #: The tag on every order sfd creates; the read-back reads only those.
@@ -69,6 +69,8 @@ $order: OrderCreateOrderInput!, $options: OrderCreateOptionsInput) {
   }
 }"""
 
+#: An order as a page of the read-back gives it: cheap enough for a page of PAGE_SIZE under
+#: Shopify's 1,000-point ceiling on one query's requested cost.
 _ORDER_FIELDS: Final = """fragment SfdOrder on Order {
   id
   name
@@ -79,11 +81,10 @@ _ORDER_FIELDS: Final = """fragment SfdOrder on Order {
   sourceIdentifier
   customAttributes { key value }
   shippingLine { title }
-  fulfillments(first: 20) {
+  fulfillments(first: 5) {
     status
     createdAt
     trackingInfo(first: 5) { company number url }
-    fulfillmentLineItems(first: 50) { nodes { quantity lineItem { sku } } }
   }
 }"""
 
@@ -98,13 +99,26 @@ ORDERS_QUERY: Final = (
     + _ORDER_FIELDS
 )
 
-ORDER_QUERY: Final = (
-    """query SfdOrder($id: ID!) {
-  order(id: $id) { ...SfdOrder }
-}
-"""
-    + _ORDER_FIELDS
-)
+#: One order with the lines of each fulfilment: read for an order shipped in part.
+ORDER_QUERY: Final = """query SfdOrder($id: ID!) {
+  order(id: $id) {
+    id
+    name
+    updatedAt
+    cancelledAt
+    displayFulfillmentStatus
+    sourceName
+    sourceIdentifier
+    customAttributes { key value }
+    shippingLine { title }
+    fulfillments(first: 5) {
+      status
+      createdAt
+      trackingInfo(first: 5) { company number url }
+      fulfillmentLineItems(first: 50) { nodes { quantity lineItem { sku } } }
+    }
+  }
+}"""
 
 _T = TypeVar("_T")
 _ORDER_GID: Final = "gid://shopify/Order/"
@@ -139,7 +153,8 @@ class _Extensions(msgspec.Struct):
 
 
 class _Envelope(msgspec.Struct):
-    data: msgspec.Raw | None = None
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    """Kept raw until the errors are read; `null` when the query did not run."""
     errors: list[_GqlError] | None = None
     extensions: _Extensions | None = None
 
@@ -209,7 +224,8 @@ class _Fulfillment(msgspec.Struct):
     status: str
     createdAt: str
     trackingInfo: list[_Tracking]
-    fulfillmentLineItems: _FulfilledLines
+    fulfillmentLineItems: _FulfilledLines | None = None
+    """Read only for one order at a time (ORDER_QUERY)."""
 
 
 class _Order(msgspec.Struct):
@@ -456,13 +472,20 @@ class ShopifyConnector(HttpConnector):
         if since is not None:
             query += f" updated_at:>{_quoted(to_iso(utc(since)))}"
         async for page in self._orders(query, "list changed orders"):
-            yield [_shop_order(o) for o in page]
+            yield [await self._detailed(o) for o in page]
 
     async def get_order(self, shop_id: str) -> ShopOrder | None:
         """One order with its fulfilments; None if the shop has no such order."""
         gid = shop_id if shop_id.startswith("gid://") else _ORDER_GID + shop_id
         data = await self._read(ORDER_QUERY, {"id": gid}, _OrderData, "read order")
         return _shop_order(data.order) if data.order is not None else None
+
+    async def _detailed(self, order: _Order) -> ShopOrder:
+        """An order of a page, read again with its fulfilments' lines if it shipped in part."""
+        read = _shop_order(order)
+        if read.status is not ShopStatus.PARTIALLY_SHIPPED:
+            return read
+        return await self.get_order(order.id) or read
 
     async def _orders(self, query: str, op: str) -> AsyncIterator[list[_Order]]:
         after: str | None = None
@@ -520,7 +543,7 @@ class ShopifyConnector(HttpConnector):
                 self._costs[op] = cost.requestedQueryCost
         if envelope.errors:
             self._fail_errors(envelope.errors, cost, op)
-        if envelope.data is None:
+        if bytes(envelope.data) in (b"", b"null"):
             raise Transient(f"Shopify {op}: an answer without data: {excerpt(answer.body)}")
         return self._http.decode(envelope.data, kind, op)
 
@@ -568,7 +591,8 @@ def _shop_order(order: _Order) -> ShopOrder:
         (f for f in order.fulfillments if f.status == "SUCCESS"), key=lambda f: f.createdAt
     )
     for fulfillment in done:
-        for line in fulfillment.fulfillmentLineItems.nodes:
+        lines = fulfillment.fulfillmentLineItems
+        for line in lines.nodes if lines is not None else ():
             sku = line.lineItem.sku or ""
             shipped[sku] = shipped.get(sku, 0) + line.quantity
     if order.cancelledAt:

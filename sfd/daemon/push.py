@@ -35,6 +35,7 @@ from sfd.daemon.outbox import request_operations
 from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder, Ticket
 from sfd.domain.clock import Clock
 from sfd.domain.rules import (
+    LIVE,
     SHIPPABLE,
     AcknowledgePayload,
     Payload,
@@ -318,11 +319,20 @@ class PushLoop(Loop):
         if order.status not in SHIPPABLE:
             await self.storage.pushes.settle(push.id, "none", now)
             return
-        forwarded = _forwarded(await self.storage.operations.shipments(order.id))
+        ships = [
+            t
+            for t in await self.storage.operations.for_order(order.id)
+            if t.kind == OperationKind.SHIP
+        ]
+        forwarded = _forwarded([t for t in ships if t.state in LIVE])
         if forwarded is None:
             await self.storage.pushes.settle(push.id, "none", now)  # shipped whole another way
             return
         partial = shop_order.status == ShopStatus.PARTIALLY_SHIPPED
+        if partial:
+            # A part is asked for once, even if the marketplace refused it (Mirakl ships whole
+            # orders only): the end of the shipment then goes whole, with every line.
+            forwarded = _forwarded(ships) or {}
         items: tuple[tuple[int, int], ...] = ()
         if partial or forwarded:
             detailed = await self.storage.orders.get(order.id, details=True)
