@@ -28,7 +28,7 @@ async def test_429_is_rate_limited_with_its_retry_after(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, status=429, headers={"Retry-After": "12"})
+    http.add(adapter.list_url, adapter.list_method, status=429, headers={"Retry-After": "12"})
 
     error = await read_failing(adapter, connector)
 
@@ -41,7 +41,9 @@ async def test_a_retry_after_of_days_is_capped(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, status=429, headers={"Retry-After": str(7 * 86400)})
+    http.add(
+        adapter.list_url, adapter.list_method, status=429, headers={"Retry-After": str(7 * 86400)}
+    )
 
     error = await read_failing(adapter, connector)
 
@@ -54,7 +56,7 @@ async def test_a_server_error_is_transient_with_its_status(
     http: aioresponses, adapter: Adapter, connector: Any, status: int
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, status=status, body="upstream broke")
+    http.add(adapter.list_url, adapter.list_method, status=status, body="upstream broke")
 
     error = await read_failing(adapter, connector)
 
@@ -76,7 +78,7 @@ async def test_no_answer_is_transient(
     http: aioresponses, adapter: Adapter, connector: Any, failure: Exception, said: str
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, exception=failure)
+    http.add(adapter.list_url, adapter.list_method, exception=failure)
 
     error = await read_failing(adapter, connector)
 
@@ -88,7 +90,12 @@ async def test_an_html_page_with_200_is_transient(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, status=200, body="<html><body>Maintenance</body></html>")
+    http.add(
+        adapter.list_url,
+        adapter.list_method,
+        status=200,
+        body="<html><body>Maintenance</body></html>",
+    )
 
     error = await read_failing(adapter, connector)
 
@@ -101,7 +108,12 @@ async def test_a_redirect_is_refused_not_followed(
     http: aioresponses, adapter: Adapter, connector: Any, status: int
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, status=status, headers={"Location": "https://elsewhere.test/x"})
+    http.add(
+        adapter.list_url,
+        adapter.list_method,
+        status=status,
+        headers={"Location": "https://elsewhere.test/x"},
+    )
 
     error = await read_failing(adapter, connector)
 
@@ -113,19 +125,32 @@ async def test_a_redirect_is_refused_not_followed(
 async def test_a_401_is_auth_failed(http: aioresponses, adapter: Adapter, connector: Any) -> None:
     adapter.auth(http)
     adapter.auth(http)  # a connector with a token renews it once before giving up
-    http.get(adapter.list_url, status=401, body='{"message": "Unauthorized"}', repeat=True)
+    http.add(
+        adapter.list_url,
+        adapter.list_method,
+        status=401,
+        body='{"message": "Unauthorized"}',
+        repeat=True,
+    )
 
     error = await read_failing(adapter, connector)
 
     assert isinstance(error, AuthFailed)
-    assert len([c for c in sent(http, "GET") if adapter.list_url.match(str(c[1]))]) <= 2
+    assert (
+        len([c for c in sent(http, adapter.list_method) if adapter.list_url.match(str(c[1]))]) <= 2
+    )
 
 
 async def test_a_secret_echoed_in_an_error_is_scrubbed(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
     adapter.auth(http)
-    http.get(adapter.list_url, status=500, body=f"bad credential {adapter.secret} given")
+    http.add(
+        adapter.list_url,
+        adapter.list_method,
+        status=500,
+        body=f"bad credential {adapter.secret} given",
+    )
 
     error = await read_failing(adapter, connector)
 
@@ -138,8 +163,8 @@ async def test_a_malformed_order_is_named_by_its_field(
 ) -> None:
     adapter.auth(http)
     broken, field = adapter.malformed
-    http.get(adapter.list_url, **adapter.page([broken], True))
-    http.get(adapter.list_url, **adapter.page([], True))
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([broken], True))
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([], True))
 
     if not adapter.skips_malformed:
         # A shop's page is read whole: it is refused, naming the field, and nothing is lost.
@@ -158,9 +183,13 @@ async def test_pages_are_followed_to_the_end(
 ) -> None:
     adapter.auth(http)
     first = [f"{n}-A" for n in range(adapter.first_page_size)]
-    http.get(adapter.list_url, **adapter.page([adapter.order(r) for r in first], False))
-    http.get(adapter.list_url, **adapter.page([adapter.order("900-A")], True))
-    http.get(adapter.list_url, **adapter.page([], True))
+    http.add(
+        adapter.list_url,
+        adapter.list_method,
+        **adapter.page([adapter.order(r) for r in first], False),
+    )
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([adapter.order("900-A")], True))
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([], True))
 
     references, skipped = await adapter.read(connector)
 
@@ -182,7 +211,7 @@ async def test_an_already_done_write_succeeds(
 async def test_an_opened_session_is_closed_by_aclose(http: aioresponses, adapter: Adapter) -> None:
     connector = adapter.make()
     adapter.auth(http)
-    http.get(adapter.list_url, **adapter.page([], True), repeat=True)
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([], True), repeat=True)
     await adapter.read(connector)
     session = connector._session
     assert session is not None
@@ -196,7 +225,7 @@ async def test_a_lent_session_is_used_and_left_open(http: aioresponses, adapter:
     async with aiohttp.ClientSession() as session:
         connector = adapter.make(session)
         adapter.auth(http)
-        http.get(adapter.list_url, **adapter.page([], True), repeat=True)
+        http.add(adapter.list_url, adapter.list_method, **adapter.page([], True), repeat=True)
         await adapter.read(connector)
         assert connector._session is session
         await connector.aclose()
