@@ -5,9 +5,9 @@ accepts them, and a simulated shop pulls the orders to process over the v1 API,
 acknowledges each and ships it a few seconds later; the marketplace confirms the shipment
 and sfd's next poll records it. The logs tell each step as it happens.
 
-With `push=True` (`sfd demo --push`) there is no pulling shop: sfd pushes the orders into a
-built-in fake WooCommerce, a simulated merchant completes them there with a tracking number,
-and sfd reads that back and ships the orders on the marketplace.
+With `push` (`sfd demo --push [woocommerce|shopify]`) there is no pulling shop: sfd pushes the
+orders into a built-in fake shop, a simulated merchant completes them there with a tracking
+number, and sfd reads that back and ships the orders on the marketplace.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import random
 import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,15 +53,51 @@ class DemoSettings:
     shop_sync_interval: str = "5s"
 
 
+@dataclass(frozen=True)
+class PushShop:
+    """A fake shop the push demo runs: its connector and settings, and a merchant at work."""
+
+    connector: str
+    url: str
+    settings: dict[str, str]
+    merchant: Callable[[], Coroutine[Any, Any, None]]
+
+
+@contextlib.asynccontextmanager
+async def _woocommerce(settings: DemoSettings) -> AsyncIterator[PushShop]:
+    key, secret = f"ck_{secrets.token_hex(20)}", f"cs_{secrets.token_hex(20)}"
+    shop = SandboxWooCommerce(key, secret)
+    async with run_woocommerce(shop) as url:
+        keys = {"base_url": url, "consumer_key": key, "consumer_secret": secret}
+        yield PushShop("woocommerce", url, keys, SimulatedMerchant(shop, settings).run)
+
+
+@contextlib.asynccontextmanager
+async def _shopify(settings: DemoSettings) -> AsyncIterator[PushShop]:
+    from sfd.sandbox.shopify import SandboxShopify, ShopifyMerchant, run_shopify
+
+    token = f"shpat_{secrets.token_hex(16)}"
+    shop = SandboxShopify(token)
+    async with run_shopify(shop) as url:
+        keys = {"shop_url": url, "access_token": token}
+        merchant = ShopifyMerchant(shop, ship_after=settings.ship_after, carriers=CARRIERS)
+        yield PushShop("shopify", url, keys, merchant.run)
+
+
+#: The fake shops `sfd demo --push NAME` can push into.
+PUSH_SHOPS: dict[str, Callable[[DemoSettings], contextlib.AbstractAsyncContextManager[PushShop]]]
+PUSH_SHOPS = {"woocommerce": _woocommerce, "shopify": _shopify}
+
+
 def demo_config(
     base: Config,
     sandbox_url: str,
     api_key: str,
     settings: DemoSettings,
-    shop: tuple[str, str, str] | None = None,
+    shop: PushShop | None = None,
 ) -> Config:
     """The config of the demo: the given daemon and stores, plus the sandbox channel, and
-    with `shop` (base URL, consumer key, consumer secret) a WooCommerce shop in push mode."""
+    with `shop` a fake shop in push mode."""
     store = base.stores[0].id if base.stores else 1
     text = f"""
 [daemon]
@@ -84,18 +121,15 @@ name = "{base.stores[0].name if base.stores else "Demo store"}"
         ship_deadline_warning="24h",
     )
     if shop is not None:
-        shop_url, key, secret = shop
         text += f"""
 [[shops]]
-name = "{SHOP}"
+name = "{shop.connector}"
 store = {store}
-connector = "woocommerce"
+connector = "{shop.connector}"
 sync_interval = "{settings.shop_sync_interval}"
 [shops.settings]
-base_url = "{shop_url}"
-consumer_key = "{key}"
-consumer_secret = "{secret}"
 """
+        text += "".join(f'{key} = "{value}"\n' for key, value in shop.settings.items())
     return parse_config(text, f"{base.source} (demo)", {})
 
 
@@ -245,12 +279,14 @@ class SimulatedMerchant:
 
 
 async def run_demo(
-    base: Config, settings: DemoSettings | None = None, *, push: bool = False
+    base: Config, settings: DemoSettings | None = None, *, push: bool | str = False
 ) -> int:
     """Run the sandbox, sfd and the simulated shop until SIGINT or SIGTERM.
 
-    With `push`, the shop is a fake WooCommerce that sfd pushes into (push mode).
+    With `push` (a name of PUSH_SHOPS; True is WooCommerce), the shop is a fake one that sfd
+    pushes into (push mode).
     """
+    push = "woocommerce" if push is True else push
     settings = settings or DemoSettings()
     api_key = secrets.token_urlsafe(24)
     marketplace = SandboxMarketplace(
@@ -258,12 +294,9 @@ async def run_demo(
         seed=random.randrange(1 << 30),  # noqa: S311
         ship_confirm_delay=settings.ship_confirm_delay,
     )
-    key, secret = f"ck_{secrets.token_hex(20)}", f"cs_{secrets.token_hex(20)}"
-    woocommerce = SandboxWooCommerce(key, secret)
     async with contextlib.AsyncExitStack() as stack:
         sandbox_url = await stack.enter_async_context(run_sandbox(marketplace))
-        shop_url = await stack.enter_async_context(run_woocommerce(woocommerce)) if push else ""
-        shop = (shop_url, key, secret) if push else None
+        shop = await stack.enter_async_context(PUSH_SHOPS[push](settings)) if push else None
         config = demo_config(base, sandbox_url, api_key, settings, shop)
         daemon = Daemon(config)
         try:
@@ -279,7 +312,7 @@ async def run_demo(
             sandbox=sandbox_url,
             sfd=daemon.url,
             mode="push" if push else "pull",
-            woocommerce=shop_url if push else None,
+            shop=f"{shop.connector} {shop.url}" if shop else None,
             hint="orders appear within seconds; Ctrl-C stops the demo",
             page=f"{daemon.url}/ (sign in with a token from `sfd token create --store {store}`)",
         )
@@ -292,8 +325,8 @@ async def run_demo(
             tg.start_soon(serve_then_stop_all)
             await daemon.ready.wait()
             tg.start_soon(_marketplace_activity, marketplace, settings)
-            if push:
-                tg.start_soon(SimulatedMerchant(woocommerce, settings).run)
+            if shop is not None:
+                tg.start_soon(shop.merchant)
             else:
                 token = await issue_shop_token(daemon.storage, store)
                 tg.start_soon(SimulatedShop(daemon.url, token, store, settings).run)
@@ -303,13 +336,16 @@ async def run_demo(
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--push",
-        action="store_true",
-        help="push mode: sfd pushes the orders into a built-in fake WooCommerce shop",
+        nargs="?",
+        const="woocommerce",
+        default=None,
+        choices=sorted(PUSH_SHOPS),
+        help="push mode: sfd pushes the orders into a built-in fake shop (default woocommerce)",
     )
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
-    return await run_demo(config, push=args.push)
+    return await run_demo(config, push=args.push or False)
 
 
 #: `sfd demo`, contributed through the `sfd.commands` entry points (pyproject.toml).

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -34,6 +35,7 @@ import msgspec
 from aiohttp import web
 
 from sfd.domain.clock import Clock, from_iso, to_iso, utcnow
+from sfd.logs import get_logger
 from sfd.sandbox.failures import take_failure
 from sfd.sandbox.woocommerce import DEFAULT_PRODUCTS, RecordedRequest
 
@@ -548,3 +550,38 @@ async def run_shopify(
         yield f"http://{host}:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+class ShopifyMerchant:
+    """A merchant working in the fake Shopify admin, for `sfd demo --push shopify`: each order
+    sfd pushed is fulfilled a few seconds later, with a tracking number."""
+
+    def __init__(
+        self, shop: SandboxShopify, *, ship_after: float, carriers: tuple[str, ...]
+    ) -> None:
+        self.shop = shop
+        self.ship_after = ship_after
+        self.carriers = carriers
+        self.seen: dict[int, float] = {}
+        self.log = get_logger(component="shop")
+
+    async def run(self) -> None:
+        """Fulfil orders until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for order_id, order in list(self.shop.orders.items()):
+                if order["cancelledAt"] or order["displayFulfillmentStatus"] == "FULFILLED":
+                    continue
+                if now - self.seen.setdefault(order_id, now) < self.ship_after:
+                    continue
+                tracking = "6A" + "".join(random.choices("0123456789", k=11))  # noqa: S311
+                carrier = random.choice(self.carriers)  # noqa: S311
+                self.shop.fulfil(order_id, company=carrier, number=tracking)
+                self.log.info(
+                    "shop_shipped",
+                    order=order["sourceIdentifier"],
+                    shop_order=order_id,
+                    carrier=carrier,
+                    tracking_number=tracking,
+                )
