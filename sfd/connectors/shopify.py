@@ -69,40 +69,9 @@ $order: OrderCreateOrderInput!, $options: OrderCreateOptionsInput) {
   }
 }"""
 
-#: An order as a page of the read-back gives it: cheap enough for a page of PAGE_SIZE under
-#: Shopify's 1,000-point ceiling on one query's requested cost.
-_ORDER_FIELDS: Final = """fragment SfdOrder on Order {
-  id
-  name
-  updatedAt
-  cancelledAt
-  displayFulfillmentStatus
-  sourceName
-  sourceIdentifier
-  customAttributes { key value }
-  shippingLine { title }
-  fulfillments(first: 5) {
-    status
-    createdAt
-    trackingInfo(first: 5) { company number url }
-  }
-}"""
-
-ORDERS_QUERY: Final = (
-    """query SfdOrders($query: String!, $first: Int!, $after: String) {
-  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
-    pageInfo { hasNextPage endCursor }
-    nodes { ...SfdOrder }
-  }
-}
-"""
-    + _ORDER_FIELDS
-)
-
-#: One order with the lines of each fulfilment: read for an order shipped in part.
-ORDER_QUERY: Final = """query SfdOrder($id: ID!) {
-  order(id: $id) {
-    id
+#: What sfd reads of an order; a page of the read-back reads no fulfilment lines, to stay
+#: cheap enough for a page of PAGE_SIZE under Shopify's 1,000-point ceiling on one query.
+_ORDER_FIELDS: Final = """id
     name
     updatedAt
     cancelledAt
@@ -114,11 +83,26 @@ ORDER_QUERY: Final = """query SfdOrder($id: ID!) {
     fulfillments(first: 5) {
       status
       createdAt
-      trackingInfo(first: 5) { company number url }
-      fulfillmentLineItems(first: 50) { nodes { quantity lineItem { sku } } }
-    }
-  }
-}"""
+      trackingInfo(first: 5) { company number url }"""
+
+ORDERS_QUERY: Final = f"""query SfdOrders($query: String!, $first: Int!, $after: String) {{
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {{
+    pageInfo {{ hasNextPage endCursor }}
+    nodes {{
+    {_ORDER_FIELDS}
+    }}
+    }}
+  }}
+}}"""
+
+#: One order with the lines of each fulfilment: read for an order shipped in part.
+ORDER_QUERY: Final = f"""query SfdOrder($id: ID!) {{
+  order(id: $id) {{
+    {_ORDER_FIELDS}
+      fulfillmentLineItems(first: 50) {{ nodes {{ quantity lineItem {{ sku }} }} }}
+    }}
+  }}
+}}"""
 
 _T = TypeVar("_T")
 _ORDER_GID: Final = "gid://shopify/Order/"
