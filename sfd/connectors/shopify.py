@@ -489,9 +489,7 @@ class ShopifyConnector(HttpConnector):
 
     # -- GraphQL ---------------------------------------------------------------------------
 
-    async def _read(
-        self, document: str, variables: dict[str, Any], kind: type[_T], op: str
-    ) -> _T:
+    async def _read(self, document: str, variables: dict[str, Any], kind: type[_T], op: str) -> _T:
         """A query, retried with backoff on 5xx, timeouts and dropped connections."""
         async for attempt in retrying():
             with attempt:
