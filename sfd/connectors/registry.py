@@ -18,6 +18,7 @@ from sfd.connectors.settings import (
     EbaySettings,
     MiraklSettings,
     PrestaShopSettings,
+    ShopifySettings,
     WooCommerceSettings,
 )
 from sfd.connectors.shop import DEFAULT_RETRY, Retry
@@ -87,6 +88,13 @@ def _prestashop(name: str, settings: ConnectorSettings, retry: Retry) -> ShopCon
     return PrestaShopConnector(settings, name=name, retry=retry)
 
 
+def _shopify(name: str, settings: ConnectorSettings, retry: Retry) -> ShopConnector:
+    from sfd.connectors.shopify import ShopifyConnector
+
+    assert isinstance(settings, ShopifySettings)
+    return ShopifyConnector(settings, name=name, retry=retry)
+
+
 #: Marketplace connectors by the name a channel's `connector` key gives.
 MARKETPLACES: Mapping[str, Entry[MarketplaceFactory]] = MappingProxyType(
     {
@@ -101,6 +109,7 @@ SHOPS: Mapping[str, Entry[ShopFactory]] = MappingProxyType(
     {
         "woocommerce": Entry(WooCommerceSettings, _woocommerce),
         "prestashop": Entry(PrestaShopSettings, _prestashop),
+        "shopify": Entry(ShopifySettings, _shopify),
     }
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -91,6 +92,49 @@ class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields
                 f"base_url: the consumer key and secret travel as HTTP Basic auth, so "
                 f"https:// is required (http:// only for 127.0.0.1 or localhost), "
                 f"got {self.base_url!r}"
+            )
+
+
+#: The Admin API version the Shopify connector is written and tested against.
+SHOPIFY_API_VERSION = "2026-01"
+#: `inventory` values, as the lower-case names of Shopify's OrderCreateInputsInventoryBehavior.
+SHOPIFY_INVENTORY = ("bypass", "decrement_ignoring_policy", "decrement_obeying_policy")
+
+
+class ShopifySettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A Shopify shop's Admin GraphQL API, for push mode, through a custom app's token."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"access_token"})
+    url_fields: ClassVar[frozenset[str]] = frozenset({"shop_url"})
+
+    shop_url: str
+    """The shop's admin address, `https://my-shop.myshopify.com`."""
+    access_token: str
+    """The custom app's Admin API access token (`shpat_...`)."""
+    api_version: str = SHOPIFY_API_VERSION
+    """The Admin API version the requests name; the default is the one sfd is tested against."""
+    inventory: str = "decrement_obeying_policy"
+    """How a created order claims stock: bypass, decrement_ignoring_policy or
+    decrement_obeying_policy (refused when a product is out of stock and may not be oversold)."""
+    customer_emails: bool = False
+    """Whether the buyer's email goes on the order. Off (the default): marketplaces forbid
+    writing to their buyers, and Shopify mails an order's email on many events."""
+
+    def __post_init__(self) -> None:
+        if self.inventory not in SHOPIFY_INVENTORY:
+            choices = ", ".join(repr(s) for s in SHOPIFY_INVENTORY)
+            raise ValueError(f"inventory: expected one of {choices}, got {self.inventory!r}")
+        if not re.fullmatch(r"\d{4}-\d{2}|unstable", self.api_version):
+            raise ValueError(
+                f"api_version: expected a version such as {SHOPIFY_API_VERSION!r}, "
+                f"got {self.api_version!r}"
+            )
+        url = urlsplit(self.shop_url.strip())
+        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in LOOPBACK_HOSTS):
+            # The token goes in a header as it is: only TLS may carry it.
+            raise ValueError(
+                f"shop_url: the access token travels in a request header, so https:// is "
+                f"required (http:// only for 127.0.0.1 or localhost), got {self.shop_url!r}"
             )
 
 

@@ -106,12 +106,16 @@ class PushOrder:
     customer_note: str = ""
     relay_id: str = ""
     vat_number: str = ""
+    latest_ship_date: datetime | None = None
+    """The marketplace's ship-by time, when it gives one."""
 
 
 class ShopStatus(StrEnum):
     """What sfd reads back from a shop's order."""
 
     COMPLETED = "completed"
+    PARTIALLY_SHIPPED = "partially_shipped"
+    """Some lines shipped (`ShopOrder.shipped` says which), the rest not yet."""
     CANCELLED = "cancelled"
     OTHER = "other"
 
@@ -137,6 +141,9 @@ class ShopOrder:
     sfd_order_id: int | None = None
     tracking: ShopTracking | None = None
     shipping_method: str = ""
+    shipped: tuple[tuple[str, int], ...] = ()
+    """(SKU, quantity) shipped so far, for a shop that ships in parts; `tracking` is then the
+    latest shipment's. Empty when the shop says only "completed"."""
 
 
 class ShopConnector(Protocol):

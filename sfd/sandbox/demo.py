@@ -256,6 +256,21 @@ async def _woocommerce(settings: DemoSettings) -> AsyncIterator[tuple[str, Merch
         yield toml, SimulatedMerchant(woocommerce, settings).run
 
 
+@contextlib.asynccontextmanager
+async def _shopify(settings: DemoSettings) -> AsyncIterator[tuple[str, Merchant]]:
+    from sfd.sandbox.shopify import SandboxShopify, ShopifyMerchant, run_shopify
+
+    token = f"shpat_{secrets.token_hex(16)}"
+    shop = SandboxShopify(token)
+    async with run_shopify(shop) as url:
+        toml = (
+            f'connector = "shopify"\n[shops.settings]\nshop_url = "{url}"\n'
+            f'access_token = "{token}"\n'
+        )
+        merchant = ShopifyMerchant(shop, ship_after=settings.ship_after, carriers=CARRIERS)
+        yield toml, merchant.run
+
+
 #: The built-in fake shops of `sfd demo --push NAME`: each serves itself and yields its
 #: `[[shops]]` TOML (connector and settings) and a merchant working in it.
 PUSH_SHOPS: dict[
@@ -263,6 +278,7 @@ PUSH_SHOPS: dict[
 ] = {
     "woocommerce": _woocommerce,
     "prestashop": lambda settings: prestashop_demo(settings.ship_after),
+    "shopify": _shopify,
 }
 
 

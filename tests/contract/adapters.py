@@ -20,8 +20,14 @@ from sfd.connectors.base import ShipmentRequest
 from sfd.connectors.ebay import EbayConnector
 from sfd.connectors.mirakl import MiraklConnector
 from sfd.connectors.prestashop import PrestaShopConnector
-from sfd.connectors.settings import MiraklSettings, PrestaShopSettings, WooCommerceSettings
+from sfd.connectors.settings import (
+    MiraklSettings,
+    PrestaShopSettings,
+    ShopifySettings,
+    WooCommerceSettings,
+)
 from sfd.connectors.shop import PushLine, PushOrder, Retry
+from sfd.connectors.shopify import ATTR_MARKETPLACE, ATTR_REFERENCE, ShopifyConnector
 from sfd.connectors.woocommerce import META_MARKETPLACE, META_REFERENCE, WooCommerceConnector
 from sfd.domain import Address
 from tests.connectors import test_amazon as amazon
@@ -29,7 +35,12 @@ from tests.connectors import test_ebay as ebay
 from tests.connectors import test_mirakl as mirakl
 
 Connector = (
-    MiraklConnector | AmazonConnector | EbayConnector | WooCommerceConnector | PrestaShopConnector
+    MiraklConnector
+    | AmazonConnector
+    | EbayConnector
+    | WooCommerceConnector
+    | PrestaShopConnector
+    | ShopifyConnector
 )
 
 
@@ -59,6 +70,8 @@ class Adapter:
     first_page_size: int = 1
     skips_malformed: bool = True
     """Whether a malformed order is skipped alone (marketplaces), or its page refused (shops)."""
+    list_method: str = "GET"
+    """The list call's method: GraphQL APIs (Shopify) read with POST."""
 
 
 def _no_auth(http: aioresponses) -> None:
@@ -343,4 +356,79 @@ PRESTASHOP = Adapter(
     skips_malformed=False,
 )
 
-ADAPTERS = [MIRAKL, AMAZON, EBAY, WOOCOMMERCE, PRESTASHOP]
+# -- Shopify (a shop, Admin GraphQL) ---------------------------------------------------------------
+
+SHOPIFY_URL = "https://shop.myshopify.test"
+SHOPIFY_TOKEN = "shpat_0123456789abcdef0123456789abcdef"
+SHOPIFY_GRAPHQL = re.compile(r"^https://shop\.myshopify\.test/admin/api/2026-01/graphql\.json$")
+
+
+def shopify_order(reference: str) -> dict[str, Any]:
+    """A Shopify order sfd pushed, cancelled (so that reading it needs no second query)."""
+    number = int(re.sub(r"\D", "", reference) or 0)
+    return {
+        "id": f"gid://shopify/Order/{number}",
+        "updatedAt": "2026-11-29T10:30:00Z",
+        "cancelledAt": "2026-11-29T10:30:00Z",
+        "displayFulfillmentStatus": "UNFULFILLED",
+        "sourceName": "decathlon",
+        "sourceIdentifier": reference,
+        "customAttributes": [
+            {"key": ATTR_REFERENCE, "value": reference},
+            {"key": ATTR_MARKETPLACE, "value": "decathlon"},
+        ],
+        "fulfillments": [],
+    }
+
+
+def _shopify_answer(orders: list[dict[str, Any]], last: bool) -> str:
+    cost = {
+        "requestedQueryCost": 66,
+        "actualQueryCost": 4,
+        "throttleStatus": {
+            "maximumAvailable": 2000.0,
+            "currentlyAvailable": 1996.0,
+            "restoreRate": 100.0,
+        },
+    }
+    page = {"hasNextPage": not last, "endCursor": None if last else "next-page"}
+    data = {"orders": {"pageInfo": page, "nodes": orders}}
+    return json.dumps({"data": data, "extensions": {"cost": cost}})
+
+
+def _shopify_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    return {"body": _shopify_answer(orders, last)}
+
+
+async def _shopify_find(connector: Any) -> Any:
+    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
+    assert found == "7", "a create already done is found by search, not made again"
+    return found
+
+
+def _shopify_already(http: aioresponses) -> None:
+    http.post(SHOPIFY_GRAPHQL, body=_shopify_answer([shopify_order("R7")], True))
+
+
+SHOPIFY = Adapter(
+    name="shopify",
+    make=lambda session=None: ShopifyConnector(
+        ShopifySettings(shop_url=SHOPIFY_URL, access_token=SHOPIFY_TOKEN),
+        session=session,
+        page_size=2,
+        retry=Retry(attempts=1),
+    ),
+    auth=_no_auth,
+    list_url=SHOPIFY_GRAPHQL,
+    read=_wc_read,
+    page=_shopify_page,
+    order=shopify_order,
+    malformed=(shopify_order("R2") | {"updatedAt": 7}, "updatedAt"),
+    ship=_shopify_find,
+    already=_shopify_already,
+    secret=SHOPIFY_TOKEN,
+    skips_malformed=False,
+    list_method="POST",
+)
+
+ADAPTERS = [MIRAKL, AMAZON, EBAY, WOOCOMMERCE, PRESTASHOP, SHOPIFY]
