@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -27,9 +28,17 @@ ORDERS = 1500
 
 
 class SlowListing(SandboxMarketplace):
-    """The sandbox, as slow to list orders as asked: a backup falls in the middle of an import."""
+    """The sandbox, as slow to list orders as asked: a backup falls in the middle of an import.
+
+    While `listing` is clear, the next pages wait: the import cannot end during a backup,
+    however slowly a loaded machine starts the backup's process."""
 
     page_delay = 0.25
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listing = asyncio.Event()
+        self.listing.set()
 
     def app(self) -> web.Application:
         app = super().app()
@@ -39,6 +48,7 @@ class SlowListing(SandboxMarketplace):
     @web.middleware
     async def _slow(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.match_info.route.name == "OR11":
+            await self.listing.wait()
             await asyncio.sleep(self.page_delay)
         return await handler(request)
 
@@ -77,9 +87,11 @@ async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_
         await asyncio.to_thread(sfd.wait_ready)
         await until(lambda: snapshot_counts(database)[0] >= 100, 30, in_thread=True)
 
+        marketplace.listing.clear()  # the page under way lands; the next wait for the backup
         before = snapshot_counts(database)[0]
         result = await asyncio.to_thread(run_cli, config, "db", "backup", str(target), env=env)
         after = snapshot_counts(database)[0]
+        marketplace.listing.set()
 
         assert result.returncode == 0, result.stderr
         assert f"to {target}" in result.stderr and "integrity ok" in result.stderr

@@ -15,8 +15,7 @@ from sfd.sandbox.prestashop import STATE_PAYMENT_ACCEPTED, SandboxPrestaShop, ru
 from tests.faults.reliability import record
 from tests.push.conftest import MARKETPLACE_KEY
 from tests.push.test_prestashop_flow import PS_KEY, prestashop_config
-from tests.push.test_push_crash import query, wait_until
-from tests.support import SfdProcess, write_config
+from tests.support import SfdProcess, read_only, wait_until, write_config
 
 ORDERS = 60
 KILLS = 20
@@ -58,7 +57,7 @@ async def test_sigkill_during_prestashop_pushes_never_makes_an_order_twice(
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
         acknowledged = "SELECT reference FROM orders WHERE acknowledgment_status = 'success'"
-        everything = await wait_until(lambda: len(query(database, acknowledged)) == ORDERS, 90)
+        everything = await wait_until(lambda: len(read_only(database, acknowledged)) == ORDERS, 90)
         assert sfd.terminate() == 0
 
     pushed = in_shop(shop)
@@ -75,7 +74,7 @@ async def test_sigkill_during_prestashop_pushes_never_makes_an_order_twice(
     assert {r: n for r, n in pushed.items() if n > 1} == {}
     assert set(pushed) == set(references) and len(shop.orders) == ORDERS
     by_reference = {shop.reference_of(i): i for i in shop.orders}
-    for row in query(database, "SELECT reference, store_reference FROM orders"):
+    for row in read_only(database, "SELECT reference, store_reference FROM orders"):
         shop_id = by_reference[row["reference"]]
         assert row["store_reference"] == str(shop_id)
         assert shop.orders[shop_id]["current_state"] == STATE_PAYMENT_ACCEPTED

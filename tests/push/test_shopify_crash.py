@@ -14,9 +14,8 @@ from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.sandbox.shopify import SandboxShopify, run_shopify
 from tests.faults.reliability import record
 from tests.push.conftest import MARKETPLACE_KEY
-from tests.push.test_push_crash import query, wait_until
 from tests.push.test_shopify import TOKEN, shopify_config
-from tests.support import SfdProcess, write_config
+from tests.support import SfdProcess, read_only, wait_until, write_config
 
 ORDERS = 60
 KILLS = 20
@@ -64,7 +63,7 @@ async def test_sigkill_during_shopify_pushes_never_puts_one_order_twice_in_the_s
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
         acknowledged = "SELECT reference FROM orders WHERE acknowledgment_status = 'success'"
-        everything = await wait_until(lambda: len(query(database, acknowledged)) == ORDERS, 60)
+        everything = await wait_until(lambda: len(read_only(database, acknowledged)) == ORDERS, 60)
         assert sfd.terminate() == 0
 
     pushed = in_shop(shop)
@@ -73,7 +72,7 @@ async def test_sigkill_during_shopify_pushes_never_puts_one_order_twice_in_the_s
         "SIGKILL during pushes into Shopify",
         tries=kills,
         lost=len(set(references) - pushed.keys())
-        + len(set(references) - {r[0] for r in query(database, acknowledged)}),
+        + len(set(references) - {r[0] for r in read_only(database, acknowledged)}),
         duplicated=sum(n - 1 for n in pushed.values()),
         test="tests/push/test_shopify_crash.py",
     )
@@ -81,7 +80,7 @@ async def test_sigkill_during_shopify_pushes_never_puts_one_order_twice_in_the_s
     assert set(pushed) == set(references)
     assert all(n == 1 for n in pushed.values())
     by_reference = {o["sourceIdentifier"]: o for o in shop.orders.values()}
-    for row in query(database, "SELECT reference, store_reference FROM orders"):
+    for row in read_only(database, "SELECT reference, store_reference FROM orders"):
         assert row["store_reference"] == by_reference[row["reference"]]["legacyResourceId"]
     # Some kills cut a create short, and those orders were found, not posted again.
     unanswered = [r for r in shop.calls("orderCreate") if not r.responded]
