@@ -96,4 +96,3 @@ class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields
 #: The statuses WooCommerce may create a pushed order with.
 WOOCOMMERCE_CREATE_STATUSES = ("pending", "processing", "on-hold")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-

@@ -157,6 +157,7 @@ class Daemon:
             max_age=timedelta(seconds=daemon.operation_max_age),
             confirm_delay=daemon.confirm_delay,
             metrics=self.metrics,
+            carriers={ids[c.name]: c.carriers for c in self.config.channels if c.carriers},
         )
         self.loops.append(self.worker)
         warnings = {
