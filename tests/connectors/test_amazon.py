@@ -1142,3 +1142,21 @@ def test_the_fixture_order_fits_the_model() -> None:
 
 
 _ = CallbackResult  # kept importable for tests that answer by callback
+
+
+async def test_the_channels_carrier_table_decides_the_amazon_code(
+    http: aioresponses, connector: AmazonConnector
+) -> None:
+    http.get(ORDER, payload=order_answer())
+    http.post(CONFIRM, status=204)
+    shipment = ShipmentRequest(
+        carrier="Livraison express ", tracking_number="6A1", carriers={"livraison EXPRESS": "DHL"}
+    )
+
+    receipt = await connector.ship(ORDER_ID, shipment)
+
+    [(_, kwargs)] = calls_to(http, CONFIRM)
+    assert kwargs["json"]["packageDetail"]["carrierCode"] == "DHL"
+    assert "carrierName" not in kwargs["json"]["packageDetail"]
+    assert receipt.carrier_match is not None
+    assert (receipt.carrier, receipt.carrier_match.source) == ("DHL", "config")
