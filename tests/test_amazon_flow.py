@@ -142,7 +142,7 @@ async def test_a_backlog_of_250_orders_arrives_in_three_calls_with_addresses_the
                     "order": [
                         {
                             "id": ids[shipped],
-                            "carrier": "Colissimo",
+                            "carrier": "Mondial Relay",
                             "trackingNumber": "6A12345678901",
                         }
                     ]
@@ -162,7 +162,12 @@ async def test_a_backlog_of_250_orders_arrives_in_three_calls_with_addresses_the
             assert await confirmed()
         [confirmation] = amazon.calls_to("confirmShipment")
         detail = confirmation.body["packageDetail"]
-        assert detail["carrierCode"] == "Other" and detail["carrierName"] == "Colissimo"
+        # Mondial Relay is one of Amazon's carrier codes: sent as such, never as "Other".
+        assert detail["carrierCode"] == "Mondial Relay" and "carrierName" not in detail
+        order = await storage.orders.get(ids[shipped])
+        assert order is not None
+        [delivered] = [e for e in order.events if e.kind == "ship_delivered"]
+        assert 'carrier Mondial Relay (automatic: "Mondial Relay")' in delivered.message
         assert {i["orderItemId"] for i in detail["orderItems"]} == {
             line.item_id for line in amazon._orders[shipped].lines
         }

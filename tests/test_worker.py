@@ -272,7 +272,8 @@ async def test_a_shipment_reaches_the_marketplace_once_and_the_order_ships_when_
         ("marketplace", "ship_confirmed", None, None),
     ]
     assert order.events[2].message == (
-        "taken by sandbox after 1 attempt(s); sent carrier COLISSIMO, tracking 6A123456789"
+        "taken by sandbox after 1 attempt(s); sent carrier COLISSIMO "
+        '(automatic: "Colissimo"), tracking 6A123456789'
     )
     assert re.fullmatch(r"confirmed \d+s after the request", order.events[-1].message)
     assert (await hub.operation(ticket["id"]))["confirmed_at"] is not None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -60,6 +59,7 @@ from sfd.domain import (
     OrderStatus,
     Shipment,
 )
+from sfd.domain.carriers import CarrierMatch, MarketplaceCarrier, match_carrier
 from sfd.domain.clock import to_api, utcnow
 
 if TYPE_CHECKING:
@@ -119,18 +119,37 @@ MISSING_ADDRESS: Final = (
     "the order brings the address"
 )
 
-# Amazon's carrier codes (the CarrierCode list of the feeds' amzn-base.xsd). Any other carrier is
-# sent as "Other" with its name.
-CARRIER_CODES: Final = (
-    "USPS", "UPS", "UPSMI", "FedEx", "DHL", "Fastway", "GLS", "GO!", "Hermes Logistik Gruppe",
-    "Royal Mail", "Parcelforce", "City Link", "TNT", "Target", "SagawaExpress", "NipponExpress",
-    "YamatoTransport", "DHL Global Mail", "UPS Mail Innovations", "FedEx SmartPost", "OSM",
-    "OnTrac", "Streamlite", "Newgistics", "Canada Post", "Blue Package", "Chronopost",
-    "Deutsche Post", "DPD", "La Poste", "Parcelnet", "Poste Italiane", "SDA", "Smartmail",
-    "FEDEX_JP", "JP_EXPRESS", "NITTSU", "SAGAWA", "YAMATO", "BlueDart", "AFL/Fedex", "Aramex",
-    "India Post", "Professional", "DTDC", "Overnite Express", "First Flight", "Delhivery",
-    "Lasership", "Yodel",
-)  # fmt: skip
+# Amazon's carrier codes: the CarrierCode values of confirmShipment (Amazon's carrier code list,
+# the same as the feeds' amzn-base.xsd CarrierCode), the European carriers included. A code is
+# sent exactly as written here; any other carrier goes as "Other" with its name (carrierName).
+#: Amazon's code → the common carrier it is (sfd.domain.carriers), where it is one.
+CARRIER_TABLE: Final[Mapping[str, str | None]] = {
+    # Europe
+    "Colissimo": "colissimo", "Chronopost": "chronopost", "Mondial Relay": "mondial_relay",
+    "Relais Colis": "relais_colis", "Colis Prive": "colis_prive", "La Poste": "la_poste",
+    "DPD": "dpd", "GLS": "gls", "DHL": "dhl", "DHL Express": "dhl", "DHL eCommerce": "dhl",
+    "Deutsche Post": "deutsche_post", "Hermes": None, "Hermes Logistik Gruppe": None,
+    "PostNL": "postnl", "Bpost": "bpost", "Poste Italiane": "poste_italiane", "SDA": None,
+    "BRT": None, "Correos": "correos", "Correos Express": None, "SEUR": None, "Nacex": None,
+    "TNT": "tnt", "Royal Mail": "royal_mail", "Parcelforce": None, "Yodel": None, "Evri": None,
+    "Asendia": None, "GEODIS": None, "Fastway": None, "City Link": None, "Parcelnet": None,
+    # Worldwide
+    "UPS": "ups", "UPSMI": None, "UPS Mail Innovations": None, "FedEx": "fedex",
+    "FedEx SmartPost": None, "USPS": None, "DHL Global Mail": None, "OnTrac": None,
+    "Lasership": None, "Newgistics": None, "Streamlite": None, "OSM": None, "Canada Post": None,
+    "Blue Package": None, "Target": None, "Smartmail": None, "Overnite Express": None,
+    "GO!": None, "SagawaExpress": None, "NipponExpress": None, "YamatoTransport": None,
+    "FEDEX_JP": None, "JP_EXPRESS": None, "NITTSU": None, "SAGAWA": None, "YAMATO": None,
+    "BlueDart": None, "AFL/Fedex": None, "Aramex": None, "India Post": None,
+    "Professional": None, "DTDC": None, "First Flight": None, "Delhivery": None,
+    "Other": None,
+}  # fmt: skip
+#: The carriers confirmShipment takes, as sfd.domain.carriers matches them.
+CARRIERS: Final = tuple(
+    MarketplaceCarrier(code, code, carrier) for code, carrier in CARRIER_TABLE.items()
+)
+#: The code for a carrier Amazon does not list; carrierName then carries its name.
+OTHER_CARRIER: Final = "Other"
 
 #: The currency of each marketplace, for an order Amazon sends without any amount (cancelled).
 CURRENCY_BY_MARKETPLACE: Final[Mapping[str, str]] = {
@@ -551,11 +570,16 @@ class AmazonConnector(HttpConnector):
             raise Rejected("Amazon needs a tracking number to confirm a shipment (trackingNumber)")
         tracking, *others = shipment.tracking_numbers
         lines = _requested_lines(shipment.items)
+        matched = match_carrier(carrier, CARRIERS, shipment.carriers)
+        notes = ["Amazon's confirmShipment takes one tracking number"] if others else []
+        if matched.code is None:
+            notes.append(f'carrier "{carrier}" has no Amazon code: sent as Other with its name')
         receipt = ShipmentReceipt(
-            carrier=carrier_code(carrier),
+            carrier=matched.code or OTHER_CARRIER,
             tracking_numbers=(tracking,),
             not_forwarded=tuple(others),
-            notes=("Amazon's confirmShipment takes one tracking number",) if others else (),
+            notes=tuple(notes),
+            carrier_match=matched,
         )
         order = await self._read_order(reference, f"getOrder {reference} before confirmShipment")
         status = _check_status(order)
@@ -572,7 +596,7 @@ class AmazonConnector(HttpConnector):
             lines = _unshipped_lines(order)
             if not lines:
                 return receipt  # every item shipped already
-        body = confirmation_body(marketplace, reference, carrier, tracking, lines, self._clock())
+        body = confirmation_body(marketplace, reference, matched, tracking, lines, self._clock())
         path = f"{V0_ORDERS_PATH}/{segment(reference)}/shipmentConfirmation"
         op = f"confirmShipment {reference}"
 
@@ -595,6 +619,10 @@ class AmazonConnector(HttpConnector):
     async def deliver(self, reference: str) -> None:
         """The Orders API has no delivery confirmation."""
         raise Rejected(NO_DELIVERY)
+
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The carrier codes confirmShipment takes (Amazon's documented list: no call)."""
+        return list(CARRIERS)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on Amazon now (getOrder), or None while it is not paid."""
@@ -1056,35 +1084,28 @@ def _unshipped_lines(order: _OrderCheck) -> list[tuple[str, int]]:
 def confirmation_body(
     marketplace: str,
     reference: str,
-    carrier: str,
+    carrier: CarrierMatch,
     tracking: str,
     lines: list[tuple[str, int]],
     now: datetime,
 ) -> dict[str, Any]:
     """The v0 confirmShipment body for one package of `lines` (item id, quantity)."""
-    code = carrier_code(carrier)
+    code = carrier.code or OTHER_CARRIER
     package: dict[str, Any] = {
         "packageReferenceId": package_reference(reference, tracking, lines),
         "carrierCode": code,
     }
-    if code == "Other":
-        package["carrierName"] = carrier
+    if code == OTHER_CARRIER:
+        package["carrierName"] = carrier.name
     package["trackingNumber"] = tracking
     package["shipDate"] = format_date(now)
     package["orderItems"] = [{"orderItemId": i, "quantity": q} for i, q in lines]
     return {"marketplaceId": marketplace, "packageDetail": package}
 
 
-def _carrier_key(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.casefold())
-
-
-_CARRIER_BY_KEY: Final = {_carrier_key(code): code for code in CARRIER_CODES}
-
-
-def carrier_code(carrier: str) -> str:
-    """Amazon's code for `carrier` (matched ignoring case, spaces and punctuation), or "Other"."""
-    return _CARRIER_BY_KEY.get(_carrier_key(carrier), "Other")
+def carrier_code(carrier: str, mapping: Mapping[str, str] | None = None) -> str:
+    """Amazon's code for `carrier` (the channel's table, else matched automatically), or Other."""
+    return match_carrier(carrier, CARRIERS, mapping).code or OTHER_CARRIER
 
 
 def package_reference(reference: str, tracking: str, lines: list[tuple[str, int]]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
+from sfd.domain.carriers import CarrierMatch, MarketplaceCarrier
 from sfd.domain.rules import tracking_numbers
 
 
@@ -96,6 +97,8 @@ class ShipmentRequest:
     """Channel line reference → quantity, for a partial shipment; None ships everything."""
     tracking_numbers: tuple[str, ...] = ()
     """The numbers in `tracking_number`, one per package; read from it when not given."""
+    carriers: Mapping[str, str] = field(default_factory=dict)
+    """The channel's `[channels.carriers]` table: shop carrier name → marketplace code."""
 
     def __post_init__(self) -> None:
         if not self.tracking_numbers and self.tracking_number.strip():
@@ -114,6 +117,8 @@ class ShipmentReceipt:
     """Tracking numbers the shop gave that the marketplace was not sent."""
     notes: tuple[str, ...] = ()
     """Why something was not sent, one sentence each (e.g. "Mirakl takes one number")."""
+    carrier_match: CarrierMatch | None = None
+    """How the shop's carrier name became the code sent: config, automatic or unmapped."""
 
 
 @dataclass(frozen=True)
@@ -177,4 +182,15 @@ class CarrierLister(Protocol):
 
     async def carriers(self) -> list[str]:
         """The marketplace's carrier names, as a shop would show them; cached by the connector."""
+        ...
+
+
+@runtime_checkable
+class CarrierCatalogue(Protocol):
+    """A connector that knows its marketplace's carrier codes (Mirakl SH21, Amazon, eBay)."""
+
+    name: str
+
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The codes the marketplace takes, with their labels; cached by the connector."""
         ...

@@ -41,6 +41,7 @@ from sfd.connectors.parsing import (
 )
 from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain.carriers import MarketplaceCarrier, match_carrier
 from sfd.domain.clock import utcnow
 
 if TYPE_CHECKING:
@@ -102,6 +103,28 @@ CANCEL_UNSUPPORTED: Final = (
     "eBay cancellations go through the Post-Order API (cancellation requests), which sfd does "
     "not support: cancel the order in eBay Seller Hub"
 )
+
+# shippingCarrierCode takes the Trading API's ShippingCarrierCodeType values (the Fulfillment
+# spec points there; GeteBayDetails ShippingCarrierDetails lists them): the European and major
+# carriers below. A carrier eBay has no value for goes as "Other", its name in the order's event.
+#: eBay's code → the common carrier it is (sfd.domain.carriers); None: recognised by its name.
+CARRIER_TABLE: Final[Mapping[str, str | None]] = {
+    "Colissimo": "colissimo", "ColiposteDomestic": "la_poste", "ColiposteInternational": None,
+    "Chronopost": "chronopost", "MondialRelay": "mondial_relay", "ColisPrive": "colis_prive",
+    "DPD": "dpd", "GLS": "gls", "UPS": "ups", "FedEx": "fedex", "TNT": "tnt", "DHL": "dhl",
+    "DHLGlobalMail": None, "DeutschePost": "deutsche_post", "Hermes": None, "iLoxx": None,
+    "RoyalMail": "royal_mail", "Parcelforce": None, "Yodel": None, "PostNL": "postnl",
+    "BPost": "bpost", "BELGIANPOST": None, "Correos": "correos", "Chronoexpres": None,
+    "Seur": None, "Nacex": None, "ASM": None, "PosteItaliane": "poste_italiane",
+    "Bartolini": None, "SDA": None, "AnPost": None, "USPS": None, "CanadaPost": None,
+    "AustraliaPost": None, "Other": None,
+}  # fmt: skip
+#: The carriers shippingCarrierCode takes, as sfd.domain.carriers matches them.
+CARRIERS: Final = tuple(
+    MarketplaceCarrier(code, code, carrier) for code, carrier in CARRIER_TABLE.items()
+)
+#: ShippingCarrierCodeType's value for a carrier eBay does not list.
+OTHER_CARRIER: Final = "Other"
 
 
 class _Listing(msgspec.Struct):
@@ -219,11 +242,16 @@ class EbayConnector(HttpConnector):
         elif carrier and not numbers:
             notes = ("eBay takes the carrier only with a tracking number: it was not sent",)
         packages: tuple[str, ...] = numbers if carrier and numbers else ()
+        matched = match_carrier(carrier, CARRIERS, shipment.carriers) if packages else None
+        code = (matched.code or OTHER_CARRIER) if matched is not None else ""
+        if matched is not None and matched.code is None:
+            notes += (f'carrier "{carrier}" has no eBay code: sent as {OTHER_CARRIER}',)
         receipt = ShipmentReceipt(
-            carrier=carrier if packages else "",
+            carrier=code,
             tracking_numbers=packages,
             not_forwarded=() if packages else numbers,
             notes=notes,
+            carrier_match=matched,
         )
         if shipment.items is not None:
             lines = _requested_lines(shipment.items)
@@ -245,7 +273,7 @@ class EbayConnector(HttpConnector):
             "shippedDate": format_timestamp(self._clock()),
         }
         if packages:
-            body["shippingCarrierCode"] = carrier
+            body["shippingCarrierCode"] = code
             body["trackingNumber"] = packages[0]
         path = f"{ORDERS_PATH}/{segment(reference)}/shipping_fulfillment"
         op = f"createShippingFulfillment {reference}"
@@ -288,6 +316,7 @@ class EbayConnector(HttpConnector):
             tracking_numbers=tuple(sent),
             not_forwarded=receipt.not_forwarded + tuple(missed),
             notes=tuple(notes),
+            carrier_match=receipt.carrier_match,
         )
 
     async def cancel(self, reference: str) -> None:
@@ -321,6 +350,10 @@ class EbayConnector(HttpConnector):
     async def deliver(self, reference: str) -> None:
         """The Sell Fulfillment API has no delivery confirmation: refused."""
         raise Rejected(NO_DELIVERY)
+
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The ShippingCarrierCodeType values sfd sends (no call: the list is documented)."""
+        return list(CARRIERS)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on eBay now, or None when it is unpaid or eBay has no such order."""

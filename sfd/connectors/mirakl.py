@@ -39,6 +39,7 @@ from sfd.connectors.parsing import (
 )
 from sfd.connectors.settings import MiraklSettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus, Shipment
+from sfd.domain.carriers import MarketplaceCarrier, match_carrier
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -325,7 +326,8 @@ class MiraklConnector(HttpConnector):
             if link:
                 notes.append("the tracking link was not sent: Mirakl needs a carrier with it")
             return None, ShipmentReceipt(not_forwarded=numbers, notes=tuple(notes))
-        code = await self._carrier_code(carrier)
+        matched = match_carrier(carrier, await self.carrier_catalogue(), shipment.carriers)
+        code = matched.code
         body: dict[str, str] = {}
         if code is not None:
             body["carrier_code"] = code
@@ -340,6 +342,7 @@ class MiraklConnector(HttpConnector):
             tracking_numbers=numbers[:1],
             not_forwarded=numbers[1:],
             notes=("Mirakl takes one tracking number per order (OR23)",) if numbers[1:] else (),
+            carrier_match=matched,
         )
         return body, receipt
 
@@ -356,13 +359,12 @@ class MiraklConnector(HttpConnector):
             self._carriers_read_at = now
         return self._carriers
 
-    async def _carrier_code(self, carrier: str) -> str | None:
-        """The operator's code for `carrier`, matched on code or label, or None if unknown."""
-        wanted = carrier.casefold()
-        for known in await self._carrier_list():
-            if wanted in (known.code.strip().casefold(), (known.label or "").strip().casefold()):
-                return known.code
-        return None
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The operator's carriers (SH21) by code and label; read at most once an hour."""
+        return [
+            MarketplaceCarrier(known.code, (known.label or "").strip() or known.code)
+            for known in await self._carrier_list()
+        ]
 
     async def _read_order(self, reference: str, op: str) -> dict[str, Any] | None:
         """One order as OR11 shows it, or None when Mirakl has no such order."""

@@ -7,7 +7,7 @@ config does not load every connector.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -26,6 +26,7 @@ from sfd.connectors.shop import DEFAULT_RETRY, Retry
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
     from sfd.connectors.shop import ShopConnector
+    from sfd.domain.carriers import MarketplaceCarrier
 
 _F = TypeVar("_F")
 
@@ -40,6 +41,8 @@ class Entry(Generic[_F]):
 
     settings: type[ConnectorSettings]
     open: _F
+    carriers: Callable[[], Sequence[MarketplaceCarrier]] | None = None
+    """The marketplace's carrier codes where they are known offline (documented lists)."""
 
 
 #: Opens a marketplace connector: (channel name, settings).
@@ -74,6 +77,18 @@ def _ebay(name: str, settings: ConnectorSettings) -> MarketplaceConnector:
     return EbayConnector(settings, name=name, timeout=settings.timeout)
 
 
+def _amazon_carriers() -> Sequence[MarketplaceCarrier]:
+    from sfd.connectors.amazon import CARRIERS
+
+    return CARRIERS
+
+
+def _ebay_carriers() -> Sequence[MarketplaceCarrier]:
+    from sfd.connectors.ebay import CARRIERS
+
+    return CARRIERS
+
+
 def _woocommerce(name: str, settings: ConnectorSettings, retry: Retry) -> ShopConnector:
     from sfd.connectors.woocommerce import WooCommerceConnector
 
@@ -99,8 +114,8 @@ def _shopify(name: str, settings: ConnectorSettings, retry: Retry) -> ShopConnec
 MARKETPLACES: Mapping[str, Entry[MarketplaceFactory]] = MappingProxyType(
     {
         "mirakl": Entry(MiraklSettings, _mirakl),
-        "amazon": Entry(AmazonSettings, _amazon),
-        "ebay": Entry(EbaySettings, _ebay),
+        "amazon": Entry(AmazonSettings, _amazon, _amazon_carriers),
+        "ebay": Entry(EbaySettings, _ebay, _ebay_carriers),
     }
 )
 
@@ -120,6 +135,13 @@ MARKETPLACE_SETTINGS: Mapping[str, type[ConnectorSettings]] = MappingProxyType(
 SHOP_SETTINGS: Mapping[str, type[ConnectorSettings]] = MappingProxyType(
     {name: entry.settings for name, entry in SHOPS.items()}
 )
+
+
+def offline_carriers(connector: str) -> Sequence[MarketplaceCarrier] | None:
+    """A marketplace connector's carrier codes known without a call (Amazon, eBay); None for
+    one whose list is read from the marketplace (Mirakl's SH21) or not known at all."""
+    entry = MARKETPLACES.get(connector)
+    return entry.carriers() if entry is not None and entry.carriers is not None else None
 
 
 def _entry(entries: Mapping[str, Entry[_F]], connector: str, settings: Any) -> _F:

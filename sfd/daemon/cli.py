@@ -21,8 +21,10 @@ from rich.table import Table
 
 from sfd import __version__
 from sfd.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
+from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
 from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
+from sfd.daemon.carriers import CarrierView, carrier_view
 from sfd.daemon.push import PushError, retry_push
 from sfd.daemon.runtime import run_daemon, sync_config
 from sfd.domain import (
@@ -121,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     poll = channel_actions.add_parser("poll", help="ask the running daemon to poll now")
     poll.add_argument("name")
+    carriers = channel_actions.add_parser(
+        "carriers", help="the marketplace's carrier codes and the carrier mapping in force"
+    )
+    carriers.add_argument("name")
+    carriers.add_argument("--json", action="store_true")
     _add_orders(commands)
     shops = commands.add_parser("shops", help="the push-mode shops and their sync state")
     shops.add_argument("--json", action="store_true")
@@ -328,6 +335,47 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
         )
     _console().print(table)
     return EXIT_OK
+
+
+async def _channel_carriers(args: argparse.Namespace, config: Config) -> int:
+    """`sfd channels carriers NAME`: the connector is opened here, from the config, rather
+    than asking the daemon: it works with no daemon running, and Mirakl's SH21 is one read."""
+    channel = next((c for c in config.channels if c.name == args.name), None)
+    if channel is None:
+        raise CommandError(f"no channel named {args.name!r} in {config.source}")
+    try:
+        connector = open_marketplace(
+            channel.name, channel.connector, config.channel_settings[channel.name]
+        )
+    except ConnectorUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        view = await carrier_view(channel, connector)
+    finally:
+        await connector.aclose()
+    if args.json:
+        _print_json(view)
+    else:
+        _print_carriers(view)
+    return EXIT_OK
+
+
+def _print_carriers(view: CarrierView) -> None:
+    console = _console()
+    mapping = Table("shop carrier", "marketplace code", "source", "listed")
+    for row in view.mapping:
+        listed = "-" if row.listed is None else ("yes" if row.listed else "no")
+        mapping.add_row(row.name, row.code or "-", row.source.value, listed)
+    console.print(f"channel {view.channel} ({view.connector}): carrier mapping", markup=False)
+    console.print(mapping)
+    if view.listed is None:
+        console.print(f"warning: {view.unavailable}", markup=False)
+        return
+    listing = Table("code", "label")
+    for known in view.listed:
+        listing.add_row(known.code, known.label)
+    console.print(f"{view.connector}'s carriers ({len(view.listed)})", markup=False)
+    console.print(listing)
 
 
 async def _shops(args: argparse.Namespace, storage: Storage) -> int:
@@ -685,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "run":
             return anyio.run(run_daemon, config)
+        if args.command == "channels" and args.channels_command == "carriers":
+            return anyio.run(_channel_carriers, args, config)
         if args.command == "db" and args.db_command in ("backup", "check"):
             return anyio.run(_maintenance, args, config)
         contributed: Command | None = getattr(args, "contributed", None)

@@ -23,6 +23,7 @@ from sfd.connectors.registry import ConnectorUnavailable, open_marketplace, open
 from sfd.connectors.shop import DEFAULT_RETRY, Retry, ShopConnector
 from sfd.daemon.admin import admin_app, socket_path, start_admin
 from sfd.daemon.api import ShopApi
+from sfd.daemon.carriers import CarrierView, carrier_view
 from sfd.daemon.deadlines import DeadlineWatch
 from sfd.daemon.http import build_app
 from sfd.daemon.loops import Loop, Poller
@@ -91,6 +92,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self._summary = ""
+        self._by_name: dict[str, MarketplaceConnector] = {}
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Daemon:
                 )
                 self.connectors.append(connector)
                 by_channel[ids[channel.name]] = connector
+                self._by_name[channel.name] = connector
                 if isinstance(connector, CarrierLister):
                     self.carrier_listers.setdefault(channel.store, []).append(connector)
             except ConnectorUnavailable as exc:
@@ -159,6 +162,7 @@ class Daemon:
             max_age=timedelta(seconds=daemon.operation_max_age),
             confirm_delay=daemon.confirm_delay,
             metrics=self.metrics,
+            carriers={ids[c.name]: c.carriers for c in self.config.channels if c.carriers},
         )
         self.loops.append(self.worker)
         warnings = {
@@ -222,6 +226,7 @@ class Daemon:
                     self.clock,
                     self._operations_written,
                     poll_now=self.poll_now,
+                    carriers=self.carrier_view,
                     warnings={
                         c.name: timedelta(seconds=c.ship_deadline_warning)
                         for c in self.config.channels
@@ -256,6 +261,13 @@ class Daemon:
             log.warning(
                 "admin_socket_unavailable", path=str(path), reason="path too long for a Unix socket"
             )
+
+    async def carrier_view(self, name: str) -> CarrierView | None:
+        """A channel's carriers, read through its running connector (Mirakl's SH21 cache)."""
+        channel = next((c for c in self.config.channels if c.name == name), None)
+        if channel is None:
+            return None
+        return await carrier_view(channel, self._by_name.get(name))
 
     def poll_now(self, channel: str) -> bool:
         """Ask a channel's poller (or a shop's push loop) to run at once; False if none runs."""
@@ -310,6 +322,7 @@ class Daemon:
             for connector in self.connectors:
                 await connector.aclose()
             self.connectors.clear()
+            self._by_name.clear()
             self.carrier_listers.clear()
             for shop_connector in self.shop_connectors:
                 await shop_connector.aclose()

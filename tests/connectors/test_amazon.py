@@ -907,7 +907,9 @@ async def test_a_full_shipment_confirms_every_unshipped_item(
     http.get(ORDER, payload=order_answer())
     http.post(CONFIRM, status=204)
 
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="Colissimo", tracking_number="6A1"))
+    await connector.ship(
+        ORDER_ID, ShipmentRequest(carrier="Transports Martin", tracking_number="6A1")
+    )
 
     [(order_url, _)] = calls_to(http, ORDER)
     assert order_url.query["includedData"] == "FULFILLMENT"
@@ -919,7 +921,7 @@ async def test_a_full_shipment_confirms_every_unshipped_item(
         "packageDetail": {
             "packageReferenceId": package_reference(ORDER_ID, "6A1", lines),
             "carrierCode": "Other",
-            "carrierName": "Colissimo",
+            "carrierName": "Transports Martin",
             "trackingNumber": "6A1",
             "shipDate": "2026-11-29T12:00:00Z",
             "orderItems": [
@@ -977,7 +979,14 @@ def test_package_references_are_positive_numbers_stable_per_package() -> None:
 
 @pytest.mark.parametrize(
     ("carrier", "code"),
-    [("DHL", "DHL"), ("dpd", "DPD"), ("Royal-Mail", "Royal Mail"), ("Mondial Relay", "Other")],
+    [
+        ("DHL", "DHL"),
+        ("dpd", "DPD"),
+        ("Royal-Mail", "Royal Mail"),
+        ("Mondial Relay", "Mondial Relay"),
+        ("Mondial-Relay Point Relais", "Mondial Relay"),
+        ("Transports Martin", "Other"),
+    ],
 )
 def test_carriers_map_to_amazon_codes(carrier: str, code: str) -> None:
     assert carrier_code(carrier) == code
@@ -1133,3 +1142,21 @@ def test_the_fixture_order_fits_the_model() -> None:
 
 
 _ = CallbackResult  # kept importable for tests that answer by callback
+
+
+async def test_the_channels_carrier_table_decides_the_amazon_code(
+    http: aioresponses, connector: AmazonConnector
+) -> None:
+    http.get(ORDER, payload=order_answer())
+    http.post(CONFIRM, status=204)
+    shipment = ShipmentRequest(
+        carrier="Livraison express ", tracking_number="6A1", carriers={"livraison EXPRESS": "DHL"}
+    )
+
+    receipt = await connector.ship(ORDER_ID, shipment)
+
+    [(_, kwargs)] = calls_to(http, CONFIRM)
+    assert kwargs["json"]["packageDetail"]["carrierCode"] == "DHL"
+    assert "carrierName" not in kwargs["json"]["packageDetail"]
+    assert receipt.carrier_match is not None
+    assert (receipt.carrier, receipt.carrier_match.source) == ("DHL", "config")

@@ -1383,3 +1383,36 @@ async def test_an_error_body_echoing_a_secret_is_scrubbed(
 
 
 # -- session ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("carrier", "carriers", "code", "source"),
+    [
+        ("La Poste - Colissimo", {}, "Colissimo", "automatic"),
+        ("mondialrelay", {}, "MondialRelay", "automatic"),
+        ("Mon transporteur", {" mon TRANSPORTEUR ": "Hermes"}, "Hermes", "config"),
+        ("Transports Martin", {}, "Other", "unmapped"),
+    ],
+)
+async def test_the_carrier_goes_as_an_ebay_carrier_code(
+    http: aioresponses,
+    connector: EbayConnector,
+    carrier: str,
+    carriers: dict[str, str],
+    code: str,
+    source: str,
+) -> None:
+    grant(http)
+    http.get(order_url(), payload=ebay_order())
+    http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION}, body="")
+
+    receipt = await connector.ship(
+        ORDER_ID, ShipmentRequest(carrier=carrier, tracking_number="6A1", carriers=carriers)
+    )
+
+    [(_, _, kwargs)] = [c for c in sent(http, "POST") if str(c[1]) != TOKEN_URL]
+    assert kwargs["json"]["shippingCarrierCode"] == code
+    assert receipt.carrier == code
+    assert receipt.carrier_match is not None and receipt.carrier_match.source == source
+    # An unknown carrier goes as Other, and its name stays in the order's event.
+    assert any(carrier in note for note in receipt.notes) is (source == "unmapped")
