@@ -19,6 +19,7 @@ from sfd.connectors.privacy import EMPTY_PAYLOAD, redact_payload
 from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.api import ShopApi
 from sfd.daemon.http import build_app
+from sfd.daemon.page import OrderPage
 from sfd.daemon.retention import RetentionLoop
 from sfd.domain import Address, MarketplaceOrder, OrderStatus
 from sfd.domain.clock import utcnow
@@ -30,6 +31,7 @@ from tests.connectors.test_amazon import amazon_order
 from tests.connectors.test_ebay import ebay_order
 from tests.connectors.test_mirakl import mirakl_order
 from tests.factories import make_order
+from tests.page.conftest import PageClient
 from tests.support import run_cli, write_config
 
 RETENTION = timedelta(days=30)
@@ -281,20 +283,30 @@ def test_each_marketplace_payload_keeps_ids_amounts_and_statuses() -> None:
     assert redact_payload("mirakl", "<xml/>", known) == EMPTY_PAYLOAD
 
 
-async def test_an_erased_order_answers_in_v1_with_the_erased_fields_empty(store: Storage) -> None:
-    await RetentionLoop(store, RETENTION, lambda: NOW + timedelta(days=31)).step()
+async def test_an_erased_order_answers_in_v1_and_on_the_page_with_the_erased_fields_empty(
+    store: Storage,
+) -> None:
+    later = NOW + timedelta(days=31)
+    await RetentionLoop(store, RETENTION, lambda: later).step()
     _, token = await store.tokens.create(1, "prestashop", NOW)
-    shop = ShopApi(store, lambda: NOW + timedelta(days=31), on_operations=lambda: None)
-    server = TestServer(build_app(lambda: (True, {}), shop), host="127.0.0.1")
+    shop = ShopApi(store, lambda: later, on_operations=lambda: None)
+    page = OrderPage(store, lambda: later)
+    server = TestServer(build_app(lambda: (True, {}), shop, page=page), host="127.0.0.1")
     await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    client = PageClient(base)
     try:
         async with aiohttp.ClientSession() as http:
-            url = str(server.make_url("/v1/store/1/order")) + "?status=shipped"
             headers = {"Authorization": f"Bearer {token}"}
+            url = base + "/v1/store/1/order?status=shipped"
             async with http.get(url, headers=headers) as response:
                 assert response.status == 200
                 text = await response.text()
+        await client.sign_in(token)
+        order_id = await store.db.fetchval("SELECT id FROM orders WHERE reference = '7001-A'")
+        status, html = await client.get(f"/orders/{order_id}")
     finally:
+        await client.close()
         await server.close()
     body = json.loads(text)
     orders = {o["reference"]: o for o in body["_embedded"]["order"]}
@@ -304,6 +316,9 @@ async def test_an_erased_order_answers_in_v1_with_the_erased_fields_empty(store:
     assert shipping["street"] == "" and shipping["phone"] == "" and shipping["email"] == ""
     assert shipping["postalCode"] == "10115" and shipping["country"] == "DE"
     assert remaining(text.encode()) == []
+    assert status == 200
+    assert "7001-A" in html and "personal_data_erased" in html
+    assert remaining(html.encode()) == []
 
 
 async def test_db_anonymize_dry_run_counts_and_changes_nothing_then_erases(tmp_path: Path) -> None:
