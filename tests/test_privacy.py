@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sfd.config import parse_config
+from sfd.config import ConfigError, parse_config
 from sfd.connectors import amazon, ebay, mirakl
 from sfd.connectors.privacy import EMPTY_PAYLOAD, redact_payload
 from sfd.connectors.shoppingfeed import render_order
@@ -377,3 +377,13 @@ async def test_db_anonymize_dry_run_counts_and_changes_nothing_then_erases(tmp_p
         assert recent == "Anna"  # closed 5 days ago: kept
     finally:
         await storage.close()
+
+
+def test_pii_retention_defaults_to_30_days_and_a_bad_value_names_its_key() -> None:
+    stores = '[[stores]]\nid = 1\nname = "a"\n'
+    assert parse_config(stores, "sfd.toml").daemon.pii_retention == RETENTION.total_seconds()
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f'[daemon]\npii_retention = "soon"\n{stores}', "sfd.toml")
+    assert caught.value.lines() == [
+        "sfd.toml: daemon.pii_retention: expected a duration such as 90s, 5m or 1h, got 'soon'"
+    ]
