@@ -137,6 +137,8 @@ class PrivacyStore:
                 async with self.db.read() as reader:
                     rows = await reader.fetch(_DUE, (cutoff, after, batch))
                     found = await self._inspect(reader, rows, redact)
+            elif await self.db.fetchrow(_DUE, (cutoff, after, 1)) is None:
+                rows, found = [], []  # nothing due: no write transaction at all
             else:
                 async with self.db.write() as tx:
                     rows = await tx.fetch(_DUE, (cutoff, after, batch))
