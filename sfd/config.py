@@ -75,6 +75,8 @@ class DaemonConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     """An operation still failing to reach its marketplace after this long fails for good."""
     confirm_delay: Duration = Duration(60)
     """How soon after a delivery sfd first asks the marketplace whether it took effect."""
+    pii_retention: Duration = Duration(30 * 86400)
+    """How long after an order closed its buyer's personal data is erased (docs/privacy.md)."""
 
 
 class StoreConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):

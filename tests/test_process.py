@@ -34,7 +34,8 @@ def test_ready_then_healthz_then_sigterm_stops_cleanly(
     status, body = get_json(sfd.url + "/healthz")
     assert status == 200
     assert body["status"] == "ok"
-    assert set(body["loops"]) == {"operations-worker", "deadline-watch"}
+    assert set(body["loops"]) == {"operations-worker", "deadline-watch", "retention"}
+    assert body["loops"]["retention"]["detail"]["retention_days"] == 30
     assert body["loops"]["deadline-watch"]["state"] in {"idle", "busy"}
 
     sfd.proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ import getpass
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +26,7 @@ from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
 from sfd.daemon.carriers import CarrierView, carrier_view
 from sfd.daemon.push import PushError, retry_push
+from sfd.daemon.retention import anonymize
 from sfd.daemon.runtime import run_daemon, sync_config
 from sfd.domain import (
     MISSING_PERSONAL_DATA,
@@ -162,6 +163,14 @@ def _add_db(commands: _Commands[_Parser]) -> None:
         "check", help="integrity and foreign key checks, and the rows in each table"
     )
     db_check.add_argument("--json", action="store_true")
+    anonymize = db.add_parser(
+        "anonymize",
+        help="erase now the personal data of orders closed for [daemon] pii_retention",
+    )
+    anonymize.add_argument(
+        "--dry-run", action="store_true", help="count what would be erased; change nothing"
+    )
+    anonymize.add_argument("--json", action="store_true")
 
 
 def _add_token(commands: _Commands[_Parser]) -> None:
@@ -681,6 +690,44 @@ async def _maintenance(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+async def _anonymize(args: argparse.Namespace, config: Config, storage: Storage) -> int:
+    """`db anonymize`: the retention's erasure, now; counts only, never the erased data."""
+    retention = timedelta(seconds=config.daemon.pii_retention)
+    report = await anonymize(
+        storage,
+        utcnow,
+        retention,
+        dry_run=args.dry_run,
+        source=EventSource.CLI,
+        actor=_system_user(),
+    )
+    if args.json:
+        _print_json({**dataclasses.asdict(report), "retention_seconds": retention.total_seconds()})
+        return EXIT_OK
+    counts = (
+        f"{report.addresses} addresses, {report.payloads} raw payloads, "
+        f"{report.fields} orders' additional fields"
+    )
+    before = _when(report.cutoff)
+    if args.dry_run:
+        sys.stderr.write(
+            f"sfd: dry run: {report.orders} orders closed before {before} UTC would have their "
+            f"personal data erased ({counts}); nothing was changed\n"
+        )
+        return EXIT_OK
+    hooks = "".join(f", {count} {name}" for name, count in report.hooks.items())
+    sys.stderr.write(
+        f"sfd: erased the personal data of {report.orders} orders closed before {before} UTC "
+        f"({counts}, {report.api_documents} API documents{hooks})\n"
+    )
+    if report.checkpointed is False:
+        sys.stderr.write(
+            "sfd: the WAL could not be truncated (a reader held it): erased pages may remain "
+            "in it until the next run; take backups after that\n"
+        )
+    return EXIT_OK
+
+
 async def _migrate(storage: Storage) -> int:
     version = await storage.schema_version()
     sys.stderr.write(f"sfd: database {storage.path} is at schema version {version}\n")
@@ -717,7 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stdout if args.command == "run" or _serves(args) else sys.stderr,
     )
     handlers: dict[str, Callable[[Storage], Awaitable[int]]] = {
-        "db": _migrate,
+        "db": lambda s: (
+            _anonymize(args, config, s) if args.db_command == "anonymize" else _migrate(s)
+        ),
         "token": lambda s: _token(args, s),
         "channels": lambda s: _channels(args, s),
         "orders": lambda s: _orders(args, s),

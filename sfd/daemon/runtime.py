@@ -31,6 +31,7 @@ from sfd.daemon.metrics import Metrics
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.page import OrderPage
 from sfd.daemon.push import PushLoop
+from sfd.daemon.retention import RetentionLoop
 from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
 from sfd.domain.clock import Clock, utcnow
@@ -169,6 +170,9 @@ class Daemon:
             ids[c.name]: timedelta(seconds=c.ship_deadline_warning) for c in self.config.channels
         }
         self.loops.append(DeadlineWatch(storage.deadlines, warnings, self.clock))
+        self.loops.append(
+            RetentionLoop(storage, timedelta(seconds=daemon.pii_retention), self.clock)
+        )
         self._build_push_loops(storage, redactor)
 
     def _build_push_loops(self, storage: Storage, redactor: SecretRedactor) -> None:

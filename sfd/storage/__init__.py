@@ -31,6 +31,7 @@ from sfd.storage.orders import (
     OrderFilter,
     OrderStore,
 )
+from sfd.storage.privacy import ErasureHook, ErasureReport, PayloadRedactor, PrivacyStore
 from sfd.storage.pushes import PushStore
 from sfd.storage.tokens import TokenError, TokenStore
 
@@ -44,9 +45,12 @@ __all__ = [
     "DeadlineOrder",
     "DeadlineStore",
     "DocumentRenderer",
+    "ErasureHook",
+    "ErasureReport",
     "ImportResult",
     "OperationRequest",
     "OrderFilter",
+    "PayloadRedactor",
     "Storage",
     "StorageCondition",
     "StorageConflict",
@@ -71,6 +75,7 @@ class Storage:
         self.queue = OperationQueue(db, self.orders)
         self.tokens = TokenStore(db)
         self.pushes = PushStore(db)
+        self.privacy = PrivacyStore(db, self.orders)
 
     @classmethod
     async def open(
