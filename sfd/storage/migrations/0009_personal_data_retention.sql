@@ -1,4 +1,4 @@
--- sfd schema 8: personal data retention. Once an order has been closed for
+-- sfd schema 9: personal data retention. Once an order has been closed for
 -- `[daemon] pii_retention`, its buyer's names, companies, street lines, phones and emails are
 -- erased (addresses, raw payload, API document); this records when. An order written again
 -- after that time (a marketplace update) is looked at again by the next erasure.
