@@ -43,6 +43,7 @@ from sfd.connectors.parsing import (
 from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.clock import utcnow
+from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -111,6 +112,13 @@ class _Listing(msgspec.Struct):
     orders: list[msgspec.Raw] = msgspec.field(default_factory=list)
     total: int | None = None
     next: str | None = None
+
+
+#: Why an invoice upload to eBay fails: its APIs take no documents for an order.
+NO_INVOICE_UPLOAD = (
+    "eBay has no API call to attach an invoice to an order (the Sell Fulfillment API takes "
+    "none); give the buyer the invoice through eBay's messages or your own e-mail"
+)
 
 
 class EbayConnector(HttpConnector):
@@ -327,6 +335,10 @@ class EbayConnector(HttpConnector):
     async def deliver(self, reference: str) -> None:
         """The Sell Fulfillment API has no delivery confirmation: refused."""
         raise Rejected(NO_DELIVERY)
+
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """The Sell Fulfillment API has no call to attach an invoice: refused."""
+        raise Rejected(NO_INVOICE_UPLOAD)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on eBay now, or None when it is unpaid or eBay has no such order."""

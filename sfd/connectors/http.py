@@ -79,9 +79,10 @@ class HttpClient:
         op: str,
         headers: Mapping[str, str],
         body: Any = None,
-        form: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | aiohttp.FormData | bytes | None = None,
     ) -> Answer:
-        """Send one request (`body` as JSON, `form` urlencoded); no answer at all is Transient."""
+        """Send one request (`body` as JSON, `form` urlencoded, multipart or raw bytes); no
+        answer at all is Transient."""
         try:
             async with self._open().request(
                 method,

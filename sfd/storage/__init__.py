@@ -18,6 +18,7 @@ from sfd.storage.database import (
 )
 from sfd.storage.db import SQLiteDatabase
 from sfd.storage.deadlines import DatabaseGauges, DeadlineOrder, DeadlineStore
+from sfd.storage.documents import DocumentStore, StoredDocument
 from sfd.storage.operations import (
     Batch,
     Claim,
@@ -44,6 +45,7 @@ __all__ = [
     "DeadlineOrder",
     "DeadlineStore",
     "DocumentRenderer",
+    "DocumentStore",
     "ImportResult",
     "OperationRequest",
     "OrderFilter",
@@ -52,6 +54,7 @@ __all__ = [
     "StorageConflict",
     "StorageError",
     "StorageUnavailable",
+    "StoredDocument",
     "TokenError",
 ]
 
@@ -71,6 +74,7 @@ class Storage:
         self.queue = OperationQueue(db, self.orders)
         self.tokens = TokenStore(db)
         self.pushes = PushStore(db)
+        self.documents = DocumentStore(db)
 
     @classmethod
     async def open(
