@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sfd.connectors import shoppingfeed as sf
 from sfd.connectors import shoppingfeed_documents as sfdocs
@@ -511,7 +512,13 @@ class ShopApi:
         Every file is read and checked (PDF, JPEG or PNG by content, 10 MiB at most) before
         anything is stored; one refused file refuses the request, naming it."""
         identity = self._identity(request)
-        files, body = await self._read_upload(request)
+        try:
+            files, body = await self._read_upload(request)
+        except (ValueError, HttpProcessingError) as exc:
+            if isinstance(exc, sf.WireError):
+                raise
+            # A part whose headers or encoding cannot be read: the whole request is refused.
+            raise sf.WireError("body", f"not a readable multipart body: {exc}") from None
         if body is None:
             raise sf.WireError("body", 'the "body" part is missing')
         entries = sfdocs.parse_upload_body(body, len(files))
