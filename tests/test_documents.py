@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,8 +30,10 @@ from sfd.domain.rules import DocumentPayload
 from sfd.sandbox.amazon import FRANCE, SandboxAmazon, run_amazon
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OperationRequest, Storage
+from tests import test_cli as cli_tests
 from tests.connectors.amazon_model import check_request
 from tests.factories import NOW, make_order
+from tests.support import run_cli, write_config
 from tests.test_worker import Hub, hub, orders_on_sale, other_channel  # noqa: F401
 
 #: A small but real PDF: what the SDK reads from the module's invoice file.
@@ -343,3 +346,44 @@ def test_a_document_is_known_by_its_bytes_not_its_name() -> None:
     assert check_document("x.png.pdf", PNG).file_name == "x.png.png"
     assert len(b"0" * MAX_DOCUMENT_BYTES) == MAX_DOCUMENT_BYTES
     check_document("max.pdf", b"%PDF-" + b"0" * (MAX_DOCUMENT_BYTES - 5))
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+async def test_orders_upload_sends_a_file_once_and_show_lists_it_with_its_state(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, cli_tests.DEFAULT_CHANNELS)
+    await cli_tests.seed(config, tmp_path)
+    env = cli_tests.ENV
+    orders = json.loads(run_cli(config, "orders", "list", "--json", env=env).stdout)
+    order = next(o for o in orders if o["reference"] == "DEC-OK")
+    invoice = tmp_path / "FA000777.pdf"
+    invoice.write_bytes(PDF)
+    first = run_cli(config, "orders", "upload", str(order["id"]), str(invoice), env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.startswith("sfd: upload_document of order DEC-OK: ticket ")
+    assert first.stderr.endswith(" is scheduled\n")
+    again = run_cli(config, "orders", "upload", str(order["id"]), str(invoice), env=env)
+    assert again.stderr == first.stderr  # the same ticket: nothing is sent twice
+
+    renamed = tmp_path / "invoice.pdf"
+    renamed.write_bytes(EXE)
+    refused = run_cli(config, "orders", "upload", str(order["id"]), str(renamed), env=env)
+    assert refused.returncode == 1
+    assert str(renamed) in refused.stderr
+    assert "is not a PDF, JPEG or PNG file" in refused.stderr
+
+    shown = json.loads(
+        run_cli(config, "orders", "show", str(order["id"]), "--json", env=env).stdout
+    )
+    [document] = shown["documents"]
+    assert (document["file_name"], document["size"], document["state"]) == (
+        "FA000777.pdf", len(PDF), "scheduled",
+    )  # fmt: skip
+    assert document["sha256"] == hashlib.sha256(PDF).hexdigest()
+    [operation] = shown["operations"]
+    assert operation["kind"] == "upload_document"
+    text = run_cli(config, "orders", "show", str(order["id"]), env=env).stdout
+    assert "FA000777.pdf" in text and "invoice" in text

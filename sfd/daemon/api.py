@@ -23,7 +23,7 @@ from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus, TicketState
 from sfd.domain.clock import Clock
 from sfd.domain.documents import MAX_DOCUMENT_BYTES, MAX_DOCUMENTS, DocumentRefused, check_document
-from sfd.domain.rules import DocumentPayload
+from sfd.domain.rules import document_payload
 from sfd.logs import get_logger
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageUnavailable
 from sfd.storage.tokens import TokenIdentity
@@ -531,13 +531,7 @@ class ShopApi:
                 raise sf.WireError(f"files[{entry.file}]", str(exc)) from None
             requests.append(
                 OperationRequest(
-                    payload=DocumentPayload(
-                        type=document.type,
-                        sha256=document.sha256,
-                        file_name=document.file_name,
-                        content_type=document.content_type,
-                        size=document.size,
-                    ),
+                    payload=document_payload(document),
                     order_id=entry.order_id,
                     reference=entry.reference,
                     channel=entry.channel_name,

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState, reached
+from sfd.domain.documents import Document
 
 K = OperationKind
 S = OrderStatus
@@ -88,6 +89,18 @@ class DocumentPayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=T
 
 
 Payload = ShipPayload | AcknowledgePayload | ReasonPayload | RefundPayload | DocumentPayload
+
+
+def document_payload(document: Document) -> DocumentPayload:
+    """The outbox payload of a checked document: everything but its bytes."""
+    return DocumentPayload(
+        type=document.type,
+        sha256=document.sha256,
+        file_name=document.file_name,
+        content_type=document.content_type,
+        size=document.size,
+    )
+
 
 PAYLOAD_TYPES: dict[OperationKind, type[Payload]] = {
     K.SHIP: ShipPayload,
