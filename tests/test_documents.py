@@ -33,6 +33,7 @@ from sfd.storage import OperationRequest, Storage
 from tests import test_cli as cli_tests
 from tests.connectors.amazon_model import check_request
 from tests.factories import NOW, make_order
+from tests.page.conftest import PageClient
 from tests.support import run_cli, write_config
 from tests.test_worker import Hub, hub, orders_on_sale, other_channel  # noqa: F401
 
@@ -387,3 +388,55 @@ async def test_orders_upload_sends_a_file_once_and_show_lists_it_with_its_state(
     assert operation["kind"] == "upload_document"
     text = run_cli(config, "orders", "show", str(order["id"]), env=env).stdout
     assert "FA000777.pdf" in text and "invoice" in text
+
+
+# -- the order page -------------------------------------------------------------------------
+
+
+def page_form(csrf: str | None, name: str, content: bytes) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    if csrf is not None:
+        form.add_field("csrf", csrf)
+    form.add_field("type", "invoice")
+    form.add_field("file", content, filename=name, content_type="application/octet-stream")
+    return form
+
+
+async def test_the_order_page_uploads_an_invoice_with_its_csrf_token_and_lists_it(
+    hub: Hub,
+) -> None:
+    [reference] = await orders_on_sale(hub, 1)
+    order_id = await hub.order_id(reference)
+    page = PageClient(hub.daemon.url)
+    try:
+        await page.sign_in(hub.token)
+        status, html = await page.get(f"/orders/{order_id}")
+        assert status == 200
+        assert f'action="/orders/{order_id}/documents" enctype="multipart/form-data"' in html
+
+        # Without the page's token: refused, nothing stored.
+        status, html, _ = await page.request(
+            "POST", f"/orders/{order_id}/documents", data=page_form("forged", "FA1.pdf", PDF)
+        )
+        assert status == 403 and "security token" in html
+        # Not a document: the page says why, naming the file.
+        status, html, _ = await page.request(
+            "POST", f"/orders/{order_id}/documents", data=page_form(page.csrf, "FA1.pdf", EXE)
+        )
+        assert status == 400
+        assert "FA1.pdf: is not a PDF, JPEG or PNG file" in html
+        assert await count(hub.storage, "documents") == 0
+
+        status, _, response = await page.request(
+            "POST", f"/orders/{order_id}/documents", data=page_form(page.csrf, "FA1.pdf", PDF)
+        )
+        assert status == 303
+        ticket_id = response.headers["Location"].rsplit("done=", 1)[1]
+        assert (await hub.finished(ticket_id))["state"] == "succeed"
+        status, html = await page.get(f"/orders/{order_id}")
+    finally:
+        await page.close()
+    assert [d["file_name"] for d in hub.marketplace.documents[reference]] == ["FA1.pdf"]
+    assert f'data-ticket="{ticket_id}"' in html
+    section = html[html.index('id="documents"') :]
+    assert "FA1.pdf" in section and "t-succeed" in section.split("</section>")[0]

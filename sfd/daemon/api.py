@@ -78,7 +78,7 @@ def storage_unavailable(exc: StorageUnavailable) -> web.Response:
     return response
 
 
-async def _read_part(part: BodyPartReader, limit: int) -> bytes | None:
+async def read_part(part: BodyPartReader, limit: int) -> bytes | None:
     """A part's bytes, or None past `limit` (the rest is not kept in memory)."""
     chunks: list[bytes] = []
     size = 0
@@ -584,7 +584,7 @@ class ShopApi:
                         "files[]", f"more than {MAX_DOCUMENTS} files; at most {MAX_DOCUMENTS}"
                     )
                 name = part.filename or f"file {len(files) + 1}"
-                content = await _read_part(part, MAX_DOCUMENT_BYTES)
+                content = await read_part(part, MAX_DOCUMENT_BYTES)
                 if content is None:
                     raise sf.WireError(
                         f"files[{len(files)}]",
@@ -592,7 +592,7 @@ class ShopApi:
                     )
                 files.append((name, content))
             elif part.name == "body":
-                body = await _read_part(part, 1024**2)
+                body = await read_part(part, 1024**2)
                 if body is None:
                     raise sf.WireError("body", "the body part is over 1 MiB")
             else:
