@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from yarl import URL
 
@@ -24,9 +25,15 @@ from sfd.connectors.ebay import NO_INVOICE_UPLOAD, EbayConnector
 from sfd.connectors.mirakl import MiraklConnector
 from sfd.connectors.settings import AmazonSettings, EbaySettings, MiraklSettings
 from sfd.daemon.worker import OperationsWorker
-from sfd.domain import EventSource, OperationKind, TicketState
+from sfd.domain import EventSource, FulfilledBy, OperationKind, OrderStatus, TicketState
 from sfd.domain.documents import MAX_DOCUMENT_BYTES, check_document
-from sfd.domain.rules import DocumentPayload
+from sfd.domain.rules import (
+    DocumentPayload,
+    OrderView,
+    PriorOperation,
+    decide,
+    document_payload,
+)
 from sfd.sandbox.amazon import FRANCE, SandboxAmazon, run_amazon
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OperationRequest, Storage
@@ -440,3 +447,28 @@ async def test_the_order_page_uploads_an_invoice_with_its_csrf_token_and_lists_i
     assert f'data-ticket="{ticket_id}"' in html
     section = html[html.index('id="documents"') :]
     assert "FA1.pdf" in section and "t-succeed" in section.split("</section>")[0]
+
+
+def test_the_rules_match_a_document_by_its_digest_and_let_a_failed_one_be_sent_again() -> None:
+    view = OrderView(
+        id=1,
+        reference="M-1",
+        channel="decathlon",
+        status=OrderStatus.SHIPPED,
+        fulfilled_by=FulfilledBy.STORE,
+        require_tracking=False,
+        items={},
+    )
+    payload = document_payload(check_document("FA1.pdf", PDF))
+    renamed = document_payload(check_document("other-name.pdf", PDF))
+    stored = msgspec.to_builtins(payload)
+    sent = PriorOperation(7, "t7", OperationKind.UPLOAD_DOCUMENT, TicketState.SUCCEED, stored)
+    failed = PriorOperation(8, "t8", OperationKind.UPLOAD_DOCUMENT, TicketState.FAILED, stored)
+    # Any status takes a document: a shipped order's invoice is the usual case.
+    assert decide(OperationKind.UPLOAD_DOCUMENT, view, payload, []).state == TicketState.SCHEDULED
+    again = decide(OperationKind.UPLOAD_DOCUMENT, view, renamed, [sent])
+    assert again.reuse == sent
+    retried = decide(OperationKind.UPLOAD_DOCUMENT, view, payload, [failed])
+    assert (retried.state, retried.reuse) == (TicketState.SCHEDULED, None)
+    other = document_payload(check_document("FA2.pdf", PDF + b"%2"))
+    assert decide(OperationKind.UPLOAD_DOCUMENT, view, other, [sent]).reuse is None
