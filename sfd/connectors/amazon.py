@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import aiohttp
+import anyio
 import msgspec
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
+from sfd.connectors import amazon_feeds as feeds
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
@@ -61,6 +63,7 @@ from sfd.domain import (
 )
 from sfd.domain.carriers import CarrierMatch, MarketplaceCarrier, match_carrier
 from sfd.domain.clock import to_api, utcnow
+from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -457,9 +460,14 @@ class AmazonConnector(HttpConnector):
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
+        feed_poll: float = 30.0,
+        feed_wait: float = 1800.0,
     ) -> None:
         self.name = name
         self._settings = settings
+        #: How often, and how long, an invoice feed's processing is awaited (seconds).
+        self.feed_poll = feed_poll
+        self.feed_wait = feed_wait
         self._endpoint = settings.endpoint.strip().rstrip("/")
         self._http = HttpClient(
             "Amazon",
@@ -623,6 +631,78 @@ class AmazonConnector(HttpConnector):
     async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
         """The carrier codes confirmShipment takes (Amazon's documented list: no call)."""
         return list(CARRIERS)
+
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """Send an invoice as an UPLOAD_VAT_INVOICE feed; its processing report confirms it.
+
+        createFeedDocument, the file to the presigned URL, createFeed with the order id,
+        invoice number and document type; then getFeed until DONE, and the report's errors
+        refuse it."""
+        marketplace = (
+            self._only_marketplace()
+            or (
+                await self._read_order(reference, f"getOrder {reference} before an invoice")
+            ).salesChannel.marketplaceId
+        )
+        if not marketplace:
+            raise Rejected(f"Amazon order {reference} names no marketplace for its invoice")
+        op = f"createFeedDocument for the invoice of {reference}"
+        body = await self._call(
+            "POST", f"{feeds.FEEDS_PATH}/documents", op,
+            body={"contentType": document.content_type},
+        )  # fmt: skip
+        target = self._http.decode(body, feeds.FeedDocumentAnswer, op)
+        op = f"upload of the invoice of {reference}"
+        answer = await self._http.send(
+            "PUT", URL(target.url, encoded=True), op=op,
+            headers={"Content-Type": document.content_type}, form=document.content,
+        )  # fmt: skip
+        if not 200 <= answer.status < 300:
+            self._http.fail_common(answer, op)
+            raise Rejected(self._http.rejection(answer, None, op=op))
+        op = f"createFeed UPLOAD_VAT_INVOICE for {reference}"
+        spec = feeds.vat_invoice_feed(
+            reference, marketplace, target.feedDocumentId, feeds.invoice_number(document)
+        )
+        body = await self._call("POST", f"{feeds.FEEDS_PATH}/feeds", op, body=spec)
+        feed_id = self._http.decode(body, feeds.FeedAnswer, op).feedId
+        await self._feed_result(reference, feed_id)
+
+    async def _feed_result(self, reference: str, feed_id: str) -> None:
+        """Wait for the feed to be processed, and refuse what its report refuses."""
+        op = f"getFeed {feed_id} (invoice of {reference})"
+        waited = 0.0
+        while True:
+            body = await self._call("GET", f"{feeds.FEEDS_PATH}/feeds/{segment(feed_id)}", op)
+            feed = self._http.decode(body, feeds.Feed, op)
+            if feed.processingStatus == feeds.DONE:
+                break
+            if feed.processingStatus in feeds.FAILED_STATES:
+                raise Rejected(
+                    f"Amazon {op}: the feed ended {feed.processingStatus}; "
+                    "the invoice was not taken"
+                )
+            if waited >= self.feed_wait:
+                raise Transient(f"Amazon {op}: still {feed.processingStatus} after {waited:g} s")
+            await anyio.sleep(self.feed_poll)
+            waited += self.feed_poll
+        if feed.resultFeedDocumentId is None:
+            return
+        op = f"getFeedDocument {feed.resultFeedDocumentId} (report for {reference})"
+        body = await self._call(
+            "GET", f"{feeds.FEEDS_PATH}/documents/{segment(feed.resultFeedDocumentId)}", op
+        )
+        report = self._http.decode(body, feeds.FeedDocumentAnswer, op)
+        answer = await self._http.send("GET", URL(report.url, encoded=True), op=op, headers={})
+        if not 200 <= answer.status < 300:
+            self._http.fail_common(answer, op)
+            raise Rejected(self._http.rejection(answer, None, op=op))
+        try:
+            errors = feeds.report_errors(answer.body, report.compressionAlgorithm)
+        except (ValueError, OSError, msgspec.DecodeError) as exc:
+            raise Transient(f"Amazon {op}: unreadable processing report ({exc})") from None
+        if errors:
+            raise Rejected(f"Amazon refused the invoice of {reference}: " + "; ".join(errors))
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on Amazon now (getOrder), or None while it is not paid."""

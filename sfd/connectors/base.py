@@ -9,6 +9,7 @@ from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
 from sfd.domain.carriers import CarrierMatch, MarketplaceCarrier
+from sfd.domain.documents import Document
 from sfd.domain.rules import tracking_numbers
 
 
@@ -166,6 +167,9 @@ class MarketplaceConnector(Protocol):
 
     async def deliver(self, reference: str) -> None:
         """Report that the order reached the customer."""
+
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """Attach a document (an invoice) to the order; a marketplace without the call refuses."""
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status as the marketplace sees it now, or None if it is not released."""

@@ -43,6 +43,7 @@ from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.carriers import MarketplaceCarrier, match_carrier
 from sfd.domain.clock import utcnow
+from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -133,6 +134,13 @@ class _Listing(msgspec.Struct):
     orders: list[msgspec.Raw] = msgspec.field(default_factory=list)
     total: int | None = None
     next: str | None = None
+
+
+#: Why an invoice upload to eBay fails: its APIs take no documents for an order.
+NO_INVOICE_UPLOAD = (
+    "eBay has no API call to attach an invoice to an order (the Sell Fulfillment API takes "
+    "none); give the buyer the invoice through eBay's messages or your own e-mail"
+)
 
 
 class EbayConnector(HttpConnector):
@@ -354,6 +362,10 @@ class EbayConnector(HttpConnector):
     async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
         """The ShippingCarrierCodeType values sfd sends (no call: the list is documented)."""
         return list(CARRIERS)
+
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """The Sell Fulfillment API has no call to attach an invoice: refused."""
+        raise Rejected(NO_INVOICE_UPLOAD)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on eBay now, or None when it is unpaid or eBay has no such order."""

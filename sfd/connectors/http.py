@@ -86,11 +86,11 @@ class HttpClient:
         op: str,
         headers: Mapping[str, str],
         body: Any = None,
-        form: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | aiohttp.FormData | bytes | None = None,
         content: bytes | None = None,
     ) -> Answer:
-        """Send one request (`body` as JSON, `form` urlencoded, `content` as given, its type in
-        `headers`); no answer at all is Transient."""
+        """Send one request (`body` as JSON, `form` urlencoded, multipart or raw bytes, `content`
+        as given, its type in `headers`); no answer at all is Transient."""
         where = self.scrub(str(url))
         try:
             async with self._open().request(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final
+from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
 import msgspec
@@ -40,6 +41,7 @@ from sfd.connectors.parsing import (
 from sfd.connectors.settings import MiraklSettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus, Shipment
 from sfd.domain.carriers import MarketplaceCarrier, match_carrier
+from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -261,6 +263,31 @@ class MiraklConnector(HttpConnector):
         """Mirakl's customer confirms receipt; the shop cannot: refused."""
         raise Rejected(NO_DELIVERY)
 
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """Attach an invoice to the order (OR74), as Mirakl's own shop SDK sends it.
+
+        Multipart: the file as `files`, and `order_documents` naming it with its type code
+        (the channel's `invoice_type_code`, CUSTOMER_INVOICE by default)."""
+        op = f"OR74 upload {document.file_name} to {reference}"
+        form = aiohttp.FormData()
+        form.add_field(
+            "files", document.content, filename=document.file_name,
+            content_type=document.content_type,
+        )  # fmt: skip
+        form.add_field(
+            "order_documents",
+            or74_details(document.file_name, self._settings.invoice_type_code),
+            content_type="application/xml",
+        )
+        path = f"/api/orders/{segment(reference)}/documents"
+        answer = _or74_answer(await self._call("POST", path, op, form=form), op)
+        if answer.errors_count:
+            why = "; ".join(
+                f"{e.file_name or document.file_name}: {e.message or 'refused'}"
+                for e in answer.document_errors
+            )
+            raise Rejected(f"Mirakl {op}: {why or 'refused'}")
+
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on Mirakl now, or None if Mirakl has not released it.
 
@@ -393,6 +420,7 @@ class MiraklConnector(HttpConnector):
         *,
         params: dict[str, str] | None = None,
         body: Any = None,
+        form: aiohttp.FormData | None = None,
     ) -> bytes:
         """Send one request and return the body of a 2xx answer; map every failure."""
         query = dict(params or {})
@@ -400,8 +428,40 @@ class MiraklConnector(HttpConnector):
             query["shop_id"] = self._settings.shop_id
         url = URL(self._base + path, encoded=True).with_query(query)
         headers = {"Authorization": self._settings.api_key, "Accept": "application/json"}
-        answer = await self._http.send(method, url, op=op, headers=headers, body=body)
+        answer = await self._http.send(method, url, op=op, headers=headers, body=body, form=form)
         return self._http.ok(answer, op, refused="the API key was refused", detail=False).body
+
+
+# -- documents ----------------------------------------------------------------------------
+
+
+class _DocumentError(msgspec.Struct):
+    file_name: str | None = None
+    message: str | None = None
+
+
+class _Or74Answer(msgspec.Struct):
+    errors_count: int = 0
+    document_errors: list[_DocumentError] = msgspec.field(default_factory=list)
+
+
+def _or74_answer(body: bytes, op: str) -> _Or74Answer:
+    if not body.strip():
+        return _Or74Answer()
+    try:
+        return msgspec.json.decode(body, type=_Or74Answer)
+    except msgspec.DecodeError as exc:
+        raise Transient(f"Mirakl {op}: unexpected answer ({exc})") from None
+
+
+def or74_details(file_name: str, type_code: str) -> str:
+    """OR74's `order_documents` part: the XML Mirakl's shop SDK writes for one document."""
+    return (
+        "<body><order_documents><order_document>"
+        f"<file_name>{xml_escape(file_name)}</file_name>"
+        f"<type_code>{xml_escape(type_code)}</type_code>"
+        "</order_document></order_documents></body>"
+    )
 
 
 # -- refunds ------------------------------------------------------------------------------

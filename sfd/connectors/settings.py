@@ -32,6 +32,8 @@ class MiraklSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True
     shop_id: str | None = None
     refund_reason_code: str | None = None
     """The operator's refund reason code (OR28); most operators require one for refunds."""
+    invoice_type_code: str = "CUSTOMER_INVOICE"
+    """The OR74 document type code invoices are sent with; operators may define their own."""
 
 
 class AmazonSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):

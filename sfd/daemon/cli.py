@@ -37,7 +37,20 @@ from sfd.domain import (
     TicketState,
 )
 from sfd.domain.clock import utcnow
-from sfd.domain.rules import Payload, ReasonPayload, ShipPayload, tracking_numbers
+from sfd.domain.documents import (
+    DOCUMENT_TYPES,
+    MAX_DOCUMENT_BYTES,
+    Document,
+    DocumentRefused,
+    check_document,
+)
+from sfd.domain.rules import (
+    Payload,
+    ReasonPayload,
+    ShipPayload,
+    document_payload,
+    tracking_numbers,
+)
 from sfd.logs import configure_logging
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError, maintenance
 from sfd.storage.maintenance import CheckReport
@@ -221,6 +234,12 @@ def _add_orders(commands: _Commands[_Parser]) -> None:
         metavar="ID:QTY",
         help="for a partial shipment: an order item id and its quantity; repeat",
     )
+    upload = orders.add_parser(
+        "upload", help="attach a document (an invoice) to the order, sent to its marketplace"
+    )
+    upload.add_argument("id", type=int)
+    upload.add_argument("file", type=Path, help="a PDF, JPEG or PNG file of at most 10 MiB")
+    upload.add_argument("--type", default="invoice", choices=sorted(DOCUMENT_TYPES))
     for action in ("accept", "refuse", "cancel"):
         simple = orders.add_parser(action, help=f"{action} the order on its marketplace")
         simple.add_argument("id", type=int)
@@ -499,7 +518,7 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         return await _show_order(args, storage, scope)
     if args.orders_command == "retry-push":
         return await _retry_push(args, storage)
-    if args.orders_command in ("ship", "accept", "refuse", "cancel"):
+    if args.orders_command in ("ship", "accept", "refuse", "cancel", "upload"):
         return await _operate(args, storage)
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
@@ -525,8 +544,15 @@ async def _show_order(args: argparse.Namespace, storage: Storage, scope: int | N
     if order is None:
         raise CommandError(f"no order with id {args.id}")
     operations = await storage.operations.for_order(order.id)
+    documents = await storage.documents.for_order(order.id)
     if args.json:
-        _print_json({**msgspec.structs.asdict(order), "operations": operations})
+        _print_json(
+            {
+                **msgspec.structs.asdict(order),
+                "operations": operations,
+                "documents": [dataclasses.asdict(d) for d in documents],
+            }
+        )
         return EXIT_OK
     console = _console()
     console.print(_order_rows([order]))
@@ -568,6 +594,19 @@ async def _show_order(args: argparse.Namespace, storage: Storage, scope: int | N
             t.reason or "",
         )
     console.print(tickets)
+    if documents:
+        table = Table("document", "type", "size", "sha256", "ticket", "state", "marketplace says")
+        for d in documents:
+            table.add_row(
+                d.file_name + (" (erased)" if d.erased else ""),
+                d.type,
+                f"{d.size} B",
+                d.sha256[:16],
+                d.ticket_id,
+                d.state.value + (", confirmed" if d.confirmed_at else ""),
+                d.reason or "",
+            )
+        console.print(table)
     return EXIT_OK
 
 
@@ -586,17 +625,40 @@ def _ship_payload(args: argparse.Namespace) -> ShipPayload:
     )
 
 
+def _read_document(args: argparse.Namespace) -> Document:
+    """The file named by `sfd orders upload`, checked as the API checks one."""
+    path: Path = args.file
+    try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise DocumentRefused(
+                str(path), f"is {size} bytes; at most {MAX_DOCUMENT_BYTES} (10 MiB) a file"
+            )
+        return check_document(path.name, path.read_bytes(), args.type)
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot be read: {exc.strerror}") from None
+    except DocumentRefused as exc:
+        raise CommandError(f"{path}: {exc.message}; nothing was stored") from None
+
+
 async def _operate(args: argparse.Namespace, storage: Storage) -> int:
     """Submit an operation on one order, by the same rules and outbox as the API."""
     order = await storage.orders.get(args.id, details=False)
     if order is None:
         raise CommandError(f"no order with id {args.id}")
-    kind = OperationKind(args.orders_command)
-    payload: Payload = _ship_payload(args) if kind == OperationKind.SHIP else ReasonPayload()
+    document = _read_document(args) if args.orders_command == "upload" else None
+    kind = OperationKind.UPLOAD_DOCUMENT if document else OperationKind(args.orders_command)
+    payload: Payload = (
+        document_payload(document)
+        if document
+        else _ship_payload(args)
+        if kind == OperationKind.SHIP
+        else ReasonPayload()
+    )
     batch = await storage.operations.submit(
         order.store_id,
         kind,
-        [OperationRequest(payload=payload, order_id=order.id)],
+        [OperationRequest(payload=payload, order_id=order.id, document=document)],
         EventSource.CLI,
         utcnow(),
         args.actor,

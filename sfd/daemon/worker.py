@@ -488,6 +488,12 @@ async def _refund(connector: MarketplaceConnector, claim: Claim) -> None:
     )
 
 
+async def _upload_document(connector: MarketplaceConnector, claim: Claim) -> None:
+    if claim.document is None:
+        raise Rejected("the document's content was erased before it was sent")
+    await connector.upload_document(claim.order_reference, claim.document)
+
+
 #: Operation kind → the marketplace call that delivers it; a kind not here is refused.
 _HANDLERS: dict[OperationKind, Handler] = {
     K.ACCEPT: _accept,
@@ -496,4 +502,5 @@ _HANDLERS: dict[OperationKind, Handler] = {
     K.SHIP: _ship,
     K.REFUND: _refund,
     K.DELIVER: _mark_delivered,
+    K.UPLOAD_DOCUMENT: _upload_document,
 }

@@ -24,9 +24,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from email.parser import BytesParser
+from email.policy import default as email_policy
 from typing import Any, Final, NamedTuple, TypeVar
 
 from aiohttp import web
+from defusedxml import ElementTree as DefusedET
 
 from sfd.domain.clock import Clock, from_iso, utcnow
 from sfd.sandbox.kit import (
@@ -242,6 +245,10 @@ class SandboxMarketplace:
         """Shipments confirmed by OR24 that Mirakl has not applied yet, soonest first."""
         self._failures: list[Failure] = []
         self._sequence = 0
+        self.document_types = set(DOCUMENT_TYPE_CODES)
+        """The OR74 type codes this operator takes."""
+        self.documents: dict[str, list[dict[str, Any]]] = {}
+        """Order id → the documents OR74 attached to it, in order."""
 
     # -- state, for tests and the demo ----------------------------------------------------
 
@@ -360,6 +367,7 @@ class SandboxMarketplace:
         app.router.add_put("/api/orders/refund", self._refund, name="OR28")
         app.router.add_put("/api/orders/{order_id}/cancel", self._cancel, name="OR29")
         app.router.add_get("/api/shipping/carriers", self._list_carriers, name="SH21")
+        app.router.add_post("/api/orders/{order_id}/documents", self._documents, name="OR74")
         return app
 
     # -- HTTP -----------------------------------------------------------------------------
@@ -606,6 +614,53 @@ class SandboxMarketplace:
                 data["can_cancel"] = data["can_shop_ship"] = False
             self._touch(record, now)
         return _json({"refunds": created})
+
+    async def _documents(self, request: web.Request) -> web.Response:
+        """OR74: multipart `files` and an `order_documents` XML naming each file's type."""
+        record = self._find(request)
+        if record is None:
+            return _not_found(request)
+        try:
+            files, details = _or74_parts(
+                request.headers.get("Content-Type", ""), await request.read()
+            )
+        except ValueError as exc:
+            return _error(400, str(exc))
+        self.calls[-1].body = {
+            "files": [name for name, _, _ in files],
+            "order_documents": details,
+        }
+        try:
+            named = _or74_details(details)
+        except ValueError as exc:
+            return _error(400, f"order_documents: {exc}")
+        order_id = request.match_info["order_id"]
+        kept = self.documents.setdefault(order_id, [])
+        taken, errors = [], []
+        for file_name, content_type, content in files:
+            type_code = named.get(file_name)
+            if type_code is None:
+                errors.append({"file_name": file_name, "message": "no order_document names it"})
+            elif type_code not in self.document_types:
+                errors.append(
+                    {"file_name": file_name, "message": f"unknown document type {type_code}"}
+                )
+            elif any(d["file_name"] == file_name for d in kept):
+                errors.append({"file_name": file_name, "message": "file name already used"})
+            else:
+                document = {
+                    "id": sum(len(d) for d in self.documents.values()) + 1,
+                    "file_name": file_name,
+                    "type_code": type_code,
+                    "file_size": len(content),
+                    "content_type": content_type,
+                    "content": content,
+                }
+                kept.append(document)
+                taken.append({k: document[k] for k in ("id", "file_name", "type_code")})
+        return _json(
+            {"errors_count": len(errors), "document_errors": errors, "order_documents": taken}
+        )
 
     async def _list_carriers(self, request: web.Request) -> web.Response:
         return _json({"carriers": self.carriers})
@@ -952,6 +1007,56 @@ async def run_sandbox(
     """Serve `marketplace` on `host` (a free port by default) and yield its base URL."""
     async with serve(marketplace.app(), host=host, port=port) as url:
         yield url
+
+
+#: The OR74 type codes a sandbox operator takes (Mirakl's defaults for shops).
+DOCUMENT_TYPE_CODES = ("CUSTOMER_INVOICE", "CUSTOMER_CREDIT_NOTE", "SHIPPING_LABEL")
+
+
+def _or74_parts(content_type: str, raw: bytes) -> tuple[list[tuple[str, str, bytes]], str]:
+    """OR74's files (name, content type, bytes) and its order_documents XML; ValueError."""
+    if not content_type.startswith("multipart/form-data"):
+        raise ValueError(f"expected multipart/form-data, not {content_type or 'nothing'}")
+    message = BytesParser(policy=email_policy).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    if not message.is_multipart():
+        raise ValueError("the multipart body cannot be read")
+    files: list[tuple[str, str, bytes]] = []
+    details: str | None = None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            raise ValueError(f"part {name!r} is empty")
+        if name == "files":
+            filename = part.get_filename()
+            if not filename:
+                raise ValueError("a files part has no filename")
+            files.append((filename, part.get_content_type(), payload))
+        elif name == "order_documents":
+            details = payload.decode("utf-8")
+        else:
+            raise ValueError(f"unexpected part {name!r}")
+    if not files:
+        raise ValueError("files is required")
+    if details is None:
+        raise ValueError("order_documents is required")
+    return files, details
+
+
+def _or74_details(xml: str) -> dict[str, str]:
+    """file_name → type_code, from `<body><order_documents><order_document>…`."""
+    root = DefusedET.fromstring(xml)
+    if root.tag != "body" or root.find("order_documents") is None:
+        raise ValueError("expected <body><order_documents>")
+    named = {}
+    for doc in root.iter("order_document"):
+        file_name, type_code = doc.findtext("file_name"), doc.findtext("type_code")
+        if not file_name or not type_code:
+            raise ValueError("each order_document needs a file_name and a type_code")
+        named[file_name] = type_code
+    return named
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:

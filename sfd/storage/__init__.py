@@ -18,6 +18,7 @@ from sfd.storage.database import (
 )
 from sfd.storage.db import SQLiteDatabase
 from sfd.storage.deadlines import DatabaseGauges, DeadlineOrder, DeadlineStore
+from sfd.storage.documents import DocumentStore, StoredDocument, erase_documents
 from sfd.storage.operations import (
     Batch,
     Claim,
@@ -45,6 +46,7 @@ __all__ = [
     "DeadlineOrder",
     "DeadlineStore",
     "DocumentRenderer",
+    "DocumentStore",
     "ErasureHook",
     "ErasureReport",
     "ImportResult",
@@ -56,6 +58,7 @@ __all__ = [
     "StorageConflict",
     "StorageError",
     "StorageUnavailable",
+    "StoredDocument",
     "TokenError",
 ]
 
@@ -75,7 +78,10 @@ class Storage:
         self.queue = OperationQueue(db, self.orders)
         self.tokens = TokenStore(db)
         self.pushes = PushStore(db)
+        self.documents = DocumentStore(db)
         self.privacy = PrivacyStore(db, self.orders)
+        # An erased order's invoices lose their bytes with the rest of its personal data.
+        self.privacy.register_eraser("documents", erase_documents)
 
     @classmethod
     async def open(

@@ -23,6 +23,7 @@ from sfd.domain import (
     line_open,
 )
 from sfd.domain.clock import from_iso, to_iso
+from sfd.domain.documents import Document
 from sfd.domain.rules import (
     PAYLOAD_TYPES,
     AcknowledgePayload,
@@ -36,6 +37,7 @@ from sfd.domain.rules import (
     decide,
 )
 from sfd.storage.database import Connection, Database, Params, from_row, marks
+from sfd.storage.documents import DocumentStore
 from sfd.storage.orders import OrderStore, confirm_operations
 
 K = OperationKind
@@ -49,6 +51,8 @@ class OperationRequest:
     order_id: int | None = None
     reference: str | None = None
     channel: str | None = None
+    document: Document | None = None
+    """An upload_document's bytes, stored with the operation (`storage.documents`)."""
 
 
 class Batch(msgspec.Struct, kw_only=True, frozen=True):
@@ -187,6 +191,8 @@ class OperationStore:
         )
         if order is None:
             return operation_id
+        if request.document is not None and decision.state not in FINISHED_TICKET_STATES:
+            await DocumentStore.insert(tx, order.id, operation_id, request.document, now)
         touched.add(order.id)
         await self._record_outcome(
             tx, order.id, kind, request, decision, source, now, operation_id, actor
@@ -488,6 +494,8 @@ class Claim(msgspec.Struct, kw_only=True, frozen=True):
     created_at: datetime
     item_references: dict[int, str]
     """Order item id → the marketplace's line reference, for partial shipments."""
+    document: Document | None = None
+    """An upload_document's document and bytes; None once erased."""
 
 
 # The first term is implied by the last, but SQLite uses the partial index operations_due_idx
@@ -547,6 +555,9 @@ class OperationQueue:
             order_ids,
         ):
             items.setdefault(r["order_id"], {})[r["id"]] = r["channel_reference"]
+        documents = await DocumentStore.for_operations(
+            tx, [r["id"] for r in rows if r["kind"] == K.UPLOAD_DOCUMENT]
+        )
         return [
             Claim(
                 operation_id=r["id"],
@@ -560,6 +571,7 @@ class OperationQueue:
                 attempts=r["attempts"],
                 created_at=from_iso(r["created_at"]),
                 item_references=items.get(r["order_id"], {}),
+                document=documents.get(r["id"]),
             )
             for r in rows
         ]

@@ -789,7 +789,9 @@ async def confirm_operations(
             (to_iso(now), to_iso(now), row["id"]),
         )
         how = (
-            f"the marketplace's answer confirms it: a {status.value} order keeps its status"
+            "the marketplace took the document"
+            if kind == OperationKind.UPLOAD_DOCUMENT
+            else f"the marketplace's answer confirms it: a {status.value} order keeps its status"
             if by_answer and not confirms(kind, status)
             else f"confirmed {seconds:.0f}s after the request"
         )
