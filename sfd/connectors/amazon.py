@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-import aiohttp
 import msgspec
 from aiolimiter import AsyncLimiter
 from yarl import URL
@@ -37,7 +36,7 @@ from sfd.connectors.base import (
     SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment, unless_done
+from sfd.connectors.http import Answer, MarketplaceHttp, segment, unless_done
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_error
 from sfd.connectors.parsing import (
     MalformedOrder,
@@ -48,6 +47,7 @@ from sfd.connectors.parsing import (
     malformed,
     parse_moment,
     reference_or_position,
+    requested_lines,
     utc,
 )
 from sfd.connectors.settings import AmazonSettings
@@ -60,7 +60,7 @@ from sfd.domain import (
     OrderStatus,
     Shipment,
 )
-from sfd.domain.clock import to_api, utcnow
+from sfd.domain.clock import to_api
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -422,34 +422,20 @@ _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
 
 
-class AmazonConnector(HttpConnector):
-    """One seller's Amazon account, through SP-API Orders v2026-01-01, for its marketplaces."""
+class AmazonConnector(MarketplaceHttp[AmazonSettings]):
+    """One seller's Amazon account, through SP-API Orders v2026-01-01, for its marketplaces.
 
+    The searchOrders model documents no order for its results (pages not sorted by update).
+    """
+
+    label = "Amazon"
+    default_name = "amazon"
     # searchOrders restores one request every three minutes: polling faster drains its burst.
     min_poll_interval: float | None = 180.0
-    # The searchOrders model documents no order for its results.
-    pages_sorted_by_update: bool = False
 
-    def __init__(
-        self,
-        settings: AmazonSettings,
-        *,
-        name: str = "amazon",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.name = name
-        self._settings = settings
+    def _open(self) -> None:
+        settings = self._settings
         self._endpoint = settings.endpoint.strip().rstrip("/")
-        self._http = HttpClient(
-            "Amazon",
-            secrets=lambda: (settings.client_secret, settings.refresh_token, self._lwa.current),
-            session=session,
-            timeout=timeout,
-            error_message=_error_message,
-        )
-        self._clock = clock
         self._lwa = RefreshTokenGrant(
             self._http,
             settings.token_url,
@@ -463,12 +449,18 @@ class AmazonConnector(HttpConnector):
             headers={"Accept": "application/json"},
             refused=self._lwa_refused,
             empty="Amazon LWA token: unexpected answer (no usable access_token)",
-            clock=clock,
+            clock=self._clock,
         )
         # One bucket per operation, shared by every call of this connector.
         self._search_limiter = _bucket(SEARCH_BURST, SEARCH_RATE)
         self._order_limiter = _bucket(ORDER_BURST, ORDER_RATE)
         self._confirm_limiter = _bucket(CONFIRM_BURST, CONFIRM_RATE)
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        return (self._settings.client_secret, self._settings.refresh_token, self._lwa.current)
+
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     # -- the connector protocol ---------------------------------------------------------------
 
@@ -684,18 +676,15 @@ class AmazonConnector(HttpConnector):
         rate Amazon states in `x-amzn-RateLimit-Limit` retunes the operation's bucket.
         """
         url = build_url(self._endpoint, path, params)
-
-        async def send(token: str) -> Answer:
-            if limiter is not None:
-                await limiter.acquire()
-            headers = {
-                "x-amz-access-token": token,
-                "Accept": "application/json",
-                "User-Agent": "sfd (Language=Python)",
-            }
-            return await self._http.send(method, url, op=op, headers=headers, body=body)
-
-        answer = await self._lwa.call(send, refused_with=403)
+        answer = await self._lwa.send(
+            method,
+            url,
+            op=op,
+            headers=_api_headers,
+            refused_with=403,
+            body=body,
+            before=limiter.acquire if limiter is not None else None,
+        )
         stated = _rate(answer.headers.get("x-amzn-RateLimit-Limit"))
         if limiter is not None and stated is not None:
             retune(limiter, stated)
@@ -708,6 +697,14 @@ class AmazonConnector(HttpConnector):
     def _checked(self, answer: Answer, op: str) -> bytes:
         """The body of a 2xx answer; every other status mapped to its connector error."""
         return self._http.ok(answer, op, refused="access refused").body
+
+
+def _api_headers(token: str) -> dict[str, str]:
+    return {
+        "x-amz-access-token": token,
+        "Accept": "application/json",
+        "User-Agent": "sfd (Language=Python)",
+    }
 
 
 # -- reading orders -------------------------------------------------------------------------
@@ -1019,16 +1016,14 @@ def _when(moment: datetime | None) -> str | None:
 def _requested_lines(items: dict[str, int] | None) -> list[tuple[str, int]] | None:
     if items is None:
         return None
-    if not items:
-        raise Rejected("a partial shipment needs at least one item")
-    lines: list[tuple[str, int]] = []
-    for item_id, quantity in items.items():
-        if not item_id.strip():
-            raise Rejected("a partial shipment names an item without its OrderItemId")
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-            raise Rejected(f"item {item_id}: a quantity to ship must be a positive whole number")
-        lines.append((item_id, quantity))
-    return lines
+    return requested_lines(
+        items,
+        empty="a partial shipment needs at least one item",
+        blank="a partial shipment names an item without its OrderItemId",
+        bad=lambda item_id, _: (
+            f"item {item_id}: a quantity to ship must be a positive whole number"
+        ),
+    )
 
 
 def _check_status(order: _OrderCheck) -> str:
