@@ -486,7 +486,7 @@ class AmazonConnector(MarketplaceHttp[AmazonSettings]):
             op = f"searchOrders page {page_number}"
             params = first if token is None else {**first, "paginationToken": token}
             answer = await self._call_answer(
-                "GET", ORDERS_PATH, op, params=params, limiter=self._search_limiter
+                "GET", ORDERS_PATH, op, self._search_limiter, params=params
             )
             if token is not None and answer.status == 400 and not restarted:
                 # The token expired (24 h) or Amazon no longer knows it: start the pass again.
@@ -572,7 +572,7 @@ class AmazonConnector(MarketplaceHttp[AmazonSettings]):
             again = await self._read_order(reference, f"getOrder {reference} after a refusal")
             return _check_status(again) in SHIPPED_STATUSES
 
-        send = self._call("POST", path, op, body=body, limiter=self._confirm_limiter)
+        send = self._call("POST", path, op, self._confirm_limiter, body=body)
         await unless_done(send, shipped)
         return receipt
 
@@ -626,7 +626,7 @@ class AmazonConnector(MarketplaceHttp[AmazonSettings]):
     async def _read_order(self, reference: str, op: str) -> _OrderCheck:
         path = f"{ORDERS_PATH}/{segment(reference)}"
         params = {"includedData": ",".join(ORDER_CHECK_DATA)}
-        body = await self._call("GET", path, op, params=params, limiter=self._order_limiter)
+        body = await self._call("GET", path, op, self._order_limiter, params=params)
         return self._http.decode(body, _OrderCheckAnswer, op).order
 
     def _only_marketplace(self) -> str | None:
@@ -649,15 +649,12 @@ class AmazonConnector(MarketplaceHttp[AmazonSettings]):
         method: str,
         path: str,
         op: str,
-        *,
+        limiter: AsyncLimiter,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        limiter: AsyncLimiter | None = None,
     ) -> bytes:
         """Send one SP-API request and return the body of a 2xx answer; map every failure."""
-        answer = await self._call_answer(
-            method, path, op, params=params, body=body, limiter=limiter
-        )
+        answer = await self._call_answer(method, path, op, limiter, params=params, body=body)
         return self._checked(answer, op)
 
     async def _call_answer(
@@ -665,12 +662,12 @@ class AmazonConnector(MarketplaceHttp[AmazonSettings]):
         method: str,
         path: str,
         op: str,
-        *,
+        limiter: AsyncLimiter,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        limiter: AsyncLimiter | None = None,
     ) -> Answer:
-        """Send one SP-API request through its bucket and return the answer; a 429 raises.
+        """Send one SP-API request through its operation's bucket (`limiter`) and return the
+        answer; a 429 raises.
 
         A 403 (an expired or revoked access token) gets one new token and one more try. The
         rate Amazon states in `x-amzn-RateLimit-Limit` retunes the operation's bucket.
@@ -683,13 +680,13 @@ class AmazonConnector(MarketplaceHttp[AmazonSettings]):
             headers=_api_headers,
             refused_with=403,
             body=body,
-            before=limiter.acquire if limiter is not None else None,
+            before=limiter.acquire,
         )
         stated = _rate(answer.headers.get("x-amzn-RateLimit-Limit"))
-        if limiter is not None and stated is not None:
+        if stated is not None:
             retune(limiter, stated)
         if answer.status == 429:
-            rate = stated or (limiter.max_rate / limiter.time_period if limiter else None)
+            rate = stated or limiter.max_rate / limiter.time_period
             # Without Retry-After, the restore rate tells when one request is back.
             self._http.fail_common(answer, op, lambda _: round(1 / rate, 3) if rate else None)
         return answer

@@ -176,7 +176,7 @@ class MiraklConnector(MarketplaceHttp[MiraklSettings]):
             if since is not None:
                 params["start_update_date"] = format_date(since)
             op = f"OR11 list orders (offset {offset})"
-            listing = self._listing(await self._call("GET", "/api/orders", op, params=params), op)
+            listing = self._listing(await self._call("GET", "/api/orders", op, **params), op)
             yield _PAGES.read(op, listing.orders, offset)
             count = len(listing.orders)
             offset += count
@@ -364,7 +364,7 @@ class MiraklConnector(MarketplaceHttp[MiraklSettings]):
 
     async def _read_order(self, reference: str, op: str) -> dict[str, Any] | None:
         """One order as OR11 shows it, or None when Mirakl has no such order."""
-        body = await self._call("GET", "/api/orders", op, params={"order_ids": reference})
+        body = await self._call("GET", "/api/orders", op, order_ids=reference)
         for raw in self._listing(body, op).orders:
             order = _ANY_DECODER.decode(raw)
             if isinstance(order, dict) and order.get("order_id") == reference:
@@ -387,11 +387,11 @@ class MiraklConnector(MarketplaceHttp[MiraklSettings]):
         path: str,
         op: str,
         *,
-        params: dict[str, str] | None = None,
         body: Any = None,
+        **query: str,
     ) -> bytes:
-        """Send one request and return the body of a 2xx answer; map every failure."""
-        query = dict(params or {})
+        """Send one request (`query` its URL's query) and return the body of a 2xx answer; map
+        every failure."""
         if self._settings.shop_id:
             query["shop_id"] = self._settings.shop_id
         url = URL(self._base + path, encoded=True).with_query(query)
