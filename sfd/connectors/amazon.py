@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Unpack
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 import msgspec
 from aiolimiter import AsyncLimiter
@@ -38,7 +37,13 @@ from sfd.connectors.base import (
     SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment, unless_done
+from sfd.connectors.http import (
+    Answer,
+    ConnectorOptions,
+    MarketplaceHttp,
+    segment,
+    unless_done,
+)
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_error
 from sfd.connectors.parsing import (
     MalformedOrder,
@@ -49,6 +54,7 @@ from sfd.connectors.parsing import (
     malformed,
     parse_moment,
     reference_or_position,
+    requested_lines,
     utc,
 )
 from sfd.connectors.settings import AmazonSettings
@@ -62,7 +68,7 @@ from sfd.domain import (
     Shipment,
 )
 from sfd.domain.carriers import CarrierMatch, MarketplaceCarrier, match_carrier
-from sfd.domain.clock import to_api, utcnow
+from sfd.domain.clock import to_api
 from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
@@ -96,6 +102,12 @@ ORDER_BURST: Final = 30
 #: confirmShipment (Orders v0): 2 requests per second, burst 10.
 CONFIRM_RATE: Final = 2.0
 CONFIRM_BURST: Final = 10
+#: The Feeds API 2021-06-30's plans (invoices): createFeedDocument 0.5/s burst 15, createFeed
+#: 0.0083/s burst 15, getFeed 2/s burst 15, getFeedDocument 0.0222/s burst 10.
+FEED_DOCUMENT_PLAN: Final = (15, 0.5)
+CREATE_FEED_PLAN: Final = (15, 0.0083)
+GET_FEED_PLAN: Final = (15, 2.0)
+GET_FEED_DOCUMENT_PLAN: Final = (10, 0.0222)
 
 #: Fulfilment statuses of orders not paid yet: not imported.
 UNRELEASED_STATUSES: Final = frozenset({"PENDING", "PENDING_AVAILABILITY"})
@@ -444,39 +456,33 @@ _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
 
 
-class AmazonConnector(HttpConnector):
-    """One seller's Amazon account, through SP-API Orders v2026-01-01, for its marketplaces."""
+class AmazonConnector(MarketplaceHttp[AmazonSettings]):
+    """One seller's Amazon account, through SP-API Orders v2026-01-01, for its marketplaces.
 
+    The searchOrders model documents no order for its results (pages not sorted by update).
+    """
+
+    label = "Amazon"
+    default_name = "amazon"
     # searchOrders restores one request every three minutes: polling faster drains its burst.
     min_poll_interval: float | None = 180.0
-    # The searchOrders model documents no order for its results.
-    pages_sorted_by_update: bool = False
 
     def __init__(
         self,
         settings: AmazonSettings,
         *,
-        name: str = "amazon",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
-        clock: Callable[[], datetime] = utcnow,
         feed_poll: float = 30.0,
         feed_wait: float = 1800.0,
+        **options: Unpack[ConnectorOptions],
     ) -> None:
-        self.name = name
-        self._settings = settings
         #: How often, and how long, an invoice feed's processing is awaited (seconds).
         self.feed_poll = feed_poll
         self.feed_wait = feed_wait
+        super().__init__(settings, **options)
+
+    def _open(self) -> None:
+        settings = self._settings
         self._endpoint = settings.endpoint.strip().rstrip("/")
-        self._http = HttpClient(
-            "Amazon",
-            secrets=lambda: (settings.client_secret, settings.refresh_token, self._lwa.current),
-            session=session,
-            timeout=timeout,
-            error_message=_error_message,
-        )
-        self._clock = clock
         self._lwa = RefreshTokenGrant(
             self._http,
             settings.token_url,
@@ -490,12 +496,22 @@ class AmazonConnector(HttpConnector):
             headers={"Accept": "application/json"},
             refused=self._lwa_refused,
             empty="Amazon LWA token: unexpected answer (no usable access_token)",
-            clock=clock,
+            clock=self._clock,
         )
         # One bucket per operation, shared by every call of this connector.
         self._search_limiter = _bucket(SEARCH_BURST, SEARCH_RATE)
         self._order_limiter = _bucket(ORDER_BURST, ORDER_RATE)
         self._confirm_limiter = _bucket(CONFIRM_BURST, CONFIRM_RATE)
+        self._feed_document_limiter = _bucket(*FEED_DOCUMENT_PLAN)
+        self._create_feed_limiter = _bucket(*CREATE_FEED_PLAN)
+        self._get_feed_limiter = _bucket(*GET_FEED_PLAN)
+        self._get_feed_document_limiter = _bucket(*GET_FEED_DOCUMENT_PLAN)
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        return (self._settings.client_secret, self._settings.refresh_token, self._lwa.current)
+
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     # -- the connector protocol ---------------------------------------------------------------
 
@@ -521,7 +537,7 @@ class AmazonConnector(HttpConnector):
             op = f"searchOrders page {page_number}"
             params = first if token is None else {**first, "paginationToken": token}
             answer = await self._call_answer(
-                "GET", ORDERS_PATH, op, params=params, limiter=self._search_limiter
+                "GET", ORDERS_PATH, op, self._search_limiter, params=params
             )
             if token is not None and answer.status == 400 and not restarted:
                 # The token expired (24 h) or Amazon no longer knows it: start the pass again.
@@ -612,7 +628,7 @@ class AmazonConnector(HttpConnector):
             again = await self._read_order(reference, f"getOrder {reference} after a refusal")
             return _check_status(again) in SHIPPED_STATUSES
 
-        send = self._call("POST", path, op, body=body, limiter=self._confirm_limiter)
+        send = self._call("POST", path, op, self._confirm_limiter, body=body)
         await unless_done(send, shipped)
         return receipt
 
@@ -648,7 +664,7 @@ class AmazonConnector(HttpConnector):
             raise Rejected(f"Amazon order {reference} names no marketplace for its invoice")
         op = f"createFeedDocument for the invoice of {reference}"
         body = await self._call(
-            "POST", f"{feeds.FEEDS_PATH}/documents", op,
+            "POST", f"{feeds.FEEDS_PATH}/documents", op, self._feed_document_limiter,
             body={"contentType": document.content_type},
         )  # fmt: skip
         target = self._http.decode(body, feeds.FeedDocumentAnswer, op)
@@ -664,7 +680,9 @@ class AmazonConnector(HttpConnector):
         spec = feeds.vat_invoice_feed(
             reference, marketplace, target.feedDocumentId, feeds.invoice_number(document)
         )
-        body = await self._call("POST", f"{feeds.FEEDS_PATH}/feeds", op, body=spec)
+        body = await self._call(
+            "POST", f"{feeds.FEEDS_PATH}/feeds", op, self._create_feed_limiter, body=spec
+        )
         feed_id = self._http.decode(body, feeds.FeedAnswer, op).feedId
         await self._feed_result(reference, feed_id)
 
@@ -673,7 +691,8 @@ class AmazonConnector(HttpConnector):
         op = f"getFeed {feed_id} (invoice of {reference})"
         waited = 0.0
         while True:
-            body = await self._call("GET", f"{feeds.FEEDS_PATH}/feeds/{segment(feed_id)}", op)
+            path = f"{feeds.FEEDS_PATH}/feeds/{segment(feed_id)}"
+            body = await self._call("GET", path, op, self._get_feed_limiter)
             feed = self._http.decode(body, feeds.Feed, op)
             if feed.processingStatus == feeds.DONE:
                 break
@@ -689,9 +708,8 @@ class AmazonConnector(HttpConnector):
         if feed.resultFeedDocumentId is None:
             return
         op = f"getFeedDocument {feed.resultFeedDocumentId} (report for {reference})"
-        body = await self._call(
-            "GET", f"{feeds.FEEDS_PATH}/documents/{segment(feed.resultFeedDocumentId)}", op
-        )
+        path = f"{feeds.FEEDS_PATH}/documents/{segment(feed.resultFeedDocumentId)}"
+        body = await self._call("GET", path, op, self._get_feed_document_limiter)
         report = self._http.decode(body, feeds.FeedDocumentAnswer, op)
         answer = await self._http.send("GET", URL(report.url, encoded=True), op=op, headers={})
         if not 200 <= answer.status < 300:
@@ -742,7 +760,7 @@ class AmazonConnector(HttpConnector):
     async def _read_order(self, reference: str, op: str) -> _OrderCheck:
         path = f"{ORDERS_PATH}/{segment(reference)}"
         params = {"includedData": ",".join(ORDER_CHECK_DATA)}
-        body = await self._call("GET", path, op, params=params, limiter=self._order_limiter)
+        body = await self._call("GET", path, op, self._order_limiter, params=params)
         return self._http.decode(body, _OrderCheckAnswer, op).order
 
     def _only_marketplace(self) -> str | None:
@@ -765,15 +783,12 @@ class AmazonConnector(HttpConnector):
         method: str,
         path: str,
         op: str,
-        *,
+        limiter: AsyncLimiter,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        limiter: AsyncLimiter | None = None,
     ) -> bytes:
         """Send one SP-API request and return the body of a 2xx answer; map every failure."""
-        answer = await self._call_answer(
-            method, path, op, params=params, body=body, limiter=limiter
-        )
+        answer = await self._call_answer(method, path, op, limiter, params=params, body=body)
         return self._checked(answer, op)
 
     async def _call_answer(
@@ -781,34 +796,31 @@ class AmazonConnector(HttpConnector):
         method: str,
         path: str,
         op: str,
-        *,
+        limiter: AsyncLimiter,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        limiter: AsyncLimiter | None = None,
     ) -> Answer:
-        """Send one SP-API request through its bucket and return the answer; a 429 raises.
+        """Send one SP-API request through its operation's bucket (`limiter`) and return the
+        answer; a 429 raises.
 
         A 403 (an expired or revoked access token) gets one new token and one more try. The
         rate Amazon states in `x-amzn-RateLimit-Limit` retunes the operation's bucket.
         """
         url = build_url(self._endpoint, path, params)
-
-        async def send(token: str) -> Answer:
-            if limiter is not None:
-                await limiter.acquire()
-            headers = {
-                "x-amz-access-token": token,
-                "Accept": "application/json",
-                "User-Agent": "sfd (Language=Python)",
-            }
-            return await self._http.send(method, url, op=op, headers=headers, body=body)
-
-        answer = await self._lwa.call(send, refused_with=403)
+        answer = await self._lwa.send(
+            method,
+            url,
+            op=op,
+            headers=_api_headers,
+            refused_with=403,
+            body=body,
+            before=limiter.acquire,
+        )
         stated = _rate(answer.headers.get("x-amzn-RateLimit-Limit"))
-        if limiter is not None and stated is not None:
+        if stated is not None:
             retune(limiter, stated)
         if answer.status == 429:
-            rate = stated or (limiter.max_rate / limiter.time_period if limiter else None)
+            rate = stated or limiter.max_rate / limiter.time_period
             # Without Retry-After, the restore rate tells when one request is back.
             self._http.fail_common(answer, op, lambda _: round(1 / rate, 3) if rate else None)
         return answer
@@ -816,6 +828,14 @@ class AmazonConnector(HttpConnector):
     def _checked(self, answer: Answer, op: str) -> bytes:
         """The body of a 2xx answer; every other status mapped to its connector error."""
         return self._http.ok(answer, op, refused="access refused").body
+
+
+def _api_headers(token: str) -> dict[str, str]:
+    return {
+        "x-amz-access-token": token,
+        "Accept": "application/json",
+        "User-Agent": "sfd (Language=Python)",
+    }
 
 
 # -- reading orders -------------------------------------------------------------------------
@@ -1127,16 +1147,14 @@ def _when(moment: datetime | None) -> str | None:
 def _requested_lines(items: dict[str, int] | None) -> list[tuple[str, int]] | None:
     if items is None:
         return None
-    if not items:
-        raise Rejected("a partial shipment needs at least one item")
-    lines: list[tuple[str, int]] = []
-    for item_id, quantity in items.items():
-        if not item_id.strip():
-            raise Rejected("a partial shipment names an item without its OrderItemId")
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-            raise Rejected(f"item {item_id}: a quantity to ship must be a positive whole number")
-        lines.append((item_id, quantity))
-    return lines
+    return requested_lines(
+        items,
+        empty="a partial shipment needs at least one item",
+        blank="a partial shipment names an item without its OrderItemId",
+        bad=lambda item_id, _: (
+            f"item {item_id}: a quantity to ship must be a positive whole number"
+        ),
+    )
 
 
 def _check_status(order: _OrderCheck) -> str:

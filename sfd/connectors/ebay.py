@@ -9,13 +9,12 @@ speak: accept, refuse and cancel are refused with a message saying so.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 from yarl import URL
 
@@ -28,21 +27,22 @@ from sfd.connectors.base import (
     ShipmentReceipt,
     ShipmentRequest,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment, unless_done
+from sfd.connectors.http import Answer, MarketplaceHttp, segment, unless_done
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_reason
 from sfd.connectors.parsing import (
     MalformedOrder,
     PageReader,
     Quantity,
+    address,
     head,
     malformed,
+    requested_lines,
     skipper,
     utc,
 )
 from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.carriers import MarketplaceCarrier, match_carrier
-from sfd.domain.clock import utcnow
 from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
@@ -143,39 +143,24 @@ NO_INVOICE_UPLOAD = (
 )
 
 
-class EbayConnector(HttpConnector):
-    """One eBay seller account, through the Sell Fulfillment API."""
+class EbayConnector(MarketplaceHttp[EbaySettings]):
+    """One eBay seller account, through the Sell Fulfillment API.
 
+    eBay documents getOrders as sorted by creation date by default, and offers no sort by last
+    modification: the cursor may only move after a complete pass (pages not sorted by update).
+    """
+
+    label = "eBay"
+    default_name = "ebay"
     # One listing call a minute per channel keeps far inside eBay's daily call limits, and the
     # access token (valid two hours) is minted a dozen times a day at most.
     min_poll_interval: float | None = 60.0
-    # eBay documents getOrders as sorted by creation date by default, and offers no sort by
-    # last modification: the cursor may only move after a complete pass.
-    pages_sorted_by_update: bool = False
 
-    def __init__(
-        self,
-        settings: EbaySettings,
-        *,
-        name: str = "ebay",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.name = name
-        self._settings = settings
-        base = settings.base_url.strip().rstrip("/")
+    def _open(self) -> None:
+        settings = self._settings
         # A base URL copied with the API's path still on it keeps working.
-        self._base = base.removesuffix("/sell/fulfillment/v1")
+        self._base = settings.base_url.strip().rstrip("/").removesuffix("/sell/fulfillment/v1")
         self._token_url = URL(settings.token_url.strip())
-        self._http = HttpClient(
-            "eBay",
-            secrets=self._secrets,
-            session=session,
-            timeout=timeout,
-            error_message=_error_message,
-        )
-        self._clock = clock
         credentials = f"{settings.client_id}:{settings.client_secret}".encode()
         self._basic = base64.b64encode(credentials).decode("ascii")
         self._oauth = RefreshTokenGrant(
@@ -194,7 +179,7 @@ class EbayConnector(HttpConnector):
             },
             refused=self._grant_refused,
             empty=f"eBay {GRANT}: the answer has an empty access_token",
-            clock=clock,
+            clock=self._clock,
         )
         #: The id of the last shipping fulfillment eBay created, from its Location header.
         self.last_fulfillment_id: str | None = None
@@ -436,15 +421,15 @@ class EbayConnector(HttpConnector):
 
         A 401 may only mean the token expired early: it is renewed, and the call sent once more.
         """
-
-        async def send(token: str) -> Answer:
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            return await self._http.send(method, url, op=op, headers=headers, body=body)
-
-        answer = await self._oauth.call(send, refused_with=401)
+        answer = await self._oauth.send(
+            method, url, op=op, headers=_bearer, refused_with=401, body=body
+        )
         if answer.status == 404:
             raise self._http.refusal(answer, op, with_op=True, kind=_NotFound)
         return self._http.ok(answer, op, refused="the access token was refused", with_op=True)
+
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     def _secrets(self) -> list[str]:
         """What no message may show: the credentials, and the access token of the moment."""
@@ -452,6 +437,10 @@ class EbayConnector(HttpConnector):
         if self._oauth.current is not None:
             secrets.append(self._oauth.current)
         return secrets
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
 
 class _NotFound(Rejected):
@@ -479,13 +468,15 @@ class _Phone(_Camel):
 
 
 class _ContactAddress(_Camel):
-    address_line1: str | None = None
-    address_line2: str | None = None
+    """An address, its fields named as sfd's Address (eBay's own names in `name`)."""
+
+    street: str | None = msgspec.field(default=None, name="addressLine1")
+    street2: str | None = msgspec.field(default=None, name="addressLine2")
     city: str | None = None
-    state_or_province: str | None = None
+    province: str | None = msgspec.field(default=None, name="stateOrProvince")
     postal_code: str | None = None
     country_code: str | None = None
-    county: str | None = None
+    other: str | None = msgspec.field(default=None, name="county")
 
 
 class _Contact(_Camel):
@@ -844,21 +835,15 @@ def _address(contact: _Contact | None) -> Address:
         return Address()
     first, last = _split_name(contact.full_name or "")
     place = contact.contact_address or _ContactAddress()
-    return Address(
+    primary, secondary = contact.primary_phone, contact.secondary_phone
+    return address(
+        place,
         first_name=first,
         last_name=last,
         company=contact.company_name or "",
-        street=place.address_line1 or "",
-        street2=place.address_line2 or "",
-        other=place.county or "",
-        postal_code=place.postal_code or "",
-        city=place.city or "",
-        province=place.state_or_province or "",
         country=(place.country_code or "").upper(),
-        phone=(contact.primary_phone.phone_number or "") if contact.primary_phone else "",
-        mobile_phone=(
-            (contact.secondary_phone.phone_number or "") if contact.secondary_phone else ""
-        ),
+        phone=(primary.phone_number or "") if primary else "",
+        mobile_phone=(secondary.phone_number or "") if secondary else "",
         email=_email(contact.email),
     )
 
@@ -963,16 +948,14 @@ def _simple(amount: Decimal, currency: str) -> dict[str, str]:
 
 
 def _requested_lines(items: dict[str, int]) -> list[tuple[str, int]]:
-    if not items:
-        raise Rejected("a partial shipment names no eBay line item")
-    lines: list[tuple[str, int]] = []
-    for line_id, quantity in items.items():
-        if not line_id.strip():
-            raise Rejected("a partial shipment names an empty eBay line item id")
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-            raise Rejected(f"eBay line item {line_id}: quantity {quantity!r} is not positive")
-        lines.append((line_id, quantity))
-    return lines
+    return requested_lines(
+        items,
+        empty="a partial shipment names no eBay line item",
+        blank="a partial shipment names an empty eBay line item id",
+        bad=lambda line_id, quantity: (
+            f"eBay line item {line_id}: quantity {quantity!r} is not positive"
+        ),
+    )
 
 
 def _shipped_already(order: _ShipView, items: dict[str, int] | None) -> bool:

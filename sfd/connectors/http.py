@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypedDict, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -22,9 +22,11 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sfd.connectors.base import AuthFailed, ConnectorError, RateLimited, Rejected, Transient
+from sfd.domain.clock import utcnow
 
 _T = TypeVar("_T")
 _E = TypeVar("_E", bound=ConnectorError)
+_S = TypeVar("_S")
 
 #: The largest answer read, in bytes: a full page of any marketplace is far below it.
 MAX_BODY = 32 * 1024**2
@@ -271,6 +273,64 @@ class HttpConnector:
     def _session(self) -> aiohttp.ClientSession | None:
         # Lets the tests check that an owned session is closed and a lent one left open.
         return self._http.session
+
+
+class ConnectorOptions(TypedDict, total=False):
+    """What a marketplace connector takes besides its settings (see `MarketplaceHttp`)."""
+
+    name: str
+    session: aiohttp.ClientSession | None
+    timeout: float
+    clock: Callable[[], datetime]
+
+
+class MarketplaceHttp(HttpConnector, Generic[_S]):
+    """A marketplace connector over HTTP, built alike for every marketplace.
+
+    `settings` are the channel's; `name` the channel's name (the marketplace's own by default);
+    `session` one to lend (else one is opened on first use, and closed with the connector);
+    `timeout` that of one call, in seconds; `clock` what the connector reads the time from.
+    What else a marketplace needs (a token grant, rate buckets) `_open` sets up.
+    """
+
+    #: The marketplace as messages name it ("eBay"), and a channel's default name ("ebay").
+    label: ClassVar[str]
+    default_name: ClassVar[str]
+    #: No marketplace sfd speaks sorts its listing by update time (each says why): the cursor
+    #: moves only after a complete pass.
+    pages_sorted_by_update: bool = False
+
+    def __init__(
+        self,
+        settings: _S,
+        *,
+        name: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.name = self.default_name if name is None else name
+        self._settings = settings
+        self._clock = clock
+        self._http = HttpClient(
+            self.label,
+            secrets=self._secrets,
+            session=session,
+            timeout=timeout,
+            error_message=self._service_error,
+        )
+        self._open()
+
+    def _open(self) -> None:
+        """Set up what the marketplace needs besides its HTTP client."""
+
+    def _secrets(self) -> Iterable[str | None]:
+        """What no message may show (asked at each message: a token may change)."""
+        raise NotImplementedError
+
+    def _service_error(self, body: bytes) -> str | None:
+        """The marketplace's own error message in a 4xx answer's body, if it has one."""
+        raise NotImplementedError
 
 
 async def unless_done(call: Awaitable[_T], done: Callable[[], Awaitable[bool]]) -> _T | None:

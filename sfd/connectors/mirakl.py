@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Unpack
 from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
@@ -26,11 +26,12 @@ from sfd.connectors.base import (
     ShipmentRequest,
     Transient,
 )
-from sfd.connectors.http import HttpClient, HttpConnector, segment, unless_done
+from sfd.connectors.http import ConnectorOptions, MarketplaceHttp, segment, unless_done
 from sfd.connectors.parsing import (
     MalformedOrder,
     PageReader,
     Quantity,
+    address,
     finite,
     format_date,
     head,
@@ -133,38 +134,36 @@ class _Carriers(msgspec.Struct):
     carriers: list[_Carrier]
 
 
-class MiraklConnector(HttpConnector):
-    """One Mirakl operator's shop API, for one shop."""
+class MiraklConnector(MarketplaceHttp[MiraklSettings]):
+    """One Mirakl operator's shop API, for one shop.
 
+    OR11 lists by creation date and offers no sort by update date (pages not sorted by update).
+    """
+
+    label = "Mirakl"
+    default_name = "mirakl"
     min_poll_interval: float | None = 60.0
-    # OR11 lists by creation date and offers no sort by update date.
-    pages_sorted_by_update: bool = False
 
     def __init__(
         self,
         settings: MiraklSettings,
         *,
-        name: str = "mirakl",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
         refund_reason_code: str | None = None,
+        **options: Unpack[ConnectorOptions],
     ) -> None:
-        self.name = name
-        self._settings = settings
+        super().__init__(settings, **options)
         #: The operator's refund reason code sent with OR28; the spec documents no default.
         self.refund_reason_code = refund_reason_code
-        base = settings.base_url.strip().rstrip("/")
         # The operator's "API URL" often ends in /api already; our paths carry it.
-        self._base = base.removesuffix("/api")
-        self._http = HttpClient(
-            "Mirakl",
-            secrets=lambda: (settings.api_key,),
-            session=session,
-            timeout=timeout,
-            error_message=_error_message,
-        )
+        self._base = settings.base_url.strip().rstrip("/").removesuffix("/api")
         self._carriers: list[_Carrier] | None = None
         self._carriers_read_at = 0.0
+
+    def _secrets(self) -> tuple[str]:
+        return (self._settings.api_key,)
+
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     # -- the connector protocol -------------------------------------------------------------
 
@@ -395,7 +394,7 @@ class MiraklConnector(HttpConnector):
 
     async def _read_order(self, reference: str, op: str) -> dict[str, Any] | None:
         """One order as OR11 shows it, or None when Mirakl has no such order."""
-        body = await self._call("GET", "/api/orders", op, params={"order_ids": reference})
+        body = await self._call("GET", "/api/orders", op, order_ids=reference)
         for raw in self._listing(body, op).orders:
             order = _ANY_DECODER.decode(raw)
             if isinstance(order, dict) and order.get("order_id") == reference:
@@ -418,12 +417,14 @@ class MiraklConnector(HttpConnector):
         path: str,
         op: str,
         *,
-        params: dict[str, str] | None = None,
         body: Any = None,
         form: aiohttp.FormData | None = None,
+        params: Mapping[str, str] | None = None,
+        **query: str,
     ) -> bytes:
-        """Send one request and return the body of a 2xx answer; map every failure."""
-        query = dict(params or {})
+        """Send one request (`params` and `query` its URL's query) and return the body of a 2xx
+        answer; map every failure."""
+        query = {**(params or {}), **query}
         if self._settings.shop_id:
             query["shop_id"] = self._settings.shop_id
         url = URL(self._base + path, encoded=True).with_query(query)
@@ -609,19 +610,21 @@ class _Line(msgspec.Struct):
 
 
 class _Address(msgspec.Struct):
-    firstname: str | None = None
-    lastname: str | None = None
+    """An address, its fields named as sfd's Address (Mirakl's own names in `name`)."""
+
+    first_name: str | None = msgspec.field(default=None, name="firstname")
+    last_name: str | None = msgspec.field(default=None, name="lastname")
     company: str | None = None
-    street_1: str | None = None
-    street_2: str | None = None
-    additional_info: str | None = None
-    zip_code: str | None = None
+    street: str | None = msgspec.field(default=None, name="street_1")
+    street2: str | None = msgspec.field(default=None, name="street_2")
+    other: str | None = msgspec.field(default=None, name="additional_info")
+    postal_code: str | None = msgspec.field(default=None, name="zip_code")
     city: str | None = None
-    state: str | None = None
+    province: str | None = msgspec.field(default=None, name="state")
     country: str | None = None
     country_iso_code: str | None = None
     phone: str | None = None
-    phone_secondary: str | None = None
+    mobile_phone: str | None = msgspec.field(default=None, name="phone_secondary")
 
 
 class _Organization(msgspec.Struct):
@@ -813,22 +816,8 @@ def _address(
             email=email,
             relay_id=relay_id,
         )
-    return Address(
-        first_name=found.firstname or "",
-        last_name=found.lastname or "",
-        company=found.company or "",
-        street=found.street_1 or "",
-        street2=found.street_2 or "",
-        other=found.additional_info or "",
-        postal_code=found.zip_code or "",
-        city=found.city or "",
-        province=found.state or "",
-        country=country_code(found.country_iso_code or found.country or ""),
-        phone=found.phone or "",
-        mobile_phone=found.phone_secondary or "",
-        email=email,
-        relay_id=relay_id,
-    )
+    country = country_code(found.country_iso_code or found.country or "")
+    return address(found, country=country, email=email, relay_id=relay_id)
 
 
 def country_code(value: str) -> str:

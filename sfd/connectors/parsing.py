@@ -15,8 +15,8 @@ from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
-from sfd.connectors.base import OrderPage, SkippedOrder, Transient
-from sfd.domain import MarketplaceOrder
+from sfd.connectors.base import OrderPage, Rejected, SkippedOrder, Transient
+from sfd.domain import Address, MarketplaceOrder
 from sfd.domain.clock import from_iso
 
 #: A count that cannot be negative (a line's quantity).
@@ -179,3 +179,36 @@ def format_date(moment: datetime) -> str:
     Seconds are cut, never rounded up, so no change is ever missed.
     """
     return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def requested_lines(
+    items: dict[str, int], *, empty: str, blank: str, bad: Callable[[str, object], str]
+) -> list[tuple[str, int]]:
+    """A partial shipment's (line id, quantity) pairs, checked: Rejected with `empty` when it
+    names no line, `blank` for an empty line id, `bad(line id, quantity)` for a quantity that
+    is not a positive whole number."""
+    if not items:
+        raise Rejected(empty)
+    lines: list[tuple[str, int]] = []
+    for line_id, quantity in items.items():
+        if not line_id.strip():
+            raise Rejected(blank)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
+            raise Rejected(bad(line_id, quantity))
+        lines.append((line_id, quantity))
+    return lines
+
+
+_ADDRESS_FIELDS: Final = frozenset(Address.__struct_fields__)
+
+
+def address(found: msgspec.Struct, **given: str) -> Address:
+    """An Address from a wire struct whose fields bear Address's names (the service's own
+    names are the struct's `msgspec.field(name=...)`), a missing value empty; `given` values
+    win over the struct's."""
+    fields = {
+        name: getattr(found, name) or ""
+        for name in found.__struct_fields__
+        if name in _ADDRESS_FIELDS
+    }
+    return Address(**{**fields, **given})

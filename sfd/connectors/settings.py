@@ -36,30 +36,34 @@ class MiraklSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True
     """The OR74 document type code invoices are sent with; operators may define their own."""
 
 
-class AmazonSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """Amazon Selling Partner API: Orders v2026-01-01 reads, Orders v0 confirmShipment."""
+class RefreshTokenSettings(
+    ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True
+):
+    """The credentials of an OAuth refresh-token grant (Amazon LWA, eBay)."""
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"client_secret", "refresh_token"})
-    url_fields: ClassVar[frozenset[str]] = frozenset({"endpoint", "token_url"})
 
     client_id: str
     client_secret: str
     refresh_token: str
+
+
+class AmazonSettings(RefreshTokenSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Amazon Selling Partner API: Orders v2026-01-01 reads, Orders v0 confirmShipment."""
+
+    url_fields: ClassVar[frozenset[str]] = frozenset({"endpoint", "token_url"})
+
     marketplace_ids: list[str]
     endpoint: str = "https://sellingpartnerapi-eu.amazon.com"
     token_url: str = "https://api.amazon.com/auth/o2/token"
     import_afn: bool = False
 
 
-class EbaySettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
+class EbaySettings(RefreshTokenSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """eBay Sell Fulfillment API v1."""
 
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"client_secret", "refresh_token"})
     url_fields: ClassVar[frozenset[str]] = frozenset({"base_url", "token_url"})
 
-    client_id: str
-    client_secret: str
-    refresh_token: str
     base_url: str = "https://api.ebay.com"
     token_url: str = "https://api.ebay.com/identity/v1/oauth2/token"
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import msgspec
@@ -294,6 +294,23 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+_R = TypeVar("_R")
+
+
+def _list(
+    rows: Sequence[_R], as_json: bool, columns: Sequence[str], cells: Callable[[_R], Sequence[str]]
+) -> int:
+    """Print `rows` as JSON, or as a table of `columns` filled by `cells(row)`."""
+    if as_json:
+        _print_json(rows)
+        return EXIT_OK
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*cells(row))
+    _console().print(table)
+    return EXIT_OK
+
+
 async def _with_storage(config: Config, action: Callable[[Storage], Awaitable[int]]) -> int:
     storage = await Storage.open(config.database, readers=1, renderer=render_order)
     try:
@@ -312,19 +329,17 @@ async def _token(args: argparse.Namespace, storage: Storage) -> int:
         sys.stderr.write(f"sfd: token {args.name!r} revoked\n")
     else:
         tokens = await storage.tokens.all(include_revoked=args.all)
-        if args.json:
-            _print_json(tokens)
-            return EXIT_OK
-        table = Table("name", "store", "created", "last used", "revoked")
-        for t in tokens:
-            table.add_row(
+        columns = ("name", "store", "created", "last used", "revoked")
+        return _list(
+            tokens,
+            args.json,
+            columns,
+            lambda t: (
                 t.name,
                 str(t.store_id),
-                _when(t.created_at),
-                _when(t.last_used_at),
-                _when(t.revoked_at),
-            )
-        _console().print(table)
+                *map(_when, (t.created_at, t.last_used_at, t.revoked_at)),
+            ),
+        )
     return EXIT_OK
 
 
@@ -336,33 +351,17 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
             raise CommandError(str(exc)) from None
         sys.stderr.write(f"sfd: channel {args.name!r} is polling now\n")
         return EXIT_OK
-    channels = await storage.channels.states()
-    if args.json:
-        _print_json(channels)
-        return EXIT_OK
-    table = Table(
-        "name",
-        "connector",
-        "auth",
-        "last poll",
-        "last success",
-        "last error",
-        "orders",
-        "pending ops",
+    columns = ("name", "connector", "auth", "last poll", "last success", "last error")
+    return _list(
+        await storage.channels.states(),
+        args.json,
+        (*columns, "orders", "pending ops"),
+        lambda c: (
+            *(c.name, c.connector, c.auth_state, _when(c.last_poll_at)),
+            *(_when(c.last_success_at), c.last_error or "-"),
+            *(str(c.orders), str(c.pending_operations)),
+        ),
     )
-    for c in channels:
-        table.add_row(
-            c.name,
-            c.connector,
-            c.auth_state,
-            _when(c.last_poll_at),
-            _when(c.last_success_at),
-            c.last_error or "-",
-            str(c.orders),
-            str(c.pending_operations),
-        )
-    _console().print(table)
-    return EXIT_OK
 
 
 async def _channel_carriers(args: argparse.Namespace, config: Config) -> int:
@@ -407,39 +406,17 @@ def _print_carriers(view: CarrierView) -> None:
 
 
 async def _shops(args: argparse.Namespace, storage: Storage) -> int:
-    shops = await storage.pushes.states()
-    if args.json:
-        _print_json(shops)
-        return EXIT_OK
-    table = Table(
-        "name",
-        "connector",
-        "store",
-        "auth",
-        "last sync",
-        "last success",
-        "last error",
-        "pushed",
-        "refused",
-        "unsure",
-        "awaiting tracking",
+    columns = ("name", "connector", "store", "auth", "last sync", "last success", "last error")
+    return _list(
+        await storage.pushes.states(),
+        args.json,
+        (*columns, "pushed", "refused", "unsure", "awaiting tracking"),
+        lambda s: (
+            *(s.name, s.connector, str(s.store_id), s.auth_state),
+            *(_when(s.last_sync_at), _when(s.last_success_at), s.last_error or "-"),
+            *map(str, (s.pushed, s.rejected, s.pending, s.waiting_tracking)),
+        ),
     )
-    for s in shops:
-        table.add_row(
-            s.name,
-            s.connector,
-            str(s.store_id),
-            s.auth_state,
-            _when(s.last_sync_at),
-            _when(s.last_success_at),
-            s.last_error or "-",
-            str(s.pushed),
-            str(s.rejected),
-            str(s.pending),
-            str(s.waiting_tracking),
-        )
-    _console().print(table)
-    return EXIT_OK
 
 
 async def _retry_push(args: argparse.Namespace, storage: Storage) -> int:
@@ -698,26 +675,17 @@ async def _operations(args: argparse.Namespace, storage: Storage) -> int:
         raise CommandError("--limit must be at least 1")
     states = [TicketState(args.state)] if args.state else None
     _, tickets = await storage.operations.tickets(None, states=states, limit=args.limit)
-    if args.json:
-        _print_json(tickets)
-        return EXIT_OK
-    table = Table(
-        "id", "kind", "state", "channel", "order", "source", "attempts", "created", "last error"
-    )
-    for t in tickets:
-        table.add_row(
-            str(t.operation_id),
-            t.kind.value,
-            t.state.value,
-            t.channel or "-",
-            t.order_reference or "-",
-            t.source,
-            str(t.attempts),
-            _when(t.created_at),
+    columns = ("id", "kind", "state", "channel", "order", "source", "attempts", "created")
+    return _list(
+        tickets,
+        args.json,
+        (*columns, "last error"),
+        lambda t: (
+            *(str(t.operation_id), t.kind.value, t.state.value, t.channel or "-"),
+            *(t.order_reference or "-", t.source, str(t.attempts), _when(t.created_at)),
             t.reason or "",
-        )
-    _console().print(table)
-    return EXIT_OK
+        ),
+    )
 
 
 def _report_check(report: CheckReport, as_json: bool) -> int:

@@ -7,10 +7,11 @@ import errno
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import anyio
 from aiohttp import web
@@ -40,6 +41,19 @@ from sfd.storage import DatabaseLocked, OrderFilter, Storage, StorageCondition, 
 from sfd.storage.channels import ChannelSpec
 
 log = get_logger()
+
+_C = TypeVar("_C")
+
+
+def _opened(open_connector: Callable[[], _C], **where: str) -> tuple[_C | None, str]:
+    """The connector `open_connector` opens, else None and why it is unavailable (logged as
+    connector_unavailable, with `where` it was to serve)."""
+    try:
+        return open_connector(), ""
+    except ConnectorUnavailable as exc:
+        log.warning("connector_unavailable", **where, reason=str(exc))
+        return None, str(exc)
+
 
 #: A stop must be done by then; systemd's TimeoutStopSec is 30 s, our promise is 10 s.
 STOP_DEADLINE = 8.0
@@ -127,20 +141,17 @@ class Daemon:
         by_channel: dict[int, MarketplaceConnector] = {}
         self.metrics.declare_channels(c.name for c in self.config.channels)
         for channel in self.config.channels:
-            connector: MarketplaceConnector | None = None
-            reason = ""
-            try:
-                connector = open_marketplace(
-                    channel.name, channel.connector, self.config.channel_settings[channel.name]
-                )
+            settings = self.config.channel_settings[channel.name]
+            connector, reason = _opened(
+                partial(open_marketplace, channel.name, channel.connector, settings),
+                channel=channel.name,
+            )
+            if connector is not None:
                 self.connectors.append(connector)
                 by_channel[ids[channel.name]] = connector
                 self._by_name[channel.name] = connector
                 if isinstance(connector, CarrierLister):
                     self.carrier_listers.setdefault(channel.store, []).append(connector)
-            except ConnectorUnavailable as exc:
-                reason = str(exc)
-                log.warning("connector_unavailable", channel=channel.name, reason=reason)
             self.loops.append(
                 Poller(
                     channel,
@@ -180,19 +191,13 @@ class Daemon:
         tracking = {c.name: c.require_tracking for c in self.config.channels}
         self.metrics.declare_shops(s.name for s in self.config.shops)
         for shop in self.config.shops:
-            shop_connector: ShopConnector | None = None
-            reason = ""
-            try:
-                shop_connector = open_shop(
-                    shop.name,
-                    shop.connector,
-                    self.config.shop_settings[shop.name],
-                    retry=self.shop_retry,
-                )
+            settings = self.config.shop_settings[shop.name]
+            shop_connector, reason = _opened(
+                partial(open_shop, shop.name, shop.connector, settings, retry=self.shop_retry),
+                shop=shop.name,
+            )
+            if shop_connector is not None:
                 self.shop_connectors.append(shop_connector)
-            except ConnectorUnavailable as exc:
-                reason = str(exc)
-                log.warning("connector_unavailable", shop=shop.name, reason=reason)
             self.loops.append(
                 PushLoop(
                     shop,
