@@ -34,7 +34,7 @@ import msgspec
 from yarl import URL
 
 from sfd.connectors.base import AuthFailed, ConnectorError, Rejected, Transient
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.http import Answer, segment
 from sfd.connectors.parsing import utc
 from sfd.connectors.settings import PrestaShopSettings
 from sfd.connectors.shop import (
@@ -42,6 +42,7 @@ from sfd.connectors.shop import (
     CreateUncertain,
     PushOrder,
     Retry,
+    ShopHttpConnector,
     ShopOrder,
     ShopStatus,
     ShopTracking,
@@ -165,7 +166,7 @@ class _Line(msgspec.Struct, frozen=True):
     tax_group: int
 
 
-class PrestaShopConnector(HttpConnector):
+class PrestaShopConnector(ShopHttpConnector):
     """One PrestaShop shop."""
 
     def __init__(
@@ -178,19 +179,20 @@ class PrestaShopConnector(HttpConnector):
         per_page: int = PER_PAGE,
         retry: Retry = DEFAULT_RETRY,
     ) -> None:
-        self.name = name
+        super().__init__(
+            settings,
+            "PrestaShop",
+            lambda: (settings.api_key,),
+            name=name,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+        )
         self.per_page = per_page
-        self.retry = retry
         self._settings = settings
         self._base = settings.base_url.strip().rstrip("/")
         self._zone = ZoneInfo(settings.timezone)
         self._auth = aiohttp.encode_basic_auth(settings.api_key, "")
-        self._http = HttpClient(
-            "PrestaShop",
-            secrets=lambda: (settings.api_key,),
-            session=session,
-            timeout=settings.timeout if timeout is None else timeout,
-        )
         self._shipped = frozenset(settings.shipped_states)
         self._cancelled = frozenset(settings.cancelled_states)
         # Caches of what a shop's catalogue and settings say; only what was found is kept, so

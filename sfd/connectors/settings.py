@@ -68,6 +68,20 @@ class EbaySettings(RefreshTokenSettings, kw_only=True, forbid_unknown_fields=Tru
     token_url: str = "https://api.ebay.com/identity/v1/oauth2/token"
 
 
+def _require_tls(field: str, value: str, carried: str, *, other_schemes: bool = True) -> None:
+    """Refuse a plain http:// `value` of `field` but on loopback: `carried` says what it would
+    expose. `other_schemes`: whether a scheme neither http nor https passes (the config's URL
+    check refuses it later)."""
+    url = urlsplit(value.strip())
+    loopback_http = url.scheme == "http" and url.hostname in LOOPBACK_HOSTS
+    insecure = url.scheme == "http" if other_schemes else url.scheme != "https"
+    if insecure and not loopback_http:
+        raise ValueError(
+            f"{field}: {carried}, so https:// is required "
+            f"(http:// only for 127.0.0.1 or localhost), got {value!r}"
+        )
+
+
 class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """A WooCommerce shop's REST API v3, for push mode."""
 
@@ -91,14 +105,10 @@ class WooCommerceSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields
         if self.order_status not in WOOCOMMERCE_CREATE_STATUSES:
             choices = ", ".join(repr(s) for s in WOOCOMMERCE_CREATE_STATUSES)
             raise ValueError(f"order_status: expected one of {choices}, got {self.order_status!r}")
-        url = urlsplit(self.base_url.strip())
-        if url.scheme == "http" and url.hostname not in LOOPBACK_HOSTS:
-            # Basic auth sends the key and secret as they are: only TLS may carry them.
-            raise ValueError(
-                f"base_url: the consumer key and secret travel as HTTP Basic auth, so "
-                f"https:// is required (http:// only for 127.0.0.1 or localhost), "
-                f"got {self.base_url!r}"
-            )
+        # Basic auth sends the key and secret as they are: only TLS may carry them.
+        _require_tls(
+            "base_url", self.base_url, "the consumer key and secret travel as HTTP Basic auth"
+        )
 
 
 #: The Admin API version the Shopify connector is written and tested against.
@@ -135,13 +145,13 @@ class ShopifySettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=Tru
                 f"api_version: expected a version such as {SHOPIFY_API_VERSION!r}, "
                 f"got {self.api_version!r}"
             )
-        url = urlsplit(self.shop_url.strip())
-        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in LOOPBACK_HOSTS):
-            # The token goes in a header as it is: only TLS may carry it.
-            raise ValueError(
-                f"shop_url: the access token travels in a request header, so https:// is "
-                f"required (http:// only for 127.0.0.1 or localhost), got {self.shop_url!r}"
-            )
+        # The token goes in a header as it is: only TLS may carry it.
+        _require_tls(
+            "shop_url",
+            self.shop_url,
+            "the access token travels in a request header",
+            other_schemes=False,
+        )
 
 
 #: The statuses WooCommerce may create a pushed order with.
@@ -176,12 +186,7 @@ class PrestaShopSettings(ConnectorSettings, kw_only=True, forbid_unknown_fields=
     Off: marketplaces forbid writing to their buyers; the customer's email is unreachable."""
 
     def __post_init__(self) -> None:
-        url = urlsplit(self.base_url.strip())
-        if url.scheme == "http" and url.hostname not in LOOPBACK_HOSTS:
-            raise ValueError(
-                f"base_url: the webservice key travels as HTTP Basic auth, so https:// is "
-                f"required (http:// only for 127.0.0.1 or localhost), got {self.base_url!r}"
-            )
+        _require_tls("base_url", self.base_url, "the webservice key travels as HTTP Basic auth")
         overlap = set(self.shipped_states) & set(self.cancelled_states)
         if overlap:
             raise ValueError(

@@ -7,19 +7,25 @@ AuthFailed, RateLimited, Transient and Rejected (`sfd.connectors.base`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import stamina
 import stamina.instrumentation
 
 from sfd.connectors.base import Transient
+from sfd.connectors.http import HttpClient, HttpConnector
 from sfd.domain import Address
 from sfd.logs import get_logger
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from sfd.connectors.settings import ConnectorSettings
 
 
 @dataclass(frozen=True)
@@ -220,3 +226,29 @@ class StepwiseShop(Protocol):
     ) -> str | None:
         """`find_order`, helped by the steps recorded; an order found is finished (its state)."""
         ...
+
+
+class ShopHttpConnector(HttpConnector):
+    """What every shop connector sets up alike: its name, retry policy, settings and client."""
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        label: str,
+        secrets: Callable[[], Iterable[str | None]],
+        *,
+        name: str,
+        session: aiohttp.ClientSession | None,
+        timeout: float | None,
+        retry: Retry,
+        error_message: Callable[[bytes], str | None] = lambda body: None,
+    ) -> None:
+        self.name = name
+        self.retry = retry
+        self._http = HttpClient(
+            label,
+            secrets=secrets,
+            session=session,
+            timeout=settings.timeout if timeout is None else timeout,
+            error_message=error_message,
+        )

@@ -22,7 +22,7 @@ import aiohttp
 import msgspec
 
 from sfd.connectors.base import AuthFailed, ConnectorError, RateLimited, Rejected, Transient
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, excerpt
+from sfd.connectors.http import Answer, excerpt
 from sfd.connectors.parsing import parse_moment, utc
 from sfd.connectors.settings import ShopifySettings
 from sfd.connectors.shop import (
@@ -30,6 +30,7 @@ from sfd.connectors.shop import (
     CreateUncertain,
     PushOrder,
     Retry,
+    ShopHttpConnector,
     ShopOrder,
     ShopStatus,
     ShopTracking,
@@ -287,7 +288,7 @@ def throttle_wait(requested: float, available: float, restore_rate: float) -> fl
     return max(0.0, (requested - available) / restore_rate)
 
 
-class ShopifyConnector(HttpConnector):
+class ShopifyConnector(ShopHttpConnector):
     """One Shopify shop."""
 
     def __init__(
@@ -300,18 +301,19 @@ class ShopifyConnector(HttpConnector):
         page_size: int = PAGE_SIZE,
         retry: Retry = DEFAULT_RETRY,
     ) -> None:
-        self.name = name
+        super().__init__(
+            settings,
+            "Shopify",
+            lambda: (settings.access_token,),
+            name=name,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+        )
         self.page_size = page_size
-        self.retry = retry
         self._settings = settings
         base = settings.shop_url.strip().rstrip("/")
         self._url = f"{base}/admin/api/{settings.api_version}/graphql.json"
-        self._http = HttpClient(
-            "Shopify",
-            secrets=lambda: (settings.access_token,),
-            session=session,
-            timeout=settings.timeout if timeout is None else timeout,
-        )
         self.bucket = CostBucket()
         self._costs: dict[str, float] = {}
         """Each operation's requested cost, as the shop last computed it."""

@@ -17,7 +17,7 @@ import msgspec
 from yarl import URL
 
 from sfd.connectors.base import Rejected, Transient
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.http import Answer, segment
 from sfd.connectors.parsing import parse_moment, utc
 from sfd.connectors.settings import WooCommerceSettings
 from sfd.connectors.shop import (
@@ -25,6 +25,7 @@ from sfd.connectors.shop import (
     CreateUncertain,
     PushOrder,
     Retry,
+    ShopHttpConnector,
     ShopOrder,
     ShopStatus,
     ShopTracking,
@@ -103,7 +104,7 @@ class _TrackingItem(msgspec.Struct):
 _STATUSES: Final = {"completed": ShopStatus.COMPLETED, "cancelled": ShopStatus.CANCELLED}
 
 
-class WooCommerceConnector(HttpConnector):
+class WooCommerceConnector(ShopHttpConnector):
     """One WooCommerce shop."""
 
     def __init__(
@@ -116,19 +117,20 @@ class WooCommerceConnector(HttpConnector):
         per_page: int = PER_PAGE,
         retry: Retry = DEFAULT_RETRY,
     ) -> None:
-        self.name = name
-        self.retry = retry
+        super().__init__(
+            settings,
+            "WooCommerce",
+            lambda: (settings.consumer_key, settings.consumer_secret),
+            name=name,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+            error_message=_error_message,
+        )
         self.per_page = per_page
         self._settings = settings
         self._base = settings.base_url.strip().rstrip("/")
         self._auth = aiohttp.encode_basic_auth(settings.consumer_key, settings.consumer_secret)
-        self._http = HttpClient(
-            "WooCommerce",
-            secrets=lambda: (settings.consumer_key, settings.consumer_secret),
-            session=session,
-            timeout=settings.timeout if timeout is None else timeout,
-            error_message=_error_message,
-        )
         self._products: dict[str, tuple[int, int]] = {}
         """SKU → (product id, variation id or 0), for SKUs found once."""
         self._tracking_extension: bool | None = None

@@ -336,45 +336,8 @@ class SandboxShopify:
                 f'for inventoryBehaviour (Expected "{behaviour}" to be one of: '
                 f"{', '.join(sorted(INVENTORY_BEHAVIOURS))})"
             )
-        errors: list[dict[str, Any]] = []
-        lines: list[dict[str, Any]] = []
         currency = str(order.get("currency") or "EUR")
-        for index, entry in enumerate(order.get("lineItems") or []):
-            at = ["order", "lineItems", str(index)]
-            variant = self.variants.get(str(entry.get("variantId")))
-            quantity = entry.get("quantity")
-            price = _amount((entry.get("priceSet") or {}).get("shopMoney"))
-            if variant is None:
-                errors.append(_user_error([*at, "variantId"], "invalid variant", "INVALID"))
-                continue
-            if not isinstance(quantity, int) or quantity < 1:
-                errors.append(
-                    _user_error([*at, "quantity"], "must be greater than 0", "GREATER_THAN")
-                )
-                continue
-            if price is None or price < 0:
-                errors.append(_user_error([*at, "priceSet"], "price is invalid", "INVALID"))
-                continue
-            if behaviour == "DECREMENT_OBEYING_POLICY" and variant["inventoryQuantity"] < quantity:
-                errors.append(
-                    _user_error(
-                        [*at, "quantity"],
-                        f"Unable to reserve inventory: {variant['sku']} is out of stock",
-                        "INVENTORY_NOT_AVAILABLE",
-                    )
-                )
-                continue
-            lines.append(
-                {
-                    "id": f"gid://shopify/LineItem/{self._id()}",
-                    "sku": variant["sku"],
-                    "title": variant["title"],
-                    "quantity": quantity,
-                    "variant": {"id": variant["id"]},
-                    "originalUnitPriceSet": {"shopMoney": {"amount": f"{price}",
-                                                           "currencyCode": currency}},
-                }
-            )  # fmt: skip
+        lines, errors = self._line_items(order.get("lineItems") or [], behaviour, currency)
         if not order.get("lineItems"):
             errors.append(_user_error(["order", "lineItems"], "must have at least one", "BLANK"))
         if errors:
@@ -415,6 +378,50 @@ class SandboxShopify:
             self.customer_emails.append((order_id, stored["email"], "order_confirmation"))
         answer = {"id": stored["id"], "name": stored["name"]}
         return {"orderCreate": {"order": answer, "userErrors": []}}, 10
+
+    def _line_items(
+        self, entries: list[dict[str, Any]], behaviour: str, currency: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The order's lines as stored, and the user errors of those Shopify refuses."""
+        errors: list[dict[str, Any]] = []
+        lines: list[dict[str, Any]] = []
+        for index, entry in enumerate(entries):
+            at = ["order", "lineItems", str(index)]
+            variant = self.variants.get(str(entry.get("variantId")))
+            quantity = entry.get("quantity")
+            price = _amount((entry.get("priceSet") or {}).get("shopMoney"))
+            if variant is None:
+                errors.append(_user_error([*at, "variantId"], "invalid variant", "INVALID"))
+                continue
+            if not isinstance(quantity, int) or quantity < 1:
+                errors.append(
+                    _user_error([*at, "quantity"], "must be greater than 0", "GREATER_THAN")
+                )
+                continue
+            if price is None or price < 0:
+                errors.append(_user_error([*at, "priceSet"], "price is invalid", "INVALID"))
+                continue
+            if behaviour == "DECREMENT_OBEYING_POLICY" and variant["inventoryQuantity"] < quantity:
+                errors.append(
+                    _user_error(
+                        [*at, "quantity"],
+                        f"Unable to reserve inventory: {variant['sku']} is out of stock",
+                        "INVENTORY_NOT_AVAILABLE",
+                    )
+                )
+                continue
+            lines.append(
+                {
+                    "id": f"gid://shopify/LineItem/{self._id()}",
+                    "sku": variant["sku"],
+                    "title": variant["title"],
+                    "quantity": quantity,
+                    "variant": {"id": variant["id"]},
+                    "originalUnitPriceSet": {"shopMoney": {"amount": f"{price}",
+                                                           "currencyCode": currency}},
+                }
+            )  # fmt: skip
+        return lines, errors
 
     def _orders(self, variables: dict[str, Any]) -> tuple[dict[str, Any], float]:
         first = int(variables.get("first") or 0)

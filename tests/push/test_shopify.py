@@ -15,17 +15,14 @@ import aiohttp
 import msgspec
 import pytest
 
-from sfd.config import parse_config
 from sfd.connectors.base import RateLimited
 from sfd.connectors.settings import ShopifySettings
 from sfd.connectors.shopify import CREATE_MUTATION, VARIANT_QUERY, ShopifyConnector
 from sfd.domain import OrderStatus, Ticket
 from sfd.domain.clock import to_iso
-from sfd.sandbox.demo import run_demo
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.shopify import SandboxShopify, run_shopify
 from tests.push.conftest import MARKETPLACE_KEY, PushHub, until
-from tests.push.test_demo_push import FAST, shipped_by_the_shop
 from tests.support import run_cli, write_config
 
 TOKEN = "shpat_0123456789abcdef0123456789abcdef"
@@ -525,27 +522,3 @@ def test_unsafe_or_unknown_settings_are_refused(changes: dict[str, str], said: s
     raw = {"shop_url": "https://my-shop.myshopify.com", "access_token": TOKEN} | changes
     with pytest.raises(msgspec.ValidationError, match=said):
         msgspec.convert(raw, ShopifySettings)
-
-
-async def test_the_push_demo_runs_the_whole_circuit_on_the_fake_shopify(tmp_path: Path) -> None:
-    database = tmp_path / "demo.db"
-    base = parse_config(
-        f'[daemon]\ndatabase = "{database}"\nlisten = "127.0.0.1:0"\nlog_format = "json"\n\n'
-        '[[stores]]\nid = 1\nname = "Demo store"\n',
-        "demo.toml",
-        {},
-    )
-    demo = asyncio.create_task(run_demo(base, FAST, push="shopify"))
-    try:
-        rows: list[Any] = []
-        for _ in range(300):
-            rows = await asyncio.to_thread(shipped_by_the_shop, database)
-            if rows:
-                break
-            assert not demo.done(), demo.result()
-            await asyncio.sleep(0.1)
-        assert rows, "no order was shipped from the shop within 30 s"
-        assert all(row["store_reference"] for row in rows)
-    finally:
-        demo.cancel()
-        await asyncio.gather(demo, return_exceptions=True)
