@@ -25,7 +25,7 @@ from sfd.connectors.ebay import NO_INVOICE_UPLOAD, EbayConnector
 from sfd.connectors.mirakl import MiraklConnector
 from sfd.connectors.settings import AmazonSettings, EbaySettings, MiraklSettings
 from sfd.daemon.worker import OperationsWorker
-from sfd.domain import EventSource, OperationKind, OrderStatus, TicketState
+from sfd.domain import EventSource, MarketplaceOrder, OperationKind, OrderStatus, TicketState
 from sfd.domain.documents import MAX_DOCUMENT_BYTES, check_document
 from sfd.domain.rules import (
     PriorOperation,
@@ -68,14 +68,21 @@ async def upload(
     )
 
 
+#: The store of each channel of the storage fixture.
+STORES = {"decathlon": 1, "ebay-de": 2}
+
+
 async def submit_document(
-    storage: Storage, store: int, channel: str, reference: str, file_name: str
+    storage: Storage, channel: str, order: MarketplaceOrder, file_name: str
 ) -> Batch:
-    """Submit the PDF as `file_name` for the order `reference`, as the CLI would."""
+    """Import `order` on `channel`, then submit the PDF as its `file_name`, as the CLI would."""
+    store = STORES[channel]
+    ids = await storage.channels.channel_ids()
+    await storage.orders.import_page(ids[channel], store, [order], NOW)
     document = check_document(file_name, PDF)
     request = OperationRequest(
         payload=document_payload(document),
-        reference=reference,
+        reference=order.reference,
         channel=channel,
         document=document,
     )
@@ -282,13 +289,12 @@ async def test_amazon_sends_an_invoice_as_an_upload_vat_invoice_feed_and_reads_i
 async def test_an_invoice_for_an_ebay_order_fails_its_ticket_saying_ebay_has_no_such_call(
     storage: Storage,
 ) -> None:
-    ids = await storage.channels.channel_ids()
-    await storage.orders.import_page(ids["ebay-de"], 2, [make_order("12-34567-89012")], NOW)
-    batch = await submit_document(storage, 2, "ebay-de", "12-34567-89012", "FA1.pdf")
+    batch = await submit_document(storage, "ebay-de", make_order("12-34567-89012"), "FA1.pdf")
     [ticket] = batch.tickets
     assert ticket.state == TicketState.SCHEDULED
     settings = EbaySettings(client_id="c", client_secret="s", refresh_token="r")
     connector = EbayConnector(settings)
+    ids = await storage.channels.channel_ids()
     worker = OperationsWorker(storage, {ids["ebay-de"]: connector}, lambda: NOW)
     task = asyncio.create_task(worker.run())
     try:
@@ -316,10 +322,8 @@ async def test_the_personal_data_retention_erases_a_closed_orders_invoices(
 ) -> None:
     """An invoice names the buyer: the retention that erases the order's personal data
     erases the invoice's bytes with it, and keeps its row as the trail."""
-    ids = await storage.channels.channel_ids()
     shipped = make_order("M-2", OrderStatus.SHIPPED)
-    await storage.orders.import_page(ids["decathlon"], 1, [shipped], NOW)
-    batch = await submit_document(storage, 1, "decathlon", "M-2", "FA10.pdf")
+    batch = await submit_document(storage, "decathlon", shipped, "FA10.pdf")
     order_id = batch.tickets[0].order_id or 0
 
     report = await storage.privacy.erase(
@@ -336,9 +340,7 @@ async def test_the_personal_data_retention_erases_a_closed_orders_invoices(
 async def test_erasing_an_orders_documents_keeps_their_trail_and_fails_what_is_unsent(
     storage: Storage,
 ) -> None:
-    ids = await storage.channels.channel_ids()
-    await storage.orders.import_page(ids["decathlon"], 1, [make_order("M-1")], NOW)
-    batch = await submit_document(storage, 1, "decathlon", "M-1", "FA9.pdf")
+    batch = await submit_document(storage, "decathlon", make_order("M-1"), "FA9.pdf")
     order_id = batch.tickets[0].order_id
     assert order_id is not None
     assert await storage.documents.erase_order(order_id, NOW) == 1
