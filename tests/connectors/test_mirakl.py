@@ -201,17 +201,9 @@ async def test_listing_without_shop_id_sends_none(http: aioresponses) -> None:
 
 def small_order(order_id: str) -> dict[str, Any]:
     """A minimal valid order: a page of 100 stays small enough for aioresponses."""
-    return {
-        "order_id": order_id,
-        "order_state": "SHIPPING",
-        "created_date": "2026-11-28T09:15:00Z",
-        "last_updated_date": "2026-11-29T10:30:00Z",
-        "currency_iso_code": "EUR",
-        "price": 10,
-        "shipping_price": 0,
-        "total_price": 10,
-        "order_lines": [],
-    }
+    dates = {"created_date": "2026-11-28T09:15:00Z", "last_updated_date": "2026-11-29T10:30:00Z"}
+    money = {"currency_iso_code": "EUR", "price": 10, "shipping_price": 0, "total_price": 10}
+    return {"order_id": order_id, "order_state": "SHIPPING", **dates, **money, "order_lines": []}
 
 
 async def test_listing_follows_offsets_until_total_count(
@@ -263,12 +255,9 @@ async def test_listing_normalizes_every_field(
     assert order.created_at == datetime(2026, 11, 28, 9, 15, tzinfo=UTC)
     assert order.updated_at == datetime(2026, 11, 29, 10, 30, 0, 250_000, tzinfo=UTC)
     assert order.latest_ship_date == datetime(2026, 12, 2, 23, 59, 59, tzinfo=UTC)
-    assert order.currency == "EUR"
-    assert order.product_amount == Decimal("39.98")
-    assert order.shipping_amount == Decimal("4.9")
-    assert order.total_amount == Decimal("44.88")
-    assert order.payment_method == "CB"
-    assert order.shipping_method == "Livraison en point relais"
+    money = (order.currency, order.product_amount, order.shipping_amount, order.total_amount)
+    assert money == ("EUR", Decimal("39.98"), Decimal("4.9"), Decimal("44.88"))
+    assert (order.payment_method, order.shipping_method) == ("CB", "Livraison en point relais")
     assert order.raw == text.encode()
     assert order.shipment is None
 
@@ -360,20 +349,21 @@ async def test_shipped_order_carries_its_shipment(
     assert shipment.tracking_link.endswith("code=6A12345678901")
 
 
-@pytest.mark.parametrize(
-    ("state", "status"),
-    [
-        ("WAITING_ACCEPTANCE", OrderStatus.WAITING_STORE_ACCEPTANCE),
-        ("SHIPPING", OrderStatus.WAITING_SHIPMENT),
-        ("SHIPPED", OrderStatus.SHIPPED),
-        ("TO_COLLECT", OrderStatus.SHIPPED),
-        ("RECEIVED", OrderStatus.SHIPPED),
-        ("CLOSED", OrderStatus.SHIPPED),
-        ("REFUSED", OrderStatus.REFUSED),
-        ("CANCELED", OrderStatus.CANCELLED),
-        ("REFUNDED", OrderStatus.REFUNDED),
-    ],
-)
+#: Mirakl's order states (OR11) and the status each one maps to.
+STATES = {
+    "WAITING_ACCEPTANCE": OrderStatus.WAITING_STORE_ACCEPTANCE,
+    "SHIPPING": OrderStatus.WAITING_SHIPMENT,
+    "SHIPPED": OrderStatus.SHIPPED,
+    "TO_COLLECT": OrderStatus.SHIPPED,
+    "RECEIVED": OrderStatus.SHIPPED,
+    "CLOSED": OrderStatus.SHIPPED,
+    "REFUSED": OrderStatus.REFUSED,
+    "CANCELED": OrderStatus.CANCELLED,
+    "REFUNDED": OrderStatus.REFUNDED,
+}
+
+
+@pytest.mark.parametrize(("state", "status"), STATES.items())
 async def test_order_states_map_to_statuses(
     http: aioresponses, connector: MiraklConnector, state: str, status: OrderStatus
 ) -> None:
@@ -382,28 +372,6 @@ async def test_order_states_map_to_statuses(
     [page] = await pages(connector)
 
     assert [o.status for o in page.orders] == [status]
-
-
-async def test_unreleased_orders_are_not_imported_and_unpaid_ones_wait_for_payment(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    orders = [
-        mirakl_order("1-A", state="STAGING"),
-        mirakl_order("2-A", state="WAITING_DEBIT"),
-        mirakl_order("3-A", state="WAITING_DEBIT_PAYMENT"),
-        # Not paid and incomplete: still silently left for later, not reported.
-        {"order_id": "4-A", "order_state": "WAITING_DEBIT_PAYMENT", "total_price": "?"},
-    ]
-    http.get(ORDERS, body=listing(*orders, mirakl_order("5-A")))
-
-    [page] = await pages(connector)
-
-    assert [(o.reference, o.status, o.payment_pending) for o in page.orders] == [
-        ("2-A", OrderStatus.WAITING_SHIPMENT, True),
-        ("3-A", OrderStatus.WAITING_SHIPMENT, True),
-        ("5-A", OrderStatus.WAITING_SHIPMENT, False),
-    ]
-    assert page.skipped == []
 
 
 async def test_an_unknown_state_skips_the_order_with_the_reason(
@@ -418,6 +386,28 @@ async def test_an_unknown_state_skips_the_order_with_the_reason(
     assert skipped.reference == "1-A"
     assert "order_state" in skipped.reason
     assert "TELEPORTED" in skipped.reason
+
+
+async def test_unreleased_orders_are_not_imported_and_unpaid_ones_wait_for_payment(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    unreleased = mirakl_order("1-A", state="STAGING")
+    unpaid = [
+        mirakl_order("2-A", state="WAITING_DEBIT"),
+        mirakl_order("3-A", state="WAITING_DEBIT_PAYMENT"),
+        # Not paid and incomplete: still silently left for later, not reported.
+        {"order_id": "4-A", "order_state": "WAITING_DEBIT_PAYMENT", "total_price": "?"},
+    ]
+    http.get(ORDERS, body=listing(unreleased, *unpaid, mirakl_order("5-A")))
+
+    [page] = await pages(connector)
+
+    assert [(o.reference, o.status, o.payment_pending) for o in page.orders] == [
+        ("2-A", OrderStatus.WAITING_SHIPMENT, True),
+        ("3-A", OrderStatus.WAITING_SHIPMENT, True),
+        ("5-A", OrderStatus.WAITING_SHIPMENT, False),
+    ]
+    assert page.skipped == []
 
 
 @pytest.mark.parametrize(
