@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -380,20 +381,11 @@ async def test_an_order_has_the_keys_and_types_of_a_shoppingfeed_order(api: Api)
     ship, bill = reference["shippingAddress"], reference["billingAddress"]
 
     def address(a: dict[str, str]) -> Address:
-        return Address(
-            first_name=a["firstName"],
-            last_name=a["lastName"],
-            company=a["company"],
-            street=a["street"],
-            street2=a["street2"],
-            postal_code=a["postalCode"],
-            city=a["city"],
-            country=a["country"],
-            phone=a["phone"],
-            mobile_phone=a["mobilePhone"],
-            email=a["email"],
-            relay_id=a.get("relayId", ""),
-        )
+        """The fixture's address, its camelCase keys read as our snake_case fields."""
+        fields = ("first_name", "last_name", "company", "street", "street2", "postal_code",
+                  "city", "country", "phone", "mobile_phone", "email")  # fmt: skip
+        given = {f: a[re.sub(r"_(\w)", lambda m: m[1].upper(), f)] for f in fields}
+        return Address(**given, relay_id=a.get("relayId", ""))
 
     order = MarketplaceOrder(
         reference=reference["reference"],
