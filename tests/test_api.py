@@ -21,6 +21,7 @@ from sfd.daemon.http import build_app
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.clock import from_iso
 from sfd.storage import Storage
+from tests import lookups
 from tests.conftest import NOW
 from tests.factories import make_order
 
@@ -75,15 +76,10 @@ class Api:
         return body["id"], tickets["_embedded"]["ticket"]
 
     async def order_id(self, reference: str) -> int:
-        row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
-        )
-        assert row is not None
-        return int(row[0])
+        return await lookups.order_id(self.storage, reference)
 
     async def operation_count(self) -> int:
-        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
-        return int(row[0]) if row else 0
+        return await lookups.operation_count(self.storage)
 
 
 async def seed(
