@@ -600,13 +600,9 @@ async def test_a_shipment_without_carrier_or_tracking_is_taken_on_a_default_chan
 async def test_a_link_that_is_not_http_is_dropped_with_a_warning_and_the_shipment_goes(
     api: Api,
 ) -> None:
+    tracking = {"trackingNumber": "250123456, 250123457", "trackingLink": "javascript:alert(1)"}
     order_id = await api.order_id("WAIT-1")
-    ship = {
-        "id": order_id,
-        "carrier": "DPD",
-        "trackingNumber": "250123456, 250123457",
-        "trackingLink": "javascript:alert(1)",
-    }
+    ship = {"id": order_id, "carrier": "DPD", **tracking}
     _, [ticket] = await api.operate("ship", ship)
     assert ticket["state"] == "scheduled"
     assert ticket["payload"]["trackingLink"] == ""
