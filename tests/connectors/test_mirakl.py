@@ -331,14 +331,10 @@ async def test_amounts_stay_exact_decimals(http: aioresponses, connector: Mirakl
 async def test_shipped_order_carries_its_shipment(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    order = mirakl_order(
-        state="SHIPPED",
-        shipping_carrier_code="COLISSIMO",
-        shipping_company="Colissimo",
-        shipping_tracking="6A12345678901",
-        shipping_tracking_url="https://www.laposte.fr/outils/suivre-vos-envois?code=6A12345678901",
-    )
-    http.get(ORDERS, body=listing(order))
+    link = "https://www.laposte.fr/outils/suivre-vos-envois?code=6A12345678901"
+    carrier = {"shipping_carrier_code": "COLISSIMO", "shipping_company": "Colissimo"}
+    tracking = {"shipping_tracking": "6A12345678901", "shipping_tracking_url": link}
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED", **carrier, **tracking)))
 
     [page] = await pages(connector)
 
