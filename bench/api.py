@@ -50,18 +50,20 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log
 """
 
 
+NOT_ACKNOWLEDGED = (
+    "store_reference",
+    "acknowledged_at",
+    "acknowledgment_status",
+    "acknowledgment_message",
+)
+TIMESTAMPS = ("created_at", "updated_at", "marketplace_updated_at", "imported_at")
+
+
 def template() -> StoredOrder:
     now = utcnow()
-    address = Address(
-        first_name="Camille",
-        last_name="Dupont",
-        street="12 rue des Lilas",
-        postal_code="69003",
-        city="Lyon",
-        country="FR",
-        phone="+33600000000",
-        email="camille.dupont@example.org",
-    )
+    where = {"street": "12 rue des Lilas", "postal_code": "69003", "city": "Lyon", "country": "FR"}
+    contact = {"phone": "+33600000000", "email": "camille.dupont@example.org"}
+    address = Address(first_name="Camille", last_name="Dupont", **where, **contact)
     items = [
         StoredItem(
             id=n,
@@ -86,14 +88,9 @@ def template() -> StoredOrder:
         channel="decathlon",
         reference="",
         status=OrderStatus("waiting_shipment"),
-        store_reference=None,
-        acknowledged_at=None,
-        acknowledgment_status=None,
-        acknowledgment_message=None,
-        created_at=now,
-        updated_at=now,
-        marketplace_updated_at=now,
-        imported_at=now,
+        # Not acknowledged yet, and every timestamp is now.
+        **dict.fromkeys(NOT_ACKNOWLEDGED),
+        **dict.fromkeys(TIMESTAMPS, now),
         latest_ship_date=now + timedelta(days=2),
         is_test=False,
         fulfilled_by="store",

@@ -206,17 +206,16 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
 MIRAKL_CHANNEL = channel_toml("{base_url}", "{key}", auto_accept=False)
 AMAZON_CHANNEL = """
 [[channels]]
-name = "amazon-fr"
-store = 1
 connector = "amazon"
+name = "amazon-fr"
 poll_interval = "1h"
-[channels.settings]
-endpoint = "{base_url}"
-token_url = "{base_url}/auth/o2/token"
-client_id = "{client_id}"
-client_secret = "{secret}"
-refresh_token = "{refresh}"
-marketplace_ids = ["A13V1IB3VIYZZH"]
+store = 1
+settings.endpoint = "{base_url}"
+settings.token_url = "{base_url}/auth/o2/token"
+settings.marketplace_ids = ["A13V1IB3VIYZZH"]
+settings.client_id = "{client_id}"
+settings.client_secret = "{secret}"
+settings.refresh_token = "{refresh}"
 """
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain import Address, FulfilledBy, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain.rules import OrderView
 from tests.conftest import NOW
 
 
@@ -65,3 +67,18 @@ def make_order(
         items=items,
         additional_fields={"channel_code": "decathlon-fr"},
     )
+
+
+def order_view(**fields: Any) -> OrderView:
+    """What the rules see of an order: one awaiting shipment from the store, two lines,
+    with `fields` told otherwise."""
+    defaults: dict[str, Any] = {
+        "id": 1,
+        "reference": "R-1",
+        "channel": "deca",
+        "status": OrderStatus.WAITING_SHIPMENT,
+        "fulfilled_by": FulfilledBy.STORE,
+        "require_tracking": False,
+        "items": {11: 1, 12: 2},
+    }
+    return OrderView(**(defaults | fields))

@@ -25,21 +25,19 @@ from sfd.connectors.ebay import NO_INVOICE_UPLOAD, EbayConnector
 from sfd.connectors.mirakl import MiraklConnector
 from sfd.connectors.settings import AmazonSettings, EbaySettings, MiraklSettings
 from sfd.daemon.worker import OperationsWorker
-from sfd.domain import EventSource, FulfilledBy, OperationKind, OrderStatus, TicketState
+from sfd.domain import EventSource, MarketplaceOrder, OperationKind, OrderStatus, TicketState
 from sfd.domain.documents import MAX_DOCUMENT_BYTES, check_document
 from sfd.domain.rules import (
-    DocumentPayload,
-    OrderView,
     PriorOperation,
     decide,
     document_payload,
 )
 from sfd.sandbox.amazon import FRANCE, SandboxAmazon, run_amazon
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
-from sfd.storage import OperationRequest, Storage
+from sfd.storage import Batch, OperationRequest, Storage
 from tests import test_cli as cli_tests
 from tests.connectors.amazon_model import check_request
-from tests.factories import NOW, make_order
+from tests.factories import NOW, make_order, order_view
 from tests.page.conftest import PageClient
 from tests.support import run_cli, write_config
 from tests.test_worker import Hub, hub, orders_on_sale, other_channel  # noqa: F401
@@ -67,6 +65,29 @@ async def upload(
 ) -> tuple[int, Any]:
     return await hub.call(
         "POST", "/v1/store/1/order/upload-documents", data=sdk_form(files, orders)
+    )
+
+
+#: The store of each channel of the storage fixture.
+STORES = {"decathlon": 1, "ebay-de": 2}
+
+
+async def submit_document(
+    storage: Storage, channel: str, order: MarketplaceOrder, file_name: str
+) -> Batch:
+    """Import `order` on `channel`, then submit the PDF as its `file_name`, as the CLI would."""
+    store = STORES[channel]
+    ids = await storage.channels.channel_ids()
+    await storage.orders.import_page(ids[channel], store, [order], NOW)
+    document = check_document(file_name, PDF)
+    request = OperationRequest(
+        payload=document_payload(document),
+        reference=order.reference,
+        channel=channel,
+        document=document,
+    )
+    return await storage.operations.submit(
+        store, OperationKind.UPLOAD_DOCUMENT, [request], EventSource.CLI, NOW
     )
 
 
@@ -268,30 +289,12 @@ async def test_amazon_sends_an_invoice_as_an_upload_vat_invoice_feed_and_reads_i
 async def test_an_invoice_for_an_ebay_order_fails_its_ticket_saying_ebay_has_no_such_call(
     storage: Storage,
 ) -> None:
-    ids = await storage.channels.channel_ids()
-    await storage.orders.import_page(ids["ebay-de"], 2, [make_order("12-34567-89012")], NOW)
-    document = check_document("FA1.pdf", PDF)
-    payload = DocumentPayload(
-        sha256=document.sha256,
-        file_name=document.file_name,
-        content_type=document.content_type,
-        size=document.size,
-    )
-    batch = await storage.operations.submit(
-        2,
-        OperationKind.UPLOAD_DOCUMENT,
-        [
-            OperationRequest(
-                payload=payload, reference="12-34567-89012", channel="ebay-de", document=document
-            )
-        ],
-        EventSource.CLI,
-        NOW,
-    )
+    batch = await submit_document(storage, "ebay-de", make_order("12-34567-89012"), "FA1.pdf")
     [ticket] = batch.tickets
     assert ticket.state == TicketState.SCHEDULED
     settings = EbaySettings(client_id="c", client_secret="s", refresh_token="r")
     connector = EbayConnector(settings)
+    ids = await storage.channels.channel_ids()
     worker = OperationsWorker(storage, {ids["ebay-de"]: connector}, lambda: NOW)
     task = asyncio.create_task(worker.run())
     try:
@@ -319,22 +322,8 @@ async def test_the_personal_data_retention_erases_a_closed_orders_invoices(
 ) -> None:
     """An invoice names the buyer: the retention that erases the order's personal data
     erases the invoice's bytes with it, and keeps its row as the trail."""
-    ids = await storage.channels.channel_ids()
     shipped = make_order("M-2", OrderStatus.SHIPPED)
-    await storage.orders.import_page(ids["decathlon"], 1, [shipped], NOW)
-    document = check_document("FA10.pdf", PDF)
-    payload = DocumentPayload(
-        sha256=document.sha256,
-        file_name=document.file_name,
-        content_type=document.content_type,
-        size=document.size,
-    )
-    request = OperationRequest(
-        payload=payload, reference="M-2", channel="decathlon", document=document
-    )
-    batch = await storage.operations.submit(
-        1, OperationKind.UPLOAD_DOCUMENT, [request], EventSource.CLI, NOW
-    )
+    batch = await submit_document(storage, "decathlon", shipped, "FA10.pdf")
     order_id = batch.tickets[0].order_id or 0
 
     report = await storage.privacy.erase(
@@ -343,7 +332,7 @@ async def test_the_personal_data_retention_erases_a_closed_orders_invoices(
 
     assert report.orders == 1
     [stored] = await storage.documents.for_order(order_id)
-    assert stored.erased and stored.sha256 == document.sha256
+    assert stored.erased and stored.sha256 == check_document("FA10.pdf", PDF).sha256
     row = await storage.db.fetchrow("SELECT content FROM documents WHERE id = $1", (stored.id,))
     assert row is not None and row[0] is None
 
@@ -351,26 +340,7 @@ async def test_the_personal_data_retention_erases_a_closed_orders_invoices(
 async def test_erasing_an_orders_documents_keeps_their_trail_and_fails_what_is_unsent(
     storage: Storage,
 ) -> None:
-    ids = await storage.channels.channel_ids()
-    await storage.orders.import_page(ids["decathlon"], 1, [make_order("M-1")], NOW)
-    document = check_document("FA9.pdf", PDF)
-    payload = DocumentPayload(
-        sha256=document.sha256,
-        file_name=document.file_name,
-        content_type=document.content_type,
-        size=document.size,
-    )
-    batch = await storage.operations.submit(
-        1,
-        OperationKind.UPLOAD_DOCUMENT,
-        [
-            OperationRequest(
-                payload=payload, reference="M-1", channel="decathlon", document=document
-            )
-        ],
-        EventSource.CLI,
-        NOW,
-    )
+    batch = await submit_document(storage, "decathlon", make_order("M-1"), "FA9.pdf")
     order_id = batch.tickets[0].order_id
     assert order_id is not None
     assert await storage.documents.erase_order(order_id, NOW) == 1
@@ -484,15 +454,7 @@ async def test_the_order_page_uploads_an_invoice_with_its_csrf_token_and_lists_i
 
 
 def test_the_rules_match_a_document_by_its_digest_and_let_a_failed_one_be_sent_again() -> None:
-    view = OrderView(
-        id=1,
-        reference="M-1",
-        channel="decathlon",
-        status=OrderStatus.SHIPPED,
-        fulfilled_by=FulfilledBy.STORE,
-        require_tracking=False,
-        items={},
-    )
+    view = order_view(reference="M-1", channel="decathlon", status=OrderStatus.SHIPPED, items={})
     payload = document_payload(check_document("FA1.pdf", PDF))
     renamed = document_payload(check_document("other-name.pdf", PDF))
     stored = msgspec.to_builtins(payload)

@@ -27,8 +27,7 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
 def test_ready_then_healthz_then_sigterm_stops_cleanly(
     tmp_path: Path, sfd_processes: Start
 ) -> None:
-    config = write_config(tmp_path)
-    sfd = sfd_processes(config, tmp_path)
+    sfd = sfd_processes(write_config(tmp_path), tmp_path)
     sfd.wait_ready()
     assert any(n.startswith("STATUS=0 channels, 0 orders to process") for n in sfd.notifications)
     status, body = get_json(sfd.url + "/healthz")

@@ -86,6 +86,15 @@ def eur(amount: str) -> dict[str, str]:
     return {"amount": amount, "currencyCode": "EUR"}
 
 
+def breakdowns(item: str, shipping: str, tax: str) -> list[dict[str, Any]]:
+    """The proceeds' breakdown: items, shipping and tax, in euros."""
+    return [
+        {"type": "ITEM", "subtotal": eur(item)},
+        {"type": "SHIPPING", "subtotal": eur(shipping)},
+        {"type": "TAX", "subtotal": eur(tax)},
+    ]
+
+
 def order_items() -> list[dict[str, Any]]:
     """Two lines: two linen cushion covers, three candles (10.00 for the three)."""
     return [
@@ -101,11 +110,7 @@ def order_items() -> list[dict[str, Any]]:
             },
             "proceeds": {
                 "proceedsTotal": eur("44.88"),
-                "breakdowns": [
-                    {"type": "ITEM", "subtotal": eur("39.98")},
-                    {"type": "SHIPPING", "subtotal": eur("4.90")},
-                    {"type": "TAX", "subtotal": eur("7.48")},
-                ],
+                "breakdowns": breakdowns("39.98", "4.90", "7.48"),
             },
             "fulfillment": {"quantityFulfilled": 0, "quantityUnfulfilled": 2},
         },
@@ -169,11 +174,7 @@ def amazon_order(
         },
         "proceeds": {
             "grandTotal": eur("54.88"),
-            "breakdowns": [
-                {"type": "ITEM", "subtotal": eur("49.98")},
-                {"type": "SHIPPING", "subtotal": eur("4.90")},
-                {"type": "TAX", "subtotal": eur("9.15")},
-            ],
+            "breakdowns": breakdowns("49.98", "4.90", "9.15"),
         },
         "tax": {
             "taxRegistrations": [
@@ -992,12 +993,28 @@ def test_carriers_map_to_amazon_codes(carrier: str, code: str) -> None:
     assert carrier_code(carrier) == code
 
 
+#: A whole shipment with one UPS package.
+UPS_1Z = ShipmentRequest(carrier="UPS", tracking_number="1Z")
+
+
 async def test_an_order_amazon_shows_shipped_succeeds_without_a_confirmation(
     http: aioresponses, connector: AmazonConnector
 ) -> None:
     http.get(ORDER, payload=order_answer("SHIPPED"))
 
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
+    await connector.ship(ORDER_ID, UPS_1Z)
+
+    assert calls_to(http, CONFIRM) == []
+
+
+@pytest.mark.parametrize("status", ["CANCELLED", "PENDING"])
+async def test_a_cancelled_or_unpaid_order_cannot_ship(
+    http: aioresponses, connector: AmazonConnector, status: str
+) -> None:
+    http.get(ORDER, payload=order_answer(status))
+
+    with pytest.raises(Rejected, match=f"Amazon order {ORDER_ID} is"):
+        await connector.ship(ORDER_ID, UPS_1Z)
 
     assert calls_to(http, CONFIRM) == []
 
@@ -1009,7 +1026,7 @@ async def test_a_refused_confirmation_of_an_order_shipped_meanwhile_succeeds(
     http.post(CONFIRM, status=400, payload={"errors": [{"code": "InvalidInput", "message": "x"}]})
     http.get(ORDER, payload=order_answer("SHIPPED"))
 
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
+    await connector.ship(ORDER_ID, UPS_1Z)
 
     assert len(calls_to(http, ORDER)) == 2
 
@@ -1024,21 +1041,9 @@ async def test_a_refused_confirmation_keeps_amazons_message(
     http.post(CONFIRM, status=400, payload=refusal)
 
     with pytest.raises(Rejected) as caught:
-        await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
+        await connector.ship(ORDER_ID, UPS_1Z)
 
     assert caught.value.message == "Invalid carrier: carrierCode (InvalidInput)"
-
-
-@pytest.mark.parametrize("status", ["CANCELLED", "PENDING"])
-async def test_a_cancelled_or_unpaid_order_cannot_ship(
-    http: aioresponses, connector: AmazonConnector, status: str
-) -> None:
-    http.get(ORDER, payload=order_answer(status))
-
-    with pytest.raises(Rejected, match=f"Amazon order {ORDER_ID} is"):
-        await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
-
-    assert calls_to(http, CONFIRM) == []
 
 
 async def test_several_tracking_numbers_confirm_the_first_and_name_the_others(

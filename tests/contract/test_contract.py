@@ -18,6 +18,12 @@ from tests.connectors.conftest import sent
 from tests.contract.adapters import Adapter
 
 
+def answer_listing(http: aioresponses, adapter: Adapter, **answer: Any) -> None:
+    """Authenticate, then answer the order listing with `answer`."""
+    adapter.auth(http)
+    http.add(adapter.list_url, adapter.list_method, **answer)
+
+
 async def read_failing(adapter: Adapter, connector: Any) -> ConnectorError:
     with pytest.raises(ConnectorError) as caught:
         await adapter.read(connector)
@@ -27,8 +33,7 @@ async def read_failing(adapter: Adapter, connector: Any) -> ConnectorError:
 async def test_429_is_rate_limited_with_its_retry_after(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.add(adapter.list_url, adapter.list_method, status=429, headers={"Retry-After": "12"})
+    answer_listing(http, adapter, status=429, headers={"Retry-After": "12"})
 
     error = await read_failing(adapter, connector)
 
@@ -40,10 +45,7 @@ async def test_429_is_rate_limited_with_its_retry_after(
 async def test_a_retry_after_of_days_is_capped(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.add(
-        adapter.list_url, adapter.list_method, status=429, headers={"Retry-After": str(7 * 86400)}
-    )
+    answer_listing(http, adapter, status=429, headers={"Retry-After": str(7 * 86400)})
 
     error = await read_failing(adapter, connector)
 
@@ -55,8 +57,7 @@ async def test_a_retry_after_of_days_is_capped(
 async def test_an_error_names_the_request_and_the_answer_status(
     http: aioresponses, adapter: Adapter, connector: Any, status: int, kind: type[ConnectorError]
 ) -> None:
-    adapter.auth(http)
-    http.add(adapter.list_url, adapter.list_method, status=status, body="no")
+    answer_listing(http, adapter, status=status, body="no")
 
     error = await read_failing(adapter, connector)
 
@@ -71,8 +72,7 @@ async def test_an_error_names_the_request_and_the_answer_status(
 async def test_a_server_error_is_transient_with_its_status(
     http: aioresponses, adapter: Adapter, connector: Any, status: int
 ) -> None:
-    adapter.auth(http)
-    http.add(adapter.list_url, adapter.list_method, status=status, body="upstream broke")
+    answer_listing(http, adapter, status=status, body="upstream broke")
 
     error = await read_failing(adapter, connector)
 
@@ -93,8 +93,7 @@ async def test_a_server_error_is_transient_with_its_status(
 async def test_no_answer_is_transient(
     http: aioresponses, adapter: Adapter, connector: Any, failure: Exception, said: str
 ) -> None:
-    adapter.auth(http)
-    http.add(adapter.list_url, adapter.list_method, exception=failure)
+    answer_listing(http, adapter, exception=failure)
 
     error = await read_failing(adapter, connector)
 
@@ -105,13 +104,7 @@ async def test_no_answer_is_transient(
 async def test_an_html_page_with_200_is_transient(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.add(
-        adapter.list_url,
-        adapter.list_method,
-        status=200,
-        body="<html><body>Maintenance</body></html>",
-    )
+    answer_listing(http, adapter, status=200, body="<html><body>Maintenance</body></html>")
 
     error = await read_failing(adapter, connector)
 
@@ -123,13 +116,7 @@ async def test_an_html_page_with_200_is_transient(
 async def test_a_redirect_is_refused_not_followed(
     http: aioresponses, adapter: Adapter, connector: Any, status: int
 ) -> None:
-    adapter.auth(http)
-    http.add(
-        adapter.list_url,
-        adapter.list_method,
-        status=status,
-        headers={"Location": "https://elsewhere.test/x"},
-    )
+    answer_listing(http, adapter, status=status, headers={"Location": "https://elsewhere.test/x"})
 
     error = await read_failing(adapter, connector)
 
@@ -160,13 +147,7 @@ async def test_a_401_is_auth_failed(http: aioresponses, adapter: Adapter, connec
 async def test_a_secret_echoed_in_an_error_is_scrubbed(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.add(
-        adapter.list_url,
-        adapter.list_method,
-        status=500,
-        body=f"bad credential {adapter.secret} given",
-    )
+    answer_listing(http, adapter, status=500, body=f"bad credential {adapter.secret} given")
 
     error = await read_failing(adapter, connector)
 
@@ -226,8 +207,7 @@ async def test_an_already_done_write_succeeds(
 
 async def test_an_opened_session_is_closed_by_aclose(http: aioresponses, adapter: Adapter) -> None:
     connector = adapter.make()
-    adapter.auth(http)
-    http.add(adapter.list_url, adapter.list_method, **adapter.page([], True), repeat=True)
+    answer_listing(http, adapter, **adapter.page([], True), repeat=True)
     await adapter.read(connector)
     session = connector._session
     assert session is not None

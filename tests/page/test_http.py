@@ -23,6 +23,7 @@ from sfd.daemon.ws import LegacyWebservice
 from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.domain.rules import AcknowledgePayload
 from sfd.storage import OperationRequest, Storage
+from tests import lookups
 from tests.conftest import NOW
 from tests.factories import make_order
 from tests.page.conftest import PageClient
@@ -53,16 +54,10 @@ class Site:
         return client
 
     async def order_id(self, reference: str) -> int:
-        row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
-        )
-        assert row is not None
-        return int(row[0])
+        return await lookups.order_id(self.storage, reference)
 
     async def operations(self) -> int:
-        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
-        assert row is not None
-        return int(row[0])
+        return await lookups.operation_count(self.storage)
 
     async def events(self) -> int:
         row = await self.storage.db.fetchrow("SELECT count(*) FROM order_events")
