@@ -14,6 +14,7 @@ import structlog
 from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
 from tests.postgres import BACKENDS, postgres_database
+from tests.postgres import cleanup as postgres_cleanup
 from tests.support import SfdProcess, start_sfd
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
@@ -91,3 +92,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests.faults import reliability
 
     reliability.write()
+    postgres_cleanup()

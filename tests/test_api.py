@@ -23,6 +23,8 @@ from sfd.storage import Storage
 from tests.conftest import NOW
 from tests.factories import make_order
 
+pytestmark = pytest.mark.both_backends
+
 S = OrderStatus
 FIXTURE = Path(__file__).parent / "fixtures" / "shoppingfeed-order.json"
 
@@ -75,7 +77,7 @@ class Api:
 
     async def order_id(self, reference: str) -> int:
         row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
+            "SELECT id FROM orders WHERE reference = $1", (reference,)
         )
         assert row is not None
         return int(row[0])

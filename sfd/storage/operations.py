@@ -293,8 +293,9 @@ class OperationStore:
         if request.order_id is not None:
             where = f"o.id = {p(request.order_id)}"
         else:
-            where = f"o.reference = {p(request.reference)} AND c.name = {p(request.channel)} "
-            where += "COLLATE NOCASE"
+            # Channel names are ASCII ([A-Za-z0-9_-]): lower() is SQLite's NOCASE, portably.
+            where = f"o.reference = {p(request.reference)} "
+            where += f"AND lower(c.name) = lower({p(request.channel)})"
         row = await tx.fetchrow(
             "SELECT o.id, o.reference, o.status, o.fulfilled_by, o.payment_pending, "
             "c.name AS channel, c.require_tracking FROM orders o "

@@ -665,10 +665,11 @@ class OrderStore:
         if query.needs_person:
             clauses.append(NEEDS_PERSON)
         if query.search:
-            pattern = p(_like(query.search))
+            # lower() on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+            pattern = p(_like(query.search.lower()))
             clauses.append(
-                f"(o.reference LIKE {pattern} ESCAPE '\\' "
-                f"OR o.store_reference LIKE {pattern} ESCAPE '\\')"
+                f"(lower(o.reference) LIKE {pattern} ESCAPE '\\' "
+                f"OR lower(o.store_reference) LIKE {pattern} ESCAPE '\\')"
             )
         if query.created_since is not None:
             clauses.append(f"o.created_at >= {p(to_iso(query.created_since))}")
