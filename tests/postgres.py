@@ -149,3 +149,18 @@ def postgres_database(*, migrated: bool = True) -> Iterator[str]:
         yield database_url(name)
     finally:
         _drop(name)
+
+
+def fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one query on a test database, from sync code (as a person with psql)."""
+    rows: list[tuple[Any, ...]] = []
+
+    async def run() -> None:
+        connection = await asyncpg.connect(url, timeout=5)
+        try:
+            rows.extend(tuple(r) for r in await connection.fetch(sql))
+        finally:
+            await connection.close()
+
+    _run(run)
+    return rows
