@@ -204,7 +204,7 @@ def copy_to_postgres(source: Path, target: str) -> dict[str, object]:
 async def measure(
     total: int, seconds: float, work: Path, postgres: str | None = None
 ) -> dict[str, object]:
-    seeded_file = work / f"api-{total}.db"
+    seeded_file = work / f"api-{total}{'-to-postgres' if postgres else ''}.db"
     started = time.perf_counter()
     await seed(seeded_file, total)
     seeded = time.perf_counter() - started
