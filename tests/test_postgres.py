@@ -12,7 +12,7 @@ import pytest
 from sfd.config import ConfigError, parse_config
 from sfd.domain import EventSource, OperationKind
 from sfd.domain.rules import ShipPayload
-from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError
+from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError, StorageUnavailable
 from sfd.storage.channels import ChannelSpec
 from sfd.storage.database import StorageConflict, load_migrations
 from sfd.storage.db import SQLiteDatabase
@@ -186,3 +186,28 @@ async def test_a_unique_key_broken_is_a_conflict_on_each_backend(storage: Storag
                 (NOW.isoformat(),),
             )
     assert await storage.channels.store_name(1) == "Shop one"
+
+
+async def test_a_lost_connection_is_a_storage_condition_until_the_server_answers_again() -> None:
+    require_server()
+    with postgres_database() as url:
+        storage = await Storage.open(url)
+        seen: list[str | None] = []
+        storage.on_condition(lambda new, _old: seen.append(new.kind if new else None))
+
+        async def write(sql: str) -> None:
+            async with storage.db.write() as tx:
+                await tx.execute("UPDATE stores SET name = name", ())
+                await tx.execute(sql, ())
+
+        try:
+            # The server ends the session in the middle of a write, as a restart or a
+            # failover does: nothing of the transaction is kept.
+            with pytest.raises(StorageUnavailable, match="cannot be reached or dropped"):
+                await write("SELECT pg_terminate_backend(pg_backend_pid())")
+            assert storage.condition is not None and storage.condition.kind == "unreachable"
+            assert await storage.probe()  # a new connection: writes land again
+            assert storage.condition is None
+            assert seen == ["unreachable", None]
+        finally:
+            await storage.close()
