@@ -398,7 +398,6 @@ async def test_a_channel_that_requires_tracking_still_refuses_a_shipment_without
     assert marketplace.calls_to("OR23") == marketplace.calls_to("OR24") == []
 
 
-@pytest.mark.both_backends
 async def test_a_marketplace_down_for_a_while_gets_every_shipment_once_when_it_is_back(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
