@@ -246,13 +246,17 @@ class PostgresDatabase:
                 init=_setup,
                 server_settings={"TimeZone": "UTC", "application_name": "sfd"},
             )
-        except (asyncpg.PostgresError, *_UNREACHABLE, ValueError) as exc:
-            error = (
-                translate(exc, where)
-                if not isinstance(exc, ValueError)
-                else StorageError(f"database {where}: {exc}")
-            )
-            raise StorageError(f"{error}; is the PostgreSQL server up?") from None
+        except ValueError as exc:  # a URL the driver cannot read
+            raise StorageError(f"database {where}: {exc}") from None
+        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
+            error = translate(exc, where)
+            if isinstance(error, StorageUnavailable):
+                detail = str(exc) or type(exc).__name__
+                raise StorageError(
+                    f"database {where} cannot be reached ({detail}); is the PostgreSQL server "
+                    "up, and does it accept connections from this host?"
+                ) from None
+            raise error from None
         db = cls(url, pool, path)
         try:
             if migrate:
