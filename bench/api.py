@@ -28,7 +28,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Daemon, load, write_config
+from bench.common import Daemon, load, postgres_database, write_config
 from sfd.connectors.shoppingfeed import render_order
 from sfd.domain import Address, OrderStatus, StoredItem, StoredOrder
 from sfd.domain.clock import to_iso, utcnow
@@ -182,11 +182,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def measure(total: int, seconds: float, work: Path) -> dict[str, object]:
-    database = work / f"api-{total}.db"
+def copy_to_postgres(source: Path, target: str) -> dict[str, object]:
+    """`sfd db copy` of the seeded file into PostgreSQL: its figures."""
     started = time.perf_counter()
-    await seed(database, total)
+    done = subprocess.run(
+        [sys.executable, "-m", "sfd", "db", "copy", str(source), target, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"sfd db copy failed: {done.stderr}")
+    seconds = time.perf_counter() - started
+    rows = sum(t["rows"] for t in json.loads(done.stdout)["tables"])
+    return {"seconds": round(seconds, 1), "rows": rows, "rows_per_second": round(rows / seconds)}
+
+
+async def measure(
+    total: int, seconds: float, work: Path, postgres: str | None = None
+) -> dict[str, object]:
+    seeded_file = work / f"api-{total}{'-to-postgres' if postgres else ''}.db"
+    started = time.perf_counter()
+    await seed(seeded_file, total)
     seeded = time.perf_counter() - started
+    copy: dict[str, object] | None = None
+    database: Path | str = seeded_file
+    if postgres is not None:
+        # The same orders, moved the way a merchant moves them.
+        copy = copy_to_postgres(seeded_file, postgres)
+        database = postgres
     token = subprocess.run(
         [
             sys.executable,
@@ -230,6 +254,8 @@ async def measure(total: int, seconds: float, work: Path) -> dict[str, object]:
     bare.terminate()
     bare.wait(10)
     return {
+        "database": "postgres" if postgres else "sqlite",
+        **({"db_copy": copy} if copy else {}),
         "orders": total,
         "to_process": TO_PROCESS,
         "seed_seconds": round(seeded, 1),
@@ -244,13 +270,27 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sizes", default="10000,1000000")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres", "both"),
+        default="sqlite",
+        help="postgres: seed SQLite, `sfd db copy` it into a new database on "
+        "SFD_BENCH_POSTGRES, serve from there; both: SQLite then PostgreSQL, same orders",
+    )
     args = parser.parse_args()
     results = []
+    backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     with tempfile.TemporaryDirectory(prefix="sfd-bench-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            result = await measure(size, args.seconds, Path(tmp))
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            for backend in backends:
+                if backend == "postgres":
+                    with postgres_database() as url:
+                        result = await measure(size, args.seconds, Path(tmp), url)
+                else:
+                    result = await measure(size, args.seconds, Path(tmp))
+                print(json.dumps(result), flush=True)
+                if backend == backends[0]:
+                    results.append(result)
     if len(results) == 2:
         small, large = results
         ratio = large["sfd"]["median_ms"] / small["sfd"]["median_ms"]  # type: ignore[index]

@@ -31,7 +31,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Daemon, peak_rss_mb, write_config
+from bench.common import Daemon, count_orders, peak_rss_mb, postgres_database, write_config
 from sfd.sandbox.marketplace import channel_toml
 
 KEY = "bench-ingest-key"
@@ -223,14 +223,28 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--marketplace", choices=("mirakl", "amazon", "both"), default="mirakl")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres", "both"),
+        default="sqlite",
+        help="where sfd stores the import: its SQLite file, a new database on "
+        "SFD_BENCH_POSTGRES, or both one after the other (the reference is always SQLite)",
+    )
     args = parser.parse_args()
     kinds = ["mirakl", "amazon"] if args.marketplace == "both" else [args.marketplace]
+    backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     for kind in kinds:
         orders = args.orders if kind == "mirakl" else min(args.orders, AMAZON_BURST_ORDERS)
-        print(json.dumps({"marketplace": kind, **await run(kind, orders)}), flush=True)
+        for backend in backends:
+            if backend == "postgres":
+                with postgres_database("sfd_ingest") as url:
+                    figures = await run(kind, orders, url)
+            else:
+                figures = await run(kind, orders)
+            print(json.dumps({"marketplace": kind, "database": backend, **figures}), flush=True)
 
 
-async def run(kind: str, orders: int) -> dict[str, object]:
+async def run(kind: str, orders: int, postgres: str | None = None) -> dict[str, object]:
     """Import `orders` from the sandbox of `kind`, then the reference: the figures."""
     with tempfile.TemporaryDirectory(prefix="sfd-ingest-") as tmp:
         work = Path(tmp)
@@ -252,7 +266,8 @@ async def run(kind: str, orders: int) -> dict[str, object]:
                 secret=AMAZON_SECRET,
                 refresh=AMAZON_REFRESH,
             )
-            config = write_config(work, work / "sfd.db", channel)
+            database: Path | str = postgres or work / "sfd.db"
+            config = write_config(work, database, channel)
             daemon = Daemon(config)
             daemon.wait_ready()
             poll: dict[str, object] = {}
@@ -263,8 +278,7 @@ async def run(kind: str, orders: int) -> dict[str, object]:
                 time.sleep(0.2)
             peak = peak_rss_mb(daemon.proc.pid)
             daemon.stop()
-            with sqlite3.connect(work / "sfd.db") as db:
-                stored = db.execute("SELECT count(*) FROM orders").fetchone()[0]
+            stored = count_orders(database)
             reference = amazon_reference_import if kind == "amazon" else reference_import
             seconds, reference_count = await reference(base_url, work / "ref.db")
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sfd.connectors.settings import ConnectorSettings
 from sfd.domain.carriers import config_key
 
 CONFIG_ENV = "SFD_CONFIG"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 DEFAULT_LISTEN = "127.0.0.1:8642"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -66,6 +68,9 @@ class DaemonConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     """The `[daemon]` table."""
 
     database: str | None = None
+    """An SQLite file's path (the default), or a PostgreSQL URL `postgresql://user@host/db`."""
+    database_password: str | None = None
+    """The PostgreSQL password, as a secret: `env:NAME`, `file:PATH` or `credential:NAME`."""
     listen: str = DEFAULT_LISTEN
     log_format: str = "auto"
     log_level: str = "info"
@@ -130,6 +135,13 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     source: str
     daemon: DaemonConfig
     database: Path
+    """The SQLite file; on PostgreSQL, a local path standing for the database (the admin
+    socket sits beside it)."""
+    database_url: str | None
+    """The PostgreSQL URL, never with a password in it; None on SQLite."""
+    database_password: str | None
+    """The resolved PostgreSQL password (a secret), or None to let asyncpg find one
+    (PGPASSWORD, ~/.pgpass)."""
     listen_host: str
     listen_port: int
     stores: list[StoreConfig]
@@ -139,6 +151,11 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     shop_settings: dict[str, ConnectorSettings]
     secrets: frozenset[str]
     """Every secret value, so logs and errors can redact it wherever it appears."""
+
+    @property
+    def database_target(self) -> str:
+        """What storage opens: the PostgreSQL URL, else the SQLite file's path."""
+        return self.database_url or str(self.database)
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
@@ -225,6 +242,12 @@ class _SecretResolver:
             raise ValueError(f"{what} is not UTF-8 text") from None
 
 
+def resolve_secret(value: str, environ: Mapping[str, str]) -> tuple[str, bool]:
+    """What an `env:`/`file:`/`credential:` reference points to (or the value itself), and
+    whether it was a reference; ValueError says why one cannot be read."""
+    return _SecretResolver(environ).resolve(value)
+
+
 def _parse_listen(listen: str) -> tuple[str, int]:
     match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", listen)
     # Port 0 asks the system for a free port; the daemon logs the one it got.
@@ -239,6 +262,61 @@ def _default_database(environ: Mapping[str, str]) -> Path:
         # systemd may list several directories separated by ':'; ours is the first.
         return Path(state.split(":")[0]) / "sfd.db"
     return Path("var/sfd.db")
+
+
+def _check_database(
+    daemon: DaemonConfig,
+    env: Mapping[str, str],
+    resolver: _SecretResolver,
+    problems: list[tuple[str, str]],
+) -> tuple[Path, str | None, str | None]:
+    """The SQLite path, or the PostgreSQL URL and password, of `[daemon] database`."""
+    value = daemon.database
+    scheme = value.split("://", 1)[0].lower() if value and "://" in value else ""
+    if scheme not in POSTGRES_SCHEMES:
+        if scheme:
+            problems.append(
+                (
+                    "daemon.database",
+                    f"expected a file path or a postgresql:// URL, got a {scheme}:// URL",
+                )
+            )
+        if daemon.database_password is not None:
+            problems.append(
+                ("daemon.database_password", "only a PostgreSQL database takes a password")
+            )
+        return (Path(value) if value else _default_database(env)), None, None
+    assert value is not None
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        problems.append(("daemon.database", f"not a valid PostgreSQL URL: {exc}"))
+        return _default_database(env), None, None
+    if parts.password is not None:
+        # A password in the URL would sit in the config file and in every log of the URL.
+        problems.append(
+            (
+                "daemon.database",
+                'the URL holds a password; give it as database_password = "env:NAME" '
+                "(or file:PATH, credential:NAME) and leave it out of the URL",
+            )
+        )
+        return _default_database(env), None, None
+    name = parts.path.lstrip("/")
+    if not parts.hostname and "host=" not in parts.query:
+        problems.append(("daemon.database", "the URL names no host: postgresql://USER@HOST/DB"))
+    if not name:
+        problems.append(("daemon.database", "the URL names no database: postgresql://USER@HOST/DB"))
+    password: str | None = None
+    if daemon.database_password is not None:
+        try:
+            password, _ = resolver.resolve(daemon.database_password)
+        except ValueError as exc:
+            problems.append(("daemon.database_password", str(exc)))
+    # The admin socket of a daemon on PostgreSQL sits in the state directory.
+    state = _default_database(env).with_name(f"postgres-{name or 'sfd'}")
+    return state, value, password
 
 
 def parse_config(
@@ -260,6 +338,9 @@ def parse_config(
     store_ids = _check_stores(raw.stores, problems)
     resolver = _SecretResolver(env)
     secrets: set[str] = set()
+    database, database_url, password = _check_database(raw.daemon, env, resolver, problems)
+    if password:
+        secrets.add(password)
     channel_settings = _check_connected(
         "channels", raw.channels, MARKETPLACE_SETTINGS, store_ids, resolver, secrets, problems
     )
@@ -271,11 +352,12 @@ def parse_config(
 
     if problems:
         raise ConfigError(source, problems)
-    database = Path(raw.daemon.database) if raw.daemon.database else _default_database(env)
     return Config(
         source=source,
         daemon=raw.daemon,
         database=database,
+        database_url=database_url,
+        database_password=password,
         listen_host=host,
         listen_port=port,
         stores=raw.stores,

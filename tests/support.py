@@ -135,12 +135,18 @@ def write_config(
     database: str = "sfd.db",
     stores: str | None = None,
 ) -> Path:
-    """A config file in `directory`: one store by default, plus `body`."""
+    """A config file in `directory`: one store by default, plus `body`.
+
+    `database` is a file name in `directory`, or a whole `postgresql://` URL (the
+    `database_url` fixture gives either).
+    """
+    if "://" not in database:
+        database = str(directory / database)
     if stores is None:
         stores = '[[stores]]\nid = 1\nname = "Shop one"\n\n[[stores]]\nid = 2\nname = "Shop two"\n'
     path = directory / "sfd.toml"
     path.write_text(
-        f'[daemon]\ndatabase = "{directory / database}"\nlisten = "{listen}"\n'
+        f'[daemon]\ndatabase = "{database}"\nlisten = "{listen}"\n'
         f'log_format = "json"\n\n{stores}\n{body}',
         encoding="utf-8",
     )

@@ -25,6 +25,8 @@ from tests import lookups
 from tests.conftest import NOW
 from tests.factories import make_order
 
+pytestmark = pytest.mark.both_backends
+
 S = OrderStatus
 FIXTURE = Path(__file__).parent / "fixtures" / "shoppingfeed-order.json"
 

@@ -46,7 +46,7 @@ async def seed(
 
 async def order_events(storage: Storage, order_id: int, kind: str) -> list[sqlite3.Row]:
     return await storage.db.fetch(
-        "SELECT * FROM order_events WHERE order_id = ? AND kind = ?", (order_id, kind)
+        "SELECT * FROM order_events WHERE order_id = $1 AND kind = $2", (order_id, kind)
     )
 
 

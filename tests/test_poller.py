@@ -75,6 +75,7 @@ async def running(
     monkeypatch: pytest.MonkeyPatch,
     auto_accept: bool | None,
     marketplace: SandboxMarketplace,
+    database_url: str,
 ) -> AsyncIterator[Running]:
     """The daemon, started as one task against a sandbox; stopped through its stop event."""
     accept_line = "" if auto_accept is None else f"auto_accept = {str(auto_accept).lower()}"
@@ -94,6 +95,7 @@ poll_interval = "1h"
 base_url = "{base_url}"
 api_key = "env:SANDBOX_KEY"
 """,
+                database=database_url,
             )
         )
         logs = io.StringIO()
@@ -104,6 +106,7 @@ api_key = "env:SANDBOX_KEY"
         await asyncio.wait_for(task, 10)
 
 
+@pytest.mark.both_backends
 async def test_a_poll_imports_the_orders_and_records_the_channel_state(
     running: Running,
 ) -> None:
@@ -130,6 +133,7 @@ async def test_a_poll_imports_the_orders_and_records_the_channel_state(
     assert 'sfd_polls_total{channel="sandbox",result="ok"}' in metrics
 
 
+@pytest.mark.both_backends
 async def test_a_cancellation_on_the_marketplace_reaches_the_order(running: Running) -> None:
     [reference] = running.marketplace.add_orders(1, waiting_acceptance_ratio=0.0)
     await running.poll_now()
@@ -171,6 +175,7 @@ async def test_an_auth_failure_is_logged_once_and_recovery_is_logged(running: Ru
 
 
 @pytest.mark.parametrize("auto_accept", [True])
+@pytest.mark.both_backends
 async def test_auto_accept_accepts_new_orders_and_the_next_poll_confirms(
     running: Running,
 ) -> None:

@@ -24,10 +24,14 @@ from tests.factories import make_order
 S = OrderStatus
 
 
+pytestmark = pytest.mark.both_backends
+
+
 async def channel_id(storage: Storage, name: str = "decathlon") -> int:
     return (await storage.channels.channel_ids())[name]
 
 
+@pytest.mark.sqlite_only
 async def test_the_file_runs_in_wal_mode_with_foreign_keys(storage: Storage) -> None:
     assert (await storage.db.fetchrow("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
     assert (await storage.db.fetchrow("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
@@ -206,7 +210,7 @@ async def test_orders_to_process_follow_the_circuit_rules(storage: Storage) -> N
     await storage.orders.import_page(cid, 1, [make_order("OLD")], old)
     async with storage.db.write() as tx:
         await tx.execute(
-            "UPDATE orders SET acknowledged_at = ? WHERE reference = 'ACK'", (NOW.isoformat(),)
+            "UPDATE orders SET acknowledged_at = $1 WHERE reference = 'ACK'", (NOW.isoformat(),)
         )
     offered = await storage.orders.find(OrderFilter.to_process(NOW, store_id=1))
     assert [o.reference for o in offered] == ["WAIT"]
@@ -251,7 +255,7 @@ async def test_the_views_answer_a_person_with_sqlite3(storage: Storage) -> None:
     )
     async with storage.db.write() as tx:
         await tx.execute(
-            "UPDATE orders SET updated_at = ? WHERE reference = 'STALE'",
+            "UPDATE orders SET updated_at = $1 WHERE reference = 'STALE'",
             (to_iso(now - timedelta(days=8)),),
         )
     late = await storage.db.fetch("SELECT channel, reference FROM late_orders")
@@ -290,14 +294,14 @@ async def test_a_token_needs_a_known_store_and_a_free_name(storage: Storage) -> 
 
 async def test_a_second_runner_on_the_same_file_is_refused(tmp_path: Path) -> None:
     first = await SQLiteDatabase.open(tmp_path / "sfd.db")
-    first.claim_runner()
+    await first.claim_runner()
     second = await SQLiteDatabase.open(tmp_path / "sfd.db")
     with pytest.raises(DatabaseLocked, match="already used by a running sfd"):
-        second.claim_runner()
+        await second.claim_runner()
     await second.close()
     await first.close()
     third = await SQLiteDatabase.open(tmp_path / "sfd.db")
-    third.claim_runner()
+    await third.claim_runner()
     await third.close()
 
 
@@ -330,6 +334,7 @@ async def test_a_database_that_cannot_be_written_is_refused(path: str) -> None:
         await SQLiteDatabase.open(path)
 
 
+@pytest.mark.sqlite_only
 async def test_the_worker_finds_due_operations_through_the_due_index_not_the_history(
     storage: Storage, tmp_path: Path
 ) -> None:

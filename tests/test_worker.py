@@ -140,7 +140,7 @@ class Hub(InProcess):
 
     async def order_id(self, reference: str) -> int:
         row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
+            "SELECT id FROM orders WHERE reference = $1", (reference,)
         )
         assert row is not None, f"order {reference} not imported"
         return int(row[0])
@@ -153,7 +153,7 @@ class Hub(InProcess):
     async def operation(self, ticket_id: str) -> sqlite3.Row:
         row = await self.storage.db.fetchrow(
             "SELECT attempts, state, last_error, next_attempt_at, confirmed_at, lease_until "
-            "FROM operations WHERE ticket_id = ?",
+            "FROM operations WHERE ticket_id = $1",
             (ticket_id,),
         )
         assert row is not None
@@ -186,7 +186,7 @@ def other_channel() -> bool:
 
 @pytest.fixture
 async def hub(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_channel: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_channel: bool, database_url: str
 ) -> AsyncIterator[Hub]:
     """The daemon with a started worker (confirmations after 0.2 s), and a store-1 token."""
     monkeypatch.setenv("SANDBOX_KEY", KEY)
@@ -199,7 +199,7 @@ async def hub(
         body = channel("sandbox", base_url)
         if other_channel:
             body += channel("other", other_url)
-        config_path = write_config(tmp_path, body)
+        config_path = write_config(tmp_path, body, database=database_url)
         running = Hub(marketplace, config_path, http)
         await running.start()
         _, running.token = await running.storage.tokens.create(1, "shop", running.daemon.clock())
@@ -221,6 +221,7 @@ async def orders_on_sale(hub: Hub, n: int, *, waiting_acceptance: bool = False) 
 # -- shipments ------------------------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 async def test_a_shipment_reaches_the_marketplace_once_and_the_order_ships_when_it_confirms(
     hub: Hub,
 ) -> None:
@@ -489,6 +490,7 @@ async def test_broken_credentials_spend_no_attempt_and_the_shipment_goes_once_th
 # -- accept ---------------------------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 async def test_an_accepted_order_is_accepted_on_the_marketplace_once_and_confirmed(
     hub: Hub,
 ) -> None:
@@ -554,7 +556,7 @@ def read_operation(database: Path, ticket_id: str) -> dict[str, Any]:
         db.row_factory = sqlite3.Row
         row = db.execute(
             "SELECT state, attempts, last_error, next_attempt_at, lease_until "
-            "FROM operations WHERE ticket_id = ?",
+            "FROM operations WHERE ticket_id = $1",
             (ticket_id,),
         ).fetchone()
     return dict(row)
@@ -749,7 +751,7 @@ def old_database(path: Path) -> sqlite3.Connection:
         "applied_at TEXT NOT NULL) STRICT; PRAGMA user_version = 5;"
     )
     db.executemany(
-        "INSERT INTO schema_migrations VALUES (?, ?, '2026-01-01T00:00:00.000000+00:00')",
+        "INSERT INTO schema_migrations VALUES ($1, $2, '2026-01-01T00:00:00.000000+00:00')",
         [(m.version, m.name) for m in load_migrations()[:5]],
     )
     return db

@@ -31,6 +31,8 @@ from sfd.storage import Storage
 from tests.conftest import NOW
 from tests.factories import make_order
 
+pytestmark = pytest.mark.both_backends
+
 S = OrderStatus
 
 ADDRESS_TAGS = [

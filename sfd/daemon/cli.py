@@ -8,6 +8,7 @@ import dataclasses
 import getpass
 import os
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from importlib import metadata, resources
@@ -20,14 +21,20 @@ from rich.console import Console
 from rich.table import Table
 
 from sfd import __version__
-from sfd.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
+from sfd.config import (
+    CONFIG_ENV,
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    resolve_secret,
+)
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
-from sfd.connectors.shoppingfeed import render_order
 from sfd.daemon.admin import AdminUnavailable, admin_call
 from sfd.daemon.carriers import CarrierView, carrier_view
 from sfd.daemon.push import PushError, retry_push
 from sfd.daemon.retention import anonymize
-from sfd.daemon.runtime import run_daemon, sync_config
+from sfd.daemon.runtime import open_storage, run_daemon, sync_config
 from sfd.domain import (
     MISSING_PERSONAL_DATA,
     EventSource,
@@ -52,7 +59,15 @@ from sfd.domain.rules import (
     tracking_numbers,
 )
 from sfd.logs import configure_logging
-from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError, maintenance
+from sfd.storage import (
+    OperationRequest,
+    OrderFilter,
+    Storage,
+    StorageError,
+    is_postgres_url,
+    maintenance,
+)
+from sfd.storage.copy import copy_database
 from sfd.storage.maintenance import CheckReport
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -184,6 +199,22 @@ def _add_db(commands: _Commands[_Parser]) -> None:
         "--dry-run", action="store_true", help="count what would be erased; change nothing"
     )
     anonymize.add_argument("--json", action="store_true")
+    copy = db.add_parser(
+        "copy",
+        help="copy a whole SQLite database into an empty PostgreSQL database, verified",
+        description="Copy every table of the SQLite file into the empty PostgreSQL database, "
+        "then compare row counts and checksums. Stop `sfd run` on the file first. Needs no "
+        "config.",
+    )
+    copy.add_argument("source", metavar="SQLITE_PATH")
+    copy.add_argument("target", metavar="POSTGRES_URL", help="postgresql://USER@HOST:PORT/DB")
+    copy.add_argument(
+        "--password",
+        metavar="SECRET",
+        help="the target's password as env:NAME, file:PATH or credential:NAME "
+        "(default: PGPASSWORD or ~/.pgpass)",
+    )
+    copy.add_argument("--json", action="store_true")
 
 
 def _add_token(commands: _Commands[_Parser]) -> None:
@@ -312,7 +343,7 @@ def _list(
 
 
 async def _with_storage(config: Config, action: Callable[[Storage], Awaitable[int]]) -> int:
-    storage = await Storage.open(config.database, readers=1, renderer=render_order)
+    storage = await open_storage(config, readers=1)
     try:
         await sync_config(storage, config, utcnow())
         return await action(storage)
@@ -698,7 +729,8 @@ def _report_check(report: CheckReport, as_json: bool) -> int:
         console = _console()
         console.print(table)
         console.print(
-            f"schema version {report.schema_version} (this sfd knows {report.known_version})"
+            f"schema version {report.schema_version} (this sfd knows {report.known_version}); "
+            f"checked by {report.method}"
         )
         for line in report.integrity[:20] + report.foreign_keys[:20]:
             console.print(f"integrity: {line}", markup=False)
@@ -708,7 +740,20 @@ def _report_check(report: CheckReport, as_json: bool) -> int:
 
 
 async def _maintenance(args: argparse.Namespace, config: Config) -> int:
-    """`db backup` and `db check`: they read the file only, never migrating it."""
+    """`db backup` and `db check`: they read the database only, never migrating it."""
+    if config.database_url is not None:
+        if args.db_command == "check":
+            report = await maintenance.check_postgres(
+                config.database_url, password=config.database_password
+            )
+            return _report_check(report, args.json)
+        sys.stderr.write(
+            f"sfd: database {config.database_url} is PostgreSQL: `sfd db backup` copies SQLite "
+            "files only. Back it up with the server's own tools: "
+            f"pg_dump --format=custom --file={args.path} '{config.database_url}' "
+            "(or continuous archiving for point-in-time recovery); nothing was written\n"
+        )
+        return EXIT_FAILURE
     if args.db_command == "check":
         return _report_check(await maintenance.check(config.database), args.json)
     result = await maintenance.backup(config.database, args.path, force=args.force)
@@ -760,7 +805,56 @@ async def _anonymize(args: argparse.Namespace, config: Config, storage: Storage)
 
 async def _migrate(storage: Storage) -> int:
     version = await storage.schema_version()
-    sys.stderr.write(f"sfd: database {storage.path} is at schema version {version}\n")
+    sys.stderr.write(f"sfd: database {storage.where} is at schema version {version}\n")
+    return EXIT_OK
+
+
+def _copy(args: argparse.Namespace) -> int:
+    """`sfd db copy SQLITE_PATH POSTGRES_URL`."""
+    if not is_postgres_url(args.target):
+        raise CommandError(f"the target {args.target!r} is not a postgresql:// URL")
+    if urllib.parse.urlsplit(args.target).password is not None:
+        raise CommandError(
+            "the target URL holds a password, which other users can read in the process "
+            "list; give it with --password env:NAME (or file:PATH), PGPASSWORD or ~/.pgpass"
+        )
+    password = None
+    if args.password is not None:
+        try:
+            password, _ = resolve_secret(args.password, os.environ)
+        except ValueError as exc:
+            raise CommandError(f"--password: {exc}") from None
+    configure_logging("auto", "info", frozenset({password} if password else ()), sys.stderr)
+
+    def progress(table: str, rows: int) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rsfd: copying {table}: {rows} rows ")
+
+    report = anyio.run(
+        lambda: copy_database(Path(args.source), args.target, password=password, progress=progress)
+    )
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    if args.json:
+        _print_json(
+            {
+                "source": report.source,
+                "target": report.target,
+                "schema_version": report.schema_version,
+                "seconds": round(report.seconds, 3),
+                "tables": [dataclasses.asdict(t) for t in report.tables],
+            }
+        )
+    else:
+        table = Table("table", "rows", "checksum (sha-256 sum)")
+        for t in report.tables:
+            table.add_row(t.name, str(t.rows), t.checksum[:16])
+        _console().print(table)
+    sys.stderr.write(
+        f"sfd: copied {report.source} to {report.target}: {report.rows} rows in "
+        f"{len(report.tables)} tables, {report.seconds:.1f} s; counts and checksums match. "
+        f'Point [daemon] database at "{report.target}" and start sfd.\n'
+    )
     return EXIT_OK
 
 
@@ -781,6 +875,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         target.write_text(resources.files("sfd").joinpath("default.toml").read_text("utf-8"))
         sys.stderr.write(f"sfd: wrote {target}\n")
         return EXIT_OK
+    if args.command == "db" and args.db_command == "copy":
+        try:
+            return _copy(args)
+        except (CommandError, StorageError) as exc:
+            sys.stderr.write(f"sfd: {exc}\n")
+            return EXIT_FAILURE
     try:
         config = _config(args)
     except ConfigError as exc:

@@ -65,6 +65,18 @@ class StartupError(Exception):
     """The daemon cannot start; the message is one line that says why."""
 
 
+async def open_storage(config: Config, *, readers: int = 1, migrate: bool = True) -> Storage:
+    """Open (and migrate) the config's database: its SQLite file, or its PostgreSQL URL."""
+    return await Storage.open(
+        config.database_target,
+        readers=readers,
+        migrate=migrate,
+        renderer=shoppingfeed.render_order,
+        password=config.database_password,
+        state_path=config.database,
+    )
+
+
 async def sync_config(storage: Storage, config: Config, now: datetime) -> None:
     """Record the config's stores, channels and shops in the database."""
     await storage.channels.sync(
@@ -114,10 +126,8 @@ class Daemon:
     async def start(self) -> None:
         """Open and migrate the database, build the loops, bind the server."""
         try:
-            self.storage = await Storage.open(
-                self.config.database, readers=3, renderer=shoppingfeed.render_order
-            )
-            self.storage.claim_runner()
+            self.storage = await open_storage(self.config, readers=3)
+            await self.storage.claim_runner()
             self.metrics.storage = self.storage
             reclaimed = await self.storage.queue.reclaim(self.clock())
             if reclaimed:
@@ -309,7 +319,7 @@ class Daemon:
                 "daemon_ready",
                 version=__version__,
                 url=self.url,
-                database=str(self.config.database),
+                database=self.config.database_target,
                 channels=len(self.config.channels),
                 pid=os.getpid(),
             )

@@ -32,6 +32,7 @@ from sfd.storage.orders import (
     OrderFilter,
     OrderStore,
 )
+from sfd.storage.postgres import PostgresDatabase, is_postgres_url, redact_url
 from sfd.storage.privacy import ErasureHook, ErasureReport, PayloadRedactor, PrivacyStore
 from sfd.storage.pushes import PushStore
 from sfd.storage.tokens import TokenError, TokenStore
@@ -60,6 +61,8 @@ __all__ = [
     "StorageUnavailable",
     "StoredDocument",
     "TokenError",
+    "is_postgres_url",
+    "redact_url",
 ]
 
 
@@ -91,12 +94,33 @@ class Storage:
         readers: int = 2,
         migrate: bool = True,
         renderer: DocumentRenderer | None = None,
+        password: str | None = None,
+        state_path: Path | None = None,
     ) -> Storage:
-        """Open and migrate the SQLite file at `path`.
+        """Open and migrate the database: a `postgresql://` URL, else the SQLite file at `path`.
 
         `renderer` turns an order into its API document, stored each time the order changes.
+        On PostgreSQL, `password` completes the URL and `state_path` stands for the database
+        on this host (the admin socket sits beside it).
         """
-        return cls(await SQLiteDatabase.open(path, readers=readers, migrate=migrate), renderer)
+        db: Database
+        if is_postgres_url(path):
+            db = await PostgresDatabase.open(
+                str(path), password=password, readers=readers, migrate=migrate, path=state_path
+            )
+        else:
+            db = await SQLiteDatabase.open(path, readers=readers, migrate=migrate)
+        return cls(db, renderer)
+
+    @property
+    def where(self) -> str:
+        """The database as messages name it: the file, or the URL without its password."""
+        return self.db.where
+
+    @property
+    def scheme(self) -> str:
+        """The backend: "sqlite" or "postgres"."""
+        return self.db.scheme
 
     async def close(self) -> None:
         """Close the database."""
@@ -131,9 +155,10 @@ class Storage:
         """The newest migration applied to the database."""
         return await self.db.schema_version()
 
-    def claim_runner(self) -> None:
-        """Take the database's run lock; DatabaseLocked if another `sfd run` holds it."""
-        self.db.claim_runner()
+    async def claim_runner(self) -> None:
+        """Take SQLite's run lock (DatabaseLocked if another `sfd run` holds it); on
+        PostgreSQL, where several instances share the database, register this one."""
+        await self.db.claim_runner()
 
     async def deadline_gauges(self, now: datetime) -> DatabaseGauges:
         """What /metrics shows of the database at `now`."""

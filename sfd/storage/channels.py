@@ -67,13 +67,14 @@ class ChannelStore:
             await tx.executemany(
                 "INSERT INTO stores (id, name, created_at, updated_at) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
-                "updated_at = excluded.updated_at WHERE name != excluded.name",
+                "updated_at = excluded.updated_at WHERE stores.name != excluded.name",
                 [(store_id, name, stamp, stamp) for store_id, name in stores],
             )
             names = [c.name for c in channels]
+            # PostgreSQL has no empty IN list: with no channels, the clause goes.
+            listed = f"AND name NOT IN ({marks(len(names), 2)})" if names else ""
             await tx.execute(
-                "UPDATE channels SET active = 0, updated_at = $1 WHERE active = 1 "
-                f"AND name NOT IN ({marks(len(names), 2)})",
+                f"UPDATE channels SET active = 0, updated_at = $1 WHERE active = 1 {listed}",
                 (stamp, *names),
             )
             await tx.executemany(
@@ -81,9 +82,10 @@ class ChannelStore:
                 "created_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $6) ON CONFLICT (name) DO "
                 "UPDATE SET store_id = excluded.store_id, connector = excluded.connector, "
                 "require_tracking = excluded.require_tracking, active = 1, "
-                "updated_at = excluded.updated_at WHERE store_id != excluded.store_id "
-                "OR connector != excluded.connector "
-                "OR require_tracking != excluded.require_tracking OR active = 0",
+                "updated_at = excluded.updated_at WHERE channels.store_id != excluded.store_id "
+                "OR channels.connector != excluded.connector "
+                "OR channels.require_tracking != excluded.require_tracking "
+                "OR channels.active = 0",
                 [
                     (c.name, c.store, c.connector, int(c.require_tracking), stamp, stamp)
                     for c in channels

@@ -95,11 +95,13 @@ class Connection(Protocol):
 class Database(Connection, Protocol):
     """One database: a writer that serialises every write transaction, and readers.
 
-    `scheme` names the backend ("sqlite"; later "postgres"); migrations are told it.
+    `scheme` names the backend ("sqlite" or "postgres"); migrations are told it.
     """
 
     scheme: str
     path: Path
+    where: str
+    """The database as messages name it: the file's path, or the URL without its password."""
     condition: StorageCondition | None
     on_condition: Callable[[StorageCondition | None, StorageCondition | None], None]
 
@@ -128,8 +130,9 @@ class Database(Connection, Protocol):
         """Apply every migration the database lacks."""
         ...
 
-    def claim_runner(self) -> None:
-        """Take the database's run lock; DatabaseLocked if another `sfd run` holds it."""
+    async def claim_runner(self) -> None:
+        """Take the database's run lock (DatabaseLocked if another `sfd run` holds it), or,
+        where several instances may share the database, register this one."""
         ...
 
     async def close(self) -> None:

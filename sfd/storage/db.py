@@ -156,6 +156,7 @@ class SQLiteDatabase:
         self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]
     ) -> None:
         self.path = path
+        self.where = str(path)
         self._writer = writer
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
@@ -204,7 +205,7 @@ class SQLiteDatabase:
                 os.close(self._run_lock)
                 self._run_lock = None
 
-    def claim_runner(self) -> None:
+    async def claim_runner(self) -> None:
         """Take the file's run lock, so only one `sfd run` writes to it at a time."""
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:

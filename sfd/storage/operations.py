@@ -299,8 +299,9 @@ class OperationStore:
         if request.order_id is not None:
             where = f"o.id = {p(request.order_id)}"
         else:
-            where = f"o.reference = {p(request.reference)} AND c.name = {p(request.channel)} "
-            where += "COLLATE NOCASE"
+            # Channel names are ASCII ([A-Za-z0-9_-]): lower() is SQLite's NOCASE, portably.
+            where = f"o.reference = {p(request.reference)} "
+            where += f"AND lower(c.name) = lower({p(request.channel)})"
         row = await tx.fetchrow(
             "SELECT o.id, o.reference, o.status, o.fulfilled_by, o.payment_pending, "
             "c.name AS channel, c.require_tracking FROM orders o "
@@ -387,8 +388,8 @@ class OperationStore:
     ) -> tuple[int, list[Ticket]]:
         """A page of tickets, newest first, of one store or all, and how many there are."""
         filters = Params()
-        # SQLite-only as written: PostgreSQL needs a cast on the `$n IS NULL` parameter.
-        where = f"({filters(store_id)} IS NULL OR p.store_id = {filters(store_id)})"
+        # The cast gives PostgreSQL the type of a parameter that may be NULL.
+        where = f"(CAST({filters(store_id)} AS BIGINT) IS NULL OR p.store_id = {filters(store_id)})"
         if states:
             where += f" AND p.state IN ({filters.many(s.value for s in states)})"
         total = await self.db.fetchrow(f"SELECT count(*) FROM operations p WHERE {where}", filters)
@@ -551,7 +552,7 @@ class OperationQueue:
         order_ids = sorted({r["order_id"] for r in rows})
         for r in await tx.fetch(
             "SELECT id, order_id, channel_reference FROM order_items "
-            f"WHERE order_id IN ({','.join('?' * len(order_ids))})",
+            f"WHERE order_id IN ({marks(len(order_ids))})",
             order_ids,
         ):
             items.setdefault(r["order_id"], {})[r["id"]] = r["channel_reference"]

@@ -511,9 +511,10 @@ class OrderStore:
     ) -> StoredOrder | None:
         """One order with its lines, addresses and events; None if absent or in another store."""
         async with self.db.read() as reader:
-            # SQLite-only as written: PostgreSQL needs a cast on the `$2 IS NULL` parameter.
+            # The cast gives PostgreSQL the type of a parameter that may be NULL.
             row = await reader.fetchrow(
-                _SELECT_ORDER + "WHERE o.id = $1 AND ($2 IS NULL OR o.store_id = $3)",
+                _SELECT_ORDER
+                + "WHERE o.id = $1 AND (CAST($2 AS BIGINT) IS NULL OR o.store_id = $3)",
                 (order_id, store_id, store_id),
             )
             if row is None:
@@ -609,10 +610,10 @@ class OrderStore:
 
     async def status_counts(self, store_id: int | None = None) -> dict[int, dict[str, int]]:
         """Channel id → order status → how many orders, for one store or all."""
-        # SQLite-only as written: PostgreSQL needs a cast on the `$1 IS NULL` parameter.
+        # The cast gives PostgreSQL the type of a parameter that may be NULL.
         rows = await self.db.fetch(
             "SELECT channel_id, status, count(*) AS n FROM orders "
-            "WHERE ($1 IS NULL OR store_id = $2) GROUP BY channel_id, status",
+            "WHERE (CAST($1 AS BIGINT) IS NULL OR store_id = $2) GROUP BY channel_id, status",
             (store_id, store_id),
         )
         counts: dict[int, dict[str, int]] = {}
@@ -664,10 +665,11 @@ class OrderStore:
         if query.needs_person:
             clauses.append(NEEDS_PERSON)
         if query.search:
-            pattern = p(_like(query.search))
+            # lower() on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+            pattern = p(_like(query.search.lower()))
             clauses.append(
-                f"(o.reference LIKE {pattern} ESCAPE '\\' "
-                f"OR o.store_reference LIKE {pattern} ESCAPE '\\')"
+                f"(lower(o.reference) LIKE {pattern} ESCAPE '\\' "
+                f"OR lower(o.store_reference) LIKE {pattern} ESCAPE '\\')"
             )
         if query.created_since is not None:
             clauses.append(f"o.created_at >= {p(to_iso(query.created_since))}")

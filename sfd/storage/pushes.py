@@ -89,7 +89,8 @@ class PushStore:
                 "VALUES ($1, $2, $3, $4, $5) "
                 "ON CONFLICT (name) DO UPDATE SET store_id = excluded.store_id, "
                 "connector = excluded.connector, updated_at = excluded.updated_at "
-                "WHERE store_id != excluded.store_id OR connector != excluded.connector",
+                "WHERE shops.store_id != excluded.store_id "
+                "OR shops.connector != excluded.connector",
                 (shop, store_id, connector, to_iso(now - FIRST_READ_MARGIN), to_iso(now)),
             )
 
@@ -187,8 +188,10 @@ class PushStore:
             await tx.execute(
                 "INSERT INTO shop_pushes (shop, order_id, state, attempts, started_at, "
                 "updated_at) VALUES ($1, $2, 'pending', 1, $3, $4) ON CONFLICT (shop, order_id) "
-                "DO UPDATE SET attempts = attempts + 1, updated_at = excluded.updated_at, "
-                "state = CASE WHEN state = 'created' THEN state ELSE 'pending' END",
+                "DO UPDATE SET attempts = shop_pushes.attempts + 1, "
+                "updated_at = excluded.updated_at, "
+                "state = CASE WHEN shop_pushes.state = 'created' THEN shop_pushes.state "
+                "ELSE 'pending' END",
                 (shop, order_id, to_iso(now), to_iso(now)),
             )
             row = await tx.fetchrow(

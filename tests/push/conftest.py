@@ -104,7 +104,7 @@ class PushHub(InProcess):
 
     async def order(self, reference: str) -> StoredOrder:
         row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
+            "SELECT id FROM orders WHERE reference = $1", (reference,)
         )
         assert row is not None, f"order {reference} not imported"
         order = await self.storage.orders.get(int(row[0]))
@@ -135,6 +135,7 @@ async def hub(
     monkeypatch: pytest.MonkeyPatch,
     shop: SandboxWooCommerce,
     hub_options: dict[str, Any],
+    database_url: str,
 ) -> AsyncIterator[PushHub]:
     monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
     monkeypatch.setenv("WC_KEY", WC_KEY)
@@ -146,7 +147,9 @@ async def hub(
         run_woocommerce(shop) as shop_url,
         aiohttp.ClientSession() as http,
     ):
-        config_path = write_config(tmp_path, push_config(marketplace_url, shop_url, **options))
+        config_path = write_config(
+            tmp_path, push_config(marketplace_url, shop_url, **options), database=database_url
+        )
         running = PushHub(marketplace, shop, config_path, http)
         await running.start()
         try:

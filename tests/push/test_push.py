@@ -97,6 +97,7 @@ async def test_the_create_body_carries_the_order_exactly(hub: PushHub) -> None:
     assert sorted(looked_up) == sorted({line["offer_sku"] for line in mirakl["order_lines"]})
 
 
+@pytest.mark.both_backends
 async def test_a_pushed_order_is_acknowledged_with_the_woocommerce_id_and_pushed_once(
     hub: PushHub,
 ) -> None:
@@ -121,6 +122,7 @@ async def test_a_pushed_order_is_acknowledged_with_the_woocommerce_id_and_pushed
     assert 'sfd_orders_pushed_total{outcome="created",shop="main"} 3.0' in metrics
 
 
+@pytest.mark.both_backends
 async def test_a_store_in_push_mode_still_serves_the_v1_api(hub: PushHub) -> None:
     [reference] = await hub.orders_on_sale(1)
     _, token = await hub.storage.tokens.create(1, "module", hub.daemon.clock())
@@ -134,6 +136,7 @@ async def test_a_store_in_push_mode_still_serves_the_v1_api(hub: PushHub) -> Non
     assert [o["reference"] for o in body["_embedded"]["order"]] == [reference]
 
 
+@pytest.mark.both_backends
 async def test_an_unknown_sku_is_acknowledged_as_an_error_and_waits_for_a_person(
     hub: PushHub,
 ) -> None:
