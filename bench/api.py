@@ -35,7 +35,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Daemon, load, write_config
+from bench.common import Daemon, load, postgres_database, write_config
 from sfd.connectors.shoppingfeed import render_order
 from sfd.domain import Address, OrderStatus, StoredItem, StoredOrder
 from sfd.domain.clock import to_iso, utcnow
@@ -57,18 +57,20 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log
 """
 
 
+NOT_ACKNOWLEDGED = (
+    "store_reference",
+    "acknowledged_at",
+    "acknowledgment_status",
+    "acknowledgment_message",
+)
+TIMESTAMPS = ("created_at", "updated_at", "marketplace_updated_at", "imported_at")
+
+
 def template() -> StoredOrder:
     now = utcnow()
-    address = Address(
-        first_name="Camille",
-        last_name="Dupont",
-        street="12 rue des Lilas",
-        postal_code="69003",
-        city="Lyon",
-        country="FR",
-        phone="+33600000000",
-        email="camille.dupont@example.org",
-    )
+    where = {"street": "12 rue des Lilas", "postal_code": "69003", "city": "Lyon", "country": "FR"}
+    contact = {"phone": "+33600000000", "email": "camille.dupont@example.org"}
+    address = Address(first_name="Camille", last_name="Dupont", **where, **contact)
     items = [
         StoredItem(
             id=n,
@@ -93,14 +95,9 @@ def template() -> StoredOrder:
         channel="decathlon",
         reference="",
         status=OrderStatus("waiting_shipment"),
-        store_reference=None,
-        acknowledged_at=None,
-        acknowledgment_status=None,
-        acknowledgment_message=None,
-        created_at=now,
-        updated_at=now,
-        marketplace_updated_at=now,
-        imported_at=now,
+        # Not acknowledged yet, and every timestamp is now.
+        **dict.fromkeys(NOT_ACKNOWLEDGED),
+        **dict.fromkeys(TIMESTAMPS, now),
         latest_ship_date=now + timedelta(days=2),
         is_test=False,
         fulfilled_by="store",
@@ -192,11 +189,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def measure(total: int, seconds: float, work: Path) -> dict[str, object]:
-    database = work / f"api-{total}.db"
+def copy_to_postgres(source: Path, target: str) -> dict[str, object]:
+    """`sfd db copy` of the seeded file into PostgreSQL: its figures."""
     started = time.perf_counter()
-    await seed(database, total)
+    done = subprocess.run(
+        [sys.executable, "-m", "sfd", "db", "copy", str(source), target, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"sfd db copy failed: {done.stderr}")
+    seconds = time.perf_counter() - started
+    rows = sum(t["rows"] for t in json.loads(done.stdout)["tables"])
+    return {"seconds": round(seconds, 1), "rows": rows, "rows_per_second": round(rows / seconds)}
+
+
+async def measure(
+    total: int, seconds: float, work: Path, postgres: str | None = None
+) -> dict[str, object]:
+    seeded_file = work / f"api-{total}{'-to-postgres' if postgres else ''}.db"
+    started = time.perf_counter()
+    await seed(seeded_file, total)
     seeded = time.perf_counter() - started
+    copy: dict[str, object] | None = None
+    database: Path | str = seeded_file
+    if postgres is not None:
+        # The same orders, moved the way a merchant moves them.
+        copy = copy_to_postgres(seeded_file, postgres)
+        database = postgres
     token = subprocess.run(
         [
             sys.executable,
@@ -240,6 +261,8 @@ async def measure(total: int, seconds: float, work: Path) -> dict[str, object]:
     bare.terminate()
     bare.wait(10)
     return {
+        "database": "postgres" if postgres else "sqlite",
+        **({"db_copy": copy} if copy else {}),
         "orders": total,
         "to_process": TO_PROCESS,
         "seed_seconds": round(seeded, 1),
@@ -355,6 +378,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sizes", default="10000,1000000")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres", "both"),
+        default="sqlite",
+        help="postgres: seed SQLite, `sfd db copy` it into a new database on "
+        "SFD_BENCH_POSTGRES, serve from there; both: SQLite then PostgreSQL, same orders",
+    )
     parser.add_argument("--postgres", help="a PostgreSQL server URL: bench PostgreSQL instead")
     parser.add_argument("--instances", default="1,3", help="instance counts, on PostgreSQL")
     args = parser.parse_args()
@@ -368,11 +398,18 @@ async def main() -> None:
                     print(json.dumps(result), flush=True)
         return
     results = []
+    backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     with tempfile.TemporaryDirectory(prefix="sfd-bench-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            result = await measure(size, args.seconds, Path(tmp))
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            for backend in backends:
+                if backend == "postgres":
+                    with postgres_database() as url:
+                        result = await measure(size, args.seconds, Path(tmp), url)
+                else:
+                    result = await measure(size, args.seconds, Path(tmp))
+                print(json.dumps(result), flush=True)
+                if backend == backends[0]:
+                    results.append(result)
     if len(results) == 2:
         small, large = results
         ratio = large["sfd"]["median_ms"] / small["sfd"]["median_ms"]  # type: ignore[index]

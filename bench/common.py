@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +82,50 @@ async def load(
     async with aiohttp.ClientSession(connector=connector) as http:
         await asyncio.gather(*(worker() for _ in range(connections)))
     return result
+
+
+#: The PostgreSQL server the `--database postgres` runs use (a fresh database each run).
+POSTGRES = os.environ.get("SFD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin(sql: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(POSTGRES)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    with ThreadPoolExecutor(1) as pool:  # callers may be inside a running loop
+        pool.submit(asyncio.run, run()).result()
+
+
+@contextmanager
+def postgres_database(prefix: str = "sfd_bench") -> Iterator[str]:
+    """A new, empty database on the benchmark server, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield urllib.parse.urlsplit(POSTGRES)._replace(path=f"/{name}").geturl()
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def count_orders(database: Path | str) -> int:
+    """Orders stored, in an SQLite file or a PostgreSQL database."""
+    if isinstance(database, str) and "://" in database:
+
+        async def run() -> int:
+            connection = await asyncpg.connect(database)
+            try:
+                return int(await connection.fetchval("SELECT count(*) FROM orders"))
+            finally:
+                await connection.close()
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, run()).result()
+    with sqlite3.connect(database) as db:
+        return int(db.execute("SELECT count(*) FROM orders").fetchone()[0])
 
 
 def write_config(directory: Path, database: Path | str, body: str = "") -> Path:

@@ -25,12 +25,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Daemon, peak_rss_mb, write_config
+from bench.common import Daemon, count_orders, peak_rss_mb, postgres_database, write_config
 from sfd.sandbox.marketplace import channel_toml
 
 KEY = "bench-ingest-key"
@@ -40,41 +41,35 @@ AMAZON_SECRET = "amzn1.oa2-cs.v1.bench"
 AMAZON_REFRESH = "Atzr|bench"
 AMAZON_SANDBOX = """
 import asyncio, sys
-from aiohttp import web
 from sfd.sandbox.amazon import SandboxAmazon
+from sfd.sandbox.kit import serve
 async def main():
     # sfd keeps to the usage plan itself; the reference, after it, must not find it spent.
     amazon = SandboxAmazon(
         sys.argv[1], sys.argv[2], sys.argv[3], seed=11, enforce_usage_plans=False
     )
     amazon.add_orders(int(sys.argv[4]))
-    runner = web.AppRunner(amazon.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
+    async with serve(amazon.app()) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        await asyncio.Event().wait()
 asyncio.run(main())
 """
 SANDBOX = """
 import asyncio, sys
-from aiohttp import web
 from sfd.sandbox.marketplace import SandboxMarketplace
+from sfd.sandbox.kit import serve
 async def main():
     marketplace = SandboxMarketplace(sys.argv[1], seed=11)
     marketplace.add_orders(int(sys.argv[2]), waiting_acceptance_ratio=0.0)
-    runner = web.AppRunner(marketplace.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
+    async with serve(marketplace.app()) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        await asyncio.Event().wait()
 asyncio.run(main())
 """
 
 
-async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
-    """Fetch every page and insert orders and lines with executemany: (seconds, orders)."""
+def reference_database(database: Path) -> sqlite3.Connection:
+    """The plain schema the hand-written reference imports write to."""
     db = sqlite3.connect(database)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
@@ -83,6 +78,24 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
         "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)"
     )
     db.execute("CREATE TABLE lines (order_ref TEXT, sku TEXT, quantity INTEGER, price TEXT)")
+    return db
+
+
+def insert_page(
+    db: sqlite3.Connection, orders: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
+) -> None:
+    """One page of orders and their lines, with executemany."""
+    db.executemany(
+        "INSERT INTO orders (reference, status, total, currency, updated, payload) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        orders,
+    )
+    db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?)", lines)
+
+
+async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
+    """Fetch every page and insert orders and lines with executemany: (seconds, orders)."""
+    db = reference_database(database)
     started = time.perf_counter()
     count = 0
     offset = 0
@@ -97,9 +110,8 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
             if not orders:
                 break
             with db:
-                db.executemany(
-                    "INSERT INTO orders (reference, status, total, currency, updated, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                insert_page(
+                    db,
                     [
                         (
                             o["order_id"],
@@ -111,9 +123,6 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
                         )
                         for o in orders
                     ],
-                )
-                db.executemany(
-                    "INSERT INTO lines VALUES (?, ?, ?, ?)",
                     [
                         (o["order_id"], line["offer_sku"], line["quantity"], str(line["price"]))
                         for o in orders
@@ -129,14 +138,7 @@ async def reference_import(base_url: str, database: Path) -> tuple[float, int]:
 async def amazon_reference_import(base_url: str, database: Path) -> tuple[float, int]:
     """Amazon's pages fetched with aiohttp (one LWA token, then searchOrders with its
     nextToken), orders and lines inserted with executemany: (seconds, orders)."""
-    db = sqlite3.connect(database)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute(
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, reference TEXT UNIQUE, "
-        "status TEXT, total TEXT, currency TEXT, updated TEXT, payload TEXT)"
-    )
-    db.execute("CREATE TABLE lines (order_ref TEXT, sku TEXT, quantity INTEGER, price TEXT)")
+    db = reference_database(database)
     started = time.perf_counter()
     count = 0
     async with aiohttp.ClientSession() as http:
@@ -168,9 +170,8 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
                 page = await response.json()
             orders = page["orders"]
             with db:
-                db.executemany(
-                    "INSERT INTO orders (reference, status, total, currency, updated, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                insert_page(
+                    db,
                     [
                         (
                             o["orderId"],
@@ -182,9 +183,6 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
                         )
                         for o in orders
                     ],
-                )
-                db.executemany(
-                    "INSERT INTO lines VALUES (?, ?, ?, ?)",
                     [
                         (
                             o["orderId"],
@@ -208,17 +206,16 @@ async def amazon_reference_import(base_url: str, database: Path) -> tuple[float,
 MIRAKL_CHANNEL = channel_toml("{base_url}", "{key}", auto_accept=False)
 AMAZON_CHANNEL = """
 [[channels]]
-name = "amazon-fr"
-store = 1
 connector = "amazon"
+name = "amazon-fr"
 poll_interval = "1h"
-[channels.settings]
-endpoint = "{base_url}"
-token_url = "{base_url}/auth/o2/token"
-client_id = "{client_id}"
-client_secret = "{secret}"
-refresh_token = "{refresh}"
-marketplace_ids = ["A13V1IB3VIYZZH"]
+store = 1
+settings.endpoint = "{base_url}"
+settings.token_url = "{base_url}/auth/o2/token"
+settings.marketplace_ids = ["A13V1IB3VIYZZH"]
+settings.client_id = "{client_id}"
+settings.client_secret = "{secret}"
+settings.refresh_token = "{refresh}"
 """
 
 
@@ -226,14 +223,28 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--marketplace", choices=("mirakl", "amazon", "both"), default="mirakl")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres", "both"),
+        default="sqlite",
+        help="where sfd stores the import: its SQLite file, a new database on "
+        "SFD_BENCH_POSTGRES, or both one after the other (the reference is always SQLite)",
+    )
     args = parser.parse_args()
     kinds = ["mirakl", "amazon"] if args.marketplace == "both" else [args.marketplace]
+    backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     for kind in kinds:
         orders = args.orders if kind == "mirakl" else min(args.orders, AMAZON_BURST_ORDERS)
-        print(json.dumps({"marketplace": kind, **await run(kind, orders)}), flush=True)
+        for backend in backends:
+            if backend == "postgres":
+                with postgres_database("sfd_ingest") as url:
+                    figures = await run(kind, orders, url)
+            else:
+                figures = await run(kind, orders)
+            print(json.dumps({"marketplace": kind, "database": backend, **figures}), flush=True)
 
 
-async def run(kind: str, orders: int) -> dict[str, object]:
+async def run(kind: str, orders: int, postgres: str | None = None) -> dict[str, object]:
     """Import `orders` from the sandbox of `kind`, then the reference: the figures."""
     with tempfile.TemporaryDirectory(prefix="sfd-ingest-") as tmp:
         work = Path(tmp)
@@ -255,7 +266,8 @@ async def run(kind: str, orders: int) -> dict[str, object]:
                 secret=AMAZON_SECRET,
                 refresh=AMAZON_REFRESH,
             )
-            config = write_config(work, work / "sfd.db", channel)
+            database: Path | str = postgres or work / "sfd.db"
+            config = write_config(work, database, channel)
             daemon = Daemon(config)
             daemon.wait_ready()
             poll: dict[str, object] = {}
@@ -266,8 +278,7 @@ async def run(kind: str, orders: int) -> dict[str, object]:
                 time.sleep(0.2)
             peak = peak_rss_mb(daemon.proc.pid)
             daemon.stop()
-            with sqlite3.connect(work / "sfd.db") as db:
-                stored = db.execute("SELECT count(*) FROM orders").fetchone()[0]
+            stored = count_orders(database)
             reference = amazon_reference_import if kind == "amazon" else reference_import
             seconds, reference_count = await reference(base_url, work / "ref.db")
         finally:

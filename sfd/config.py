@@ -12,8 +12,9 @@ from typing import Any
 
 import msgspec
 
-from sfd.connectors.registry import MARKETPLACE_SETTINGS, SHOP_SETTINGS
+from sfd.connectors.registry import MARKETPLACE_SETTINGS, SHOP_SETTINGS, offline_carriers
 from sfd.connectors.settings import ConnectorSettings
+from sfd.domain.carriers import config_key
 
 CONFIG_ENV = "SFD_CONFIG"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -82,6 +83,8 @@ class DaemonConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     lease_ttl: Duration = Duration(30)
     """On PostgreSQL, how long an instance's lease on a channel or shop outlives its last
     renewal (renewed every third of it): a dead instance's work moves on within about this."""
+    pii_retention: Duration = Duration(30 * 86400)
+    """How long after an order closed its buyer's personal data is erased (docs/privacy.md)."""
 
 
 class StoreConfig(_Section, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -110,6 +113,8 @@ class ChannelConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen
     """Accept orders waiting for acceptance by itself; off until the merchant turns it on."""
     require_tracking: bool = False
     ship_deadline_warning: Duration = Duration(86400)
+    carriers: dict[str, str] = msgspec.field(default_factory=dict)
+    """`[channels.carriers]`: the shop's carrier name → the marketplace's carrier code."""
 
 
 class ShopConfig(_Connected, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -345,6 +350,8 @@ def parse_config(
     shop_settings = _check_connected(
         "shops", raw.shops, SHOP_SETTINGS, store_ids, resolver, secrets, problems
     )
+    for i, channel in enumerate(raw.channels):
+        _check_carriers(f"channels[{i}]", channel, problems)
 
     if problems:
         raise ConfigError(source, problems)
@@ -442,6 +449,40 @@ def _check_connected(
         if settings is not None:
             typed[entry.name] = settings
     return typed
+
+
+def _check_carriers(where: str, channel: ChannelConfig, problems: list[tuple[str, str]]) -> None:
+    """Check `[channels.carriers]`: names and codes not empty, no name twice, and every code
+    one the marketplace lists where its list is known offline (Amazon, eBay)."""
+    listed = (
+        offline_carriers(channel.connector) if channel.connector in MARKETPLACE_SETTINGS else None
+    )
+    codes = {known.code for known in listed} if listed is not None else None
+    seen: dict[str, str] = {}
+    for name, code in channel.carriers.items():
+        key = f"{where}.carriers.{_toml_key(name)}"
+        if not name.strip():
+            problems.append((key, "the shop's carrier name must not be empty"))
+            continue
+        if config_key(name) in seen:
+            problems.append(
+                (key, f"same carrier as {_toml_key(seen[config_key(name)])} (names match "
+                 "ignoring case and surrounding spaces)")
+            )  # fmt: skip
+            continue
+        seen[config_key(name)] = name
+        if not code.strip():
+            problems.append((key, "the marketplace's carrier code must not be empty"))
+        elif codes is not None and code.strip() not in codes:
+            problems.append(
+                (key, f"{code!r} is not one of {channel.connector}'s carrier codes for channel "
+                 f"{channel.name!r} (`sfd channels carriers {channel.name}` lists them)")
+            )  # fmt: skip
+
+
+def _toml_key(name: str) -> str:
+    """A table key as TOML writes it: bare when it can be, else quoted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
 
 
 def _typed_settings(

@@ -3,6 +3,7 @@ processes cleaned up after each test."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -14,7 +15,8 @@ import structlog
 from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
 from tests.postgres import BACKENDS, postgres_database
-from tests.support import SfdProcess, start_sfd
+from tests.postgres import cleanup as postgres_cleanup
+from tests.support import SfdProcess, capture_logs, start_sfd
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 
@@ -91,3 +93,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests.faults import reliability
 
     reliability.write()
+    postgres_cleanup()
+
+
+@pytest.fixture
+def logs() -> io.StringIO:
+    """sfd's JSON log lines of this test, for `tests.support.events`."""
+    return capture_logs()

@@ -5,9 +5,24 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain import Address, FulfilledBy, MarketplaceOrder, OrderItem, OrderStatus
+from sfd.domain.rules import OrderView
 from tests.conftest import NOW
+
+
+def camille(street: str, **fields: str) -> Address:
+    """Camille Dupont's address in Lyon, at `street`."""
+    return Address(
+        first_name="Camille",
+        last_name="Dupont",
+        street=street,
+        postal_code="69003",
+        city="Lyon",
+        country="FR",
+        **fields,
+    )
 
 
 def make_order(
@@ -47,24 +62,23 @@ def make_order(
         shipping_method="Colissimo",
         latest_ship_date=ship_by or updated_at + timedelta(days=2),
         raw=raw,
-        billing_address=Address(
-            first_name="Camille",
-            last_name="Dupont",
-            street="12 rue des Lilas",
-            postal_code="69003",
-            city="Lyon",
-            country="FR",
-            email="camille@example.org",
-        ),
-        shipping_address=Address(
-            first_name="Camille",
-            last_name="Dupont",
-            street="Relais Tabac du Centre",
-            postal_code="69003",
-            city="Lyon",
-            country="FR",
-            relay_id=relay_id,
-        ),
+        billing_address=camille(street="12 rue des Lilas", email="camille@example.org"),
+        shipping_address=camille(street="Relais Tabac du Centre", relay_id=relay_id),
         items=items,
         additional_fields={"channel_code": "decathlon-fr"},
     )
+
+
+def order_view(**fields: Any) -> OrderView:
+    """What the rules see of an order: one awaiting shipment from the store, two lines,
+    with `fields` told otherwise."""
+    defaults: dict[str, Any] = {
+        "id": 1,
+        "reference": "R-1",
+        "channel": "deca",
+        "status": OrderStatus.WAITING_SHIPMENT,
+        "fulfilled_by": FulfilledBy.STORE,
+        "require_tracking": False,
+        "items": {11: 1, 12: 2},
+    }
+    return OrderView(**(defaults | fields))

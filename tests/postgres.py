@@ -12,6 +12,7 @@ import os
 import secrets
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,8 +29,9 @@ def server_url() -> str:
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    # Fixtures set up outside the test's event loop: a short loop of their own.
-    asyncio.run(make())
+    # A short loop of its own, in a thread: callers may or may not be inside a running loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, make()).result()
 
 
 async def _admin(sql: str) -> None:
@@ -68,13 +70,97 @@ def database_url(name: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
 
+class _Factory:
+    """Migrated databases, cloned from a template migrated once per session.
+
+    CREATE DATABASE takes about a second (the server syncs the copy to disk), so the next
+    test's database is made in a thread while the current test runs.
+    """
+
+    def __init__(self) -> None:
+        self.template: str | None = None
+        self.ahead: Future[str] | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="sfd-test-pg")
+
+    def _template(self) -> str:
+        from sfd.storage import Storage
+
+        name = f"sfd_test_template_{secrets.token_hex(6)}"
+        _run(lambda: _admin(f'CREATE DATABASE "{name}"'))
+
+        async def migrate() -> None:
+            await (await Storage.open(database_url(name))).close()
+
+        _run(migrate)
+        return name
+
+    def _make(self) -> str:
+        if self.template is None:
+            self.template = self._template()
+        name = f"sfd_test_{secrets.token_hex(6)}"
+        _run(lambda: _admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+        return name
+
+    def take(self) -> str:
+        """A migrated database of its own; the next one starts being made."""
+        ahead, self.ahead = self.ahead, None
+        name = ahead.result() if ahead is not None else self.executor.submit(self._make).result()
+        self.ahead = self.executor.submit(self._make)
+        return name
+
+    def close(self) -> None:
+        """Drop the database made ahead and the template."""
+        if self.ahead is not None:
+            _drop(self.ahead.result())
+        if self.template is not None:
+            _drop(self.template)
+        self.executor.shutdown()
+
+
+def _drop(name: str) -> None:
+    _run(lambda: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+_factories: list[_Factory] = []
+
+
+def _factory() -> _Factory:
+    if not _factories:
+        _factories.append(_Factory())
+    return _factories[0]
+
+
+def cleanup() -> None:
+    """At the session's end: drop the template and the database made ahead."""
+    while _factories:
+        _factories.pop().close()
+
+
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh, empty database of its own, dropped afterwards."""
+def postgres_database(*, migrated: bool = True) -> Iterator[str]:
+    """A database of its own (migrated, or empty), dropped afterwards."""
     require_server()
-    name = f"sfd_test_{secrets.token_hex(6)}"
-    _run(lambda: _admin(f'CREATE DATABASE "{name}"'))
+    if migrated:
+        name = _factory().take()
+    else:
+        name = f"sfd_test_{secrets.token_hex(6)}"
+        _run(lambda: _admin(f'CREATE DATABASE "{name}"'))
     try:
         yield database_url(name)
     finally:
-        _run(lambda: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop(name)
+
+
+def fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one query on a test database, from sync code (as a person with psql)."""
+    rows: list[tuple[Any, ...]] = []
+
+    async def run() -> None:
+        connection = await asyncpg.connect(url, timeout=5)
+        try:
+            rows.extend(tuple(r) for r in await connection.fetch(sql))
+        finally:
+            await connection.close()
+
+    _run(run)
+    return rows

@@ -2,19 +2,129 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sfd.config import Config
+from sfd.daemon.loops import Loop, Poller
+from sfd.daemon.notify import SystemdNotifier
+from sfd.daemon.push import PushLoop
+from sfd.daemon.runtime import Daemon
+from sfd.logs import configure_logging
+from sfd.storage import Storage
+
+L = TypeVar("L", bound=Loop)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def until(
+    predicate: Callable[[], bool], timeout: float = 10, what: str = "", *, in_thread: bool = False
+) -> None:
+    """Wait until `predicate()` holds (run in a thread if it blocks); fail after `timeout` s."""
+    if not await wait_until(predicate, timeout, in_thread=in_thread):
+        raise AssertionError(f"not within {timeout} s: {what or predicate}")
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float, *, in_thread: bool = True
+) -> bool:
+    """Whether `predicate()` came to hold within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if await asyncio.to_thread(predicate) if in_thread else predicate():
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = ""
+) -> None:
+    """Await `check()` until it holds; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        await asyncio.sleep(0.02)
+
+
+def loop_of(daemon: Daemon, kind: type[L]) -> L:
+    """The daemon's loop of class `kind`."""
+    return next(loop for loop in daemon.loops if isinstance(loop, kind))
+
+
+class InProcess:
+    """What a test reads of a daemon it runs in-process (`self.daemon`)."""
+
+    daemon: Daemon
+
+    @property
+    def storage(self) -> Storage:
+        assert self.daemon.storage is not None
+        return self.daemon.storage
+
+    @property
+    def poller(self) -> Poller:
+        return loop_of(self.daemon, Poller)
+
+    @property
+    def pusher(self) -> PushLoop:
+        return loop_of(self.daemon, PushLoop)
+
+
+async def start_daemon(
+    config: Config, prepare: Callable[[Daemon], None] | None = None, **options: Any
+) -> tuple[Daemon, asyncio.Task[None]]:
+    """Run the daemon in this process as one task; return once it is ready and has polled.
+
+    `prepare` adjusts the started daemon before it serves; `options` go to `Daemon` (such as
+    `shop_retry`). To stop it, set its stop event and await the task.
+    """
+    daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False, **options)
+    await daemon.start()
+    if prepare is not None:
+        prepare(daemon)
+    task = asyncio.create_task(daemon.serve())
+    await daemon.ready.wait()
+    await until(lambda: loop_of(daemon, Poller).status.ticks >= 1)  # the poll at start-up
+    return daemon, task
+
+
+def read_only(database: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    """Read the file as a person would with sqlite3, beside the running daemon."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(sql, params).fetchall()
+
+
+def capture_logs() -> io.StringIO:
+    """Send sfd's JSON log lines to a buffer, for `events` to read."""
+    out = io.StringIO()
+    configure_logging("json", "info", [], stream=out)
+    return out
+
+
+def events(logs: io.StringIO, name: str) -> list[dict[str, Any]]:
+    """The log lines of event `name`, in the order they were written."""
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    return [line for line in lines if line["event"] == name]
 
 
 def write_config(
@@ -25,12 +135,18 @@ def write_config(
     database: str = "sfd.db",
     stores: str | None = None,
 ) -> Path:
-    """A config file in `directory`: one store by default, plus `body`."""
+    """A config file in `directory`: one store by default, plus `body`.
+
+    `database` is a file name in `directory`, or a whole `postgresql://` URL (the
+    `database_url` fixture gives either).
+    """
+    if "://" not in database:
+        database = str(directory / database)
     if stores is None:
         stores = '[[stores]]\nid = 1\nname = "Shop one"\n\n[[stores]]\nid = 2\nname = "Shop two"\n'
     path = directory / "sfd.toml"
     path.write_text(
-        f'[daemon]\ndatabase = "{directory / database}"\nlisten = "{listen}"\n'
+        f'[daemon]\ndatabase = "{database}"\nlisten = "{listen}"\n'
         f'log_format = "json"\n\n{stores}\n{body}',
         encoding="utf-8",
     )

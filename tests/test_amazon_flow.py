@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,8 +22,6 @@ from yarl import URL
 
 from sfd.config import Config, load_config
 from sfd.connectors.amazon import format_date
-from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon, sync_config
 from sfd.domain import MISSING_PERSONAL_DATA, Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.clock import utcnow
@@ -31,35 +29,18 @@ from sfd.logs import configure_logging
 from sfd.sandbox.amazon import FRANCE, SHIPPING_ROLE, TAX_ROLES, SandboxAmazon, run_amazon
 from sfd.storage import OrderFilter, Storage
 from tests.connectors.amazon_model import check_request
-from tests.support import run_cli, write_config
+from tests.support import InProcess, run_cli, start_daemon, until, write_config
 
 CLIENT_ID = "amzn1.application-oa2-client.sandbox"
 SECRET = "amzn1.oa2-cs.v1.sandbox-secret"
 REFRESH = "Atzr|sandbox-refresh-token"
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 20) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 @dataclass
-class Running:
+class Running(InProcess):
     daemon: Daemon
     amazon: SandboxAmazon
     logs: io.StringIO
-
-    @property
-    def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
-
-    @property
-    def storage(self) -> Storage:
-        assert self.daemon.storage is not None
-        return self.daemon.storage
 
 
 def amazon_config(directory: Path, base_url: str, monkeypatch: pytest.MonkeyPatch) -> Config:
@@ -93,13 +74,8 @@ marketplace_ids = ["{FRANCE}"]
 async def start(config: Config, amazon: SandboxAmazon) -> tuple[Running, asyncio.Task[None]]:
     logs = io.StringIO()
     configure_logging("json", "info", config.secrets, stream=logs)
-    daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
-    await daemon.start()
-    task = asyncio.create_task(daemon.serve())
-    await daemon.ready.wait()
-    running = Running(daemon, amazon, logs)
-    await until(lambda: running.poller.status.ticks >= 1)  # the poll at start-up
-    return running, task
+    daemon, task = await start_daemon(config)
+    return Running(daemon, amazon, logs), task
 
 
 @pytest.fixture
@@ -166,7 +142,7 @@ async def test_a_backlog_of_250_orders_arrives_in_three_calls_with_addresses_the
                     "order": [
                         {
                             "id": ids[shipped],
-                            "carrier": "Colissimo",
+                            "carrier": "Mondial Relay",
                             "trackingNumber": "6A12345678901",
                         }
                     ]
@@ -186,7 +162,12 @@ async def test_a_backlog_of_250_orders_arrives_in_three_calls_with_addresses_the
             assert await confirmed()
         [confirmation] = amazon.calls_to("confirmShipment")
         detail = confirmation.body["packageDetail"]
-        assert detail["carrierCode"] == "Other" and detail["carrierName"] == "Colissimo"
+        # Mondial Relay is one of Amazon's carrier codes: sent as such, never as "Other".
+        assert detail["carrierCode"] == "Mondial Relay" and "carrierName" not in detail
+        order = await storage.orders.get(ids[shipped])
+        assert order is not None
+        [delivered] = [e for e in order.events if e.kind == "ship_delivered"]
+        assert 'carrier Mondial Relay (automatic: "Mondial Relay")' in delivered.message
         assert {i["orderItemId"] for i in detail["orderItems"]} == {
             line.item_id for line in amazon._orders[shipped].lines
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,8 +21,11 @@ from sfd.daemon.http import build_app
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
 from sfd.domain.clock import from_iso
 from sfd.storage import Storage
+from tests import lookups
 from tests.conftest import NOW
 from tests.factories import make_order
+
+pytestmark = pytest.mark.both_backends
 
 S = OrderStatus
 FIXTURE = Path(__file__).parent / "fixtures" / "shoppingfeed-order.json"
@@ -74,15 +78,10 @@ class Api:
         return body["id"], tickets["_embedded"]["ticket"]
 
     async def order_id(self, reference: str) -> int:
-        row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
-        )
-        assert row is not None
-        return int(row[0])
+        return await lookups.order_id(self.storage, reference)
 
     async def operation_count(self) -> int:
-        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
-        return int(row[0]) if row else 0
+        return await lookups.operation_count(self.storage)
 
 
 async def seed(
@@ -380,20 +379,11 @@ async def test_an_order_has_the_keys_and_types_of_a_shoppingfeed_order(api: Api)
     ship, bill = reference["shippingAddress"], reference["billingAddress"]
 
     def address(a: dict[str, str]) -> Address:
-        return Address(
-            first_name=a["firstName"],
-            last_name=a["lastName"],
-            company=a["company"],
-            street=a["street"],
-            street2=a["street2"],
-            postal_code=a["postalCode"],
-            city=a["city"],
-            country=a["country"],
-            phone=a["phone"],
-            mobile_phone=a["mobilePhone"],
-            email=a["email"],
-            relay_id=a.get("relayId", ""),
-        )
+        """The fixture's address, its camelCase keys read as our snake_case fields."""
+        fields = ("first_name", "last_name", "company", "street", "street2", "postal_code",
+                  "city", "country", "phone", "mobile_phone", "email")  # fmt: skip
+        given = {f: a[re.sub(r"_(\w)", lambda m: m[1].upper(), f)] for f in fields}
+        return Address(**given, relay_id=a.get("relayId", ""))
 
     order = MarketplaceOrder(
         reference=reference["reference"],
@@ -612,13 +602,9 @@ async def test_a_shipment_without_carrier_or_tracking_is_taken_on_a_default_chan
 async def test_a_link_that_is_not_http_is_dropped_with_a_warning_and_the_shipment_goes(
     api: Api,
 ) -> None:
+    tracking = {"trackingNumber": "250123456, 250123457", "trackingLink": "javascript:alert(1)"}
     order_id = await api.order_id("WAIT-1")
-    ship = {
-        "id": order_id,
-        "carrier": "DPD",
-        "trackingNumber": "250123456, 250123457",
-        "trackingLink": "javascript:alert(1)",
-    }
+    ship = {"id": order_id, "carrier": "DPD", **tracking}
     _, [ticket] = await api.operate("ship", ship)
     assert ticket["state"] == "scheduled"
     assert ticket["payload"]["trackingLink"] == ""

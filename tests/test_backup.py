@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -20,16 +21,24 @@ from sfd.storage import Storage
 from sfd.storage.channels import ChannelSpec
 from tests.conftest import NOW
 from tests.factories import make_order
-from tests.support import SfdProcess, run_cli, write_config
+from tests.support import SfdProcess, run_cli, until, write_config
 
 KEY = "sandbox-key-backup"
 ORDERS = 1500
 
 
 class SlowListing(SandboxMarketplace):
-    """The sandbox, as slow to list orders as asked: a backup falls in the middle of an import."""
+    """The sandbox, as slow to list orders as asked: a backup falls in the middle of an import.
+
+    While `listing` is clear, the next pages wait: the import cannot end during a backup,
+    however slowly a loaded machine starts the backup's process."""
 
     page_delay = 0.25
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listing = asyncio.Event()
+        self.listing.set()
 
     def app(self) -> web.Application:
         app = super().app()
@@ -39,6 +48,7 @@ class SlowListing(SandboxMarketplace):
     @web.middleware
     async def _slow(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.match_info.route.name == "OR11":
+            await self.listing.wait()
             await asyncio.sleep(self.page_delay)
         return await handler(request)
 
@@ -62,13 +72,6 @@ def snapshot_counts(database: Path) -> tuple[int, int, int, str]:
     return orders, with_items, imported, integrity
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(predicate):
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_restores(
     tmp_path: Path, sfd_processes: Callable[..., SfdProcess]
 ) -> None:
@@ -82,11 +85,13 @@ async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_
         config = write_config(tmp_path, channel(base_url))
         sfd = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(sfd.wait_ready)
-        await until(lambda: snapshot_counts(database)[0] >= 100)
+        await until(lambda: snapshot_counts(database)[0] >= 100, 30, in_thread=True)
 
+        marketplace.listing.clear()  # the page under way lands; the next wait for the backup
         before = snapshot_counts(database)[0]
         result = await asyncio.to_thread(run_cli, config, "db", "backup", str(target), env=env)
         after = snapshot_counts(database)[0]
+        marketplace.listing.set()
 
         assert result.returncode == 0, result.stderr
         assert f"to {target}" in result.stderr and "integrity ok" in result.stderr
@@ -98,7 +103,7 @@ async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_
         assert orders == with_items == imported
         assert [p.name for p in target.parent.iterdir()] == ["sfd-1.db"], "a temporary remains"
         # The daemon never noticed, and finishes its import.
-        await until(lambda: snapshot_counts(database)[0] == ORDERS)
+        await until(lambda: snapshot_counts(database)[0] == ORDERS, 30, in_thread=True)
         assert await asyncio.to_thread(sfd.terminate) == 0
 
         # Restore: stopped, copied back, started; the next poll fills in what came later.
@@ -110,7 +115,7 @@ async def test_a_backup_taken_while_the_daemon_imports_is_a_sound_snapshot_that_
         assert json.loads(check.stdout)["tables"]["orders"] == orders
         restored = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(restored.wait_ready)
-        await until(lambda: snapshot_counts(database)[0] == ORDERS)
+        await until(lambda: snapshot_counts(database)[0] == ORDERS, 30, in_thread=True)
         assert await asyncio.to_thread(restored.terminate) == 0
 
     with contextlib.closing(sqlite3.connect(database)) as db:

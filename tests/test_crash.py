@@ -1,62 +1,58 @@
-"""SIGKILL in the middle of an import, then restart: the file is sound and no order is lost."""
+"""SIGKILL in the middle of an import, then restart: the database is sound and no order is
+lost (on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+import pytest
+
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from tests.faults.reliability import record
-from tests.support import SfdProcess, write_config
+from tests.postgres import fetch
+from tests.support import SfdProcess, run_cli, wait_until, write_config
 
 API_KEY = "sandbox-key-crash"
 
 
-def channel_config(base_url: str) -> str:
-    return f"""
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "2s"
-auto_accept = false
-[channels.settings]
-base_url = "{base_url}"
-api_key = "env:SANDBOX_KEY"
-"""
-
-
-def counts(database: Path) -> tuple[int, int, int]:
-    """(orders, distinct references, import events), read as a person would with sqlite3."""
+def query(database: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql`, read as a person would with sqlite3 or psql."""
+    if "://" in database:
+        return fetch(database, sql)
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
-        row = db.execute(
-            "SELECT (SELECT count(*) FROM orders), (SELECT count(DISTINCT reference) FROM orders),"
-            " (SELECT count(*) FROM order_events WHERE kind = 'imported')"
-        ).fetchone()
+        return [tuple(r) for r in db.execute(sql)]
+
+
+def counts(database: str) -> tuple[int, int, int]:
+    """(orders, distinct references, import events)."""
+    [row] = query(
+        database,
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(DISTINCT reference) FROM orders),"
+        " (SELECT count(*) FROM order_events WHERE kind = 'imported')",
+    )
     return row[0], row[1], row[2]
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await asyncio.to_thread(predicate):
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
+@pytest.mark.both_backends
 async def test_sigkill_during_an_import_burst_loses_nothing(
-    tmp_path: Path, sfd_processes: Callable[..., SfdProcess]
+    tmp_path: Path, sfd_processes: Callable[..., SfdProcess], database_url: str
 ) -> None:
     marketplace = SandboxMarketplace(API_KEY, seed=7)
     expected = set(marketplace.add_orders(3000, waiting_acceptance_ratio=0.1))
-    database = tmp_path / "sfd.db"
+    database = database_url
     rng = random.Random(2026)
     async with run_sandbox(marketplace) as base_url:
-        config = write_config(tmp_path, channel_config(base_url))
+        config = write_config(
+            tmp_path,
+            channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="2s", auto_accept=False),
+            database=database,
+        )
         env = {"SANDBOX_KEY": API_KEY}
         kills = 0
         committed = 0
@@ -85,12 +81,14 @@ async def test_sigkill_during_an_import_burst_loses_nothing(
         )
         assert await asyncio.to_thread(final.terminate) == 0
 
-    with sqlite3.connect(database) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        stored = {r[0] for r in db.execute("SELECT reference FROM orders")}
-        events = db.execute(
-            "SELECT count(*), count(DISTINCT order_id) FROM order_events WHERE kind = 'imported'"
-        ).fetchone()
+    # PRAGMA integrity_check on SQLite; PostgreSQL's own checks (a read of every table).
+    check = run_cli(config, "db", "check", "--json", env=env)
+    assert check.returncode == 0 and json.loads(check.stdout)["ok"], check.stdout + check.stderr
+    stored = {r[0] for r in query(database, "SELECT reference FROM orders")}
+    [events] = query(
+        database,
+        "SELECT count(*), count(DISTINCT order_id) FROM order_events WHERE kind = 'imported'",
+    )
     record(
         "crash",
         "SIGKILL during an import burst",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -16,12 +15,12 @@ import pytest
 
 from sfd.daemon.deadlines import DeadlineWatch
 from sfd.domain import FulfilledBy, MarketplaceOrder, OrderStatus
-from sfd.logs import configure_logging
 from sfd.storage import Storage, StorageError
 from sfd.storage.db import SQLiteConnection
 from sfd.storage.deadlines import DEADLINE_PASSED, DEADLINE_WARNING, DeadlineStore
 from tests.conftest import NOW
 from tests.factories import make_order
+from tests.support import events, until
 
 S = OrderStatus
 DAY = timedelta(hours=24)
@@ -33,18 +32,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def logs() -> io.StringIO:
-    out = io.StringIO()
-    configure_logging("json", "info", [], stream=out)
-    return out
-
-
-def events(logs: io.StringIO, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
-    return [line for line in lines if line["event"] == name]
 
 
 async def seed(
@@ -59,7 +46,7 @@ async def seed(
 
 async def order_events(storage: Storage, order_id: int, kind: str) -> list[sqlite3.Row]:
     return await storage.db.fetch(
-        "SELECT * FROM order_events WHERE order_id = ? AND kind = ?", (order_id, kind)
+        "SELECT * FROM order_events WHERE order_id = $1 AND kind = $2", (order_id, kind)
     )
 
 
@@ -69,6 +56,17 @@ async def watch(
     ids = await storage.channels.channel_ids()
     return DeadlineWatch(
         DeadlineStore(storage.db), {ids["decathlon"]: decathlon, ids["ebay-de"]: ebay}, clock
+    )
+
+
+async def seed_soon_and_late(storage: Storage) -> None:
+    """One order due in five hours, one five hours late."""
+    await seed(
+        storage,
+        [
+            make_order("DEC-SOON", ship_by=NOW + timedelta(hours=5)),
+            make_order("DEC-LATE", ship_by=NOW - timedelta(hours=5)),
+        ],
     )
 
 
@@ -186,13 +184,7 @@ async def test_an_order_shipped_after_its_warning_is_not_reported_late(
 async def test_after_a_restart_nothing_is_reported_again(
     storage: Storage, logs: io.StringIO, tmp_path: Path
 ) -> None:
-    await seed(
-        storage,
-        [
-            make_order("DEC-SOON", ship_by=NOW + timedelta(hours=5)),
-            make_order("DEC-LATE", ship_by=NOW - timedelta(hours=5)),
-        ],
-    )
+    await seed_soon_and_late(storage)
     clock = Clock()
     await (await watch(storage, clock)).tick()
     assert len(events(logs, "ship_deadline_approaching")) == 1
@@ -292,21 +284,12 @@ async def test_a_backlog_larger_than_a_batch_is_worked_through_at_once(
 async def test_the_watch_runs_as_a_loop_and_shows_its_counts(
     storage: Storage, logs: io.StringIO
 ) -> None:
-    await seed(
-        storage,
-        [
-            make_order("DEC-SOON", ship_by=NOW + timedelta(hours=5)),
-            make_order("DEC-LATE", ship_by=NOW - timedelta(hours=5)),
-        ],
-    )
+    await seed_soon_and_late(storage)
     clock = Clock()
     deadlines = await watch(storage, clock)
     task = asyncio.create_task(deadlines.run())
     try:
-        for _ in range(500):
-            if deadlines.status.ticks:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: deadlines.status.ticks > 0)
         assert deadlines.status.ticks == 1
         assert deadlines.status.state == "idle"
         assert deadlines.status.condition == "ok"

@@ -45,12 +45,17 @@ def test_the_demo_runs_the_whole_circuit_within_a_minute(tmp_path: Path) -> None
                 for e in events
                 if e["event"] == "order_status_changed" and e["to_status"] == "shipped"
             }
-            if shipped and all(any(e["event"] == name for e in events) for name in CIRCUIT):
+            # The confirmation is logged just after the status change: wait for both lines.
+            confirmed = {e["order"] for e in events if e["event"] == "operation_confirmed"}
+            if set(shipped) & confirmed and all(
+                any(e["event"] == name for e in events) for name in CIRCUIT
+            ):
                 break
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
         assert shipped, f"no order shipped within a minute:\n{log.read_text()[-3000:]}"
-        order = next(iter(shipped))
+        assert set(shipped) & confirmed, f"no shipment confirmed:\n{log.read_text()[-3000:]}"
+        order = min(set(shipped) & confirmed)
         trail = [e["event"] for e in events if e.get("order") == order]
         assert trail[0] == "order_imported"
         assert "shop_imported" in trail and "shop_shipped" in trail

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import anyio
-import pytest
 
 from sfd.daemon.backoff import Backoff
 from sfd.daemon.loops import STALL_AFTER, Loop, LoopCondition
-from sfd.logs import configure_logging
 from tests.conftest import NOW
+from tests.support import events, until
 
 
 class Clock:
@@ -53,12 +50,6 @@ async def test_a_loop_stuck_in_one_tick_turns_unhealthy_after_the_stall_limit() 
     assert not loop.healthy(clock.now)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 class Counting(Loop):
     async def step(self) -> float | None:
         return None
@@ -75,18 +66,6 @@ async def test_an_idle_loop_is_healthy_and_wakes_on_demand() -> None:
     assert loop.status.ticks == 2
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-
-
-@pytest.fixture
-def logs() -> io.StringIO:
-    out = io.StringIO()
-    configure_logging("json", "info", [], stream=out)
-    return out
-
-
-def events(logs: io.StringIO, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
-    return [line for line in lines if line["event"] == name]
 
 
 class Broken(Loop):

@@ -144,6 +144,7 @@ async def seed(storage: Storage) -> None:
     )
 
 
+@pytest.mark.both_backends
 async def test_the_gauges_show_the_database_as_of_the_last_refresh(storage: Storage) -> None:
     await seed(storage)
     metrics = Metrics(storage, clock=lambda: NOW)
@@ -179,6 +180,7 @@ async def get(server: BaseTestServer, path: str) -> tuple[int, str, str]:
         return response.status, response.headers["Content-Type"], await response.text()
 
 
+@pytest.mark.both_backends
 async def test_the_handler_serves_the_text_format_over_http(storage: Storage) -> None:
     await seed(storage)
     metrics = Metrics(storage, clock=lambda: NOW)

@@ -201,6 +201,12 @@ def _steer(case: schemathesis.Case, draw: Callable[[Any], Any], api: Api) -> Non
     if "batchId" in query and draw(st.booleans()):
         query["batchId"] = draw(st.sampled_from(api.batch_ids))
     body = case.body = _whole_numbers(case.body)
+    if isinstance(body, dict) and "files[]" in body and draw(st.booleans()):
+        # upload-documents: real PDFs for real orders, one document each, as the SDK sends.
+        ids = draw(st.lists(st.sampled_from(api.order_ids), min_size=1, max_size=3))
+        body["files[]"] = [b"%PDF-1.4 steered " + str(draw(st.integers())).encode() for _ in ids]
+        orders = [{"id": i, "documents": [{"type": "invoice"}]} for i in ids]
+        body["body"] = json.dumps({"order": orders})
     if isinstance(body, dict) and "grant_type" in body and draw(st.booleans()):
         body |= {"username": "prestashop", "password": f" {api.token} "}
     if isinstance(body, dict) and isinstance(body.get("order"), list):
@@ -348,7 +354,12 @@ async def test_document_is_served_without_token_and_lists_every_route(api: Api) 
         if path.endswith("/order/{operation}") and route.method == "POST":
             # One route serves every operation; the document lists each, with its own body.
             base = _shape(path).rsplit("/", 1)[0]
-            registered.update(("POST", f"{base}/{kind.value}") for kind in OperationKind)
+            # upload_document has its own route and body: upload-documents, as the SDK names it.
+            registered.update(
+                ("POST", f"{base}/{kind.value}")
+                for kind in OperationKind
+                if kind != OperationKind.UPLOAD_DOCUMENT
+            )
         else:
             registered.add((route.method, _shape(path)))
     documented = {
@@ -519,11 +530,7 @@ async def test_hostile_request_is_refused_not_crashed(
 
 async def test_wrong_method_gives_405_problem_with_allow(api: Api) -> None:
     """RFC 9110: a 405 names the allowed methods in `Allow`."""
-
-    def send() -> requests.Response:
-        return requests.post(f"{api.base_url}/v1/ping", timeout=10)
-
-    response = await asyncio.to_thread(send)
+    response = await asyncio.to_thread(requests.post, f"{api.base_url}/v1/ping", timeout=10)
     assert response.status_code == 405
     assert response.headers["Content-Type"].startswith("application/problem+json")
     assert response.json()["status"] == 405

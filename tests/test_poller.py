@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,28 +15,22 @@ import aiohttp
 import pytest
 
 from sfd.config import load_config
-from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.domain import OrderStatus
 from sfd.domain.clock import from_iso, utcnow
 from sfd.logs import configure_logging
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.storage import OrderFilter
-from tests.support import write_config
+from tests.support import InProcess, start_daemon, until, write_config
 
 KEY = "sandbox-key-poller"
 
 
 @dataclass
-class Running:
+class Running(InProcess):
     daemon: Daemon
     marketplace: SandboxMarketplace
     logs: io.StringIO
-
-    @property
-    def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
 
     def events(self, name: str) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.logs.getvalue().splitlines()]
@@ -47,14 +41,6 @@ class Running:
         ticks = self.poller.status.ticks
         self.poller.wake()
         await until(lambda: self.poller.status.ticks > ticks)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -89,6 +75,7 @@ async def running(
     monkeypatch: pytest.MonkeyPatch,
     auto_accept: bool | None,
     marketplace: SandboxMarketplace,
+    database_url: str,
 ) -> AsyncIterator[Running]:
     """The daemon, started as one task against a sandbox; stopped through its stop event."""
     accept_line = "" if auto_accept is None else f"auto_accept = {str(auto_accept).lower()}"
@@ -108,21 +95,18 @@ poll_interval = "1h"
 base_url = "{base_url}"
 api_key = "env:SANDBOX_KEY"
 """,
+                database=database_url,
             )
         )
         logs = io.StringIO()
         configure_logging("json", "info", config.secrets, stream=logs)
-        daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
-        await daemon.start()
-        task = asyncio.create_task(daemon.serve())
-        await daemon.ready.wait()
-        started = Running(daemon, marketplace, logs)
-        await until(lambda: started.poller.status.ticks >= 1)  # the poll at start-up
-        yield started
+        daemon, task = await start_daemon(config)
+        yield Running(daemon, marketplace, logs)
         daemon.request_stop()
         await asyncio.wait_for(task, 10)
 
 
+@pytest.mark.both_backends
 async def test_a_poll_imports_the_orders_and_records_the_channel_state(
     running: Running,
 ) -> None:
@@ -149,6 +133,7 @@ async def test_a_poll_imports_the_orders_and_records_the_channel_state(
     assert 'sfd_polls_total{channel="sandbox",result="ok"}' in metrics
 
 
+@pytest.mark.both_backends
 async def test_a_cancellation_on_the_marketplace_reaches_the_order(running: Running) -> None:
     [reference] = running.marketplace.add_orders(1, waiting_acceptance_ratio=0.0)
     await running.poll_now()
@@ -190,6 +175,7 @@ async def test_an_auth_failure_is_logged_once_and_recovery_is_logged(running: Ru
 
 
 @pytest.mark.parametrize("auto_accept", [True])
+@pytest.mark.both_backends
 async def test_auto_accept_accepts_new_orders_and_the_next_poll_confirms(
     running: Running,
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -28,22 +27,19 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
 def test_ready_then_healthz_then_sigterm_stops_cleanly(
     tmp_path: Path, sfd_processes: Start
 ) -> None:
-    config = write_config(tmp_path)
-    sfd = sfd_processes(config, tmp_path)
+    sfd = sfd_processes(write_config(tmp_path), tmp_path)
     sfd.wait_ready()
     assert any(n.startswith("STATUS=0 channels, 0 orders to process") for n in sfd.notifications)
     status, body = get_json(sfd.url + "/healthz")
     assert status == 200
     assert body["status"] == "ok"
-    assert set(body["loops"]) == {"operations-worker", "deadline-watch"}
+    assert set(body["loops"]) == {"operations-worker", "deadline-watch", "retention"}
+    assert body["loops"]["retention"]["detail"]["retention_days"] == 30
     assert body["loops"]["deadline-watch"]["state"] in {"idle", "busy"}
 
-    signalled = time.monotonic()
     sfd.proc.send_signal(signal.SIGTERM)
-    stopping = sfd.wait_for_notification("STOPPING=1", timeout=10)
+    sfd.wait_for_notification("STOPPING=1", timeout=10)
     assert sfd.proc.wait(10) == 0
-    assert time.monotonic() - signalled < 10
-    assert stopping - signalled < 10
     events = [e["event"] for e in sfd.log_events()]
     assert events[-3:] == ["signal_received", "daemon_stopping", "daemon_stopped"]
 

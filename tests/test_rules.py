@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState
+from sfd.domain import OperationKind, OrderStatus, TicketState
 from sfd.domain.rules import OrderView, ShipPayload, confirms, decide
+from tests.factories import order_view
 
 K = OperationKind
 S = OrderStatus
@@ -16,13 +17,11 @@ def view(
     status: S = S.PARTIALLY_REFUNDED, *, closed: frozenset[int] = frozenset({1}), **more: bool
 ) -> OrderView:
     """An order of two lines, the first refunded unless told otherwise."""
-    return OrderView(
+    return order_view(
         id=7,
         reference="EB-7",
         channel="ebay",
         status=status,
-        fulfilled_by=FulfilledBy.STORE,
-        require_tracking=False,
         items={1: 2, 2: 1},
         closed_items=closed,
         **more,

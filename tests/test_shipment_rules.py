@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState
+from sfd.domain import OperationKind, TicketState
 from sfd.domain.rules import (
     Decision,
     OrderView,
@@ -13,20 +13,13 @@ from sfd.domain.rules import (
     decide,
     tracking_numbers,
 )
+from tests.factories import order_view
 
 K = OperationKind
 
 
 def view(*, require_tracking: bool = False) -> OrderView:
-    return OrderView(
-        id=1,
-        reference="R-1",
-        channel="deca",
-        status=OrderStatus.WAITING_SHIPMENT,
-        fulfilled_by=FulfilledBy.STORE,
-        require_tracking=require_tracking,
-        items={11: 1, 12: 2},
-    )
+    return order_view(require_tracking=require_tracking)
 
 
 def ship(payload: ShipPayload, *, require_tracking: bool = False) -> Decision:

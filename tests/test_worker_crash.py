@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import time
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from sfd.sandbox.marketplace import RecordedCall, run_sandbox
+from sfd.sandbox.marketplace import RecordedCall, channel_toml, run_sandbox
 from tests.faults.reliability import record
-from tests.support import SfdProcess, run_cli, write_config
+from tests.support import SfdProcess, read_only, run_cli, wait_until, write_config
 from tests.test_worker import SlowSandbox
 
 API_KEY = "sandbox-key-worker-crash"
@@ -26,34 +25,16 @@ BATCH = 10
 KILLS = 20
 
 
-def channel_config(base_url: str) -> str:
-    return f"""
-[[channels]]
-name = "sandbox"
-store = 1
-connector = "mirakl"
-poll_interval = "1s"
-auto_accept = false
-[channels.settings]
-base_url = "{base_url}"
-api_key = "env:SANDBOX_KEY"
-"""
-
-
-def query(database: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    """Read the file as a person would with sqlite3, beside the running daemon."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(sql, params).fetchall()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(predicate):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+async def polling(
+    sfd_processes: Callable[..., SfdProcess], tmp_path: Path, base_url: str
+) -> tuple[Path, SfdProcess]:
+    """The config of a real sfd polling the sandbox at `base_url` every second, and that sfd,
+    ready."""
+    channel = channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="1s", auto_accept=False)
+    config = write_config(tmp_path, channel)
+    sfd = sfd_processes(config, tmp_path, env={"SANDBOX_KEY": API_KEY})
+    await asyncio.to_thread(sfd.wait_ready)
+    return config, sfd
 
 
 async def post(
@@ -105,18 +86,18 @@ async def test_sigkill_while_operations_are_delivered_loses_none_and_sends_none_
     env = {"SANDBOX_KEY": API_KEY}
     rng = random.Random(2027)
     async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
-        config = write_config(tmp_path, channel_config(base_url))
-        sfd = sfd_processes(config, tmp_path, env=env)
-        await asyncio.to_thread(sfd.wait_ready)
+        config, sfd = await polling(sfd_processes, tmp_path, base_url)
         assert await wait_until(
-            lambda: query(database, "SELECT count(*) FROM orders")[0][0] == ORDERS, 30
+            lambda: read_only(database, "SELECT count(*) FROM orders")[0][0] == ORDERS, 30
         ), "the orders were not imported"
         created = await asyncio.to_thread(
             run_cli, config, "token", "create", "--store", "1", env=env
         )
         assert created.returncode == 0, created.stderr
         token = created.stdout.strip()
-        ids = {r["reference"]: r["id"] for r in query(database, "SELECT id, reference FROM orders")}
+        ids = {
+            r["reference"]: r["id"] for r in read_only(database, "SELECT id, reference FROM orders")
+        }
         accepts = [{"id": ids[r]} for r in references if r in to_accept]
         ships = [
             {"id": ids[r], "carrier": "Colissimo", "trackingNumber": f"6A{n:09d}"}
@@ -150,7 +131,7 @@ async def test_sigkill_while_operations_are_delivered_loses_none_and_sends_none_
             # the next start sends them again (connectors take "already done" as done).
             interrupted |= {
                 r["reference"]
-                for r in query(
+                for r in read_only(
                     database,
                     "SELECT o.reference FROM operations p JOIN orders o ON o.id = p.order_id "
                     "WHERE p.state = 'running'",
@@ -160,18 +141,18 @@ async def test_sigkill_while_operations_are_delivered_loses_none_and_sends_none_
         final = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(final.wait_ready)
         settled = "SELECT count(*) FROM operations WHERE state IN ('succeed', 'failed')"
-        assert await wait_until(lambda: query(database, settled)[0][0] == ORDERS, 30), query(
-            database, "SELECT state, count(*) FROM operations GROUP BY state"
+        assert await wait_until(lambda: read_only(database, settled)[0][0] == ORDERS, 30), (
+            read_only(database, "SELECT state, count(*) FROM operations GROUP BY state")
         )
         confirmed = "SELECT count(*) FROM operations WHERE confirmed_at IS NOT NULL"
-        assert await wait_until(lambda: query(database, confirmed)[0][0] == ORDERS, 15), (
+        assert await wait_until(lambda: read_only(database, confirmed)[0][0] == ORDERS, 15), (
             "the polls did not confirm every operation"
         )
         assert await asyncio.to_thread(final.terminate) == 0
 
     with sqlite3.connect(database) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    operations = query(
+    operations = read_only(
         database,
         "SELECT o.reference, p.kind, p.state, p.next_attempt_at, p.last_error "
         "FROM operations p JOIN orders o ON o.id = p.order_id",
@@ -224,11 +205,9 @@ async def test_an_operation_in_flight_at_a_kill_is_sent_again_at_the_next_start(
     database = tmp_path / "sfd.db"
     env = {"SANDBOX_KEY": API_KEY}
     async with run_sandbox(marketplace) as base_url, aiohttp.ClientSession() as http:
-        config = write_config(tmp_path, channel_config(base_url))
-        sfd = sfd_processes(config, tmp_path, env=env)
-        await asyncio.to_thread(sfd.wait_ready)
-        assert await wait_until(lambda: bool(query(database, "SELECT id FROM orders")), 15)
-        [[order_id]] = query(database, "SELECT id FROM orders")
+        config, sfd = await polling(sfd_processes, tmp_path, base_url)
+        assert await wait_until(lambda: bool(read_only(database, "SELECT id FROM orders")), 15)
+        [[order_id]] = read_only(database, "SELECT id FROM orders")
         created = await asyncio.to_thread(
             run_cli, config, "token", "create", "--store", "1", env=env
         )
@@ -242,6 +221,6 @@ async def test_an_operation_in_flight_at_a_kill_is_sent_again_at_the_next_start(
         restarted = sfd_processes(config, tmp_path, env=env)
         await asyncio.to_thread(restarted.wait_ready)
         state = "SELECT state FROM operations"
-        delivered = await wait_until(lambda: query(database, state)[0][0] == "succeed", 5)
+        delivered = await wait_until(lambda: read_only(database, state)[0][0] == "succeed", 5)
         assert await asyncio.to_thread(restarted.terminate) == 0
-    assert delivered, f"still {query(database, state)[0][0]} 5 s after the restart"
+    assert delivered, f"still {read_only(database, state)[0][0]} 5 s after the restart"

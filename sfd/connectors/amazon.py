@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Unpack
 from urllib.parse import quote
 
-import aiohttp
+import anyio
 import msgspec
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
+from sfd.connectors import amazon_feeds as feeds
 from sfd.connectors.base import (
     AuthFailed,
     OrderPage,
-    RateLimited,
     RefundRequest,
     Rejected,
     ShipmentReceipt,
@@ -38,15 +37,24 @@ from sfd.connectors.base import (
     SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, parse_retry_after, segment
+from sfd.connectors.http import (
+    Answer,
+    ConnectorOptions,
+    MarketplaceHttp,
+    segment,
+    unless_done,
+)
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_error
 from sfd.connectors.parsing import (
     MalformedOrder,
     Quantity,
     finite,
+    format_date,
+    head,
     malformed,
     parse_moment,
     reference_or_position,
+    requested_lines,
     utc,
 )
 from sfd.connectors.settings import AmazonSettings
@@ -59,7 +67,9 @@ from sfd.domain import (
     OrderStatus,
     Shipment,
 )
-from sfd.domain.clock import to_api, utcnow
+from sfd.domain.carriers import CarrierMatch, MarketplaceCarrier, match_carrier
+from sfd.domain.clock import to_api
+from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -92,6 +102,12 @@ ORDER_BURST: Final = 30
 #: confirmShipment (Orders v0): 2 requests per second, burst 10.
 CONFIRM_RATE: Final = 2.0
 CONFIRM_BURST: Final = 10
+#: The Feeds API 2021-06-30's plans (invoices): createFeedDocument 0.5/s burst 15, createFeed
+#: 0.0083/s burst 15, getFeed 2/s burst 15, getFeedDocument 0.0222/s burst 10.
+FEED_DOCUMENT_PLAN: Final = (15, 0.5)
+CREATE_FEED_PLAN: Final = (15, 0.0083)
+GET_FEED_PLAN: Final = (15, 2.0)
+GET_FEED_DOCUMENT_PLAN: Final = (10, 0.0222)
 
 #: Fulfilment statuses of orders not paid yet: not imported.
 UNRELEASED_STATUSES: Final = frozenset({"PENDING", "PENDING_AVAILABILITY"})
@@ -118,18 +134,37 @@ MISSING_ADDRESS: Final = (
     "the order brings the address"
 )
 
-# Amazon's carrier codes (the CarrierCode list of the feeds' amzn-base.xsd). Any other carrier is
-# sent as "Other" with its name.
-CARRIER_CODES: Final = (
-    "USPS", "UPS", "UPSMI", "FedEx", "DHL", "Fastway", "GLS", "GO!", "Hermes Logistik Gruppe",
-    "Royal Mail", "Parcelforce", "City Link", "TNT", "Target", "SagawaExpress", "NipponExpress",
-    "YamatoTransport", "DHL Global Mail", "UPS Mail Innovations", "FedEx SmartPost", "OSM",
-    "OnTrac", "Streamlite", "Newgistics", "Canada Post", "Blue Package", "Chronopost",
-    "Deutsche Post", "DPD", "La Poste", "Parcelnet", "Poste Italiane", "SDA", "Smartmail",
-    "FEDEX_JP", "JP_EXPRESS", "NITTSU", "SAGAWA", "YAMATO", "BlueDart", "AFL/Fedex", "Aramex",
-    "India Post", "Professional", "DTDC", "Overnite Express", "First Flight", "Delhivery",
-    "Lasership", "Yodel",
-)  # fmt: skip
+# Amazon's carrier codes: the CarrierCode values of confirmShipment (Amazon's carrier code list,
+# the same as the feeds' amzn-base.xsd CarrierCode), the European carriers included. A code is
+# sent exactly as written here; any other carrier goes as "Other" with its name (carrierName).
+#: Amazon's code → the common carrier it is (sfd.domain.carriers), where it is one.
+CARRIER_TABLE: Final[Mapping[str, str | None]] = {
+    # Europe
+    "Colissimo": "colissimo", "Chronopost": "chronopost", "Mondial Relay": "mondial_relay",
+    "Relais Colis": "relais_colis", "Colis Prive": "colis_prive", "La Poste": "la_poste",
+    "DPD": "dpd", "GLS": "gls", "DHL": "dhl", "DHL Express": "dhl", "DHL eCommerce": "dhl",
+    "Deutsche Post": "deutsche_post", "Hermes": None, "Hermes Logistik Gruppe": None,
+    "PostNL": "postnl", "Bpost": "bpost", "Poste Italiane": "poste_italiane", "SDA": None,
+    "BRT": None, "Correos": "correos", "Correos Express": None, "SEUR": None, "Nacex": None,
+    "TNT": "tnt", "Royal Mail": "royal_mail", "Parcelforce": None, "Yodel": None, "Evri": None,
+    "Asendia": None, "GEODIS": None, "Fastway": None, "City Link": None, "Parcelnet": None,
+    # Worldwide
+    "UPS": "ups", "UPSMI": None, "UPS Mail Innovations": None, "FedEx": "fedex",
+    "FedEx SmartPost": None, "USPS": None, "DHL Global Mail": None, "OnTrac": None,
+    "Lasership": None, "Newgistics": None, "Streamlite": None, "OSM": None, "Canada Post": None,
+    "Blue Package": None, "Target": None, "Smartmail": None, "Overnite Express": None,
+    "GO!": None, "SagawaExpress": None, "NipponExpress": None, "YamatoTransport": None,
+    "FEDEX_JP": None, "JP_EXPRESS": None, "NITTSU": None, "SAGAWA": None, "YAMATO": None,
+    "BlueDart": None, "AFL/Fedex": None, "Aramex": None, "India Post": None,
+    "Professional": None, "DTDC": None, "First Flight": None, "Delhivery": None,
+    "Other": None,
+}  # fmt: skip
+#: The carriers confirmShipment takes, as sfd.domain.carriers matches them.
+CARRIERS: Final = tuple(
+    MarketplaceCarrier(code, code, carrier) for code, carrier in CARRIER_TABLE.items()
+)
+#: The code for a carrier Amazon does not list; carrierName then carries its name.
+OTHER_CARRIER: Final = "Other"
 
 #: The currency of each marketplace, for an order Amazon sends without any amount (cancelled).
 CURRENCY_BY_MARKETPLACE: Final[Mapping[str, str]] = {
@@ -421,33 +456,33 @@ _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
 
 
-class AmazonConnector(HttpConnector):
-    """One seller's Amazon account, through SP-API Orders v2026-01-01, for its marketplaces."""
+class AmazonConnector(MarketplaceHttp[AmazonSettings]):
+    """One seller's Amazon account, through SP-API Orders v2026-01-01, for its marketplaces.
 
+    The searchOrders model documents no order for its results (pages not sorted by update).
+    """
+
+    label = "Amazon"
+    default_name = "amazon"
     # searchOrders restores one request every three minutes: polling faster drains its burst.
     min_poll_interval: float | None = 180.0
-    # The searchOrders model documents no order for its results.
-    pages_sorted_by_update: bool = False
 
     def __init__(
         self,
         settings: AmazonSettings,
         *,
-        name: str = "amazon",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
-        clock: Callable[[], datetime] = utcnow,
+        feed_poll: float = 30.0,
+        feed_wait: float = 1800.0,
+        **options: Unpack[ConnectorOptions],
     ) -> None:
-        self.name = name
-        self._settings = settings
+        #: How often, and how long, an invoice feed's processing is awaited (seconds).
+        self.feed_poll = feed_poll
+        self.feed_wait = feed_wait
+        super().__init__(settings, **options)
+
+    def _open(self) -> None:
+        settings = self._settings
         self._endpoint = settings.endpoint.strip().rstrip("/")
-        self._http = HttpClient(
-            "Amazon",
-            secrets=lambda: (settings.client_secret, settings.refresh_token, self._lwa.current),
-            session=session,
-            timeout=timeout,
-        )
-        self._clock = clock
         self._lwa = RefreshTokenGrant(
             self._http,
             settings.token_url,
@@ -461,12 +496,22 @@ class AmazonConnector(HttpConnector):
             headers={"Accept": "application/json"},
             refused=self._lwa_refused,
             empty="Amazon LWA token: unexpected answer (no usable access_token)",
-            clock=clock,
+            clock=self._clock,
         )
         # One bucket per operation, shared by every call of this connector.
         self._search_limiter = _bucket(SEARCH_BURST, SEARCH_RATE)
         self._order_limiter = _bucket(ORDER_BURST, ORDER_RATE)
         self._confirm_limiter = _bucket(CONFIRM_BURST, CONFIRM_RATE)
+        self._feed_document_limiter = _bucket(*FEED_DOCUMENT_PLAN)
+        self._create_feed_limiter = _bucket(*CREATE_FEED_PLAN)
+        self._get_feed_limiter = _bucket(*GET_FEED_PLAN)
+        self._get_feed_document_limiter = _bucket(*GET_FEED_DOCUMENT_PLAN)
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        return (self._settings.client_secret, self._settings.refresh_token, self._lwa.current)
+
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     # -- the connector protocol ---------------------------------------------------------------
 
@@ -492,7 +537,7 @@ class AmazonConnector(HttpConnector):
             op = f"searchOrders page {page_number}"
             params = first if token is None else {**first, "paginationToken": token}
             answer = await self._call_answer(
-                "GET", ORDERS_PATH, op, params=params, limiter=self._search_limiter
+                "GET", ORDERS_PATH, op, self._search_limiter, params=params
             )
             if token is not None and answer.status == 400 and not restarted:
                 # The token expired (24 h) or Amazon no longer knows it: start the pass again.
@@ -549,11 +594,16 @@ class AmazonConnector(HttpConnector):
             raise Rejected("Amazon needs a tracking number to confirm a shipment (trackingNumber)")
         tracking, *others = shipment.tracking_numbers
         lines = _requested_lines(shipment.items)
+        matched = match_carrier(carrier, CARRIERS, shipment.carriers)
+        notes = ["Amazon's confirmShipment takes one tracking number"] if others else []
+        if matched.code is None:
+            notes.append(f'carrier "{carrier}" has no Amazon code: sent as Other with its name')
         receipt = ShipmentReceipt(
-            carrier=carrier_code(carrier),
+            carrier=matched.code or OTHER_CARRIER,
             tracking_numbers=(tracking,),
             not_forwarded=tuple(others),
-            notes=("Amazon's confirmShipment takes one tracking number",) if others else (),
+            notes=tuple(notes),
+            carrier_match=matched,
         )
         order = await self._read_order(reference, f"getOrder {reference} before confirmShipment")
         status = _check_status(order)
@@ -570,18 +620,16 @@ class AmazonConnector(HttpConnector):
             lines = _unshipped_lines(order)
             if not lines:
                 return receipt  # every item shipped already
-        body = confirmation_body(marketplace, reference, carrier, tracking, lines, self._clock())
+        body = confirmation_body(marketplace, reference, matched, tracking, lines, self._clock())
         path = f"{V0_ORDERS_PATH}/{segment(reference)}/shipmentConfirmation"
         op = f"confirmShipment {reference}"
-        try:
-            await self._call("POST", path, op, body=body, limiter=self._confirm_limiter)
-        except Rejected:
-            # Amazon documents no "already shipped" error: after a refusal (or a repeat of a
-            # confirmation whose answer was lost) only the order's status decides.
+
+        async def shipped() -> bool:
             again = await self._read_order(reference, f"getOrder {reference} after a refusal")
-            if _check_status(again) in SHIPPED_STATUSES:
-                return receipt
-            raise
+            return _check_status(again) in SHIPPED_STATUSES
+
+        send = self._call("POST", path, op, self._confirm_limiter, body=body)
+        await unless_done(send, shipped)
         return receipt
 
     async def cancel(self, reference: str) -> None:
@@ -595,6 +643,84 @@ class AmazonConnector(HttpConnector):
     async def deliver(self, reference: str) -> None:
         """The Orders API has no delivery confirmation."""
         raise Rejected(NO_DELIVERY)
+
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The carrier codes confirmShipment takes (Amazon's documented list: no call)."""
+        return list(CARRIERS)
+
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """Send an invoice as an UPLOAD_VAT_INVOICE feed; its processing report confirms it.
+
+        createFeedDocument, the file to the presigned URL, createFeed with the order id,
+        invoice number and document type; then getFeed until DONE, and the report's errors
+        refuse it."""
+        marketplace = (
+            self._only_marketplace()
+            or (
+                await self._read_order(reference, f"getOrder {reference} before an invoice")
+            ).salesChannel.marketplaceId
+        )
+        if not marketplace:
+            raise Rejected(f"Amazon order {reference} names no marketplace for its invoice")
+        op = f"createFeedDocument for the invoice of {reference}"
+        body = await self._call(
+            "POST", f"{feeds.FEEDS_PATH}/documents", op, self._feed_document_limiter,
+            body={"contentType": document.content_type},
+        )  # fmt: skip
+        target = self._http.decode(body, feeds.FeedDocumentAnswer, op)
+        op = f"upload of the invoice of {reference}"
+        answer = await self._http.send(
+            "PUT", URL(target.url, encoded=True), op=op,
+            headers={"Content-Type": document.content_type}, form=document.content,
+        )  # fmt: skip
+        if not 200 <= answer.status < 300:
+            self._http.fail_common(answer, op)
+            raise Rejected(self._http.rejection(answer, None, op=op))
+        op = f"createFeed UPLOAD_VAT_INVOICE for {reference}"
+        spec = feeds.vat_invoice_feed(
+            reference, marketplace, target.feedDocumentId, feeds.invoice_number(document)
+        )
+        body = await self._call(
+            "POST", f"{feeds.FEEDS_PATH}/feeds", op, self._create_feed_limiter, body=spec
+        )
+        feed_id = self._http.decode(body, feeds.FeedAnswer, op).feedId
+        await self._feed_result(reference, feed_id)
+
+    async def _feed_result(self, reference: str, feed_id: str) -> None:
+        """Wait for the feed to be processed, and refuse what its report refuses."""
+        op = f"getFeed {feed_id} (invoice of {reference})"
+        waited = 0.0
+        while True:
+            path = f"{feeds.FEEDS_PATH}/feeds/{segment(feed_id)}"
+            body = await self._call("GET", path, op, self._get_feed_limiter)
+            feed = self._http.decode(body, feeds.Feed, op)
+            if feed.processingStatus == feeds.DONE:
+                break
+            if feed.processingStatus in feeds.FAILED_STATES:
+                raise Rejected(
+                    f"Amazon {op}: the feed ended {feed.processingStatus}; "
+                    "the invoice was not taken"
+                )
+            if waited >= self.feed_wait:
+                raise Transient(f"Amazon {op}: still {feed.processingStatus} after {waited:g} s")
+            await anyio.sleep(self.feed_poll)
+            waited += self.feed_poll
+        if feed.resultFeedDocumentId is None:
+            return
+        op = f"getFeedDocument {feed.resultFeedDocumentId} (report for {reference})"
+        path = f"{feeds.FEEDS_PATH}/documents/{segment(feed.resultFeedDocumentId)}"
+        body = await self._call("GET", path, op, self._get_feed_document_limiter)
+        report = self._http.decode(body, feeds.FeedDocumentAnswer, op)
+        answer = await self._http.send("GET", URL(report.url, encoded=True), op=op, headers={})
+        if not 200 <= answer.status < 300:
+            self._http.fail_common(answer, op)
+            raise Rejected(self._http.rejection(answer, None, op=op))
+        try:
+            errors = feeds.report_errors(answer.body, report.compressionAlgorithm)
+        except (ValueError, OSError, msgspec.DecodeError) as exc:
+            raise Transient(f"Amazon {op}: unreadable processing report ({exc})") from None
+        if errors:
+            raise Rejected(f"Amazon refused the invoice of {reference}: " + "; ".join(errors))
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on Amazon now (getOrder), or None while it is not paid."""
@@ -612,10 +738,10 @@ class AmazonConnector(HttpConnector):
         self, page: OrderPage, index: int, raw: bytes, seen: dict[str, datetime]
     ) -> None:
         """Normalize one order of a page into `page`, or record why it was skipped."""
-        head = _head(raw)
-        reference = reference_or_position(head.orderId, index)
-        updated_at = parse_moment(head.lastUpdatedTime)
-        fulfillment = head.fulfillment if isinstance(head.fulfillment, dict) else {}
+        found = head(_HEAD_DECODER, raw) or _Head()
+        reference = reference_or_position(found.orderId, index)
+        updated_at = parse_moment(found.lastUpdatedTime)
+        fulfillment = found.fulfillment if isinstance(found.fulfillment, dict) else {}
         if fulfillment.get("fulfillmentStatus") in UNRELEASED_STATUSES:
             return
         if fulfillment.get("fulfilledBy") == "AMAZON" and not self._settings.import_afn:
@@ -634,7 +760,7 @@ class AmazonConnector(HttpConnector):
     async def _read_order(self, reference: str, op: str) -> _OrderCheck:
         path = f"{ORDERS_PATH}/{segment(reference)}"
         params = {"includedData": ",".join(ORDER_CHECK_DATA)}
-        body = await self._call("GET", path, op, params=params, limiter=self._order_limiter)
+        body = await self._call("GET", path, op, self._order_limiter, params=params)
         return self._http.decode(body, _OrderCheckAnswer, op).order
 
     def _only_marketplace(self) -> str | None:
@@ -657,15 +783,12 @@ class AmazonConnector(HttpConnector):
         method: str,
         path: str,
         op: str,
-        *,
+        limiter: AsyncLimiter,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        limiter: AsyncLimiter | None = None,
     ) -> bytes:
         """Send one SP-API request and return the body of a 2xx answer; map every failure."""
-        answer = await self._call_answer(
-            method, path, op, params=params, body=body, limiter=limiter
-        )
+        answer = await self._call_answer(method, path, op, limiter, params=params, body=body)
         return self._checked(answer, op)
 
     async def _call_answer(
@@ -673,62 +796,49 @@ class AmazonConnector(HttpConnector):
         method: str,
         path: str,
         op: str,
-        *,
+        limiter: AsyncLimiter,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        limiter: AsyncLimiter | None = None,
     ) -> Answer:
-        """Send one SP-API request through its bucket and return the answer; a 429 raises.
+        """Send one SP-API request through its operation's bucket (`limiter`) and return the
+        answer; a 429 raises.
 
         A 403 (an expired or revoked access token) gets one new token and one more try. The
         rate Amazon states in `x-amzn-RateLimit-Limit` retunes the operation's bucket.
         """
         url = build_url(self._endpoint, path, params)
-
-        async def send(token: str) -> Answer:
-            if limiter is not None:
-                await limiter.acquire()
-            headers = {
-                "x-amz-access-token": token,
-                "Accept": "application/json",
-                "User-Agent": "sfd (Language=Python)",
-            }
-            return await self._http.send(method, url, op=op, headers=headers, body=body)
-
-        answer = await self._lwa.call(send, refused_with=403)
+        answer = await self._lwa.send(
+            method,
+            url,
+            op=op,
+            headers=_api_headers,
+            refused_with=403,
+            body=body,
+            before=limiter.acquire,
+        )
         stated = _rate(answer.headers.get("x-amzn-RateLimit-Limit"))
-        if limiter is not None and stated is not None:
+        if stated is not None:
             retune(limiter, stated)
         if answer.status == 429:
-            rate = stated or (limiter.max_rate / limiter.time_period if limiter else None)
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            if retry_after is None and rate:
-                # Without Retry-After, the restore rate tells when one request is back.
-                retry_after = round(1 / rate, 3)
-            wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-            raise RateLimited(f"Amazon {op}: HTTP 429 rate limited{wait}", retry_after)
+            rate = stated or limiter.max_rate / limiter.time_period
+            # Without Retry-After, the restore rate tells when one request is back.
+            self._http.fail_common(answer, op, lambda _: round(1 / rate, 3) if rate else None)
         return answer
 
     def _checked(self, answer: Answer, op: str) -> bytes:
         """The body of a 2xx answer; every other status mapped to its connector error."""
-        if 200 <= answer.status < 300:
-            return answer.body
-        self._http.fail_common(answer, op)
-        if answer.status in (401, 403):
-            detail = _error_message(answer.body)
-            suffix = f": {self._http.scrub(detail)}" if detail else ""
-            raise AuthFailed(f"Amazon {op}: HTTP {answer.status}, access refused{suffix}")
-        raise Rejected(self._http.rejection(answer, _error_message(answer.body)))
+        return self._http.ok(answer, op, refused="access refused").body
+
+
+def _api_headers(token: str) -> dict[str, str]:
+    return {
+        "x-amz-access-token": token,
+        "Accept": "application/json",
+        "User-Agent": "sfd (Language=Python)",
+    }
 
 
 # -- reading orders -------------------------------------------------------------------------
-
-
-def _head(raw: bytes) -> _Head:
-    try:
-        return _HEAD_DECODER.decode(raw)
-    except msgspec.MsgspecError:
-        return _Head()
 
 
 def _decode_order(raw: bytes) -> _Order:
@@ -1037,16 +1147,14 @@ def _when(moment: datetime | None) -> str | None:
 def _requested_lines(items: dict[str, int] | None) -> list[tuple[str, int]] | None:
     if items is None:
         return None
-    if not items:
-        raise Rejected("a partial shipment needs at least one item")
-    lines: list[tuple[str, int]] = []
-    for item_id, quantity in items.items():
-        if not item_id.strip():
-            raise Rejected("a partial shipment names an item without its OrderItemId")
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-            raise Rejected(f"item {item_id}: a quantity to ship must be a positive whole number")
-        lines.append((item_id, quantity))
-    return lines
+    return requested_lines(
+        items,
+        empty="a partial shipment needs at least one item",
+        blank="a partial shipment names an item without its OrderItemId",
+        bad=lambda item_id, _: (
+            f"item {item_id}: a quantity to ship must be a positive whole number"
+        ),
+    )
 
 
 def _check_status(order: _OrderCheck) -> str:
@@ -1074,35 +1182,28 @@ def _unshipped_lines(order: _OrderCheck) -> list[tuple[str, int]]:
 def confirmation_body(
     marketplace: str,
     reference: str,
-    carrier: str,
+    carrier: CarrierMatch,
     tracking: str,
     lines: list[tuple[str, int]],
     now: datetime,
 ) -> dict[str, Any]:
     """The v0 confirmShipment body for one package of `lines` (item id, quantity)."""
-    code = carrier_code(carrier)
+    code = carrier.code or OTHER_CARRIER
     package: dict[str, Any] = {
         "packageReferenceId": package_reference(reference, tracking, lines),
         "carrierCode": code,
     }
-    if code == "Other":
-        package["carrierName"] = carrier
+    if code == OTHER_CARRIER:
+        package["carrierName"] = carrier.name
     package["trackingNumber"] = tracking
     package["shipDate"] = format_date(now)
     package["orderItems"] = [{"orderItemId": i, "quantity": q} for i, q in lines]
     return {"marketplaceId": marketplace, "packageDetail": package}
 
 
-def _carrier_key(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.casefold())
-
-
-_CARRIER_BY_KEY: Final = {_carrier_key(code): code for code in CARRIER_CODES}
-
-
-def carrier_code(carrier: str) -> str:
-    """Amazon's code for `carrier` (matched ignoring case, spaces and punctuation), or "Other"."""
-    return _CARRIER_BY_KEY.get(_carrier_key(carrier), "Other")
+def carrier_code(carrier: str, mapping: Mapping[str, str] | None = None) -> str:
+    """Amazon's code for `carrier` (the channel's table, else matched automatically), or Other."""
+    return match_carrier(carrier, CARRIERS, mapping).code or OTHER_CARRIER
 
 
 def package_reference(reference: str, tracking: str, lines: list[tuple[str, int]]) -> str:
@@ -1117,14 +1218,6 @@ def package_reference(reference: str, tracking: str, lines: list[tuple[str, int]
 
 
 # -- wire helpers ---------------------------------------------------------------------------
-
-
-def format_date(moment: datetime) -> str:
-    """A time as SP-API reads it: UTC, whole seconds, `Z` (2026-11-29T10:00:00Z).
-
-    Seconds are cut, never rounded up, so no change is ever missed.
-    """
-    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_url(endpoint: str, path: str, params: Mapping[str, str] | None = None) -> URL:

@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from sfd.domain import MarketplaceOrder, OrderStatus
+from sfd.domain.carriers import CarrierMatch, MarketplaceCarrier
+from sfd.domain.documents import Document
 from sfd.domain.rules import tracking_numbers
 
 
+class Where(TypedDict, total=False):
+    """Which request failed, and how it was answered (see ConnectorError)."""
+
+    method: str | None
+    url: str | None
+    status: int | None
+
+
 class ConnectorError(Exception):
-    """A marketplace call that did not succeed."""
+    """A marketplace call that did not succeed.
+
+    `method`, `url` (its secrets masked) and `status` say which request failed and how the
+    service answered (None: no answer), set by the HTTP client where the call fails; `str()` is
+    the message tickets and logs show.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.status = status
 
 
 class AuthFailed(ConnectorError):
@@ -22,8 +50,10 @@ class AuthFailed(ConnectorError):
 class RateLimited(ConnectorError):
     """The marketplace asked us to slow down."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, retry_after: float | None = None, **where: Unpack[Where]
+    ) -> None:
+        super().__init__(message, **where)
         self.retry_after = retry_after
 
 
@@ -34,8 +64,8 @@ class Transient(ConnectorError):
 class Rejected(ConnectorError):
     """The marketplace refused this request; its message is kept."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, **where: Unpack[Where]) -> None:
+        super().__init__(message, **where)
         self.message = message
 
 
@@ -68,6 +98,8 @@ class ShipmentRequest:
     """Channel line reference → quantity, for a partial shipment; None ships everything."""
     tracking_numbers: tuple[str, ...] = ()
     """The numbers in `tracking_number`, one per package; read from it when not given."""
+    carriers: Mapping[str, str] = field(default_factory=dict)
+    """The channel's `[channels.carriers]` table: shop carrier name → marketplace code."""
 
     def __post_init__(self) -> None:
         if not self.tracking_numbers and self.tracking_number.strip():
@@ -86,6 +118,8 @@ class ShipmentReceipt:
     """Tracking numbers the shop gave that the marketplace was not sent."""
     notes: tuple[str, ...] = ()
     """Why something was not sent, one sentence each (e.g. "Mirakl takes one number")."""
+    carrier_match: CarrierMatch | None = None
+    """How the shop's carrier name became the code sent: config, automatic or unmapped."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +168,9 @@ class MarketplaceConnector(Protocol):
     async def deliver(self, reference: str) -> None:
         """Report that the order reached the customer."""
 
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """Attach a document (an invoice) to the order; a marketplace without the call refuses."""
+
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status as the marketplace sees it now, or None if it is not released."""
 
@@ -149,4 +186,15 @@ class CarrierLister(Protocol):
 
     async def carriers(self) -> list[str]:
         """The marketplace's carrier names, as a shop would show them; cached by the connector."""
+        ...
+
+
+@runtime_checkable
+class CarrierCatalogue(Protocol):
+    """A connector that knows its marketplace's carrier codes (Mirakl SH21, Amazon, eBay)."""
+
+    name: str
+
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The codes the marketplace takes, with their labels; cached by the connector."""
         ...

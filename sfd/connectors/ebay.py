@@ -9,13 +9,12 @@ speak: accept, refuse and cancel are refused with a message saying so.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 from yarl import URL
 
@@ -27,22 +26,24 @@ from sfd.connectors.base import (
     Rejected,
     ShipmentReceipt,
     ShipmentRequest,
-    SkippedOrder,
-    Transient,
 )
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.http import Answer, MarketplaceHttp, segment, unless_done
 from sfd.connectors.oauth import RefreshTokenGrant, oauth_reason
 from sfd.connectors.parsing import (
     MalformedOrder,
+    PageReader,
     Quantity,
+    address,
+    head,
     malformed,
-    read_into,
-    skipped,
+    requested_lines,
+    skipper,
     utc,
 )
 from sfd.connectors.settings import EbaySettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus
-from sfd.domain.clock import utcnow
+from sfd.domain.carriers import MarketplaceCarrier, match_carrier
+from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -104,6 +105,28 @@ CANCEL_UNSUPPORTED: Final = (
     "not support: cancel the order in eBay Seller Hub"
 )
 
+# shippingCarrierCode takes the Trading API's ShippingCarrierCodeType values (the Fulfillment
+# spec points there; GeteBayDetails ShippingCarrierDetails lists them): the European and major
+# carriers below. A carrier eBay has no value for goes as "Other", its name in the order's event.
+#: eBay's code → the common carrier it is (sfd.domain.carriers); None: recognised by its name.
+CARRIER_TABLE: Final[Mapping[str, str | None]] = {
+    "Colissimo": "colissimo", "ColiposteDomestic": "la_poste", "ColiposteInternational": None,
+    "Chronopost": "chronopost", "MondialRelay": "mondial_relay", "ColisPrive": "colis_prive",
+    "DPD": "dpd", "GLS": "gls", "UPS": "ups", "FedEx": "fedex", "TNT": "tnt", "DHL": "dhl",
+    "DHLGlobalMail": None, "DeutschePost": "deutsche_post", "Hermes": None, "iLoxx": None,
+    "RoyalMail": "royal_mail", "Parcelforce": None, "Yodel": None, "PostNL": "postnl",
+    "BPost": "bpost", "BELGIANPOST": None, "Correos": "correos", "Chronoexpres": None,
+    "Seur": None, "Nacex": None, "ASM": None, "PosteItaliane": "poste_italiane",
+    "Bartolini": None, "SDA": None, "AnPost": None, "USPS": None, "CanadaPost": None,
+    "AustraliaPost": None, "Other": None,
+}  # fmt: skip
+#: The carriers shippingCarrierCode takes, as sfd.domain.carriers matches them.
+CARRIERS: Final = tuple(
+    MarketplaceCarrier(code, code, carrier) for code, carrier in CARRIER_TABLE.items()
+)
+#: ShippingCarrierCodeType's value for a carrier eBay does not list.
+OTHER_CARRIER: Final = "Other"
+
 
 class _Listing(msgspec.Struct):
     """getOrders' answer, each order kept as the exact bytes eBay sent."""
@@ -113,33 +136,31 @@ class _Listing(msgspec.Struct):
     next: str | None = None
 
 
-class EbayConnector(HttpConnector):
-    """One eBay seller account, through the Sell Fulfillment API."""
+#: Why an invoice upload to eBay fails: its APIs take no documents for an order.
+NO_INVOICE_UPLOAD = (
+    "eBay has no API call to attach an invoice to an order (the Sell Fulfillment API takes "
+    "none); give the buyer the invoice through eBay's messages or your own e-mail"
+)
 
+
+class EbayConnector(MarketplaceHttp[EbaySettings]):
+    """One eBay seller account, through the Sell Fulfillment API.
+
+    eBay documents getOrders as sorted by creation date by default, and offers no sort by last
+    modification: the cursor may only move after a complete pass (pages not sorted by update).
+    """
+
+    label = "eBay"
+    default_name = "ebay"
     # One listing call a minute per channel keeps far inside eBay's daily call limits, and the
     # access token (valid two hours) is minted a dozen times a day at most.
     min_poll_interval: float | None = 60.0
-    # eBay documents getOrders as sorted by creation date by default, and offers no sort by
-    # last modification: the cursor may only move after a complete pass.
-    pages_sorted_by_update: bool = False
 
-    def __init__(
-        self,
-        settings: EbaySettings,
-        *,
-        name: str = "ebay",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.name = name
-        self._settings = settings
-        base = settings.base_url.strip().rstrip("/")
+    def _open(self) -> None:
+        settings = self._settings
         # A base URL copied with the API's path still on it keeps working.
-        self._base = base.removesuffix("/sell/fulfillment/v1")
+        self._base = settings.base_url.strip().rstrip("/").removesuffix("/sell/fulfillment/v1")
         self._token_url = URL(settings.token_url.strip())
-        self._http = HttpClient("eBay", secrets=self._secrets, session=session, timeout=timeout)
-        self._clock = clock
         credentials = f"{settings.client_id}:{settings.client_secret}".encode()
         self._basic = base64.b64encode(credentials).decode("ascii")
         self._oauth = RefreshTokenGrant(
@@ -158,7 +179,7 @@ class EbayConnector(HttpConnector):
             },
             refused=self._grant_refused,
             empty=f"eBay {GRANT}: the answer has an empty access_token",
-            clock=clock,
+            clock=self._clock,
         )
         #: The id of the last shipping fulfillment eBay created, from its Location header.
         self.last_fulfillment_id: str | None = None
@@ -173,16 +194,7 @@ class EbayConnector(HttpConnector):
             op = f"getOrders (offset {offset})"
             answer = await self._call("GET", self.orders_url(start, offset), op)
             listing = self._http.decode(answer.body, _Listing, op)
-            if len(listing.orders) > PAGE_SIZE:
-                # Like an answer of the wrong shape: the cursor holds until eBay pages again.
-                raise Transient(
-                    f"eBay {op}: {len(listing.orders)} orders in a page where at most "
-                    f"{PAGE_SIZE} were asked for; page refused"
-                )
-            page = OrderPage(orders=[])
-            for index, raw in enumerate(listing.orders, start=offset):
-                read_into(page, index, bytes(raw), parse_order, _skipped)
-            yield page
+            yield _PAGES.read(op, listing.orders, offset)
             count = len(listing.orders)
             offset += count
             if count == 0:
@@ -223,11 +235,16 @@ class EbayConnector(HttpConnector):
         elif carrier and not numbers:
             notes = ("eBay takes the carrier only with a tracking number: it was not sent",)
         packages: tuple[str, ...] = numbers if carrier and numbers else ()
+        matched = match_carrier(carrier, CARRIERS, shipment.carriers) if packages else None
+        code = (matched.code or OTHER_CARRIER) if matched is not None else ""
+        if matched is not None and matched.code is None:
+            notes += (f'carrier "{carrier}" has no eBay code: sent as {OTHER_CARRIER}',)
         receipt = ShipmentReceipt(
-            carrier=carrier if packages else "",
+            carrier=code,
             tracking_numbers=packages,
             not_forwarded=() if packages else numbers,
             notes=notes,
+            carrier_match=matched,
         )
         if shipment.items is not None:
             lines = _requested_lines(shipment.items)
@@ -249,23 +266,21 @@ class EbayConnector(HttpConnector):
             "shippedDate": format_timestamp(self._clock()),
         }
         if packages:
-            body["shippingCarrierCode"] = carrier
+            body["shippingCarrierCode"] = code
             body["trackingNumber"] = packages[0]
         path = f"{ORDERS_PATH}/{segment(reference)}/shipping_fulfillment"
-        try:
-            answer = await self._call(
-                "POST", self._url(path), f"createShippingFulfillment {reference}", body=body
-            )
-        except Rejected:
-            # eBay documents no "already shipped" error: after a refusal, the order decides.
-            check = f"getOrder {reference} after a refusal"
+        op = f"createShippingFulfillment {reference}"
+
+        async def shipped() -> bool:
             try:
-                shipped = _shipped_already(await self._ship_view(reference, check), shipment.items)
+                view = await self._ship_view(reference, f"getOrder {reference} after a refusal")
             except Rejected:
-                shipped = False
-            if shipped:
-                return receipt
-            raise
+                return False
+            return _shipped_already(view, shipment.items)
+
+        answer = await unless_done(self._call("POST", self._url(path), op, body=body), shipped)
+        if answer is None:
+            return receipt
         self.last_fulfillment_id = fulfillment_id(answer.headers.get("Location"))
         return await self._more_packages(reference, path, body, receipt)
 
@@ -294,6 +309,7 @@ class EbayConnector(HttpConnector):
             tracking_numbers=tuple(sent),
             not_forwarded=receipt.not_forwarded + tuple(missed),
             notes=tuple(notes),
+            carrier_match=receipt.carrier_match,
         )
 
     async def cancel(self, reference: str) -> None:
@@ -327,6 +343,14 @@ class EbayConnector(HttpConnector):
     async def deliver(self, reference: str) -> None:
         """The Sell Fulfillment API has no delivery confirmation: refused."""
         raise Rejected(NO_DELIVERY)
+
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The ShippingCarrierCodeType values sfd sends (no call: the list is documented)."""
+        return list(CARRIERS)
+
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """The Sell Fulfillment API has no call to attach an invoice: refused."""
+        raise Rejected(NO_INVOICE_UPLOAD)
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on eBay now, or None when it is unpaid or eBay has no such order."""
@@ -386,8 +410,9 @@ class EbayConnector(HttpConnector):
             # invalid_grant (refresh token expired or revoked), invalid_client (wrong client id
             # or secret), invalid_scope: only new credentials help.
             reason = oauth_reason(answer.body)
-            return AuthFailed(self._http.scrub(f"eBay {GRANT}: HTTP {answer.status} {reason}"))
-        return Rejected(self._rejection(answer, GRANT))
+            failed = AuthFailed(self._http.scrub(f"eBay {GRANT}: HTTP {answer.status} {reason}"))
+            return self._http.error(failed, answer)
+        return self._http.refusal(answer, GRANT, with_op=True)
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -396,31 +421,15 @@ class EbayConnector(HttpConnector):
 
         A 401 may only mean the token expired early: it is renewed, and the call sent once more.
         """
-
-        async def send(token: str) -> Answer:
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            return await self._http.send(method, url, op=op, headers=headers, body=body)
-
-        answer = await self._oauth.call(send, refused_with=401)
-        if 200 <= answer.status < 300:
-            return answer
+        answer = await self._oauth.send(
+            method, url, op=op, headers=_bearer, refused_with=401, body=body
+        )
         if answer.status == 404:
-            raise _NotFound(self._rejection(answer, op))
-        self._fail(answer, op)
+            raise self._http.refusal(answer, op, with_op=True, kind=_NotFound)
+        return self._http.ok(answer, op, refused="the access token was refused", with_op=True)
 
-    def _fail(self, answer: Answer, op: str) -> NoReturn:
-        self._http.fail_common(answer, op)
-        status = answer.status
-        if status in (401, 403):
-            detail = _error_message(answer.body)
-            why = f": {detail}" if detail else ""
-            raise AuthFailed(
-                self._http.scrub(f"eBay {op}: HTTP {status}, the access token was refused{why}")
-            )
-        raise Rejected(self._rejection(answer, op))
-
-    def _rejection(self, answer: Answer, op: str) -> str:
-        return self._http.rejection(answer, _error_message(answer.body), op=op)
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     def _secrets(self) -> list[str]:
         """What no message may show: the credentials, and the access token of the moment."""
@@ -428,6 +437,10 @@ class EbayConnector(HttpConnector):
         if self._oauth.current is not None:
             secrets.append(self._oauth.current)
         return secrets
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
 
 class _NotFound(Rejected):
@@ -455,13 +468,15 @@ class _Phone(_Camel):
 
 
 class _ContactAddress(_Camel):
-    address_line1: str | None = None
-    address_line2: str | None = None
+    """An address, its fields named as sfd's Address (eBay's own names in `name`)."""
+
+    street: str | None = msgspec.field(default=None, name="addressLine1")
+    street2: str | None = msgspec.field(default=None, name="addressLine2")
     city: str | None = None
-    state_or_province: str | None = None
+    province: str | None = msgspec.field(default=None, name="stateOrProvince")
     postal_code: str | None = None
     country_code: str | None = None
-    county: str | None = None
+    other: str | None = msgspec.field(default=None, name="county")
 
 
 class _Contact(_Camel):
@@ -648,18 +663,7 @@ def _has_refunds(summary: _PaymentSummary | None) -> bool:
     return bool(summary is not None and summary.refunds)
 
 
-def _head(raw: bytes) -> _Head | None:
-    try:
-        return _HEAD_DECODER.decode(raw)
-    except msgspec.DecodeError:
-        return None
-
-
-def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
-    head = _head(raw)
-    if head is None:
-        return skipped(index, reason)
-    return skipped(index, reason, head.order_id, head.last_modified_date)
+_skipped: Final = skipper(_HEAD_DECODER, "order_id", "last_modified_date")
 
 
 def _unpaid(head: _Head | None) -> bool:
@@ -678,7 +682,7 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     try:
         data = _ORDER_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        if _unpaid(_head(raw)):
+        if _unpaid(head(_HEAD_DECODER, raw)):
             return None
         raise malformed(exc) from None
     except msgspec.DecodeError as exc:
@@ -745,6 +749,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
         items=items,
         additional_fields=_order_fields(data, cancel_state, instruction, buyer),
     )
+
+
+_PAGES: Final = PageReader("eBay", PAGE_SIZE, parse_order, _skipped)
 
 
 def _money(amount: _Amount, path: str, currency: str | None = None) -> Decimal:
@@ -828,21 +835,15 @@ def _address(contact: _Contact | None) -> Address:
         return Address()
     first, last = _split_name(contact.full_name or "")
     place = contact.contact_address or _ContactAddress()
-    return Address(
+    primary, secondary = contact.primary_phone, contact.secondary_phone
+    return address(
+        place,
         first_name=first,
         last_name=last,
         company=contact.company_name or "",
-        street=place.address_line1 or "",
-        street2=place.address_line2 or "",
-        other=place.county or "",
-        postal_code=place.postal_code or "",
-        city=place.city or "",
-        province=place.state_or_province or "",
         country=(place.country_code or "").upper(),
-        phone=(contact.primary_phone.phone_number or "") if contact.primary_phone else "",
-        mobile_phone=(
-            (contact.secondary_phone.phone_number or "") if contact.secondary_phone else ""
-        ),
+        phone=(primary.phone_number or "") if primary else "",
+        mobile_phone=(secondary.phone_number or "") if secondary else "",
         email=_email(contact.email),
     )
 
@@ -947,16 +948,14 @@ def _simple(amount: Decimal, currency: str) -> dict[str, str]:
 
 
 def _requested_lines(items: dict[str, int]) -> list[tuple[str, int]]:
-    if not items:
-        raise Rejected("a partial shipment names no eBay line item")
-    lines: list[tuple[str, int]] = []
-    for line_id, quantity in items.items():
-        if not line_id.strip():
-            raise Rejected("a partial shipment names an empty eBay line item id")
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-            raise Rejected(f"eBay line item {line_id}: quantity {quantity!r} is not positive")
-        lines.append((line_id, quantity))
-    return lines
+    return requested_lines(
+        items,
+        empty="a partial shipment names no eBay line item",
+        blank="a partial shipment names an empty eBay line item id",
+        bad=lambda line_id, quantity: (
+            f"eBay line item {line_id}: quantity {quantity!r} is not positive"
+        ),
+    )
 
 
 def _shipped_already(order: _ShipView, items: dict[str, int] | None) -> bool:

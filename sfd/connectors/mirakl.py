@@ -8,37 +8,41 @@ shop API under its own host. Amounts are read as exact decimals, never binary fl
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Unpack
+from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
 import msgspec
 from yarl import URL
 
 from sfd.connectors.base import (
-    AuthFailed,
     OrderPage,
     RefundRequest,
     Rejected,
     ShipmentReceipt,
     ShipmentRequest,
-    SkippedOrder,
     Transient,
 )
-from sfd.connectors.http import HttpClient, HttpConnector, segment
+from sfd.connectors.http import ConnectorOptions, MarketplaceHttp, segment, unless_done
 from sfd.connectors.parsing import (
     MalformedOrder,
+    PageReader,
     Quantity,
+    address,
     finite,
+    format_date,
+    head,
     malformed,
-    read_into,
-    skipped,
+    skipper,
     utc,
 )
 from sfd.connectors.settings import MiraklSettings
 from sfd.domain import Address, MarketplaceOrder, OrderItem, OrderStatus, Shipment
+from sfd.domain.carriers import MarketplaceCarrier, match_carrier
+from sfd.domain.documents import Document
 
 if TYPE_CHECKING:
     from sfd.connectors.base import MarketplaceConnector
@@ -130,34 +134,36 @@ class _Carriers(msgspec.Struct):
     carriers: list[_Carrier]
 
 
-class MiraklConnector(HttpConnector):
-    """One Mirakl operator's shop API, for one shop."""
+class MiraklConnector(MarketplaceHttp[MiraklSettings]):
+    """One Mirakl operator's shop API, for one shop.
 
+    OR11 lists by creation date and offers no sort by update date (pages not sorted by update).
+    """
+
+    label = "Mirakl"
+    default_name = "mirakl"
     min_poll_interval: float | None = 60.0
-    # OR11 lists by creation date and offers no sort by update date.
-    pages_sorted_by_update: bool = False
 
     def __init__(
         self,
         settings: MiraklSettings,
         *,
-        name: str = "mirakl",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
         refund_reason_code: str | None = None,
+        **options: Unpack[ConnectorOptions],
     ) -> None:
-        self.name = name
-        self._settings = settings
+        super().__init__(settings, **options)
         #: The operator's refund reason code sent with OR28; the spec documents no default.
         self.refund_reason_code = refund_reason_code
-        base = settings.base_url.strip().rstrip("/")
         # The operator's "API URL" often ends in /api already; our paths carry it.
-        self._base = base.removesuffix("/api")
-        self._http = HttpClient(
-            "Mirakl", secrets=lambda: (settings.api_key,), session=session, timeout=timeout
-        )
+        self._base = settings.base_url.strip().rstrip("/").removesuffix("/api")
         self._carriers: list[_Carrier] | None = None
         self._carriers_read_at = 0.0
+
+    def _secrets(self) -> tuple[str]:
+        return (self._settings.api_key,)
+
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     # -- the connector protocol -------------------------------------------------------------
 
@@ -175,17 +181,7 @@ class MiraklConnector(HttpConnector):
                 params["start_update_date"] = format_date(since)
             op = f"OR11 list orders (offset {offset})"
             listing = self._listing(await self._call("GET", "/api/orders", op, params=params), op)
-            if len(listing.orders) > PAGE_SIZE:
-                # Mirakl ignored `max` (and maybe `offset`): following such pages could loop
-                # forever or hold a whole catalogue in memory. Refused whole; the cursor holds.
-                raise Transient(
-                    f"Mirakl {op}: {len(listing.orders)} orders in a page where at most "
-                    f"{PAGE_SIZE} were asked for; page refused"
-                )
-            page = OrderPage(orders=[])
-            for index, raw in enumerate(listing.orders, start=offset):
-                read_into(page, index, bytes(raw), parse_order, _skipped)
-            yield page
+            yield _PAGES.read(op, listing.orders, offset)
             count = len(listing.orders)
             offset += count
             if count < PAGE_SIZE or (
@@ -212,32 +208,28 @@ class MiraklConnector(HttpConnector):
             raise Rejected(PARTIAL_SHIPMENT)
         path = f"/api/orders/{segment(reference)}"
         tracking, receipt = await self._tracking_body(shipment)
-        try:
+
+        async def send() -> None:
             if tracking is not None:
                 await self._call(
                     "PUT", f"{path}/tracking", f"OR23 tracking of {reference}", body=tracking
                 )
             await self._call("PUT", f"{path}/ship", f"OR24 ship {reference}")
-        except Rejected:
-            # After an unknown outcome the order may have shipped already: Mirakl then refuses
-            # OR23/OR24 (the order is no longer SHIPPING). Only the order's state decides.
-            order = await self._read_order(reference, f"OR11 check shipment of {reference}")
-            if order is not None and order.get("order_state") in SHIPPED_STATES:
-                return receipt
-            raise
+
+        # After an unknown outcome the order may have shipped already: Mirakl then refuses
+        # OR23/OR24 (the order is no longer SHIPPING).
+        check = f"OR11 check shipment of {reference}"
+        await unless_done(send(), lambda: self._in_state(reference, check, SHIPPED_STATES))
         return receipt
 
     async def cancel(self, reference: str) -> None:
         """Cancel the whole order (OR29); an order Mirakl shows cancelled already succeeds."""
-        try:
-            await self._call(
-                "PUT", f"/api/orders/{segment(reference)}/cancel", f"OR29 cancel {reference}"
-            )
-        except Rejected:
-            order = await self._read_order(reference, f"OR11 check cancellation of {reference}")
-            if order is not None and order.get("order_state") == "CANCELED":
-                return
-            raise
+        path = f"/api/orders/{segment(reference)}/cancel"
+        check = f"OR11 check cancellation of {reference}"
+        await unless_done(
+            self._call("PUT", path, f"OR29 cancel {reference}"),
+            lambda: self._in_state(reference, check, {"CANCELED"}),
+        )
 
     async def refund(self, reference: str, refund: RefundRequest) -> None:
         """Refund order lines (OR28), their amounts read from the order (OR11) first.
@@ -269,6 +261,31 @@ class MiraklConnector(HttpConnector):
     async def deliver(self, reference: str) -> None:
         """Mirakl's customer confirms receipt; the shop cannot: refused."""
         raise Rejected(NO_DELIVERY)
+
+    async def upload_document(self, reference: str, document: Document) -> None:
+        """Attach an invoice to the order (OR74), as Mirakl's own shop SDK sends it.
+
+        Multipart: the file as `files`, and `order_documents` naming it with its type code
+        (the channel's `invoice_type_code`, CUSTOMER_INVOICE by default)."""
+        op = f"OR74 upload {document.file_name} to {reference}"
+        form = aiohttp.FormData()
+        form.add_field(
+            "files", document.content, filename=document.file_name,
+            content_type=document.content_type,
+        )  # fmt: skip
+        form.add_field(
+            "order_documents",
+            or74_details(document.file_name, self._settings.invoice_type_code),
+            content_type="application/xml",
+        )
+        path = f"/api/orders/{segment(reference)}/documents"
+        answer = _or74_answer(await self._call("POST", path, op, form=form), op)
+        if answer.errors_count:
+            why = "; ".join(
+                f"{e.file_name or document.file_name}: {e.message or 'refused'}"
+                for e in answer.document_errors
+            )
+            raise Rejected(f"Mirakl {op}: {why or 'refused'}")
 
     async def order_status(self, reference: str) -> OrderStatus | None:
         """The order's status on Mirakl now, or None if Mirakl has not released it.
@@ -335,7 +352,8 @@ class MiraklConnector(HttpConnector):
             if link:
                 notes.append("the tracking link was not sent: Mirakl needs a carrier with it")
             return None, ShipmentReceipt(not_forwarded=numbers, notes=tuple(notes))
-        code = await self._carrier_code(carrier)
+        matched = match_carrier(carrier, await self.carrier_catalogue(), shipment.carriers)
+        code = matched.code
         body: dict[str, str] = {}
         if code is not None:
             body["carrier_code"] = code
@@ -350,6 +368,7 @@ class MiraklConnector(HttpConnector):
             tracking_numbers=numbers[:1],
             not_forwarded=numbers[1:],
             notes=("Mirakl takes one tracking number per order (OR23)",) if numbers[1:] else (),
+            carrier_match=matched,
         )
         return body, receipt
 
@@ -366,22 +385,26 @@ class MiraklConnector(HttpConnector):
             self._carriers_read_at = now
         return self._carriers
 
-    async def _carrier_code(self, carrier: str) -> str | None:
-        """The operator's code for `carrier`, matched on code or label, or None if unknown."""
-        wanted = carrier.casefold()
-        for known in await self._carrier_list():
-            if wanted in (known.code.strip().casefold(), (known.label or "").strip().casefold()):
-                return known.code
-        return None
+    async def carrier_catalogue(self) -> list[MarketplaceCarrier]:
+        """The operator's carriers (SH21) by code and label; read at most once an hour."""
+        return [
+            MarketplaceCarrier(known.code, (known.label or "").strip() or known.code)
+            for known in await self._carrier_list()
+        ]
 
     async def _read_order(self, reference: str, op: str) -> dict[str, Any] | None:
         """One order as OR11 shows it, or None when Mirakl has no such order."""
-        body = await self._call("GET", "/api/orders", op, params={"order_ids": reference})
+        body = await self._call("GET", "/api/orders", op, order_ids=reference)
         for raw in self._listing(body, op).orders:
             order = _ANY_DECODER.decode(raw)
             if isinstance(order, dict) and order.get("order_id") == reference:
                 return order
         return None
+
+    async def _in_state(self, reference: str, op: str, states: Collection[str]) -> bool:
+        """Whether OR11 shows the order in one of `states`."""
+        order = await self._read_order(reference, op)
+        return order is not None and order.get("order_state") in states
 
     def _listing(self, body: bytes, op: str) -> _Listing:
         return self._http.decode(body, _Listing, op)
@@ -394,22 +417,52 @@ class MiraklConnector(HttpConnector):
         path: str,
         op: str,
         *,
-        params: dict[str, str] | None = None,
         body: Any = None,
+        form: aiohttp.FormData | None = None,
+        params: Mapping[str, str] | None = None,
+        **query: str,
     ) -> bytes:
-        """Send one request and return the body of a 2xx answer; map every failure."""
-        query = dict(params or {})
+        """Send one request (`params` and `query` its URL's query) and return the body of a 2xx
+        answer; map every failure."""
+        query = {**(params or {}), **query}
         if self._settings.shop_id:
             query["shop_id"] = self._settings.shop_id
         url = URL(self._base + path, encoded=True).with_query(query)
         headers = {"Authorization": self._settings.api_key, "Accept": "application/json"}
-        answer = await self._http.send(method, url, op=op, headers=headers, body=body)
-        if 200 <= answer.status < 300:
-            return answer.body
-        self._http.fail_common(answer, op)
-        if answer.status in (401, 403):
-            raise AuthFailed(f"Mirakl {op}: HTTP {answer.status}, the API key was refused")
-        raise Rejected(self._http.rejection(answer, _error_message(answer.body)))
+        answer = await self._http.send(method, url, op=op, headers=headers, body=body, form=form)
+        return self._http.ok(answer, op, refused="the API key was refused", detail=False).body
+
+
+# -- documents ----------------------------------------------------------------------------
+
+
+class _DocumentError(msgspec.Struct):
+    file_name: str | None = None
+    message: str | None = None
+
+
+class _Or74Answer(msgspec.Struct):
+    errors_count: int = 0
+    document_errors: list[_DocumentError] = msgspec.field(default_factory=list)
+
+
+def _or74_answer(body: bytes, op: str) -> _Or74Answer:
+    if not body.strip():
+        return _Or74Answer()
+    try:
+        return msgspec.json.decode(body, type=_Or74Answer)
+    except msgspec.DecodeError as exc:
+        raise Transient(f"Mirakl {op}: unexpected answer ({exc})") from None
+
+
+def or74_details(file_name: str, type_code: str) -> str:
+    """OR74's `order_documents` part: the XML Mirakl's shop SDK writes for one document."""
+    return (
+        "<body><order_documents><order_document>"
+        f"<file_name>{xml_escape(file_name)}</file_name>"
+        f"<type_code>{xml_escape(type_code)}</type_code>"
+        "</order_document></order_documents></body>"
+    )
 
 
 # -- refunds ------------------------------------------------------------------------------
@@ -557,19 +610,21 @@ class _Line(msgspec.Struct):
 
 
 class _Address(msgspec.Struct):
-    firstname: str | None = None
-    lastname: str | None = None
+    """An address, its fields named as sfd's Address (Mirakl's own names in `name`)."""
+
+    first_name: str | None = msgspec.field(default=None, name="firstname")
+    last_name: str | None = msgspec.field(default=None, name="lastname")
     company: str | None = None
-    street_1: str | None = None
-    street_2: str | None = None
-    additional_info: str | None = None
-    zip_code: str | None = None
+    street: str | None = msgspec.field(default=None, name="street_1")
+    street2: str | None = msgspec.field(default=None, name="street_2")
+    other: str | None = msgspec.field(default=None, name="additional_info")
+    postal_code: str | None = msgspec.field(default=None, name="zip_code")
     city: str | None = None
-    state: str | None = None
+    province: str | None = msgspec.field(default=None, name="state")
     country: str | None = None
     country_iso_code: str | None = None
     phone: str | None = None
-    phone_secondary: str | None = None
+    mobile_phone: str | None = msgspec.field(default=None, name="phone_secondary")
 
 
 class _Organization(msgspec.Struct):
@@ -629,16 +684,7 @@ _ORDER_DECODER: Final = msgspec.json.Decoder(_Order)
 _HEAD_DECODER: Final = msgspec.json.Decoder(_Head)
 
 
-def _head(raw: bytes) -> _Head:
-    try:
-        return _HEAD_DECODER.decode(raw)
-    except msgspec.DecodeError:
-        return _Head()
-
-
-def _skipped(index: int, raw: bytes, reason: str) -> SkippedOrder:
-    head = _head(raw)
-    return skipped(index, reason, head.order_id, head.last_updated_date)
+_skipped: Final = skipper(_HEAD_DECODER, "order_id", "last_updated_date")
 
 
 def parse_order(raw: bytes) -> MarketplaceOrder | None:
@@ -649,7 +695,8 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     try:
         data = _ORDER_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        if _head(raw).order_state in UNRELEASED_STATES | PAYMENT_PENDING_STATES:
+        found = head(_HEAD_DECODER, raw)
+        if found is not None and found.order_state in UNRELEASED_STATES | PAYMENT_PENDING_STATES:
             # Mirakl may leave fields out before the debit; the order is read once released.
             return None
         raise malformed(exc) from None
@@ -709,6 +756,9 @@ def parse_order(raw: bytes) -> MarketplaceOrder | None:
     )
 
 
+_PAGES: Final = PageReader("Mirakl", PAGE_SIZE, parse_order, _skipped)
+
+
 def _item(line: _Line, path: str) -> OrderItem:
     for name in ("price_unit", "price", "shipping_price", "total_commission"):
         finite(getattr(line, name), f"{path}.{name}")
@@ -766,22 +816,8 @@ def _address(
             email=email,
             relay_id=relay_id,
         )
-    return Address(
-        first_name=found.firstname or "",
-        last_name=found.lastname or "",
-        company=found.company or "",
-        street=found.street_1 or "",
-        street2=found.street_2 or "",
-        other=found.additional_info or "",
-        postal_code=found.zip_code or "",
-        city=found.city or "",
-        province=found.state or "",
-        country=country_code(found.country_iso_code or found.country or ""),
-        phone=found.phone or "",
-        mobile_phone=found.phone_secondary or "",
-        email=email,
-        relay_id=relay_id,
-    )
+    country = country_code(found.country_iso_code or found.country or "")
+    return address(found, country=country, email=email, relay_id=relay_id)
 
 
 def country_code(value: str) -> str:
@@ -818,14 +854,6 @@ def _custom_fields(entries: list[_Field] | None) -> dict[str, Any]:
 
 
 # -- wire helpers -------------------------------------------------------------------------
-
-
-def format_date(moment: datetime) -> str:
-    """A time as OR11 reads it: UTC, whole seconds, `Z` (2026-11-29T10:00:00Z).
-
-    Seconds are cut, never rounded up, so no change is ever missed.
-    """
-    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _error_message(body: bytes) -> str | None:

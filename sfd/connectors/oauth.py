@@ -12,7 +12,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from yarl import URL
@@ -96,6 +96,28 @@ class RefreshTokenGrant:
             return answer
         self.forget(token)
         return await send(await self.token())
+
+    async def send(
+        self,
+        method: str,
+        url: str | URL,
+        *,
+        op: str,
+        headers: Callable[[str], Mapping[str, str]],
+        refused_with: int,
+        body: Any = None,
+        before: Callable[[], Awaitable[object]] | None = None,
+    ) -> Answer:
+        """One API request with the access token in `headers(token)`, through `call`: a token
+        refused (`refused_with`) is renewed and the request sent once more. `before` is awaited
+        before each try (a rate bucket)."""
+
+        async def attempt(token: str) -> Answer:
+            if before is not None:
+                await before()
+            return await self._http.send(method, url, op=op, headers=headers(token), body=body)
+
+        return await self.call(attempt, refused_with=refused_with)
 
     async def _grant(self) -> _Token:
         minted_at = self._clock()

@@ -7,15 +7,16 @@ missing required field fails that order alone, as a MalformedOrder naming the fi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
-from sfd.connectors.base import OrderPage, SkippedOrder
-from sfd.domain import MarketplaceOrder
+from sfd.connectors.base import OrderPage, Rejected, SkippedOrder, Transient
+from sfd.domain import Address, MarketplaceOrder
 from sfd.domain.clock import from_iso
 
 #: A count that cannot be negative (a line's quantity).
@@ -25,6 +26,8 @@ _MISSING: Final = re.compile(
     r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>.*)`)?$"
 )
 _AT: Final = re.compile(r"(?P<problem>.*) - at `\$\.?(?P<at>.*)`$")
+
+_H = TypeVar("_H", bound=msgspec.Struct)
 
 
 class MalformedOrder(Exception):
@@ -116,3 +119,96 @@ def read_into(
         return
     if order is not None:
         page.orders.append(order)
+
+
+@dataclass(frozen=True)
+class PageReader:
+    """Reads one marketplace's listing pages of at most `most` orders: each order normalized
+    by `parse` (None: not to import) or, found malformed, skipped as `skip` names it."""
+
+    label: str
+    most: int
+    parse: Callable[[bytes], MarketplaceOrder | None]
+    skip: Callable[[int, bytes, str], SkippedOrder]
+
+    def read(self, op: str, orders: Sequence[msgspec.Raw], offset: int) -> OrderPage:
+        """One page's orders, numbered from `offset`.
+
+        A page of more than the orders asked for is refused whole (Transient): the service
+        ignored the page size (and maybe the offset), and following such pages could loop
+        forever or hold a whole catalogue in memory. The cursor holds until it pages again.
+        """
+        if len(orders) > self.most:
+            raise Transient(
+                f"{self.label} {op}: {len(orders)} orders in a page where at most {self.most} "
+                "were asked for; page refused"
+            )
+        page = OrderPage(orders=[])
+        for index, raw in enumerate(orders, start=offset):
+            read_into(page, index, bytes(raw), self.parse, self.skip)
+        return page
+
+
+def head(decoder: msgspec.json.Decoder[_H], raw: bytes) -> _H | None:
+    """What `decoder` (a struct of optional `Any` fields) reads of an order, or None if it
+    is not a JSON object."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.MsgspecError:
+        return None
+
+
+def skipper(
+    decoder: msgspec.json.Decoder[_H], reference: str, updated_at: str
+) -> Callable[[int, bytes, str], SkippedOrder]:
+    """How to skip an order that does not decode: named by the head's `reference` and
+    `updated_at` fields when it has them, else by its position."""
+
+    def skip(index: int, raw: bytes, reason: str) -> SkippedOrder:
+        found = head(decoder, raw)
+        if found is None:
+            return skipped(index, reason)
+        return skipped(index, reason, getattr(found, reference), getattr(found, updated_at))
+
+    return skip
+
+
+def format_date(moment: datetime) -> str:
+    """A time as Mirakl and SP-API read it: UTC, whole seconds, `Z` (2026-11-29T10:00:00Z).
+
+    Seconds are cut, never rounded up, so no change is ever missed.
+    """
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def requested_lines(
+    items: dict[str, int], *, empty: str, blank: str, bad: Callable[[str, object], str]
+) -> list[tuple[str, int]]:
+    """A partial shipment's (line id, quantity) pairs, checked: Rejected with `empty` when it
+    names no line, `blank` for an empty line id, `bad(line id, quantity)` for a quantity that
+    is not a positive whole number."""
+    if not items:
+        raise Rejected(empty)
+    lines: list[tuple[str, int]] = []
+    for line_id, quantity in items.items():
+        if not line_id.strip():
+            raise Rejected(blank)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
+            raise Rejected(bad(line_id, quantity))
+        lines.append((line_id, quantity))
+    return lines
+
+
+_ADDRESS_FIELDS: Final = frozenset(Address.__struct_fields__)
+
+
+def address(found: msgspec.Struct, **given: str) -> Address:
+    """An Address from a wire struct whose fields bear Address's names (the service's own
+    names are the struct's `msgspec.field(name=...)`), a missing value empty; `given` values
+    win over the struct's."""
+    fields = {
+        name: getattr(found, name) or ""
+        for name in found.__struct_fields__
+        if name in _ADDRESS_FIELDS
+    }
+    return Address(**{**fields, **given})

@@ -7,24 +7,33 @@ AuthFailed, RateLimited, Transient and Rejected (`sfd.connectors.base`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import stamina
 import stamina.instrumentation
 
 from sfd.connectors.base import Transient
+from sfd.connectors.http import HttpClient, HttpConnector
 from sfd.domain import Address
 from sfd.logs import get_logger
 
+if TYPE_CHECKING:
+    import aiohttp
 
-@dataclass
+    from sfd.connectors.settings import ConnectorSettings
+
+
+@dataclass(frozen=True)
 class Retry:
-    """How a shop's reads, and the push loop's search-then-create, are retried on Transient."""
+    """How a shop's reads, and the push loop's search-then-create, are retried on Transient.
+
+    Given to each shop connector (`retry`); the daemon uses the defaults, tests a short backoff.
+    """
 
     attempts: int = 4
     wait_initial: float = 1.0
@@ -32,8 +41,8 @@ class Retry:
     timeout: float = 120.0
 
 
-#: Module-wide, mutable so tests can make the backoff short; the daemon uses the defaults.
-RETRY = Retry()
+#: The policy a shop connector gets when none is given.
+DEFAULT_RETRY: Final = Retry()
 
 _log = get_logger()
 
@@ -58,17 +67,17 @@ class CreateUncertain(Transient):
     may hold the order already, so it is searched for before any new create."""
 
 
-def retrying(on: type[Transient] = Transient) -> AsyncIterator[stamina.Attempt]:
-    """Attempts of one call, retried with exponential backoff on `on` failures, per RETRY.
+def retrying(policy: Retry, on: type[Transient] = Transient) -> AsyncIterator[stamina.Attempt]:
+    """Attempts of one call, retried with exponential backoff on `on` failures, per `policy`.
 
-    Used as `async for attempt in retrying(): with attempt: ...`.
+    Used as `async for attempt in retrying(policy): with attempt: ...`.
     """
     return stamina.retry_context(
         on=on,
-        attempts=RETRY.attempts,
-        wait_initial=RETRY.wait_initial,
-        wait_max=RETRY.wait_max,
-        timeout=RETRY.timeout,
+        attempts=policy.attempts,
+        wait_initial=policy.wait_initial,
+        wait_max=policy.wait_max,
+        timeout=policy.timeout,
     )
 
 
@@ -103,12 +112,16 @@ class PushOrder:
     customer_note: str = ""
     relay_id: str = ""
     vat_number: str = ""
+    latest_ship_date: datetime | None = None
+    """The marketplace's ship-by time, when it gives one."""
 
 
 class ShopStatus(StrEnum):
     """What sfd reads back from a shop's order."""
 
     COMPLETED = "completed"
+    PARTIALLY_SHIPPED = "partially_shipped"
+    """Some lines shipped (`ShopOrder.shipped` says which), the rest not yet."""
     CANCELLED = "cancelled"
     OTHER = "other"
 
@@ -134,12 +147,17 @@ class ShopOrder:
     sfd_order_id: int | None = None
     tracking: ShopTracking | None = None
     shipping_method: str = ""
+    shipped: tuple[tuple[str, int], ...] = ()
+    """(SKU, quantity) shipped so far, for a shop that ships in parts; `tracking` is then the
+    latest shipment's. Empty when the shop says only "completed"."""
 
 
 class ShopConnector(Protocol):
     """What sfd asks of a shop it pushes orders into."""
 
     name: str
+    retry: Retry
+    """How its reads, and the push loop's search-then-create, are retried."""
 
     async def create_order(self, order: PushOrder) -> str:
         """Create the order in the shop and return the shop's id for it.
@@ -163,3 +181,74 @@ class ShopConnector(Protocol):
 
     async def aclose(self) -> None:
         """Release the connector's HTTP session."""
+
+
+class Steps:
+    """The steps of one order's create made so far, by name → the shop's id for each.
+
+    A connector whose create takes several calls records each id as soon as it has it; the
+    push loop keeps them with the push row, so a crash in the middle resumes the chain.
+    """
+
+    def __init__(
+        self,
+        done: Mapping[str, str] | None = None,
+        save: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._done = dict(done or {})
+        self._save = save
+
+    def get(self, step: str) -> str | None:
+        """The id recorded for `step`, or None if it was not made yet."""
+        return self._done.get(step)
+
+    async def record(self, step: str, value: str) -> None:
+        """Record `step` as made, before the next one starts."""
+        self._done[step] = value
+        if self._save is not None:
+            await self._save(dict(self._done))
+
+    def as_dict(self) -> dict[str, str]:
+        """Every step recorded, by name."""
+        return dict(self._done)
+
+
+@runtime_checkable
+class StepwiseShop(Protocol):
+    """A shop connector whose create takes several calls (PrestaShop), each one recorded."""
+
+    async def create_order_in_steps(self, order: PushOrder, steps: Steps) -> str:
+        """`create_order`, skipping the steps already recorded and recording each new one."""
+        ...
+
+    async def find_order_in_steps(
+        self, order: PushOrder, since: datetime | None, steps: Steps
+    ) -> str | None:
+        """`find_order`, helped by the steps recorded; an order found is finished (its state)."""
+        ...
+
+
+class ShopHttpConnector(HttpConnector):
+    """What every shop connector sets up alike: its name, retry policy, settings and client."""
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        label: str,
+        secrets: Callable[[], Iterable[str | None]],
+        *,
+        name: str,
+        session: aiohttp.ClientSession | None,
+        timeout: float | None,
+        retry: Retry,
+        error_message: Callable[[bytes], str | None] = lambda body: None,
+    ) -> None:
+        self.name = name
+        self.retry = retry
+        self._http = HttpClient(
+            label,
+            secrets=secrets,
+            session=session,
+            timeout=settings.timeout if timeout is None else timeout,
+            error_message=error_message,
+        )

@@ -38,6 +38,7 @@ TICKET_TYPES = {
     K.DELIVER: "order.notify.delivery",
     K.ACKNOWLEDGE: "order.acknowledge",
     K.UNACKNOWLEDGE: "order.unacknowledge",
+    K.UPLOAD_DOCUMENT: "order.upload.documents",
 }
 
 
@@ -195,6 +196,16 @@ def _sf_payload(ticket: Ticket) -> dict[str, Any]:
             "shipping": p.get("shipping", True),
             "products": [{"reference": r, "quantity": q} for r, q in p.get("products", [])],
         }
+    elif ticket.kind == K.UPLOAD_DOCUMENT:
+        out["documents"] = [
+            {
+                "type": p.get("type", "invoice"),
+                "fileName": p.get("file_name", ""),
+                "contentType": p.get("content_type", ""),
+                "size": p.get("size", 0),
+                "sha256": p.get("sha256", ""),
+            }
+        ]
     elif "reason" in p:
         out["reason"] = p["reason"]
     return out

@@ -16,13 +16,16 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from sfd.connectors.base import AuthFailed, Rejected, Transient
-from sfd.connectors.http import Answer, HttpClient, HttpConnector, segment
+from sfd.connectors.base import Rejected, Transient
+from sfd.connectors.http import Answer, segment
 from sfd.connectors.parsing import parse_moment, utc
 from sfd.connectors.settings import WooCommerceSettings
 from sfd.connectors.shop import (
+    DEFAULT_RETRY,
     CreateUncertain,
     PushOrder,
+    Retry,
+    ShopHttpConnector,
     ShopOrder,
     ShopStatus,
     ShopTracking,
@@ -101,7 +104,7 @@ class _TrackingItem(msgspec.Struct):
 _STATUSES: Final = {"completed": ShopStatus.COMPLETED, "cancelled": ShopStatus.CANCELLED}
 
 
-class WooCommerceConnector(HttpConnector):
+class WooCommerceConnector(ShopHttpConnector):
     """One WooCommerce shop."""
 
     def __init__(
@@ -112,18 +115,22 @@ class WooCommerceConnector(HttpConnector):
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = None,
         per_page: int = PER_PAGE,
+        retry: Retry = DEFAULT_RETRY,
     ) -> None:
-        self.name = name
+        super().__init__(
+            settings,
+            "WooCommerce",
+            lambda: (settings.consumer_key, settings.consumer_secret),
+            name=name,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+            error_message=_error_message,
+        )
         self.per_page = per_page
         self._settings = settings
         self._base = settings.base_url.strip().rstrip("/")
         self._auth = aiohttp.encode_basic_auth(settings.consumer_key, settings.consumer_secret)
-        self._http = HttpClient(
-            "WooCommerce",
-            secrets=lambda: (settings.consumer_key, settings.consumer_secret),
-            session=session,
-            timeout=settings.timeout if timeout is None else timeout,
-        )
         self._products: dict[str, tuple[int, int]] = {}
         """SKU → (product id, variation id or 0), for SKUs found once."""
         self._tracking_extension: bool | None = None
@@ -353,7 +360,7 @@ class WooCommerceConnector(HttpConnector):
         self, path: str, op: str, params: dict[str, str] | None = None, *, missing_ok: bool = False
     ) -> Answer:
         """A read, retried with backoff on 5xx, timeouts and dropped connections."""
-        async for attempt in retrying():
+        async for attempt in retrying(self.retry):
             with attempt:
                 return await self._send("GET", path, op, params=params, missing_ok=missing_ok)
         raise AssertionError("unreachable: stamina raises after the last attempt")
@@ -375,17 +382,13 @@ class WooCommerceConnector(HttpConnector):
         answer = await self._http.send(method, url, op=op, headers=headers, body=body)
         if 200 <= answer.status < 300 or (missing_ok and answer.status == 404):
             return answer
-        self._http.fail_common(answer, op)
-        error = _error(answer.body)
         if answer.status in (401, 403):
-            why = f": {error.message}" if error is not None and error.message else ""
-            raise AuthFailed(
-                self._http.scrub(
-                    f"WooCommerce {op}: HTTP {answer.status}, the consumer key was refused{why}"
-                )
-            )
-        message = f"WooCommerce {op}: {error.message}" if error and error.message else None
-        raise Rejected(self._http.rejection(answer, message, op=op))
+            return self._http.ok(answer, op, refused="the consumer key was refused")
+        self._http.fail_common(answer, op)
+        # WooCommerce's own message, after the operation, so the ticket says what was refused.
+        error = _error_message(answer.body)
+        message = f"WooCommerce {op}: {error}" if error else None
+        raise self._http.error(Rejected(self._http.rejection(answer, message, op=op)), answer)
 
 
 def _error(body: bytes) -> _Error | None:
@@ -393,6 +396,12 @@ def _error(body: bytes) -> _Error | None:
         return msgspec.json.decode(body, type=_Error)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+
+
+def _error_message(body: bytes) -> str | None:
+    """WooCommerce's own error message (`{"code": ..., "message": ...}`), if there is one."""
+    error = _error(body)
+    return error.message or None if error is not None else None
 
 
 def _total_pages(answer: Answer) -> int:

@@ -14,12 +14,16 @@ from importlib import resources
 from typing import Any
 
 import msgspec
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sfd.connectors import shoppingfeed as sf
+from sfd.connectors import shoppingfeed_documents as sfdocs
 from sfd.daemon.outbox import request_operations
 from sfd.domain import EventSource, OperationKind, OrderStatus, TicketState
 from sfd.domain.clock import Clock
+from sfd.domain.documents import MAX_DOCUMENT_BYTES, MAX_DOCUMENTS, DocumentRefused, check_document
+from sfd.domain.rules import document_payload
 from sfd.logs import get_logger
 from sfd.storage import OperationRequest, OrderFilter, Storage, StorageUnavailable
 from sfd.storage.tokens import TokenIdentity
@@ -72,6 +76,18 @@ def storage_unavailable(exc: StorageUnavailable) -> web.Response:
     )
     response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER)
     return response
+
+
+async def read_part(part: BodyPartReader, limit: int) -> bytes | None:
+    """A part's bytes, or None past `limit` (the rest is not kept in memory)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class BodyTimeout(TimeoutError):
@@ -180,6 +196,7 @@ class ShopApi:
         r.add_get(store + "/order/", self.orders)
         r.add_get(store + "/order/{order_id:\\d+}", self.order)
         r.add_get(store + "/order/{order_id:\\d+}/shipment", self.shipments)
+        r.add_post(store + "/order/" + sfdocs.OPERATION, self.upload_documents)
         r.add_post(store + "/order/{operation}", self.operate)
         r.add_get(store + "/ticket", self.tickets)
         r.add_get(store + "/ticket/{ticket_id}", self.ticket)
@@ -453,9 +470,12 @@ class ShopApi:
         try:
             kind = OperationKind(name)
         except ValueError:
-            known = ", ".join(k.value for k in OperationKind)
+            kind = None
+        if kind is None or kind == OperationKind.UPLOAD_DOCUMENT:
+            known = ", ".join(k.value for k in OperationKind if k != OperationKind.UPLOAD_DOCUMENT)
             raise sf.WireError(
-                "operation", f"unknown operation {name[:40]!r} (known: {known})"
+                "operation",
+                f"unknown operation {name[:40]!r} (known: {known}, {sfdocs.OPERATION})",
             ) from None
         entries = sf.parse_operation(kind, await request.read())
         requests = [
@@ -485,6 +505,101 @@ class ShopApi:
             },
             status=202,
         )
+
+    async def upload_documents(self, request: web.Request) -> web.Response:
+        """Documents (invoices) for orders, as the SDK's uploadDocument sends them: 202.
+
+        Every file is read and checked (PDF, JPEG or PNG by content, 10 MiB at most) before
+        anything is stored; one refused file refuses the request, naming it."""
+        identity = self._identity(request)
+        try:
+            files, body = await self._read_upload(request)
+        except (ValueError, HttpProcessingError) as exc:
+            if isinstance(exc, sf.WireError):
+                raise
+            # A part whose headers or encoding cannot be read: the whole request is refused.
+            raise sf.WireError("body", f"not a readable multipart body: {exc}") from None
+        if body is None:
+            raise sf.WireError("body", 'the "body" part is missing')
+        entries = sfdocs.parse_upload_body(body, len(files))
+        requests = []
+        for entry in entries:
+            file_name, content = files[entry.file]
+            try:
+                document = check_document(file_name, content, entry.type)
+            except DocumentRefused as exc:
+                raise sf.WireError(f"files[{entry.file}]", str(exc)) from None
+            requests.append(
+                OperationRequest(
+                    payload=document_payload(document),
+                    order_id=entry.order_id,
+                    reference=entry.reference,
+                    channel=entry.channel_name,
+                    document=document,
+                )
+            )
+        batch = await request_operations(
+            self.storage,
+            identity.store_id,
+            OperationKind.UPLOAD_DOCUMENT,
+            requests,
+            EventSource.API,
+            self.clock(),
+            self.on_operations,
+            actor=identity.name,
+        )
+        base = f"/v1/store/{identity.store_id}"
+        return hal(
+            {
+                "id": batch.id,
+                "_links": {"ticket": {"href": f"{base}/ticket?batchId={batch.id}"}},
+            },
+            status=202,
+        )
+
+    @staticmethod
+    async def _read_upload(request: web.Request) -> tuple[list[tuple[str, bytes]], bytes | None]:
+        """The `files[]` parts (name, bytes) and the `body` part of a multipart upload."""
+        if request.content_type != "multipart/form-data":
+            raise sf.WireError(
+                "body",
+                f"expected multipart/form-data (files[] and body parts), "
+                f"not {request.content_type or 'no content type'}",
+            )
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as exc:
+            raise sf.WireError("body", f"not a readable multipart body: {exc}") from None
+        files: list[tuple[str, bytes]] = []
+        body: bytes | None = None
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise sf.WireError("body", "nested multipart parts are not taken")
+            if part.name in ("files[]", "files"):
+                if len(files) >= MAX_DOCUMENTS:
+                    raise sf.WireError(
+                        "files[]", f"more than {MAX_DOCUMENTS} files; at most {MAX_DOCUMENTS}"
+                    )
+                name = part.filename or f"file {len(files) + 1}"
+                content = await read_part(part, MAX_DOCUMENT_BYTES)
+                if content is None:
+                    raise sf.WireError(
+                        f"files[{len(files)}]",
+                        f"{name}: is over {MAX_DOCUMENT_BYTES} bytes (10 MiB) a file",
+                    )
+                files.append((name, content))
+            elif part.name == "body":
+                body = await read_part(part, 1024**2)
+                if body is None:
+                    raise sf.WireError("body", "the body part is over 1 MiB")
+            else:
+                raise sf.WireError(
+                    "body", f"unexpected part {str(part.name)[:40]!r}: expected files[] and body"
+                )
+        return files, body
 
     # -- tickets and channels ---------------------------------------------------------------
 

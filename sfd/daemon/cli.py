@@ -10,10 +10,10 @@ import os
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import msgspec
@@ -29,8 +29,11 @@ from sfd.config import (
     parse_config,
     resolve_secret,
 )
+from sfd.connectors.registry import ConnectorUnavailable, open_marketplace
 from sfd.daemon.admin import AdminUnavailable, admin_call
+from sfd.daemon.carriers import CarrierView, carrier_view
 from sfd.daemon.push import PushError, retry_push
+from sfd.daemon.retention import anonymize
 from sfd.daemon.runtime import open_storage, run_daemon, sync_config
 from sfd.domain import (
     MISSING_PERSONAL_DATA,
@@ -41,7 +44,20 @@ from sfd.domain import (
     TicketState,
 )
 from sfd.domain.clock import utcnow
-from sfd.domain.rules import Payload, ReasonPayload, ShipPayload, tracking_numbers
+from sfd.domain.documents import (
+    DOCUMENT_TYPES,
+    MAX_DOCUMENT_BYTES,
+    Document,
+    DocumentRefused,
+    check_document,
+)
+from sfd.domain.rules import (
+    Payload,
+    ReasonPayload,
+    ShipPayload,
+    document_payload,
+    tracking_numbers,
+)
 from sfd.logs import configure_logging
 from sfd.storage import (
     OperationRequest,
@@ -137,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     poll = channel_actions.add_parser("poll", help="ask the running daemon to poll now")
     poll.add_argument("name")
+    carriers = channel_actions.add_parser(
+        "carriers", help="the marketplace's carrier codes and the carrier mapping in force"
+    )
+    carriers.add_argument("name")
+    carriers.add_argument("--json", action="store_true")
     _add_orders(commands)
     shops = commands.add_parser("shops", help="the push-mode shops and their sync state")
     shops.add_argument("--json", action="store_true")
@@ -171,6 +192,14 @@ def _add_db(commands: _Commands[_Parser]) -> None:
         "check", help="integrity and foreign key checks, and the rows in each table"
     )
     db_check.add_argument("--json", action="store_true")
+    anonymize = db.add_parser(
+        "anonymize",
+        help="erase now the personal data of orders closed for [daemon] pii_retention",
+    )
+    anonymize.add_argument(
+        "--dry-run", action="store_true", help="count what would be erased; change nothing"
+    )
+    anonymize.add_argument("--json", action="store_true")
     copy = db.add_parser(
         "copy",
         help="copy a whole SQLite database into an empty PostgreSQL database, verified",
@@ -237,6 +266,12 @@ def _add_orders(commands: _Commands[_Parser]) -> None:
         metavar="ID:QTY",
         help="for a partial shipment: an order item id and its quantity; repeat",
     )
+    upload = orders.add_parser(
+        "upload", help="attach a document (an invoice) to the order, sent to its marketplace"
+    )
+    upload.add_argument("id", type=int)
+    upload.add_argument("file", type=Path, help="a PDF, JPEG or PNG file of at most 10 MiB")
+    upload.add_argument("--type", default="invoice", choices=sorted(DOCUMENT_TYPES))
     for action in ("accept", "refuse", "cancel"):
         simple = orders.add_parser(action, help=f"{action} the order on its marketplace")
         simple.add_argument("id", type=int)
@@ -291,6 +326,23 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+_R = TypeVar("_R")
+
+
+def _list(
+    rows: Sequence[_R], as_json: bool, columns: Sequence[str], cells: Callable[[_R], Sequence[str]]
+) -> int:
+    """Print `rows` as JSON, or as a table of `columns` filled by `cells(row)`."""
+    if as_json:
+        _print_json(rows)
+        return EXIT_OK
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*cells(row))
+    _console().print(table)
+    return EXIT_OK
+
+
 async def _with_storage(config: Config, action: Callable[[Storage], Awaitable[int]]) -> int:
     storage = await open_storage(config, readers=1)
     try:
@@ -309,19 +361,17 @@ async def _token(args: argparse.Namespace, storage: Storage) -> int:
         sys.stderr.write(f"sfd: token {args.name!r} revoked\n")
     else:
         tokens = await storage.tokens.all(include_revoked=args.all)
-        if args.json:
-            _print_json(tokens)
-            return EXIT_OK
-        table = Table("name", "store", "created", "last used", "revoked")
-        for t in tokens:
-            table.add_row(
+        columns = ("name", "store", "created", "last used", "revoked")
+        return _list(
+            tokens,
+            args.json,
+            columns,
+            lambda t: (
                 t.name,
                 str(t.store_id),
-                _when(t.created_at),
-                _when(t.last_used_at),
-                _when(t.revoked_at),
-            )
-        _console().print(table)
+                *map(_when, (t.created_at, t.last_used_at, t.revoked_at)),
+            ),
+        )
     return EXIT_OK
 
 
@@ -340,70 +390,72 @@ async def _channels(args: argparse.Namespace, storage: Storage) -> int:
         lease = leases.get(channel_lease(state.id))
         holder = lease.holder if lease is not None and lease.expires_at > now else None
         channels.append(msgspec.structs.replace(state, held_by=holder))
-    if args.json:
-        _print_json(channels)
-        return EXIT_OK
-    table = Table(
-        "name",
-        "connector",
-        "auth",
-        "last poll",
-        "last success",
-        "last error",
-        "orders",
-        "pending ops",
-        "held by",
+    columns = ("name", "connector", "auth", "last poll", "last success", "last error")
+    return _list(
+        channels,
+        args.json,
+        (*columns, "orders", "pending ops", "held by"),
+        lambda c: (
+            *(c.name, c.connector, c.auth_state, _when(c.last_poll_at)),
+            *(_when(c.last_success_at), c.last_error or "-"),
+            *(str(c.orders), str(c.pending_operations), c.held_by or "-"),
+        ),
     )
-    for c in channels:
-        table.add_row(
-            c.name,
-            c.connector,
-            c.auth_state,
-            _when(c.last_poll_at),
-            _when(c.last_success_at),
-            c.last_error or "-",
-            str(c.orders),
-            str(c.pending_operations),
-            c.held_by or "-",
+
+
+async def _channel_carriers(args: argparse.Namespace, config: Config) -> int:
+    """`sfd channels carriers NAME`: the connector is opened here, from the config, rather
+    than asking the daemon: it works with no daemon running, and Mirakl's SH21 is one read."""
+    channel = next((c for c in config.channels if c.name == args.name), None)
+    if channel is None:
+        raise CommandError(f"no channel named {args.name!r} in {config.source}")
+    try:
+        connector = open_marketplace(
+            channel.name, channel.connector, config.channel_settings[channel.name]
         )
-    _console().print(table)
+    except ConnectorUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        view = await carrier_view(channel, connector)
+    finally:
+        await connector.aclose()
+    if args.json:
+        _print_json(view)
+    else:
+        _print_carriers(view)
     return EXIT_OK
+
+
+def _print_carriers(view: CarrierView) -> None:
+    console = _console()
+    mapping = Table("shop carrier", "marketplace code", "source", "listed")
+    for row in view.mapping:
+        listed = "-" if row.listed is None else ("yes" if row.listed else "no")
+        mapping.add_row(row.name, row.code or "-", row.source.value, listed)
+    console.print(f"channel {view.channel} ({view.connector}): carrier mapping", markup=False)
+    console.print(mapping)
+    if view.listed is None:
+        console.print(f"warning: {view.unavailable}", markup=False)
+        return
+    listing = Table("code", "label")
+    for known in view.listed:
+        listing.add_row(known.code, known.label)
+    console.print(f"{view.connector}'s carriers ({len(view.listed)})", markup=False)
+    console.print(listing)
 
 
 async def _shops(args: argparse.Namespace, storage: Storage) -> int:
-    shops = await storage.pushes.states()
-    if args.json:
-        _print_json(shops)
-        return EXIT_OK
-    table = Table(
-        "name",
-        "connector",
-        "store",
-        "auth",
-        "last sync",
-        "last success",
-        "last error",
-        "pushed",
-        "refused",
-        "unsure",
-        "awaiting tracking",
+    columns = ("name", "connector", "store", "auth", "last sync", "last success", "last error")
+    return _list(
+        await storage.pushes.states(),
+        args.json,
+        (*columns, "pushed", "refused", "unsure", "awaiting tracking"),
+        lambda s: (
+            *(s.name, s.connector, str(s.store_id), s.auth_state),
+            *(_when(s.last_sync_at), _when(s.last_success_at), s.last_error or "-"),
+            *map(str, (s.pushed, s.rejected, s.pending, s.waiting_tracking)),
+        ),
     )
-    for s in shops:
-        table.add_row(
-            s.name,
-            s.connector,
-            str(s.store_id),
-            s.auth_state,
-            _when(s.last_sync_at),
-            _when(s.last_success_at),
-            s.last_error or "-",
-            str(s.pushed),
-            str(s.rejected),
-            str(s.pending),
-            str(s.waiting_tracking),
-        )
-    _console().print(table)
-    return EXIT_OK
 
 
 async def _retry_push(args: argparse.Namespace, storage: Storage) -> int:
@@ -482,7 +534,7 @@ async def _orders(args: argparse.Namespace, storage: Storage) -> int:
         return await _show_order(args, storage, scope)
     if args.orders_command == "retry-push":
         return await _retry_push(args, storage)
-    if args.orders_command in ("ship", "accept", "refuse", "cancel"):
+    if args.orders_command in ("ship", "accept", "refuse", "cancel", "upload"):
         return await _operate(args, storage)
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
@@ -508,8 +560,15 @@ async def _show_order(args: argparse.Namespace, storage: Storage, scope: int | N
     if order is None:
         raise CommandError(f"no order with id {args.id}")
     operations = await storage.operations.for_order(order.id)
+    documents = await storage.documents.for_order(order.id)
     if args.json:
-        _print_json({**msgspec.structs.asdict(order), "operations": operations})
+        _print_json(
+            {
+                **msgspec.structs.asdict(order),
+                "operations": operations,
+                "documents": [dataclasses.asdict(d) for d in documents],
+            }
+        )
         return EXIT_OK
     console = _console()
     console.print(_order_rows([order]))
@@ -551,6 +610,19 @@ async def _show_order(args: argparse.Namespace, storage: Storage, scope: int | N
             t.reason or "",
         )
     console.print(tickets)
+    if documents:
+        table = Table("document", "type", "size", "sha256", "ticket", "state", "marketplace says")
+        for d in documents:
+            table.add_row(
+                d.file_name + (" (erased)" if d.erased else ""),
+                d.type,
+                f"{d.size} B",
+                d.sha256[:16],
+                d.ticket_id,
+                d.state.value + (", confirmed" if d.confirmed_at else ""),
+                d.reason or "",
+            )
+        console.print(table)
     return EXIT_OK
 
 
@@ -569,17 +641,40 @@ def _ship_payload(args: argparse.Namespace) -> ShipPayload:
     )
 
 
+def _read_document(args: argparse.Namespace) -> Document:
+    """The file named by `sfd orders upload`, checked as the API checks one."""
+    path: Path = args.file
+    try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise DocumentRefused(
+                str(path), f"is {size} bytes; at most {MAX_DOCUMENT_BYTES} (10 MiB) a file"
+            )
+        return check_document(path.name, path.read_bytes(), args.type)
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot be read: {exc.strerror}") from None
+    except DocumentRefused as exc:
+        raise CommandError(f"{path}: {exc.message}; nothing was stored") from None
+
+
 async def _operate(args: argparse.Namespace, storage: Storage) -> int:
     """Submit an operation on one order, by the same rules and outbox as the API."""
     order = await storage.orders.get(args.id, details=False)
     if order is None:
         raise CommandError(f"no order with id {args.id}")
-    kind = OperationKind(args.orders_command)
-    payload: Payload = _ship_payload(args) if kind == OperationKind.SHIP else ReasonPayload()
+    document = _read_document(args) if args.orders_command == "upload" else None
+    kind = OperationKind.UPLOAD_DOCUMENT if document else OperationKind(args.orders_command)
+    payload: Payload = (
+        document_payload(document)
+        if document
+        else _ship_payload(args)
+        if kind == OperationKind.SHIP
+        else ReasonPayload()
+    )
     batch = await storage.operations.submit(
         order.store_id,
         kind,
-        [OperationRequest(payload=payload, order_id=order.id)],
+        [OperationRequest(payload=payload, order_id=order.id, document=document)],
         EventSource.CLI,
         utcnow(),
         args.actor,
@@ -619,26 +714,17 @@ async def _operations(args: argparse.Namespace, storage: Storage) -> int:
         raise CommandError("--limit must be at least 1")
     states = [TicketState(args.state)] if args.state else None
     _, tickets = await storage.operations.tickets(None, states=states, limit=args.limit)
-    if args.json:
-        _print_json(tickets)
-        return EXIT_OK
-    table = Table(
-        "id", "kind", "state", "channel", "order", "source", "attempts", "created", "last error"
-    )
-    for t in tickets:
-        table.add_row(
-            str(t.operation_id),
-            t.kind.value,
-            t.state.value,
-            t.channel or "-",
-            t.order_reference or "-",
-            t.source,
-            str(t.attempts),
-            _when(t.created_at),
+    columns = ("id", "kind", "state", "channel", "order", "source", "attempts", "created")
+    return _list(
+        tickets,
+        args.json,
+        (*columns, "last error"),
+        lambda t: (
+            *(str(t.operation_id), t.kind.value, t.state.value, t.channel or "-"),
+            *(t.order_reference or "-", t.source, str(t.attempts), _when(t.created_at)),
             t.reason or "",
-        )
-    _console().print(table)
-    return EXIT_OK
+        ),
+    )
 
 
 def _report_check(report: CheckReport, as_json: bool) -> int:
@@ -684,6 +770,44 @@ async def _maintenance(args: argparse.Namespace, config: Config) -> int:
         f"sfd: backed up {config.database} to {result.path} ({result.size} bytes, "
         f"{orders} orders, schema version {result.check.schema_version}); integrity ok\n"
     )
+    return EXIT_OK
+
+
+async def _anonymize(args: argparse.Namespace, config: Config, storage: Storage) -> int:
+    """`db anonymize`: the retention's erasure, now; counts only, never the erased data."""
+    retention = timedelta(seconds=config.daemon.pii_retention)
+    report = await anonymize(
+        storage,
+        utcnow,
+        retention,
+        dry_run=args.dry_run,
+        source=EventSource.CLI,
+        actor=_system_user(),
+    )
+    if args.json:
+        _print_json({**dataclasses.asdict(report), "retention_seconds": retention.total_seconds()})
+        return EXIT_OK
+    counts = (
+        f"{report.addresses} addresses, {report.payloads} raw payloads, "
+        f"{report.fields} orders' additional fields"
+    )
+    before = _when(report.cutoff)
+    if args.dry_run:
+        sys.stderr.write(
+            f"sfd: dry run: {report.orders} orders closed before {before} UTC would have their "
+            f"personal data erased ({counts}); nothing was changed\n"
+        )
+        return EXIT_OK
+    hooks = "".join(f", {count} {name}" for name, count in report.hooks.items())
+    sys.stderr.write(
+        f"sfd: erased the personal data of {report.orders} orders closed before {before} UTC "
+        f"({counts}, {report.api_documents} API documents{hooks})\n"
+    )
+    if report.checkpointed is False:
+        sys.stderr.write(
+            "sfd: the WAL could not be truncated (a reader held it): erased pages may remain "
+            "in it until the next run; take backups after that\n"
+        )
     return EXIT_OK
 
 
@@ -778,7 +902,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stdout if args.command == "run" or _serves(args) else sys.stderr,
     )
     handlers: dict[str, Callable[[Storage], Awaitable[int]]] = {
-        "db": _migrate,
+        "db": lambda s: (
+            _anonymize(args, config, s) if args.db_command == "anonymize" else _migrate(s)
+        ),
         "token": lambda s: _token(args, s),
         "channels": lambda s: _channels(args, s),
         "orders": lambda s: _orders(args, s),
@@ -794,6 +920,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "run":
             return anyio.run(run_daemon, config)
+        if args.command == "channels" and args.channels_command == "carriers":
+            return anyio.run(_channel_carriers, args, config)
         if args.command == "db" and args.db_command in ("backup", "check"):
             return anyio.run(_maintenance, args, config)
         contributed: Command | None = getattr(args, "contributed", None)

@@ -21,6 +21,8 @@ from sfd.connectors.shop import (
     ShopConnector,
     ShopOrder,
     ShopStatus,
+    Steps,
+    StepwiseShop,
     retrying,
 )
 from sfd.daemon.loops import (
@@ -31,7 +33,7 @@ from sfd.daemon.loops import (
     LoopCondition,
 )
 from sfd.daemon.outbox import request_operations
-from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder
+from sfd.domain import Address, EventSource, OperationKind, OrderStatus, StoredOrder, Ticket
 from sfd.domain.clock import Clock
 from sfd.domain.rules import (
     LIVE,
@@ -82,6 +84,7 @@ def push_order(order: StoredOrder) -> PushOrder:
         customer_note=note,
         relay_id=relay,
         vat_number=str(order.additional_fields.get("vat_number") or ""),
+        latest_ship_date=order.latest_ship_date,
     )
 
 
@@ -201,11 +204,16 @@ class PushLoop(ConnectorLoop[ShopConnector]):
         are retried by the connector already, and retrying them here too would multiply the
         attempts, holding the sync for minutes while a shop is down.
         """
-        async for attempt in retrying(on=CreateUncertain):
+        steps = self._steps(connector, record)
+        async for attempt in retrying(connector.retry, on=CreateUncertain):
             with attempt:
                 if uncertain:
                     try:
-                        found = await connector.find_order(order, record.started_at)
+                        found = await (
+                            connector.find_order_in_steps(order, record.started_at, steps)
+                            if isinstance(connector, StepwiseShop)
+                            else connector.find_order(order, record.started_at)
+                        )
                     except Rejected as exc:
                         # Not the order's fault, and it may be in the shop: never a rejection.
                         raise ConnectorError(
@@ -218,8 +226,22 @@ class PushLoop(ConnectorLoop[ShopConnector]):
                         )  # fmt: skip
                         return found
                 uncertain = True
+                if isinstance(connector, StepwiseShop):
+                    return await connector.create_order_in_steps(order, steps)
                 return await connector.create_order(order)
         raise AssertionError("unreachable: stamina raises after the last attempt")
+
+    def _steps(self, connector: ShopConnector, record: PushRecord) -> Steps:
+        """The create's steps made so far, each new one written to the push row at once."""
+        if not isinstance(connector, StepwiseShop):
+            return Steps()
+
+        async def save(done: dict[str, str]) -> None:
+            await self.storage.pushes.record_steps(
+                self.shop.name, record.order_id, done, self.clock()
+            )
+
+        return Steps(record.steps, save)
 
     async def _acknowledge(self, order: StoredOrder, shop_id: str) -> None:
         payload = AcknowledgePayload(status="success", store_reference=shop_id)
@@ -300,19 +322,43 @@ class PushLoop(ConnectorLoop[ShopConnector]):
         if order.status not in SHIPPABLE:
             await self.storage.pushes.settle(push.id, "none", now)
             return
-        if any(t.state in LIVE for t in await self.storage.operations.shipments(order.id)):
-            await self.storage.pushes.settle(push.id, "none", now)  # shipped another way
+        ships = [
+            t
+            for t in await self.storage.operations.for_order(order.id)
+            if t.kind == OperationKind.SHIP
+        ]
+        forwarded = _forwarded([t for t in ships if t.state in LIVE])
+        if forwarded is None:
+            await self.storage.pushes.settle(push.id, "none", now)  # shipped whole another way
             return
+        partial = shop_order.status == ShopStatus.PARTIALLY_SHIPPED
+        if partial:
+            # A part is asked for once, even if the marketplace refused it (Mirakl ships whole
+            # orders only): the end of the shipment then goes whole, with every line.
+            forwarded = _forwarded(ships) or {}
+        items: tuple[tuple[int, int], ...] = ()
+        if partial or forwarded:
+            detailed = await self.storage.orders.get(order.id, details=True)
+            if detailed is None:
+                return
+            shipped = _shipped_items(detailed, shop_order.shipped) if partial else None
+            items = _left_to_ship(detailed, forwarded, shipped)
+            if not items:
+                if not partial:
+                    await self.storage.pushes.settle(push.id, "none", now)
+                return  # nothing shipped since the last part was forwarded
         tracking = shop_order.tracking
         number = tracking.tracking_number.strip() if tracking else ""
         if not number and self.require_tracking.get(order.channel, False):
             counts["waiting_tracking"] += 1
-            await self._wait_for_tracking(order, push, now)
+            if not partial:
+                await self._wait_for_tracking(order, push, now)
             return
         payload = ShipPayload(
             carrier=(tracking.carrier if tracking else "") or shop_order.shipping_method or "Other",
             tracking_number=number,
             tracking_link=tracking.tracking_link if tracking else "",
+            items=items,
         )
         accepted = await self._request(OperationKind.SHIP, order.id, payload)
         counts["shipped"] += 1
@@ -322,8 +368,11 @@ class PushLoop(ConnectorLoop[ShopConnector]):
             shop_order=push.shop_order_id,
             carrier=payload.carrier,
             tracking_number=number,
+            lines=len(items) or "all",
         )
-        await self.storage.pushes.settle(push.id, "ship", now)
+        if not partial:
+            # A part shipped leaves the push open: the next parts, and the end, come later.
+            await self.storage.pushes.settle(push.id, "ship", now)
 
     async def _wait_for_tracking(self, order: StoredOrder, push: PushRecord, now: datetime) -> None:
         if push.completed_seen_at is None:
@@ -344,6 +393,48 @@ class PushLoop(ConnectorLoop[ShopConnector]):
             )
             await self.storage.pushes.flag_tracking(push, now, message)
             self.log.warning("shop_tracking_missing", order=order.reference, reason=message)
+
+
+def _forwarded(shipments: list[Ticket]) -> dict[int, int] | None:
+    """Quantities per order item already sent as shipments; None if one shipped it whole."""
+    sent: dict[int, int] = {}
+    for ticket in shipments:
+        lines = ticket.payload.get("items") or []
+        if not lines:
+            return None
+        for item_id, quantity in lines:
+            sent[int(item_id)] = sent.get(int(item_id), 0) + int(quantity)
+    return sent
+
+
+def _shipped_items(order: StoredOrder, by_sku: tuple[tuple[str, int], ...]) -> dict[int, int]:
+    """The shop's shipped quantities per SKU as quantities per order item (a SKU on several
+    lines fills them in order)."""
+    shipped: dict[int, int] = {}
+    for sku, quantity in by_sku:
+        for item in order.items:
+            if quantity <= 0:
+                break
+            if item.reference == sku and item.quantity > 0:
+                take = min(quantity, item.quantity - shipped.get(item.id, 0))
+                if take > 0:
+                    shipped[item.id] = shipped.get(item.id, 0) + take
+                    quantity -= take
+    return shipped
+
+
+def _left_to_ship(
+    order: StoredOrder, forwarded: dict[int, int], shipped: dict[int, int] | None
+) -> tuple[tuple[int, int], ...]:
+    """(item id, quantity) shipped in the shop but not yet sent to the marketplace; with
+    `shipped` None (the shop shipped everything), all that was not sent yet."""
+    items = []
+    for item in order.items:
+        done = item.quantity if shipped is None else shipped.get(item.id, 0)
+        left = min(done, item.quantity) - forwarded.get(item.id, 0)
+        if left > 0:
+            items.append((item.id, left))
+    return tuple(items)
 
 
 async def retry_push(

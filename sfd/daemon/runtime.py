@@ -7,10 +7,11 @@ import errno
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import anyio
 from aiohttp import web
@@ -20,9 +21,10 @@ from sfd.config import Config
 from sfd.connectors import shoppingfeed
 from sfd.connectors.base import CarrierLister, MarketplaceConnector
 from sfd.connectors.registry import ConnectorUnavailable, open_marketplace, open_shop
-from sfd.connectors.shop import ShopConnector
+from sfd.connectors.shop import DEFAULT_RETRY, Retry, ShopConnector
 from sfd.daemon.admin import admin_app, socket_path, start_admin
 from sfd.daemon.api import ShopApi
+from sfd.daemon.carriers import CarrierView, carrier_view
 from sfd.daemon.deadlines import DeadlineWatch
 from sfd.daemon.http import build_app
 from sfd.daemon.leases import LeaseKeeper
@@ -31,6 +33,7 @@ from sfd.daemon.metrics import Metrics
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.page import OrderPage
 from sfd.daemon.push import PushLoop
+from sfd.daemon.retention import RetentionLoop
 from sfd.daemon.worker import OperationsWorker
 from sfd.daemon.ws import LegacyWebservice
 from sfd.domain.clock import Clock, utcnow
@@ -48,6 +51,19 @@ from sfd.storage.channels import ChannelSpec
 from sfd.storage.leases import Listener
 
 log = get_logger()
+
+_C = TypeVar("_C")
+
+
+def _opened(open_connector: Callable[[], _C], **where: str) -> tuple[_C | None, str]:
+    """The connector `open_connector` opens, else None and why it is unavailable (logged as
+    connector_unavailable, with `where` it was to serve)."""
+    try:
+        return open_connector(), ""
+    except ConnectorUnavailable as exc:
+        log.warning("connector_unavailable", **where, reason=str(exc))
+        return None, str(exc)
+
 
 #: A stop must be done by then; systemd's TimeoutStopSec is 30 s, our promise is 10 s.
 STOP_DEADLINE = 8.0
@@ -96,8 +112,10 @@ class Daemon:
         clock: Clock = utcnow,
         notifier: SystemdNotifier | None = None,
         handle_signals: bool = True,
+        shop_retry: Retry = DEFAULT_RETRY,
     ) -> None:
         self.config = config
+        self.shop_retry = shop_retry
         self.clock = clock
         self.notifier = notifier or SystemdNotifier()
         self.handle_signals = handle_signals
@@ -118,6 +136,7 @@ class Daemon:
         self.leases: LeaseKeeper | None = None
         """Which loops run in this instance; every loop but the operations worker is leased."""
         self._listener: Listener | None = None
+        self._by_name: dict[str, MarketplaceConnector] = {}
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -174,19 +193,17 @@ class Daemon:
         by_channel: dict[int, MarketplaceConnector] = {}
         self.metrics.declare_channels(c.name for c in self.config.channels)
         for channel in self.config.channels:
-            connector: MarketplaceConnector | None = None
-            reason = ""
-            try:
-                connector = open_marketplace(
-                    channel.name, channel.connector, self.config.channel_settings[channel.name]
-                )
+            settings = self.config.channel_settings[channel.name]
+            connector, reason = _opened(
+                partial(open_marketplace, channel.name, channel.connector, settings),
+                channel=channel.name,
+            )
+            if connector is not None:
                 self.connectors.append(connector)
                 by_channel[ids[channel.name]] = connector
+                self._by_name[channel.name] = connector
                 if isinstance(connector, CarrierLister):
                     self.carrier_listers.setdefault(channel.store, []).append(connector)
-            except ConnectorUnavailable as exc:
-                reason = str(exc)
-                log.warning("connector_unavailable", channel=channel.name, reason=reason)
             self.loops.append(
                 Poller(
                     channel,
@@ -210,12 +227,16 @@ class Daemon:
             confirm_delay=daemon.confirm_delay,
             metrics=self.metrics,
             holder=storage.instance_id,
+            carriers={ids[c.name]: c.carriers for c in self.config.channels if c.carriers},
         )
         self.loops.append(self.worker)
         warnings = {
             ids[c.name]: timedelta(seconds=c.ship_deadline_warning) for c in self.config.channels
         }
         self.loops.append(DeadlineWatch(storage.deadlines, warnings, self.clock))
+        self.loops.append(
+            RetentionLoop(storage, timedelta(seconds=daemon.pii_retention), self.clock)
+        )
         self._build_push_loops(storage, redactor)
 
     def _build_push_loops(self, storage: Storage, redactor: SecretRedactor) -> None:
@@ -223,16 +244,13 @@ class Daemon:
         tracking = {c.name: c.require_tracking for c in self.config.channels}
         self.metrics.declare_shops(s.name for s in self.config.shops)
         for shop in self.config.shops:
-            shop_connector: ShopConnector | None = None
-            reason = ""
-            try:
-                shop_connector = open_shop(
-                    shop.name, shop.connector, self.config.shop_settings[shop.name]
-                )
+            settings = self.config.shop_settings[shop.name]
+            shop_connector, reason = _opened(
+                partial(open_shop, shop.name, shop.connector, settings, retry=self.shop_retry),
+                shop=shop.name,
+            )
+            if shop_connector is not None:
                 self.shop_connectors.append(shop_connector)
-            except ConnectorUnavailable as exc:
-                reason = str(exc)
-                log.warning("connector_unavailable", shop=shop.name, reason=reason)
             self.loops.append(
                 PushLoop(
                     shop,
@@ -270,6 +288,7 @@ class Daemon:
                     self.clock,
                     self._operations_written,
                     poll_now=self.poll_now,
+                    carriers=self.carrier_view,
                     warnings={
                         c.name: timedelta(seconds=c.ship_deadline_warning)
                         for c in self.config.channels
@@ -304,6 +323,13 @@ class Daemon:
             log.warning(
                 "admin_socket_unavailable", path=str(path), reason="path too long for a Unix socket"
             )
+
+    async def carrier_view(self, name: str) -> CarrierView | None:
+        """A channel's carriers, read through its running connector (Mirakl's SH21 cache)."""
+        channel = next((c for c in self.config.channels if c.name == name), None)
+        if channel is None:
+            return None
+        return await carrier_view(channel, self._by_name.get(name))
 
     def poll_now(self, channel: str) -> bool:
         """Ask a channel's poller (or a shop's push loop) to run at once; False if none runs."""
@@ -370,6 +396,7 @@ class Daemon:
             for connector in self.connectors:
                 await connector.aclose()
             self.connectors.clear()
+            self._by_name.clear()
             self.carrier_listers.clear()
             for shop_connector in self.shop_connectors:
                 await shop_connector.aclose()

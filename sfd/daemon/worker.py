@@ -101,7 +101,12 @@ def _receipt_events(channel: str, receipt: ShipmentReceipt | None) -> tuple[str,
     if receipt is None:
         return "", []
     numbers = ", ".join(receipt.tracking_numbers) or "none"
-    detail = f"carrier {receipt.carrier or 'none'}, tracking {numbers}"
+    carrier = receipt.carrier or "none"
+    matched = receipt.carrier_match
+    if receipt.carrier and matched is not None:
+        # Which code went out, and why: the channel's table, a match sfd made, or none.
+        carrier = f'{receipt.carrier} ({matched.source.value}: "{matched.name}")'
+    detail = f"carrier {carrier}, tracking {numbers}"
     warnings = []
     if receipt.not_forwarded:
         left = ", ".join(receipt.not_forwarded)
@@ -127,6 +132,7 @@ class OperationsWorker(Loop):
         max_age: timedelta = timedelta(hours=48),
         confirm_delay: float = 60.0,
         metrics: Metrics | None = None,
+        carriers: Mapping[int, Mapping[str, str]] | None = None,
         operation_backoff: Backoff = OPERATION_BACKOFF,
         backoff: Backoff = LOOP_BACKOFF,
         storage_retry: float | None = None,
@@ -145,6 +151,8 @@ class OperationsWorker(Loop):
         self.max_age = max_age
         self.confirm_delay = confirm_delay
         self.metrics = metrics or Metrics()
+        self.carriers = carriers or {}
+        """Channel id → its `[channels.carriers]` table, handed to the connector with a shipment."""
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
         self._paused: dict[int, datetime] = {}
         """Channel id → when it may be called again (throttled, or credentials broken)."""
@@ -317,6 +325,9 @@ class OperationsWorker(Loop):
                 raise Rejected(
                     f"the {connector.name} connector cannot {claim.kind.value} orders yet"
                 )
+            if claim.kind == K.SHIP:
+                table = self.carriers.get(claim.channel_id, {})
+                return Delivered(await _ship(connector, claim, table))
             return Delivered(await handler(connector, claim))
         except Rejected as exc:
             return Failed(exc.message)
@@ -400,8 +411,12 @@ class OperationsWorker(Loop):
             )
         )
         self.metrics.operation_delivered(claim.kind, (now - claim.created_at).total_seconds())
+        sent = {}
+        if receipt is not None and receipt.carrier_match is not None:
+            sent = {"carrier": receipt.carrier, "carrier_source": receipt.carrier_match.source}
         log.info(
             "operation_delivered",
+            **sent,
             attempts=claim.attempts,
             seconds=round((now - claim.created_at).total_seconds(), 3),
             call_seconds=round((now - requested).total_seconds(), 3),
@@ -465,7 +480,9 @@ async def _mark_delivered(connector: MarketplaceConnector, claim: Claim) -> None
     await connector.deliver(claim.order_reference)
 
 
-async def _ship(connector: MarketplaceConnector, claim: Claim) -> ShipmentReceipt:
+async def _ship(
+    connector: MarketplaceConnector, claim: Claim, carriers: Mapping[str, str] | None = None
+) -> ShipmentReceipt:
     p = claim.payload
     if not isinstance(p, ShipPayload):
         raise Rejected(f"a shipment needs a ship payload, not {type(p).__name__}")
@@ -476,6 +493,7 @@ async def _ship(connector: MarketplaceConnector, claim: Claim) -> ShipmentReceip
             tracking_number=p.tracking_number,
             tracking_link=p.tracking_link,
             items={claim.item_references[item]: qty for item, qty in p.items} or None,
+            carriers=carriers or {},
         ),
     )
 
@@ -493,6 +511,12 @@ async def _refund(connector: MarketplaceConnector, claim: Claim) -> None:
     )
 
 
+async def _upload_document(connector: MarketplaceConnector, claim: Claim) -> None:
+    if claim.document is None:
+        raise Rejected("the document's content was erased before it was sent")
+    await connector.upload_document(claim.order_reference, claim.document)
+
+
 #: Operation kind → the marketplace call that delivers it; a kind not here is refused.
 _HANDLERS: dict[OperationKind, Handler] = {
     K.ACCEPT: _accept,
@@ -501,4 +525,5 @@ _HANDLERS: dict[OperationKind, Handler] = {
     K.SHIP: _ship,
     K.REFUND: _refund,
     K.DELIVER: _mark_delivered,
+    K.UPLOAD_DOCUMENT: _upload_document,
 }

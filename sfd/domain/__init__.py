@@ -185,6 +185,7 @@ class OperationKind(StrEnum):
     DELIVER = "deliver"
     ACKNOWLEDGE = "acknowledge"
     UNACKNOWLEDGE = "unacknowledge"
+    UPLOAD_DOCUMENT = "upload_document"
 
 
 #: Operations that sfd settles itself, without calling the marketplace.

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from sfd.domain import FulfilledBy, OperationKind, OrderStatus, TicketState, reached
+from sfd.domain.documents import Document
 
 K = OperationKind
 S = OrderStatus
@@ -77,7 +78,29 @@ class RefundPayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tru
     products: tuple[tuple[str, int], ...] = ()
 
 
-Payload = ShipPayload | AcknowledgePayload | ReasonPayload | RefundPayload
+class DocumentPayload(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A document to attach to the order; its bytes are stored apart (storage's documents)."""
+
+    type: str = "invoice"
+    sha256: str
+    file_name: str
+    content_type: str
+    size: int
+
+
+Payload = ShipPayload | AcknowledgePayload | ReasonPayload | RefundPayload | DocumentPayload
+
+
+def document_payload(document: Document) -> DocumentPayload:
+    """The outbox payload of a checked document: everything but its bytes."""
+    return DocumentPayload(
+        type=document.type,
+        sha256=document.sha256,
+        file_name=document.file_name,
+        content_type=document.content_type,
+        size=document.size,
+    )
+
 
 PAYLOAD_TYPES: dict[OperationKind, type[Payload]] = {
     K.SHIP: ShipPayload,
@@ -88,6 +111,7 @@ PAYLOAD_TYPES: dict[OperationKind, type[Payload]] = {
     K.CANCEL: ReasonPayload,
     K.DELIVER: ReasonPayload,
     K.UNACKNOWLEDGE: ReasonPayload,
+    K.UPLOAD_DOCUMENT: DocumentPayload,
 }
 
 
@@ -171,6 +195,10 @@ def confirmed_by_answer(kind: OperationKind, status: OrderStatus) -> bool:
     keeps the refund in the order's status), so no status read could confirm the shipment:
     the marketplace's answer to it does.
     """
+    if kind == K.UPLOAD_DOCUMENT:
+        # No order status shows a document: the marketplace's taking it (Amazon: its feed's
+        # processing report) is the confirmation.
+        return True
     return kind == K.SHIP and status == S.PARTIALLY_REFUNDED
 
 
@@ -206,6 +234,19 @@ def decide(
     same = [
         p for p in prior if p.kind == kind and p.state in LIVE and p.payload in (encoded, asked)
     ]
+    if isinstance(payload, DocumentPayload):
+        # The same file for the same order is the same document, whatever it is called now.
+        same = [
+            p
+            for p in prior
+            if p.kind == kind
+            and p.state in LIVE
+            and p.payload.get("sha256") == payload.sha256
+            and p.payload.get("type", "invoice") == payload.type
+        ]
+        if same:
+            return Decision(same[0].state, reuse=same[0])
+        return Decision(TicketState.SCHEDULED)
     if same:
         # A repeat of a request already taken: the same ticket answers it, nothing is resent.
         return Decision(same[0].state, reuse=same[0])

@@ -17,17 +17,18 @@ import random
 import secrets
 import zlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
+from xml.sax.saxutils import escape as xml_escape
 
 import msgspec
 from aiohttp import web
 
 from sfd.domain.clock import Clock, from_iso, utcnow
-from sfd.sandbox.marketplace import RecordedCall
+from sfd.sandbox.kit import RecordedCall, record, serve
 
 FRANCE: Final = "A13V1IB3VIYZZH"
 SEARCH_PARAMETERS: Final = frozenset(
@@ -76,7 +77,14 @@ USAGE_PLANS: Final = {
     "searchOrders": (0.0056, 20),
     "getOrder": (0.5, 30),
     "confirmShipment": (2.0, 10),
+    "createFeedDocument": (0.5, 15),
+    "createFeed": (0.0083, 15),
+    "getFeed": (2.0, 15),
+    "getFeedDocument": (0.0222, 10),
 }
+FEEDS: Final = "/feeds/2021-06-30"
+#: The document types an UPLOAD_VAT_INVOICE feed takes (metadata:documenttype).
+INVOICE_DOCUMENT_TYPES: Final = frozenset({"Invoice", "CreditNote"})
 TOKEN_LIFE: Final = timedelta(hours=24)
 #: Roles that release personal data (Amazon's "Access Orders PII" guide).
 SHIPPING_ROLE: Final = "Direct-to-Consumer Shipping"
@@ -205,6 +213,12 @@ class SandboxAmazon:
             op: _Bucket(rate, burst, clock) for op, (rate, burst) in USAGE_PLANS.items()
         }
         self.enforce_usage_plans = enforce_usage_plans
+        self.feed_documents: dict[str, dict[str, Any]] = {}
+        """Feed document id → its content type and, once uploaded or written, its bytes."""
+        self.feeds: dict[str, dict[str, Any]] = {}
+        """Feed id → the feed as created, its status and its report's document."""
+        self.invoices: dict[str, list[dict[str, Any]]] = {}
+        """Order id → the VAT invoices its feeds delivered."""
 
     # -- the seller's side ----------------------------------------------------------------
 
@@ -335,26 +349,149 @@ class SandboxAmazon:
             self._confirm,
             name="confirmShipment",
         )
+        app.router.add_post(f"{FEEDS}/documents", self._create_document, name="createFeedDocument")
+        app.router.add_get(
+            f"{FEEDS}/documents/{{document_id}}", self._get_document, name="getFeedDocument"
+        )
+        app.router.add_post(f"{FEEDS}/feeds", self._create_feed, name="createFeed")
+        app.router.add_get(f"{FEEDS}/feeds/{{feed_id}}", self._get_feed, name="getFeed")
+        # The presigned URLs: no access token, as Amazon's S3 URLs carry their own signature.
+        app.router.add_put("/presigned/{document_id}", self._upload, name="uploadFeedDocument")
+        app.router.add_get("/presigned/{document_id}", self._download, name="downloadDocument")
         return app
+
+    # -- feeds (UPLOAD_VAT_INVOICE) --------------------------------------------------------
+
+    def _presigned(self, request: web.Request, document_id: str) -> str:
+        return f"{request.url.origin()}/presigned/{document_id}"
+
+    async def _create_document(self, request: web.Request) -> web.Response:
+        body = _json_body(await request.read())
+        content_type = body.get("contentType") if isinstance(body, dict) else None
+        if not isinstance(content_type, str) or not content_type:
+            return _errors(400, "InvalidInput", "contentType is required.")
+        document_id = "amzn1.tortuga.4." + secrets.token_hex(8)
+        self.feed_documents[document_id] = {"contentType": content_type, "content": None}
+        return web.json_response(
+            {"feedDocumentId": document_id, "url": self._presigned(request, document_id)},
+            status=201,
+        )
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        document = self.feed_documents.get(request.match_info["document_id"])
+        if document is None or document["content"] is not None:
+            return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>")
+        if request.headers.get("Content-Type") != document["contentType"]:
+            return web.Response(
+                status=403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>"
+            )
+        document["content"] = await request.read()
+        return web.Response(status=200)
+
+    async def _download(self, request: web.Request) -> web.Response:
+        document = self.feed_documents.get(request.match_info["document_id"])
+        if document is None or document["content"] is None:
+            return web.Response(status=404, text="<Error><Code>NoSuchKey</Code></Error>")
+        return web.Response(body=document["content"], content_type="text/xml")
+
+    async def _get_document(self, request: web.Request) -> web.Response:
+        document_id = request.match_info["document_id"]
+        if document_id not in self.feed_documents:
+            return _errors(404, "NotFound", "The feed document was not found.")
+        return web.json_response(
+            {"feedDocumentId": document_id, "url": self._presigned(request, document_id)}
+        )
+
+    async def _create_feed(self, request: web.Request) -> web.Response:
+        body = _json_body(await request.read())
+        if not isinstance(body, dict):
+            return _errors(400, "InvalidInput", "The body is not a CreateFeedSpecification.")
+        for name in ("feedType", "marketplaceIds", "inputFeedDocumentId"):
+            if not body.get(name):
+                return _errors(400, "InvalidInput", f"{name} is required.")
+        document = self.feed_documents.get(body["inputFeedDocumentId"])
+        if document is None or document["content"] is None:
+            return _errors(400, "InvalidInput", "The input feed document was not uploaded.")
+        if body["feedType"] != "UPLOAD_VAT_INVOICE":
+            return _errors(400, "InvalidInput", f"Feed type {body['feedType']} is not served.")
+        feed_id = str(50000 + len(self.feeds))
+        self.feeds[feed_id] = {
+            "spec": body,
+            "status": "IN_QUEUE",
+            "created": _stamp(self.clock()),
+            "result": None,
+        }
+        return web.json_response({"feedId": feed_id}, status=202)
+
+    async def _get_feed(self, request: web.Request) -> web.Response:
+        feed_id = request.match_info["feed_id"]
+        feed = self.feeds.get(feed_id)
+        if feed is None:
+            return _errors(404, "NotFound", "The feed was not found.")
+        # Each look moves it on: IN_QUEUE, IN_PROGRESS, then DONE with its report.
+        if feed["status"] == "IN_QUEUE":
+            feed["status"] = "IN_PROGRESS"
+        elif feed["status"] == "IN_PROGRESS":
+            feed["status"] = "DONE"
+            feed["result"] = self._process_invoice(feed_id, feed["spec"])
+        answer = {
+            "feedId": feed_id,
+            "feedType": feed["spec"]["feedType"],
+            "marketplaceIds": feed["spec"]["marketplaceIds"],
+            "createdTime": feed["created"],
+            "processingStatus": feed["status"],
+        }
+        if feed["result"] is not None:
+            answer["resultFeedDocumentId"] = feed["result"]
+        return web.json_response(answer)
+
+    def _process_invoice(self, feed_id: str, spec: dict[str, Any]) -> str:
+        """Process an UPLOAD_VAT_INVOICE feed; its report is a feed document of its own."""
+        options = spec.get("feedOptions") or {}
+        order_id = options.get("metadata:orderid")
+        content = self.feed_documents[spec["inputFeedDocumentId"]]["content"]
+        error = None
+        if order_id not in self._orders:
+            error = f"Order {order_id} was not found."
+        elif not options.get("metadata:invoicenumber"):
+            error = "metadata:invoicenumber is required."
+        elif options.get("metadata:documenttype") not in INVOICE_DOCUMENT_TYPES:
+            error = f"Invalid document type {options.get('metadata:documenttype')}."
+        elif not content.startswith(b"%PDF-"):
+            error = "The invoice must be a PDF file."
+        else:
+            self.invoices.setdefault(order_id, []).append(
+                {
+                    "feed_id": feed_id,
+                    "invoice_number": options["metadata:invoicenumber"],
+                    "document_type": options["metadata:documenttype"],
+                    "content": content,
+                }
+            )
+        report_id = "amzn1.tortuga.4.report." + secrets.token_hex(8)
+        result = (
+            "<Result><MessageID>1</MessageID><ResultCode>Error</ResultCode>"
+            f"<ResultDescription>{xml_escape(error)}</ResultDescription></Result>"
+            if error
+            else ""
+        )
+        report = (
+            '<?xml version="1.0" encoding="UTF-8"?><AmazonEnvelope><Message><ProcessingReport>'
+            f"<DocumentTransactionID>{feed_id}</DocumentTransactionID>"
+            "<StatusCode>Complete</StatusCode><ProcessingSummary>"
+            "<MessagesProcessed>1</MessagesProcessed>"
+            f"<MessagesSuccessful>{0 if error else 1}</MessagesSuccessful>"
+            f"<MessagesWithError>{1 if error else 0}</MessagesWithError>"
+            f"</ProcessingSummary>{result}</ProcessingReport></Message></AmazonEnvelope>"
+        )
+        self.feed_documents[report_id] = {"contentType": "text/xml", "content": report.encode()}
+        return report_id
 
     @web.middleware
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
-        raw = await request.read()
-        body: Any = raw.decode("utf-8", errors="replace") if raw else None
-        if raw and request.content_type == "application/json":
-            with suppress(msgspec.DecodeError):
-                body = msgspec.json.decode(raw)
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            body=body,
-            at=self.clock(),
-            operation=request.match_info.route.name,
-            order_id=request.match_info.get("order_id"),
-        )
+        call = await record(request, self.clock())
         self.calls.append(call)
         operation = call.operation
         response: web.StreamResponse
@@ -565,6 +702,13 @@ def _list(value: str | None) -> list[str]:
     return [v for v in (value or "").split(",") if v]
 
 
+def _json_body(raw: bytes) -> Any:
+    try:
+        return msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
+        return None
+
+
 def _errors(status: int, code: str, message: str) -> web.Response:
     return web.json_response(
         {"errors": [{"code": code, "message": message, "details": ""}]}, status=status
@@ -579,11 +723,5 @@ async def run_amazon(
 
     LWA's token endpoint is at BASE/auth/o2/token, the orders operations under BASE.
     """
-    runner = web.AppRunner(amazon.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield f"http://{host}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(amazon.app(), host=host, port=port) as url:
+        yield url

@@ -16,6 +16,8 @@ import argparse
 import contextlib
 import random
 import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from sfd.daemon.runtime import Daemon, StartupError
 from sfd.domain.clock import utcnow
 from sfd.logs import get_logger
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
+from sfd.sandbox.prestashop import prestashop_demo
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from sfd.storage import Storage, TokenError
 
@@ -37,6 +40,9 @@ SHOP_TOKEN_NAME = "demo-shop"
 CARRIERS = ("Colissimo", "Chronopost", "DPD", "Mondial Relay")
 
 log = get_logger(component="demo")
+
+#: A simulated merchant working in a fake shop until cancelled.
+Merchant = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,10 @@ def demo_config(
     sandbox_url: str,
     api_key: str,
     settings: DemoSettings,
-    shop: tuple[str, str, str] | None = None,
+    shop: str | None = None,
 ) -> Config:
     """The config of the demo: the given daemon and stores, plus the sandbox channel, and
-    with `shop` (base URL, consumer key, consumer secret) a WooCommerce shop in push mode."""
+    with `shop` (its `connector` key and `[shops.settings]`) a shop in push mode."""
     store = base.stores[0].id if base.stores else 1
     text = f"""
 [daemon]
@@ -84,18 +90,12 @@ name = "{base.stores[0].name if base.stores else "Demo store"}"
         ship_deadline_warning="24h",
     )
     if shop is not None:
-        shop_url, key, secret = shop
         text += f"""
 [[shops]]
 name = "{SHOP}"
 store = {store}
-connector = "woocommerce"
 sync_interval = "{settings.shop_sync_interval}"
-[shops.settings]
-base_url = "{shop_url}"
-consumer_key = "{key}"
-consumer_secret = "{secret}"
-"""
+{shop}"""
     return parse_config(text, f"{base.source} (demo)", {})
 
 
@@ -244,13 +244,53 @@ class SimulatedMerchant:
                 )
 
 
+@contextlib.asynccontextmanager
+async def _woocommerce(settings: DemoSettings) -> AsyncIterator[tuple[str, Merchant]]:
+    key, secret = f"ck_{secrets.token_hex(20)}", f"cs_{secrets.token_hex(20)}"
+    woocommerce = SandboxWooCommerce(key, secret)
+    async with run_woocommerce(woocommerce) as url:
+        toml = (
+            f'connector = "woocommerce"\n[shops.settings]\nbase_url = "{url}"\n'
+            f'consumer_key = "{key}"\nconsumer_secret = "{secret}"\n'
+        )
+        yield toml, SimulatedMerchant(woocommerce, settings).run
+
+
+@contextlib.asynccontextmanager
+async def _shopify(settings: DemoSettings) -> AsyncIterator[tuple[str, Merchant]]:
+    from sfd.sandbox.shopify import SandboxShopify, ShopifyMerchant, run_shopify
+
+    token = f"shpat_{secrets.token_hex(16)}"
+    shop = SandboxShopify(token)
+    async with run_shopify(shop) as url:
+        toml = (
+            f'connector = "shopify"\n[shops.settings]\nshop_url = "{url}"\n'
+            f'access_token = "{token}"\n'
+        )
+        merchant = ShopifyMerchant(shop, ship_after=settings.ship_after, carriers=CARRIERS)
+        yield toml, merchant.run
+
+
+#: The built-in fake shops of `sfd demo --push NAME`: each serves itself and yields its
+#: `[[shops]]` TOML (connector and settings) and a merchant working in it.
+PUSH_SHOPS: dict[
+    str, Callable[[DemoSettings], AbstractAsyncContextManager[tuple[str, Merchant]]]
+] = {
+    "woocommerce": _woocommerce,
+    "prestashop": lambda settings: prestashop_demo(settings.ship_after),
+    "shopify": _shopify,
+}
+
+
 async def run_demo(
-    base: Config, settings: DemoSettings | None = None, *, push: bool = False
+    base: Config, settings: DemoSettings | None = None, *, push: bool | str = False
 ) -> int:
     """Run the sandbox, sfd and the simulated shop until SIGINT or SIGTERM.
 
-    With `push`, the shop is a fake WooCommerce that sfd pushes into (push mode).
+    With `push` (a PUSH_SHOPS name; True is WooCommerce), the shop is a fake that sfd pushes
+    into (push mode).
     """
+    push = "woocommerce" if push is True else push or ""
     settings = settings or DemoSettings()
     api_key = secrets.token_urlsafe(24)
     marketplace = SandboxMarketplace(
@@ -258,12 +298,11 @@ async def run_demo(
         seed=random.randrange(1 << 30),  # noqa: S311
         ship_confirm_delay=settings.ship_confirm_delay,
     )
-    key, secret = f"ck_{secrets.token_hex(20)}", f"cs_{secrets.token_hex(20)}"
-    woocommerce = SandboxWooCommerce(key, secret)
     async with contextlib.AsyncExitStack() as stack:
         sandbox_url = await stack.enter_async_context(run_sandbox(marketplace))
-        shop_url = await stack.enter_async_context(run_woocommerce(woocommerce)) if push else ""
-        shop = (shop_url, key, secret) if push else None
+        shop, merchant = (
+            await stack.enter_async_context(PUSH_SHOPS[push](settings)) if push else (None, None)
+        )
         config = demo_config(base, sandbox_url, api_key, settings, shop)
         daemon = Daemon(config)
         try:
@@ -279,7 +318,7 @@ async def run_demo(
             sandbox=sandbox_url,
             sfd=daemon.url,
             mode="push" if push else "pull",
-            woocommerce=shop_url if push else None,
+            shop=push or None,
             hint="orders appear within seconds; Ctrl-C stops the demo",
             page=f"{daemon.url}/ (sign in with a token from `sfd token create --store {store}`)",
         )
@@ -292,8 +331,8 @@ async def run_demo(
             tg.start_soon(serve_then_stop_all)
             await daemon.ready.wait()
             tg.start_soon(_marketplace_activity, marketplace, settings)
-            if push:
-                tg.start_soon(SimulatedMerchant(woocommerce, settings).run)
+            if merchant is not None:
+                tg.start_soon(merchant)
             else:
                 token = await issue_shop_token(daemon.storage, store)
                 tg.start_soon(SimulatedShop(daemon.url, token, store, settings).run)
@@ -303,8 +342,10 @@ async def run_demo(
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--push",
-        action="store_true",
-        help="push mode: sfd pushes the orders into a built-in fake WooCommerce shop",
+        nargs="?",
+        const="woocommerce",
+        choices=sorted(PUSH_SHOPS),
+        help="push mode: sfd pushes the orders into a built-in fake shop (default woocommerce)",
     )
 
 

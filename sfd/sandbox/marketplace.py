@@ -24,13 +24,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from email.parser import BytesParser
+from email.policy import default as email_policy
 from typing import Any, Final, NamedTuple, TypeVar
 
-import msgspec
 from aiohttp import web
+from defusedxml import ElementTree as DefusedET
 
 from sfd.domain.clock import Clock, from_iso, utcnow
-from sfd.sandbox.failures import take_failure
+from sfd.sandbox.kit import (
+    Failure,
+    conclude,
+    json_answer,
+    read_body,
+    record,
+    serve,
+    take_failure,
+)
+from sfd.sandbox.kit import (
+    RecordedCall as RecordedCall,  # re-exported: tests and the demo import it from here
+)
 
 #: The operator's carriers, as SH21 lists them (sorted by label, as Mirakl does).
 CARRIERS: Final[tuple[dict[str, str], ...]] = (
@@ -74,7 +87,6 @@ _FINAL_STATES: Final = frozenset({"REFUSED", "CANCELED", "CLOSED", "REFUNDED"})
 #: Line states in which OR28 may refund: the customer has been debited.
 _REFUNDABLE_STATES: Final = frozenset({"SHIPPING", "SHIPPED", "TO_COLLECT", "RECEIVED", "CLOSED"})
 _CENT: Final = Decimal("0.01")
-_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
 
 _FIRST_NAMES: Final = (
     "Camille", "Léa", "Manon", "Chloé", "Inès", "Louise", "Jade", "Emma", "Lucas", "Hugo",
@@ -161,32 +173,6 @@ def mirakl_time(moment: datetime) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
-@dataclass
-class RecordedCall:
-    """One request the sandbox received, as it arrived, and whether it was answered."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    at: datetime
-    operation: str | None = None
-    """OR11, OR21, OR23, OR24, OR28, OR29 or SH21; None for a path the sandbox does not serve."""
-    order_id: str | None = None
-    status: int | None = None
-    responded: bool = False
-    """False when the sandbox dropped the connection instead of answering."""
-
-
-@dataclass
-class _Failure:
-    remaining: int
-    status: int | None
-    """None drops the connection after the request took effect."""
-    retry_after: str | None
-    operation: str | None
-
-
 @dataclass(slots=True)
 class _Record:
     """An order. Until something changes it, only what regenerates it is kept: 100,000
@@ -257,8 +243,12 @@ class SandboxMarketplace:
         """(last update, order id) of every order, sorted: OR11's order."""
         self._due: list[tuple[datetime, str]] = []
         """Shipments confirmed by OR24 that Mirakl has not applied yet, soonest first."""
-        self._failures: list[_Failure] = []
+        self._failures: list[Failure] = []
         self._sequence = 0
+        self.document_types = set(DOCUMENT_TYPE_CODES)
+        """The OR74 type codes this operator takes."""
+        self.documents: dict[str, list[dict[str, Any]]] = {}
+        """Order id → the documents OR74 attached to it, in order."""
 
     # -- state, for tests and the demo ----------------------------------------------------
 
@@ -354,7 +344,7 @@ class SandboxMarketplace:
     ) -> None:
         """Answer the next `n` requests (of `operation`, if given) with `status`, unprocessed."""
         after = None if retry_after is None else str(retry_after)
-        self._failures.append(_Failure(n, status, after, operation))
+        self._failures.append(Failure(n, operation, status, retry_after=after))
 
     def clear_failures(self) -> None:
         """Stop injecting failures: every request is served normally again."""
@@ -365,7 +355,7 @@ class SandboxMarketplace:
 
         The caller cannot know whether its request took effect: an unknown outcome.
         """
-        self._failures.append(_Failure(n, None, None, operation))
+        self._failures.append(Failure(n, operation, drop=True))
 
     def app(self) -> web.Application:
         """The aiohttp application serving this marketplace."""
@@ -377,23 +367,14 @@ class SandboxMarketplace:
         app.router.add_put("/api/orders/refund", self._refund, name="OR28")
         app.router.add_put("/api/orders/{order_id}/cancel", self._cancel, name="OR29")
         app.router.add_get("/api/shipping/carriers", self._list_carriers, name="SH21")
+        app.router.add_post("/api/orders/{order_id}/documents", self._documents, name="OR74")
         return app
 
     # -- HTTP -----------------------------------------------------------------------------
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        body = await _body(request)
-        route = request.match_info.route
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            body=body,
-            at=self.clock(),
-            operation=route.name,
-            order_id=request.match_info.get("order_id"),
-        )
+        call = await record(request, self.clock())
         self.calls.append(call)
         self._settle()
         failure = self._take_failure(call.operation)
@@ -408,20 +389,13 @@ class SandboxMarketplace:
             except web.HTTPException as exc:
                 call.status, call.responded = exc.status, True
                 raise
-        call.status = response.status
-        if failure is not None and failure.status is None:
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        # A client already gone (killed, or its call cut short) never gets this answer.
-        call.responded = request.transport is not None and not request.transport.is_closing()
-        return response
+        return await conclude(request, call, response, failure)
 
-    def _take_failure(self, operation: str | None) -> _Failure | None:
+    def _take_failure(self, operation: str | None) -> Failure | None:
         return take_failure(self._failures, operation)
 
     @staticmethod
-    def _injected(failure: _Failure) -> web.Response:
+    def _injected(failure: Failure) -> web.Response:
         assert failure.status is not None
         status = failure.status
         headers = {}
@@ -483,7 +457,7 @@ class SandboxMarketplace:
                 f"The order {data['order_id']} is not in WAITING_ACCEPTANCE state "
                 f"(current state: {data['order_state']})",
             )
-        body = await _body(request)
+        body = await read_body(request)
         decisions = body.get("order_lines") if isinstance(body, dict) else None
         if not isinstance(decisions, list):
             return _error(400, "order_lines is required")
@@ -520,7 +494,7 @@ class SandboxMarketplace:
                 f"The tracking of order {data['order_id']} cannot be updated in state "
                 f"{data['order_state']}",
             )
-        body = await _body(request)
+        body = await read_body(request)
         if not isinstance(body, dict):
             return _error(400, "A JSON object is required")
         code, name = body.get("carrier_code"), body.get("carrier_name")
@@ -584,7 +558,7 @@ class SandboxMarketplace:
     async def _refund(self, request: web.Request) -> web.Response:
         """OR28: refund order lines. A line whose quantity is all refunded becomes REFUNDED, and
         the order too once every line is refunded, refused or cancelled."""
-        body = await _body(request)
+        body = await read_body(request)
         asked = body.get("refunds") if isinstance(body, dict) else None
         if not isinstance(asked, list) or not asked:
             return _error(400, "refunds is required")
@@ -640,6 +614,53 @@ class SandboxMarketplace:
                 data["can_cancel"] = data["can_shop_ship"] = False
             self._touch(record, now)
         return _json({"refunds": created})
+
+    async def _documents(self, request: web.Request) -> web.Response:
+        """OR74: multipart `files` and an `order_documents` XML naming each file's type."""
+        record = self._find(request)
+        if record is None:
+            return _not_found(request)
+        try:
+            files, details = _or74_parts(
+                request.headers.get("Content-Type", ""), await request.read()
+            )
+        except ValueError as exc:
+            return _error(400, str(exc))
+        self.calls[-1].body = {
+            "files": [name for name, _, _ in files],
+            "order_documents": details,
+        }
+        try:
+            named = _or74_details(details)
+        except ValueError as exc:
+            return _error(400, f"order_documents: {exc}")
+        order_id = request.match_info["order_id"]
+        kept = self.documents.setdefault(order_id, [])
+        taken, errors = [], []
+        for file_name, content_type, content in files:
+            type_code = named.get(file_name)
+            if type_code is None:
+                errors.append({"file_name": file_name, "message": "no order_document names it"})
+            elif type_code not in self.document_types:
+                errors.append(
+                    {"file_name": file_name, "message": f"unknown document type {type_code}"}
+                )
+            elif any(d["file_name"] == file_name for d in kept):
+                errors.append({"file_name": file_name, "message": "file name already used"})
+            else:
+                document = {
+                    "id": sum(len(d) for d in self.documents.values()) + 1,
+                    "file_name": file_name,
+                    "type_code": type_code,
+                    "file_size": len(content),
+                    "content_type": content_type,
+                    "content": content,
+                }
+                kept.append(document)
+                taken.append({k: document[k] for k in ("id", "file_name", "type_code")})
+        return _json(
+            {"errors_count": len(errors), "document_errors": errors, "order_documents": taken}
+        )
 
     async def _list_carriers(self, request: web.Request) -> web.Response:
         return _json({"carriers": self.carriers})
@@ -984,32 +1005,63 @@ async def run_sandbox(
     marketplace: SandboxMarketplace, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve `marketplace` on `host` (a free port by default) and yield its base URL."""
-    runner = web.AppRunner(marketplace.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        yield f"http://{host}:{bound}"
-    finally:
-        await runner.cleanup()
+    async with serve(marketplace.app(), host=host, port=port) as url:
+        yield url
 
 
-async def _body(request: web.Request) -> Any:
-    """The request's JSON body; its text if it is not JSON; None if there is none."""
-    raw = await request.read()
-    if not raw:
-        return None
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return raw.decode("utf-8", errors="replace")
+#: The OR74 type codes a sandbox operator takes (Mirakl's defaults for shops).
+DOCUMENT_TYPE_CODES = ("CUSTOMER_INVOICE", "CUSTOMER_CREDIT_NOTE", "SHIPPING_LABEL")
+
+
+def _or74_parts(content_type: str, raw: bytes) -> tuple[list[tuple[str, str, bytes]], str]:
+    """OR74's files (name, content type, bytes) and its order_documents XML; ValueError."""
+    if not content_type.startswith("multipart/form-data"):
+        raise ValueError(f"expected multipart/form-data, not {content_type or 'nothing'}")
+    message = BytesParser(policy=email_policy).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    if not message.is_multipart():
+        raise ValueError("the multipart body cannot be read")
+    files: list[tuple[str, str, bytes]] = []
+    details: str | None = None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            raise ValueError(f"part {name!r} is empty")
+        if name == "files":
+            filename = part.get_filename()
+            if not filename:
+                raise ValueError("a files part has no filename")
+            files.append((filename, part.get_content_type(), payload))
+        elif name == "order_documents":
+            details = payload.decode("utf-8")
+        else:
+            raise ValueError(f"unexpected part {name!r}")
+    if not files:
+        raise ValueError("files is required")
+    if details is None:
+        raise ValueError("order_documents is required")
+    return files, details
+
+
+def _or74_details(xml: str) -> dict[str, str]:
+    """file_name → type_code, from `<body><order_documents><order_document>…`."""
+    root = DefusedET.fromstring(xml)
+    if root.tag != "body" or root.find("order_documents") is None:
+        raise ValueError("expected <body><order_documents>")
+    named = {}
+    for doc in root.iter("order_document"):
+        file_name, type_code = doc.findtext("file_name"), doc.findtext("type_code")
+        if not file_name or not type_code:
+            raise ValueError("each order_document needs a file_name and a type_code")
+        named[file_name] = type_code
+    return named
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=_ENCODER.encode(payload), content_type="application/json"
-    )
+    """Mirakl writes its amounts as JSON numbers."""
+    return json_answer(payload, status, decimals="number")
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -15,22 +15,27 @@ cancel orders as a merchant would in the admin, and inject failures: a status, a
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-import msgspec
 from aiohttp import web
 
 from sfd.domain.clock import Clock, from_iso, utcnow
-from sfd.sandbox.failures import take_failure
+from sfd.sandbox.kit import (
+    Failure,
+    RecordedCall,
+    conclude,
+    json_answer,
+    record,
+    serve,
+    take_failure,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -39,7 +44,6 @@ DEFAULT_PRODUCTS: Final = tuple((f"SKU-{n:04d}", f"Product {n}", "19.90") for n 
 ORDER_STATUSES: Final = frozenset(
     {"pending", "processing", "on-hold", "completed", "cancelled", "refunded", "failed", "trash"}
 )
-_ENCODER: Final = msgspec.json.Encoder(decimal_format="string")
 
 
 def wc_time(moment: datetime) -> str:
@@ -47,26 +51,8 @@ def wc_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-@dataclass
-class RecordedRequest:
-    """One request the fake received, and how it was answered."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    operation: str | None
-    status: int | None = None
-    responded: bool = False
-
-
-@dataclass
-class _Failure:
-    remaining: int
-    operation: str | None
-    status: int | None = None
-    delay: float = 0.0
-    drop: bool = False
+RecordedRequest = RecordedCall
+"""One request the fake received, and how it was answered (`order_id`: the path's `id`)."""
 
 
 class SandboxWooCommerce:
@@ -95,7 +81,7 @@ class SandboxWooCommerce:
         self.customer_emails: list[tuple[int, str, str]] = []
         """(order id, address, email) of each email WooCommerce would send the buyer: it
         mails the billing email when an order turns processing, on-hold or completed."""
-        self._failures: list[_Failure] = []
+        self._failures: list[Failure] = []
         self._next_id = 100
         for sku, name, price in products:
             self.add_product(sku, name, price)
@@ -199,15 +185,15 @@ class SandboxWooCommerce:
 
     def fail_next(self, n: int, status: int, *, operation: str | None = None) -> None:
         """Answer the next `n` requests (of `operation`, e.g. `orders.create`) with `status`."""
-        self._failures.append(_Failure(n, operation, status=status))
+        self._failures.append(Failure(n, operation, status=status))
 
     def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
         """Serve the next `n` requests, then wait `seconds` before answering."""
-        self._failures.append(_Failure(n, operation, delay=seconds))
+        self._failures.append(Failure(n, operation, delay=seconds))
 
     def drop_next(self, n: int, *, operation: str | None = None) -> None:
         """Serve the next `n` requests, then close the connection unanswered."""
-        self._failures.append(_Failure(n, operation, drop=True))
+        self._failures.append(Failure(n, operation, drop=True))
 
     def clear_failures(self) -> None:
         """Stop injecting failures: every request is served normally again."""
@@ -241,24 +227,17 @@ class SandboxWooCommerce:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = msgspec.json.decode(raw) if raw else None
-        except msgspec.DecodeError:
-            body = raw.decode("utf-8", errors="replace")
-        record = RecordedRequest(
-            request.method, request.path, dict(request.query), body, request.match_info.route.name
-        )
-        self.requests.append(record)
-        failure = self._take_failure(record.operation)
+        call = await record(request, self.clock(), order_key="id")
+        self.requests.append(call)
+        failure = self._take_failure(call.operation)
         if failure is not None and failure.status is not None:
             response: web.StreamResponse = _injected(failure.status)
         elif not self._authorized(request):
             response = _error(
                 401, "woocommerce_rest_authentication_error", "Consumer key is invalid."
             )
-        elif record.operation is None or (
-            record.operation == "trackings.list" and not self.tracking_extension
+        elif call.operation is None or (
+            call.operation == "trackings.list" and not self.tracking_extension
         ):
             response = _error(
                 404, "rest_no_route", "No route was found matching the URL and request method."
@@ -268,18 +247,9 @@ class SandboxWooCommerce:
                 response = await handler(request)
             except _WcError as exc:
                 response = _error(exc.status, exc.code, exc.message)
-        record.status = response.status
-        delay = self.latency + (failure.delay if failure is not None else 0.0)
-        if delay:
-            await asyncio.sleep(delay)
-        if failure is not None and failure.drop:
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        record.responded = request.transport is not None and not request.transport.is_closing()
-        return response
+        return await conclude(request, call, response, failure, latency=self.latency)
 
-    def _take_failure(self, operation: str | None) -> _Failure | None:
+    def _take_failure(self, operation: str | None) -> Failure | None:
         return take_failure(self._failures, operation)
 
     def _authorized(self, request: web.Request) -> bool:
@@ -364,7 +334,7 @@ class SandboxWooCommerce:
         }
         self.orders[order_id] = order
         self._mail_customer(order)
-        return _json(order, 201)
+        return json_answer(order, 201)
 
     def _line_item(self, entry: dict[str, Any]) -> dict[str, Any]:
         """One line item as WooCommerce stores it; an unknown product is refused."""
@@ -393,7 +363,7 @@ class SandboxWooCommerce:
         }
 
     async def _get_order(self, request: web.Request) -> web.Response:
-        return _json(self._find(request))
+        return json_answer(self._find(request))
 
     def _find(self, request: web.Request) -> dict[str, Any]:
         order_id = request.match_info["id"]
@@ -431,7 +401,7 @@ class SandboxWooCommerce:
 
     async def _list_trackings(self, request: web.Request) -> web.Response:
         order = self._find(request)
-        return _json(self.trackings.get(order["id"], []))
+        return json_answer(self.trackings.get(order["id"], []))
 
 
 class _WcError(Exception):
@@ -477,21 +447,15 @@ def _page(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
         raise _WcError(400, "rest_invalid_param", "Invalid parameter(s): page, per_page")
     pages = max(1, math.ceil(len(items) / per_page))
     chosen = items[(page - 1) * per_page : page * per_page]
-    response = _json(chosen)
+    response = json_answer(chosen)
     response.headers["X-WP-Total"] = str(len(items))
     response.headers["X-WP-TotalPages"] = str(pages)
     return response
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=_ENCODER.encode(payload), content_type="application/json"
-    )
-
-
 def _error(status: int, code: str, message: str) -> web.Response:
     """An error the way the WordPress REST API writes one."""
-    return _json({"code": code, "message": message, "data": {"status": status}}, status)
+    return json_answer({"code": code, "message": message, "data": {"status": status}}, status)
 
 
 def _injected(status: int) -> web.Response:
@@ -511,11 +475,5 @@ async def run_woocommerce(
     shop: SandboxWooCommerce, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve `shop` on `host` (a free port by default) and yield its base URL."""
-    runner = web.AppRunner(shop.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield f"http://{host}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(shop.app(), host=host, port=port) as url:
+        yield url

@@ -20,6 +20,7 @@ from sfd.storage.database import (
 )
 from sfd.storage.db import SQLiteDatabase
 from sfd.storage.deadlines import DatabaseGauges, DeadlineOrder, DeadlineStore
+from sfd.storage.documents import DocumentStore, StoredDocument, erase_documents
 from sfd.storage.leases import (
     OPERATIONS_CHANNEL,
     Lease,
@@ -42,6 +43,7 @@ from sfd.storage.orders import (
     OrderStore,
 )
 from sfd.storage.postgres import PostgresDatabase, is_postgres_url, redact_url
+from sfd.storage.privacy import ErasureHook, ErasureReport, PayloadRedactor, PrivacyStore
 from sfd.storage.pushes import PushStore
 from sfd.storage.sessions import SessionStore
 from sfd.storage.tokens import TokenError, TokenStore
@@ -56,16 +58,21 @@ __all__ = [
     "DeadlineOrder",
     "DeadlineStore",
     "DocumentRenderer",
+    "DocumentStore",
+    "ErasureHook",
+    "ErasureReport",
     "ImportResult",
     "Lease",
     "LeaseStore",
     "OperationRequest",
     "OrderFilter",
+    "PayloadRedactor",
     "Storage",
     "StorageCondition",
     "StorageConflict",
     "StorageError",
     "StorageUnavailable",
+    "StoredDocument",
     "TokenError",
     "channel_lease",
     "is_postgres_url",
@@ -96,6 +103,10 @@ class Storage:
         self.pushes = PushStore(db)
         self.leases = LeaseStore(db)
         self.sessions = SessionStore(db)
+        self.documents = DocumentStore(db)
+        self.privacy = PrivacyStore(db, self.orders)
+        # An erased order's invoices lose their bytes with the rest of its personal data.
+        self.privacy.register_eraser("documents", erase_documents)
 
     @classmethod
     async def open(

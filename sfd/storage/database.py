@@ -121,6 +121,11 @@ class Database(Connection, Protocol):
         """The newest migration applied."""
         ...
 
+    async def checkpoint(self) -> bool:
+        """Leave no older copy of written pages beside the database (SQLite: its WAL);
+        False if that could not be done now."""
+        ...
+
     async def migrate(self) -> list[Migration]:
         """Apply every migration the database lacks."""
         ...

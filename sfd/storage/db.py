@@ -330,6 +330,22 @@ class SQLiteDatabase:
         async with self.write() as tx:
             await tx.executemany(sql, rows)
 
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the file and truncate it to zero bytes; False if a reader kept it.
+
+        The WAL holds the images of every page written since the last reset, old ones too:
+        after an erasure, only this leaves no copy of the erased data beside the file.
+        """
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                await self._rollback()
+                try:
+                    async with self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                        row = await cursor.fetchone()
+                except sqlite3.Error as exc:
+                    raise translate(exc, self.path) from exc
+        return row is not None and row[0] == 0
+
     async def schema_version(self) -> int:
         """The newest migration applied to this file."""
         value = await SQLiteConnection(self._writer, self.path).fetchval("PRAGMA user_version")
@@ -451,6 +467,9 @@ async def _connect(path: Path, read_only: bool = False) -> aiosqlite.Connection:
         # file, which hides a real leak, and measured no faster for the shop's pages.
         await connection.execute(f"PRAGMA cache_size = -{CACHE_KIB:d}")
         await connection.execute("PRAGMA mmap_size = 0")
+        # Deleted and overwritten content is zeroed in its page, so erased personal data
+        # does not linger in free space, where a backup or a copy of the file would keep it.
+        await connection.execute("PRAGMA secure_delete = ON")
         if not read_only:
             await connection.execute("PRAGMA journal_mode = WAL")
             # FULL: an acknowledged shipment must survive a power cut, not just a crash.

@@ -72,18 +72,22 @@ def _in_window(now: datetime, warnings: Mapping[int, timedelta]) -> tuple[str, l
     """SQL for "due from `now` to the end of its channel's warning window", and its parameters.
 
     The first two terms bound a range of the ship-by index, as wide as the longest window;
-    the CASE then applies each channel's own window. A channel without a window matches none.
+    the OR then applies each channel's own window (each bound compared with the column, so
+    PostgreSQL knows its type; `+` keeps SQLite from an OR over the (channel_id, reference)
+    index). A channel without a window matches none.
     """
     windows = {cid: w for cid, w in warnings.items() if w > timedelta(0)}
     if not windows:
-        return "0", []
-    cases = " ".join(f"WHEN ${n} THEN ${n + 1}" for n in range(3, 3 + 2 * len(windows), 2))
+        return "1 = 0 ", []
+    each = " OR ".join(
+        f"(+o.channel_id = ${n} AND o.latest_ship_date <= ${n + 1})"
+        for n in range(3, 3 + 2 * len(windows), 2)
+    )
     params: list[object] = [to_iso(now), to_iso(now + max(windows.values()))]
     for channel_id, window in windows.items():
         params += [channel_id, to_iso(now + window)]
     return (
-        "o.latest_ship_date >= $1 AND o.latest_ship_date <= $2 "
-        f"AND o.latest_ship_date <= CASE o.channel_id {cases} END ",
+        f"o.latest_ship_date >= $1 AND o.latest_ship_date <= $2 AND ({each}) ",
         params,
     )
 
@@ -191,7 +195,8 @@ class DeadlineStore:
                 continue
             n = len(params)
             parts.append(
-                f"SELECT ${n + 1} AS shift, min(o.latest_ship_date) AS at FROM orders o WHERE "
+                f"SELECT CAST(${n + 1} AS DOUBLE PRECISION) AS shift, "
+                "min(o.latest_ship_date) AS at FROM orders o WHERE "
                 + _TO_SHIP
                 # `+` keeps SQLite off the (channel_id, reference) index: the ship-by range
                 # is the narrow one.

@@ -23,6 +23,7 @@ from sfd.domain import (
     line_open,
 )
 from sfd.domain.clock import from_iso, to_iso
+from sfd.domain.documents import Document
 from sfd.domain.rules import (
     PAYLOAD_TYPES,
     AcknowledgePayload,
@@ -36,6 +37,7 @@ from sfd.domain.rules import (
     decide,
 )
 from sfd.storage.database import Connection, Database, Params, from_row, marks
+from sfd.storage.documents import DocumentStore
 from sfd.storage.leases import OPERATIONS_CHANNEL
 from sfd.storage.orders import OrderStore, confirm_operations
 
@@ -50,6 +52,8 @@ class OperationRequest:
     order_id: int | None = None
     reference: str | None = None
     channel: str | None = None
+    document: Document | None = None
+    """An upload_document's bytes, stored with the operation (`storage.documents`)."""
 
 
 class Batch(msgspec.Struct, kw_only=True, frozen=True):
@@ -196,6 +200,8 @@ class OperationStore:
         )
         if order is None:
             return operation_id
+        if request.document is not None and decision.state not in FINISHED_TICKET_STATES:
+            await DocumentStore.insert(tx, order.id, operation_id, request.document, now)
         touched.add(order.id)
         await self._record_outcome(
             tx, order.id, kind, request, decision, source, now, operation_id, actor
@@ -302,8 +308,9 @@ class OperationStore:
         if request.order_id is not None:
             where = f"o.id = {p(request.order_id)}"
         else:
-            where = f"o.reference = {p(request.reference)} AND c.name = {p(request.channel)} "
-            where += "COLLATE NOCASE"
+            # Channel names are ASCII ([A-Za-z0-9_-]): lower() is SQLite's NOCASE, portably.
+            where = f"o.reference = {p(request.reference)} "
+            where += f"AND lower(c.name) = lower({p(request.channel)})"
         row = await tx.fetchrow(
             "SELECT o.id, o.reference, o.status, o.fulfilled_by, o.payment_pending, "
             "c.name AS channel, c.require_tracking FROM orders o "
@@ -498,6 +505,8 @@ class Claim(msgspec.Struct, kw_only=True, frozen=True):
     created_at: datetime
     item_references: dict[int, str]
     """Order item id → the marketplace's line reference, for partial shipments."""
+    document: Document | None = None
+    """An upload_document's document and bytes; None once erased."""
 
 
 # The first term is implied by the last, but SQLite uses the partial index operations_due_idx
@@ -584,6 +593,9 @@ class OperationQueue:
             order_ids,
         ):
             items.setdefault(r["order_id"], {})[r["id"]] = r["channel_reference"]
+        documents = await DocumentStore.for_operations(
+            tx, [r["id"] for r in rows if r["kind"] == K.UPLOAD_DOCUMENT]
+        )
         return [
             Claim(
                 operation_id=r["id"],
@@ -597,6 +609,7 @@ class OperationQueue:
                 attempts=r["attempts"],
                 created_at=from_iso(r["created_at"]),
                 item_references=items.get(r["order_id"], {}),
+                document=documents.get(r["id"]),
             )
             for r in rows
         ]

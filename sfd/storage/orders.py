@@ -665,10 +665,11 @@ class OrderStore:
         if query.needs_person:
             clauses.append(NEEDS_PERSON)
         if query.search:
-            pattern = p(_like(query.search))
+            # lower() on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+            pattern = p(_like(query.search.lower()))
             clauses.append(
-                f"(o.reference LIKE {pattern} ESCAPE '\\' "
-                f"OR o.store_reference LIKE {pattern} ESCAPE '\\')"
+                f"(lower(o.reference) LIKE {pattern} ESCAPE '\\' "
+                f"OR lower(o.store_reference) LIKE {pattern} ESCAPE '\\')"
             )
         if query.created_since is not None:
             clauses.append(f"o.created_at >= {p(to_iso(query.created_since))}")
@@ -790,7 +791,9 @@ async def confirm_operations(
             (to_iso(now), to_iso(now), row["id"]),
         )
         how = (
-            f"the marketplace's answer confirms it: a {status.value} order keeps its status"
+            "the marketplace took the document"
+            if kind == OperationKind.UPLOAD_DOCUMENT
+            else f"the marketplace's answer confirms it: a {status.value} order keeps its status"
             if by_answer and not confirms(kind, status)
             else f"confirmed {seconds:.0f}s after the request"
         )

@@ -246,13 +246,17 @@ class PostgresDatabase:
                 init=_setup,
                 server_settings={"TimeZone": "UTC", "application_name": "sfd"},
             )
-        except (asyncpg.PostgresError, *_UNREACHABLE, ValueError) as exc:
-            error = (
-                translate(exc, where)
-                if not isinstance(exc, ValueError)
-                else StorageError(f"database {where}: {exc}")
-            )
-            raise StorageError(f"{error}; is the PostgreSQL server up?") from None
+        except ValueError as exc:  # a URL the driver cannot read
+            raise StorageError(f"database {where}: {exc}") from None
+        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
+            error = translate(exc, where)
+            if isinstance(error, StorageUnavailable):
+                detail = str(exc) or type(exc).__name__
+                raise StorageError(
+                    f"database {where} cannot be reached ({detail}); is the PostgreSQL server "
+                    "up, and does it accept connections from this host?"
+                ) from None
+            raise error from None
         db = cls(url, pool, path)
         try:
             if migrate:
@@ -358,6 +362,25 @@ class PostgresDatabase:
             before, self.condition = self.condition, exc.condition
             self.on_condition(exc.condition, before)
         return exc
+
+    async def checkpoint(self) -> bool:
+        """Prune the old versions of rows an erasure rewrote; False if that failed now.
+
+        PostgreSQL keeps an updated row's old version until VACUUM prunes it. Logical backups
+        (pg_dump) never hold such versions; this leaves none in the tables' pages either, rather
+        than waiting for autovacuum. (The server's WAL archive, if any, is the operator's to
+        rotate: docs/privacy.md.)"""
+        try:
+            connection = await self._pool.acquire(timeout=CONNECT_TIMEOUT)
+            try:
+                await connection.execute(
+                    "VACUUM orders, order_addresses, order_payloads, documents"
+                )
+            finally:
+                await self._pool.release(connection)
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            return False
+        return True
 
     async def probe(self) -> bool:
         """Whether writes land again; if so, clear `condition`."""

@@ -38,6 +38,8 @@ class PushRecord(msgspec.Struct, kw_only=True, frozen=True):
     tracking_flagged_at: datetime | None
     settled_kind: str | None
     settled_at: datetime | None
+    steps: dict[str, str] = msgspec.field(default_factory=dict)
+    """The ids a connector creating the order in several calls recorded, by step."""
 
 
 class ShopState(msgspec.Struct, kw_only=True, frozen=True):
@@ -60,7 +62,13 @@ class ShopState(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def _record(row: Any) -> PushRecord:
-    return from_row(PushRecord, row)
+    return from_row(PushRecord, row, steps=_steps(row["steps"]))
+
+
+def _steps(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    return msgspec.json.decode(text, type=dict[str, str])
 
 
 class PushStore:
@@ -196,6 +204,23 @@ class PushStore:
         """The shop holds the order, under `shop_order_id`."""
         changes = {"state": CREATED, "shop_order_id": shop_order_id, "last_error": None}
         await self._update(shop, order_id, now, changes)
+
+    async def record_steps(
+        self, shop: str, order_id: int, steps: dict[str, str], now: datetime
+    ) -> None:
+        """Record the steps a connector made so far of a pending create (all of them, merged:
+        a step recorded once is never lost)."""
+        async with self.db.write() as tx:
+            row = await tx.fetchrow(
+                "SELECT steps FROM shop_pushes WHERE shop = $1 AND order_id = $2",
+                (shop, order_id),
+            )
+            merged = (_steps(row["steps"]) if row else {}) | steps
+            await tx.execute(
+                "UPDATE shop_pushes SET steps = $1, updated_at = $2 "
+                "WHERE shop = $3 AND order_id = $4",
+                (msgspec.json.encode(merged).decode(), to_iso(now), shop, order_id),
+            )
 
     async def rejected(self, shop: str, order_id: int, message: str, now: datetime) -> None:
         """The shop refused the order: nothing was created."""

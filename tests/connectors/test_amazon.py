@@ -86,6 +86,15 @@ def eur(amount: str) -> dict[str, str]:
     return {"amount": amount, "currencyCode": "EUR"}
 
 
+def breakdowns(item: str, shipping: str, tax: str) -> list[dict[str, Any]]:
+    """The proceeds' breakdown: items, shipping and tax, in euros."""
+    return [
+        {"type": "ITEM", "subtotal": eur(item)},
+        {"type": "SHIPPING", "subtotal": eur(shipping)},
+        {"type": "TAX", "subtotal": eur(tax)},
+    ]
+
+
 def order_items() -> list[dict[str, Any]]:
     """Two lines: two linen cushion covers, three candles (10.00 for the three)."""
     return [
@@ -101,11 +110,7 @@ def order_items() -> list[dict[str, Any]]:
             },
             "proceeds": {
                 "proceedsTotal": eur("44.88"),
-                "breakdowns": [
-                    {"type": "ITEM", "subtotal": eur("39.98")},
-                    {"type": "SHIPPING", "subtotal": eur("4.90")},
-                    {"type": "TAX", "subtotal": eur("7.48")},
-                ],
+                "breakdowns": breakdowns("39.98", "4.90", "7.48"),
             },
             "fulfillment": {"quantityFulfilled": 0, "quantityUnfulfilled": 2},
         },
@@ -169,11 +174,7 @@ def amazon_order(
         },
         "proceeds": {
             "grandTotal": eur("54.88"),
-            "breakdowns": [
-                {"type": "ITEM", "subtotal": eur("49.98")},
-                {"type": "SHIPPING", "subtotal": eur("4.90")},
-                {"type": "TAX", "subtotal": eur("9.15")},
-            ],
+            "breakdowns": breakdowns("49.98", "4.90", "9.15"),
         },
         "tax": {
             "taxRegistrations": [
@@ -907,7 +908,9 @@ async def test_a_full_shipment_confirms_every_unshipped_item(
     http.get(ORDER, payload=order_answer())
     http.post(CONFIRM, status=204)
 
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="Colissimo", tracking_number="6A1"))
+    await connector.ship(
+        ORDER_ID, ShipmentRequest(carrier="Transports Martin", tracking_number="6A1")
+    )
 
     [(order_url, _)] = calls_to(http, ORDER)
     assert order_url.query["includedData"] == "FULFILLMENT"
@@ -919,7 +922,7 @@ async def test_a_full_shipment_confirms_every_unshipped_item(
         "packageDetail": {
             "packageReferenceId": package_reference(ORDER_ID, "6A1", lines),
             "carrierCode": "Other",
-            "carrierName": "Colissimo",
+            "carrierName": "Transports Martin",
             "trackingNumber": "6A1",
             "shipDate": "2026-11-29T12:00:00Z",
             "orderItems": [
@@ -977,10 +980,21 @@ def test_package_references_are_positive_numbers_stable_per_package() -> None:
 
 @pytest.mark.parametrize(
     ("carrier", "code"),
-    [("DHL", "DHL"), ("dpd", "DPD"), ("Royal-Mail", "Royal Mail"), ("Mondial Relay", "Other")],
+    [
+        ("DHL", "DHL"),
+        ("dpd", "DPD"),
+        ("Royal-Mail", "Royal Mail"),
+        ("Mondial Relay", "Mondial Relay"),
+        ("Mondial-Relay Point Relais", "Mondial Relay"),
+        ("Transports Martin", "Other"),
+    ],
 )
 def test_carriers_map_to_amazon_codes(carrier: str, code: str) -> None:
     assert carrier_code(carrier) == code
+
+
+#: A whole shipment with one UPS package.
+UPS_1Z = ShipmentRequest(carrier="UPS", tracking_number="1Z")
 
 
 async def test_an_order_amazon_shows_shipped_succeeds_without_a_confirmation(
@@ -988,7 +1002,19 @@ async def test_an_order_amazon_shows_shipped_succeeds_without_a_confirmation(
 ) -> None:
     http.get(ORDER, payload=order_answer("SHIPPED"))
 
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
+    await connector.ship(ORDER_ID, UPS_1Z)
+
+    assert calls_to(http, CONFIRM) == []
+
+
+@pytest.mark.parametrize("status", ["CANCELLED", "PENDING"])
+async def test_a_cancelled_or_unpaid_order_cannot_ship(
+    http: aioresponses, connector: AmazonConnector, status: str
+) -> None:
+    http.get(ORDER, payload=order_answer(status))
+
+    with pytest.raises(Rejected, match=f"Amazon order {ORDER_ID} is"):
+        await connector.ship(ORDER_ID, UPS_1Z)
 
     assert calls_to(http, CONFIRM) == []
 
@@ -1000,7 +1026,7 @@ async def test_a_refused_confirmation_of_an_order_shipped_meanwhile_succeeds(
     http.post(CONFIRM, status=400, payload={"errors": [{"code": "InvalidInput", "message": "x"}]})
     http.get(ORDER, payload=order_answer("SHIPPED"))
 
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
+    await connector.ship(ORDER_ID, UPS_1Z)
 
     assert len(calls_to(http, ORDER)) == 2
 
@@ -1015,21 +1041,9 @@ async def test_a_refused_confirmation_keeps_amazons_message(
     http.post(CONFIRM, status=400, payload=refusal)
 
     with pytest.raises(Rejected) as caught:
-        await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
+        await connector.ship(ORDER_ID, UPS_1Z)
 
     assert caught.value.message == "Invalid carrier: carrierCode (InvalidInput)"
-
-
-@pytest.mark.parametrize("status", ["CANCELLED", "PENDING"])
-async def test_a_cancelled_or_unpaid_order_cannot_ship(
-    http: aioresponses, connector: AmazonConnector, status: str
-) -> None:
-    http.get(ORDER, payload=order_answer(status))
-
-    with pytest.raises(Rejected, match=f"Amazon order {ORDER_ID} is"):
-        await connector.ship(ORDER_ID, ShipmentRequest(carrier="UPS", tracking_number="1Z"))
-
-    assert calls_to(http, CONFIRM) == []
 
 
 async def test_several_tracking_numbers_confirm_the_first_and_name_the_others(
@@ -1133,3 +1147,21 @@ def test_the_fixture_order_fits_the_model() -> None:
 
 
 _ = CallbackResult  # kept importable for tests that answer by callback
+
+
+async def test_the_channels_carrier_table_decides_the_amazon_code(
+    http: aioresponses, connector: AmazonConnector
+) -> None:
+    http.get(ORDER, payload=order_answer())
+    http.post(CONFIRM, status=204)
+    shipment = ShipmentRequest(
+        carrier="Livraison express ", tracking_number="6A1", carriers={"livraison EXPRESS": "DHL"}
+    )
+
+    receipt = await connector.ship(ORDER_ID, shipment)
+
+    [(_, kwargs)] = calls_to(http, CONFIRM)
+    assert kwargs["json"]["packageDetail"]["carrierCode"] == "DHL"
+    assert "carrierName" not in kwargs["json"]["packageDetail"]
+    assert receipt.carrier_match is not None
+    assert (receipt.carrier, receipt.carrier_match.source) == ("DHL", "config")

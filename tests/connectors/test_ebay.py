@@ -979,19 +979,15 @@ async def test_a_full_shipment_ships_every_line_item_with_its_quantity(
     assert connector.last_fulfillment_id == "00340434161234567890"
 
 
-async def test_a_full_shipment_leaves_out_line_items_shipped_already(
-    http: aioresponses, connector: EbayConnector
-) -> None:
+#: eBay's answer to a fulfillment it will not take, without saying why.
+INVALID_INPUT = {"errors": [{"errorId": 32600, "message": "Invalid input data"}]}
+
+
+def first_line_fulfilled() -> dict[str, Any]:
+    """The order in progress: its first line fulfilled, its second not yet."""
     order = ebay_order(fulfillment="IN_PROGRESS")
     order["lineItems"][0]["lineItemFulfillmentStatus"] = "FULFILLED"
-    grant(http)
-    http.get(order_url(), payload=order)
-    http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION})
-
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="0034"))
-
-    [(_, _, kwargs)] = [c for c in sent(http, "POST") if str(c[1]) != TOKEN_URL]
-    assert kwargs["json"]["lineItems"] == [{"lineItemId": "10012345678902", "quantity": 1}]
+    return order
 
 
 def partially_refunded() -> dict[str, Any]:
@@ -1021,11 +1017,18 @@ async def test_a_partially_refunded_order_reads_its_refunded_line_as_refunded(
     ]
 
 
-async def test_a_full_shipment_of_a_partially_refunded_order_ships_the_lines_left(
-    http: aioresponses, connector: EbayConnector
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param(first_line_fulfilled(), id="leaving-out-a-line-shipped-already"),
+        pytest.param(partially_refunded(), id="leaving-out-a-line-refunded"),
+    ],
+)
+async def test_a_full_shipment_ships_only_the_lines_left(
+    http: aioresponses, connector: EbayConnector, order: dict[str, Any]
 ) -> None:
     grant(http)
-    http.get(order_url(), payload=partially_refunded())
+    http.get(order_url(), payload=order)
     http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION})
 
     await connector.ship(ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="0034"))
@@ -1034,15 +1037,45 @@ async def test_a_full_shipment_of_a_partially_refunded_order_ships_the_lines_lef
     assert kwargs["json"]["lineItems"] == [{"lineItemId": "10012345678902", "quantity": 1}]
 
 
-async def test_a_refused_full_shipment_whose_lines_left_are_fulfilled_succeeds(
-    http: aioresponses, connector: EbayConnector
-) -> None:
+def lines_left_fulfilled() -> dict[str, Any]:
+    """The partially refunded order once the line left to ship is fulfilled."""
     shipped = partially_refunded()
     shipped["lineItems"][1]["lineItemFulfillmentStatus"] = "FULFILLED"
+    return shipped
+
+
+@pytest.mark.parametrize(
+    ("before", "refusal", "after"),
+    [
+        pytest.param(
+            partially_refunded(),
+            {"status": 400, "payload": {"errors": [{"message": "Invalid line"}]}},
+            lines_left_fulfilled(),
+            id="the-lines-left-are-fulfilled",
+        ),
+        pytest.param(
+            ebay_order(),
+            {
+                "status": 409,
+                "payload": INVALID_INPUT,
+            },
+            ebay_order(fulfillment="FULFILLED"),
+            id="the-order-was-fulfilled-meanwhile",
+        ),
+    ],
+)
+async def test_a_refused_full_shipment_of_an_order_found_fulfilled_succeeds(
+    http: aioresponses,
+    connector: EbayConnector,
+    before: dict[str, Any],
+    refusal: dict[str, Any],
+    after: dict[str, Any],
+) -> None:
+    """eBay refuses the fulfillment; the order read again shows nothing left to ship."""
     grant(http)
-    http.get(order_url(), payload=partially_refunded())
-    http.post(FULFILLMENTS, status=400, payload={"errors": [{"message": "Invalid line"}]})
-    http.get(order_url(), payload=shipped)
+    http.get(order_url(), payload=before)
+    http.post(FULFILLMENTS, **refusal)
+    http.get(order_url(), payload=after)
 
     await connector.ship(ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="0034"))
 
@@ -1192,15 +1225,9 @@ async def test_a_shipment_ebay_cannot_take_is_refused_without_a_call(
 async def test_a_refused_shipment_of_items_fulfilled_already_succeeds(
     http: aioresponses, connector: EbayConnector
 ) -> None:
-    order = ebay_order(fulfillment="IN_PROGRESS")
-    order["lineItems"][0]["lineItemFulfillmentStatus"] = "FULFILLED"
     grant(http)
-    http.post(
-        FULFILLMENTS,
-        status=400,
-        payload={"errors": [{"errorId": 32600, "message": "Invalid input data"}]},
-    )
-    http.get(order_url(), payload=order)
+    http.post(FULFILLMENTS, status=400, payload=INVALID_INPUT)
+    http.get(order_url(), payload=first_line_fulfilled())
 
     await connector.ship(
         ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="1", items={"10012345678901": 3})
@@ -1208,23 +1235,6 @@ async def test_a_refused_shipment_of_items_fulfilled_already_succeeds(
 
     assert len(sent(http, "GET")) == 1
     assert connector.last_fulfillment_id is None
-
-
-async def test_a_refused_full_shipment_of_an_order_fulfilled_meanwhile_succeeds(
-    http: aioresponses, connector: EbayConnector
-) -> None:
-    grant(http)
-    http.get(order_url(), payload=ebay_order())
-    http.post(
-        FULFILLMENTS,
-        status=409,
-        payload={"errors": [{"errorId": 32600, "message": "Invalid input data"}]},
-    )
-    http.get(order_url(), payload=ebay_order(fulfillment="FULFILLED"))
-
-    await connector.ship(ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="1"))
-
-    assert len(sent(http, "GET")) == 2
 
 
 async def test_a_refused_shipment_keeps_ebays_message(
@@ -1269,18 +1279,14 @@ async def test_shipping_an_order_ebay_does_not_know_is_rejected(
 async def test_a_refused_shipment_of_an_order_that_cannot_be_read_keeps_the_refusal(
     http: aioresponses, connector: EbayConnector
 ) -> None:
+    invalid_order = {"errors": [{"errorId": 32100, "message": "Invalid order Id"}]}
     grant(http)
-    http.post(
-        FULFILLMENTS,
-        status=400,
-        payload={"errors": [{"errorId": 32100, "message": "Invalid order Id"}]},
-    )
+    http.post(FULFILLMENTS, status=400, payload=invalid_order)
     http.get(order_url(), status=404, body="")
+    one_line = ShipmentRequest(carrier="DHL", tracking_number="1", items={"L1": 1})
 
     with pytest.raises(Rejected) as caught:
-        await connector.ship(
-            ORDER_ID, ShipmentRequest(carrier="DHL", tracking_number="1", items={"L1": 1})
-        )
+        await connector.ship(ORDER_ID, one_line)
 
     assert caught.value.message == "Invalid order Id (eBay error 32100)"
 
@@ -1383,3 +1389,36 @@ async def test_an_error_body_echoing_a_secret_is_scrubbed(
 
 
 # -- session ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("carrier", "carriers", "code", "source"),
+    [
+        ("La Poste - Colissimo", {}, "Colissimo", "automatic"),
+        ("mondialrelay", {}, "MondialRelay", "automatic"),
+        ("Mon transporteur", {" mon TRANSPORTEUR ": "Hermes"}, "Hermes", "config"),
+        ("Transports Martin", {}, "Other", "unmapped"),
+    ],
+)
+async def test_the_carrier_goes_as_an_ebay_carrier_code(
+    http: aioresponses,
+    connector: EbayConnector,
+    carrier: str,
+    carriers: dict[str, str],
+    code: str,
+    source: str,
+) -> None:
+    grant(http)
+    http.get(order_url(), payload=ebay_order())
+    http.post(FULFILLMENTS, status=201, headers={"Location": LOCATION}, body="")
+
+    receipt = await connector.ship(
+        ORDER_ID, ShipmentRequest(carrier=carrier, tracking_number="6A1", carriers=carriers)
+    )
+
+    [(_, _, kwargs)] = [c for c in sent(http, "POST") if str(c[1]) != TOKEN_URL]
+    assert kwargs["json"]["shippingCarrierCode"] == code
+    assert receipt.carrier == code
+    assert receipt.carrier_match is not None and receipt.carrier_match.source == source
+    # An unknown carrier goes as Other, and its name stays in the order's event.
+    assert any(carrier in note for note in receipt.notes) is (source == "unmapped")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from email.utils import format_datetime
@@ -201,17 +201,9 @@ async def test_listing_without_shop_id_sends_none(http: aioresponses) -> None:
 
 def small_order(order_id: str) -> dict[str, Any]:
     """A minimal valid order: a page of 100 stays small enough for aioresponses."""
-    return {
-        "order_id": order_id,
-        "order_state": "SHIPPING",
-        "created_date": "2026-11-28T09:15:00Z",
-        "last_updated_date": "2026-11-29T10:30:00Z",
-        "currency_iso_code": "EUR",
-        "price": 10,
-        "shipping_price": 0,
-        "total_price": 10,
-        "order_lines": [],
-    }
+    dates = {"created_date": "2026-11-28T09:15:00Z", "last_updated_date": "2026-11-29T10:30:00Z"}
+    money = {"currency_iso_code": "EUR", "price": 10, "shipping_price": 0, "total_price": 10}
+    return {"order_id": order_id, "order_state": "SHIPPING", **dates, **money, "order_lines": []}
 
 
 async def test_listing_follows_offsets_until_total_count(
@@ -263,12 +255,9 @@ async def test_listing_normalizes_every_field(
     assert order.created_at == datetime(2026, 11, 28, 9, 15, tzinfo=UTC)
     assert order.updated_at == datetime(2026, 11, 29, 10, 30, 0, 250_000, tzinfo=UTC)
     assert order.latest_ship_date == datetime(2026, 12, 2, 23, 59, 59, tzinfo=UTC)
-    assert order.currency == "EUR"
-    assert order.product_amount == Decimal("39.98")
-    assert order.shipping_amount == Decimal("4.9")
-    assert order.total_amount == Decimal("44.88")
-    assert order.payment_method == "CB"
-    assert order.shipping_method == "Livraison en point relais"
+    money = (order.currency, order.product_amount, order.shipping_amount, order.total_amount)
+    assert money == ("EUR", Decimal("39.98"), Decimal("4.9"), Decimal("44.88"))
+    assert (order.payment_method, order.shipping_method) == ("CB", "Livraison en point relais")
     assert order.raw == text.encode()
     assert order.shipment is None
 
@@ -342,14 +331,10 @@ async def test_amounts_stay_exact_decimals(http: aioresponses, connector: Mirakl
 async def test_shipped_order_carries_its_shipment(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    order = mirakl_order(
-        state="SHIPPED",
-        shipping_carrier_code="COLISSIMO",
-        shipping_company="Colissimo",
-        shipping_tracking="6A12345678901",
-        shipping_tracking_url="https://www.laposte.fr/outils/suivre-vos-envois?code=6A12345678901",
-    )
-    http.get(ORDERS, body=listing(order))
+    link = "https://www.laposte.fr/outils/suivre-vos-envois?code=6A12345678901"
+    carrier = {"shipping_carrier_code": "COLISSIMO", "shipping_company": "Colissimo"}
+    tracking = {"shipping_tracking": "6A12345678901", "shipping_tracking_url": link}
+    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED", **carrier, **tracking)))
 
     [page] = await pages(connector)
 
@@ -360,19 +345,20 @@ async def test_shipped_order_carries_its_shipment(
     assert shipment.tracking_link.endswith("code=6A12345678901")
 
 
+#: Mirakl's order states (OR11), grouped by the status they map to.
+STATES_BY_STATUS = {
+    OrderStatus.WAITING_STORE_ACCEPTANCE: ("WAITING_ACCEPTANCE",),
+    OrderStatus.WAITING_SHIPMENT: ("SHIPPING",),
+    OrderStatus.SHIPPED: ("SHIPPED", "TO_COLLECT", "RECEIVED", "CLOSED"),
+    OrderStatus.REFUSED: ("REFUSED",),
+    OrderStatus.CANCELLED: ("CANCELED",),
+    OrderStatus.REFUNDED: ("REFUNDED",),
+}
+
+
 @pytest.mark.parametrize(
     ("state", "status"),
-    [
-        ("WAITING_ACCEPTANCE", OrderStatus.WAITING_STORE_ACCEPTANCE),
-        ("SHIPPING", OrderStatus.WAITING_SHIPMENT),
-        ("SHIPPED", OrderStatus.SHIPPED),
-        ("TO_COLLECT", OrderStatus.SHIPPED),
-        ("RECEIVED", OrderStatus.SHIPPED),
-        ("CLOSED", OrderStatus.SHIPPED),
-        ("REFUSED", OrderStatus.REFUSED),
-        ("CANCELED", OrderStatus.CANCELLED),
-        ("REFUNDED", OrderStatus.REFUNDED),
-    ],
+    [(state, status) for status, states in STATES_BY_STATUS.items() for state in states],
 )
 async def test_order_states_map_to_statuses(
     http: aioresponses, connector: MiraklConnector, state: str, status: OrderStatus
@@ -382,28 +368,6 @@ async def test_order_states_map_to_statuses(
     [page] = await pages(connector)
 
     assert [o.status for o in page.orders] == [status]
-
-
-async def test_unreleased_orders_are_not_imported_and_unpaid_ones_wait_for_payment(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    orders = [
-        mirakl_order("1-A", state="STAGING"),
-        mirakl_order("2-A", state="WAITING_DEBIT"),
-        mirakl_order("3-A", state="WAITING_DEBIT_PAYMENT"),
-        # Not paid and incomplete: still silently left for later, not reported.
-        {"order_id": "4-A", "order_state": "WAITING_DEBIT_PAYMENT", "total_price": "?"},
-    ]
-    http.get(ORDERS, body=listing(*orders, mirakl_order("5-A")))
-
-    [page] = await pages(connector)
-
-    assert [(o.reference, o.status, o.payment_pending) for o in page.orders] == [
-        ("2-A", OrderStatus.WAITING_SHIPMENT, True),
-        ("3-A", OrderStatus.WAITING_SHIPMENT, True),
-        ("5-A", OrderStatus.WAITING_SHIPMENT, False),
-    ]
-    assert page.skipped == []
 
 
 async def test_an_unknown_state_skips_the_order_with_the_reason(
@@ -418,6 +382,28 @@ async def test_an_unknown_state_skips_the_order_with_the_reason(
     assert skipped.reference == "1-A"
     assert "order_state" in skipped.reason
     assert "TELEPORTED" in skipped.reason
+
+
+async def test_unreleased_orders_are_not_imported_and_unpaid_ones_wait_for_payment(
+    http: aioresponses, connector: MiraklConnector
+) -> None:
+    unreleased = mirakl_order("1-A", state="STAGING")
+    unpaid = [
+        mirakl_order("2-A", state="WAITING_DEBIT"),
+        mirakl_order("3-A", state="WAITING_DEBIT_PAYMENT"),
+        # Not paid and incomplete: still silently left for later, not reported.
+        {"order_id": "4-A", "order_state": "WAITING_DEBIT_PAYMENT", "total_price": "?"},
+    ]
+    http.get(ORDERS, body=listing(unreleased, *unpaid, mirakl_order("5-A")))
+
+    [page] = await pages(connector)
+
+    assert [(o.reference, o.status, o.payment_pending) for o in page.orders] == [
+        ("2-A", OrderStatus.WAITING_SHIPMENT, True),
+        ("3-A", OrderStatus.WAITING_SHIPMENT, True),
+        ("5-A", OrderStatus.WAITING_SHIPMENT, False),
+    ]
+    assert page.skipped == []
 
 
 @pytest.mark.parametrize(
@@ -539,26 +525,6 @@ async def test_accept_and_refuse_decide_every_line_of_the_order(
     }
 
 
-async def test_accepting_an_order_accepted_already_succeeds_without_a_call(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    http.get(ORDERS, body=listing(two_line_order(state="SHIPPING")))
-
-    await connector.accept("7001-A")
-
-    assert sent(http, "PUT") == []
-
-
-async def test_accepting_a_refused_order_is_rejected(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    http.get(ORDERS, body=listing(two_line_order(state="REFUSED")))
-
-    with pytest.raises(Rejected, match="REFUSED"):
-        await connector.accept("7001-A")
-    assert sent(http, "PUT") == []
-
-
 async def test_accepting_an_order_mirakl_does_not_know_is_rejected(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
@@ -582,12 +548,21 @@ OPERATOR_CARRIERS = {
 }
 
 
+def expect_shipment(http: aioresponses, *, refused: str = "") -> None:
+    """Mirakl answers the carrier list (SH21), OR23 and OR24 for 7001-A: OR24 refused with
+    the message `refused` when one is given."""
+    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
+    http.put(put_url("7001-A", "tracking"), status=204)
+    if refused:
+        http.put(put_url("7001-A", "ship"), status=400, payload={"status": 400, "message": refused})
+    else:
+        http.put(put_url("7001-A", "ship"), status=204)
+
+
 async def test_ship_a_registered_carrier_by_its_code_then_confirm(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
-    http.put(put_url("7001-A", "tracking"), status=204)
-    http.put(put_url("7001-A", "ship"), status=204)
+    expect_shipment(http)
 
     await connector.ship(
         "7001-A",
@@ -609,18 +584,14 @@ async def test_ship_a_registered_carrier_by_its_code_then_confirm(
 async def test_ship_an_unregistered_carrier_by_name_and_tracking_url(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
-    http.put(put_url("7001-A", "tracking"), status=204)
-    http.put(put_url("7001-A", "ship"), status=204)
-
-    await connector.ship(
-        "7001-A",
-        ShipmentRequest(
-            carrier="Transports Martin",
-            tracking_number="TM-77",
-            tracking_link="https://martin.test/suivi/TM-77",
-        ),
+    expect_shipment(http)
+    by_name = ShipmentRequest(
+        carrier="Transports Martin",
+        tracking_number="TM-77",
+        tracking_link="https://martin.test/suivi/TM-77",
     )
+
+    await connector.ship("7001-A", by_name)
 
     [(_, _, kwargs)] = [c for c in sent(http, "PUT") if c[1].path.endswith("/tracking")]
     assert kwargs["json"] == {
@@ -693,9 +664,7 @@ async def test_a_tracking_number_without_carrier_is_not_sent_and_said_so(
 async def test_several_tracking_numbers_send_the_first_and_name_the_others(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
-    http.put(put_url("7001-A", "tracking"), status=204)
-    http.put(put_url("7001-A", "ship"), status=204)
+    expect_shipment(http)
 
     receipt = await connector.ship(
         "7001-A", ShipmentRequest(carrier="Colissimo", tracking_number="6A1,6A2; 6A3")
@@ -712,13 +681,7 @@ async def test_several_tracking_numbers_send_the_first_and_name_the_others(
 async def test_shipping_again_after_the_order_shipped_succeeds(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
-    http.put(put_url("7001-A", "tracking"), status=204)
-    http.put(
-        put_url("7001-A", "ship"),
-        status=400,
-        payload={"status": 400, "message": "The order 7001-A is not in SHIPPING state"},
-    )
+    expect_shipment(http, refused="The order 7001-A is not in SHIPPING state")
     http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
 
     await connector.ship("7001-A", ShipmentRequest(carrier="Colissimo", tracking_number="6A1"))
@@ -730,13 +693,7 @@ async def test_shipping_again_after_the_order_shipped_succeeds(
 async def test_a_refused_shipment_of_an_order_not_shipped_keeps_mirakls_message(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
-    http.get(CARRIERS, payload=OPERATOR_CARRIERS)
-    http.put(put_url("7001-A", "tracking"), status=204)
-    http.put(
-        put_url("7001-A", "ship"),
-        status=400,
-        payload={"status": 400, "message": "Tracking number is mandatory for this carrier"},
-    )
+    expect_shipment(http, refused="Tracking number is mandatory for this carrier")
     http.get(ORDERS, body=listing(mirakl_order(state="SHIPPING")))
 
     with pytest.raises(Rejected) as caught:
@@ -775,6 +732,21 @@ async def test_cancelling_an_order_cancelled_already_succeeds(
 REFUND = re.compile(r"^https://mirakl\.test/api/orders/refund(\?.*)?$")
 
 
+def or28_line(
+    quantity: int, amount: float, shipping: float, *, taxes: tuple[float, float]
+) -> dict[str, Any]:
+    """The OR28 refund of line 7001-A-1: `taxes` are its TVA on the items, then on shipping."""
+    return {
+        "order_line_id": "7001-A-1",
+        "quantity": quantity,
+        "amount": amount,
+        "shipping_amount": shipping,
+        "taxes": [{"code": "TVA", "amount": taxes[0]}],
+        "shipping_taxes": [{"code": "TVA", "amount": taxes[1]}],
+        "currency_iso_code": "EUR",
+    }
+
+
 async def test_a_full_refund_puts_every_line_with_its_amounts_to_or28(
     http: aioresponses, connector: MiraklConnector
 ) -> None:
@@ -788,17 +760,7 @@ async def test_a_full_refund_puts_every_line_with_its_amounts_to_or28(
     assert url.query["shop_id"] == "42"
     assert kwargs["json"] == {
         "order_tax_mode": "TAX_INCLUDED",
-        "refunds": [
-            {
-                "order_line_id": "7001-A-1",
-                "quantity": 2,
-                "amount": 39.98,
-                "shipping_amount": 4.9,
-                "taxes": [{"code": "TVA", "amount": 6.66}],
-                "shipping_taxes": [{"code": "TVA", "amount": 0.82}],
-                "currency_iso_code": "EUR",
-            }
-        ],
+        "refunds": [or28_line(2, 39.98, 4.9, taxes=(6.66, 0.82))],
     }
 
 
@@ -817,38 +779,62 @@ async def test_a_partial_refund_by_sku_without_shipping_refunds_that_share(
 
     [(_, _, kwargs)] = sent(http, "PUT")
     assert kwargs["json"]["refunds"] == [
-        {
-            "order_line_id": "7001-A-1",
-            "quantity": 1,
-            "amount": 19.99,
-            "shipping_amount": 0.0,
-            "taxes": [{"code": "TVA", "amount": 3.33}],
-            "shipping_taxes": [{"code": "TVA", "amount": 0.0}],
-            "currency_iso_code": "EUR",
-            "reason_code": "REFUND-15",
-        }
+        or28_line(1, 19.99, 0.0, taxes=(3.33, 0.0)) | {"reason_code": "REFUND-15"}
     ]
 
 
-async def test_a_line_refunded_already_is_not_refunded_again(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
+def refunded_order() -> dict[str, Any]:
+    """A shipped order whose first line is refunded already."""
     order = mirakl_order(state="SHIPPED")
     order["order_lines"][0]["refunds"] = [{"id": "R1", "quantity": 2, "amount": 39.98}]
+    return order
+
+
+#: What is done already succeeds, what cannot be done is rejected: neither writes to Mirakl.
+NO_WRITE: list[Any] = [
+    pytest.param(
+        two_line_order(state="SHIPPING"),
+        lambda c: c.accept("7001-A"),
+        None,
+        id="accepting-an-order-accepted-already-succeeds",
+    ),
+    pytest.param(
+        two_line_order(state="REFUSED"),
+        lambda c: c.accept("7001-A"),
+        "REFUSED",
+        id="accepting-a-refused-order-is-rejected",
+    ),
+    pytest.param(
+        refunded_order(),
+        lambda c: c.refund("7001-A", RefundRequest()),
+        None,
+        id="a-line-refunded-already-is-not-refunded-again",
+    ),
+    pytest.param(
+        mirakl_order(state="SHIPPED"),
+        lambda c: c.refund("7001-A", RefundRequest(items={"SKU-9999": 1})),
+        "SKU-9999",
+        id="a-refund-of-an-sku-not-on-the-order-is-rejected",
+    ),
+]
+
+
+@pytest.mark.parametrize(("order", "operation", "rejected"), NO_WRITE)
+async def test_an_operation_done_already_or_impossible_sends_no_write(
+    http: aioresponses,
+    connector: MiraklConnector,
+    order: dict[str, Any],
+    operation: Callable[[MiraklConnector], Awaitable[object]],
+    rejected: str | None,
+) -> None:
     http.get(ORDERS, body=listing(order))
 
-    await connector.refund("7001-A", RefundRequest())
+    if rejected is None:
+        await operation(connector)
+    else:
+        with pytest.raises(Rejected, match=rejected):
+            await operation(connector)
 
-    assert sent(http, "PUT") == []
-
-
-async def test_a_refund_of_an_sku_not_on_the_order_is_rejected_without_or28(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
-
-    with pytest.raises(Rejected, match="SKU-9999"):
-        await connector.refund("7001-A", RefundRequest(items={"SKU-9999": 1}))
     assert sent(http, "PUT") == []
 
 
@@ -918,32 +904,40 @@ async def test_refused_credentials_fail_auth_without_showing_the_key(
     assert KEY not in str(caught.value)
 
 
-async def test_a_client_error_is_rejected_with_mirakls_message(
-    http: aioresponses, connector: MiraklConnector
+@pytest.mark.parametrize(
+    ("answer", "current", "message"),
+    [
+        pytest.param(
+            {
+                "status": 400,
+                "payload": {"status": 400, "message": f"Order cannot be canceled (key {KEY})"},
+            },
+            listing(mirakl_order(state="SHIPPED")),
+            "Order cannot be canceled (key ***)",
+            id="mirakls-message-without-the-key",
+        ),
+        pytest.param(
+            {"status": 404, "body": "<html>\n  Not   Found\n</html>"},
+            listing(),
+            "HTTP 404: <html> Not Found </html>",
+            id="without-json-the-status-and-an-excerpt",
+        ),
+    ],
+)
+async def test_a_client_error_is_rejected_with_what_mirakl_said(
+    http: aioresponses,
+    connector: MiraklConnector,
+    answer: dict[str, Any],
+    current: str,
+    message: str,
 ) -> None:
-    http.put(
-        put_url("7001-A", "cancel"),
-        status=400,
-        payload={"status": 400, "message": f"Order cannot be canceled (key {KEY})"},
-    )
-    http.get(ORDERS, body=listing(mirakl_order(state="SHIPPED")))
+    http.put(put_url("7001-A", "cancel"), **answer)
+    http.get(ORDERS, body=current)
 
     with pytest.raises(Rejected) as caught:
         await connector.cancel("7001-A")
 
-    assert caught.value.message == "Order cannot be canceled (key ***)"
-
-
-async def test_a_client_error_without_json_shows_status_and_excerpt(
-    http: aioresponses, connector: MiraklConnector
-) -> None:
-    http.put(put_url("7001-A", "cancel"), status=404, body="<html>\n  Not   Found\n</html>")
-    http.get(ORDERS, body=listing())
-
-    with pytest.raises(Rejected) as caught:
-        await connector.cancel("7001-A")
-
-    assert caught.value.message == "HTTP 404: <html> Not Found </html>"
+    assert caught.value.message == message
 
 
 async def test_json_of_the_wrong_shape_is_transient(

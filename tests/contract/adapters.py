@@ -19,15 +19,29 @@ from sfd.connectors.amazon import AmazonConnector
 from sfd.connectors.base import ShipmentRequest
 from sfd.connectors.ebay import EbayConnector
 from sfd.connectors.mirakl import MiraklConnector
-from sfd.connectors.settings import MiraklSettings, WooCommerceSettings
-from sfd.connectors.shop import PushLine, PushOrder
+from sfd.connectors.prestashop import PrestaShopConnector
+from sfd.connectors.settings import (
+    MiraklSettings,
+    PrestaShopSettings,
+    ShopifySettings,
+    WooCommerceSettings,
+)
+from sfd.connectors.shop import PushLine, PushOrder, Retry
+from sfd.connectors.shopify import ATTR_MARKETPLACE, ATTR_REFERENCE, ShopifyConnector
 from sfd.connectors.woocommerce import META_MARKETPLACE, META_REFERENCE, WooCommerceConnector
 from sfd.domain import Address
 from tests.connectors import test_amazon as amazon
 from tests.connectors import test_ebay as ebay
 from tests.connectors import test_mirakl as mirakl
 
-Connector = MiraklConnector | AmazonConnector | EbayConnector | WooCommerceConnector
+Connector = (
+    MiraklConnector
+    | AmazonConnector
+    | EbayConnector
+    | WooCommerceConnector
+    | PrestaShopConnector
+    | ShopifyConnector
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,8 @@ class Adapter:
     first_page_size: int = 1
     skips_malformed: bool = True
     """Whether a malformed order is skipped alone (marketplaces), or its page refused (shops)."""
+    list_method: str = "GET"
+    """The list call's method: GraphQL APIs (Shopify) read with POST."""
 
 
 def _no_auth(http: aioresponses) -> None:
@@ -251,6 +267,8 @@ WOOCOMMERCE = Adapter(
         WooCommerceSettings(base_url=WC_BASE, consumer_key=WC_KEY, consumer_secret=WC_SECRET),
         session=session,
         per_page=WC_PER_PAGE,
+        # Each failure is judged on its first attempt: reads are not retried here.
+        retry=Retry(attempts=1),
     ),
     auth=_no_auth,
     list_url=WC_ORDERS,
@@ -264,4 +282,153 @@ WOOCOMMERCE = Adapter(
     skips_malformed=False,
 )
 
-ADAPTERS = [MIRAKL, AMAZON, EBAY, WOOCOMMERCE]
+
+# -- PrestaShop (a shop) -------------------------------------------------------------------------
+
+PS_BASE = "https://ps.test"
+PS_KEY = "PSKEY0123456789ABCDEFGHIJKLMNOPQ"
+PS_ORDERS = re.compile(r"^https://ps\.test/api/orders\?.*$")
+PS_PER_PAGE = 2
+
+
+def ps_order(reference: str) -> dict[str, Any]:
+    """A PrestaShop order in a listing (`display=[…]`), cancelled: no tracking is read."""
+    return {
+        "id": int(re.sub(r"\D", "", reference) or 0),
+        "current_state": "6",
+        "date_upd": "2026-11-29 10:30:00",
+        "module": "ps_wirepayment",
+        "id_carrier": "1",
+    }
+
+
+def _ps_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    # A page shorter than the page size is the last; PrestaShop 1.7 writes none as `[]`.
+    assert last or len(orders) == PS_PER_PAGE
+    return {"body": json.dumps({"orders": orders} if orders else [])}
+
+
+async def _ps_read(connector: Any) -> tuple[list[str], list[str]]:
+    # The listing holds no marketplace reference: the test's references are `<id>-A`.
+    references: list[str] = []
+    async for batch in connector.changed_orders(None):
+        references += [f"{o.shop_id}-A" for o in batch]
+    return references, []
+
+
+async def _ps_find(connector: Any) -> Any:
+    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
+    assert found == "7", "a create already done is found by search, not made again"
+    return found
+
+
+def _ps_already(http: aioresponses) -> None:
+    from sfd.connectors.prestashop import order_message
+
+    text = order_message(push_order("R7"))
+    messages = {"messages": [{"id": 3, "id_cart": "5", "message": text}]}
+    http.get(re.compile(r"^https://ps\.test/api/messages\?.*$"), body=json.dumps(messages))
+    http.get(PS_ORDERS, body=json.dumps({"orders": [{"id": 7}]}))
+    paid = {"order_histories": [{"id": 9, "id_order_state": "2"}]}
+    http.get(re.compile(r"^https://ps\.test/api/order_histories\?.*$"), body=json.dumps(paid))
+
+
+PRESTASHOP = Adapter(
+    name="prestashop",
+    make=lambda session=None: PrestaShopConnector(
+        PrestaShopSettings(
+            base_url=PS_BASE, api_key=PS_KEY, payment_module="ps_wirepayment", carrier_id=1
+        ),
+        session=session,
+        per_page=PS_PER_PAGE,
+        retry=Retry(attempts=1),
+    ),
+    auth=_no_auth,
+    list_url=PS_ORDERS,
+    read=_ps_read,
+    page=_ps_page,
+    order=ps_order,
+    malformed=(ps_order("2-A") | {"id": "two"}, "id"),
+    ship=_ps_find,
+    already=_ps_already,
+    secret=PS_KEY,
+    first_page_size=PS_PER_PAGE,
+    skips_malformed=False,
+)
+
+# -- Shopify (a shop, Admin GraphQL) ---------------------------------------------------------------
+
+SHOPIFY_URL = "https://shop.myshopify.test"
+SHOPIFY_TOKEN = "shpat_0123456789abcdef0123456789abcdef"
+SHOPIFY_GRAPHQL = re.compile(r"^https://shop\.myshopify\.test/admin/api/2026-01/graphql\.json$")
+
+
+def shopify_order(reference: str) -> dict[str, Any]:
+    """A Shopify order sfd pushed, cancelled (so that reading it needs no second query)."""
+    number = int(re.sub(r"\D", "", reference) or 0)
+    return {
+        "id": f"gid://shopify/Order/{number}",
+        "updatedAt": "2026-11-29T10:30:00Z",
+        "cancelledAt": "2026-11-29T10:30:00Z",
+        "displayFulfillmentStatus": "UNFULFILLED",
+        "sourceName": "decathlon",
+        "sourceIdentifier": reference,
+        "customAttributes": [
+            {"key": ATTR_REFERENCE, "value": reference},
+            {"key": ATTR_MARKETPLACE, "value": "decathlon"},
+        ],
+        "fulfillments": [],
+    }
+
+
+def _shopify_answer(orders: list[dict[str, Any]], last: bool) -> str:
+    cost = {
+        "requestedQueryCost": 66,
+        "actualQueryCost": 4,
+        "throttleStatus": {
+            "maximumAvailable": 2000.0,
+            "currentlyAvailable": 1996.0,
+            "restoreRate": 100.0,
+        },
+    }
+    page = {"hasNextPage": not last, "endCursor": None if last else "next-page"}
+    data = {"orders": {"pageInfo": page, "nodes": orders}}
+    return json.dumps({"data": data, "extensions": {"cost": cost}})
+
+
+def _shopify_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+    return {"body": _shopify_answer(orders, last)}
+
+
+async def _shopify_find(connector: Any) -> Any:
+    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
+    assert found == "7", "a create already done is found by search, not made again"
+    return found
+
+
+def _shopify_already(http: aioresponses) -> None:
+    http.post(SHOPIFY_GRAPHQL, body=_shopify_answer([shopify_order("R7")], True))
+
+
+SHOPIFY = Adapter(
+    name="shopify",
+    make=lambda session=None: ShopifyConnector(
+        ShopifySettings(shop_url=SHOPIFY_URL, access_token=SHOPIFY_TOKEN),
+        session=session,
+        page_size=2,
+        retry=Retry(attempts=1),
+    ),
+    auth=_no_auth,
+    list_url=SHOPIFY_GRAPHQL,
+    read=_wc_read,
+    page=_shopify_page,
+    order=shopify_order,
+    malformed=(shopify_order("R2") | {"updatedAt": 7}, "updatedAt"),
+    ship=_shopify_find,
+    already=_shopify_already,
+    secret=SHOPIFY_TOKEN,
+    skips_malformed=False,
+    list_method="POST",
+)
+
+ADAPTERS = [MIRAKL, AMAZON, EBAY, WOOCOMMERCE, PRESTASHOP, SHOPIFY]

@@ -18,6 +18,12 @@ from tests.connectors.conftest import sent
 from tests.contract.adapters import Adapter
 
 
+def answer_listing(http: aioresponses, adapter: Adapter, **answer: Any) -> None:
+    """Authenticate, then answer the order listing with `answer`."""
+    adapter.auth(http)
+    http.add(adapter.list_url, adapter.list_method, **answer)
+
+
 async def read_failing(adapter: Adapter, connector: Any) -> ConnectorError:
     with pytest.raises(ConnectorError) as caught:
         await adapter.read(connector)
@@ -27,8 +33,7 @@ async def read_failing(adapter: Adapter, connector: Any) -> ConnectorError:
 async def test_429_is_rate_limited_with_its_retry_after(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, status=429, headers={"Retry-After": "12"})
+    answer_listing(http, adapter, status=429, headers={"Retry-After": "12"})
 
     error = await read_failing(adapter, connector)
 
@@ -40,8 +45,7 @@ async def test_429_is_rate_limited_with_its_retry_after(
 async def test_a_retry_after_of_days_is_capped(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, status=429, headers={"Retry-After": str(7 * 86400)})
+    answer_listing(http, adapter, status=429, headers={"Retry-After": str(7 * 86400)})
 
     error = await read_failing(adapter, connector)
 
@@ -49,12 +53,26 @@ async def test_a_retry_after_of_days_is_capped(
     assert error.retry_after == MAX_RETRY_AFTER
 
 
+@pytest.mark.parametrize(("status", "kind"), [(500, Transient), (429, RateLimited)])
+async def test_an_error_names_the_request_and_the_answer_status(
+    http: aioresponses, adapter: Adapter, connector: Any, status: int, kind: type[ConnectorError]
+) -> None:
+    answer_listing(http, adapter, status=status, body="no")
+
+    error = await read_failing(adapter, connector)
+
+    assert type(error) is kind
+    assert (error.method, error.status) == (adapter.list_method, status)
+    assert error.url is not None
+    assert adapter.list_url.match(error.url), error.url
+    assert adapter.secret not in error.url
+
+
 @pytest.mark.parametrize("status", [500, 502, 504])
 async def test_a_server_error_is_transient_with_its_status(
     http: aioresponses, adapter: Adapter, connector: Any, status: int
 ) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, status=status, body="upstream broke")
+    answer_listing(http, adapter, status=status, body="upstream broke")
 
     error = await read_failing(adapter, connector)
 
@@ -75,8 +93,7 @@ async def test_a_server_error_is_transient_with_its_status(
 async def test_no_answer_is_transient(
     http: aioresponses, adapter: Adapter, connector: Any, failure: Exception, said: str
 ) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, exception=failure)
+    answer_listing(http, adapter, exception=failure)
 
     error = await read_failing(adapter, connector)
 
@@ -87,8 +104,7 @@ async def test_no_answer_is_transient(
 async def test_an_html_page_with_200_is_transient(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, status=200, body="<html><body>Maintenance</body></html>")
+    answer_listing(http, adapter, status=200, body="<html><body>Maintenance</body></html>")
 
     error = await read_failing(adapter, connector)
 
@@ -100,8 +116,7 @@ async def test_an_html_page_with_200_is_transient(
 async def test_a_redirect_is_refused_not_followed(
     http: aioresponses, adapter: Adapter, connector: Any, status: int
 ) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, status=status, headers={"Location": "https://elsewhere.test/x"})
+    answer_listing(http, adapter, status=status, headers={"Location": "https://elsewhere.test/x"})
 
     error = await read_failing(adapter, connector)
 
@@ -113,19 +128,26 @@ async def test_a_redirect_is_refused_not_followed(
 async def test_a_401_is_auth_failed(http: aioresponses, adapter: Adapter, connector: Any) -> None:
     adapter.auth(http)
     adapter.auth(http)  # a connector with a token renews it once before giving up
-    http.get(adapter.list_url, status=401, body='{"message": "Unauthorized"}', repeat=True)
+    http.add(
+        adapter.list_url,
+        adapter.list_method,
+        status=401,
+        body='{"message": "Unauthorized"}',
+        repeat=True,
+    )
 
     error = await read_failing(adapter, connector)
 
     assert isinstance(error, AuthFailed)
-    assert len([c for c in sent(http, "GET") if adapter.list_url.match(str(c[1]))]) <= 2
+    assert (
+        len([c for c in sent(http, adapter.list_method) if adapter.list_url.match(str(c[1]))]) <= 2
+    )
 
 
 async def test_a_secret_echoed_in_an_error_is_scrubbed(
     http: aioresponses, adapter: Adapter, connector: Any
 ) -> None:
-    adapter.auth(http)
-    http.get(adapter.list_url, status=500, body=f"bad credential {adapter.secret} given")
+    answer_listing(http, adapter, status=500, body=f"bad credential {adapter.secret} given")
 
     error = await read_failing(adapter, connector)
 
@@ -138,8 +160,8 @@ async def test_a_malformed_order_is_named_by_its_field(
 ) -> None:
     adapter.auth(http)
     broken, field = adapter.malformed
-    http.get(adapter.list_url, **adapter.page([broken], True))
-    http.get(adapter.list_url, **adapter.page([], True))
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([broken], True))
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([], True))
 
     if not adapter.skips_malformed:
         # A shop's page is read whole: it is refused, naming the field, and nothing is lost.
@@ -158,9 +180,13 @@ async def test_pages_are_followed_to_the_end(
 ) -> None:
     adapter.auth(http)
     first = [f"{n}-A" for n in range(adapter.first_page_size)]
-    http.get(adapter.list_url, **adapter.page([adapter.order(r) for r in first], False))
-    http.get(adapter.list_url, **adapter.page([adapter.order("900-A")], True))
-    http.get(adapter.list_url, **adapter.page([], True))
+    http.add(
+        adapter.list_url,
+        adapter.list_method,
+        **adapter.page([adapter.order(r) for r in first], False),
+    )
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([adapter.order("900-A")], True))
+    http.add(adapter.list_url, adapter.list_method, **adapter.page([], True))
 
     references, skipped = await adapter.read(connector)
 
@@ -181,8 +207,7 @@ async def test_an_already_done_write_succeeds(
 
 async def test_an_opened_session_is_closed_by_aclose(http: aioresponses, adapter: Adapter) -> None:
     connector = adapter.make()
-    adapter.auth(http)
-    http.get(adapter.list_url, **adapter.page([], True), repeat=True)
+    answer_listing(http, adapter, **adapter.page([], True), repeat=True)
     await adapter.read(connector)
     session = connector._session
     assert session is not None
@@ -196,7 +221,7 @@ async def test_a_lent_session_is_used_and_left_open(http: aioresponses, adapter:
     async with aiohttp.ClientSession() as session:
         connector = adapter.make(session)
         adapter.auth(http)
-        http.get(adapter.list_url, **adapter.page([], True), repeat=True)
+        http.add(adapter.list_url, adapter.list_method, **adapter.page([], True), repeat=True)
         await adapter.read(connector)
         assert connector._session is session
         await connector.aclose()

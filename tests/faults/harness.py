@@ -8,7 +8,7 @@ import io
 import json
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,29 +17,20 @@ from typing import Any
 import msgspec
 
 from sfd.config import Config, Duration, load_config
+from sfd.connectors.shop import DEFAULT_RETRY, Retry
 from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.logs import configure_logging
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from tests.faults.injector import FaultInjector
-from tests.support import write_config
+from tests.support import until, write_config
 
 KEY = "sandbox-key-faults-3141"
 #: Poll interval of both channels; a failed poll is retried after it too.
 INTERVAL = 0.3
 #: The flaky channel's client timeout: short, yet long enough for a loaded 2-core machine.
 TIMEOUT = 1.0
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15, what: str = "") -> None:
-    """Wait until `predicate()` holds; fail the test after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or predicate}")
-        await asyncio.sleep(0.02)
 
 
 def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -124,18 +115,8 @@ class Hub(CapturedLog):
 
 def _config(tmp_path: Path, flaky_url: str, steady_url: str, timeout: float) -> Config:
     channels = "".join(
-        f"""
-[[channels]]
-name = "{name}"
-store = {store}
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-[channels.settings]
-base_url = "{url}"
-api_key = "env:SANDBOX_KEY"
-timeout = {timeout}
-"""
+        channel_toml(url, "env:SANDBOX_KEY", name=name, store=store, auto_accept=False)
+        + f"timeout = {timeout}\n"  # under [channels.settings], the entry's last table
         for name, store, url in (("flaky", 1, flaky_url), ("steady", 2, steady_url))
     )
     config = load_config(write_config(tmp_path, channels), {"SANDBOX_KEY": KEY})
@@ -176,13 +157,15 @@ async def running_hub(
 
 @asynccontextmanager
 async def running_daemon(
-    config: Config,
+    config: Config, *, shop_retry: Retry = DEFAULT_RETRY
 ) -> AsyncIterator[tuple[Daemon, asyncio.Task[None], io.StringIO]]:
     """The daemon serving `config` in this process, with its log captured as JSON lines;
     stopped on leaving."""
     logs = io.StringIO()
     configure_logging("json", "info", config.secrets, stream=logs)
-    daemon = Daemon(config, notifier=SystemdNotifier({}), handle_signals=False)
+    daemon = Daemon(
+        config, notifier=SystemdNotifier({}), handle_signals=False, shop_retry=shop_retry
+    )
     await daemon.start()
     task = asyncio.create_task(daemon.serve())
     try:

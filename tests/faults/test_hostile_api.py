@@ -248,8 +248,8 @@ async def test_sql_metacharacters_and_unicode_in_every_field_match_nothing_and_b
     served: Served,
 ) -> None:
     """Query filters, ticket ids and every body field: a 4xx or an exact, empty match."""
-    before = await served.snapshot()
     tries = 0
+    before = await served.snapshot()
     for value in NASTY:
         for field in _query_fields():
             # aiohttp's client refuses a NUL in a URL; the raw-socket tests send those.

@@ -43,6 +43,13 @@ def oversized_page(hub: Hub, count: int = 10_000) -> bytes:
     return msgspec.json.encode({"orders": orders, "total_count": count})
 
 
+def server_error(code: int, after: str | None) -> tuple[str, Callable[[Hub], Fault], str]:
+    """A 5xx answer to OR11, with Retry-After when `after` is given: a transient failure."""
+    label = f"HTTP {code}{' with Retry-After' if after else ''}"
+    reason = f"Transient: Mirakl OR11 list orders (offset 0): HTTP {code}: <!DOCTYPE html>"
+    return label, lambda hub: faults.status(code, after), reason
+
+
 #: id, the fault (built from the running hub), what the logged reason must say.
 FAULTS: list[tuple[str, Callable[[Hub], Fault], str]] = [
     (
@@ -84,15 +91,10 @@ FAULTS: list[tuple[str, Callable[[Hub], Fault], str]] = [
         lambda hub: faults.replace_body(HTML_ERROR, content_type="text/html"),
         "Transient: Mirakl OR11 list orders (offset 0): the answer is not JSON: <!DOCTYPE html>",
     ),
+    # A server error is transient, with or without Retry-After; a 503 with it is a rate limit.
     *[
-        (
-            f"HTTP {code}{' with Retry-After' if after else ''}",
-            lambda hub, code=code, after=after: faults.status(code, after),
-            f"Transient: Mirakl OR11 list orders (offset 0): HTTP {code}: <!DOCTYPE html>",
-        )
-        for code in (500, 502, 503)
-        for after in (None, "1")
-        if (code, after) != (503, "1")
+        server_error(code, after)
+        for code, after in ((500, None), (500, "1"), (502, None), (502, "1"), (503, None))
     ],
     (
         "HTTP 503 with Retry-After",

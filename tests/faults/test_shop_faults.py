@@ -10,7 +10,7 @@ import io
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgspec
@@ -18,9 +18,7 @@ import pytest
 from aiohttp import web
 
 from sfd.config import Config, Duration, load_config
-from sfd.connectors import shop as shop_module
 from sfd.connectors.woocommerce import PER_PAGE
-from sfd.daemon.loops import Poller
 from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
@@ -31,12 +29,12 @@ from tests.faults.injector import HTML_ERROR, Fault, FaultInjector, Handler
 from tests.faults.reliability import record
 from tests.push.conftest import (
     MARKETPLACE_KEY,
+    SHORT_RETRY,
     WC_KEY,
     WC_SECRET,
-    _short_backoff,  # noqa: F401 - autouse: the shop's retries in milliseconds
     push_config,
 )
-from tests.support import write_config
+from tests.support import InProcess, write_config
 
 GROUP = "shop fault"
 SHOP = "main"
@@ -55,15 +53,12 @@ CREATE_LANDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _three_attempts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A call is still retried within a sync, with fewer attempts: a slow shop costs less."""
-    request.getfixturevalue("_short_backoff")  # set first, then amended here
-    monkeypatch.setattr(shop_module.RETRY, "attempts", 3)
+#: A call is still retried within a sync, with fewer attempts: a slow shop costs less.
+THREE_ATTEMPTS = replace(SHORT_RETRY, attempts=3)
 
 
 @dataclass
-class ShopHub(CapturedLog):
+class ShopHub(CapturedLog, InProcess):
     """The running daemon, the marketplace it polls, the shop behind the injector, its log."""
 
     daemon: Daemon
@@ -73,14 +68,6 @@ class ShopHub(CapturedLog):
     shop: SandboxWooCommerce
     injector: FaultInjector
     logs: io.StringIO
-
-    @property
-    def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
-
-    @property
-    def pusher(self) -> PushLoop:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, PushLoop))
 
     @property
     def running(self) -> bool:
@@ -139,7 +126,8 @@ async def running_shop_hub(tmp_path: Path, *, timeout: float = TIMEOUT) -> Async
         shop_url = await stack.enter_async_context(injector.serve(shop.app()))
         marketplace_url = await stack.enter_async_context(run_sandbox(marketplace))
         config = _config(tmp_path, marketplace_url, shop_url, timeout)
-        daemon, task, logs = await stack.enter_async_context(running_daemon(config))
+        running = running_daemon(config, shop_retry=THREE_ATTEMPTS)
+        daemon, task, logs = await stack.enter_async_context(running)
         hub = ShopHub(daemon, task, config.database, marketplace, shop, injector, logs)
         await until(lambda: hub.pushed(initial), what="the first orders pushed")
         yield hub
@@ -326,9 +314,10 @@ async def test_a_shop_fault_is_survived_logged_once_and_recovered_from(
 async def test_a_shop_down_is_asked_a_few_times_per_sync_not_retries_times_retries(
     tmp_path: Path,
 ) -> None:
-    """Within a sync each read is tried `RETRY.attempts` times, and a create whose outcome is
-    unknown is followed by one search: the search-then-create around them does not retry those
-    reads again, which would multiply the calls (and the time a sync hangs) while a shop is down.
+    """Within a sync each read is tried `THREE_ATTEMPTS.attempts` times, and a create whose
+    outcome is unknown is followed by one search: the search-then-create around them does not
+    retry those reads again, which would multiply the calls (and the time a sync hangs) while a
+    shop is down.
     """
     async with running_shop_hub(tmp_path) as hub:
         pusher = hub.pusher
@@ -353,7 +342,7 @@ async def test_a_shop_down_is_asked_a_few_times_per_sync_not_retries_times_retri
         await until(lambda: pusher.status.state == "idle", what="the shop loop between syncs")
         hub.injector.heal()
 
-    attempts = shop_module.RETRY.attempts
+    attempts = THREE_ATTEMPTS.attempts
     syncs: dict[int, Counter[str]] = {}
     for sync, what in asked:
         syncs.setdefault(sync, Counter())[what] += 1

@@ -23,9 +23,9 @@ from sfd.daemon.loops import Poller
 from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.runtime import Daemon
 from sfd.domain.clock import utcnow
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.storage import Storage
-from tests.support import ROOT, write_config
+from tests.support import ROOT, until, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -92,25 +92,14 @@ class Hub:
 
 
 def channel(name: str, store: int, base_url: str) -> str:
-    return f"""
-[[channels]]
-name = "{name}"
-store = {store}
-connector = "mirakl"
-poll_interval = "1h"
-auto_accept = false
-require_tracking = true
-[channels.settings]
-base_url = "{base_url}"
-api_key = "env:SANDBOX_KEY"
-"""
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    return channel_toml(
+        base_url,
+        "env:SANDBOX_KEY",
+        name=name,
+        store=store,
+        auto_accept=False,
+        require_tracking=True,
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -188,6 +177,14 @@ async def sign_in(page: Page, hub: Hub, token: str | None = None) -> None:
     await page.get_by_label("API token").fill(token or hub.token1)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page).to_have_url(hub.daemon.url + "/orders")
+
+
+async def open_order(page: Page, hub: Hub, reference: str) -> int:
+    """Sign in and open the sandbox channel's order `reference`; return its id."""
+    await sign_in(page, hub)
+    order = await hub.order_id("sandbox", reference)
+    await page.goto(f"{hub.daemon.url}/orders/{order}")
+    return order
 
 
 async def reload_until(
@@ -269,9 +266,7 @@ async def test_a_late_order_found_by_the_filters_is_shipped_and_the_marketplace_
 async def test_a_ship_without_tracking_number_is_refused_and_explained_with_values_kept(
     page: Page, hub: Hub
 ) -> None:
-    await sign_in(page, hub)
-    order = await hub.order_id("sandbox", hub.late[1])
-    await page.goto(f"{hub.daemon.url}/orders/{order}")
+    await open_order(page, hub, hub.late[1])
     await page.get_by_label("Carrier").fill("DPD")
     await page.get_by_label("Tracking link").fill("https://trace.dpd.fr/fr/trace/1")
     await page.get_by_role("button", name="Mark as shipped").click()
@@ -290,9 +285,7 @@ async def test_a_ship_without_tracking_number_is_refused_and_explained_with_valu
 async def test_an_oversized_tracking_number_is_refused_and_nothing_is_written(
     page: Page, hub: Hub
 ) -> None:
-    await sign_in(page, hub)
-    order = await hub.order_id("sandbox", hub.late[1])
-    await page.goto(f"{hub.daemon.url}/orders/{order}")
+    await open_order(page, hub, hub.late[1])
     before = await hub.operations()
     tracking = page.get_by_label("Tracking number")
     await tracking.evaluate("input => input.removeAttribute('maxlength')")  # as a tamperer would
@@ -345,9 +338,7 @@ async def test_a_store_one_token_cannot_see_store_two_orders_even_by_editing_the
 
 
 async def test_a_post_without_the_csrf_token_is_refused(page: Page, hub: Hub) -> None:
-    await sign_in(page, hub)
-    order = await hub.order_id("sandbox", hub.accept[1])
-    await page.goto(f"{hub.daemon.url}/orders/{order}")
+    order = await open_order(page, hub, hub.accept[1])
     before = await hub.operations()
     accept = page.locator(f"form[action='/orders/{order}/accept']")
     await accept.locator("input[name=csrf]").evaluate("input => input.remove()")
@@ -360,9 +351,7 @@ async def test_a_post_without_the_csrf_token_is_refused(page: Page, hub: Hub) ->
 async def test_script_in_a_field_is_shown_as_text_and_never_runs(page: Page, hub: Hub) -> None:
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: dialogs.append(dialog.message))
-    await sign_in(page, hub)
-    order = await hub.order_id("sandbox", hub.accept[1])
-    await page.goto(f"{hub.daemon.url}/orders/{order}")
+    await open_order(page, hub, hub.accept[1])
     script = "<script>alert('x')</script><b>bold</b>"
     await page.get_by_label("Store reference (optional)").fill(script)
     await page.get_by_role("button", name="Acknowledge").click()

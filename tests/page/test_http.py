@@ -23,9 +23,12 @@ from sfd.daemon.ws import LegacyWebservice
 from sfd.domain import EventSource, OperationKind, OrderStatus
 from sfd.domain.rules import AcknowledgePayload
 from sfd.storage import OperationRequest, Storage
+from tests import lookups
 from tests.conftest import NOW
 from tests.factories import make_order
 from tests.page.conftest import PageClient
+
+pytestmark = pytest.mark.both_backends
 
 S = OrderStatus
 
@@ -53,16 +56,10 @@ class Site:
         return client
 
     async def order_id(self, reference: str) -> int:
-        row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
-        )
-        assert row is not None
-        return int(row[0])
+        return await lookups.order_id(self.storage, reference)
 
     async def operations(self) -> int:
-        row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
-        assert row is not None
-        return int(row[0])
+        return await lookups.operation_count(self.storage)
 
     async def events(self) -> int:
         row = await self.storage.db.fetchrow("SELECT count(*) FROM order_events")
@@ -387,7 +384,7 @@ async def test_an_accept_goes_through_the_outbox_with_source_page(site: Site) ->
     status, _, location = await client.post(f"/orders/{order}/accept", {})
     assert status == 303 and location.startswith(f"/orders/{order}?done=")
     row = await site.storage.db.fetchrow(
-        "SELECT kind, state, source FROM operations WHERE order_id = ?", (order,)
+        "SELECT kind, state, source FROM operations WHERE order_id = $1", (order,)
     )
     assert row is not None and tuple(row) == ("accept", "scheduled", "page")
     assert site.woken == [1]
@@ -451,7 +448,7 @@ async def test_a_failed_operation_can_be_retried_but_a_refused_one_cannot(site: 
     ticket = await site.storage.operations.ticket(1, claim.ticket_id)
     assert ticket is not None and ticket.state == "scheduled"
     event = await site.storage.db.fetchrow(
-        "SELECT source FROM order_events WHERE kind = 'ship_retried' AND order_id = ?", (order,)
+        "SELECT source FROM order_events WHERE kind = 'ship_retried' AND order_id = $1", (order,)
     )
     assert event is not None and event[0] == "page"
 
@@ -534,6 +531,7 @@ async def test_retrying_a_push_that_did_not_fail_is_refused_on_the_page(site: Si
     assert [p.state for p in await site.storage.pushes.for_order(order)] == ["created"]
 
 
+@pytest.mark.sqlite_only
 async def test_a_database_that_refuses_writes_gives_a_page_that_says_so(site: Site) -> None:
     order = await site.order_id("DEC-ACCEPT")
     client = await site.signed_in()

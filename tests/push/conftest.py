@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,29 +12,20 @@ import aiohttp
 import pytest
 
 from sfd.config import load_config
-from sfd.connectors import shop as shop_module
+from sfd.connectors.shop import Retry
 from sfd.daemon.loops import Poller
-from sfd.daemon.notify import SystemdNotifier
 from sfd.daemon.push import PushLoop
 from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
-from sfd.storage import Storage
-from tests.support import write_config
+from tests.support import InProcess, start_daemon, until, write_config
 
 MARKETPLACE_KEY = "sandbox-key-push"
 WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
 WC_SECRET = "cs_fedcba9876543210fedcba9876543210fedcba98"
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+#: The shop's retries keep their shape (several attempts, growing waits), in milliseconds.
+SHORT_RETRY = Retry(attempts=4, wait_initial=0.01, wait_max=0.05, timeout=10.0)
 
 
 def push_config(
@@ -69,7 +60,7 @@ timeout = {timeout}
 
 
 @dataclass
-class PushHub:
+class PushHub(InProcess):
     """The running daemon, the marketplace it polls and the shop it pushes into."""
 
     marketplace: SandboxMarketplace
@@ -79,27 +70,11 @@ class PushHub:
     daemon: Daemon = field(init=False)
     task: asyncio.Task[None] | None = None
 
-    @property
-    def storage(self) -> Storage:
-        assert self.daemon.storage is not None
-        return self.daemon.storage
-
-    @property
-    def poller(self) -> Poller:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, Poller))
-
-    @property
-    def pusher(self) -> PushLoop:
-        return next(loop for loop in self.daemon.loops if isinstance(loop, PushLoop))
-
     async def start(self) -> None:
-        self.daemon = Daemon(
-            load_config(self.config_path), notifier=SystemdNotifier({}), handle_signals=False
+        self.daemon, self.task = await start_daemon(
+            load_config(self.config_path), shop_retry=SHORT_RETRY
         )
-        await self.daemon.start()
-        self.task = asyncio.create_task(self.daemon.serve())
-        await self.daemon.ready.wait()
-        await until(lambda: self.poller.status.ticks >= 1 and self.pusher.status.ticks >= 1)
+        await until(lambda: self.pusher.status.ticks >= 1)
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -129,7 +104,7 @@ class PushHub:
 
     async def order(self, reference: str) -> StoredOrder:
         row = await self.storage.db.fetchrow(
-            "SELECT id FROM orders WHERE reference = ?", (reference,)
+            "SELECT id FROM orders WHERE reference = $1", (reference,)
         )
         assert row is not None, f"order {reference} not imported"
         order = await self.storage.orders.get(int(row[0]))
@@ -139,15 +114,6 @@ class PushHub:
     def shop_order(self, reference: str) -> dict[str, Any]:
         [order] = self.shop.orders_for(reference)
         return order
-
-
-@pytest.fixture(autouse=True)
-def _short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries keep their shape (several attempts, growing waits), in milliseconds."""
-    monkeypatch.setattr(shop_module.RETRY, "attempts", 4)
-    monkeypatch.setattr(shop_module.RETRY, "wait_initial", 0.01)
-    monkeypatch.setattr(shop_module.RETRY, "wait_max", 0.05)
-    monkeypatch.setattr(shop_module.RETRY, "timeout", 10.0)
 
 
 @pytest.fixture
@@ -169,6 +135,7 @@ async def hub(
     monkeypatch: pytest.MonkeyPatch,
     shop: SandboxWooCommerce,
     hub_options: dict[str, Any],
+    database_url: str,
 ) -> AsyncIterator[PushHub]:
     monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
     monkeypatch.setenv("WC_KEY", WC_KEY)
@@ -180,7 +147,9 @@ async def hub(
         run_woocommerce(shop) as shop_url,
         aiohttp.ClientSession() as http,
     ):
-        config_path = write_config(tmp_path, push_config(marketplace_url, shop_url, **options))
+        config_path = write_config(
+            tmp_path, push_config(marketplace_url, shop_url, **options), database=database_url
+        )
         running = PushHub(marketplace, shop, config_path, http)
         await running.start()
         try:

@@ -1,12 +1,17 @@
-"""`sfd demo --push`: the whole push-mode circuit against the built-in fake WooCommerce."""
+"""`sfd demo --push [shop]`: the whole push-mode circuit against each built-in fake shop, and
+`--push` alone still meaning WooCommerce."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from sfd.config import parse_config
+from sfd.sandbox import demo as demo_module
 from sfd.sandbox.demo import DemoSettings, run_demo
 
 FAST = DemoSettings(
@@ -34,8 +39,24 @@ def shipped_by_the_shop(database: Path) -> list[sqlite3.Row]:
             return []  # not migrated yet
 
 
+def test_push_alone_still_means_woocommerce_and_prestashop_is_a_choice() -> None:
+    parser = argparse.ArgumentParser()
+    demo_module._arguments(parser)
+    assert parser.parse_args(["--push"]).push == "woocommerce"
+    assert parser.parse_args(["--push", "prestashop"]).push == "prestashop"
+    assert parser.parse_args([]).push is None
+
+
+@pytest.mark.parametrize(
+    "push",
+    [
+        pytest.param(True, id="woocommerce"),
+        pytest.param("shopify", id="shopify"),
+        pytest.param("prestashop", id="prestashop"),
+    ],
+)
 async def test_the_push_demo_pushes_orders_and_ships_what_the_merchant_completes(
-    tmp_path: Path,
+    push: bool | str, tmp_path: Path
 ) -> None:
     database = tmp_path / "demo.db"
     base = parse_config(
@@ -44,7 +65,7 @@ async def test_the_push_demo_pushes_orders_and_ships_what_the_merchant_completes
         "demo.toml",
         {},
     )
-    demo = asyncio.create_task(run_demo(base, FAST, push=True))
+    demo = asyncio.create_task(run_demo(base, FAST, push=push))
     try:
         rows: list[sqlite3.Row] = []
         for _ in range(300):

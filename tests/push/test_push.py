@@ -15,7 +15,7 @@ from sfd.domain import EventSource, OrderStatus
 from sfd.storage import OrderFilter
 from sfd.storage.pushes import TRACKING_MISSING
 from tests.push.conftest import PushHub, until
-from tests.support import run_cli
+from tests.support import eventually, run_cli
 
 
 def _address(stored: Any, *, billing: bool, customer_emails: bool = False) -> dict[str, str]:
@@ -97,6 +97,7 @@ async def test_the_create_body_carries_the_order_exactly(hub: PushHub) -> None:
     assert sorted(looked_up) == sorted({line["offer_sku"] for line in mirakl["order_lines"]})
 
 
+@pytest.mark.both_backends
 async def test_a_pushed_order_is_acknowledged_with_the_woocommerce_id_and_pushed_once(
     hub: PushHub,
 ) -> None:
@@ -121,6 +122,7 @@ async def test_a_pushed_order_is_acknowledged_with_the_woocommerce_id_and_pushed
     assert 'sfd_orders_pushed_total{outcome="created",shop="main"} 3.0' in metrics
 
 
+@pytest.mark.both_backends
 async def test_a_store_in_push_mode_still_serves_the_v1_api(hub: PushHub) -> None:
     [reference] = await hub.orders_on_sale(1)
     _, token = await hub.storage.tokens.create(1, "module", hub.daemon.clock())
@@ -134,6 +136,7 @@ async def test_a_store_in_push_mode_still_serves_the_v1_api(hub: PushHub) -> Non
     assert [o["reference"] for o in body["_embedded"]["order"]] == [reference]
 
 
+@pytest.mark.both_backends
 async def test_an_unknown_sku_is_acknowledged_as_an_error_and_waits_for_a_person(
     hub: PushHub,
 ) -> None:
@@ -334,8 +337,12 @@ async def test_a_completed_order_without_tracking_waits_then_is_flagged(hub: Pus
     [state] = await hub.storage.pushes.states()
     assert state.waiting_tracking == 1
 
-    await asyncio.sleep(1.1)
-    await hub.sync()
+    async def flagged() -> bool:
+        # The tracking wait is counted in real time: sync until it has run out.
+        await hub.sync()
+        return any(e.kind == TRACKING_MISSING for e in (await hub.order(reference)).events)
+
+    await eventually(flagged, what="the order flagged for its missing tracking")
     order = await hub.order(reference)
     [flag] = [e for e in order.events if e.kind == TRACKING_MISSING]
     assert flag.source == "shop" and "without a tracking number" in flag.message

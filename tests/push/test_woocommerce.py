@@ -15,7 +15,7 @@ from sfd.connectors.shop import PushLine, PushOrder, ShopStatus
 from sfd.connectors.woocommerce import WooCommerceConnector
 from sfd.domain import Address
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
-from tests.push.conftest import WC_KEY, WC_SECRET
+from tests.push.conftest import SHORT_RETRY, WC_KEY, WC_SECRET
 
 
 def order(reference: str = "SBX0000001-A", sku: str = "SKU-0001") -> PushOrder:
@@ -50,7 +50,7 @@ def connector(
         consumer_secret=secret,
         customer_emails=customer_emails,
     )
-    return WooCommerceConnector(settings, name="main", **kwargs)
+    return WooCommerceConnector(settings, name="main", retry=SHORT_RETRY, **kwargs)
 
 
 async def test_by_default_the_buyers_email_is_kept_out_of_billing_so_woocommerce_mails_nothing(

@@ -14,6 +14,7 @@
  * (with the HTTP response, if any) and exits 1.
  */
 
+use ShoppingFeed\Sdk\Api\Order\Document;
 use ShoppingFeed\Sdk\Api\Order\Identifier\Id;
 use ShoppingFeed\Sdk\Api\Order\Operation;
 use ShoppingFeed\Sdk\Api\Order\OrderOperation;
@@ -393,6 +394,42 @@ try {
         'tickets' => readTickets($legacyResult),
         'storeReference' => $orderApi->getOne($byReference['id'])->getStoreReference(),
     ];
+
+    // -- invoices: uploadDocument, multipart, by id and (deprecated API) by reference -------
+    $invoiceA = tempnam(sys_get_temp_dir(), 'sfd') . '-FA-' . $ackA['id'] . '.pdf';
+    file_put_contents($invoiceA, "%PDF-1.4\n% invoice of order {$ackA['id']}\n%%EOF\n");
+    $invoiceB = tempnam(sys_get_temp_dir(), 'sfd') . '-FA-LEGACY.pdf';
+    file_put_contents($invoiceB, "%PDF-1.4\n% invoice by reference\n%%EOF\n");
+    $fake = tempnam(sys_get_temp_dir(), 'sfd') . '-invoice.pdf';
+    file_put_contents($fake, "MZ\x90\x00 not a pdf at all");
+    $upload = new Operation();
+    $upload->uploadDocument(new Id($ackA['id']), new Document\Invoice($invoiceA));
+    $mark = count($requests);
+    $uploadResult = $orderApi->execute($upload);
+    $legacyUpload = new OrderOperation();
+    $legacyUpload->uploadDocument(
+        $byReference['reference'], $byReference['channel']['name'], new Document\Invoice($invoiceB)
+    );
+    $legacyUploadResult = $orderApi->execute($legacyUpload);
+    $again = new Operation();
+    $again->uploadDocument(new Id($ackA['id']), new Document\Invoice($invoiceA));
+    $againResult = $orderApi->execute($again);
+    // A renamed executable: sfd answers 400, which the SDK's batchSend leaves unthrown.
+    $bad = new Operation();
+    $bad->uploadDocument(new Id($ackA['id']), new Document\Invoice($fake));
+    $badResult = $orderApi->execute($bad);
+    $facts['upload_documents'] = [
+        'posts' => requestsSince($requests, $mark, 'POST'),
+        'tickets' => readTickets($uploadResult),
+        'legacy_tickets' => readTickets($legacyUploadResult),
+        'again_tickets' => readTickets($againResult),
+        'refused_batches' => $badResult->getBatchIds(),
+        'order_id' => $ackA['id'],
+        'reference' => $byReference['reference'],
+    ];
+    foreach ([$invoiceA, $invoiceB, $fake] as $file) {
+        unlink($file);
+    }
 
     // -- every marketplace operation at once (the SDK sends one request per type, in parallel)
     $partialItem = end($shipPart['items']);

@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from sfd.daemon.carriers import CarrierView, CarrierViews
 from sfd.daemon.page.forms import MAX_FORM, FormError, single_values
 from sfd.daemon.page.sessions import Session, Sessions
 from sfd.domain import OrderStatus, StoredOrder
@@ -59,6 +60,10 @@ class CsrfRefused(Exception):
     """A changing form without this session's CSRF token."""
 
 
+async def _no_carriers(_channel: str) -> CarrierView | None:
+    return None
+
+
 class PageBase:
     """The page's state over one storage, and what every handler uses."""
 
@@ -71,8 +76,11 @@ class PageBase:
         poll_now: PollNow = lambda _channel: False,
         warnings: Mapping[str, timedelta] | None = None,
         sessions: Sessions | None = None,
+        carriers: CarrierViews | None = None,
     ) -> None:
         self.storage = storage
+        self.carrier_view: CarrierViews = carriers or _no_carriers
+        """Channel name → its carriers (the marketplace's list, the mapping in force)."""
         self.clock = clock
         self.on_operations = on_operations
         self.poll_now = poll_now

@@ -18,12 +18,15 @@ class ChannelPages(PageBase):
         states = await self.storage.channels.states(store_id=session.store_id)
         counts = await self.storage.orders.status_counts(session.store_id)
         polled = request.query.get("polled", "")[:100]
+        # The mapping in force beside each channel; Mirakl's list comes from its cached SH21.
+        carriers = {c.name: await self.carrier_view(c.name) for c in states}
         return self.render(
             "channels.html",
             200,
             session,
             channels=states,
             counts=counts,
+            carriers=carriers,
             polled=polled if polled in {c.name for c in states} else "",
         )
 

@@ -6,14 +6,22 @@ from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import urlencode
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from sfd.daemon.api import read_part
 from sfd.daemon.outbox import request_operations
 from sfd.daemon.page.base import PageBase, log
 from sfd.daemon.page.forms import ACTIONS, FormError, read_action
 from sfd.daemon.page.sessions import Session
 from sfd.daemon.push import PushError, retry_push
 from sfd.domain import EventSource, OperationKind, StoredOrder, Ticket, TicketState
+from sfd.domain.documents import (
+    DOCUMENT_TYPES,
+    MAX_DOCUMENT_BYTES,
+    DocumentRefused,
+    check_document,
+)
 from sfd.domain.rules import (
     CONFIRMED_BY,
     OrderView,
@@ -21,6 +29,7 @@ from sfd.domain.rules import (
     ReasonPayload,
     ShipPayload,
     decide,
+    document_payload,
 )
 from sfd.storage import OperationRequest
 from sfd.storage.pushes import CREATED, REJECTED
@@ -36,6 +45,7 @@ _LABELS = {
     K.CANCEL: "Cancel",
     K.ACKNOWLEDGE: "Acknowledge",
     K.UNACKNOWLEDGE: "Unacknowledge",
+    K.UPLOAD_DOCUMENT: "Upload",
 }
 
 
@@ -124,6 +134,8 @@ class OrderPages(PageBase):
             reason=reason,
             notice=notice,
             values=dict(values or {}),
+            documents=await self.storage.documents.for_order(order.id),
+            document_types=sorted(DOCUMENT_TYPES),
             carriers=("Chronopost", "Colissimo", "DHL", "DPD", "GLS", "Mondial Relay", "UPS"),
         )
 
@@ -195,6 +207,67 @@ class OrderPages(PageBase):
             )
         return self.redirect(f"/orders/{order.id}?done={ticket.id}")
 
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        """Attach a document (an invoice) to the order: a multipart form with its CSRF token.
+
+        The file is read whole and checked (PDF, JPEG or PNG by content, 10 MiB at most)
+        before the token decides anything is stored."""
+        session = await self.session(request)
+        if session is None:
+            return self.problem(403, "Not signed in", "Sign in again; nothing was changed.", None)
+        try:
+            order = await self._order(request, session)
+        except NotFound as exc:
+            return self._not_found(session, str(exc))
+        try:
+            fields, file_name, content = await _read_upload_form(request)
+        except FormError as exc:
+            return self.problem(400, "Bad form", f"{exc}. Nothing was changed.", session)
+        if not session.csrf_matches(fields.get("csrf")):
+            log.warning("page_csrf_refused", path=request.path, token=session.token_name)
+            return self.problem(
+                403,
+                "Form refused",
+                "This form did not carry the page's security token (it may be from an old "
+                "page or another site). Nothing was changed; reload the page and try again.",
+                session,
+            )
+        try:
+            if content is None:
+                raise DocumentRefused(
+                    file_name, f"is over {MAX_DOCUMENT_BYTES} bytes (10 MiB) a file"
+                )
+            document = check_document(file_name, content, fields.get("type") or "invoice")
+        except DocumentRefused as exc:
+            return await self._order_page(
+                session, order, status=400, refused=K.UPLOAD_DOCUMENT, reason=str(exc)
+            )
+        batch = await request_operations(
+            self.storage,
+            session.store_id,
+            K.UPLOAD_DOCUMENT,
+            [
+                OperationRequest(
+                    payload=document_payload(document), order_id=order.id, document=document
+                )
+            ],
+            EventSource.PAGE,
+            self.clock(),
+            self.on_operations,
+            via=f"page:{session.token_name}",
+            actor=session.token_name,
+        )
+        [ticket] = batch.tickets
+        if ticket.state == TicketState.FAILED:
+            return await self._order_page(
+                session,
+                order,
+                status=409,
+                refused=K.UPLOAD_DOCUMENT,
+                reason=ticket.reason or "refused",
+            )
+        return self.redirect(f"/orders/{order.id}?done={ticket.id}")
+
     async def retry(self, request: web.Request) -> web.StreamResponse:
         """Make a failed operation of this order due again."""
         checked = await self._bare_order_post(request)
@@ -258,6 +331,39 @@ class OrderPages(PageBase):
         for shop in shops:
             self.poll_now(shop)
         return self.redirect(f"/orders/{order.id}?" + urlencode({"notice": said}))
+
+
+async def _read_upload_form(
+    request: web.Request,
+) -> tuple[dict[str, str], str, bytes | None]:
+    """The upload form's text fields, and its file's name and bytes (None: over the limit)."""
+    if request.content_type != "multipart/form-data":
+        raise FormError(f"expected a multipart form, got {request.content_type[:60]!r}")
+    fields: dict[str, str] = {}
+    file_name, content = "", b""
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise FormError("nested multipart parts are not taken")
+            if part.name == "file":
+                file_name = part.filename or "document"
+                data = await read_part(part, MAX_DOCUMENT_BYTES)
+                if data is None:
+                    return fields, file_name, None
+                content = data
+            elif part.name in ("csrf", "type"):
+                value = await read_part(part, 256)
+                if value is None:
+                    raise FormError(f"the field {part.name} is too long")
+                fields[part.name] = value.decode("utf-8", errors="replace")
+            else:
+                raise FormError(f"unexpected field {str(part.name)[:40]!r}")
+    except (ValueError, HttpProcessingError) as exc:
+        raise FormError(f"the form cannot be read: {exc}") from None
+    if not content:
+        raise FormError("choose a file to upload")
+    return fields, file_name, content
 
 
 def _retryable(ticket: Ticket) -> bool:

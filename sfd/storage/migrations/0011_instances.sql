@@ -1,4 +1,4 @@
--- sfd schema 8: the `sfd run` instances that used this database. On SQLite one at a time
+-- sfd schema 11: the `sfd run` instances that used this database. On SQLite one at a time
 -- (the run lock); on PostgreSQL several at once, each registered when it starts.
 CREATE TABLE instances (
     id          TEXT PRIMARY KEY,

@@ -1,4 +1,4 @@
--- sfd schema 8 on PostgreSQL: the `sfd run` instances sharing this database.
+-- sfd schema 11 on PostgreSQL: the `sfd run` instances sharing this database.
 CREATE TABLE instances (
     id          text PRIMARY KEY,
     host        text NOT NULL,

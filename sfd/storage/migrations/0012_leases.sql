@@ -1,4 +1,4 @@
--- sfd schema 9: leases and the order page's sessions, shared by every `sfd run` on a database.
+-- sfd schema 12: leases and the order page's sessions, shared by every `sfd run` on a database.
 -- A lease gives one instance a channel's poller or a shop's push loop (and the delivery of
 -- that channel's operations) until `expires_at`; its holder renews it. On SQLite the one
 -- instance holds them all.

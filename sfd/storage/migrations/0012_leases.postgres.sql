@@ -1,4 +1,4 @@
--- sfd schema 9 on PostgreSQL: leases and the order page's sessions (see 0009_leases.sql).
+-- sfd schema 12 on PostgreSQL: leases and the order page's sessions (see 0012_leases.sql).
 CREATE TABLE leases (
     name         text PRIMARY KEY,
     holder       text NOT NULL,

@@ -1,0 +1,140 @@
+"""What every sandbox shares: the request log, JSON answers, failures to inject, serving.
+
+A new stand-in (a marketplace or a shop) records each request as a `RecordedCall`, answers
+with `json_answer`, plans failures with `Failure` and `take_failure`, and is served on
+loopback by `serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import msgspec
+from aiohttp import web
+
+from sfd.sandbox.failures import take_failure
+
+__all__ = [
+    "Failure",
+    "RecordedCall",
+    "conclude",
+    "json_answer",
+    "read_body",
+    "record",
+    "serve",
+    "take_failure",
+]
+
+_ENCODERS: Final = {
+    "string": msgspec.json.Encoder(decimal_format="string"),
+    "number": msgspec.json.Encoder(decimal_format="number"),
+}
+
+
+@dataclass
+class RecordedCall:
+    """One request a sandbox received, as it arrived, and whether it was answered."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    at: datetime
+    operation: str | None = None
+    """The name of the route (OR11, orders.create, searchOrders...); None for a path the
+    sandbox does not serve."""
+    order_id: str | None = None
+    status: int | None = None
+    responded: bool = False
+    """False when the sandbox dropped the connection instead of answering."""
+
+
+@dataclass
+class Failure:
+    """A failure planned for the next `remaining` requests of `operation` (None: any)."""
+
+    remaining: int
+    operation: str | None
+    status: int | None = None
+    """The status answered instead of serving the request; None serves it."""
+    retry_after: str | None = None
+    delay: float = 0.0
+    """Seconds to wait, once the request took effect, before answering."""
+    drop: bool = False
+    """Serve the request, then close the connection unanswered (an unknown outcome)."""
+
+
+async def read_body(request: web.Request) -> Any:
+    """The request's JSON body; its text if it is not JSON; None if there is none."""
+    raw = await request.read()
+    if not raw:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw.decode("utf-8", errors="replace")
+
+
+async def record(
+    request: web.Request, at: datetime, *, order_key: str = "order_id"
+) -> RecordedCall:
+    """The log entry of `request`, received at `at`; its order id is the path's `order_key`."""
+    return RecordedCall(
+        method=request.method,
+        path=request.path,
+        query=dict(request.query),
+        body=await read_body(request),
+        at=at,
+        operation=request.match_info.route.name,
+        order_id=request.match_info.get(order_key),
+    )
+
+
+async def conclude(
+    request: web.Request,
+    call: RecordedCall,
+    response: web.StreamResponse,
+    failure: Failure | None,
+    *,
+    latency: float = 0.0,
+) -> web.StreamResponse:
+    """Log how `call` is answered: after any planned delay, sent, or dropped unanswered."""
+    call.status = response.status
+    delay = latency + (failure.delay if failure is not None else 0.0)
+    if delay:
+        await asyncio.sleep(delay)
+    if failure is not None and failure.drop:
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    # A client already gone (killed, or its call cut short) never gets this answer.
+    call.responded = request.transport is not None and not request.transport.is_closing()
+    return response
+
+
+def json_answer(
+    payload: Any, status: int = 200, *, decimals: Literal["string", "number"] = "string"
+) -> web.Response:
+    """A JSON answer, its decimals written as the real API writes them."""
+    body = _ENCODERS[decimals].encode(payload)
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+@asynccontextmanager
+async def serve(
+    app: web.Application, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve `app` on `host` (a free port by default) and yield its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        yield f"http://{host}:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

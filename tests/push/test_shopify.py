@@ -1,0 +1,524 @@
+"""Push mode against a fake Shopify (Admin GraphQL), over real HTTP: orders go in once with
+exactly the documented orderCreate, no email ever reaches a marketplace buyer, and fulfilments
+(whole or partial) and cancellations come back as ship and cancel operations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from sfd.connectors.base import RateLimited
+from sfd.connectors.settings import ShopifySettings
+from sfd.connectors.shopify import CREATE_MUTATION, VARIANT_QUERY, ShopifyConnector
+from sfd.domain import OrderStatus, Ticket
+from sfd.domain.clock import to_iso
+from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
+from sfd.sandbox.shopify import SandboxShopify, run_shopify
+from tests.push.conftest import MARKETPLACE_KEY, PushHub, until
+from tests.support import run_cli, write_config
+
+TOKEN = "shpat_0123456789abcdef0123456789abcdef"
+
+
+def shopify_config(
+    marketplace_url: str,
+    shop_url: str,
+    *,
+    require_tracking: bool = True,
+    timeout: float = 2.0,
+    shop_settings: str = "",
+) -> str:
+    """A Mirakl sandbox channel and a Shopify shop `main` in push mode."""
+    channel = channel_toml(
+        marketplace_url, "env:SANDBOX_KEY", auto_accept=False, require_tracking=require_tracking
+    )
+    return f"""{channel}
+[[shops]]
+name = "main"
+store = 1
+connector = "shopify"
+sync_interval = "1h"
+[shops.settings]
+shop_url = "{shop_url}"
+access_token = "env:SHOPIFY_TOKEN"
+timeout = {timeout}
+{shop_settings}
+"""
+
+
+@dataclass
+class ShopifyHub(PushHub):
+    """The daemon, the marketplace it polls and the fake Shopify it pushes into."""
+
+    shop: SandboxShopify  # type: ignore[assignment]  # the same hub, another shop
+
+    def shop_order(self, reference: str) -> dict[str, Any]:
+        [order] = self.shop.orders_for(reference)
+        return order
+
+    def shop_id(self, reference: str) -> int:
+        return int(self.shop_order(reference)["legacyResourceId"])
+
+
+@pytest.fixture
+def shopify() -> SandboxShopify:
+    return SandboxShopify(TOKEN)
+
+
+@pytest.fixture
+def hub_options() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def hub(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shopify: SandboxShopify,
+    hub_options: dict[str, Any],
+) -> AsyncIterator[ShopifyHub]:
+    options = dict(hub_options)
+    monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
+    monkeypatch.setenv("SHOPIFY_TOKEN", options.pop("token", TOKEN))
+    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
+    async with (
+        run_sandbox(marketplace) as marketplace_url,
+        run_shopify(shopify) as shop_url,
+        aiohttp.ClientSession() as http,
+    ):
+        config_path = write_config(tmp_path, shopify_config(marketplace_url, shop_url, **options))
+        running = ShopifyHub(marketplace, shopify, config_path, http)
+        await running.start()
+        try:
+            yield running
+        finally:
+            await running.stop()
+
+
+def _address(stored: Any) -> dict[str, str]:
+    fields = {
+        "firstName": stored.first_name,
+        "lastName": stored.last_name,
+        "company": stored.company,
+        "address1": stored.street,
+        "address2": ", ".join(p for p in (stored.street2, stored.other) if p),
+        "city": stored.city,
+        "zip": stored.postal_code,
+        "countryCode": stored.country.upper(),
+        "provinceCode": stored.province if 0 < len(stored.province) <= 3 else "",
+        "phone": stored.phone or stored.mobile_phone,
+    }
+    return {k: v for k, v in fields.items() if v}
+
+
+def _money(amount: Decimal) -> dict[str, Any]:
+    return {"shopMoney": {"amount": f"{amount:f}", "currencyCode": "EUR"}}
+
+
+# -- pushing --------------------------------------------------------------------------------
+
+
+async def test_the_create_request_is_exactly_the_document_and_variables(hub: ShopifyHub) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    order = await hub.order(reference)
+    await hub.sync()
+
+    [create] = hub.shop.calls("orderCreate")
+    mirakl = hub.marketplace.order(reference)
+    assert create.path == "/admin/api/2026-01/graphql.json"
+    assert order.billing_address is not None and order.shipping_address is not None
+    variants = {v["sku"]: v["id"] for v in hub.shop.variants.values()}
+    shipping = Decimal(str(mirakl["shipping_price"]))
+    total = sum((Decimal(str(line["price"])) for line in mirakl["order_lines"]), shipping)
+    attributes = [
+        {"key": "sfd_marketplace", "value": "sandbox"},
+        {"key": "sfd_marketplace_reference", "value": reference},
+        {"key": "sfd_order_id", "value": str(order.id)},
+    ]
+    if order.latest_ship_date is not None:
+        attributes.append({"key": "sfd_ship_by", "value": to_iso(order.latest_ship_date)})
+    if mirakl["shipping_pudo_id"]:
+        attributes.append({"key": "sfd_relay_point_id", "value": mirakl["shipping_pudo_id"]})
+    if mirakl["customer"]["organization"]:
+        vat = mirakl["customer"]["organization"]["tax_identification_number"]
+        attributes.append({"key": "sfd_buyer_vat_number", "value": vat})
+    if order.billing_address.email:
+        attributes.append({"key": "sfd_buyer_email", "value": order.billing_address.email})
+    note = f"sandbox order {reference}"
+    if mirakl["shipping_pudo_id"]:
+        note += f", relay point {mirakl['shipping_pudo_id']}"
+    assert create.body == {
+        "query": CREATE_MUTATION,
+        "variables": {
+            "order": {
+                "currency": "EUR",
+                "lineItems": [
+                    {
+                        "variantId": variants[line["offer_sku"]],
+                        "quantity": line["quantity"],
+                        "priceSet": _money(Decimal(str(line["price_unit"]))),
+                    }
+                    for line in mirakl["order_lines"]
+                ],
+                "shippingAddress": _address(order.shipping_address),
+                "billingAddress": _address(order.billing_address),
+                "shippingLines": [
+                    {
+                        "title": order.shipping_method,
+                        "code": "sfd",
+                        "source": "sandbox",
+                        "priceSet": _money(shipping),
+                    }
+                ],
+                "financialStatus": "PAID",
+                "transactions": [
+                    {
+                        "kind": "SALE",
+                        "status": "SUCCESS",
+                        "gateway": "sandbox",
+                        "amountSet": _money(total),
+                    }
+                ],
+                "sourceName": "sandbox",
+                "sourceIdentifier": reference,
+                "tags": ["sfd", "sandbox"],
+                "note": note,
+                "customAttributes": attributes,
+            },
+            "options": {
+                "sendReceipt": False,
+                "sendFulfillmentReceipt": False,
+                "inventoryBehaviour": "DECREMENT_OBEYING_POLICY",
+            },
+        },
+    }
+    # Each SKU was looked up once, by an exact `sku:` search.
+    lookups = hub.shop.calls("productVariants")
+    assert all(r.body["query"] == VARIANT_QUERY for r in lookups)
+    assert sorted(r.body["variables"]["query"] for r in lookups) == sorted(
+        {f"sku:'{line['offer_sku']}'" for line in mirakl["order_lines"]}
+    )
+    shop_order = hub.shop_order(reference)
+    assert shop_order["displayFinancialStatus"] == "PAID"
+    assert (await hub.order(reference)).store_reference == shop_order["legacyResourceId"]
+
+
+async def test_no_field_that_would_make_shopify_write_to_a_buyer_is_set(hub: ShopifyHub) -> None:
+    references = await hub.orders_on_sale(4)
+    await hub.sync()
+    for reference in references:
+        hub.shop.fulfil(hub.shop_id(reference), number=f"6A{reference}")
+    await hub.sync()
+
+    assert len(hub.shop.orders) == 4
+    for create in hub.shop.calls("orderCreate"):
+        order = create.body["variables"]["order"]
+        # `email` is mailed receipts and shipping updates, `phone` gets SMS; a customer
+        # record would be both: none is set.
+        assert {"email", "phone", "customer", "customerId"}.isdisjoint(order)
+        assert create.body["variables"]["options"]["sendReceipt"] is False
+        assert create.body["variables"]["options"]["sendFulfillmentReceipt"] is False
+    assert hub.shop.customer_emails == []
+
+
+@pytest.mark.parametrize(
+    "hub_options", [{"shop_settings": "customer_emails = true\ninventory = 'bypass'"}]
+)
+async def test_customer_emails_and_inventory_are_the_merchants_choice(hub: ShopifyHub) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    await hub.sync()
+    [create] = hub.shop.calls("orderCreate")
+    order = await hub.order(reference)
+    assert order.billing_address is not None
+    assert create.body["variables"]["order"].get("email") == (order.billing_address.email or None)
+    assert create.body["variables"]["options"]["inventoryBehaviour"] == "BYPASS"
+    # Even so, sfd never asks Shopify to send its receipts.
+    assert create.body["variables"]["options"]["sendReceipt"] is False
+
+
+async def test_an_unknown_sku_fails_the_push_naming_it_then_retry_push(hub: ShopifyHub) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    sku = hub.marketplace.order(reference)["order_lines"][0]["offer_sku"]
+    hub.shop.remove_variant(sku)
+    await hub.sync()
+
+    order = await hub.order(reference)
+    assert hub.shop.orders == {}
+    assert hub.shop.calls("orderCreate") == []
+    assert order.acknowledgment_status == "error"
+    assert f"no product variant with SKU {sku!r}" in (order.acknowledgment_message or "")
+    await hub.sync()
+    assert hub.shop.calls("orderCreate") == []
+
+    hub.shop.add_variant(sku, "Back in the catalogue", "19.90")
+    retried = await asyncio.to_thread(
+        run_cli, hub.config_path, "orders", "retry-push", str(order.id)
+    )
+    assert retried.returncode == 0, retried.stderr
+    await until(lambda: len(hub.shop.orders_for(reference)) == 1)
+    await until(lambda: hub.pusher.status.state == "idle")
+    order = await hub.order(reference)
+    assert order.acknowledgment_status == "success"
+    assert order.store_reference == str(hub.shop_id(reference))
+
+
+async def test_a_user_error_rejects_the_order_with_shopifys_message(hub: ShopifyHub) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    for variant in hub.shop.variants.values():
+        variant["inventoryQuantity"] = 0
+    await hub.sync()
+
+    order = await hub.order(reference)
+    assert hub.shop.orders == {}
+    assert order.acknowledgment_status == "error"
+    assert "Unable to reserve inventory" in (order.acknowledgment_message or "")
+    assert "order.lineItems.0.quantity" in (order.acknowledgment_message or "")
+
+
+async def test_a_create_whose_answer_was_lost_is_found_by_search_not_duplicated(
+    hub: ShopifyHub,
+) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    # Shopify creates the order but answers after the client's 2 s timeout.
+    hub.shop.slow_next(1, 3.0, operation="orderCreate")
+    await hub.sync()
+
+    assert len(hub.shop.calls("orderCreate")) == 1
+    assert len(hub.shop.orders_for(reference)) == 1
+    searches = [r.body["variables"]["query"] for r in hub.shop.calls("orders")]
+    assert f"source_identifier:'{reference}'" in searches
+    order = await hub.order(reference)
+    assert order.acknowledgment_status == "success"
+    assert order.store_reference == str(hub.shop_id(reference))
+
+
+async def test_a_dropped_create_is_searched_before_any_new_one(hub: ShopifyHub) -> None:
+    references = await hub.orders_on_sale(2)
+    hub.shop.drop_next(1, operation="orderCreate")
+    await hub.sync()
+    for reference in references:
+        assert len(hub.shop.orders_for(reference)) == 1
+        assert (await hub.order(reference)).acknowledgment_status == "success"
+    assert len(hub.shop.calls("orderCreate")) == 2
+
+
+@pytest.mark.parametrize("hub_options", [{"token": "shpat_wrong"}])
+async def test_a_refused_token_leaves_the_shop_auth_failed_and_shown_so(hub: ShopifyHub) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    await hub.sync()
+
+    assert hub.pusher.status.condition == "auth_failed"
+    assert "401" in (hub.pusher.status.last_error or "")
+    assert "shpat_wrong" not in (hub.pusher.status.last_error or "")
+    assert hub.shop.orders == {}
+    assert (await hub.order(reference)).acknowledged_at is None
+    [state] = await hub.storage.pushes.states()
+    assert state.auth_state == "auth_failed"
+    shown = await asyncio.to_thread(run_cli, hub.config_path, "shops")
+    assert shown.returncode == 0, shown.stderr
+    [row] = [line for line in shown.stdout.splitlines() if "main" in line]
+    assert "auth_failed" in row
+    assert "shopify" in row
+
+
+# -- throttling -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_bucket() -> SandboxShopify:
+    # A bucket that holds three calls, refilled in a few hundredths of a second.
+    return SandboxShopify(TOKEN, bucket_size=40.0, restore_rate=400.0)
+
+
+async def test_the_cost_bucket_is_honoured_without_being_throttled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_bucket: SandboxShopify
+) -> None:
+    monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
+    monkeypatch.setenv("SHOPIFY_TOKEN", TOKEN)
+    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
+    async with (
+        run_sandbox(marketplace) as marketplace_url,
+        run_shopify(small_bucket) as shop_url,
+        aiohttp.ClientSession() as http,
+    ):
+        # The read-back's page must fit the bucket: 2 + 1 order of 32 points.
+        body = shopify_config(marketplace_url, shop_url)
+        config_path = write_config(tmp_path, body)
+        running = ShopifyHub(marketplace, small_bucket, config_path, http)
+        await running.start()
+        try:
+            running.pusher.connector.page_size = 1  # type: ignore[union-attr]
+            small_bucket.throttled = 0  # the start-up sync's page was too big for this bucket
+            references = await running.orders_on_sale(6)
+            await running.sync()
+            assert running.pusher.status.condition == "ok", running.pusher.status.last_error
+            for reference in references:
+                assert len(small_bucket.orders_for(reference)) == 1
+            # Each call waited for the points it needed: Shopify never had to say THROTTLED.
+            assert small_bucket.throttled == 0
+            assert len(small_bucket.calls("orderCreate")) == 6
+        finally:
+            await running.stop()
+
+
+async def test_a_throttled_answer_is_rate_limited_with_the_wait_it_implies(
+    shopify: SandboxShopify,
+) -> None:
+    shopify.restore_rate = 10.0
+    async with run_shopify(shopify) as shop_url:
+        connector = ShopifyConnector(ShopifySettings(shop_url=shop_url, access_token=TOKEN))
+        try:
+            shopify.drain()
+            with pytest.raises(RateLimited) as caught:
+                await connector.get_order("1")
+        finally:
+            await connector.aclose()
+    # The order query asks for 541 points; the bucket had (almost) none, 10 come a second.
+    assert caught.value.retry_after is not None
+    assert 53.0 <= caught.value.retry_after <= 54.1
+    assert "throttled" in str(caught.value)
+    assert shopify.throttled == 1
+
+
+async def test_a_throttled_sync_is_retried_after_the_wait_and_creates_once(
+    hub: ShopifyHub,
+) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    hub.shop.restore_rate = 1.0
+    hub.shop.drain()
+    await hub.sync()
+    assert hub.pusher.status.condition == "failing"
+    assert "throttled" in (hub.pusher.status.last_error or "")
+    assert hub.shop.orders == {}
+    hub.shop.restore_rate = 100_000.0
+    await hub.sync()
+    assert hub.pusher.status.condition == "ok"
+    assert len(hub.shop.orders_for(reference)) == 1
+
+
+# -- reading back ---------------------------------------------------------------------------
+
+
+async def test_a_fulfilled_order_with_tracking_ships_on_the_marketplace_once(
+    hub: ShopifyHub,
+) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    await hub.sync()
+    hub.shop.fulfil(hub.shop_id(reference), company="Colissimo", number="6A0000000042")
+    await hub.sync()
+
+    await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
+    [tracking] = hub.marketplace.calls_to("OR23", reference)
+    assert tracking.body is not None and tracking.body["tracking_number"] == "6A0000000042"
+    order = await hub.order(reference)
+    [ship] = await hub.storage.operations.shipments(order.id)
+    assert ship.payload.get("items") in (None, [])
+    await hub.poll()
+    assert (await hub.order(reference)).status == OrderStatus.SHIPPED
+    await hub.sync()
+    await hub.sync()
+    assert len(hub.marketplace.calls_to("OR24", reference)) == 1
+
+
+async def test_a_fulfilment_without_tracking_waits_when_the_channel_requires_one(
+    hub: ShopifyHub,
+) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    await hub.sync()
+    hub.shop.fulfil(hub.shop_id(reference), company="", number="")
+    await hub.sync()
+    assert hub.pusher.status.detail.get("waiting_tracking") == 1
+    assert hub.marketplace.calls_to("OR24", reference) == []
+
+
+async def ship_tickets(hub: ShopifyHub, order_id: int) -> list[Ticket]:
+    """The order's ship operations, whatever their state, oldest first."""
+    _, tickets = await hub.storage.operations.tickets(1)
+    return [t for t in reversed(tickets) if t.order_id == order_id and t.kind == "ship"]
+
+
+async def test_a_partial_fulfilment_becomes_a_partial_ship_operation(hub: ShopifyHub) -> None:
+    references = await hub.orders_on_sale(8)
+    reference = next(
+        r
+        for r in references
+        if sum(line["quantity"] for line in hub.marketplace.order(r)["order_lines"]) >= 2
+    )
+    await hub.sync()
+    order = await hub.order(reference)
+    first = order.items[0]
+    hub.shop.fulfil(hub.shop_id(reference), lines={first.reference: 1}, number="6A01")
+    await hub.sync()
+
+    [part] = await ship_tickets(hub, order.id)
+    assert part.payload["items"] == [[first.id, 1]]
+    assert part.payload["tracking_number"] == "6A01"
+    # Mirakl ships whole orders only: it refuses the part (the ticket fails, with its
+    # message), and the rest waits in the shop.
+    for _ in range(500):
+        [part] = await ship_tickets(hub, order.id)
+        if part.state not in ("scheduled", "running"):
+            break
+        await asyncio.sleep(0.01)
+    assert part.state == "failed"
+    assert "partial shipment" in (part.reason or "")
+    await hub.sync()
+    assert len(await ship_tickets(hub, order.id)) == 1
+
+    hub.shop.fulfil(hub.shop_id(reference), number="6A02")
+    await hub.sync()
+    # The refused part sent nothing: the end ships the whole order, with the last tracking.
+    [last] = await hub.storage.operations.shipments(order.id)
+    assert last.payload["tracking_number"] == "6A02"
+    assert not last.payload.get("items")
+    await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
+
+
+async def test_a_cancelled_order_cancels_it_on_the_marketplace(hub: ShopifyHub) -> None:
+    [reference] = await hub.orders_on_sale(1)
+    await hub.sync()
+    hub.shop.cancel(hub.shop_id(reference))
+    await hub.sync()
+
+    await until(lambda: bool(hub.marketplace.calls_to("OR29", reference)))
+    order = await hub.order(reference)
+    [cancel] = [e for e in order.events if e.kind == "cancel_requested"]
+    assert cancel.source == "shop"
+    await hub.poll()
+    assert (await hub.order(reference)).status == OrderStatus.CANCELLED
+    await hub.sync()
+    assert len(hub.marketplace.calls_to("OR29", reference)) == 1
+
+
+async def test_the_read_back_asks_only_for_sfds_orders_since_the_cursor(hub: ShopifyHub) -> None:
+    await hub.orders_on_sale(1)
+    await hub.sync()
+    await hub.sync()
+    queries = [r.body["variables"]["query"] for r in hub.shop.calls("orders")]
+    assert queries[0] == "tag:sfd" or queries[0].startswith("tag:sfd updated_at:>'")
+    assert queries[-1].startswith("tag:sfd updated_at:>'")
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"shop_url": "http://my-shop.myshopify.com"}, "https:// is required"),
+        ({"inventory": "decrement"}, "inventory: expected one of"),
+        ({"api_version": "latest"}, "api_version: expected a version"),
+    ],
+)
+def test_unsafe_or_unknown_settings_are_refused(changes: dict[str, str], said: str) -> None:
+    raw = {"shop_url": "https://my-shop.myshopify.com", "access_token": TOKEN} | changes
+    with pytest.raises(msgspec.ValidationError, match=said):
+        msgspec.convert(raw, ShopifySettings)
