@@ -7,7 +7,7 @@ from sfd.storage import Storage
 
 async def order_id(storage: Storage, reference: str) -> int:
     """The stored id of the order `reference`; the order must exist."""
-    row = await storage.db.fetchrow("SELECT id FROM orders WHERE reference = ?", (reference,))
+    row = await storage.db.fetchrow("SELECT id FROM orders WHERE reference = $1", (reference,))
     assert row is not None, f"no order {reference}"
     return int(row[0])
 

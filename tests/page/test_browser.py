@@ -79,7 +79,7 @@ class Hub:
     async def order_id(self, channel: str, reference: str) -> int:
         row = await self.storage.db.fetchrow(
             "SELECT o.id FROM orders o JOIN channels c ON c.id = o.channel_id "
-            "WHERE c.name = ? AND o.reference = ?",
+            "WHERE c.name = $1 AND o.reference = $2",
             (channel, reference),
         )
         assert row is not None, f"{reference} of {channel} not imported"
