@@ -235,7 +235,9 @@ async def test_a_shipment_reaches_the_marketplace_once_and_the_order_ships_when_
 
     done = await hub.finished(ticket["id"])
     assert done["state"] == "succeed"
-    assert done["result"] is None
+    # The ticket says what was sent: the carrier's code and where it came from, the number.
+    assert "COLISSIMO" in done["result"]["message"], done["result"]
+    assert "6A123456789" in done["result"]["message"]
     assert [len(hub.marketplace.calls_to(op, reference)) for op in ("OR23", "OR24")] == [1, 1]
     tracking = hub.marketplace.calls_to("OR23", reference)[0].body
     assert tracking == {"carrier_code": "COLISSIMO", "tracking_number": "6A123456789"}

@@ -222,7 +222,7 @@ def render_ticket(ticket: Ticket) -> dict[str, Any]:
         "scheduledAt": to_api(ticket.created_at),
         "startedAt": _date(ticket.started_at),
         "finishedAt": _date(ticket.finished_at),
-        "result": {"message": ticket.reason} if ticket.reason else None,
+        "result": _ticket_result(ticket),
         "_links": {"self": {"href": f"/v1/store/{ticket.store_id}/ticket/{ticket.id}"}},
     }
     return document
@@ -506,3 +506,9 @@ def parse_statuses(text: str) -> list[OrderStatus]:
             known = ", ".join(s.value for s in OrderStatus)
             raise WireError("status", f"unknown status {value!r} (known: {known})") from None
     return statuses
+
+
+def _ticket_result(ticket: Ticket) -> dict[str, str] | None:
+    """Why a ticket failed, or what its delivered operation sent; None while there is neither."""
+    message = ticket.reason or ticket.result
+    return {"message": message} if message else None

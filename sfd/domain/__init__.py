@@ -394,3 +394,5 @@ class Ticket(msgspec.Struct, kw_only=True, frozen=True):
     started_at: datetime | None
     finished_at: datetime | None
     confirmed_at: datetime | None
+    result: str | None = None
+    """What a delivered operation sent (a shipment's carrier code and tracking numbers)."""

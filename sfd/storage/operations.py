@@ -631,9 +631,9 @@ class OperationQueue:
         async with self.db.write() as tx:
             await tx.execute(
                 "UPDATE operations SET state = 'succeed', finished_at = $1, delivered_at = $2, "
-                "lease_until = NULL, last_error = NULL, confirm_at = $3, updated_at = $4 "
-                "WHERE id = $5",
-                (stamp, stamp, to_iso(confirm_at), stamp, claim.operation_id),
+                "lease_until = NULL, last_error = NULL, confirm_at = $3, updated_at = $4, "
+                "result = $6 WHERE id = $5",
+                (stamp, stamp, to_iso(confirm_at), stamp, claim.operation_id, detail or None),
             )
             if isinstance(p := claim.payload, ShipPayload):
                 await tx.execute(
