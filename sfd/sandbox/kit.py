@@ -8,26 +8,31 @@ loopback by `serve`.
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 from aiohttp import web
 
+from sfd.logs import get_logger
 from sfd.sandbox.failures import take_failure
 
 __all__ = [
     "Failure",
     "RecordedCall",
+    "ShopMerchant",
     "conclude",
     "json_answer",
     "read_body",
     "record",
     "serve",
     "take_failure",
+    "tracking_number",
 ]
 
 _ENCODERS: Final = {
@@ -95,9 +100,16 @@ async def record(
     )
 
 
+class Answered(Protocol):
+    """A log entry `conclude` completes: a `RecordedCall` or a sandbox's own record."""
+
+    status: int | None
+    responded: bool
+
+
 async def conclude(
     request: web.Request,
-    call: RecordedCall,
+    call: Answered,
     response: web.StreamResponse,
     failure: Failure | None,
     *,
@@ -138,3 +150,48 @@ async def serve(
         yield f"http://{host}:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+def tracking_number(rng: random.Random | None = None) -> str:
+    """A Colissimo-shaped tracking number, drawn from `rng` (the module's by default)."""
+    choices = rng.choices if rng is not None else random.choices
+    return "6A" + "".join(choices(string.digits, k=11))
+
+
+class ShopMerchant:
+    """A merchant working in a fake shop's admin: each order waiting to ship is shipped
+    `ship_after` seconds after the merchant first saw it, and logged as `shop_shipped`.
+
+    A shop's merchant says which orders wait (`waiting`) and how one ships (`ship`).
+    """
+
+    def __init__(self, ship_after: float) -> None:
+        self.ship_after = ship_after
+        self.seen: dict[int, float] = {}
+        self.log = get_logger(component="shop")
+
+    def waiting(self) -> list[int]:
+        """The shop's order ids that wait to be shipped."""
+        raise NotImplementedError
+
+    def ship(self, order_id: int) -> tuple[str | None, str, str]:
+        """Ship one order; its marketplace reference, carrier and tracking number."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Ship orders until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for order_id in self.waiting():
+                if now - self.seen.setdefault(order_id, now) < self.ship_after:
+                    continue
+                reference, carrier, tracking = self.ship(order_id)
+                self.log.info(
+                    "shop_shipped",
+                    order=reference,
+                    shop_order=order_id,
+                    carrier=carrier,
+                    tracking_number=tracking,
+                )
