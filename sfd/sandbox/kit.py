@@ -8,6 +8,8 @@ loopback by `serve`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import random
 import string
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from sfd.sandbox.failures import take_failure
 
 __all__ = [
     "Failure",
+    "FailurePlan",
     "RecordedCall",
     "ShopMerchant",
     "conclude",
@@ -72,6 +75,48 @@ class Failure:
     """Seconds to wait, once the request took effect, before answering."""
     drop: bool = False
     """Serve the request, then close the connection unanswered (an unknown outcome)."""
+
+
+class FailurePlan:
+    """The failures a shop sandbox injects, planned by tests and kept in `_failures`."""
+
+    _failures: list[Failure]
+
+    def fail_next(
+        self,
+        n: int,
+        status: int,
+        *,
+        operation: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        """Answer the next `n` requests (of `operation`, e.g. `orders.create`) with `status`."""
+        self._failures.append(Failure(n, operation, status=status, retry_after=retry_after))
+
+    def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
+        """Serve the next `n` requests, then wait `seconds` before answering."""
+        self._failures.append(Failure(n, operation, delay=seconds))
+
+    def drop_next(self, n: int, *, operation: str | None = None) -> None:
+        """Serve the next `n` requests, then close the connection unanswered."""
+        self._failures.append(Failure(n, operation, drop=True))
+
+    def clear_failures(self) -> None:
+        """Stop injecting failures: every request is served normally again."""
+        self._failures.clear()
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    """The user and password of the request's HTTP Basic authorization; None without one."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user, password
 
 
 async def read_body(request: web.Request) -> Any:

@@ -22,8 +22,6 @@ dropped connection. Every request is logged, with its XML body read into a dict.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import random
 import secrets
 import string
@@ -40,7 +38,16 @@ from aiohttp import web
 from defusedxml import ElementTree
 
 from sfd.domain.clock import Clock, utcnow
-from sfd.sandbox.kit import Failure, ShopMerchant, conclude, serve, take_failure, tracking_number
+from sfd.sandbox.kit import (
+    Failure,
+    FailurePlan,
+    ShopMerchant,
+    basic_credentials,
+    conclude,
+    serve,
+    take_failure,
+    tracking_number,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,7 +106,7 @@ class RecordedRequest:
 
 
 @dataclass
-class SandboxPrestaShop:
+class SandboxPrestaShop(FailurePlan):
     """A PrestaShop shop in memory: its tables, the payment modules, and a request log."""
 
     api_key: str
@@ -225,25 +232,6 @@ class SandboxPrestaShop:
             self.emails.append((order_id, str(customer["email"]), state))
         return history
 
-    def fail_next(
-        self,
-        n: int,
-        status: int,
-        *,
-        operation: str | None = None,
-        retry_after: str | None = None,
-    ) -> None:
-        """Answer the next `n` requests (of `operation`, e.g. `orders.create`) with `status`."""
-        self._failures.append(Failure(n, operation, status=status, retry_after=retry_after))
-
-    def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then wait `seconds` before answering."""
-        self._failures.append(Failure(n, operation, delay=seconds))
-
-    def drop_next(self, n: int, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then close the connection unanswered."""
-        self._failures.append(Failure(n, operation, drop=True))
-
     def calls(self, operation: str) -> list[RecordedRequest]:
         """The recorded requests of one operation (`orders.create`, `products.list`...)."""
         return [r for r in self.requests if r.operation == operation]
@@ -288,15 +276,7 @@ class SandboxPrestaShop:
         return await conclude(request, record, response, failure, latency=self.latency)
 
     def _authorized(self, request: web.Request) -> bool:
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        key, _, password = decoded.partition(":")
-        return key == self.api_key and password == ""
+        return basic_credentials(request) == (self.api_key, "")
 
     async def _list(self, request: web.Request) -> web.Response:
         resource = request.match_info["resource"]

@@ -35,6 +35,7 @@ from aiohttp import web
 from sfd.domain.clock import Clock, from_iso, to_iso, utcnow
 from sfd.sandbox.kit import (
     Failure,
+    FailurePlan,
     RecordedCall,
     ShopMerchant,
     conclude,
@@ -62,7 +63,7 @@ _ROOT: Final = re.compile(r"^\s*(?:query|mutation)\b[^{]*\{\s*(\w+)", re.DOTALL)
 _TERM: Final = re.compile(r"(\w+):(>=|<=|>|<)?('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
 
 
-class SandboxShopify:
+class SandboxShopify(FailurePlan):
     """A Shopify shop in memory: variants, orders, fulfilments, a cost bucket, a request log."""
 
     def __init__(
@@ -170,22 +171,6 @@ class SandboxShopify:
         order = self.orders[order_id]
         now = self.clock()
         order["cancelledAt"] = order["updatedAt"] = to_iso(now)
-
-    def fail_next(self, n: int, status: int, *, operation: str | None = None) -> None:
-        """Answer the next `n` requests (of `operation`, e.g. `orderCreate`) with `status`."""
-        self._failures.append(Failure(n, operation, status=status))
-
-    def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then wait `seconds` before answering."""
-        self._failures.append(Failure(n, operation, delay=seconds))
-
-    def drop_next(self, n: int, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then close the connection unanswered."""
-        self._failures.append(Failure(n, operation, drop=True))
-
-    def clear_failures(self) -> None:
-        """Stop injecting failures: every request is served normally again."""
-        self._failures.clear()
 
     def calls(self, operation: str) -> list[RecordedRequest]:
         """The recorded requests of one root field (`orderCreate`, `orders`...)."""

@@ -14,7 +14,7 @@ from sfd.daemon.push import retry_push
 from sfd.domain import EventSource, OrderStatus
 from sfd.storage import OrderFilter
 from sfd.storage.pushes import TRACKING_MISSING
-from tests.push.conftest import PushHub, until
+from tests.push.conftest import PushHub, assert_auth_failed_and_shown, until
 from tests.support import eventually, run_cli
 
 
@@ -265,17 +265,7 @@ async def test_bad_keys_leave_the_shop_auth_failed_and_shown_so(hub: PushHub) ->
     [reference] = await hub.orders_on_sale(1)
     await hub.sync()
 
-    assert hub.pusher.status.condition == "auth_failed"
-    assert "401" in (hub.pusher.status.last_error or "")
-    assert "cs_wrong" not in (hub.pusher.status.last_error or "")
-    assert hub.shop.orders == {}
-    assert (await hub.order(reference)).acknowledged_at is None
-    [state] = await hub.storage.pushes.states()
-    assert state.auth_state == "auth_failed"
-    shown = await asyncio.to_thread(run_cli, hub.config_path, "shops")
-    assert shown.returncode == 0, shown.stderr
-    [row] = [line for line in shown.stdout.splitlines() if "main" in line]
-    assert "auth_failed" in row
+    await assert_auth_failed_and_shown(hub, "cs_wrong", reference)
     async with hub.http.get(f"{hub.daemon.url}/healthz") as response:
         health = await response.json()
     assert health["loops"]["push:main"]["condition"] == "auth_failed"
