@@ -136,6 +136,37 @@ class PushHub(InProcess):
         return order
 
 
+def expected_meta(
+    mirakl: dict[str, Any],
+    order: StoredOrder,
+    reference: str,
+    *,
+    email_key: str = "_sfd_buyer_email",
+    ship_by: str | None = None,
+) -> tuple[list[dict[str, str]], str]:
+    """The key/value meta data a pushed order carries in the shop (`ship_by` after its id,
+    the buyer's email under `email_key`), and the shop order's note."""
+    assert order.billing_address is not None
+    meta = [
+        {"key": "sfd_marketplace", "value": "sandbox"},
+        {"key": "sfd_marketplace_reference", "value": reference},
+        {"key": "sfd_order_id", "value": str(order.id)},
+    ]
+    if ship_by is not None:
+        meta.append({"key": "sfd_ship_by", "value": ship_by})
+    if mirakl["shipping_pudo_id"]:
+        meta.append({"key": "sfd_relay_point_id", "value": mirakl["shipping_pudo_id"]})
+    if mirakl["customer"]["organization"]:
+        vat = mirakl["customer"]["organization"]["tax_identification_number"]
+        meta.append({"key": "sfd_buyer_vat_number", "value": vat})
+    if order.billing_address.email:
+        meta.append({"key": email_key, "value": order.billing_address.email})
+    note = f"sandbox order {reference}"
+    if mirakl["shipping_pudo_id"]:
+        note += f", relay point {mirakl['shipping_pudo_id']}"
+    return meta, note
+
+
 @pytest.fixture
 def shop(request: pytest.FixtureRequest) -> SandboxWooCommerce:
     """The fake shop; parametrized indirectly with "no-tracking-extension" to go without it."""

@@ -27,6 +27,7 @@ from tests.push.conftest import (
     MARKETPLACE_KEY,
     PushHub,
     assert_auth_failed_and_shown,
+    expected_meta,
     running_hub,
     shop_toml,
     until,
@@ -126,23 +127,10 @@ async def test_the_create_request_is_exactly_the_document_and_variables(hub: Sho
     variants = {v["sku"]: v["id"] for v in hub.shop.variants.values()}
     shipping = Decimal(str(mirakl["shipping_price"]))
     total = sum((Decimal(str(line["price"])) for line in mirakl["order_lines"]), shipping)
-    attributes = [
-        {"key": "sfd_marketplace", "value": "sandbox"},
-        {"key": "sfd_marketplace_reference", "value": reference},
-        {"key": "sfd_order_id", "value": str(order.id)},
-    ]
-    if order.latest_ship_date is not None:
-        attributes.append({"key": "sfd_ship_by", "value": to_iso(order.latest_ship_date)})
-    if mirakl["shipping_pudo_id"]:
-        attributes.append({"key": "sfd_relay_point_id", "value": mirakl["shipping_pudo_id"]})
-    if mirakl["customer"]["organization"]:
-        vat = mirakl["customer"]["organization"]["tax_identification_number"]
-        attributes.append({"key": "sfd_buyer_vat_number", "value": vat})
-    if order.billing_address.email:
-        attributes.append({"key": "sfd_buyer_email", "value": order.billing_address.email})
-    note = f"sandbox order {reference}"
-    if mirakl["shipping_pudo_id"]:
-        note += f", relay point {mirakl['shipping_pudo_id']}"
+    ship_by = None if order.latest_ship_date is None else to_iso(order.latest_ship_date)
+    attributes, note = expected_meta(
+        mirakl, order, reference, email_key="sfd_buyer_email", ship_by=ship_by
+    )
     assert create.body == {
         "query": CREATE_MUTATION,
         "variables": {
