@@ -29,6 +29,7 @@ from sfd.daemon.cli import Command
 from sfd.daemon.runtime import Daemon, StartupError
 from sfd.domain.clock import utcnow
 from sfd.logs import get_logger
+from sfd.sandbox.kit import ShopMerchant, tracking_number
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.prestashop import prestashop_demo
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
@@ -165,7 +166,7 @@ class SimulatedShop:
         self, http: aiohttp.ClientSession, base: str, order: dict[str, Any]
     ) -> None:
         await anyio.sleep(self.settings.ship_after)
-        tracking = "6A" + "".join(random.choices("0123456789", k=11))  # noqa: S311
+        tracking = tracking_number()
         entry = {
             "id": order["id"],
             "carrier": random.choice(CARRIERS),  # noqa: S311
@@ -203,45 +204,30 @@ async def _marketplace_activity(marketplace: SandboxMarketplace, settings: DemoS
                 log.info("sandbox_order_cancelled_by_buyer", order=victim)
 
 
-class SimulatedMerchant:
+class SimulatedMerchant(ShopMerchant):
     """A merchant working in the fake WooCommerce admin: each order sfd pushed is completed a
     few seconds later, with a tracking number through the Shipment Tracking extension."""
 
     def __init__(self, shop: SandboxWooCommerce, settings: DemoSettings) -> None:
+        super().__init__(settings.ship_after)
         self.shop = shop
         self.settings = settings
-        self.seen: dict[int, float] = {}
-        self.log = get_logger(component="shop")
 
-    async def run(self) -> None:
-        """Complete orders until cancelled."""
-        while True:
-            await anyio.sleep(1.0)
-            now = anyio.current_time()
-            for order_id, order in list(self.shop.orders.items()):
-                if order["status"] != "processing":
-                    continue
-                first_seen = self.seen.setdefault(order_id, now)
-                if now - first_seen < self.settings.ship_after:
-                    continue
-                tracking = "6A" + "".join(random.choices("0123456789", k=11))  # noqa: S311
-                carrier = random.choice(CARRIERS)  # noqa: S311
-                self.shop.complete(order_id, tracking_number=tracking, provider=carrier)
-                reference = next(
-                    (
-                        m["value"]
-                        for m in order["meta_data"]
-                        if m["key"] == "sfd_marketplace_reference"
-                    ),
-                    None,
-                )
-                self.log.info(
-                    "shop_shipped",
-                    order=reference,
-                    shop_order=order_id,
-                    carrier=carrier,
-                    tracking_number=tracking,
-                )
+    def waiting(self) -> list[int]:
+        """The orders still processing."""
+        return [i for i, order in self.shop.orders.items() if order["status"] == "processing"]
+
+    def ship(self, order_id: int) -> tuple[str | None, str, str]:
+        """Complete the order with a tracking number."""
+        order = self.shop.orders[order_id]
+        tracking = tracking_number()
+        carrier = random.choice(CARRIERS)  # noqa: S311
+        self.shop.complete(order_id, tracking_number=tracking, provider=carrier)
+        reference = next(
+            (m["value"] for m in order["meta_data"] if m["key"] == "sfd_marketplace_reference"),
+            None,
+        )
+        return reference, carrier, tracking
 
 
 @contextlib.asynccontextmanager

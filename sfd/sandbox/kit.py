@@ -8,26 +8,34 @@ loopback by `serve`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import random
+import string
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 from aiohttp import web
 
+from sfd.logs import get_logger
 from sfd.sandbox.failures import take_failure
 
 __all__ = [
     "Failure",
+    "FailurePlan",
     "RecordedCall",
+    "ShopMerchant",
     "conclude",
     "json_answer",
     "read_body",
     "record",
     "serve",
     "take_failure",
+    "tracking_number",
 ]
 
 _ENCODERS: Final = {
@@ -69,6 +77,48 @@ class Failure:
     """Serve the request, then close the connection unanswered (an unknown outcome)."""
 
 
+class FailurePlan:
+    """The failures a shop sandbox injects, planned by tests and kept in `_failures`."""
+
+    _failures: list[Failure]
+
+    def fail_next(
+        self,
+        n: int,
+        status: int,
+        *,
+        operation: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        """Answer the next `n` requests (of `operation`, e.g. `orders.create`) with `status`."""
+        self._failures.append(Failure(n, operation, status=status, retry_after=retry_after))
+
+    def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
+        """Serve the next `n` requests, then wait `seconds` before answering."""
+        self._failures.append(Failure(n, operation, delay=seconds))
+
+    def drop_next(self, n: int, *, operation: str | None = None) -> None:
+        """Serve the next `n` requests, then close the connection unanswered."""
+        self._failures.append(Failure(n, operation, drop=True))
+
+    def clear_failures(self) -> None:
+        """Stop injecting failures: every request is served normally again."""
+        self._failures.clear()
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    """The user and password of the request's HTTP Basic authorization; None without one."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user, password
+
+
 async def read_body(request: web.Request) -> Any:
     """The request's JSON body; its text if it is not JSON; None if there is none."""
     raw = await request.read()
@@ -95,9 +145,16 @@ async def record(
     )
 
 
+class Answered(Protocol):
+    """A log entry `conclude` completes: a `RecordedCall` or a sandbox's own record."""
+
+    status: int | None
+    responded: bool
+
+
 async def conclude(
     request: web.Request,
-    call: RecordedCall,
+    call: Answered,
     response: web.StreamResponse,
     failure: Failure | None,
     *,
@@ -138,3 +195,48 @@ async def serve(
         yield f"http://{host}:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+def tracking_number(rng: random.Random | None = None) -> str:
+    """A Colissimo-shaped tracking number, drawn from `rng` (the module's by default)."""
+    choices = rng.choices if rng is not None else random.choices
+    return "6A" + "".join(choices(string.digits, k=11))
+
+
+class ShopMerchant:
+    """A merchant working in a fake shop's admin: each order waiting to ship is shipped
+    `ship_after` seconds after the merchant first saw it, and logged as `shop_shipped`.
+
+    A shop's merchant says which orders wait (`waiting`) and how one ships (`ship`).
+    """
+
+    def __init__(self, ship_after: float) -> None:
+        self.ship_after = ship_after
+        self.seen: dict[int, float] = {}
+        self.log = get_logger(component="shop")
+
+    def waiting(self) -> list[int]:
+        """The shop's order ids that wait to be shipped."""
+        raise NotImplementedError
+
+    def ship(self, order_id: int) -> tuple[str | None, str, str]:
+        """Ship one order; its marketplace reference, carrier and tracking number."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Ship orders until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for order_id in self.waiting():
+                if now - self.seen.setdefault(order_id, now) < self.ship_after:
+                    continue
+                reference, carrier, tracking = self.ship(order_id)
+                self.log.info(
+                    "shop_shipped",
+                    order=reference,
+                    shop_order=order_id,
+                    carrier=carrier,
+                    tracking_number=tracking,
+                )

@@ -12,7 +12,6 @@ import bisect
 import heapq
 import random
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -20,7 +19,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -1000,13 +999,11 @@ _SHIPPING_TAXES: Final = {
 }
 
 
-@asynccontextmanager
-async def run_sandbox(
+def run_sandbox(
     marketplace: SandboxMarketplace, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[str]:
+) -> AbstractAsyncContextManager[str]:
     """Serve `marketplace` on `host` (a free port by default) and yield its base URL."""
-    async with serve(marketplace.app(), host=host, port=port) as url:
-        yield url
+    return serve(marketplace.app(), host=host, port=port)
 
 
 #: The OR74 type codes a sandbox operator takes (Mirakl's defaults for shops).

@@ -22,14 +22,11 @@ dropped connection. Every request is logged, with its XML body read into a dict.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import random
 import secrets
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -41,8 +38,16 @@ from aiohttp import web
 from defusedxml import ElementTree
 
 from sfd.domain.clock import Clock, utcnow
-from sfd.logs import get_logger
-from sfd.sandbox.failures import take_failure
+from sfd.sandbox.kit import (
+    Failure,
+    FailurePlan,
+    ShopMerchant,
+    basic_credentials,
+    conclude,
+    serve,
+    take_failure,
+    tracking_number,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -101,17 +106,7 @@ class RecordedRequest:
 
 
 @dataclass
-class _Failure:
-    remaining: int
-    operation: str | None
-    status: int | None = None
-    retry_after: str | None = None
-    delay: float = 0.0
-    drop: bool = False
-
-
-@dataclass
-class SandboxPrestaShop:
+class SandboxPrestaShop(FailurePlan):
     """A PrestaShop shop in memory: its tables, the payment modules, and a request log."""
 
     api_key: str
@@ -124,7 +119,7 @@ class SandboxPrestaShop:
     tables: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     emails: list[tuple[int, str, int]] = field(default_factory=list)
     """(order id, address, state) of each email PrestaShop would send the customer."""
-    _failures: list[_Failure] = field(default_factory=list)
+    _failures: list[Failure] = field(default_factory=list)
     _next: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -237,25 +232,6 @@ class SandboxPrestaShop:
             self.emails.append((order_id, str(customer["email"]), state))
         return history
 
-    def fail_next(
-        self,
-        n: int,
-        status: int,
-        *,
-        operation: str | None = None,
-        retry_after: str | None = None,
-    ) -> None:
-        """Answer the next `n` requests (of `operation`, e.g. `orders.create`) with `status`."""
-        self._failures.append(_Failure(n, operation, status=status, retry_after=retry_after))
-
-    def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then wait `seconds` before answering."""
-        self._failures.append(_Failure(n, operation, delay=seconds))
-
-    def drop_next(self, n: int, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then close the connection unanswered."""
-        self._failures.append(_Failure(n, operation, drop=True))
-
     def calls(self, operation: str) -> list[RecordedRequest]:
         """The recorded requests of one operation (`orders.create`, `products.list`...)."""
         return [r for r in self.requests if r.operation == operation]
@@ -297,27 +273,10 @@ class SandboxPrestaShop:
                 response = await handler(request)
             except _PsError as exc:
                 response = _error(exc.status, exc.message)
-        record.status = response.status
-        delay = self.latency + (failure.delay if failure is not None else 0.0)
-        if delay:
-            await asyncio.sleep(delay)
-        if failure is not None and failure.drop:
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        record.responded = request.transport is not None and not request.transport.is_closing()
-        return response
+        return await conclude(request, record, response, failure, latency=self.latency)
 
     def _authorized(self, request: web.Request) -> bool:
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        key, _, password = decoded.partition(":")
-        return key == self.api_key and password == ""
+        return basic_credentials(request) == (self.api_key, "")
 
     async def _list(self, request: web.Request) -> web.Response:
         resource = request.match_info["resource"]
@@ -568,36 +527,27 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"errors": [{"code": 0, "message": message}]}, status)
 
 
-class PrestaShopMerchant:
+class PrestaShopMerchant(ShopMerchant):
     """A merchant in the fake PrestaShop back office: each paid order sfd pushed is shipped a
     few seconds later, with a tracking number on its order carrier."""
 
     def __init__(self, shop: SandboxPrestaShop, ship_after: float) -> None:
+        super().__init__(ship_after)
         self.shop = shop
-        self.ship_after = ship_after
-        self.seen: dict[int, float] = {}
-        self.log = get_logger(component="shop")
 
-    async def run(self) -> None:
-        """Ship paid orders until cancelled."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(1.0)
-            now = loop.time()
-            for order_id, order in list(self.shop.orders.items()):
-                if order["current_state"] != STATE_PAYMENT_ACCEPTED:
-                    continue
-                if now - self.seen.setdefault(order_id, now) < self.ship_after:
-                    continue
-                tracking = "6A" + "".join(self.shop.rng.choices(string.digits, k=11))
-                self.shop.ship(order_id, tracking)
-                self.log.info(
-                    "shop_shipped",
-                    order=self.shop.reference_of(order_id),
-                    shop_order=order_id,
-                    carrier="Colissimo",
-                    tracking_number=tracking,
-                )
+    def waiting(self) -> list[int]:
+        """The paid orders."""
+        return [
+            order_id
+            for order_id, order in self.shop.orders.items()
+            if order["current_state"] == STATE_PAYMENT_ACCEPTED
+        ]
+
+    def ship(self, order_id: int) -> tuple[str | None, str, str]:
+        """Ship the order with a Colissimo tracking number."""
+        tracking = tracking_number(self.shop.rng)
+        self.shop.ship(order_id, tracking)
+        return self.shop.reference_of(order_id), "Colissimo", tracking
 
 
 @asynccontextmanager
@@ -616,16 +566,8 @@ async def prestashop_demo(
         yield toml, PrestaShopMerchant(shop, ship_after).run
 
 
-@asynccontextmanager
-async def run_prestashop(
+def run_prestashop(
     shop: SandboxPrestaShop, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[str]:
+) -> AbstractAsyncContextManager[str]:
     """Serve `shop` on `host` (a free port by default) and yield its base URL."""
-    runner = web.AppRunner(shop.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield f"http://{host}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    return serve(shop.app(), host=host, port=port)

@@ -19,14 +19,12 @@ connection.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -35,9 +33,18 @@ import msgspec
 from aiohttp import web
 
 from sfd.domain.clock import Clock, from_iso, to_iso, utcnow
-from sfd.logs import get_logger
-from sfd.sandbox.failures import take_failure
-from sfd.sandbox.kit import RecordedCall
+from sfd.sandbox.kit import (
+    Failure,
+    FailurePlan,
+    RecordedCall,
+    ShopMerchant,
+    conclude,
+    json_answer,
+    read_body,
+    serve,
+    take_failure,
+    tracking_number,
+)
 from sfd.sandbox.woocommerce import DEFAULT_PRODUCTS
 
 RecordedRequest = RecordedCall
@@ -54,19 +61,9 @@ INVENTORY_BEHAVIOURS: Final = frozenset(
 )
 _ROOT: Final = re.compile(r"^\s*(?:query|mutation)\b[^{]*\{\s*(\w+)", re.DOTALL)
 _TERM: Final = re.compile(r"(\w+):(>=|<=|>|<)?('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
-_ENCODER: Final = msgspec.json.Encoder(decimal_format="string")
 
 
-@dataclass
-class _Failure:
-    remaining: int
-    operation: str | None
-    status: int | None = None
-    delay: float = 0.0
-    drop: bool = False
-
-
-class SandboxShopify:
+class SandboxShopify(FailurePlan):
     """A Shopify shop in memory: variants, orders, fulfilments, a cost bucket, a request log."""
 
     def __init__(
@@ -95,7 +92,7 @@ class SandboxShopify:
         """How many calls were answered THROTTLED."""
         self._available = bucket_size
         self._at = time.monotonic()
-        self._failures: list[_Failure] = []
+        self._failures: list[Failure] = []
         self._next_id = 5_000_000
         self._number = 1000
         for sku, name, price in products:
@@ -175,22 +172,6 @@ class SandboxShopify:
         now = self.clock()
         order["cancelledAt"] = order["updatedAt"] = to_iso(now)
 
-    def fail_next(self, n: int, status: int, *, operation: str | None = None) -> None:
-        """Answer the next `n` requests (of `operation`, e.g. `orderCreate`) with `status`."""
-        self._failures.append(_Failure(n, operation, status=status))
-
-    def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then wait `seconds` before answering."""
-        self._failures.append(_Failure(n, operation, delay=seconds))
-
-    def drop_next(self, n: int, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then close the connection unanswered."""
-        self._failures.append(_Failure(n, operation, drop=True))
-
-    def clear_failures(self) -> None:
-        """Stop injecting failures: every request is served normally again."""
-        self._failures.clear()
-
     def calls(self, operation: str) -> list[RecordedRequest]:
         """The recorded requests of one root field (`orderCreate`, `orders`...)."""
         return [r for r in self.requests if r.operation == operation]
@@ -218,11 +199,7 @@ class SandboxShopify:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = msgspec.json.decode(raw) if raw else None
-        except msgspec.DecodeError:
-            body = raw.decode("utf-8", errors="replace")
+        body = await read_body(request)
         document = body.get("query", "") if isinstance(body, dict) else ""
         root = _ROOT.match(document) if isinstance(document, str) else None
         record = RecordedCall(
@@ -245,16 +222,7 @@ class SandboxShopify:
             )  # fmt: skip
         else:
             response = await handler(request)
-        record.status = response.status
-        delay = self.latency + (failure.delay if failure is not None else 0.0)
-        if delay:
-            await asyncio.sleep(delay)
-        if failure is not None and failure.drop:
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        record.responded = request.transport is not None and not request.transport.is_closing()
-        return response
+        return await conclude(request, record, response, failure, latency=self.latency)
 
     async def _graphql(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -526,10 +494,7 @@ def _compare(moment: datetime, comparison: str, bound: datetime) -> bool:
     }[comparison]
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=_ENCODER.encode(payload), content_type="application/json"
-    )
+_json = json_answer
 
 
 def _errors(message: str, code: str, *, cost: dict[str, Any] | None = None) -> web.Response:
@@ -552,51 +517,35 @@ def _injected(status: int) -> web.Response:
     return _json({"errors": "Injected failure"}, status)
 
 
-@asynccontextmanager
-async def run_shopify(
+def run_shopify(
     shop: SandboxShopify, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[str]:
+) -> AbstractAsyncContextManager[str]:
     """Serve `shop` on `host` (a free port by default) and yield its shop URL."""
-    runner = web.AppRunner(shop.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield f"http://{host}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    return serve(shop.app(), host=host, port=port)
 
 
-class ShopifyMerchant:
+class ShopifyMerchant(ShopMerchant):
     """A merchant working in the fake Shopify admin, for `sfd demo --push shopify`: each order
     sfd pushed is fulfilled a few seconds later, with a tracking number."""
 
     def __init__(
         self, shop: SandboxShopify, *, ship_after: float, carriers: tuple[str, ...]
     ) -> None:
+        super().__init__(ship_after)
         self.shop = shop
-        self.ship_after = ship_after
         self.carriers = carriers
-        self.seen: dict[int, float] = {}
-        self.log = get_logger(component="shop")
 
-    async def run(self) -> None:
-        """Fulfil orders until cancelled."""
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for order_id, order in list(self.shop.orders.items()):
-                if order["cancelledAt"] or order["displayFulfillmentStatus"] == "FULFILLED":
-                    continue
-                if now - self.seen.setdefault(order_id, now) < self.ship_after:
-                    continue
-                tracking = "6A" + "".join(random.choices("0123456789", k=11))  # noqa: S311
-                carrier = random.choice(self.carriers)  # noqa: S311
-                self.shop.fulfil(order_id, company=carrier, number=tracking)
-                self.log.info(
-                    "shop_shipped",
-                    order=order["sourceIdentifier"],
-                    shop_order=order_id,
-                    carrier=carrier,
-                    tracking_number=tracking,
-                )
+    def waiting(self) -> list[int]:
+        """The orders neither cancelled nor fulfilled."""
+        return [
+            order_id
+            for order_id, order in self.shop.orders.items()
+            if not order["cancelledAt"] and order["displayFulfillmentStatus"] != "FULFILLED"
+        ]
+
+    def ship(self, order_id: int) -> tuple[str | None, str, str]:
+        """Fulfil the whole order with a tracking number."""
+        tracking = tracking_number()
+        carrier = random.choice(self.carriers)  # noqa: S311
+        self.shop.fulfil(order_id, company=carrier, number=tracking)
+        return self.shop.orders[order_id]["sourceIdentifier"], carrier, tracking

@@ -15,11 +15,9 @@ cancel orders as a merchant would in the admin, and inject failures: a status, a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -29,7 +27,9 @@ from aiohttp import web
 from sfd.domain.clock import Clock, from_iso, utcnow
 from sfd.sandbox.kit import (
     Failure,
+    FailurePlan,
     RecordedCall,
+    basic_credentials,
     conclude,
     json_answer,
     record,
@@ -55,7 +55,7 @@ RecordedRequest = RecordedCall
 """One request the fake received, and how it was answered (`order_id`: the path's `id`)."""
 
 
-class SandboxWooCommerce:
+class SandboxWooCommerce(FailurePlan):
     """A WooCommerce shop in memory: products, orders, tracking and a request log."""
 
     def __init__(
@@ -183,22 +183,6 @@ class SandboxWooCommerce:
             email = f"customer_{order['status'].replace('-', '_')}_order"
             self.customer_emails.append((order["id"], address, email))
 
-    def fail_next(self, n: int, status: int, *, operation: str | None = None) -> None:
-        """Answer the next `n` requests (of `operation`, e.g. `orders.create`) with `status`."""
-        self._failures.append(Failure(n, operation, status=status))
-
-    def slow_next(self, n: int, seconds: float, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then wait `seconds` before answering."""
-        self._failures.append(Failure(n, operation, delay=seconds))
-
-    def drop_next(self, n: int, *, operation: str | None = None) -> None:
-        """Serve the next `n` requests, then close the connection unanswered."""
-        self._failures.append(Failure(n, operation, drop=True))
-
-    def clear_failures(self) -> None:
-        """Stop injecting failures: every request is served normally again."""
-        self._failures.clear()
-
     def calls(self, operation: str) -> list[RecordedRequest]:
         """The recorded requests of one operation (`orders.create`, `products.list`...)."""
         return [r for r in self.requests if r.operation == operation]
@@ -253,16 +237,7 @@ class SandboxWooCommerce:
         return take_failure(self._failures, operation)
 
     def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        key, _, secret = decoded.partition(":")
-        return key == self.consumer_key and secret == self.consumer_secret
+        return basic_credentials(request) == (self.consumer_key, self.consumer_secret)
 
     # -- products -------------------------------------------------------------------------
 
@@ -470,10 +445,8 @@ def _injected(status: int) -> web.Response:
     return _error(status, "injected_failure", "Injected failure")
 
 
-@asynccontextmanager
-async def run_woocommerce(
+def run_woocommerce(
     shop: SandboxWooCommerce, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[str]:
+) -> AbstractAsyncContextManager[str]:
     """Serve `shop` on `host` (a free port by default) and yield its base URL."""
-    async with serve(shop.app(), host=host, port=port) as url:
-        yield url
+    return serve(shop.app(), host=host, port=port)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -19,13 +21,39 @@ from sfd.daemon.runtime import Daemon
 from sfd.domain import StoredOrder
 from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
-from tests.support import InProcess, start_daemon, until, write_config
+from tests.support import InProcess, run_cli, start_daemon, until, write_config
 
 MARKETPLACE_KEY = "sandbox-key-push"
 WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
 WC_SECRET = "cs_fedcba9876543210fedcba9876543210fedcba98"
 #: The shop's retries keep their shape (several attempts, growing waits), in milliseconds.
 SHORT_RETRY = Retry(attempts=4, wait_initial=0.01, wait_max=0.05, timeout=10.0)
+
+
+def shop_toml(
+    marketplace_url: str,
+    connector: str,
+    settings: str,
+    *,
+    require_tracking: bool = True,
+    name: str = "main",
+    sync: str = "1h",
+    shop_lines: str = "",
+) -> str:
+    """A Mirakl sandbox channel and one shop `name` in push mode, with its `settings` lines."""
+    channel = channel_toml(
+        marketplace_url, "env:SANDBOX_KEY", auto_accept=False, require_tracking=require_tracking
+    )
+    return f"""{channel}
+[[shops]]
+name = "{name}"
+store = 1
+connector = "{connector}"
+sync_interval = "{sync}"
+{shop_lines}
+[shops.settings]
+{settings}
+"""
 
 
 def push_config(
@@ -37,26 +65,18 @@ def push_config(
     shop_settings: str = "",
     timeout: float = 2.0,
 ) -> str:
-    channel = channel_toml(
-        marketplace_url,
-        "env:SANDBOX_KEY",
-        auto_accept=False,
-        require_tracking=require_tracking,
+    """A Mirakl sandbox channel and a WooCommerce shop `main` in push mode."""
+    settings = (
+        f'base_url = "{shop_url}"\nconsumer_key = "env:WC_KEY"\n'
+        f'consumer_secret = "env:WC_SECRET"\ntimeout = {timeout}\n{shop_settings}'
     )
-    return f"""{channel}
-[[shops]]
-name = "main"
-store = 1
-connector = "woocommerce"
-sync_interval = "1h"
-tracking_wait = "{tracking_wait}"
-[shops.settings]
-base_url = "{shop_url}"
-consumer_key = "env:WC_KEY"
-consumer_secret = "env:WC_SECRET"
-timeout = {timeout}
-{shop_settings}
-"""
+    return shop_toml(
+        marketplace_url,
+        "woocommerce",
+        settings,
+        require_tracking=require_tracking,
+        shop_lines=f'tracking_wait = "{tracking_wait}"',
+    )
 
 
 @dataclass
@@ -116,6 +136,37 @@ class PushHub(InProcess):
         return order
 
 
+def expected_meta(
+    mirakl: dict[str, Any],
+    order: StoredOrder,
+    reference: str,
+    *,
+    email_key: str = "_sfd_buyer_email",
+    ship_by: str | None = None,
+) -> tuple[list[dict[str, str]], str]:
+    """The key/value meta data a pushed order carries in the shop (`ship_by` after its id,
+    the buyer's email under `email_key`), and the shop order's note."""
+    assert order.billing_address is not None
+    meta = [
+        {"key": "sfd_marketplace", "value": "sandbox"},
+        {"key": "sfd_marketplace_reference", "value": reference},
+        {"key": "sfd_order_id", "value": str(order.id)},
+    ]
+    if ship_by is not None:
+        meta.append({"key": "sfd_ship_by", "value": ship_by})
+    if mirakl["shipping_pudo_id"]:
+        meta.append({"key": "sfd_relay_point_id", "value": mirakl["shipping_pudo_id"]})
+    if mirakl["customer"]["organization"]:
+        vat = mirakl["customer"]["organization"]["tax_identification_number"]
+        meta.append({"key": "sfd_buyer_vat_number", "value": vat})
+    if order.billing_address.email:
+        meta.append({"key": email_key, "value": order.billing_address.email})
+    note = f"sandbox order {reference}"
+    if mirakl["shipping_pudo_id"]:
+        note += f", relay point {mirakl['shipping_pudo_id']}"
+    return meta, note
+
+
 @pytest.fixture
 def shop(request: pytest.FixtureRequest) -> SandboxWooCommerce:
     """The fake shop; parametrized indirectly with "no-tracking-extension" to go without it."""
@@ -127,6 +178,56 @@ def shop(request: pytest.FixtureRequest) -> SandboxWooCommerce:
 def hub_options() -> dict[str, Any]:
     """Extra `push_config` options; a test overrides this fixture to change them."""
     return {}
+
+
+Hub = TypeVar("Hub", bound=PushHub)
+
+
+@asynccontextmanager
+async def running_hub(
+    tmp_path: Path,
+    hub: type[Hub],
+    shop: Any,
+    serve_shop: Callable[[Any], AbstractAsyncContextManager[str]],
+    config: Callable[[str, str], str],
+    *,
+    database_url: str | None = None,
+) -> AsyncIterator[Hub]:
+    """A started `hub`: the sandbox marketplace and `shop` (by `serve_shop`) served, the
+    daemon running on the TOML `config` writes from their URLs (the marketplace's, the shop's),
+    on `database_url` (a PostgreSQL URL) or else an SQLite file beside the config."""
+    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
+    async with (
+        run_sandbox(marketplace) as marketplace_url,
+        serve_shop(shop) as shop_url,
+        aiohttp.ClientSession() as http,
+    ):
+        config_path = write_config(
+            tmp_path, config(marketplace_url, shop_url), database=database_url or "sfd.db"
+        )
+        running = hub(marketplace, shop, config_path, http)
+        await running.start()
+        try:
+            yield running
+        finally:
+            await running.stop()
+
+
+async def assert_auth_failed_and_shown(hub: PushHub, secret: str, reference: str) -> str:
+    """The shop refused the daemon's credentials (`secret`, never shown): nothing was pushed,
+    the shop is `auth_failed` in its status and stored state; its `sfd shops` row."""
+    assert hub.pusher.status.condition == "auth_failed"
+    assert "401" in (hub.pusher.status.last_error or "")
+    assert secret not in (hub.pusher.status.last_error or "")
+    assert hub.shop.orders == {}
+    assert (await hub.order(reference)).acknowledged_at is None
+    [state] = await hub.storage.pushes.states()
+    assert state.auth_state == "auth_failed"
+    shown = await asyncio.to_thread(run_cli, hub.config_path, "shops")
+    assert shown.returncode == 0, shown.stderr
+    [row] = [line for line in shown.stdout.splitlines() if "main" in line]
+    assert "auth_failed" in row
+    return row
 
 
 @pytest.fixture
@@ -141,18 +242,8 @@ async def hub(
     monkeypatch.setenv("WC_KEY", WC_KEY)
     options = dict(hub_options)
     monkeypatch.setenv("WC_SECRET", options.pop("secret", WC_SECRET))
-    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
-    async with (
-        run_sandbox(marketplace) as marketplace_url,
-        run_woocommerce(shop) as shop_url,
-        aiohttp.ClientSession() as http,
-    ):
-        config_path = write_config(
-            tmp_path, push_config(marketplace_url, shop_url, **options), database=database_url
-        )
-        running = PushHub(marketplace, shop, config_path, http)
-        await running.start()
-        try:
-            yield running
-        finally:
-            await running.stop()
+    config = functools.partial(push_config, **options)
+    async with running_hub(
+        tmp_path, PushHub, shop, run_woocommerce, config, database_url=database_url
+    ) as running:
+        yield running

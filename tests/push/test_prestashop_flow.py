@@ -6,13 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
 from sfd.sandbox.prestashop import STATE_PAYMENT_ACCEPTED, SandboxPrestaShop, run_prestashop
-from tests.push.conftest import MARKETPLACE_KEY, PushHub, until
-from tests.support import run_cli, write_config
+from tests.push.conftest import (
+    MARKETPLACE_KEY,
+    PushHub,
+    running_hub,
+    shop_toml,
+    until,
+)
+from tests.support import run_cli
 
 PS_KEY = "PSKEY0123456789ABCDEFGHIJKLMNOPQ"
 
@@ -20,26 +24,19 @@ PS_KEY = "PSKEY0123456789ABCDEFGHIJKLMNOPQ"
 def prestashop_config(
     marketplace_url: str, shop_url: str, *, require_tracking: bool = True, sync: str = "1h"
 ) -> str:
-    channel = channel_toml(
-        marketplace_url, "env:SANDBOX_KEY", auto_accept=False, require_tracking=require_tracking
+    settings = (
+        f'base_url = "{shop_url}"\napi_key = "env:PS_WEBSERVICE_KEY"\n'
+        'payment_module = "ps_wirepayment"\ncarrier_id = 1\npaid_state = 2\n'
+        'shipped_states = [4, 5]\ncancelled_states = [6]\ntimezone = "UTC"\ntimeout = 2.0'
     )
-    return f"""{channel}
-[[shops]]
-name = "ps"
-store = 1
-connector = "prestashop"
-sync_interval = "{sync}"
-[shops.settings]
-base_url = "{shop_url}"
-api_key = "env:PS_WEBSERVICE_KEY"
-payment_module = "ps_wirepayment"
-carrier_id = 1
-paid_state = 2
-shipped_states = [4, 5]
-cancelled_states = [6]
-timezone = "UTC"
-timeout = 2.0
-"""
+    return shop_toml(
+        marketplace_url,
+        "prestashop",
+        settings,
+        require_tracking=require_tracking,
+        name="ps",
+        sync=sync,
+    )
 
 
 class PsHub(PushHub):
@@ -58,20 +55,9 @@ async def ps_hub(
     key = getattr(request, "param", PS_KEY)
     monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
     monkeypatch.setenv("PS_WEBSERVICE_KEY", key)
-    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
     shop = SandboxPrestaShop(PS_KEY)
-    async with (
-        run_sandbox(marketplace) as marketplace_url,
-        run_prestashop(shop) as shop_url,
-        aiohttp.ClientSession() as http,
-    ):
-        config = write_config(tmp_path, prestashop_config(marketplace_url, shop_url))
-        hub = PsHub(marketplace, shop, config, http)  # type: ignore[arg-type]
-        await hub.start()
-        try:
-            yield hub
-        finally:
-            await hub.stop()
+    async with running_hub(tmp_path, PsHub, shop, run_prestashop, prestashop_config) as hub:
+        yield hub
 
 
 async def test_an_order_is_pushed_once_paid_and_acknowledged_with_the_shops_id(

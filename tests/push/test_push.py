@@ -14,7 +14,7 @@ from sfd.daemon.push import retry_push
 from sfd.domain import EventSource, OrderStatus
 from sfd.storage import OrderFilter
 from sfd.storage.pushes import TRACKING_MISSING
-from tests.push.conftest import PushHub, until
+from tests.push.conftest import PushHub, assert_auth_failed_and_shown, expected_meta, until
 from tests.support import eventually, run_cli
 
 
@@ -49,22 +49,8 @@ async def test_the_create_body_carries_the_order_exactly(hub: PushHub) -> None:
     product_ids = {p["sku"]: p["id"] for p in hub.shop.products.values()}
     assert order.billing_address is not None and order.shipping_address is not None
     assert mirakl["customer"]["shipping_address"]["firstname"] == order.shipping_address.first_name
-    expected_meta = [
-        {"key": "sfd_marketplace", "value": "sandbox"},
-        {"key": "sfd_marketplace_reference", "value": reference},
-        {"key": "sfd_order_id", "value": str(order.id)},
-    ]
-    if mirakl["shipping_pudo_id"]:
-        expected_meta.append({"key": "sfd_relay_point_id", "value": mirakl["shipping_pudo_id"]})
-    if mirakl["customer"]["organization"]:
-        vat = mirakl["customer"]["organization"]["tax_identification_number"]
-        expected_meta.append({"key": "sfd_buyer_vat_number", "value": vat})
-    if order.billing_address.email:
-        # customer_emails is off by default: the email is kept where WooCommerce mails nothing.
-        expected_meta.append({"key": "_sfd_buyer_email", "value": order.billing_address.email})
-    note = f"sandbox order {reference}"
-    if mirakl["shipping_pudo_id"]:
-        note += f", relay point {mirakl['shipping_pudo_id']}"
+    # customer_emails is off by default: the email is kept where WooCommerce mails nothing.
+    expected, note = expected_meta(mirakl, order, reference)
     assert create.body == {
         "status": "processing",
         "set_paid": True,
@@ -90,7 +76,7 @@ async def test_the_create_body_carries_the_order_exactly(hub: PushHub) -> None:
             }
         ],
         "customer_note": note,
-        "meta_data": expected_meta,
+        "meta_data": expected,
     }
     # The products were looked up by SKU, each once.
     looked_up = [r.query["sku"] for r in hub.shop.calls("products.list")]
@@ -268,17 +254,7 @@ async def test_bad_keys_leave_the_shop_auth_failed_and_shown_so(hub: PushHub) ->
     [reference] = await hub.orders_on_sale(1)
     await hub.sync()
 
-    assert hub.pusher.status.condition == "auth_failed"
-    assert "401" in (hub.pusher.status.last_error or "")
-    assert "cs_wrong" not in (hub.pusher.status.last_error or "")
-    assert hub.shop.orders == {}
-    assert (await hub.order(reference)).acknowledged_at is None
-    [state] = await hub.storage.pushes.states()
-    assert state.auth_state == "auth_failed"
-    shown = await asyncio.to_thread(run_cli, hub.config_path, "shops")
-    assert shown.returncode == 0, shown.stderr
-    [row] = [line for line in shown.stdout.splitlines() if "main" in line]
-    assert "auth_failed" in row
+    await assert_auth_failed_and_shown(hub, "cs_wrong", reference)
     async with hub.http.get(f"{hub.daemon.url}/healthz") as response:
         health = await response.json()
     assert health["loops"]["push:main"]["condition"] == "auth_failed"

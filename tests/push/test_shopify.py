@@ -5,6 +5,7 @@ exactly the documented orderCreate, no email ever reaches a marketplace buyer, a
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,9 +21,17 @@ from sfd.connectors.settings import ShopifySettings
 from sfd.connectors.shopify import CREATE_MUTATION, VARIANT_QUERY, ShopifyConnector
 from sfd.domain import OrderStatus, Ticket
 from sfd.domain.clock import to_iso
-from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
+from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.sandbox.shopify import SandboxShopify, run_shopify
-from tests.push.conftest import MARKETPLACE_KEY, PushHub, until
+from tests.push.conftest import (
+    MARKETPLACE_KEY,
+    PushHub,
+    assert_auth_failed_and_shown,
+    expected_meta,
+    running_hub,
+    shop_toml,
+    until,
+)
 from tests.support import run_cli, write_config
 
 TOKEN = "shpat_0123456789abcdef0123456789abcdef"
@@ -37,21 +46,11 @@ def shopify_config(
     shop_settings: str = "",
 ) -> str:
     """A Mirakl sandbox channel and a Shopify shop `main` in push mode."""
-    channel = channel_toml(
-        marketplace_url, "env:SANDBOX_KEY", auto_accept=False, require_tracking=require_tracking
+    settings = (
+        f'shop_url = "{shop_url}"\naccess_token = "env:SHOPIFY_TOKEN"\n'
+        f"timeout = {timeout}\n{shop_settings}"
     )
-    return f"""{channel}
-[[shops]]
-name = "main"
-store = 1
-connector = "shopify"
-sync_interval = "1h"
-[shops.settings]
-shop_url = "{shop_url}"
-access_token = "env:SHOPIFY_TOKEN"
-timeout = {timeout}
-{shop_settings}
-"""
+    return shop_toml(marketplace_url, "shopify", settings, require_tracking=require_tracking)
 
 
 @dataclass
@@ -88,19 +87,9 @@ async def hub(
     options = dict(hub_options)
     monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
     monkeypatch.setenv("SHOPIFY_TOKEN", options.pop("token", TOKEN))
-    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
-    async with (
-        run_sandbox(marketplace) as marketplace_url,
-        run_shopify(shopify) as shop_url,
-        aiohttp.ClientSession() as http,
-    ):
-        config_path = write_config(tmp_path, shopify_config(marketplace_url, shop_url, **options))
-        running = ShopifyHub(marketplace, shopify, config_path, http)
-        await running.start()
-        try:
-            yield running
-        finally:
-            await running.stop()
+    config = functools.partial(shopify_config, **options)
+    async with running_hub(tmp_path, ShopifyHub, shopify, run_shopify, config) as running:
+        yield running
 
 
 def _address(stored: Any) -> dict[str, str]:
@@ -138,23 +127,10 @@ async def test_the_create_request_is_exactly_the_document_and_variables(hub: Sho
     variants = {v["sku"]: v["id"] for v in hub.shop.variants.values()}
     shipping = Decimal(str(mirakl["shipping_price"]))
     total = sum((Decimal(str(line["price"])) for line in mirakl["order_lines"]), shipping)
-    attributes = [
-        {"key": "sfd_marketplace", "value": "sandbox"},
-        {"key": "sfd_marketplace_reference", "value": reference},
-        {"key": "sfd_order_id", "value": str(order.id)},
-    ]
-    if order.latest_ship_date is not None:
-        attributes.append({"key": "sfd_ship_by", "value": to_iso(order.latest_ship_date)})
-    if mirakl["shipping_pudo_id"]:
-        attributes.append({"key": "sfd_relay_point_id", "value": mirakl["shipping_pudo_id"]})
-    if mirakl["customer"]["organization"]:
-        vat = mirakl["customer"]["organization"]["tax_identification_number"]
-        attributes.append({"key": "sfd_buyer_vat_number", "value": vat})
-    if order.billing_address.email:
-        attributes.append({"key": "sfd_buyer_email", "value": order.billing_address.email})
-    note = f"sandbox order {reference}"
-    if mirakl["shipping_pudo_id"]:
-        note += f", relay point {mirakl['shipping_pudo_id']}"
+    ship_by = None if order.latest_ship_date is None else to_iso(order.latest_ship_date)
+    attributes, note = expected_meta(
+        mirakl, order, reference, email_key="sfd_buyer_email", ship_by=ship_by
+    )
     assert create.body == {
         "query": CREATE_MUTATION,
         "variables": {
@@ -315,17 +291,7 @@ async def test_a_refused_token_leaves_the_shop_auth_failed_and_shown_so(hub: Sho
     [reference] = await hub.orders_on_sale(1)
     await hub.sync()
 
-    assert hub.pusher.status.condition == "auth_failed"
-    assert "401" in (hub.pusher.status.last_error or "")
-    assert "shpat_wrong" not in (hub.pusher.status.last_error or "")
-    assert hub.shop.orders == {}
-    assert (await hub.order(reference)).acknowledged_at is None
-    [state] = await hub.storage.pushes.states()
-    assert state.auth_state == "auth_failed"
-    shown = await asyncio.to_thread(run_cli, hub.config_path, "shops")
-    assert shown.returncode == 0, shown.stderr
-    [row] = [line for line in shown.stdout.splitlines() if "main" in line]
-    assert "auth_failed" in row
+    row = await assert_auth_failed_and_shown(hub, "shpat_wrong", reference)
     assert "shopify" in row
 
 

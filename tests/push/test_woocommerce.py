@@ -181,6 +181,22 @@ async def test_completed_and_cancelled_orders_are_read_page_by_page_with_trackin
     assert later == []
 
 
+def woocommerce_toml(settings: str, *, shop_lines: str = "") -> str:
+    """A store and a WooCommerce shop `main` with these `[shops.settings]` lines."""
+    return f"""
+[[stores]]
+id = 1
+name = "One"
+[[shops]]
+name = "main"
+store = 1
+connector = "woocommerce"
+{shop_lines}
+[shops.settings]
+{settings}
+"""
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -197,39 +213,17 @@ async def test_completed_and_cancelled_orders_are_read_page_by_page_with_trackin
     ],
 )
 def test_shop_settings_are_checked_with_a_precise_message(settings: str, message: str) -> None:
-    text = f"""
-[[stores]]
-id = 1
-name = "One"
-[[shops]]
-name = "main"
-store = 1
-connector = "woocommerce"
-[shops.settings]
-{settings}
-consumer_key = "ck"
-consumer_secret = "cs"
-"""
+    text = woocommerce_toml(f'{settings}\nconsumer_key = "ck"\nconsumer_secret = "cs"')
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "sfd.toml", {})
     assert any(message in line for line in caught.value.lines()), caught.value.lines()
 
 
 def test_plain_http_is_accepted_on_the_loopback_and_the_tracking_wait_is_a_duration() -> None:
-    text = """
-[[stores]]
-id = 1
-name = "One"
-[[shops]]
-name = "main"
-store = 1
-connector = "woocommerce"
-tracking_wait = "36h"
-[shops.settings]
-base_url = "http://127.0.0.1:8080"
-consumer_key = "ck_live"
-consumer_secret = "cs_live"
-"""
+    text = woocommerce_toml(
+        'base_url = "http://127.0.0.1:8080"\nconsumer_key = "ck_live"\nconsumer_secret = "cs_live"',
+        shop_lines='tracking_wait = "36h"',
+    )
     config = parse_config(text, "sfd.toml", {})
     assert config.shops[0].tracking_wait == 36 * 3600
     assert config.shops[0].sync_interval == 600
