@@ -134,11 +134,13 @@ def write_config(
     listen: str = "127.0.0.1:0",
     database: str = "sfd.db",
     stores: str | None = None,
+    lease_ttl: str | None = None,
 ) -> Path:
     """A config file in `directory`: one store by default, plus `body`.
 
     `database` is a file name in `directory`, or a whole `postgresql://` URL (the
-    `database_url` fixture gives either).
+    `database_url` fixture gives either). `lease_ttl` shortens how long a killed instance's
+    leases outlive it on PostgreSQL.
     """
     if "://" not in database:
         database = str(directory / database)
@@ -147,7 +149,8 @@ def write_config(
     path = directory / "sfd.toml"
     path.write_text(
         f'[daemon]\ndatabase = "{database}"\nlisten = "{listen}"\n'
-        f'log_format = "json"\n\n{stores}\n{body}',
+        + (f'lease_ttl = "{lease_ttl}"\n' if lease_ttl else "")
+        + f'log_format = "json"\n\n{stores}\n{body}',
         encoding="utf-8",
     )
     return path

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from sfd.sandbox.marketplace import SandboxMarketplace, channel_toml, run_sandbox
+from sfd.sandbox.marketplace import channel_toml, run_sandbox
 from tests.faults.reliability import record
 from tests.postgres import fetch
 from tests.support import SfdProcess, run_cli, wait_until, write_config
+from tests.test_backup import SlowListing
 
 API_KEY = "sandbox-key-crash"
 
@@ -43,7 +44,9 @@ def counts(database: str) -> tuple[int, int, int]:
 async def test_sigkill_during_an_import_burst_loses_nothing(
     tmp_path: Path, sfd_processes: Callable[..., SfdProcess], database_url: str
 ) -> None:
-    marketplace = SandboxMarketplace(API_KEY, seed=7)
+    # Pages a little slow to list: however fast the machine, the burst outlasts each kill.
+    marketplace = SlowListing(API_KEY, seed=7)
+    marketplace.page_delay = 0.05
     expected = set(marketplace.add_orders(3000, waiting_acceptance_ratio=0.1))
     database = database_url
     rng = random.Random(2026)
@@ -52,6 +55,8 @@ async def test_sigkill_during_an_import_burst_loses_nothing(
             tmp_path,
             channel_toml(base_url, "env:SANDBOX_KEY", poll_interval="2s", auto_accept=False),
             database=database,
+            # A restart after SIGKILL finds the killed instance's lease on PostgreSQL: short.
+            lease_ttl="2s",
         )
         env = {"SANDBOX_KEY": API_KEY}
         kills = 0
