@@ -413,14 +413,19 @@ def parse_date(text: str, field: str) -> datetime:
 MAX_ENTRIES = 1000
 
 
-def parse_operation(kind: OperationKind, body: bytes) -> list[tuple[_Entry, Payload]]:
-    """Read `{"order": [...]}` for one operation, validated whole; raise WireError."""
+def decode_json(body: bytes) -> Any:
+    """A request body read as JSON, any shape; raise WireError on the `body` field."""
     try:
-        document = msgspec.json.decode(body)
+        return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise WireError("body", f"not valid JSON: {exc}") from None
     except RecursionError:
         raise WireError("body", "not valid JSON: nested too deeply") from None
+
+
+def parse_operation(kind: OperationKind, body: bytes) -> list[tuple[_Entry, Payload]]:
+    """Read `{"order": [...]}` for one operation, validated whole; raise WireError."""
+    document = decode_json(body)
     if not isinstance(document, dict) or "order" not in document:
         raise WireError("order", 'is required: the body is {"order": [...]}')
     if not isinstance(document["order"], list):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from sfd.connectors.shoppingfeed import WireError
+from sfd.connectors.shoppingfeed import WireError, decode_json
 from sfd.domain.documents import MAX_DOCUMENTS
 
 OPERATION = "upload-documents"
@@ -41,12 +41,7 @@ class UploadEntry:
 
 def parse_upload_body(body: bytes, files: int) -> list[UploadEntry]:
     """Read the `body` part for `files` files, validated whole; raise WireError."""
-    try:
-        document = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise WireError("body", f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise WireError("body", "not valid JSON: nested too deeply") from None
+    document = decode_json(body)
     if not isinstance(document, dict) or not isinstance(document.get("order"), list):
         raise WireError("order", 'is required: the body part is {"order": [...]}')
     try:
