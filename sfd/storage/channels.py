@@ -133,22 +133,20 @@ class ChannelStore:
 
     async def record_poll_started(self, channel_id: int, now: datetime) -> None:
         """A poll begins."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE channels SET last_poll_at = $1, updated_at = $2 WHERE id = $3",
-                (to_iso(now), to_iso(now), channel_id),
-            )
+        await self.db.execute(
+            "UPDATE channels SET last_poll_at = $1, updated_at = $2 WHERE id = $3",
+            (to_iso(now), to_iso(now), channel_id),
+        )
 
     async def record_poll_succeeded(
         self, channel_id: int, now: datetime, next_poll_at: datetime
     ) -> None:
         """A poll ended well: credentials work, the error is cleared."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE channels SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
-                "next_poll_at = $2, updated_at = $3 WHERE id = $4",
-                (to_iso(now), to_iso(next_poll_at), to_iso(now), channel_id),
-            )
+        await self.db.execute(
+            "UPDATE channels SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
+            "next_poll_at = $2, updated_at = $3 WHERE id = $4",
+            (to_iso(now), to_iso(next_poll_at), to_iso(now), channel_id),
+        )
 
     async def record_poll_failed(
         self,
@@ -160,10 +158,9 @@ class ChannelStore:
         auth_failed: bool = False,
     ) -> None:
         """A poll failed; an auth failure marks the channel `auth_failed`."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE channels SET last_error = $1, last_error_at = $2, next_poll_at = $3, "
-                "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
-                "updated_at = $5 WHERE id = $6",
-                (error, to_iso(now), to_iso(next_poll_at), auth_failed, to_iso(now), channel_id),
-            )
+        await self.db.execute(
+            "UPDATE channels SET last_error = $1, last_error_at = $2, next_poll_at = $3, "
+            "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
+            "updated_at = $5 WHERE id = $6",
+            (error, to_iso(now), to_iso(next_poll_at), auth_failed, to_iso(now), channel_id),
+        )

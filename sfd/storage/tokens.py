@@ -97,11 +97,10 @@ class TokenStore:
 
     async def revoke(self, name: str, now: datetime) -> None:
         """Revoke the active token with this name; it stops working at once."""
-        async with self.db.write() as tx:
-            changed = await tx.execute(
-                "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
-                (to_iso(now), name),
-            )
+        changed = await self.db.execute(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+            (to_iso(now), name),
+        )
         if not changed:
             raise TokenError(f"no active token named {name!r}")
 
