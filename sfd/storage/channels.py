@@ -9,7 +9,7 @@ from typing import NamedTuple
 import msgspec
 
 from sfd.domain.clock import to_iso
-from sfd.storage.database import Connection, Database, from_row, marks, stored_time
+from sfd.storage.database import Connection, Store, from_row, marks, stored_time
 
 
 class ChannelSpec(NamedTuple):
@@ -51,11 +51,8 @@ async def move_cursor(tx: Connection, channel_id: int, cursor: datetime, now: da
     )
 
 
-class ChannelStore:
+class ChannelStore(Store):
     """Stores and channels."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     async def sync(
         self,

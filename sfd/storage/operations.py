@@ -36,10 +36,10 @@ from sfd.domain.rules import (
     confirmed_by_answer,
     decide,
 )
-from sfd.storage.database import Connection, Database, Params, from_row, marks
+from sfd.storage.database import Connection, Params, from_row, marks
 from sfd.storage.documents import DocumentStore
 from sfd.storage.leases import OPERATIONS_CHANNEL
-from sfd.storage.orders import OrderStore, confirm_operations
+from sfd.storage.orders import OrdersFollower, confirm_operations
 
 K = OperationKind
 
@@ -92,12 +92,8 @@ def _ticket(row: Any, batch_id: str | None = None) -> Ticket:
     )
 
 
-class OperationStore:
+class OperationStore(OrdersFollower):
     """Decide and record operations; read tickets."""
-
-    def __init__(self, db: Database, orders: OrderStore) -> None:
-        self.db = db
-        self.orders = orders
 
     async def submit(
         self,
@@ -531,12 +527,8 @@ def _held(p: Params, holder: str | None, now: datetime) -> str:
     )
 
 
-class OperationQueue:
+class OperationQueue(OrdersFollower):
     """What the worker does with the outbox: claim under a lease, and write back outcomes."""
-
-    def __init__(self, db: Database, orders: OrderStore) -> None:
-        self.db = db
-        self.orders = orders
 
     async def claim(
         self,

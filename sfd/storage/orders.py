@@ -33,6 +33,7 @@ from sfd.storage.database import (
     Database,
     Params,
     StorageError,
+    Store,
     from_row,
     marks,
     quoted,
@@ -172,11 +173,11 @@ _SELECT_ORDER = (
 DocumentRenderer = Callable[[StoredOrder], bytes]
 
 
-class OrderStore:
+class OrderStore(Store):
     """Orders, their lines, addresses, raw payloads and events."""
 
     def __init__(self, db: Database, renderer: DocumentRenderer | None = None) -> None:
-        self.db = db
+        super().__init__(db)
         self.renderer = renderer
 
     async def import_page(
@@ -674,6 +675,15 @@ def _item_from_row(r: Any) -> StoredItem:
 
 def _event_from_row(r: Any) -> OrderEvent:
     return from_row(OrderEvent, r)
+
+
+class OrdersFollower(Store):
+    """A store whose writes change orders too (their events, their API documents), which it
+    leaves to the order store."""
+
+    def __init__(self, db: Database, orders: OrderStore) -> None:
+        super().__init__(db)
+        self.orders = orders
 
 
 async def load_orders(

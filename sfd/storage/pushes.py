@@ -11,7 +11,7 @@ import msgspec
 
 from sfd.domain import EventSource
 from sfd.domain.clock import to_iso
-from sfd.storage.database import Database, Params, from_row, marks, stored_time
+from sfd.storage.database import Params, Store, from_row, marks, stored_time
 from sfd.storage.orders import OrderStore
 
 #: The order event recorded when a completed order's tracking did not come in time.
@@ -71,11 +71,8 @@ def _steps(text: str | None) -> dict[str, str]:
     return msgspec.json.decode(text, type=dict[str, str])
 
 
-class PushStore:
+class PushStore(Store):
     """Shops and their pushes."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     # -- shops -----------------------------------------------------------------------------
 
