@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from sfd.domain import EventSource, OperationKind, OrderStatus
+from sfd.domain import EventSource, MarketplaceOrder, OperationKind, OrderStatus
 from sfd.domain.clock import to_iso, utcnow
 from sfd.domain.rules import ShipPayload
-from sfd.storage import OperationRequest, OrderFilter, Storage, StorageError
+from sfd.storage import ImportResult, OperationRequest, OrderFilter, Storage, StorageError
 from sfd.storage.database import DatabaseLocked, StorageConflict, load_migrations
 from sfd.storage.db import SQLiteDatabase
 from sfd.storage.tokens import TokenError
@@ -29,6 +29,14 @@ pytestmark = pytest.mark.both_backends
 
 async def channel_id(storage: Storage, name: str = "decathlon") -> int:
     return (await storage.channels.channel_ids())[name]
+
+
+async def import_orders(
+    storage: Storage, at: datetime, *orders: MarketplaceOrder, cursor: datetime | None = None
+) -> ImportResult:
+    """Import `orders` as one page of the decathlon channel (store 1), at `at`."""
+    cid = await channel_id(storage)
+    return await storage.orders.import_page(cid, 1, list(orders), at, cursor=cursor)
 
 
 @pytest.mark.sqlite_only
@@ -58,9 +66,8 @@ async def test_migrations_are_numbered_and_applied_once(tmp_path: Path) -> None:
 async def test_a_page_is_imported_with_items_addresses_payload_and_an_event(
     storage: Storage,
 ) -> None:
-    cid = await channel_id(storage)
     order = make_order("DEC-1", lines=3, relay_id="PUDO-908645")
-    result = await storage.orders.import_page(cid, 1, [order], NOW, cursor=NOW)
+    result = await import_orders(storage, NOW, order, cursor=NOW)
     assert [(ref, status) for _, ref, status in result.created] == [("DEC-1", S.WAITING_SHIPMENT)]
     stored = await storage.orders.get(result.created[0][0])
     assert stored is not None
@@ -74,16 +81,15 @@ async def test_a_page_is_imported_with_items_addresses_payload_and_an_event(
     assert [(e.source, e.kind, e.to_status) for e in stored.events] == [
         ("marketplace", "imported", "waiting_shipment")
     ]
-    assert await storage.channels.cursor(cid) == NOW
+    assert await storage.channels.cursor(await channel_id(storage)) == NOW
     payload = await storage.db.fetchrow("SELECT payload FROM order_payloads")
     assert payload is not None and '"order_id": "DEC-1"' in payload[0]
 
 
 async def test_importing_the_same_page_twice_changes_nothing(storage: Storage) -> None:
-    cid = await channel_id(storage)
     page = [make_order(f"DEC-{n}") for n in range(50)]
-    await storage.orders.import_page(cid, 1, page, NOW)
-    again = await storage.orders.import_page(cid, 1, page, NOW + timedelta(minutes=5))
+    await import_orders(storage, NOW, *page)
+    again = await import_orders(storage, NOW + timedelta(minutes=5), *page)
     assert (again.created, again.changed, again.unchanged) == ([], [], 50)
     counts = await storage.db.fetchrow(
         "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM order_events), "
@@ -95,18 +101,15 @@ async def test_importing_the_same_page_twice_changes_nothing(storage: Storage) -
 async def test_a_marketplace_change_becomes_an_event_and_older_versions_are_ignored(
     storage: Storage,
 ) -> None:
-    cid = await channel_id(storage)
-    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)], NOW)
+    await import_orders(storage, NOW, make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE))
     later = NOW + timedelta(minutes=10)
-    result = await storage.orders.import_page(
-        cid, 1, [make_order("DEC-1", S.CANCELLED, updated_at=later, lines=1)], later
+    result = await import_orders(
+        storage, later, make_order("DEC-1", S.CANCELLED, updated_at=later, lines=1)
     )
     assert [(r, a, b) for _, r, a, b in result.changed] == [
         ("DEC-1", S.WAITING_STORE_ACCEPTANCE, S.CANCELLED)
     ]
-    stale = await storage.orders.import_page(
-        cid, 1, [make_order("DEC-1", S.WAITING_SHIPMENT)], later
-    )
+    stale = await import_orders(storage, later, make_order("DEC-1", S.WAITING_SHIPMENT))
     assert stale.unchanged == 1
     order = (await storage.orders.find(OrderFilter(channel="decathlon")))[0]
     full = await storage.orders.get(order.id)
@@ -141,12 +144,9 @@ async def test_a_marketplace_change_becomes_an_event_and_older_versions_are_igno
 async def test_a_marketplace_status_is_applied_even_when_it_skips_steps(
     storage: Storage, stored: S, reported: S, message: str
 ) -> None:
-    cid = await channel_id(storage)
-    await storage.orders.import_page(cid, 1, [make_order("DEC-1", stored)], NOW)
+    await import_orders(storage, NOW, make_order("DEC-1", stored))
     later = NOW + timedelta(minutes=1)
-    result = await storage.orders.import_page(
-        cid, 1, [make_order("DEC-1", reported, updated_at=later)], later
-    )
+    result = await import_orders(storage, later, make_order("DEC-1", reported, updated_at=later))
     [found] = await storage.orders.find(OrderFilter())
     order = await storage.orders.get(found.id)
     assert order is not None and order.status == reported
@@ -160,27 +160,24 @@ async def test_a_marketplace_status_is_applied_even_when_it_skips_steps(
         message,
     )
     # The cursor's overlap brings the same version again: it is not reported twice.
-    again = await storage.orders.import_page(
-        cid, 1, [make_order("DEC-1", reported, updated_at=later)], later
-    )
+    again = await import_orders(storage, later, make_order("DEC-1", reported, updated_at=later))
     assert again.jumped == [] and again.changed == [] and again.unchanged == 1
 
 
 async def test_an_order_waiting_for_payment_is_offered_once_the_marketplace_releases_it(
     storage: Storage,
 ) -> None:
-    cid = await channel_id(storage)
-    await storage.orders.import_page(cid, 1, [make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE)], NOW)
+    await import_orders(storage, NOW, make_order("DEC-1", S.WAITING_STORE_ACCEPTANCE))
     debit = NOW + timedelta(minutes=1)
     pending = msgspec.structs.replace(make_order("DEC-1", updated_at=debit), payment_pending=True)
-    await storage.orders.import_page(cid, 1, [pending], debit)
+    await import_orders(storage, debit, pending)
     [order] = await storage.orders.find(OrderFilter())
     assert order.status == S.WAITING_SHIPMENT and order.payment_pending
     assert await storage.orders.count(OrderFilter.to_process(debit)) == 0
     assert await storage.orders.count(OrderFilter(needs_person=True)) == 0
 
     released = NOW + timedelta(minutes=2)
-    await storage.orders.import_page(cid, 1, [make_order("DEC-1", updated_at=released)], released)
+    await import_orders(storage, released, make_order("DEC-1", updated_at=released))
     [offered] = await storage.orders.find(OrderFilter.to_process(released))
     assert offered.reference == "DEC-1" and not offered.payment_pending
     detail = await storage.orders.get(offered.id)
@@ -194,20 +191,16 @@ async def test_an_order_waiting_for_payment_is_offered_once_the_marketplace_rele
 
 
 async def test_orders_to_process_follow_the_circuit_rules(storage: Storage) -> None:
-    cid = await channel_id(storage)
     old = NOW - timedelta(days=8)
-    await storage.orders.import_page(
-        cid,
-        1,
-        [
-            make_order("WAIT"),
-            make_order("ACK"),
-            make_order("SHIPPED", S.SHIPPED),
-            make_order("ACCEPT", S.WAITING_STORE_ACCEPTANCE),
-        ],
+    await import_orders(
+        storage,
         NOW,
+        make_order("WAIT"),
+        make_order("ACK"),
+        make_order("SHIPPED", S.SHIPPED),
+        make_order("ACCEPT", S.WAITING_STORE_ACCEPTANCE),
     )
-    await storage.orders.import_page(cid, 1, [make_order("OLD")], old)
+    await import_orders(storage, old, make_order("OLD"))
     async with storage.db.write() as tx:
         await tx.execute(
             "UPDATE orders SET acknowledged_at = $1 WHERE reference = 'ACK'", (NOW.isoformat(),)
@@ -218,16 +211,12 @@ async def test_orders_to_process_follow_the_circuit_rules(storage: Storage) -> N
 
 
 async def test_late_orders_are_those_past_their_ship_by_date(storage: Storage) -> None:
-    cid = await channel_id(storage)
-    await storage.orders.import_page(
-        cid,
-        1,
-        [
-            make_order("LATE", ship_by=NOW - timedelta(hours=1)),
-            make_order("ONTIME", ship_by=NOW + timedelta(hours=1)),
-            make_order("SHIPPED-LATE", S.SHIPPED, ship_by=NOW - timedelta(hours=1)),
-        ],
+    await import_orders(
+        storage,
         NOW,
+        make_order("LATE", ship_by=NOW - timedelta(hours=1)),
+        make_order("ONTIME", ship_by=NOW + timedelta(hours=1)),
+        make_order("SHIPPED-LATE", S.SHIPPED, ship_by=NOW - timedelta(hours=1)),
     )
     late = await storage.orders.find(OrderFilter(late_at=NOW))
     assert [o.reference for o in late] == ["LATE"]
@@ -236,22 +225,16 @@ async def test_late_orders_are_those_past_their_ship_by_date(storage: Storage) -
 async def test_the_views_answer_a_person_with_sqlite3(storage: Storage) -> None:
     # The views read SQLite's own clock, so this test writes orders around the real now.
     now = utcnow()
-    cid = await channel_id(storage)
-    await storage.orders.import_page(
-        cid,
-        1,
-        [
-            make_order("LATE", updated_at=now, ship_by=now - timedelta(days=1)),
-            make_order("FRESH", updated_at=now, ship_by=now + timedelta(days=1)),
-            make_order(
-                "STALE", updated_at=now - timedelta(days=8), ship_by=now + timedelta(days=1)
-            ),
-            msgspec.structs.replace(
-                make_order("UNPAID", updated_at=now, ship_by=now + timedelta(days=1)),
-                payment_pending=True,
-            ),
-        ],
+    await import_orders(
+        storage,
         now,
+        make_order("LATE", updated_at=now, ship_by=now - timedelta(days=1)),
+        make_order("FRESH", updated_at=now, ship_by=now + timedelta(days=1)),
+        make_order("STALE", updated_at=now - timedelta(days=8), ship_by=now + timedelta(days=1)),
+        msgspec.structs.replace(
+            make_order("UNPAID", updated_at=now, ship_by=now + timedelta(days=1)),
+            payment_pending=True,
+        ),
     )
     async with storage.db.write() as tx:
         await tx.execute(
@@ -367,10 +350,7 @@ async def test_a_shipment_of_a_partially_refunded_order_is_confirmed_by_the_mark
 ) -> None:
     """eBay keeps an order `partially_refunded` once its other lines ship: no status read
     could ever confirm the shipment, so the marketplace's taking it confirms it."""
-    cid = await channel_id(storage)
-    result = await storage.orders.import_page(
-        cid, 1, [make_order("EB-1", S.PARTIALLY_REFUNDED)], NOW, cursor=NOW
-    )
+    result = await import_orders(storage, NOW, make_order("EB-1", S.PARTIALLY_REFUNDED), cursor=NOW)
     [(order_id, _, _)] = result.created
     batch = await storage.operations.submit(
         1,
@@ -396,8 +376,7 @@ async def test_a_shipment_of_a_partially_refunded_order_is_confirmed_by_the_mark
 async def test_a_shipment_of_an_open_order_waits_for_the_marketplaces_status(
     storage: Storage,
 ) -> None:
-    cid = await channel_id(storage)
-    result = await storage.orders.import_page(cid, 1, [make_order("EB-2")], NOW, cursor=NOW)
+    result = await import_orders(storage, NOW, make_order("EB-2"), cursor=NOW)
     [(order_id, _, _)] = result.created
     await storage.operations.submit(
         1,

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import msgspec
 
 from sfd.domain.clock import to_iso
-from sfd.storage.database import Connection, Database, from_row, marks, stored_time
+from sfd.storage.database import Connection, Store, from_row, marks, stored_time
 
 
 class ChannelSpec(NamedTuple):
@@ -51,11 +51,8 @@ async def move_cursor(tx: Connection, channel_id: int, cursor: datetime, now: da
     )
 
 
-class ChannelStore:
+class ChannelStore(Store):
     """Stores and channels."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     async def sync(
         self,
@@ -133,22 +130,20 @@ class ChannelStore:
 
     async def record_poll_started(self, channel_id: int, now: datetime) -> None:
         """A poll begins."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE channels SET last_poll_at = $1, updated_at = $2 WHERE id = $3",
-                (to_iso(now), to_iso(now), channel_id),
-            )
+        await self.db.execute(
+            "UPDATE channels SET last_poll_at = $1, updated_at = $2 WHERE id = $3",
+            (to_iso(now), to_iso(now), channel_id),
+        )
 
     async def record_poll_succeeded(
         self, channel_id: int, now: datetime, next_poll_at: datetime
     ) -> None:
         """A poll ended well: credentials work, the error is cleared."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE channels SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
-                "next_poll_at = $2, updated_at = $3 WHERE id = $4",
-                (to_iso(now), to_iso(next_poll_at), to_iso(now), channel_id),
-            )
+        await self.db.execute(
+            "UPDATE channels SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
+            "next_poll_at = $2, updated_at = $3 WHERE id = $4",
+            (to_iso(now), to_iso(next_poll_at), to_iso(now), channel_id),
+        )
 
     async def record_poll_failed(
         self,
@@ -160,10 +155,9 @@ class ChannelStore:
         auth_failed: bool = False,
     ) -> None:
         """A poll failed; an auth failure marks the channel `auth_failed`."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE channels SET last_error = $1, last_error_at = $2, next_poll_at = $3, "
-                "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
-                "updated_at = $5 WHERE id = $6",
-                (error, to_iso(now), to_iso(next_poll_at), auth_failed, to_iso(now), channel_id),
-            )
+        await self.db.execute(
+            "UPDATE channels SET last_error = $1, last_error_at = $2, next_poll_at = $3, "
+            "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
+            "updated_at = $5 WHERE id = $6",
+            (error, to_iso(now), to_iso(next_poll_at), auth_failed, to_iso(now), channel_id),
+        )

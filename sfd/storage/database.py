@@ -140,6 +140,13 @@ class Database(Connection, Protocol):
         ...
 
 
+class Store:
+    """The base of the stores, one per kind of record: each runs its queries on `db`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+
 def marks(count: int, start: int = 1) -> str:
     """`$start, $start+1, …`: the parameters of an IN list of `count` values."""
     return ", ".join(f"${n}" for n in range(start, start + count))
@@ -261,6 +268,7 @@ __all__ = [
     "StorageConflict",
     "StorageError",
     "StorageUnavailable",
+    "Store",
     "from_row",
     "load_migrations",
     "marks",

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,9 @@ import aiosqlite
 import anyio
 
 from sfd.domain.clock import to_iso, utcnow
+from sfd.storage.adapter import AdapterConnection, AdapterDatabase
 from sfd.storage.database import (
+    Connection,
     DatabaseLocked,
     Migration,
     StorageCondition,
@@ -58,7 +60,7 @@ _EXPLAINED = {
 }
 
 
-def classify(exc: sqlite3.Error, path: Path, now: datetime) -> StorageCondition | None:
+def classify(exc: BaseException, path: str | Path, now: datetime) -> StorageCondition | None:
     """The storage condition an SQLite error means, or None if it is about the statement."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None or (code & 0xFF) not in _UNAVAILABLE:
@@ -69,16 +71,16 @@ def classify(exc: sqlite3.Error, path: Path, now: datetime) -> StorageCondition 
     )
 
 
-def translate(exc: sqlite3.Error, path: Path) -> StorageError:
+def translate(exc: BaseException, where: str | Path) -> StorageError:
     """The storage exception an SQLite error stands for."""
-    condition = classify(exc, path, utcnow())
+    condition = classify(exc, where, utcnow())
     if condition is not None:
         return StorageUnavailable(condition)
     if isinstance(exc, sqlite3.IntegrityError):
-        return StorageConflict(f"database {path} refused a change: {exc}")
+        return StorageConflict(f"database {where} refused a change: {exc}")
     code = getattr(exc, "sqlite_errorcode", None)
     what = _EXPLAINED.get(code & 0xFF) if code is not None else None
-    return StorageError(f"database {path}: {what or exc}")
+    return StorageError(f"database {where}: {what or exc}")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -103,51 +105,37 @@ def _header_version(path: Path) -> int:
     return int.from_bytes(header[60:64], "big") if len(header) == 100 else 0
 
 
-class SQLiteConnection:
+class SQLiteConnection(AdapterConnection[aiosqlite.Connection]):
     """Queries on one aiosqlite connection, `$n` parameters in, storage errors out."""
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
-        self.connection = connection
-        self.path = path
+    driver_errors = (sqlite3.Error,)
+    translate = staticmethod(translate)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """All rows of a query."""
-        try:
+        with self.translated():
             return list(await self.connection.execute_fetchall(to_sqlite(sql), params))
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
 
     async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         """The first row of a query, or None."""
-        try:
+        with self.translated():
             async with self.connection.execute(to_sqlite(sql), params) as cursor:
                 row: sqlite3.Row | None = await cursor.fetchone()
                 return row
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
-
-    async def fetchval(self, sql: str, params: Sequence[Any] = (), column: int = 0) -> Any:
-        """One value of the first row, or None when there is no row."""
-        row = await self.fetchrow(sql, params)
-        return None if row is None else row[column]
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; return the number of rows it changed."""
-        try:
+        with self.translated():
             async with self.connection.execute(to_sqlite(sql), params) as cursor:
                 return cursor.rowcount
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run a statement once per row."""
-        try:
+        with self.translated():
             await self.connection.executemany(to_sqlite(sql), rows)
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
 
 
-class SQLiteDatabase:
+class SQLiteDatabase(AdapterDatabase):
     """The SQLite file: one writer connection behind a lock, and a pool of readers."""
 
     scheme = "sqlite"
@@ -155,21 +143,13 @@ class SQLiteDatabase:
     def __init__(
         self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]
     ) -> None:
-        self.path = path
-        self.where = str(path)
+        super().__init__(path, str(path))
         self._writer = writer
-        self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers = readers
         for reader in readers:
             self._readers.put_nowait(reader)
         self._run_lock: int | None = None
-        self.condition: StorageCondition | None = None
-        """Set when a write fails for a storage reason; only `probe` clears it."""
-        self.on_condition: Callable[[StorageCondition | None, StorageCondition | None], None] = (
-            lambda _now, _before: None
-        )
-        """Called with (new, old) each time `condition` changes."""
 
     @classmethod
     async def open(
@@ -241,7 +221,7 @@ class SQLiteDatabase:
                     await self._rollback()
                     await self._writer.execute("BEGIN IMMEDIATE")
                     try:
-                        yield SQLiteConnection(self._writer, self.path)
+                        yield SQLiteConnection(self._writer, self.where)
                         await self._writer.commit()
                     except BaseException:
                         await self._rollback()
@@ -251,84 +231,33 @@ class SQLiteDatabase:
                 except StorageUnavailable as exc:
                     raise self._noticed(exc) from None
 
-    def _noticed(self, exc: StorageError) -> StorageError:
-        """Record the condition a failed write revealed."""
-        if isinstance(exc, StorageUnavailable) and (
-            self.condition is None or self.condition.kind != exc.condition.kind
-        ):
-            self._set_condition(exc.condition)
-        return exc
-
-    def _set_condition(self, condition: StorageCondition | None) -> None:
-        before, self.condition = self.condition, condition
-        self.on_condition(condition, before)
-
     async def _rollback(self) -> None:
         # SQLite rolls back on its own after some disk errors; a failed COMMIT may leave the
         # transaction open. Either way the next BEGIN must find none.
         if self._writer.in_transaction:
             await self._writer.rollback()
 
-    async def probe(self) -> bool:
-        """Whether writes fit again; if so, clear `condition`.
-
-        A one-row write must land, and after a full disk there must be room again: a nearly
-        full disk takes small writes and refuses the next import, and would flap.
-        """
-        try:
-            async with self.write() as tx:
-                await tx.execute(
-                    "UPDATE schema_migrations SET applied_at = applied_at "
-                    "WHERE version = (SELECT max(version) FROM schema_migrations)"
-                )
-                row = await tx.fetchrow(
-                    "SELECT page_size, max_page_count - page_count "
-                    "FROM pragma_page_size(), pragma_page_count(), pragma_max_page_count()"
-                )
-        except StorageUnavailable:
-            return False
-        if self.condition is not None and self.condition.kind == "disk_full":
-            free = shutil.disk_usage(self.path.parent).free
-            pages_left = row[1] * row[0] if row else 0
-            if min(free, pages_left) < MIN_FREE_BYTES:
-                return False
-        if self.condition is not None:
-            self._set_condition(None)
-        return True
+    async def _has_room(self, tx: Connection) -> bool:
+        # After a full disk there must be room again, not just for the probe's one row: a
+        # nearly full disk takes small writes and refuses the next import, and would flap.
+        if self.condition is None or self.condition.kind != "disk_full":
+            return True
+        row = await tx.fetchrow(
+            "SELECT page_size, max_page_count - page_count "
+            "FROM pragma_page_size(), pragma_page_count(), pragma_max_page_count()"
+        )
+        free = shutil.disk_usage(self.path.parent).free
+        pages_left = row[1] * row[0] if row else 0
+        return min(free, pages_left) >= MIN_FREE_BYTES
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SQLiteConnection]:
         """A reader connection; several reads in the block see one snapshot if wrapped in BEGIN."""
         connection = await self._readers.get()
         try:
-            yield SQLiteConnection(connection, self.path)
+            yield SQLiteConnection(connection, self.where)
         finally:
             self._readers.put_nowait(connection)
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Run one read query on a reader."""
-        async with self.read() as reader:
-            return await reader.fetch(sql, params)
-
-    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        """Run one read query on a reader and return its first row."""
-        async with self.read() as reader:
-            return await reader.fetchrow(sql, params)
-
-    async def fetchval(self, sql: str, params: Sequence[Any] = (), column: int = 0) -> Any:
-        """Run one read query on a reader and return one value of its first row."""
-        async with self.read() as reader:
-            return await reader.fetchval(sql, params, column)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement in a write transaction of its own."""
-        async with self.write() as tx:
-            return await tx.execute(sql, params)
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run a statement once per row, in one write transaction."""
-        async with self.write() as tx:
-            await tx.executemany(sql, rows)
 
     async def checkpoint(self) -> bool:
         """Copy the WAL into the file and truncate it to zero bytes; False if a reader kept it.
@@ -348,38 +277,19 @@ class SQLiteDatabase:
 
     async def schema_version(self) -> int:
         """The newest migration applied to this file."""
-        value = await SQLiteConnection(self._writer, self.path).fetchval("PRAGMA user_version")
+        value = await SQLiteConnection(self._writer, self.where).fetchval("PRAGMA user_version")
         return int(value or 0)
-
-    async def check_version(self) -> None:
-        """Refuse a file migrated by a newer sfd, or one never migrated."""
-        known = len(load_migrations(self.scheme))
-        version = await self.schema_version()
-        if version > known:
-            raise newer_schema(self.path, version, known)
-        if version < known:
-            raise StorageError(
-                f"database {self.path} has schema version {version}, this sfd needs {known}; "
-                "run `sfd db migrate`"
-            )
 
     async def migrate(self) -> list[Migration]:
         """Apply every migration the file lacks, each in its own transaction."""
-        migrations = load_migrations(self.scheme)
         applied: list[Migration] = []
         async with self._write_lock:
-            version = await self.schema_version()
-            if version > len(migrations):
-                await self.check_version()
-            for migration in migrations[version:]:
+            for migration in self._pending(await self.schema_version()):
                 with anyio.CancelScope(shield=True):
                     try:
                         await self._apply(migration)
                     except sqlite3.Error as exc:
-                        raise StorageError(
-                            f"database {self.path}: migration {migration.version} "
-                            f"({migration.name}) failed and was rolled back: {exc}"
-                        ) from None
+                        raise self.migration_failed(migration, exc) from None
                 applied.append(migration)
         return applied
 

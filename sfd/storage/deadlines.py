@@ -14,7 +14,7 @@ import msgspec
 
 from sfd.domain import LOCAL_OPERATIONS, TO_SHIP_STATUSES, OperationKind
 from sfd.domain.clock import from_iso, to_iso
-from sfd.storage.database import Database, Record, quoted
+from sfd.storage.database import Record, Store, quoted
 
 #: The order event recorded when an order enters its channel's warning window.
 DEADLINE_WARNING = "deadline_warning"
@@ -92,11 +92,8 @@ def _in_window(now: datetime, warnings: Mapping[int, timedelta]) -> tuple[str, l
     )
 
 
-class DeadlineStore:
+class DeadlineStore(Store):
     """Orders near or past their ship-by date, and the events that say they were reported."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     async def approaching(
         self, now: datetime, warnings: Mapping[int, timedelta], *, limit: int = 500

@@ -10,7 +10,7 @@ from typing import Any
 from sfd.domain import TicketState
 from sfd.domain.clock import from_iso, to_iso, utcnow
 from sfd.domain.documents import Document
-from sfd.storage.database import Connection, Database, marks, stored_time
+from sfd.storage.database import Connection, Store, marks, stored_time
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,8 @@ def _stored(row: Any) -> StoredDocument:
     )
 
 
-class DocumentStore:
+class DocumentStore(Store):
     """Store a document with its operation; list an order's; hand the worker its bytes."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     @staticmethod
     async def insert(

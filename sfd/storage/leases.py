@@ -20,7 +20,7 @@ from typing import Protocol
 import msgspec
 
 from sfd.domain.clock import to_iso
-from sfd.storage.database import Connection, Database, from_row, marks
+from sfd.storage.database import Connection, Store, from_row, marks
 
 #: A lease of an instance that owns the whole database (SQLite) lapses never.
 NEVER = "9999-12-31T00:00:00.000000+00:00"
@@ -47,11 +47,8 @@ class Lease(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: datetime
 
 
-class LeaseStore:
+class LeaseStore(Store):
     """Take, renew and give back leases; count the live instances."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     @property
     def exclusive(self) -> bool:

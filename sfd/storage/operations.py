@@ -36,10 +36,10 @@ from sfd.domain.rules import (
     confirmed_by_answer,
     decide,
 )
-from sfd.storage.database import Connection, Database, Params, from_row, marks
+from sfd.storage.database import Connection, Params, from_row, marks
 from sfd.storage.documents import DocumentStore
 from sfd.storage.leases import OPERATIONS_CHANNEL
-from sfd.storage.orders import OrderStore, confirm_operations
+from sfd.storage.orders import OrdersFollower, confirm_operations
 
 K = OperationKind
 
@@ -92,12 +92,8 @@ def _ticket(row: Any, batch_id: str | None = None) -> Ticket:
     )
 
 
-class OperationStore:
+class OperationStore(OrdersFollower):
     """Decide and record operations; read tickets."""
-
-    def __init__(self, db: Database, orders: OrderStore) -> None:
-        self.db = db
-        self.orders = orders
 
     async def submit(
         self,
@@ -531,12 +527,8 @@ def _held(p: Params, holder: str | None, now: datetime) -> str:
     )
 
 
-class OperationQueue:
+class OperationQueue(OrdersFollower):
     """What the worker does with the outbox: claim under a lease, and write back outcomes."""
-
-    def __init__(self, db: Database, orders: OrderStore) -> None:
-        self.db = db
-        self.orders = orders
 
     async def claim(
         self,
@@ -701,25 +693,23 @@ class OperationQueue:
     ) -> None:
         """Not now: try again at `at`. Broken credentials spend no attempt."""
         stamp = to_iso(now)
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE operations SET state = 'scheduled', next_attempt_at = $1, "
-                "lease_until = NULL, last_error = $2, attempts = attempts - $3, updated_at = $4 "
-                "WHERE id = $5",
-                (to_iso(at), reason, 0 if spend_attempt else 1, stamp, claim.operation_id),
-            )
+        await self.db.execute(
+            "UPDATE operations SET state = 'scheduled', next_attempt_at = $1, "
+            "lease_until = NULL, last_error = $2, attempts = attempts - $3, updated_at = $4 "
+            "WHERE id = $5",
+            (to_iso(at), reason, 0 if spend_attempt else 1, stamp, claim.operation_id),
+        )
 
     async def release(self, claims: Sequence[Claim], now: datetime) -> None:
         """Give back claims not started (a stop came first): due again at once, no attempt spent."""
         if not claims:
             return
         ids = [c.operation_id for c in claims]
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
-                f"attempts = attempts - 1, updated_at = $1 WHERE id IN ({marks(len(ids), 2)})",
-                (to_iso(now), *ids),
-            )
+        await self.db.execute(
+            "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
+            f"attempts = attempts - 1, updated_at = $1 WHERE id IN ({marks(len(ids), 2)})",
+            (to_iso(now), *ids),
+        )
 
     async def next_due(
         self,
@@ -760,12 +750,11 @@ class OperationQueue:
         """
         if self.db.scheme == "postgres":
             return 0
-        async with self.db.write() as tx:
-            return await tx.execute(
-                "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
-                "next_attempt_at = NULL, updated_at = $1 WHERE state = 'running'",
-                (to_iso(now),),
-            )
+        return await self.db.execute(
+            "UPDATE operations SET state = 'scheduled', lease_until = NULL, "
+            "next_attempt_at = NULL, updated_at = $1 WHERE state = 'running'",
+            (to_iso(now),),
+        )
 
     async def due_confirmations(
         self,

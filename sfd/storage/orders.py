@@ -33,6 +33,7 @@ from sfd.storage.database import (
     Database,
     Params,
     StorageError,
+    Store,
     from_row,
     marks,
     quoted,
@@ -172,11 +173,11 @@ _SELECT_ORDER = (
 DocumentRenderer = Callable[[StoredOrder], bytes]
 
 
-class OrderStore:
+class OrderStore(Store):
     """Orders, their lines, addresses, raw payloads and events."""
 
     def __init__(self, db: Database, renderer: DocumentRenderer | None = None) -> None:
-        self.db = db
+        super().__init__(db)
         self.renderer = renderer
 
     async def import_page(
@@ -338,21 +339,9 @@ class OrderStore:
                 payment_pending=o.payment_pending,
                 billing_address=o.billing_address,
                 shipping_address=o.shipping_address,
+                # A stored item is the marketplace's item with its row id.
                 items=[
-                    StoredItem(
-                        id=item_ids[(order_id, position)],
-                        reference=i.reference,
-                        channel_reference=i.channel_reference,
-                        name=i.name,
-                        status=i.status,
-                        quantity=i.quantity,
-                        price=i.price,
-                        commission=i.commission,
-                        tax_amount=i.tax_amount,
-                        ecotax_amount=i.ecotax_amount,
-                        image=i.image,
-                        additional_fields=i.additional_fields,
-                    )
+                    StoredItem(id=item_ids[(order_id, position)], **msgspec.structs.asdict(i))
                     for position, i in enumerate(o.items)
                 ],
             )
@@ -631,12 +620,27 @@ class OrderStore:
     @staticmethod
     def _where(query: OrderFilter) -> tuple[str, Params]:
         clauses, p = ["1 = 1"], Params()
-        if query.store_id is not None:
-            clauses.append(f"o.store_id = {p(query.store_id)}")
+        # Each filter that is set compares a column with its value (times as ISO text).
+        compared: dict[str, Any] = {
+            "o.store_id =": query.store_id,
+            "c.name =": query.channel,
+            "o.channel_id =": query.channel_id,
+            "o.id =": query.order_id,
+            "o.reference =": query.reference,
+            "o.store_reference =": query.store_reference,
+            "o.fulfilled_by =": _either(query.store_fulfilled, "store", "channel"),
+            "o.payment_pending =": _either(query.payment_pending, 1, 0),
+            "o.updated_at >=": query.updated_since,
+            "o.created_at >=": query.created_since,
+            "o.created_at <=": query.created_until,
+        }
+        for left, value in compared.items():
+            if value is not None:
+                clauses.append(
+                    f"{left} {p(to_iso(value) if isinstance(value, datetime) else value)}"
+                )
         if query.statuses:
             clauses.append(f"o.status IN ({p.many(s.value for s in query.statuses)})")
-        if query.channel is not None:
-            clauses.append(f"c.name = {p(query.channel)}")
         if query.acknowledged is not None:
             clauses.append(
                 "o.acknowledged_at IS NOT NULL"
@@ -648,20 +652,6 @@ class OrderStore:
                 f"o.status IN ({quoted(TO_SHIP_STATUSES)}) "
                 f"AND o.fulfilled_by = 'store' AND o.latest_ship_date < {p(to_iso(query.late_at))}"
             )
-        if query.store_fulfilled is not None:
-            clauses.append(f"o.fulfilled_by = {p('store' if query.store_fulfilled else 'channel')}")
-        if query.payment_pending is not None:
-            clauses.append(f"o.payment_pending = {p(int(query.payment_pending))}")
-        if query.updated_since is not None:
-            clauses.append(f"o.updated_at >= {p(to_iso(query.updated_since))}")
-        for column, value in (
-            ("o.channel_id", query.channel_id),
-            ("o.id", query.order_id),
-            ("o.reference", query.reference),
-            ("o.store_reference", query.store_reference),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = {p(value)}")
         if query.needs_person:
             clauses.append(NEEDS_PERSON)
         if query.search:
@@ -671,11 +661,12 @@ class OrderStore:
                 f"(lower(o.reference) LIKE {pattern} ESCAPE '\\' "
                 f"OR lower(o.store_reference) LIKE {pattern} ESCAPE '\\')"
             )
-        if query.created_since is not None:
-            clauses.append(f"o.created_at >= {p(to_iso(query.created_since))}")
-        if query.created_until is not None:
-            clauses.append(f"o.created_at <= {p(to_iso(query.created_until))}")
         return " AND ".join(clauses), p
+
+
+def _either(flag: bool | None, yes: Any, no: Any) -> Any:
+    """`yes` or `no` as the flag is set, or None (no filter) when it is None."""
+    return None if flag is None else yes if flag else no
 
 
 def _item_from_row(r: Any) -> StoredItem:
@@ -684,6 +675,15 @@ def _item_from_row(r: Any) -> StoredItem:
 
 def _event_from_row(r: Any) -> OrderEvent:
     return from_row(OrderEvent, r)
+
+
+class OrdersFollower(Store):
+    """A store whose writes change orders too (their events, their API documents), which it
+    leaves to the order store."""
+
+    def __init__(self, db: Database, orders: OrderStore) -> None:
+        super().__init__(db)
+        self.orders = orders
 
 
 async def load_orders(

@@ -25,14 +25,13 @@ import asyncpg.exceptions as pgerr
 from asyncpg.pool import PoolConnectionProxy
 
 from sfd.domain.clock import to_iso, utcnow
+from sfd.storage.adapter import AdapterConnection, AdapterDatabase
 from sfd.storage.database import (
     Migration,
     StorageCondition,
     StorageConflict,
     StorageError,
     StorageUnavailable,
-    load_migrations,
-    newer_schema,
 )
 
 #: The URL schemes that name a PostgreSQL database rather than an SQLite file.
@@ -136,46 +135,32 @@ def _unwritten(where: str, what: str) -> str:
 _Conn = asyncpg.Connection | PoolConnectionProxy
 
 
-class PostgresConnection:
+class PostgresConnection(AdapterConnection[_Conn]):
     """Queries on one asyncpg connection, `$n` parameters in, storage errors out."""
 
-    def __init__(self, connection: _Conn, where: str) -> None:
-        self.connection = connection
-        self.where = where
+    driver_errors = (asyncpg.PostgresError, *_UNREACHABLE)
+    translate = staticmethod(translate)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
         """All rows of a query."""
-        try:
+        with self.translated():
             return list(await self.connection.fetch(sql, *params))
-        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
-            raise translate(exc, self.where) from exc
 
     async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> asyncpg.Record | None:
         """The first row of a query, or None."""
-        try:
+        with self.translated():
             row: asyncpg.Record | None = await self.connection.fetchrow(sql, *params)
             return row
-        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
-            raise translate(exc, self.where) from exc
-
-    async def fetchval(self, sql: str, params: Sequence[Any] = (), column: int = 0) -> Any:
-        """One value of the first row, or None when there is no row."""
-        row = await self.fetchrow(sql, params)
-        return None if row is None else row[column]
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; return the number of rows it changed."""
-        try:
+        with self.translated():
             return _rowcount(await self.connection.execute(sql, *params))
-        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
-            raise translate(exc, self.where) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run a statement once per row."""
-        try:
+        with self.translated():
             await self.connection.executemany(sql, [tuple(r) for r in rows])
-        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
-            raise translate(exc, self.where) from exc
 
 
 async def _setup(connection: asyncpg.Connection) -> None:
@@ -192,7 +177,7 @@ async def _setup(connection: asyncpg.Connection) -> None:
     )
 
 
-class PostgresDatabase:
+class PostgresDatabase(AdapterDatabase):
     """A PostgreSQL database through an asyncpg pool.
 
     Write transactions of one process are serialised, as on SQLite, so the stores' read-then-
@@ -203,18 +188,12 @@ class PostgresDatabase:
     scheme = "postgres"
 
     def __init__(self, url: str, pool: asyncpg.Pool, path: Path) -> None:
+        # `where`: the URL as logs and messages show it (no password); `path`: a local path
+        # standing for this database, the admin socket sits beside it.
+        super().__init__(path, redact_url(url))
         self.url = url
-        self.where = redact_url(url)
-        """The URL as logs and messages show it (no password)."""
-        self.path = path
-        """A local path standing for this database: the admin socket sits beside it."""
         self._pool = pool
-        self._write_lock = asyncio.Lock()
         self._instance: str | None = None
-        self.condition: StorageCondition | None = None
-        self.on_condition: Callable[[StorageCondition | None, StorageCondition | None], None] = (
-            lambda _now, _before: None
-        )
 
     @classmethod
     async def open(
@@ -357,12 +336,6 @@ class PostgresDatabase:
                 except StorageUnavailable as exc:
                     raise self._noticed(exc) from exc.__cause__
 
-    def _noticed(self, exc: StorageUnavailable) -> StorageUnavailable:
-        if self.condition is None or self.condition.kind != exc.condition.kind:
-            before, self.condition = self.condition, exc.condition
-            self.on_condition(exc.condition, before)
-        return exc
-
     async def checkpoint(self) -> bool:
         """Prune the old versions of rows an erasure rewrote; False if that failed now.
 
@@ -382,69 +355,16 @@ class PostgresDatabase:
             return False
         return True
 
-    async def probe(self) -> bool:
-        """Whether writes land again; if so, clear `condition`."""
-        try:
-            async with self.write() as tx:
-                await tx.execute(
-                    "UPDATE schema_migrations SET applied_at = applied_at "
-                    "WHERE version = (SELECT max(version) FROM schema_migrations)",
-                    (),
-                )
-        except StorageUnavailable:
-            return False
-        if self.condition is not None:
-            before, self.condition = self.condition, None
-            self.on_condition(None, before)
-        return True
-
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresConnection]:
         """A pooled connection for several reads."""
         async with self._connection() as connection:
             yield PostgresConnection(connection, self.where)
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
-        """Run one read query."""
-        async with self.read() as reader:
-            return await reader.fetch(sql, params)
-
-    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> asyncpg.Record | None:
-        """Run one read query and return its first row."""
-        async with self.read() as reader:
-            return await reader.fetchrow(sql, params)
-
-    async def fetchval(self, sql: str, params: Sequence[Any] = (), column: int = 0) -> Any:
-        """Run one read query and return one value of its first row."""
-        async with self.read() as reader:
-            return await reader.fetchval(sql, params, column)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement in a write transaction of its own."""
-        async with self.write() as tx:
-            return await tx.execute(sql, params)
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run a statement once per row, in one write transaction."""
-        async with self.write() as tx:
-            await tx.executemany(sql, rows)
-
     async def schema_version(self) -> int:
         """The newest migration applied (0 on an empty database)."""
         async with self.read() as reader:
             return await _version(reader)
-
-    async def check_version(self) -> None:
-        """Refuse a database migrated by a newer sfd, or one never migrated."""
-        known = len(load_migrations(self.scheme))
-        version = await self.schema_version()
-        if version > known:
-            raise newer_schema(self.where, version, known)
-        if version < known:
-            raise StorageError(
-                f"database {self.where} has schema version {version}, this sfd needs {known}; "
-                "run `sfd db migrate`"
-            )
 
     async def migrate(self) -> list[Migration]:
         """Apply every migration the database lacks, each in its own transaction.
@@ -452,17 +372,13 @@ class PostgresDatabase:
         An advisory lock makes instances that start together take turns: the first migrates,
         the others find nothing left to do.
         """
-        migrations = load_migrations(self.scheme)
         applied: list[Migration] = []
         with anyio.CancelScope(shield=True):
             async with self._connection() as connection:
                 tx = PostgresConnection(connection, self.where)
                 await tx.fetchval("SELECT pg_advisory_lock($1)", (MIGRATION_LOCK,))
                 try:
-                    version = await _version(tx)
-                    if version > len(migrations):
-                        raise newer_schema(self.where, version, len(migrations))
-                    for migration in migrations[version:]:
+                    for migration in self._pending(await _version(tx)):
                         await self._apply(connection, migration)
                         applied.append(migration)
                 finally:
@@ -489,10 +405,7 @@ class PostgresDatabase:
             error = translate(exc, self.where)
             if isinstance(error, StorageUnavailable):
                 raise error from None
-            raise StorageError(
-                f"database {self.where}: migration {migration.version} "
-                f"({migration.name}) failed and was rolled back: {exc}"
-            ) from None
+            raise self.migration_failed(migration, exc) from None
 
 
 class PostgresListener:

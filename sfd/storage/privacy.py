@@ -29,7 +29,7 @@ from sfd.domain.privacy import (
     known_values,
 )
 from sfd.storage.database import Connection, Database, marks, quoted
-from sfd.storage.orders import OrderStore
+from sfd.storage.orders import OrdersFollower, OrderStore
 
 #: (connector name, raw payload text, the order's known personal values) → redacted payload.
 PayloadRedactor = Callable[[str, str, frozenset[str]], str]
@@ -99,12 +99,11 @@ class _Found:
         return bool(self.addresses) or self.payload is not None or self.fields is not None
 
 
-class PrivacyStore:
+class PrivacyStore(OrdersFollower):
     """The erasure of buyers' personal data after the retention."""
 
     def __init__(self, db: Database, orders: OrderStore) -> None:
-        self.db = db
-        self.orders = orders
+        super().__init__(db, orders)
         self.hooks: dict[str, ErasureHook] = {}
         self._checkpoint_pending = False
         """A checkpoint after an erasure could not finish: the next run tries again."""

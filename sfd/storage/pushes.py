@@ -11,7 +11,7 @@ import msgspec
 
 from sfd.domain import EventSource
 from sfd.domain.clock import to_iso
-from sfd.storage.database import Database, Params, from_row, marks, stored_time
+from sfd.storage.database import Params, Store, from_row, marks, stored_time
 from sfd.storage.orders import OrderStore
 
 #: The order event recorded when a completed order's tracking did not come in time.
@@ -71,28 +71,24 @@ def _steps(text: str | None) -> dict[str, str]:
     return msgspec.json.decode(text, type=dict[str, str])
 
 
-class PushStore:
+class PushStore(Store):
     """Shops and their pushes."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     # -- shops -----------------------------------------------------------------------------
 
     async def register(self, shop: str, store_id: int, connector: str, now: datetime) -> None:
         """Record a configured shop; its cursor (from now, at first) and state survive restarts."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                # The read-back starts about now: the shop's older orders are none of sfd's. The
-                # margin covers the shop's clock and its timestamps, written to the second.
-                "INSERT INTO shops (name, store_id, connector, cursor, updated_at) "
-                "VALUES ($1, $2, $3, $4, $5) "
-                "ON CONFLICT (name) DO UPDATE SET store_id = excluded.store_id, "
-                "connector = excluded.connector, updated_at = excluded.updated_at "
-                "WHERE shops.store_id != excluded.store_id "
-                "OR shops.connector != excluded.connector",
-                (shop, store_id, connector, to_iso(now - FIRST_READ_MARGIN), to_iso(now)),
-            )
+        await self.db.execute(
+            # The read-back starts about now: the shop's older orders are none of sfd's. The
+            # margin covers the shop's clock and its timestamps, written to the second.
+            "INSERT INTO shops (name, store_id, connector, cursor, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (name) DO UPDATE SET store_id = excluded.store_id, "
+            "connector = excluded.connector, updated_at = excluded.updated_at "
+            "WHERE shops.store_id != excluded.store_id "
+            "OR shops.connector != excluded.connector",
+            (shop, store_id, connector, to_iso(now - FIRST_READ_MARGIN), to_iso(now)),
+        )
 
     async def cursor(self, shop: str) -> datetime | None:
         """Where the shop's read-back resumes."""
@@ -101,40 +97,36 @@ class PushStore:
 
     async def set_cursor(self, shop: str, cursor: datetime, now: datetime) -> None:
         """Move the read-back cursor."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shops SET cursor = $1, updated_at = $2 WHERE name = $3",
-                (to_iso(cursor), to_iso(now), shop),
-            )
+        await self.db.execute(
+            "UPDATE shops SET cursor = $1, updated_at = $2 WHERE name = $3",
+            (to_iso(cursor), to_iso(now), shop),
+        )
 
     async def sync_started(self, shop: str, now: datetime) -> None:
         """A sync begins."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shops SET last_sync_at = $1, updated_at = $2 WHERE name = $3",
-                (to_iso(now), to_iso(now), shop),
-            )
+        await self.db.execute(
+            "UPDATE shops SET last_sync_at = $1, updated_at = $2 WHERE name = $3",
+            (to_iso(now), to_iso(now), shop),
+        )
 
     async def sync_succeeded(self, shop: str, now: datetime, next_at: datetime) -> None:
         """A sync went through: the credentials work."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shops SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
-                "next_sync_at = $2, updated_at = $3 WHERE name = $4",
-                (to_iso(now), to_iso(next_at), to_iso(now), shop),
-            )
+        await self.db.execute(
+            "UPDATE shops SET last_success_at = $1, auth_state = 'ok', last_error = NULL, "
+            "next_sync_at = $2, updated_at = $3 WHERE name = $4",
+            (to_iso(now), to_iso(next_at), to_iso(now), shop),
+        )
 
     async def sync_failed(
         self, shop: str, now: datetime, reason: str, next_at: datetime, *, auth_failed: bool
     ) -> None:
         """A sync failed; `auth_failed` when the shop refused the credentials."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shops SET last_error = $1, last_error_at = $2, next_sync_at = $3, "
-                "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
-                "updated_at = $5 WHERE name = $6",
-                (reason, to_iso(now), to_iso(next_at), int(auth_failed), to_iso(now), shop),
-            )
+        await self.db.execute(
+            "UPDATE shops SET last_error = $1, last_error_at = $2, next_sync_at = $3, "
+            "auth_state = CASE WHEN $4 THEN 'auth_failed' ELSE auth_state END, "
+            "updated_at = $5 WHERE name = $6",
+            (reason, to_iso(now), to_iso(next_at), int(auth_failed), to_iso(now), shop),
+        )
 
     async def states(self, names: Collection[str] | None = None) -> list[ShopState]:
         """Every registered shop (or those named) with its state and push counts."""
@@ -243,19 +235,17 @@ class PushStore:
         p = Params()
         sets = ", ".join(f"{column} = {p(value)}" for column, value in changes.items())
         where = f"shop = {p(shop)} AND order_id = {p(order_id)}"
-        async with self.db.write() as tx:
-            await tx.execute(
-                f"UPDATE shop_pushes SET {sets}, updated_at = {p(to_iso(now))} WHERE {where}"
-                + (f" AND state = {p(PENDING)}" if pending_only else ""),
-                p,
-            )
+        await self.db.execute(
+            f"UPDATE shop_pushes SET {sets}, updated_at = {p(to_iso(now))} WHERE {where}"
+            + (f" AND state = {p(PENDING)}" if pending_only else ""),
+            p,
+        )
 
     async def forget(self, order_id: int) -> int:
         """Drop the order's push records that created nothing, so it may be pushed again."""
-        async with self.db.write() as tx:
-            return await tx.execute(
-                "DELETE FROM shop_pushes WHERE order_id = $1 AND state != 'created'", (order_id,)
-            )
+        return await self.db.execute(
+            "DELETE FROM shop_pushes WHERE order_id = $1 AND state != 'created'", (order_id,)
+        )
 
     async def by_shop_order(self, shop: str, shop_order_id: str) -> PushRecord | None:
         """The push that created the shop's order `shop_order_id`."""
@@ -277,12 +267,11 @@ class PushStore:
 
     async def completed_seen(self, push_id: int, now: datetime) -> None:
         """The shop completed the order without a tracking number: the wait starts now."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shop_pushes SET completed_seen_at = coalesce(completed_seen_at, $1), "
-                "updated_at = $2 WHERE id = $3",
-                (to_iso(now), to_iso(now), push_id),
-            )
+        await self.db.execute(
+            "UPDATE shop_pushes SET completed_seen_at = coalesce(completed_seen_at, $1), "
+            "updated_at = $2 WHERE id = $3",
+            (to_iso(now), to_iso(now), push_id),
+        )
 
     async def flag_tracking(self, push: PushRecord, now: datetime, message: str) -> None:
         """The wait for tracking is over: flag it once, as an event on the order."""
@@ -299,9 +288,8 @@ class PushStore:
 
     async def settle(self, push_id: int, kind: str, now: datetime) -> None:
         """The shop's order became `kind` (ship, cancel, or nothing): it is read no more."""
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE shop_pushes SET settled_kind = $1, settled_at = $2, updated_at = $3 "
-                "WHERE id = $4",
-                (kind, to_iso(now), to_iso(now), push_id),
-            )
+        await self.db.execute(
+            "UPDATE shop_pushes SET settled_kind = $1, settled_at = $2, updated_at = $3 "
+            "WHERE id = $4",
+            (kind, to_iso(now), to_iso(now), push_id),
+        )

@@ -8,7 +8,7 @@ from datetime import datetime
 import msgspec
 
 from sfd.domain.clock import to_iso
-from sfd.storage.database import Database, from_row
+from sfd.storage.database import Store, from_row
 from sfd.storage.tokens import hash_token
 
 
@@ -22,11 +22,8 @@ class PageSession(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: datetime
 
 
-class SessionStore:
+class SessionStore(Store):
     """Create, find and end page sessions by their (secret) id."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     async def create(self, session_id: str, session: PageSession, now: datetime, keep: int) -> None:
         """Store a new session; lapsed ones go, and beyond `keep` live ones the oldest go."""

@@ -12,7 +12,7 @@ import msgspec
 
 from sfd.domain.clock import to_iso
 from sfd.domain.tokens import TOKEN_PATTERN, TOKEN_PREFIX
-from sfd.storage.database import Database, StorageConflict, StorageError, from_row
+from sfd.storage.database import StorageConflict, StorageError, Store, from_row
 
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 #: Compared against when no token has the digest, so a miss costs what a hit costs.
@@ -48,11 +48,8 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class TokenStore:
+class TokenStore(Store):
     """Create, list, revoke and verify API tokens."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     async def create(self, store_id: int, name: str | None, now: datetime) -> tuple[str, str]:
         """Make a token for a store; return (name, token). The token is never stored."""
@@ -97,11 +94,10 @@ class TokenStore:
 
     async def revoke(self, name: str, now: datetime) -> None:
         """Revoke the active token with this name; it stops working at once."""
-        async with self.db.write() as tx:
-            changed = await tx.execute(
-                "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
-                (to_iso(now), name),
-            )
+        changed = await self.db.execute(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+            (to_iso(now), name),
+        )
         if not changed:
             raise TokenError(f"no active token named {name!r}")
 
