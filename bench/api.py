@@ -25,7 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -35,7 +36,14 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Daemon, load, postgres_database, write_config
+from bench.common import (
+    Daemon,
+    add_database_option,
+    chosen_backends,
+    load,
+    postgres_database,
+    write_config,
+)
 from sfd.connectors.shoppingfeed import render_order
 from sfd.domain import Address, OrderStatus, StoredItem, StoredOrder
 from sfd.domain.clock import to_iso, utcnow
@@ -117,70 +125,78 @@ def template() -> StoredOrder:
     )
 
 
-async def seed(database: Path, total: int) -> None:
-    """`total` orders: the newest TO_PROCESS waiting, the rest shipped and acknowledged."""
+async def create_schema(database: Path | str) -> None:
+    """An empty database with the benchmark's store and channel."""
     storage = await Storage.open(database)
     await storage.channels.sync([(1, "Bench")], [ChannelSpec("decathlon", 1, "mirakl")], utcnow())
     await storage.close()
+
+
+def seeded_rows(total: int) -> Iterator[list[tuple[object, ...]]]:
+    """`total` orders as rows of `_COLUMNS`, in batches of 20,000: the newest TO_PROCESS
+    waiting, the rest shipped and acknowledged."""
     base = template()
     now = utcnow()
+    rows: list[tuple[object, ...]] = []
+    for n in range(1, total + 1):
+        waiting = n > total - TO_PROCESS
+        status = "waiting_shipment" if waiting else "shipped"
+        moment = (
+            now - timedelta(minutes=(total - n))
+            if waiting
+            else now - timedelta(days=10, minutes=total - n)
+        )
+        order = msgspec.structs.replace(
+            base,
+            id=n,
+            reference=f"DEC-{n:08d}",
+            status=OrderStatus(status),
+            created_at=moment,
+            updated_at=moment,
+            acknowledged_at=None if waiting else moment,
+            store_reference=None if waiting else f"PS-{n}",
+        )
+        rows.append(
+            (n, 1, 1, f"DEC-{n:08d}", status, None if waiting else moment,
+             None if waiting else f"PS-{n}", moment, moment, moment, moment, "EUR",
+             Decimal("104.97"), Decimal("4.90"), Decimal("109.87"), render_order(order))
+        )  # fmt: skip
+        if len(rows) == 20_000 or n == total:
+            yield rows
+            rows = []
+
+
+_COLUMNS = [
+    "id", "channel_id", "store_id", "reference", "status", "acknowledged_at",
+    "store_reference", "created_at", "updated_at", "marketplace_updated_at", "imported_at",
+    "currency", "product_amount", "shipping_amount", "total_amount", "document",
+]  # fmt: skip
+
+
+def _sqlite_value(value: object) -> object:
+    """A row's value as the SQLite schema stores it: times as ISO text, amounts as text."""
+    if isinstance(value, datetime):
+        return to_iso(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+async def seed(database: Path, total: int) -> None:
+    """The orders of `seeded_rows` into an SQLite file."""
+    await create_schema(database)
     with sqlite3.connect(database) as db:
         db.execute("PRAGMA synchronous = OFF")
-        rows = []
-        for n in range(1, total + 1):
-            waiting = n > total - TO_PROCESS
-            status = "waiting_shipment" if waiting else "shipped"
-            moment = (
-                now - timedelta(minutes=(total - n))
-                if waiting
-                else now - timedelta(days=10, minutes=total - n)
+        for rows in seeded_rows(total):
+            db.executemany(
+                "INSERT INTO orders (id, channel_id, store_id, reference, status, "
+                "acknowledged_at, store_reference, created_at, updated_at, "
+                "marketplace_updated_at, imported_at, currency, product_amount, "
+                "shipping_amount, total_amount, document) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [tuple(_sqlite_value(v) for v in row) for row in rows],
             )
-            order = msgspec.structs.replace(
-                base,
-                id=n,
-                reference=f"DEC-{n:08d}",
-                status=OrderStatus(status),
-                created_at=moment,
-                updated_at=moment,
-                acknowledged_at=None if waiting else moment,
-                store_reference=None if waiting else f"PS-{n}",
-            )
-            stamp = to_iso(moment)
-            rows.append(
-                (
-                    n,
-                    1,
-                    1,
-                    f"DEC-{n:08d}",
-                    status,
-                    None if waiting else stamp,
-                    None if waiting else f"PS-{n}",
-                    stamp,
-                    stamp,
-                    stamp,
-                    stamp,
-                    "EUR",
-                    "104.97",
-                    "4.90",
-                    "109.87",
-                    render_order(order),
-                )
-            )
-            if len(rows) == 20_000:
-                _insert(db, rows)
-                rows.clear()
-        _insert(db, rows)
         db.execute("ANALYZE")
-
-
-def _insert(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
-    db.executemany(
-        "INSERT INTO orders (id, channel_id, store_id, reference, status, acknowledged_at, "
-        "store_reference, created_at, updated_at, marketplace_updated_at, imported_at, "
-        "currency, product_amount, shipping_amount, total_amount, document) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
 
 
 def free_port() -> int:
@@ -205,6 +221,15 @@ def copy_to_postgres(source: Path, target: str) -> dict[str, object]:
     return {"seconds": round(seconds, 1), "rows": rows, "rows_per_second": round(rows / seconds)}
 
 
+def create_token(config: Path, name: str) -> str:
+    """`sfd token create` for store 1: the token."""
+    return subprocess.run(
+        [sys.executable, "-m", "sfd", "--config", str(config), "token", "create",
+         "--store", "1", "--name", name],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
 async def measure(
     total: int, seconds: float, work: Path, postgres: str | None = None
 ) -> dict[str, object]:
@@ -218,25 +243,9 @@ async def measure(
         # The same orders, moved the way a merchant moves them.
         copy = copy_to_postgres(seeded_file, postgres)
         database = postgres
-    token = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sfd",
-            "--config",
-            str(write_config(work, database)),
-            "token",
-            "create",
-            "--store",
-            "1",
-            "--name",
-            f"bench-{total}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    daemon = Daemon(write_config(work, database))
+    config = write_config(work, database)
+    token = create_token(config, f"bench-{total}")
+    daemon = Daemon(config)
     url = daemon.wait_ready()
     headers = {"Authorization": f"Bearer {token}"}
     pages = TO_PROCESS // 100
@@ -274,51 +283,15 @@ async def measure(
 
 
 async def seed_postgres(url: str, total: int) -> None:
-    """As `seed`, into a PostgreSQL database, with COPY."""
-    storage = await Storage.open(url)
-    await storage.channels.sync([(1, "Bench")], [ChannelSpec("decathlon", 1, "mirakl")], utcnow())
-    await storage.close()
-    base = template()
-    now = utcnow()
+    """The orders of `seeded_rows` into a PostgreSQL database, with COPY."""
+    await create_schema(url)
     connection = await asyncpg.connect(url)
     try:
-        rows: list[tuple[object, ...]] = []
-        for n in range(1, total + 1):
-            waiting = n > total - TO_PROCESS
-            status = "waiting_shipment" if waiting else "shipped"
-            moment = (
-                now - timedelta(minutes=(total - n))
-                if waiting
-                else now - timedelta(days=10, minutes=total - n)
-            )
-            order = msgspec.structs.replace(
-                base,
-                id=n,
-                reference=f"DEC-{n:08d}",
-                status=OrderStatus(status),
-                created_at=moment,
-                updated_at=moment,
-                acknowledged_at=None if waiting else moment,
-                store_reference=None if waiting else f"PS-{n}",
-            )
-            rows.append(
-                (n, 1, 1, f"DEC-{n:08d}", status, None if waiting else moment,
-                 None if waiting else f"PS-{n}", moment, moment, moment, moment, "EUR",
-                 Decimal("104.97"), Decimal("4.90"), Decimal("109.87"), render_order(order))
-            )  # fmt: skip
-            if len(rows) == 20_000 or n == total:
-                await connection.copy_records_to_table("orders", records=rows, columns=_COLUMNS)
-                rows.clear()
+        for rows in seeded_rows(total):
+            await connection.copy_records_to_table("orders", records=rows, columns=_COLUMNS)
         await connection.execute("ANALYZE orders")
     finally:
         await connection.close()
-
-
-_COLUMNS = [
-    "id", "channel_id", "store_id", "reference", "status", "acknowledged_at",
-    "store_reference", "created_at", "updated_at", "marketplace_updated_at", "imported_at",
-    "currency", "product_amount", "shipping_amount", "total_amount", "document",
-]  # fmt: skip
 
 
 async def measure_postgres(
@@ -335,11 +308,7 @@ async def measure_postgres(
         await seed_postgres(url, total)
         seeded = time.perf_counter() - started
         config = write_config(work, url)
-        token = subprocess.run(
-            [sys.executable, "-m", "sfd", "--config", str(config), "token", "create",
-             "--store", "1", "--name", f"bench-{total}"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        token = create_token(config, f"bench-{total}")
         headers = {"Authorization": f"Bearer {token}"}
         pages = TO_PROCESS // 100
         results = []
@@ -378,11 +347,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sizes", default="10000,1000000")
-    parser.add_argument(
-        "--database",
-        choices=("sqlite", "postgres", "both"),
-        default="sqlite",
-        help="postgres: seed SQLite, `sfd db copy` it into a new database on "
+    add_database_option(
+        parser,
+        "postgres: seed SQLite, `sfd db copy` it into a new database on "
         "SFD_BENCH_POSTGRES, serve from there; both: SQLite then PostgreSQL, same orders",
     )
     parser.add_argument("--postgres", help="a PostgreSQL server URL: bench PostgreSQL instead")
@@ -398,7 +365,7 @@ async def main() -> None:
                     print(json.dumps(result), flush=True)
         return
     results = []
-    backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    backends = chosen_backends(args.database)
     with tempfile.TemporaryDirectory(prefix="sfd-bench-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             for backend in backends:

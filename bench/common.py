@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -86,6 +87,18 @@ async def load(
 
 #: The PostgreSQL server the `--database postgres` runs use (a fresh database each run).
 POSTGRES = os.environ.get("SFD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def add_database_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--database sqlite|postgres|both`: where the benchmark's daemon stores its orders."""
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgres", "both"), default="sqlite", help=help
+    )
+
+
+def chosen_backends(database: str) -> list[str]:
+    """The backends a `--database` choice runs, in order: `both` is SQLite, then PostgreSQL."""
+    return ["sqlite", "postgres"] if database == "both" else [database]
 
 
 def _admin(sql: str) -> None:

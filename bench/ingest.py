@@ -31,7 +31,15 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Daemon, count_orders, peak_rss_mb, postgres_database, write_config
+from bench.common import (
+    Daemon,
+    add_database_option,
+    chosen_backends,
+    count_orders,
+    peak_rss_mb,
+    postgres_database,
+    write_config,
+)
 from sfd.sandbox.marketplace import channel_toml
 
 KEY = "bench-ingest-key"
@@ -223,16 +231,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--marketplace", choices=("mirakl", "amazon", "both"), default="mirakl")
-    parser.add_argument(
-        "--database",
-        choices=("sqlite", "postgres", "both"),
-        default="sqlite",
-        help="where sfd stores the import: its SQLite file, a new database on "
+    add_database_option(
+        parser,
+        "where sfd stores the import: its SQLite file, a new database on "
         "SFD_BENCH_POSTGRES, or both one after the other (the reference is always SQLite)",
     )
     args = parser.parse_args()
     kinds = ["mirakl", "amazon"] if args.marketplace == "both" else [args.marketplace]
-    backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    backends = chosen_backends(args.database)
     for kind in kinds:
         orders = args.orders if kind == "mirakl" else min(args.orders, AMAZON_BURST_ORDERS)
         for backend in backends:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import ROOT
+from tests.support import ROOT, write_config
 
 CIRCUIT = (
     "order_imported",
@@ -20,10 +20,8 @@ CIRCUIT = (
 
 
 def test_the_demo_runs_the_whole_circuit_within_a_minute(tmp_path: Path) -> None:
-    config = tmp_path / "sfd.toml"
-    config.write_text(
-        f'[daemon]\ndatabase = "{tmp_path / "demo.db"}"\nlisten = "127.0.0.1:0"\n'
-        'log_format = "json"\n\n[[stores]]\nid = 1\nname = "Demo store"\n'
+    config = write_config(
+        tmp_path, database="demo.db", stores='[[stores]]\nid = 1\nname = "Demo store"\n'
     )
     log = tmp_path / "demo.log"
     with log.open("wb") as out:

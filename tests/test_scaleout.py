@@ -14,7 +14,8 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,22 @@ class Cluster:
         ]
 
 
+@asynccontextmanager
+async def running_cluster(
+    marketplaces: list[SandboxMarketplace],
+    directory: Path,
+    database: str,
+    start: Callable[..., SfdProcess],
+) -> AsyncIterator[Cluster]:
+    """The marketplaces served, and INSTANCES instances of one config polling them all."""
+    async with AsyncExitStack() as servers:
+        urls = [await servers.enter_async_context(run_sandbox(m)) for m in marketplaces]
+        cluster = Cluster(start, scaleout_config(directory, database, urls), directory, INSTANCES)
+        for _ in range(INSTANCES):
+            await cluster.launch()
+        yield cluster
+
+
 def instance_of(sfd: SfdProcess) -> str:
     """The instance id a process announced at start."""
     for event in sfd.log_events():
@@ -144,94 +161,81 @@ async def test_each_channel_is_polled_by_one_instance_and_moves_on_when_one_dies
     marketplaces = [SlowList(f"key-{i}", seed=i) for i in range(CHANNELS)]
     for m in marketplaces:
         m.add_orders(3, waiting_acceptance_ratio=0.0)
-    async with aiohttp.ClientSession() as http:
-        servers = [run_sandbox(m) for m in marketplaces]
-        urls = [await s.__aenter__() for s in servers]
-        try:
-            config = scaleout_config(tmp_path, database, urls)
-            cluster = Cluster(sfd_processes, config, tmp_path, INSTANCES)
-            for _ in range(INSTANCES):
-                await cluster.launch()
+    async with (
+        aiohttp.ClientSession() as http,
+        running_cluster(marketplaces, tmp_path, database, sfd_processes) as cluster,
+    ):
 
-            async def balanced() -> list[list[str]]:
-                return [(await healthz(http, p))["leases"]["held"] for p in cluster.procs]
+        async def balanced() -> list[list[str]]:
+            return [(await healthz(http, p))["leases"]["held"] for p in cluster.procs]
 
-            share = -(-(CHANNELS + 1) // INSTANCES)  # the deadline watch is leased too
-            deadline = time.monotonic() + 10 * TTL
-            while time.monotonic() < deadline:
-                held = await balanced()
-                if all(len(h) <= share for h in held) and sum(len(h) for h in held) == 13:
-                    break
-                await asyncio.sleep(0.2)
-            else:
-                raise AssertionError(f"leases never spread evenly: {held}")
-            every = [n for h in held for n in h]
-            assert len(every) == len(set(every)), f"a lease held twice: {held}"
-            # `sfd channels` and /healthz name the instance running each channel.
-            ids = [instance_of(p) for p in cluster.procs]
-            listed = await asyncio.to_thread(run_cli, config, "channels", "--json")
-            holders = {c["name"]: c["held_by"] for c in json.loads(listed.stdout)}
-            assert set(holders.values()) <= set(ids), holders
-            assert len(holders) == CHANNELS
-            for n, h in enumerate(held):
-                names = {
-                    r["id"]: r["name"] for r in await fetch(database, "SELECT * FROM channels")
-                }
-                mine = {names[int(x.split(":")[1])] for x in h if x.startswith("channel:")}
-                assert mine == {c for c, i in holders.items() if i == ids[n]}
+        share = -(-(CHANNELS + 1) // INSTANCES)  # the deadline watch is leased too
+        deadline = time.monotonic() + 10 * TTL
+        while time.monotonic() < deadline:
+            held = await balanced()
+            if all(len(h) <= share for h in held) and sum(len(h) for h in held) == 13:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"leases never spread evenly: {held}")
+        every = [n for h in held for n in h]
+        assert len(every) == len(set(every)), f"a lease held twice: {held}"
+        # `sfd channels` and /healthz name the instance running each channel.
+        ids = [instance_of(p) for p in cluster.procs]
+        listed = await asyncio.to_thread(run_cli, cluster.config, "channels", "--json")
+        holders = {c["name"]: c["held_by"] for c in json.loads(listed.stdout)}
+        assert set(holders.values()) <= set(ids), holders
+        assert len(holders) == CHANNELS
+        for n, h in enumerate(held):
+            names = {r["id"]: r["name"] for r in await fetch(database, "SELECT * FROM channels")}
+            mine = {names[int(x.split(":")[1])] for x in h if x.startswith("channel:")}
+            assert mine == {c for c, i in holders.items() if i == ids[n]}
 
-            rows = await fetch(database, "SELECT count(*) FROM orders")
-            assert await wait_until(lambda: all(m.calls_to("OR11") for m in marketplaces), 10)
+        rows = await fetch(database, "SELECT count(*) FROM orders")
+        assert await wait_until(lambda: all(m.calls_to("OR11") for m in marketplaces), 10)
 
-            # A shipment written through one instance is delivered by the holder of its
-            # channel, woken by NOTIFY rather than by its timer.
-            first = cluster.procs[0]
-            foreign = next(n for n in held[1] if n.startswith("channel:"))
-            channel_id = int(foreign.split(":")[1])
-            assert await wait_until_orders(database, channel_id)
-            [order] = await fetch(
-                database,
-                "SELECT o.id, o.reference FROM orders o WHERE o.channel_id = $1 LIMIT 1",
-                channel_id,
-            )
-            [channel] = await fetch(database, "SELECT name FROM channels WHERE id = $1", channel_id)
-            marketplace = marketplaces[int(channel["name"][2:])]
-            token = await create_token(config)
-            entry = {"id": order["id"], "carrier": "Colissimo", "trackingNumber": "6A1"}
-            assert await post(http, first.url, token, "ship", [entry])
-            stored = time.time()  # the 202: the shipment is committed
-            assert await wait_until(lambda: bool(marketplace.calls_to("OR24")), 5)
-            woken = marketplace.calls_to("OR24")[0].at.timestamp() - stored
-            print(f"shipment through instance 0, sent by instance 1 {woken * 1000:.0f} ms later")
-            assert woken < 0.5, "the holder was not woken by NOTIFY (its timer is 2 s)"
+        # A shipment written through one instance is delivered by the holder of its
+        # channel, woken by NOTIFY rather than by its timer.
+        first = cluster.procs[0]
+        foreign = next(n for n in held[1] if n.startswith("channel:"))
+        channel_id = int(foreign.split(":")[1])
+        assert await wait_until_orders(database, channel_id)
+        [order] = await fetch(
+            database,
+            "SELECT o.id, o.reference FROM orders o WHERE o.channel_id = $1 LIMIT 1",
+            channel_id,
+        )
+        [channel] = await fetch(database, "SELECT name FROM channels WHERE id = $1", channel_id)
+        marketplace = marketplaces[int(channel["name"][2:])]
+        token = await create_token(cluster.config)
+        entry = {"id": order["id"], "carrier": "Colissimo", "trackingNumber": "6A1"}
+        assert await post(http, first.url, token, "ship", [entry])
+        stored = time.time()  # the 202: the shipment is committed
+        assert await wait_until(lambda: bool(marketplace.calls_to("OR24")), 5)
+        woken = marketplace.calls_to("OR24")[0].at.timestamp() - stored
+        print(f"shipment through instance 0, sent by instance 1 {woken * 1000:.0f} ms later")
+        assert woken < 0.5, "the holder was not woken by NOTIFY (its timer is 2 s)"
 
-            # SIGKILL one instance: its channels are polled again by the others.
-            victim = cluster.procs[2]
-            orphaned = [n for n in held[2] if n.startswith("channel:")]
-            names = {
-                r["id"]: r["name"] for r in await fetch(database, "SELECT id, name FROM channels")
-            }
-            orphans = [marketplaces[int(names[int(n.split(":")[1])][2:])] for n in orphaned]
-            killed_at = time.time()
-            await asyncio.to_thread(victim.kill)
-            moved = await wait_until(
-                lambda: all(polled_after(m, killed_at) for m in orphans), 2 * TTL
-            )
-            took = max(
-                min(c.at.timestamp() for c in m.calls if c.operation == "OR11"
-                    and c.at.timestamp() > killed_at)
-                - killed_at
-                for m in orphans
-                if polled_after(m, killed_at)
-            ) if any(polled_after(m, killed_at) for m in orphans) else float("inf")  # fmt: skip
-            print(f"a killed instance's {len(orphans)} channels polled again after {took:.2f} s")
-            assert moved, f"not all of {orphaned} were polled within {2 * TTL} s"
+        # SIGKILL one instance: its channels are polled again by the others.
+        victim = cluster.procs[2]
+        orphaned = [n for n in held[2] if n.startswith("channel:")]
+        names = {r["id"]: r["name"] for r in await fetch(database, "SELECT id, name FROM channels")}
+        orphans = [marketplaces[int(names[int(n.split(":")[1])][2:])] for n in orphaned]
+        killed_at = time.time()
+        await asyncio.to_thread(victim.kill)
+        moved = await wait_until(lambda: all(polled_after(m, killed_at) for m in orphans), 2 * TTL)
+        took = max(
+            min(c.at.timestamp() for c in m.calls if c.operation == "OR11"
+                and c.at.timestamp() > killed_at)
+            - killed_at
+            for m in orphans
+            if polled_after(m, killed_at)
+        ) if any(polled_after(m, killed_at) for m in orphans) else float("inf")  # fmt: skip
+        print(f"a killed instance's {len(orphans)} channels polled again after {took:.2f} s")
+        assert moved, f"not all of {orphaned} were polled within {2 * TTL} s"
 
-            for p in cluster.procs[:2]:
-                assert await asyncio.to_thread(p.terminate) == 0
-        finally:
-            for s in servers:
-                await s.__aexit__(None, None, None)
+        for p in cluster.procs[:2]:
+            assert await asyncio.to_thread(p.terminate) == 0
 
     # One poller per channel at a time: no OR11 of one channel arrived while another of the
     # same channel was being answered.
@@ -270,85 +274,78 @@ async def test_shipments_through_every_instance_reach_the_marketplace_once_acros
     ][:SHIPMENTS]
     owner = {f"ch{i:02d}": m for i, m in enumerate(marketplaces)}
     rng = random.Random(2026)
-    async with aiohttp.ClientSession() as http:
-        servers = [run_sandbox(m) for m in marketplaces]
-        urls = [await s.__aenter__() for s in servers]
-        try:
-            config = scaleout_config(tmp_path, database, urls)
-            cluster = Cluster(sfd_processes, config, tmp_path, INSTANCES)
-            for _ in range(INSTANCES):
-                await cluster.launch()
-            total = per_channel * CHANNELS
+    async with (
+        aiohttp.ClientSession() as http,
+        running_cluster(marketplaces, tmp_path, database, sfd_processes) as cluster,
+    ):
+        total = per_channel * CHANNELS
 
-            async def imported() -> int:
-                return int((await fetch(database, "SELECT count(*) FROM orders"))[0][0])
+        async def imported() -> int:
+            return int((await fetch(database, "SELECT count(*) FROM orders"))[0][0])
 
-            deadline = time.monotonic() + 60
-            while await imported() < total:
-                assert time.monotonic() < deadline, f"only {await imported()} orders imported"
-                await asyncio.sleep(0.2)
-            token = await create_token(config)
-            ids = {
-                (r["name"], r["reference"]): r["id"]
+        deadline = time.monotonic() + 60
+        while await imported() < total:
+            assert time.monotonic() < deadline, f"only {await imported()} orders imported"
+            await asyncio.sleep(0.2)
+        token = await create_token(cluster.config)
+        ids = {
+            (r["name"], r["reference"]): r["id"]
+            for r in await fetch(
+                database,
+                "SELECT o.id, o.reference, c.name FROM orders o "
+                "JOIN channels c ON c.id = o.channel_id",
+            )
+        }
+        entries = [
+            {"id": ids[r], "carrier": "Colissimo", "trackingNumber": f"6A{n:09d}"}
+            for n, r in enumerate(references)
+        ]
+        batches = [entries[i : i + 25] for i in range(0, len(entries), 25)]
+        kills = 0
+        interrupted: set[str] = set()
+        while batches or kills < KILLS:
+            assert kills < 3 * KILLS, f"{len(batches)} batches never stored"
+            alive = [p for p in cluster.procs if p.proc.poll() is None]
+            target = rng.choice(alive)
+            poster = asyncio.create_task(
+                post(http, target.url, token, "ship", batches[0])
+                if batches
+                else asyncio.sleep(0, result=False)
+            )
+            await asyncio.sleep(rng.uniform(0.05, 0.4))
+            slot = rng.randrange(INSTANCES)
+            victim = instance_of(cluster.procs[slot])
+            await asyncio.to_thread(cluster.procs[slot].kill)
+            kills += 1
+            if await poster and batches:
+                batches.pop(0)
+            interrupted |= {
+                (r["name"], r["reference"])
                 for r in await fetch(
                     database,
-                    "SELECT o.id, o.reference, c.name FROM orders o "
-                    "JOIN channels c ON c.id = o.channel_id",
+                    "SELECT o.reference, c.name FROM operations p "
+                    "JOIN orders o ON o.id = p.order_id JOIN channels c ON c.id = p.channel_id "
+                    "JOIN leases l ON l.name = 'channel:' || p.channel_id "
+                    "WHERE p.state = 'running' AND l.holder = $1",
+                    victim,
                 )
             }
-            entries = [
-                {"id": ids[r], "carrier": "Colissimo", "trackingNumber": f"6A{n:09d}"}
-                for n, r in enumerate(references)
-            ]
-            batches = [entries[i : i + 25] for i in range(0, len(entries), 25)]
-            kills = 0
-            interrupted: set[str] = set()
-            while batches or kills < KILLS:
-                assert kills < 3 * KILLS, f"{len(batches)} batches never stored"
-                alive = [p for p in cluster.procs if p.proc.poll() is None]
-                target = rng.choice(alive)
-                poster = asyncio.create_task(
-                    post(http, target.url, token, "ship", batches[0])
-                    if batches
-                    else asyncio.sleep(0, result=False)
-                )
-                await asyncio.sleep(rng.uniform(0.05, 0.4))
-                slot = rng.randrange(INSTANCES)
-                victim = instance_of(cluster.procs[slot])
-                await asyncio.to_thread(cluster.procs[slot].kill)
-                kills += 1
-                if await poster and batches:
-                    batches.pop(0)
-                interrupted |= {
-                    (r["name"], r["reference"])
-                    for r in await fetch(
-                        database,
-                        "SELECT o.reference, c.name FROM operations p "
-                        "JOIN orders o ON o.id = p.order_id JOIN channels c ON c.id = p.channel_id "
-                        "JOIN leases l ON l.name = 'channel:' || p.channel_id "
-                        "WHERE p.state = 'running' AND l.holder = $1",
-                        victim,
-                    )
-                }
-                await cluster.launch(slot)
+            await cluster.launch(slot)
 
-            async def settled() -> int:
-                rows = await fetch(
-                    database, "SELECT count(*) FROM operations WHERE state IN ('succeed', 'failed')"
-                )
-                return int(rows[0][0])
+        async def settled() -> int:
+            rows = await fetch(
+                database, "SELECT count(*) FROM operations WHERE state IN ('succeed', 'failed')"
+            )
+            return int(rows[0][0])
 
-            deadline = time.monotonic() + 60
-            while await settled() < SHIPMENTS:
-                assert time.monotonic() < deadline, await fetch(
-                    database, "SELECT state, count(*) FROM operations GROUP BY state"
-                )
-                await asyncio.sleep(0.2)
-            for p in cluster.procs:
-                assert await asyncio.to_thread(p.terminate) == 0
-        finally:
-            for s in servers:
-                await s.__aexit__(None, None, None)
+        deadline = time.monotonic() + 60
+        while await settled() < SHIPMENTS:
+            assert time.monotonic() < deadline, await fetch(
+                database, "SELECT state, count(*) FROM operations GROUP BY state"
+            )
+            await asyncio.sleep(0.2)
+        for p in cluster.procs:
+            assert await asyncio.to_thread(p.terminate) == 0
 
     operations = await fetch(
         database,

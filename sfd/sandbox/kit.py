@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, TypedDict
 
 import msgspec
 from aiohttp import web
 
+from sfd.domain.clock import Clock, utcnow
 from sfd.logs import get_logger
 from sfd.sandbox.failures import take_failure
 
@@ -29,6 +30,8 @@ __all__ = [
     "FailurePlan",
     "RecordedCall",
     "ShopMerchant",
+    "ShopOptions",
+    "ShopSandbox",
     "conclude",
     "json_answer",
     "read_body",
@@ -104,6 +107,37 @@ class FailurePlan:
     def clear_failures(self) -> None:
         """Stop injecting failures: every request is served normally again."""
         self._failures.clear()
+
+
+class ShopOptions(TypedDict, total=False):
+    """The keyword arguments a shop sandbox passes on to `ShopSandbox`."""
+
+    latency: float
+    clock: Clock
+
+
+class ShopSandbox(FailurePlan):
+    """What the WooCommerce and Shopify sandboxes keep alike: the request log, the orders by
+    id, the emails the buyer would get, the failures planned, and ids from `first_id` on."""
+
+    def __init__(self, *, first_id: int, latency: float = 0.0, clock: Clock = utcnow) -> None:
+        self.latency = latency
+        """Seconds added to every answer, after the request took effect."""
+        self.clock = clock
+        self.requests: list[RecordedCall] = []
+        self.orders: dict[int, dict[str, Any]] = {}
+        self.customer_emails: list[tuple[int, str, str]] = []
+        """(order id, address, which email) of each email the shop would send the buyer."""
+        self._failures: list[Failure] = []
+        self._next_id = first_id
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def calls(self, operation: str) -> list[RecordedCall]:
+        """The recorded requests of one operation (`orders.create`, `orderCreate`...)."""
+        return [r for r in self.requests if r.operation == operation]
 
 
 def basic_credentials(request: web.Request) -> tuple[str, str] | None:

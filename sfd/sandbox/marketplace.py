@@ -9,6 +9,7 @@ costs the same at order 100,000 as at order 1.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import random
 from collections.abc import (
@@ -215,6 +216,36 @@ class _OrdersView(Mapping[str, dict[str, Any]]):
 
 _P = TypeVar("_P")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Json = dict[str, Any]
+"""An order's JSON, as OR11 shows it."""
+_OrderChange = Callable[
+    ["SandboxMarketplace", web.Request, _Record, _Json], Awaitable[web.Response]
+]
+_OrderHandler = Callable[["SandboxMarketplace", web.Request], Awaitable[web.Response]]
+
+
+def _changes_order(
+    allowed: Callable[[_Record], bool], refusal: str
+) -> Callable[[_OrderChange], _OrderHandler]:
+    """A handler of the path's order, called with the order and its JSON (kept, to be
+    changed) when `allowed`; else it answers 404 for an unknown order, or 400 with `refusal`
+    (which may name `{order_id}` and `{state}`)."""
+
+    def decorate(change: _OrderChange) -> _OrderHandler:
+        @functools.wraps(change)
+        async def handler(self: SandboxMarketplace, request: web.Request) -> web.Response:
+            record = self._find(request)
+            if record is None:
+                return _not_found(request)
+            data = self._hold(record)
+            if not allowed(record):
+                message = refusal.format(order_id=data["order_id"], state=data["order_state"])
+                return _error(400, message)
+            return await change(self, request, record, data)
+
+        return handler
+
+    return decorate
 
 
 class SandboxMarketplace:
@@ -445,17 +476,11 @@ class SandboxMarketplace:
         orders = [self._render(self._orders[oid]) for _, oid in chosen]
         return _json({"orders": orders, "total_count": total})
 
-    async def _accept(self, request: web.Request) -> web.Response:
-        record = self._find(request)
-        if record is None:
-            return _not_found(request)
-        data = self._hold(record)
-        if data["order_state"] != "WAITING_ACCEPTANCE":
-            return _error(
-                400,
-                f"The order {data['order_id']} is not in WAITING_ACCEPTANCE state "
-                f"(current state: {data['order_state']})",
-            )
+    @_changes_order(
+        lambda record: record.state == "WAITING_ACCEPTANCE",
+        "The order {order_id} is not in WAITING_ACCEPTANCE state (current state: {state})",
+    )
+    async def _accept(self, request: web.Request, record: _Record, data: _Json) -> web.Response:
         body = await read_body(request)
         decisions = body.get("order_lines") if isinstance(body, dict) else None
         if not isinstance(decisions, list):
@@ -482,17 +507,11 @@ class SandboxMarketplace:
         self._touch(record, now)
         return web.Response(status=204)
 
-    async def _tracking(self, request: web.Request) -> web.Response:
-        record = self._find(request)
-        if record is None:
-            return _not_found(request)
-        data = self._hold(record)
-        if data["order_state"] not in ("SHIPPING", "SHIPPED"):
-            return _error(
-                400,
-                f"The tracking of order {data['order_id']} cannot be updated in state "
-                f"{data['order_state']}",
-            )
+    @_changes_order(
+        lambda record: record.state in ("SHIPPING", "SHIPPED"),
+        "The tracking of order {order_id} cannot be updated in state {state}",
+    )
+    async def _tracking(self, request: web.Request, record: _Record, data: _Json) -> web.Response:
         body = await read_body(request)
         if not isinstance(body, dict):
             return _error(400, "A JSON object is required")
@@ -517,17 +536,11 @@ class SandboxMarketplace:
         self._touch(record, self._now())
         return web.Response(status=204)
 
-    async def _ship(self, request: web.Request) -> web.Response:
-        record = self._find(request)
-        if record is None:
-            return _not_found(request)
-        data = self._hold(record)
-        if data["order_state"] != "SHIPPING":
-            return _error(
-                400,
-                f"The order {data['order_id']} is not in SHIPPING state "
-                f"(current state: {data['order_state']})",
-            )
+    @_changes_order(
+        lambda record: record.state == "SHIPPING",
+        "The order {order_id} is not in SHIPPING state (current state: {state})",
+    )
+    async def _ship(self, request: web.Request, record: _Record, data: _Json) -> web.Response:
         if record.ship_due is not None:
             return web.Response(status=204)  # confirmed already, not applied yet
         now = self._now()
@@ -540,17 +553,12 @@ class SandboxMarketplace:
             self._touch(record, now)
         return web.Response(status=204)
 
-    async def _cancel(self, request: web.Request) -> web.Response:
-        record = self._find(request)
-        if record is None:
-            return _not_found(request)
-        data = self._hold(record)
-        if data["order_state"] != "SHIPPING" or record.ship_due is not None:
-            return _error(
-                400,
-                f"The order {data['order_id']} cannot be canceled "
-                f"(current state: {data['order_state']})",
-            )
+    @_changes_order(
+        # A shipment confirmed (OR24) but not applied yet cannot be undone either.
+        lambda record: record.state == "SHIPPING" and record.ship_due is None,
+        "The order {order_id} cannot be canceled (current state: {state})",
+    )
+    async def _cancel(self, request: web.Request, record: _Record, data: _Json) -> web.Response:
         self._set_state(record, "CANCELED", self._now())
         return web.Response(status=204)
 

@@ -27,17 +27,17 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import msgspec
 from aiohttp import web
 
-from sfd.domain.clock import Clock, from_iso, to_iso, utcnow
+from sfd.domain.clock import from_iso, to_iso, utcnow
 from sfd.sandbox.kit import (
-    Failure,
-    FailurePlan,
     RecordedCall,
     ShopMerchant,
+    ShopOptions,
+    ShopSandbox,
     conclude,
     json_answer,
     read_body,
@@ -63,7 +63,7 @@ _ROOT: Final = re.compile(r"^\s*(?:query|mutation)\b[^{]*\{\s*(\w+)", re.DOTALL)
 _TERM: Final = re.compile(r"(\w+):(>=|<=|>|<)?('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
 
 
-class SandboxShopify(FailurePlan):
+class SandboxShopify(ShopSandbox):
     """A Shopify shop in memory: variants, orders, fulfilments, a cost bucket, a request log."""
 
     def __init__(
@@ -73,36 +73,23 @@ class SandboxShopify(FailurePlan):
         products: Iterable[tuple[str, str, str]] = DEFAULT_PRODUCTS,
         bucket_size: float = BUCKET_SIZE,
         restore_rate: float = RESTORE_RATE,
-        latency: float = 0.0,
         stock: int = 1000,
-        clock: Clock = utcnow,
+        **options: Unpack[ShopOptions],
     ) -> None:
+        super().__init__(first_id=5_000_000, **options)
         self.access_token = access_token
         self.bucket_size = bucket_size
         self.restore_rate = restore_rate
-        self.latency = latency
-        """Seconds added to every answer, after the request took effect."""
-        self.clock = clock
-        self.requests: list[RecordedRequest] = []
         self.variants: dict[str, dict[str, Any]] = {}
-        self.orders: dict[int, dict[str, Any]] = {}
-        self.customer_emails: list[tuple[int, str, str]] = []
-        """(order id, address, notification) of each email Shopify would send the buyer."""
         self.throttled = 0
         """How many calls were answered THROTTLED."""
         self._available = bucket_size
         self._at = time.monotonic()
-        self._failures: list[Failure] = []
-        self._next_id = 5_000_000
         self._number = 1000
         for sku, name, price in products:
             self.add_variant(sku, name, price, stock=stock)
 
     # -- state, for tests and the demo ----------------------------------------------------
-
-    def _id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     def add_variant(self, sku: str, title: str, price: str, *, stock: int = 1000) -> str:
         """Add a product variant; return its GID."""
@@ -171,10 +158,6 @@ class SandboxShopify(FailurePlan):
         order = self.orders[order_id]
         now = self.clock()
         order["cancelledAt"] = order["updatedAt"] = to_iso(now)
-
-    def calls(self, operation: str) -> list[RecordedRequest]:
-        """The recorded requests of one root field (`orderCreate`, `orders`...)."""
-        return [r for r in self.requests if r.operation == operation]
 
     def drain(self) -> None:
         """Empty the cost bucket, as a burst of other calls would."""

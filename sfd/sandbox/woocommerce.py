@@ -20,15 +20,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 from aiohttp import web
 
-from sfd.domain.clock import Clock, from_iso, utcnow
+from sfd.domain.clock import from_iso
 from sfd.sandbox.kit import (
     Failure,
-    FailurePlan,
     RecordedCall,
+    ShopOptions,
+    ShopSandbox,
     basic_credentials,
     conclude,
     json_answer,
@@ -51,11 +52,19 @@ def wc_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+class Tracking(TypedDict, total=False):
+    """How `add_tracking` records a shipment (`complete` passes them on)."""
+
+    provider: str
+    link: str
+    as_meta: bool
+
+
 RecordedRequest = RecordedCall
 """One request the fake received, and how it was answered (`order_id`: the path's `id`)."""
 
 
-class SandboxWooCommerce(FailurePlan):
+class SandboxWooCommerce(ShopSandbox):
     """A WooCommerce shop in memory: products, orders, tracking and a request log."""
 
     def __init__(
@@ -65,32 +74,18 @@ class SandboxWooCommerce(FailurePlan):
         *,
         products: Iterable[tuple[str, str, str]] = DEFAULT_PRODUCTS,
         tracking_extension: bool = True,
-        latency: float = 0.0,
-        clock: Clock = utcnow,
+        **options: Unpack[ShopOptions],
     ) -> None:
+        super().__init__(first_id=100, **options)
         self.consumer_key = consumer_key
         self.consumer_secret = consumer_secret
         self.tracking_extension = tracking_extension
-        self.latency = latency
-        """Seconds added to every answer, after the request took effect."""
-        self.clock = clock
-        self.requests: list[RecordedRequest] = []
         self.products: dict[int, dict[str, Any]] = {}
-        self.orders: dict[int, dict[str, Any]] = {}
         self.trackings: dict[int, list[dict[str, Any]]] = {}
-        self.customer_emails: list[tuple[int, str, str]] = []
-        """(order id, address, email) of each email WooCommerce would send the buyer: it
-        mails the billing email when an order turns processing, on-hold or completed."""
-        self._failures: list[Failure] = []
-        self._next_id = 100
         for sku, name, price in products:
             self.add_product(sku, name, price)
 
     # -- state, for tests and the demo ----------------------------------------------------
-
-    def _id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     def add_product(self, sku: str, name: str, price: str, *, parent_id: int = 0) -> int:
         """Add a product (a variation of `parent_id` if given); return its id."""
@@ -118,24 +113,17 @@ class SandboxWooCommerce(FailurePlan):
         ]
 
     def complete(
-        self,
-        order_id: int,
-        *,
-        tracking_number: str = "",
-        provider: str = "Colissimo",
-        link: str = "",
-        as_meta: bool = False,
+        self, order_id: int, *, tracking_number: str = "", **tracking: Unpack[Tracking]
     ) -> None:
-        """Mark an order completed, as the merchant does once it shipped, with its tracking."""
+        """Mark an order completed, as the merchant does once it shipped, with its tracking
+        (recorded as `add_tracking` records it)."""
         order = self.orders[order_id]
         now = self.clock()
         order["status"] = "completed"
         order["date_completed"] = order["date_completed_gmt"] = wc_time(now)
         self._mail_customer(order)
         if tracking_number:
-            self.add_tracking(
-                order_id, tracking_number, provider=provider, link=link, as_meta=as_meta
-            )
+            self.add_tracking(order_id, tracking_number, **tracking)
         self._touch(order, now)
 
     def add_tracking(
@@ -182,10 +170,6 @@ class SandboxWooCommerce(FailurePlan):
         if address and order["status"] in ("processing", "on-hold", "completed"):
             email = f"customer_{order['status'].replace('-', '_')}_order"
             self.customer_emails.append((order["id"], address, email))
-
-    def calls(self, operation: str) -> list[RecordedRequest]:
-        """The recorded requests of one operation (`orders.create`, `products.list`...)."""
-        return [r for r in self.requests if r.operation == operation]
 
     @staticmethod
     def _touch(order: dict[str, Any], now: datetime) -> None:
