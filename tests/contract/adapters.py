@@ -5,13 +5,14 @@ A new connector gets every case of `tests/contract/` by adding one adapter to AD
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from aioresponses import aioresponses
 
@@ -203,7 +204,65 @@ EBAY = Adapter(
 )
 
 
-# -- WooCommerce (a shop) ------------------------------------------------------------------------
+# -- Shops ---------------------------------------------------------------------------------------
+
+
+def push_order(reference: str = "R7") -> PushOrder:
+    return PushOrder(
+        order_id=7,
+        marketplace="decathlon",
+        reference=reference,
+        currency="EUR",
+        billing=Address(first_name="Léa", last_name="Martin"),
+        shipping=Address(first_name="Léa", last_name="Martin"),
+        lines=(PushLine(sku="SKU-1", name="Lampe", quantity=1, price=Decimal("9.90")),),
+        shipping_method="Colissimo",
+        shipping_amount=Decimal("0"),
+    )
+
+
+async def _shop_read(connector: Any) -> tuple[list[str], list[str]]:
+    references: list[str] = []
+    async for batch in connector.changed_orders(None):
+        references += [o.marketplace_reference or o.shop_id for o in batch]
+    return references, []
+
+
+async def _find_pushed(connector: Any) -> Any:
+    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
+    assert found == "7", "a create already done is found by search, not made again"
+    return found
+
+
+class ShopFields(TypedDict):
+    """What differs from shop to shop in its Adapter."""
+
+    name: str
+    list_url: re.Pattern[str]
+    read: Callable[[Any], Awaitable[tuple[list[str], list[str]]]]
+    page: Callable[[list[dict[str, Any]], bool], dict[str, Any]]
+    order: Callable[[str], dict[str, Any]]
+    malformed: tuple[dict[str, Any], str]
+    already: Callable[[aioresponses], None]
+    secret: str
+    first_page_size: NotRequired[int]
+    list_method: NotRequired[str]
+
+
+def shop_adapter(connector: Callable[..., Connector], **fields: Unpack[ShopFields]) -> Adapter:
+    """A shop's adapter: its key needs no token, a malformed order refuses its whole page, and
+    the idempotent write is finding the order pushed before. `connector(session=, retry=)` is
+    built with one attempt a call: each failure is judged on its first, reads are not retried."""
+    return Adapter(
+        make=lambda session=None: connector(session=session, retry=Retry(attempts=1)),
+        auth=_no_auth,
+        ship=_find_pushed,
+        skips_malformed=False,
+        **fields,
+    )
+
+
+# -- WooCommerce ---------------------------------------------------------------------------------
 
 WC_BASE = "https://shop.test"
 WC_KEY = "ck_0123456789abcdef0123456789abcdef01234567"
@@ -230,60 +289,28 @@ def _wc_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
     return {"body": json.dumps(orders), "headers": {"X-WP-TotalPages": "1" if last else "9"}}
 
 
-async def _wc_read(connector: Any) -> tuple[list[str], list[str]]:
-    references: list[str] = []
-    async for batch in connector.changed_orders(None):
-        references += [o.marketplace_reference or o.shop_id for o in batch]
-    return references, []
-
-
-def push_order(reference: str = "R7") -> PushOrder:
-    return PushOrder(
-        order_id=7,
-        marketplace="decathlon",
-        reference=reference,
-        currency="EUR",
-        billing=Address(first_name="Léa", last_name="Martin"),
-        shipping=Address(first_name="Léa", last_name="Martin"),
-        lines=(PushLine(sku="SKU-1", name="Lampe", quantity=1, price=Decimal("9.90")),),
-        shipping_method="Colissimo",
-        shipping_amount=Decimal("0"),
-    )
-
-
-async def _wc_find(connector: Any) -> Any:
-    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
-    assert found == "7", "a create already done is found by search, not made again"
-    return found
-
-
 def _wc_already(http: aioresponses) -> None:
     http.get(WC_ORDERS, body=json.dumps([wc_order("R7")]))
 
 
-WOOCOMMERCE = Adapter(
-    name="woocommerce",
-    make=lambda session=None: WooCommerceConnector(
+WOOCOMMERCE = shop_adapter(
+    functools.partial(
+        WooCommerceConnector,
         WooCommerceSettings(base_url=WC_BASE, consumer_key=WC_KEY, consumer_secret=WC_SECRET),
-        session=session,
         per_page=WC_PER_PAGE,
-        # Each failure is judged on its first attempt: reads are not retried here.
-        retry=Retry(attempts=1),
     ),
-    auth=_no_auth,
+    name="woocommerce",
     list_url=WC_ORDERS,
-    read=_wc_read,
+    read=_shop_read,
     page=_wc_page,
     order=wc_order,
     malformed=(wc_order("R2") | {"id": "two"}, "id"),
-    ship=_wc_find,
     already=_wc_already,
     secret=WC_SECRET,
-    skips_malformed=False,
 )
 
 
-# -- PrestaShop (a shop) -------------------------------------------------------------------------
+# -- PrestaShop ----------------------------------------------------------------------------------
 
 PS_BASE = "https://ps.test"
 PS_KEY = "PSKEY0123456789ABCDEFGHIJKLMNOPQ"
@@ -316,12 +343,6 @@ async def _ps_read(connector: Any) -> tuple[list[str], list[str]]:
     return references, []
 
 
-async def _ps_find(connector: Any) -> Any:
-    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
-    assert found == "7", "a create already done is found by search, not made again"
-    return found
-
-
 def _ps_already(http: aioresponses) -> None:
     from sfd.connectors.prestashop import order_message
 
@@ -333,30 +354,26 @@ def _ps_already(http: aioresponses) -> None:
     http.get(re.compile(r"^https://ps\.test/api/order_histories\?.*$"), body=json.dumps(paid))
 
 
-PRESTASHOP = Adapter(
-    name="prestashop",
-    make=lambda session=None: PrestaShopConnector(
+PRESTASHOP = shop_adapter(
+    functools.partial(
+        PrestaShopConnector,
         PrestaShopSettings(
             base_url=PS_BASE, api_key=PS_KEY, payment_module="ps_wirepayment", carrier_id=1
         ),
-        session=session,
         per_page=PS_PER_PAGE,
-        retry=Retry(attempts=1),
     ),
-    auth=_no_auth,
+    name="prestashop",
     list_url=PS_ORDERS,
     read=_ps_read,
     page=_ps_page,
     order=ps_order,
     malformed=(ps_order("2-A") | {"id": "two"}, "id"),
-    ship=_ps_find,
     already=_ps_already,
     secret=PS_KEY,
     first_page_size=PS_PER_PAGE,
-    skips_malformed=False,
 )
 
-# -- Shopify (a shop, Admin GraphQL) ---------------------------------------------------------------
+# -- Shopify (Admin GraphQL) -------------------------------------------------------------------
 
 SHOPIFY_URL = "https://shop.myshopify.test"
 SHOPIFY_TOKEN = "shpat_0123456789abcdef0123456789abcdef"
@@ -400,34 +417,24 @@ def _shopify_page(orders: list[dict[str, Any]], last: bool) -> dict[str, Any]:
     return {"body": _shopify_answer(orders, last)}
 
 
-async def _shopify_find(connector: Any) -> Any:
-    found = await connector.find_order(push_order("R7"), since=datetime(2026, 11, 29))
-    assert found == "7", "a create already done is found by search, not made again"
-    return found
-
-
 def _shopify_already(http: aioresponses) -> None:
     http.post(SHOPIFY_GRAPHQL, body=_shopify_answer([shopify_order("R7")], True))
 
 
-SHOPIFY = Adapter(
-    name="shopify",
-    make=lambda session=None: ShopifyConnector(
+SHOPIFY = shop_adapter(
+    functools.partial(
+        ShopifyConnector,
         ShopifySettings(shop_url=SHOPIFY_URL, access_token=SHOPIFY_TOKEN),
-        session=session,
         page_size=2,
-        retry=Retry(attempts=1),
     ),
-    auth=_no_auth,
+    name="shopify",
     list_url=SHOPIFY_GRAPHQL,
-    read=_wc_read,
+    read=_shop_read,
     page=_shopify_page,
     order=shopify_order,
     malformed=(shopify_order("R2") | {"updatedAt": 7}, "updatedAt"),
-    ship=_shopify_find,
     already=_shopify_already,
     secret=SHOPIFY_TOKEN,
-    skips_malformed=False,
     list_method="POST",
 )
 

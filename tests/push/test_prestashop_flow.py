@@ -8,55 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from sfd.sandbox.prestashop import STATE_PAYMENT_ACCEPTED, SandboxPrestaShop, run_prestashop
-from tests.push.conftest import (
-    MARKETPLACE_KEY,
-    PushHub,
-    running_hub,
-    shop_toml,
-    until,
-)
+from sfd.sandbox.prestashop import STATE_PAYMENT_ACCEPTED
+from tests.push.conftest import PRESTASHOP, PsHub, shop_hub
 from tests.support import run_cli
-
-PS_KEY = "PSKEY0123456789ABCDEFGHIJKLMNOPQ"
-
-
-def prestashop_config(
-    marketplace_url: str, shop_url: str, *, require_tracking: bool = True, sync: str = "1h"
-) -> str:
-    settings = (
-        f'base_url = "{shop_url}"\napi_key = "env:PS_WEBSERVICE_KEY"\n'
-        'payment_module = "ps_wirepayment"\ncarrier_id = 1\npaid_state = 2\n'
-        'shipped_states = [4, 5]\ncancelled_states = [6]\ntimezone = "UTC"\ntimeout = 2.0'
-    )
-    return shop_toml(
-        marketplace_url,
-        "prestashop",
-        settings,
-        require_tracking=require_tracking,
-        name="ps",
-        sync=sync,
-    )
-
-
-class PsHub(PushHub):
-    """The push hub, its shop a fake PrestaShop."""
-
-    shop: SandboxPrestaShop  # type: ignore[assignment]
-
-    def shop_orders(self, reference: str) -> list[int]:
-        return [i for i in self.shop.orders if self.shop.reference_of(i) == reference]
 
 
 @pytest.fixture
 async def ps_hub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> AsyncIterator[PsHub]:
-    key = getattr(request, "param", PS_KEY)
-    monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
-    monkeypatch.setenv("PS_WEBSERVICE_KEY", key)
-    shop = SandboxPrestaShop(PS_KEY)
-    async with running_hub(tmp_path, PsHub, shop, run_prestashop, prestashop_config) as hub:
+    """A hub into PrestaShop; parametrized indirectly with a key to give the daemon instead."""
+    options = {"secret": request.param} if hasattr(request, "param") else {}
+    async with shop_hub(PRESTASHOP, tmp_path, monkeypatch, options) as hub:
         yield hub
 
 
@@ -96,50 +59,6 @@ async def test_an_unknown_sku_is_an_error_acknowledgement_then_retry_push_create
     await ps_hub.sync()
     assert len(ps_hub.shop_orders(reference)) == 1
     assert (await ps_hub.order(reference)).acknowledgment_status == "success"
-
-
-async def test_a_shipped_order_with_tracking_reaches_the_marketplace_once(ps_hub: PsHub) -> None:
-    [reference] = await ps_hub.orders_on_sale(1)
-    await ps_hub.sync()
-    [shop_id] = ps_hub.shop_orders(reference)
-    ps_hub.shop.ship(shop_id, "6A1234567")
-    await ps_hub.sync()
-    await until(lambda: bool(ps_hub.marketplace.calls_to("OR24", reference)))
-    [tracking] = ps_hub.marketplace.calls_to("OR23", reference)
-    assert tracking.body["tracking_number"] == "6A1234567"
-    # Read again (the cursor overlaps), it is not shipped twice.
-    await ps_hub.sync()
-    await ps_hub.poll()
-    await ps_hub.sync()
-    assert len(ps_hub.marketplace.calls_to("OR24", reference)) == 1
-
-
-async def test_a_shipped_order_without_tracking_waits_on_a_require_tracking_channel(
-    ps_hub: PsHub,
-) -> None:
-    [reference] = await ps_hub.orders_on_sale(1)
-    await ps_hub.sync()
-    [shop_id] = ps_hub.shop_orders(reference)
-    ps_hub.shop.ship(shop_id, "")
-    await ps_hub.sync()
-    [state] = await ps_hub.storage.pushes.states()
-    assert state.waiting_tracking == 1
-    ps_hub.shop.ship(shop_id, "6A7654321")
-    await ps_hub.sync()
-    await until(lambda: bool(ps_hub.marketplace.calls_to("OR24", reference)))
-    [tracking] = ps_hub.marketplace.calls_to("OR23", reference)
-    assert tracking.body["tracking_number"] == "6A7654321"
-
-
-async def test_a_cancellation_in_prestashop_cancels_on_the_marketplace(ps_hub: PsHub) -> None:
-    [reference] = await ps_hub.orders_on_sale(1)
-    await ps_hub.sync()
-    [shop_id] = ps_hub.shop_orders(reference)
-    ps_hub.shop.cancel(shop_id)
-    await ps_hub.sync()
-    await until(lambda: bool(ps_hub.marketplace.calls_to("OR29", reference)))
-    await ps_hub.sync()
-    assert len(ps_hub.marketplace.calls_to("OR29", reference)) == 1
 
 
 @pytest.mark.parametrize("ps_hub", ["NOT-THE-KEY-0123456789"], indirect=True)

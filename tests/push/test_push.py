@@ -11,10 +11,10 @@ import pytest
 
 from sfd.daemon import push
 from sfd.daemon.push import retry_push
-from sfd.domain import EventSource, OrderStatus
+from sfd.domain import EventSource
 from sfd.storage import OrderFilter
 from sfd.storage.pushes import TRACKING_MISSING
-from tests.push.conftest import PushHub, assert_auth_failed_and_shown, expected_meta, until
+from tests.push.conftest import PushHub, expected_meta, until
 from tests.support import eventually, run_cli
 
 
@@ -40,12 +40,8 @@ def _address(stored: Any, *, billing: bool, customer_emails: bool = False) -> di
 
 
 async def test_the_create_body_carries_the_order_exactly(hub: PushHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    order = await hub.order(reference)
-    await hub.sync()
-
-    [create] = hub.shop.calls("orders.create")
-    mirakl = hub.marketplace.order(reference)
+    order, mirakl, create = await hub.pushed_create()
+    reference = order.reference
     product_ids = {p["sku"]: p["id"] for p in hub.shop.products.values()}
     assert order.billing_address is not None and order.shipping_address is not None
     assert mirakl["customer"]["shipping_address"]["firstname"] == order.shipping_address.first_name
@@ -211,32 +207,6 @@ async def test_a_read_that_timed_out_is_retried(hub: PushHub) -> None:
     assert len(hub.shop.orders_for(reference)) == 1
 
 
-async def test_a_create_that_timed_out_is_found_in_the_shop_not_created_again(
-    hub: PushHub,
-) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    # The shop creates the order but answers after the client's 2 s timeout.
-    hub.shop.slow_next(1, 3.0, operation="orders.create")
-    await hub.sync()
-
-    assert len(hub.shop.calls("orders.create")) == 1
-    assert len(hub.shop.orders_for(reference)) == 1
-    # WooCommerce's search does not read meta data: the recent orders were read instead.
-    assert hub.shop.calls("orders.list")
-    order = await hub.order(reference)
-    assert order.store_reference == str(hub.shop_order(reference)["id"])
-
-
-async def test_a_dropped_connection_during_a_create_creates_nothing_twice(hub: PushHub) -> None:
-    references = await hub.orders_on_sale(2)
-    hub.shop.drop_next(1, operation="orders.create")
-    await hub.sync()
-    for reference in references:
-        assert len(hub.shop.orders_for(reference)) == 1
-        assert (await hub.order(reference)).acknowledgment_status == "success"
-    assert len(hub.shop.calls("orders.create")) == 2
-
-
 async def test_a_shop_down_for_a_whole_sync_is_retried_at_the_next_one(hub: PushHub) -> None:
     [reference] = await hub.orders_on_sale(1)
     hub.shop.fail_next(100, 500)
@@ -249,43 +219,7 @@ async def test_a_shop_down_for_a_whole_sync_is_retried_at_the_next_one(hub: Push
     assert len(hub.shop.orders_for(reference)) == 1
 
 
-@pytest.mark.parametrize("hub_options", [{"secret": "cs_wrong"}])
-async def test_bad_keys_leave_the_shop_auth_failed_and_shown_so(hub: PushHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-
-    await assert_auth_failed_and_shown(hub, "cs_wrong", reference)
-    async with hub.http.get(f"{hub.daemon.url}/healthz") as response:
-        health = await response.json()
-    assert health["loops"]["push:main"]["condition"] == "auth_failed"
-    async with hub.http.get(f"{hub.daemon.url}/metrics") as response:
-        metrics = await response.text()
-    # The sync at start-up and this one.
-    assert 'sfd_shop_syncs_total{result="auth_failed",shop="main"} 2.0' in metrics
-
-
 # -- reading back ---------------------------------------------------------------------------
-
-
-async def test_a_shop_completing_an_order_with_tracking_ships_it_on_the_marketplace(
-    hub: PushHub,
-) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    shop_id = hub.shop_order(reference)["id"]
-    hub.shop.complete(shop_id, tracking_number="6A0000000042", provider="Colissimo")
-    await hub.sync()
-
-    await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
-    [tracking] = hub.marketplace.calls_to("OR23", reference)
-    assert tracking.body["tracking_number"] == "6A0000000042"
-    order = await hub.order(reference)
-    [ship] = [e for e in order.events if e.kind == "ship_requested"]
-    assert ship.source == "shop"
-    # Read again (the cursor overlaps), it is not shipped twice.
-    await hub.sync()
-    await hub.poll()
-    assert len(hub.marketplace.calls_to("OR24", reference)) == 1
 
 
 @pytest.mark.parametrize("shop", ["no-tracking-extension"], indirect=True)
@@ -293,9 +227,8 @@ async def test_tracking_is_read_from_order_meta_data_without_the_extension(
     hub: PushHub,
 ) -> None:
     assert not hub.shop.tracking_extension
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    hub.shop.complete(hub.shop_order(reference)["id"], tracking_number="XJ123", provider="DPD")
+    reference, shop_id = await hub.pushed_order()
+    hub.shop.complete(shop_id, tracking_number="XJ123", provider="DPD")
     await hub.sync()
     await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
     [tracking] = hub.marketplace.calls_to("OR23", reference)
@@ -304,9 +237,7 @@ async def test_tracking_is_read_from_order_meta_data_without_the_extension(
 
 @pytest.mark.parametrize("hub_options", [{"tracking_wait": "1s"}])
 async def test_a_completed_order_without_tracking_waits_then_is_flagged(hub: PushHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    shop_id = hub.shop_order(reference)["id"]
+    reference, shop_id = await hub.pushed_order()
     hub.shop.complete(shop_id)
     await hub.sync()
     assert hub.marketplace.calls_to("OR24", reference) == []
@@ -338,27 +269,10 @@ async def test_a_completed_order_without_tracking_waits_then_is_flagged(hub: Pus
 
 @pytest.mark.parametrize("hub_options", [{"require_tracking": False}])
 async def test_without_require_tracking_a_completed_order_ships_at_once(hub: PushHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    hub.shop.complete(hub.shop_order(reference)["id"])
+    reference, shop_id = await hub.pushed_order()
+    hub.shop.complete(shop_id)
     await hub.sync()
     await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
-
-
-async def test_a_shop_cancelling_an_order_cancels_it_on_the_marketplace(hub: PushHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    hub.shop.cancel(hub.shop_order(reference)["id"])
-    await hub.sync()
-
-    await until(lambda: bool(hub.marketplace.calls_to("OR29", reference)))
-    order = await hub.order(reference)
-    [cancel] = [e for e in order.events if e.kind == "cancel_requested"]
-    assert cancel.source == "shop"
-    await hub.poll()
-    assert (await hub.order(reference)).status == OrderStatus.CANCELLED
-    await hub.sync()
-    assert len(hub.marketplace.calls_to("OR29", reference)) == 1
 
 
 async def test_a_refused_order_unacknowledged_through_the_api_is_pushed_again(
@@ -409,8 +323,7 @@ async def test_more_orders_than_a_batch_all_go_in_without_waiting_for_the_interv
 
 
 async def test_an_order_already_shipped_another_way_is_not_shipped_again(hub: PushHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
+    reference, shop_id = await hub.pushed_order()
     order = await hub.order(reference)
     shipped = await asyncio.to_thread(
         run_cli,
@@ -424,7 +337,7 @@ async def test_an_order_already_shipped_another_way_is_not_shipped_again(hub: Pu
         "DPD1",
     )
     assert shipped.returncode == 0, shipped.stderr
-    hub.shop.complete(hub.shop_order(reference)["id"], tracking_number="6A777")
+    hub.shop.complete(shop_id, tracking_number="6A777")
     await hub.sync()
     await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
     await hub.sync()

@@ -22,9 +22,16 @@ from sfd.sandbox.prestashop import STATE_PAYMENT_ACCEPTED, SandboxPrestaShop, ru
 from sfd.sandbox.shopify import SandboxShopify, run_shopify
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
 from tests.faults.reliability import record
-from tests.push.conftest import MARKETPLACE_KEY, WC_KEY, WC_SECRET, push_config
-from tests.push.test_prestashop_flow import PS_KEY, prestashop_config
-from tests.push.test_shopify import TOKEN, shopify_config
+from tests.push.conftest import (
+    MARKETPLACE_KEY,
+    PS_KEY,
+    TOKEN,
+    WC_KEY,
+    WC_SECRET,
+    prestashop_config,
+    push_config,
+    shopify_config,
+)
 from tests.support import SfdProcess, read_only, wait_until, write_config
 
 ORDERS = 60

@@ -5,76 +5,27 @@ exactly the documented orderCreate, no email ever reaches a marketplace buyer, a
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 
 from sfd.connectors.base import RateLimited
 from sfd.connectors.settings import ShopifySettings
 from sfd.connectors.shopify import CREATE_MUTATION, VARIANT_QUERY, ShopifyConnector
-from sfd.domain import OrderStatus, Ticket
+from sfd.domain import Ticket
 from sfd.domain.clock import to_iso
-from sfd.sandbox.marketplace import SandboxMarketplace, run_sandbox
 from sfd.sandbox.shopify import SandboxShopify, run_shopify
-from tests.push.conftest import (
-    MARKETPLACE_KEY,
-    PushHub,
-    assert_auth_failed_and_shown,
-    expected_meta,
-    running_hub,
-    shop_toml,
-    until,
-)
-from tests.support import run_cli, write_config
-
-TOKEN = "shpat_0123456789abcdef0123456789abcdef"
-
-
-def shopify_config(
-    marketplace_url: str,
-    shop_url: str,
-    *,
-    require_tracking: bool = True,
-    timeout: float = 2.0,
-    shop_settings: str = "",
-) -> str:
-    """A Mirakl sandbox channel and a Shopify shop `main` in push mode."""
-    settings = (
-        f'shop_url = "{shop_url}"\naccess_token = "env:SHOPIFY_TOKEN"\n'
-        f"timeout = {timeout}\n{shop_settings}"
-    )
-    return shop_toml(marketplace_url, "shopify", settings, require_tracking=require_tracking)
-
-
-@dataclass
-class ShopifyHub(PushHub):
-    """The daemon, the marketplace it polls and the fake Shopify it pushes into."""
-
-    shop: SandboxShopify  # type: ignore[assignment]  # the same hub, another shop
-
-    def shop_order(self, reference: str) -> dict[str, Any]:
-        [order] = self.shop.orders_for(reference)
-        return order
-
-    def shop_id(self, reference: str) -> int:
-        return int(self.shop_order(reference)["legacyResourceId"])
+from tests.push.conftest import SHOPIFY, TOKEN, ShopifyHub, expected_meta, shop_hub, until
+from tests.support import run_cli
 
 
 @pytest.fixture
 def shopify() -> SandboxShopify:
     return SandboxShopify(TOKEN)
-
-
-@pytest.fixture
-def hub_options() -> dict[str, Any]:
-    return {}
 
 
 @pytest.fixture
@@ -84,11 +35,7 @@ async def hub(
     shopify: SandboxShopify,
     hub_options: dict[str, Any],
 ) -> AsyncIterator[ShopifyHub]:
-    options = dict(hub_options)
-    monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
-    monkeypatch.setenv("SHOPIFY_TOKEN", options.pop("token", TOKEN))
-    config = functools.partial(shopify_config, **options)
-    async with running_hub(tmp_path, ShopifyHub, shopify, run_shopify, config) as running:
+    async with shop_hub(SHOPIFY, tmp_path, monkeypatch, hub_options, shop=shopify) as running:
         yield running
 
 
@@ -116,12 +63,8 @@ def _money(amount: Decimal) -> dict[str, Any]:
 
 
 async def test_the_create_request_is_exactly_the_document_and_variables(hub: ShopifyHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    order = await hub.order(reference)
-    await hub.sync()
-
-    [create] = hub.shop.calls("orderCreate")
-    mirakl = hub.marketplace.order(reference)
+    order, mirakl, create = await hub.pushed_create()
+    reference = order.reference
     assert create.path == "/admin/api/2026-01/graphql.json"
     assert order.billing_address is not None and order.shipping_address is not None
     variants = {v["sku"]: v["id"] for v in hub.shop.variants.values()}
@@ -259,42 +202,6 @@ async def test_a_user_error_rejects_the_order_with_shopifys_message(hub: Shopify
     assert "order.lineItems.0.quantity" in (order.acknowledgment_message or "")
 
 
-async def test_a_create_whose_answer_was_lost_is_found_by_search_not_duplicated(
-    hub: ShopifyHub,
-) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    # Shopify creates the order but answers after the client's 2 s timeout.
-    hub.shop.slow_next(1, 3.0, operation="orderCreate")
-    await hub.sync()
-
-    assert len(hub.shop.calls("orderCreate")) == 1
-    assert len(hub.shop.orders_for(reference)) == 1
-    searches = [r.body["variables"]["query"] for r in hub.shop.calls("orders")]
-    assert f"source_identifier:'{reference}'" in searches
-    order = await hub.order(reference)
-    assert order.acknowledgment_status == "success"
-    assert order.store_reference == str(hub.shop_id(reference))
-
-
-async def test_a_dropped_create_is_searched_before_any_new_one(hub: ShopifyHub) -> None:
-    references = await hub.orders_on_sale(2)
-    hub.shop.drop_next(1, operation="orderCreate")
-    await hub.sync()
-    for reference in references:
-        assert len(hub.shop.orders_for(reference)) == 1
-        assert (await hub.order(reference)).acknowledgment_status == "success"
-    assert len(hub.shop.calls("orderCreate")) == 2
-
-
-@pytest.mark.parametrize("hub_options", [{"token": "shpat_wrong"}])
-async def test_a_refused_token_leaves_the_shop_auth_failed_and_shown_so(hub: ShopifyHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-
-    row = await assert_auth_failed_and_shown(hub, "shpat_wrong", reference)
-    assert "shopify" in row
-
-
 # -- throttling -----------------------------------------------------------------------------
 
 
@@ -307,32 +214,18 @@ def small_bucket() -> SandboxShopify:
 async def test_the_cost_bucket_is_honoured_without_being_throttled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_bucket: SandboxShopify
 ) -> None:
-    monkeypatch.setenv("SANDBOX_KEY", MARKETPLACE_KEY)
-    monkeypatch.setenv("SHOPIFY_TOKEN", TOKEN)
-    marketplace = SandboxMarketplace(MARKETPLACE_KEY, seed=11)
-    async with (
-        run_sandbox(marketplace) as marketplace_url,
-        run_shopify(small_bucket) as shop_url,
-        aiohttp.ClientSession() as http,
-    ):
-        # The read-back's page must fit the bucket: 2 + 1 order of 32 points.
-        body = shopify_config(marketplace_url, shop_url)
-        config_path = write_config(tmp_path, body)
-        running = ShopifyHub(marketplace, small_bucket, config_path, http)
-        await running.start()
-        try:
-            running.pusher.connector.page_size = 1  # type: ignore[union-attr]
-            small_bucket.throttled = 0  # the start-up sync's page was too big for this bucket
-            references = await running.orders_on_sale(6)
-            await running.sync()
-            assert running.pusher.status.condition == "ok", running.pusher.status.last_error
-            for reference in references:
-                assert len(small_bucket.orders_for(reference)) == 1
-            # Each call waited for the points it needed: Shopify never had to say THROTTLED.
-            assert small_bucket.throttled == 0
-            assert len(small_bucket.calls("orderCreate")) == 6
-        finally:
-            await running.stop()
+    # The read-back's page must fit the bucket: 2 + 1 order of 32 points.
+    async with shop_hub(SHOPIFY, tmp_path, monkeypatch, {}, shop=small_bucket) as running:
+        running.pusher.connector.page_size = 1  # type: ignore[union-attr]
+        small_bucket.throttled = 0  # the start-up sync's page was too big for this bucket
+        references = await running.orders_on_sale(6)
+        await running.sync()
+        assert running.pusher.status.condition == "ok", running.pusher.status.last_error
+        for reference in references:
+            assert len(small_bucket.orders_for(reference)) == 1
+        # Each call waited for the points it needed: Shopify never had to say THROTTLED.
+        assert small_bucket.throttled == 0
+        assert len(small_bucket.calls("orderCreate")) == 6
 
 
 async def test_a_throttled_answer_is_rate_limited_with_the_wait_it_implies(
@@ -371,38 +264,6 @@ async def test_a_throttled_sync_is_retried_after_the_wait_and_creates_once(
 
 
 # -- reading back ---------------------------------------------------------------------------
-
-
-async def test_a_fulfilled_order_with_tracking_ships_on_the_marketplace_once(
-    hub: ShopifyHub,
-) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    hub.shop.fulfil(hub.shop_id(reference), company="Colissimo", number="6A0000000042")
-    await hub.sync()
-
-    await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
-    [tracking] = hub.marketplace.calls_to("OR23", reference)
-    assert tracking.body is not None and tracking.body["tracking_number"] == "6A0000000042"
-    order = await hub.order(reference)
-    [ship] = await hub.storage.operations.shipments(order.id)
-    assert ship.payload.get("items") in (None, [])
-    await hub.poll()
-    assert (await hub.order(reference)).status == OrderStatus.SHIPPED
-    await hub.sync()
-    await hub.sync()
-    assert len(hub.marketplace.calls_to("OR24", reference)) == 1
-
-
-async def test_a_fulfilment_without_tracking_waits_when_the_channel_requires_one(
-    hub: ShopifyHub,
-) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    hub.shop.fulfil(hub.shop_id(reference), company="", number="")
-    await hub.sync()
-    assert hub.pusher.status.detail.get("waiting_tracking") == 1
-    assert hub.marketplace.calls_to("OR24", reference) == []
 
 
 async def ship_tickets(hub: ShopifyHub, order_id: int) -> list[Ticket]:
@@ -446,22 +307,6 @@ async def test_a_partial_fulfilment_becomes_a_partial_ship_operation(hub: Shopif
     assert last.payload["tracking_number"] == "6A02"
     assert not last.payload.get("items")
     await until(lambda: bool(hub.marketplace.calls_to("OR24", reference)))
-
-
-async def test_a_cancelled_order_cancels_it_on_the_marketplace(hub: ShopifyHub) -> None:
-    [reference] = await hub.orders_on_sale(1)
-    await hub.sync()
-    hub.shop.cancel(hub.shop_id(reference))
-    await hub.sync()
-
-    await until(lambda: bool(hub.marketplace.calls_to("OR29", reference)))
-    order = await hub.order(reference)
-    [cancel] = [e for e in order.events if e.kind == "cancel_requested"]
-    assert cancel.source == "shop"
-    await hub.poll()
-    assert (await hub.order(reference)).status == OrderStatus.CANCELLED
-    await hub.sync()
-    assert len(hub.marketplace.calls_to("OR29", reference)) == 1
 
 
 async def test_the_read_back_asks_only_for_sfds_orders_since_the_cursor(hub: ShopifyHub) -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from sfd.config import ConfigError, parse_config
-from sfd.connectors.base import AuthFailed, Rejected
+from sfd.connectors.base import Rejected
 from sfd.connectors.settings import WooCommerceSettings
 from sfd.connectors.shop import PushLine, PushOrder, ShopStatus
 from sfd.connectors.woocommerce import WooCommerceConnector
 from sfd.domain import Address
 from sfd.sandbox.woocommerce import SandboxWooCommerce, run_woocommerce
-from tests.push.conftest import SHORT_RETRY, WC_KEY, WC_SECRET
+from tests.push.conftest import SHORT_RETRY, WC_KEY, WC_SECRET, assert_refused_unquoted
 
 
 def order(reference: str = "SBX0000001-A", sku: str = "SKU-0001") -> PushOrder:
@@ -57,11 +58,8 @@ async def test_by_default_the_buyers_email_is_kept_out_of_billing_so_woocommerce
     fake: tuple[SandboxWooCommerce, str],
 ) -> None:
     shop, url = fake
-    wc = connector(url)
-    try:
+    async with aclosing(connector(url)) as wc:
         shop_id = int(await wc.create_order(order()))
-    finally:
-        await wc.aclose()
     created = shop.orders[shop_id]
     assert created["billing"].get("email", "") == ""
     assert created["billing"]["last_name"] == "Martin"
@@ -75,11 +73,8 @@ async def test_with_customer_emails_on_the_billing_carries_the_buyers_email(
     fake: tuple[SandboxWooCommerce, str],
 ) -> None:
     shop, url = fake
-    wc = connector(url, customer_emails=True)
-    try:
+    async with aclosing(connector(url, customer_emails=True)) as wc:
         shop_id = int(await wc.create_order(order()))
-    finally:
-        await wc.aclose()
     created = shop.orders[shop_id]
     assert created["billing"]["email"] == "lea@example.invalid"
     assert "_sfd_buyer_email" not in {m["key"] for m in created["meta_data"]}
@@ -92,11 +87,8 @@ async def test_a_variation_sku_is_sent_as_its_parent_product_and_variation(
     shop, url = fake
     parent = shop.add_product("TEE", "T-shirt", "15.00")
     variation = shop.add_product("TEE-M", "T-shirt M", "15.00", parent_id=parent)
-    wc = connector(url)
-    try:
+    async with aclosing(connector(url)) as wc:
         shop_id = await wc.create_order(order(sku="TEE-M"))
-    finally:
-        await wc.aclose()
     [line] = shop.orders[int(shop_id)]["line_items"]
     assert (line["product_id"], line["variation_id"], line["quantity"]) == (parent, variation, 2)
     assert line["total"] == "69.98"
@@ -109,12 +101,9 @@ async def test_an_unknown_sku_creates_nothing_and_names_the_sku(
     fake: tuple[SandboxWooCommerce, str],
 ) -> None:
     shop, url = fake
-    wc = connector(url)
-    try:
+    async with aclosing(connector(url)) as wc:
         with pytest.raises(Rejected, match=r"no product with SKU 'NOPE'.*SBX0000001-A"):
             await wc.create_order(order(sku="NOPE"))
-    finally:
-        await wc.aclose()
     assert shop.orders == {}
     assert shop.calls("orders.create") == []
 
@@ -123,30 +112,21 @@ async def test_refused_keys_are_auth_failed_and_never_quoted(
     fake: tuple[SandboxWooCommerce, str],
 ) -> None:
     _, url = fake
-    wc = connector(url, secret="cs_not_the_secret")
-    try:
-        with pytest.raises(AuthFailed) as caught:
-            await wc.find_order(order())
-    finally:
-        await wc.aclose()
-    assert "HTTP 401" in str(caught.value)
-    assert "cs_not_the_secret" not in str(caught.value) and WC_KEY not in str(caught.value)
+    async with aclosing(connector(url, secret="cs_not_the_secret")) as wc:
+        await assert_refused_unquoted(wc.find_order(order()), "cs_not_the_secret", WC_KEY)
 
 
 async def test_an_order_is_found_by_its_meta_data_when_search_misses_it(
     fake: tuple[SandboxWooCommerce, str],
 ) -> None:
     shop, url = fake
-    wc = connector(url, per_page=2)
     started = datetime.now(UTC)
-    try:
+    async with aclosing(connector(url, per_page=2)) as wc:
         for n in range(3):
             await wc.create_order(order(reference=f"OTHER-{n}"))
         wanted = await wc.create_order(order())
         assert await wc.find_order(order(), started) == wanted
         assert await wc.find_order(order(reference="NEVER-PUSHED"), started) is None
-    finally:
-        await wc.aclose()
     listed = shop.calls("orders.list")
     assert any("after" in r.query for r in listed)
 
@@ -155,8 +135,7 @@ async def test_completed_and_cancelled_orders_are_read_page_by_page_with_trackin
     fake: tuple[SandboxWooCommerce, str],
 ) -> None:
     shop, url = fake
-    wc = connector(url, per_page=2)
-    try:
+    async with aclosing(connector(url, per_page=2)) as wc:
         ids = [await wc.create_order(order(reference=f"R{n}")) for n in range(5)]
         for shop_id in ids[:3]:
             shop.complete(int(shop_id), tracking_number=f"T{shop_id}", provider="DPD")
@@ -164,8 +143,6 @@ async def test_completed_and_cancelled_orders_are_read_page_by_page_with_trackin
         read = [o async for page in wc.changed_orders(None) for o in page]
         since = datetime.now(UTC) + timedelta(minutes=1)
         later = [o async for page in wc.changed_orders(since) for o in page]
-    finally:
-        await wc.aclose()
     assert [(o.shop_id, o.status) for o in read] == [
         *((i, ShopStatus.COMPLETED) for i in ids[:3]),
         (ids[3], ShopStatus.CANCELLED),
