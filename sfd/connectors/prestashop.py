@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Unpack
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -38,16 +38,14 @@ from sfd.connectors.http import Answer, segment
 from sfd.connectors.parsing import utc
 from sfd.connectors.settings import PrestaShopSettings
 from sfd.connectors.shop import (
-    DEFAULT_RETRY,
     CreateUncertain,
     PushOrder,
-    Retry,
     ShopHttpConnector,
+    ShopOptions,
     ShopOrder,
     ShopStatus,
     ShopTracking,
     Steps,
-    retrying,
 )
 from sfd.domain import Address
 
@@ -166,30 +164,21 @@ class _Line(msgspec.Struct, frozen=True):
     tax_group: int
 
 
-class PrestaShopConnector(ShopHttpConnector):
+class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
     """One PrestaShop shop."""
+
+    label = "PrestaShop"
+    default_name = "prestashop"
 
     def __init__(
         self,
         settings: PrestaShopSettings,
         *,
-        name: str = "prestashop",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float | None = None,
         per_page: int = PER_PAGE,
-        retry: Retry = DEFAULT_RETRY,
+        **options: Unpack[ShopOptions],
     ) -> None:
-        super().__init__(
-            settings,
-            "PrestaShop",
-            lambda: (settings.api_key,),
-            name=name,
-            session=session,
-            timeout=timeout,
-            retry=retry,
-        )
+        super().__init__(settings, **options)
         self.per_page = per_page
-        self._settings = settings
         self._base = settings.base_url.strip().rstrip("/")
         self._zone = ZoneInfo(settings.timezone)
         self._auth = aiohttp.encode_basic_auth(settings.api_key, "")
@@ -203,6 +192,9 @@ class PrestaShopConnector(ShopHttpConnector):
         self._rates: dict[tuple[int, int, int], Decimal] = {}
         self._currencies: dict[str, int] = {}
         self._carriers: dict[int, _Carrier] = {}
+
+    def _secrets(self) -> tuple[str]:
+        return (self._settings.api_key,)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -759,12 +751,8 @@ class PrestaShopConnector(ShopHttpConnector):
             if since is not None:
                 # PrestaShop's own operator syntax; `date=1` lets it compare times.
                 params |= {"filter[date_upd]": f">[{self._shop_time(since)}]", "date": "1"}
-            orders = await self._list("orders", "list changed orders", _Order, params)
-            if len(orders) > self.per_page:
-                raise Transient(
-                    f"PrestaShop list changed orders: {len(orders)} orders in a page where at "
-                    f"most {self.per_page} were asked for; page refused"
-                )
+            op = "list changed orders"
+            orders = self._page(await self._list("orders", op, _Order, params), self.per_page, op)
             yield [await self._read(o) for o in orders]
             if len(orders) < self.per_page:
                 break
@@ -879,10 +867,9 @@ class PrestaShopConnector(ShopHttpConnector):
         self, path: str, op: str, params: Mapping[str, str], *, missing_ok: bool = False
     ) -> Answer:
         """A read, retried with backoff on 5xx, timeouts and dropped connections."""
-        async for attempt in retrying(self.retry):
-            with attempt:
-                return await self._send("GET", path, op, params=params, missing_ok=missing_ok)
-        raise AssertionError("unreachable: stamina raises after the last attempt")
+        return await self._retried(
+            lambda: self._send("GET", path, op, params=params, missing_ok=missing_ok)
+        )
 
     async def _send(
         self,

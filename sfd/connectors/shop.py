@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    ClassVar,
+    Final,
+    Generic,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    runtime_checkable,
+)
 
 import stamina
 import stamina.instrumentation
@@ -45,6 +54,8 @@ class Retry:
 DEFAULT_RETRY: Final = Retry()
 
 _log = get_logger()
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound="ConnectorSettings")
 
 
 def _retried(details: stamina.instrumentation.RetryDetails) -> None:
@@ -228,27 +239,70 @@ class StepwiseShop(Protocol):
         ...
 
 
-class ShopHttpConnector(HttpConnector):
-    """What every shop connector sets up alike: its name, retry policy, settings and client."""
+class ShopOptions(TypedDict, total=False):
+    """What a shop connector takes besides its settings (see `ShopHttpConnector`)."""
+
+    name: str
+    session: aiohttp.ClientSession | None
+    timeout: float | None
+    retry: Retry
+
+
+class ShopHttpConnector(HttpConnector, Generic[_S]):
+    """What every shop connector sets up alike: its name, retry policy, settings and client.
+
+    `settings` are the shop's; `name` the shop's name (the connector's own by default);
+    `session` one to lend (else one is opened on first use, and closed with the connector);
+    `timeout` that of one call, in seconds (the settings' by default); `retry` how reads are
+    retried.
+    """
+
+    #: The shop as messages name it ("PrestaShop"), and a shop's default name ("prestashop").
+    label: ClassVar[str]
+    default_name: ClassVar[str]
 
     def __init__(
         self,
-        settings: ConnectorSettings,
-        label: str,
-        secrets: Callable[[], Iterable[str | None]],
+        settings: _S,
         *,
-        name: str,
-        session: aiohttp.ClientSession | None,
-        timeout: float | None,
-        retry: Retry,
-        error_message: Callable[[bytes], str | None] = lambda body: None,
+        name: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float | None = None,
+        retry: Retry = DEFAULT_RETRY,
     ) -> None:
-        self.name = name
+        self.name = self.default_name if name is None else name
         self.retry = retry
+        self._settings = settings
         self._http = HttpClient(
-            label,
-            secrets=secrets,
+            self.label,
+            secrets=self._secrets,
             session=session,
             timeout=settings.timeout if timeout is None else timeout,
-            error_message=error_message,
+            error_message=self._service_error,
         )
+
+    def _secrets(self) -> Iterable[str | None]:
+        """What no message may show."""
+        raise NotImplementedError
+
+    def _service_error(self, body: bytes) -> str | None:
+        """The shop's own error message in a 4xx answer's body, if it has one and `fail` is
+        to show it."""
+        return None
+
+    async def _retried(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """`call()`'s result, retried with backoff on 5xx, timeouts and dropped connections."""
+        async for attempt in retrying(self.retry):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: stamina raises after the last attempt")
+
+    def _page(self, orders: list[_T], size: int, op: str) -> list[_T]:
+        """A page of orders; one longer than `size` is refused (Transient), as a shop ignoring
+        the page size would make page-by-page reading skip or repeat orders."""
+        if len(orders) > size:
+            raise Transient(
+                f"{self._http.label} {op}: {len(orders)} orders in a page where at most "
+                f"{size} were asked for; page refused"
+            )
+        return orders
