@@ -168,7 +168,6 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
     """One PrestaShop shop."""
 
     label = "PrestaShop"
-    default_name = "prestashop"
 
     def __init__(
         self,

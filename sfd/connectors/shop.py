@@ -7,16 +7,14 @@ AuthFailed, RateLimited, Transient and Rejected (`sfd.connectors.base`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import (
     TYPE_CHECKING,
-    ClassVar,
     Final,
-    Generic,
     Protocol,
     TypedDict,
     TypeVar,
@@ -27,7 +25,7 @@ import stamina
 import stamina.instrumentation
 
 from sfd.connectors.base import Transient
-from sfd.connectors.http import HttpClient, HttpConnector
+from sfd.connectors.http import HttpConnector
 from sfd.domain import Address
 from sfd.logs import get_logger
 
@@ -248,18 +246,13 @@ class ShopOptions(TypedDict, total=False):
     retry: Retry
 
 
-class ShopHttpConnector(HttpConnector, Generic[_S]):
+class ShopHttpConnector(HttpConnector[_S]):
     """What every shop connector sets up alike: its name, retry policy, settings and client.
 
-    `settings` are the shop's; `name` the shop's name (the connector's own by default);
-    `session` one to lend (else one is opened on first use, and closed with the connector);
-    `timeout` that of one call, in seconds (the settings' by default); `retry` how reads are
-    retried.
+    `settings`, `name`, `session` and `timeout` as for any `HttpConnector`: the name is the
+    label in lower case by default ("woocommerce"), the timeout the settings'. `retry` says how
+    reads are retried.
     """
-
-    #: The shop as messages name it ("PrestaShop"), and a shop's default name ("prestashop").
-    label: ClassVar[str]
-    default_name: ClassVar[str]
 
     def __init__(
         self,
@@ -270,25 +263,10 @@ class ShopHttpConnector(HttpConnector, Generic[_S]):
         timeout: float | None = None,
         retry: Retry = DEFAULT_RETRY,
     ) -> None:
-        self.name = self.default_name if name is None else name
+        name = self.label.lower() if name is None else name
+        timeout = settings.timeout if timeout is None else timeout
+        super().__init__(settings, name=name, session=session, timeout=timeout)
         self.retry = retry
-        self._settings = settings
-        self._http = HttpClient(
-            self.label,
-            secrets=self._secrets,
-            session=session,
-            timeout=settings.timeout if timeout is None else timeout,
-            error_message=self._service_error,
-        )
-
-    def _secrets(self) -> Iterable[str | None]:
-        """What no message may show."""
-        raise NotImplementedError
-
-    def _service_error(self, body: bytes) -> str | None:
-        """The shop's own error message in a 4xx answer's body, if it has one and `fail` is
-        to show it."""
-        return None
 
     async def _retried(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """`call()`'s result, retried with backoff on 5xx, timeouts and dropped connections."""

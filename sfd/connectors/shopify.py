@@ -289,7 +289,6 @@ class ShopifyConnector(ShopHttpConnector[ShopifySettings]):
     """One Shopify shop."""
 
     label = "Shopify"
-    default_name = "shopify"
 
     def __init__(
         self,

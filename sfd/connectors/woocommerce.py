@@ -106,7 +106,6 @@ class WooCommerceConnector(ShopHttpConnector[WooCommerceSettings]):
     """One WooCommerce shop."""
 
     label = "WooCommerce"
-    default_name = "woocommerce"
 
     def __init__(
         self,
