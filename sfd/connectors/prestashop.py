@@ -50,6 +50,7 @@ from sfd.connectors.shop import (
 from sfd.domain import Address
 
 _T = TypeVar("_T")
+_St = TypeVar("_St", bound=msgspec.Struct)
 
 PER_PAGE: Final = 100
 #: Where a customer's email goes when `customer_emails` is off: a reserved domain (RFC 2606),
@@ -273,9 +274,7 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
     async def _customer(self, order: PushOrder) -> str:
         email = self._email(order)
         # The same buyer (the same alias) is one customer: found again, never made twice.
-        found = await self._list(
-            "customers", "find customer", _Id, {"filter[email]": f"[{email}]", "display": "[id]"}
-        )
+        found = await self._find("customers", "find customer", _Id, email=email)
         if found:
             return str(found[0].id)
         billing = order.billing
@@ -317,15 +316,8 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         kind: str,
     ) -> str:
         alias = f"sfd {order.order_id} {kind}"
-        found = await self._list(
-            "addresses",
-            f"find {kind} address",
-            _Id,
-            {
-                "filter[id_customer]": f"[{customer}]",
-                "filter[alias]": f"[{alias}]",
-                "display": "[id]",
-            },
+        found = await self._find(
+            "addresses", f"find {kind} address", _Id, id_customer=customer, alias=alias
         )
         if found:
             return str(found[-1].id)
@@ -365,15 +357,8 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
     ) -> str:
         # The delivery address is this order's own (its alias names it): a cart holding it
         # was made by an earlier attempt whose answer was lost.
-        found = await self._list(
-            "carts",
-            "find cart",
-            _Id,
-            {
-                "filter[id_customer]": f"[{customer}]",
-                "filter[id_address_delivery]": f"[{delivery}]",
-                "display": "[id]",
-            },
+        found = await self._find(
+            "carts", "find cart", _Id, id_customer=customer, id_address_delivery=delivery
         )
         if found:
             return str(found[-1].id)
@@ -392,19 +377,28 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         return await self._create(
             "carts",
             "create cart",
-            {
-                "id_shop": self._settings.id_shop,
-                "id_lang": self._settings.id_lang,
-                "id_currency": currency,
-                "id_customer": customer,
-                "id_address_delivery": delivery,
-                "id_address_invoice": invoice,
+            self._checkout(customer, delivery, invoice, currency)
+            | {
                 "id_carrier": self._settings.carrier_id,
                 "recyclable": 0,
                 "gift": 0,
             },
             associations=[rows],
         )
+
+    def _checkout(
+        self, customer: str, delivery: str, invoice: str, currency: int
+    ) -> dict[str, object]:
+        """What the cart and the order made from it both name: shop, language, currency,
+        customer and addresses."""
+        return {
+            "id_shop": self._settings.id_shop,
+            "id_lang": self._settings.id_lang,
+            "id_currency": currency,
+            "id_customer": customer,
+            "id_address_delivery": delivery,
+            "id_address_invoice": invoice,
+        }
 
     async def _message(self, order: PushOrder, customer: str, cart: str) -> str:
         """A private message on the cart, which the order takes over: the merchant reads the
@@ -428,11 +422,8 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         customer: str,
         cart: str,
     ) -> str:
-        existing = await self._list(
-            "specific_prices",
-            "find specific prices",
-            _SpecificPrice,
-            {"filter[id_cart]": f"[{cart}]", "display": "[id,id_product,id_product_attribute]"},
+        existing = await self._find(
+            "specific_prices", "find specific prices", _SpecificPrice, id_cart=cart
         )
         made = {(p.id_product, p.id_product_attribute) for p in existing}
         for line, wanted, rate in zip(order.lines, lines, rates, strict=True):
@@ -476,13 +467,7 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         # own "remote payment accepted"; `_paid` then moves it on. A total other than the
         # cart's would land it in "payment error", hence the prices computed above.
         amount = f"{total:.2f}"
-        body = {
-            "id_shop": self._settings.id_shop,
-            "id_lang": self._settings.id_lang,
-            "id_currency": currency,
-            "id_customer": customer,
-            "id_address_delivery": delivery,
-            "id_address_invoice": invoice,
+        body = self._checkout(customer, delivery, invoice, currency) | {
             "id_cart": cart,
             "id_carrier": self._settings.carrier_id,
             "module": self._settings.payment_module,
@@ -505,11 +490,8 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
 
     async def _paid(self, shop_id: str) -> str:
         """Move the order to `paid_state` once; never with `sendemail`, so no mail is sent."""
-        history = await self._list(
-            "order_histories",
-            "read order history",
-            _History,
-            {"filter[id_order]": f"[{shop_id}]", "display": "[id,id_order_state]"},
+        history = await self._find(
+            "order_histories", "read order history", _History, id_order=shop_id
         )
         for entry in history:
             if entry.id_order_state == self._settings.paid_state:
@@ -532,22 +514,13 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
                 f"{order.reference} from {order.marketplace})"
             )
         # Products first, then combinations: a reference is on one or the other.
-        wanted = {"filter[reference]": f"[{sku}]"}
-        products = await self._list(
-            "products",
-            "find product",
-            _Product,
-            wanted | {"display": "[id,reference,id_tax_rules_group]"},
-        )
+        products = await self._find("products", "find product", _Product, reference=sku)
         product = next((p for p in products if p.reference == sku), None)
         if product is not None:
             found = _Line(product.id, 0, product.id_tax_rules_group)
         else:
-            combinations = await self._list(
-                "combinations",
-                "find combination",
-                _Combination,
-                wanted | {"display": "[id,id_product,reference]"},
+            combinations = await self._find(
+                "combinations", "find combination", _Combination, reference=sku
             )
             combination = next((c for c in combinations if c.reference == sku), None)
             if combination is None:
@@ -555,14 +528,8 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
                     f"PrestaShop has no product or combination with reference {sku!r} (order "
                     f"{order.reference} from {order.marketplace})"
                 )
-            parents = await self._list(
-                "products",
-                "read product",
-                _Product,
-                {
-                    "filter[id]": f"[{combination.id_product}]",
-                    "display": "[id,reference,id_tax_rules_group]",
-                },
+            parents = await self._find(
+                "products", "read product", _Product, id=combination.id_product
             )
             group = parents[0].id_tax_rules_group if parents else 0
             found = _Line(combination.id_product, combination.id, group)
@@ -577,12 +544,7 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
             raise Rejected(f"PrestaShop needs a country, and none was given ({where})")
         country = self._countries.get(iso)
         if country is None:
-            found = await self._list(
-                "countries",
-                "find country",
-                _Country,
-                {"filter[iso_code]": f"[{iso}]", "display": "[id,iso_code,contains_states]"},
-            )
+            found = await self._find("countries", "find country", _Country, iso_code=iso)
             if not found:
                 raise Rejected(f"PrestaShop has no country with ISO code {iso!r} ({where})")
             country = self._countries[iso] = found[0]
@@ -590,11 +552,8 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
             return country, 0
         states = self._states.get(country.id)
         if states is None:
-            states = self._states[country.id] = await self._list(
-                "states",
-                "list states",
-                _State,
-                {"filter[id_country]": f"[{country.id}]", "display": "[id,iso_code,name]"},
+            states = self._states[country.id] = await self._find(
+                "states", "list states", _State, id_country=country.id
             )
         province = address.province.strip().casefold()
         for state in states:
@@ -614,27 +573,15 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         cached = self._rates.get(key)
         if cached is not None:
             return cached
-        rules = await self._list(
-            "tax_rules",
-            "read tax rules",
-            _TaxRule,
-            {
-                "filter[id_tax_rules_group]": f"[{group}]",
-                "filter[id_country]": f"[{country.id}]",
-                "display": "[id_tax,id_state]",
-            },
+        rules = await self._find(
+            "tax_rules", "read tax rules", _TaxRule, id_tax_rules_group=group, id_country=country.id
         )
         rule = next((r for r in rules if r.id_state == state), None) or next(
             (r for r in rules if r.id_state == 0), None
         )
         rate = Decimal(0)
         if rule is not None and rule.id_tax:
-            taxes = await self._list(
-                "taxes",
-                "read tax",
-                _Tax,
-                {"filter[id]": f"[{rule.id_tax}]", "display": "[id,rate]"},
-            )
+            taxes = await self._find("taxes", "read tax", _Tax, id=rule.id_tax)
             rate = taxes[0].rate if taxes else Decimal(0)
         self._rates[key] = rate
         return rate
@@ -645,12 +592,7 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         if cached is not None:
             return cached
         found = (
-            await self._list(
-                "currencies",
-                "find currency",
-                _Id,
-                {"filter[iso_code]": f"[{code}]", "display": "[id]"},
-            )
+            await self._find("currencies", "find currency", _Id, iso_code=code)
             if code and not _FILTER_SYNTAX & set(code)
             else []
         )
@@ -666,12 +608,7 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         cached = self._carriers.get(carrier_id)
         if cached is not None:
             return cached
-        found = await self._list(
-            "carriers",
-            "read carrier",
-            _Carrier,
-            {"filter[id]": f"[{carrier_id}]", "display": "[id,name,url,is_free]"},
-        )
+        found = await self._find("carriers", "read carrier", _Carrier, id=carrier_id)
         if not found:
             return None
         self._carriers[carrier_id] = found[0]
@@ -710,9 +647,7 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
             cart = steps.get(CART) or await self._cart_by_message(order)
             if cart is None:
                 return None
-            found = await self._list(
-                "orders", "find order", _Id, {"filter[id_cart]": f"[{cart}]", "display": "[id]"}
-            )
+            found = await self._find("orders", "find order", _Id, id_cart=cart)
             if not found:
                 return None
             shop_id = str(found[0].id)
@@ -791,14 +726,8 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         )
 
     async def _tracking(self, order: _Order) -> ShopTracking | None:
-        carriers = await self._list(
-            "order_carriers",
-            "read order carriers",
-            _OrderCarrier,
-            {
-                "filter[id_order]": f"[{order.id}]",
-                "display": "[id,id_carrier,tracking_number,date_add]",
-            },
+        carriers = await self._find(
+            "order_carriers", "read order carriers", _OrderCarrier, id_order=order.id
         )
         with_number = [c for c in carriers if c.tracking_number.strip()]
         if not with_number:
@@ -841,6 +770,13 @@ class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
         if not isinstance(raw, dict):
             raise Transient(f"PrestaShop {op}: unexpected answer (not an object)")
         return _convert(raw.get(resource, []), list[kind], op)  # type: ignore[valid-type]
+
+    async def _find(self, resource: str, op: str, kind: type[_St], /, **equal: object) -> list[_St]:
+        """The `resource`s whose fields hold the values `equal` gives, each read as `kind`
+        (the webservice is asked to display `kind`'s fields, and only those)."""
+        params = {f"filter[{field}]": f"[{value}]" for field, value in equal.items()}
+        fields = ",".join(f.encode_name for f in msgspec.structs.fields(kind))
+        return await self._list(resource, op, kind, params | {"display": f"[{fields}]"})
 
     async def _create(
         self,
