@@ -80,29 +80,27 @@ class _Errors(msgspec.Struct):
 
 
 class _Id(msgspec.Struct):
+    """A resource by its id; every resource read below extends it."""
+
     id: int
 
 
-class _Product(msgspec.Struct):
-    id: int
+class _Product(_Id):
     reference: str = ""
     id_tax_rules_group: int = 0
 
 
-class _Combination(msgspec.Struct):
-    id: int
+class _Combination(_Id):
     id_product: int
     reference: str = ""
 
 
-class _Country(msgspec.Struct):
-    id: int
+class _Country(_Id):
     iso_code: str = ""
     contains_states: int = 0
 
 
-class _State(msgspec.Struct):
-    id: int
+class _State(_Id):
     iso_code: str = ""
     name: str = ""
 
@@ -112,32 +110,27 @@ class _TaxRule(msgspec.Struct):
     id_state: int = 0
 
 
-class _Tax(msgspec.Struct):
-    id: int
+class _Tax(_Id):
     rate: Decimal = Decimal(0)
 
 
-class _Carrier(msgspec.Struct):
-    id: int
+class _Carrier(_Id):
     name: str = ""
     url: str = ""
     is_free: int = 0
 
 
-class _Message(msgspec.Struct):
-    id: int
+class _Message(_Id):
     id_cart: int = 0
     message: str = ""
 
 
-class _SpecificPrice(msgspec.Struct):
-    id: int
+class _SpecificPrice(_Id):
     id_product: int = 0
     id_product_attribute: int = 0
 
 
-class _Order(msgspec.Struct):
-    id: int
+class _Order(_Id):
     current_state: int = 0
     date_upd: str = ""
     module: str = ""
@@ -145,13 +138,11 @@ class _Order(msgspec.Struct):
     total_paid: Decimal | None = None
 
 
-class _History(msgspec.Struct):
-    id: int
+class _History(_Id):
     id_order_state: int = 0
 
 
-class _OrderCarrier(msgspec.Struct):
-    id: int
+class _OrderCarrier(_Id):
     id_carrier: int = 0
     tracking_number: str = ""
     date_add: str = ""
