@@ -260,10 +260,42 @@ class HttpClient:
         return self._session
 
 
-class HttpConnector:
-    """A connector speaking HTTP through its `_http` client, which closes with it."""
+class HttpConnector(Generic[_S]):
+    """A connector speaking HTTP through its `_http` client, which closes with it.
 
-    _http: HttpClient
+    `settings` are the channel's or shop's; `name` its name; `session` one to lend (else one is
+    opened on first use, and closed with the connector); `timeout` that of one call, in seconds.
+    """
+
+    #: The service as messages name it ("eBay").
+    label: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: _S,
+        *,
+        name: str,
+        session: aiohttp.ClientSession | None,
+        timeout: float,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._http = HttpClient(
+            self.label,
+            secrets=self._secrets,
+            session=session,
+            timeout=timeout,
+            error_message=self._service_error,
+        )
+
+    def _secrets(self) -> Iterable[str | None]:
+        """What no message may show (asked at each message: a token may change)."""
+        raise NotImplementedError
+
+    def _service_error(self, body: bytes) -> str | None:
+        """The service's own error message in a 4xx answer's body, for `HttpClient.fail`; none
+        by default (a connector that reads its errors itself)."""
+        return None
 
     async def aclose(self) -> None:
         """Close the HTTP session if this connector opened it."""
@@ -284,18 +316,17 @@ class ConnectorOptions(TypedDict, total=False):
     clock: Callable[[], datetime]
 
 
-class MarketplaceHttp(HttpConnector, Generic[_S]):
+class MarketplaceHttp(HttpConnector[_S]):
     """A marketplace connector over HTTP, built alike for every marketplace.
 
-    `settings` are the channel's; `name` the channel's name (the marketplace's own by default);
-    `session` one to lend (else one is opened on first use, and closed with the connector);
-    `timeout` that of one call, in seconds; `clock` what the connector reads the time from.
-    What else a marketplace needs (a token grant, rate buckets) `_open` sets up.
+    `settings`, `name` (the marketplace's own by default), `session` and `timeout` as for any
+    `HttpConnector`; `clock` what the connector reads the time from. What else a marketplace
+    needs (a token grant, rate buckets) `_open` sets up.
     """
 
-    #: The marketplace as messages name it ("eBay"), and a channel's default name ("ebay").
-    label: ClassVar[str]
+    #: A channel's default name ("ebay").
     default_name: ClassVar[str]
+
     #: No marketplace sfd speaks sorts its listing by update time (each says why): the cursor
     #: moves only after a complete pass.
     pages_sorted_by_update: bool = False
@@ -309,28 +340,13 @@ class MarketplaceHttp(HttpConnector, Generic[_S]):
         timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.name = self.default_name if name is None else name
-        self._settings = settings
+        name = self.default_name if name is None else name
+        super().__init__(settings, name=name, session=session, timeout=timeout)
         self._clock = clock
-        self._http = HttpClient(
-            self.label,
-            secrets=self._secrets,
-            session=session,
-            timeout=timeout,
-            error_message=self._service_error,
-        )
         self._open()
 
     def _open(self) -> None:
         """Set up what the marketplace needs besides its HTTP client."""
-
-    def _secrets(self) -> Iterable[str | None]:
-        """What no message may show (asked at each message: a token may change)."""
-        raise NotImplementedError
-
-    def _service_error(self, body: bytes) -> str | None:
-        """The marketplace's own error message in a 4xx answer's body, if it has one."""
-        raise NotImplementedError
 
 
 async def unless_done(call: Awaitable[_T], done: Callable[[], Awaitable[bool]]) -> _T | None:

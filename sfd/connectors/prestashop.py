@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Unpack
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -38,20 +38,19 @@ from sfd.connectors.http import Answer, segment
 from sfd.connectors.parsing import utc
 from sfd.connectors.settings import PrestaShopSettings
 from sfd.connectors.shop import (
-    DEFAULT_RETRY,
     CreateUncertain,
     PushOrder,
-    Retry,
     ShopHttpConnector,
+    ShopOptions,
     ShopOrder,
     ShopStatus,
     ShopTracking,
     Steps,
-    retrying,
 )
 from sfd.domain import Address
 
 _T = TypeVar("_T")
+_St = TypeVar("_St", bound=msgspec.Struct)
 
 PER_PAGE: Final = 100
 #: Where a customer's email goes when `customer_emails` is off: a reserved domain (RFC 2606),
@@ -81,29 +80,27 @@ class _Errors(msgspec.Struct):
 
 
 class _Id(msgspec.Struct):
+    """A resource by its id; every resource read below extends it."""
+
     id: int
 
 
-class _Product(msgspec.Struct):
-    id: int
+class _Product(_Id):
     reference: str = ""
     id_tax_rules_group: int = 0
 
 
-class _Combination(msgspec.Struct):
-    id: int
+class _Combination(_Id):
     id_product: int
     reference: str = ""
 
 
-class _Country(msgspec.Struct):
-    id: int
+class _Country(_Id):
     iso_code: str = ""
     contains_states: int = 0
 
 
-class _State(msgspec.Struct):
-    id: int
+class _State(_Id):
     iso_code: str = ""
     name: str = ""
 
@@ -113,32 +110,27 @@ class _TaxRule(msgspec.Struct):
     id_state: int = 0
 
 
-class _Tax(msgspec.Struct):
-    id: int
+class _Tax(_Id):
     rate: Decimal = Decimal(0)
 
 
-class _Carrier(msgspec.Struct):
-    id: int
+class _Carrier(_Id):
     name: str = ""
     url: str = ""
     is_free: int = 0
 
 
-class _Message(msgspec.Struct):
-    id: int
+class _Message(_Id):
     id_cart: int = 0
     message: str = ""
 
 
-class _SpecificPrice(msgspec.Struct):
-    id: int
+class _SpecificPrice(_Id):
     id_product: int = 0
     id_product_attribute: int = 0
 
 
-class _Order(msgspec.Struct):
-    id: int
+class _Order(_Id):
     current_state: int = 0
     date_upd: str = ""
     module: str = ""
@@ -146,13 +138,11 @@ class _Order(msgspec.Struct):
     total_paid: Decimal | None = None
 
 
-class _History(msgspec.Struct):
-    id: int
+class _History(_Id):
     id_order_state: int = 0
 
 
-class _OrderCarrier(msgspec.Struct):
-    id: int
+class _OrderCarrier(_Id):
     id_carrier: int = 0
     tracking_number: str = ""
     date_add: str = ""
@@ -166,30 +156,20 @@ class _Line(msgspec.Struct, frozen=True):
     tax_group: int
 
 
-class PrestaShopConnector(ShopHttpConnector):
+class PrestaShopConnector(ShopHttpConnector[PrestaShopSettings]):
     """One PrestaShop shop."""
+
+    label = "PrestaShop"
 
     def __init__(
         self,
         settings: PrestaShopSettings,
         *,
-        name: str = "prestashop",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float | None = None,
         per_page: int = PER_PAGE,
-        retry: Retry = DEFAULT_RETRY,
+        **options: Unpack[ShopOptions],
     ) -> None:
-        super().__init__(
-            settings,
-            "PrestaShop",
-            lambda: (settings.api_key,),
-            name=name,
-            session=session,
-            timeout=timeout,
-            retry=retry,
-        )
+        super().__init__(settings, **options)
         self.per_page = per_page
-        self._settings = settings
         self._base = settings.base_url.strip().rstrip("/")
         self._zone = ZoneInfo(settings.timezone)
         self._auth = aiohttp.encode_basic_auth(settings.api_key, "")
@@ -203,6 +183,9 @@ class PrestaShopConnector(ShopHttpConnector):
         self._rates: dict[tuple[int, int, int], Decimal] = {}
         self._currencies: dict[str, int] = {}
         self._carriers: dict[int, _Carrier] = {}
+
+    def _secrets(self) -> tuple[str]:
+        return (self._settings.api_key,)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -282,9 +265,7 @@ class PrestaShopConnector(ShopHttpConnector):
     async def _customer(self, order: PushOrder) -> str:
         email = self._email(order)
         # The same buyer (the same alias) is one customer: found again, never made twice.
-        found = await self._list(
-            "customers", "find customer", _Id, {"filter[email]": f"[{email}]", "display": "[id]"}
-        )
+        found = await self._find("customers", "find customer", _Id, email=email)
         if found:
             return str(found[0].id)
         billing = order.billing
@@ -326,15 +307,8 @@ class PrestaShopConnector(ShopHttpConnector):
         kind: str,
     ) -> str:
         alias = f"sfd {order.order_id} {kind}"
-        found = await self._list(
-            "addresses",
-            f"find {kind} address",
-            _Id,
-            {
-                "filter[id_customer]": f"[{customer}]",
-                "filter[alias]": f"[{alias}]",
-                "display": "[id]",
-            },
+        found = await self._find(
+            "addresses", f"find {kind} address", _Id, id_customer=customer, alias=alias
         )
         if found:
             return str(found[-1].id)
@@ -374,15 +348,8 @@ class PrestaShopConnector(ShopHttpConnector):
     ) -> str:
         # The delivery address is this order's own (its alias names it): a cart holding it
         # was made by an earlier attempt whose answer was lost.
-        found = await self._list(
-            "carts",
-            "find cart",
-            _Id,
-            {
-                "filter[id_customer]": f"[{customer}]",
-                "filter[id_address_delivery]": f"[{delivery}]",
-                "display": "[id]",
-            },
+        found = await self._find(
+            "carts", "find cart", _Id, id_customer=customer, id_address_delivery=delivery
         )
         if found:
             return str(found[-1].id)
@@ -401,19 +368,28 @@ class PrestaShopConnector(ShopHttpConnector):
         return await self._create(
             "carts",
             "create cart",
-            {
-                "id_shop": self._settings.id_shop,
-                "id_lang": self._settings.id_lang,
-                "id_currency": currency,
-                "id_customer": customer,
-                "id_address_delivery": delivery,
-                "id_address_invoice": invoice,
+            self._checkout(customer, delivery, invoice, currency)
+            | {
                 "id_carrier": self._settings.carrier_id,
                 "recyclable": 0,
                 "gift": 0,
             },
             associations=[rows],
         )
+
+    def _checkout(
+        self, customer: str, delivery: str, invoice: str, currency: int
+    ) -> dict[str, object]:
+        """What the cart and the order made from it both name: shop, language, currency,
+        customer and addresses."""
+        return {
+            "id_shop": self._settings.id_shop,
+            "id_lang": self._settings.id_lang,
+            "id_currency": currency,
+            "id_customer": customer,
+            "id_address_delivery": delivery,
+            "id_address_invoice": invoice,
+        }
 
     async def _message(self, order: PushOrder, customer: str, cart: str) -> str:
         """A private message on the cart, which the order takes over: the merchant reads the
@@ -437,11 +413,8 @@ class PrestaShopConnector(ShopHttpConnector):
         customer: str,
         cart: str,
     ) -> str:
-        existing = await self._list(
-            "specific_prices",
-            "find specific prices",
-            _SpecificPrice,
-            {"filter[id_cart]": f"[{cart}]", "display": "[id,id_product,id_product_attribute]"},
+        existing = await self._find(
+            "specific_prices", "find specific prices", _SpecificPrice, id_cart=cart
         )
         made = {(p.id_product, p.id_product_attribute) for p in existing}
         for line, wanted, rate in zip(order.lines, lines, rates, strict=True):
@@ -485,13 +458,7 @@ class PrestaShopConnector(ShopHttpConnector):
         # own "remote payment accepted"; `_paid` then moves it on. A total other than the
         # cart's would land it in "payment error", hence the prices computed above.
         amount = f"{total:.2f}"
-        body = {
-            "id_shop": self._settings.id_shop,
-            "id_lang": self._settings.id_lang,
-            "id_currency": currency,
-            "id_customer": customer,
-            "id_address_delivery": delivery,
-            "id_address_invoice": invoice,
+        body = self._checkout(customer, delivery, invoice, currency) | {
             "id_cart": cart,
             "id_carrier": self._settings.carrier_id,
             "module": self._settings.payment_module,
@@ -514,11 +481,8 @@ class PrestaShopConnector(ShopHttpConnector):
 
     async def _paid(self, shop_id: str) -> str:
         """Move the order to `paid_state` once; never with `sendemail`, so no mail is sent."""
-        history = await self._list(
-            "order_histories",
-            "read order history",
-            _History,
-            {"filter[id_order]": f"[{shop_id}]", "display": "[id,id_order_state]"},
+        history = await self._find(
+            "order_histories", "read order history", _History, id_order=shop_id
         )
         for entry in history:
             if entry.id_order_state == self._settings.paid_state:
@@ -541,22 +505,13 @@ class PrestaShopConnector(ShopHttpConnector):
                 f"{order.reference} from {order.marketplace})"
             )
         # Products first, then combinations: a reference is on one or the other.
-        wanted = {"filter[reference]": f"[{sku}]"}
-        products = await self._list(
-            "products",
-            "find product",
-            _Product,
-            wanted | {"display": "[id,reference,id_tax_rules_group]"},
-        )
+        products = await self._find("products", "find product", _Product, reference=sku)
         product = next((p for p in products if p.reference == sku), None)
         if product is not None:
             found = _Line(product.id, 0, product.id_tax_rules_group)
         else:
-            combinations = await self._list(
-                "combinations",
-                "find combination",
-                _Combination,
-                wanted | {"display": "[id,id_product,reference]"},
+            combinations = await self._find(
+                "combinations", "find combination", _Combination, reference=sku
             )
             combination = next((c for c in combinations if c.reference == sku), None)
             if combination is None:
@@ -564,14 +519,8 @@ class PrestaShopConnector(ShopHttpConnector):
                     f"PrestaShop has no product or combination with reference {sku!r} (order "
                     f"{order.reference} from {order.marketplace})"
                 )
-            parents = await self._list(
-                "products",
-                "read product",
-                _Product,
-                {
-                    "filter[id]": f"[{combination.id_product}]",
-                    "display": "[id,reference,id_tax_rules_group]",
-                },
+            parents = await self._find(
+                "products", "read product", _Product, id=combination.id_product
             )
             group = parents[0].id_tax_rules_group if parents else 0
             found = _Line(combination.id_product, combination.id, group)
@@ -586,12 +535,7 @@ class PrestaShopConnector(ShopHttpConnector):
             raise Rejected(f"PrestaShop needs a country, and none was given ({where})")
         country = self._countries.get(iso)
         if country is None:
-            found = await self._list(
-                "countries",
-                "find country",
-                _Country,
-                {"filter[iso_code]": f"[{iso}]", "display": "[id,iso_code,contains_states]"},
-            )
+            found = await self._find("countries", "find country", _Country, iso_code=iso)
             if not found:
                 raise Rejected(f"PrestaShop has no country with ISO code {iso!r} ({where})")
             country = self._countries[iso] = found[0]
@@ -599,11 +543,8 @@ class PrestaShopConnector(ShopHttpConnector):
             return country, 0
         states = self._states.get(country.id)
         if states is None:
-            states = self._states[country.id] = await self._list(
-                "states",
-                "list states",
-                _State,
-                {"filter[id_country]": f"[{country.id}]", "display": "[id,iso_code,name]"},
+            states = self._states[country.id] = await self._find(
+                "states", "list states", _State, id_country=country.id
             )
         province = address.province.strip().casefold()
         for state in states:
@@ -623,27 +564,15 @@ class PrestaShopConnector(ShopHttpConnector):
         cached = self._rates.get(key)
         if cached is not None:
             return cached
-        rules = await self._list(
-            "tax_rules",
-            "read tax rules",
-            _TaxRule,
-            {
-                "filter[id_tax_rules_group]": f"[{group}]",
-                "filter[id_country]": f"[{country.id}]",
-                "display": "[id_tax,id_state]",
-            },
+        rules = await self._find(
+            "tax_rules", "read tax rules", _TaxRule, id_tax_rules_group=group, id_country=country.id
         )
         rule = next((r for r in rules if r.id_state == state), None) or next(
             (r for r in rules if r.id_state == 0), None
         )
         rate = Decimal(0)
         if rule is not None and rule.id_tax:
-            taxes = await self._list(
-                "taxes",
-                "read tax",
-                _Tax,
-                {"filter[id]": f"[{rule.id_tax}]", "display": "[id,rate]"},
-            )
+            taxes = await self._find("taxes", "read tax", _Tax, id=rule.id_tax)
             rate = taxes[0].rate if taxes else Decimal(0)
         self._rates[key] = rate
         return rate
@@ -654,12 +583,7 @@ class PrestaShopConnector(ShopHttpConnector):
         if cached is not None:
             return cached
         found = (
-            await self._list(
-                "currencies",
-                "find currency",
-                _Id,
-                {"filter[iso_code]": f"[{code}]", "display": "[id]"},
-            )
+            await self._find("currencies", "find currency", _Id, iso_code=code)
             if code and not _FILTER_SYNTAX & set(code)
             else []
         )
@@ -675,12 +599,7 @@ class PrestaShopConnector(ShopHttpConnector):
         cached = self._carriers.get(carrier_id)
         if cached is not None:
             return cached
-        found = await self._list(
-            "carriers",
-            "read carrier",
-            _Carrier,
-            {"filter[id]": f"[{carrier_id}]", "display": "[id,name,url,is_free]"},
-        )
+        found = await self._find("carriers", "read carrier", _Carrier, id=carrier_id)
         if not found:
             return None
         self._carriers[carrier_id] = found[0]
@@ -719,9 +638,7 @@ class PrestaShopConnector(ShopHttpConnector):
             cart = steps.get(CART) or await self._cart_by_message(order)
             if cart is None:
                 return None
-            found = await self._list(
-                "orders", "find order", _Id, {"filter[id_cart]": f"[{cart}]", "display": "[id]"}
-            )
+            found = await self._find("orders", "find order", _Id, id_cart=cart)
             if not found:
                 return None
             shop_id = str(found[0].id)
@@ -759,12 +676,8 @@ class PrestaShopConnector(ShopHttpConnector):
             if since is not None:
                 # PrestaShop's own operator syntax; `date=1` lets it compare times.
                 params |= {"filter[date_upd]": f">[{self._shop_time(since)}]", "date": "1"}
-            orders = await self._list("orders", "list changed orders", _Order, params)
-            if len(orders) > self.per_page:
-                raise Transient(
-                    f"PrestaShop list changed orders: {len(orders)} orders in a page where at "
-                    f"most {self.per_page} were asked for; page refused"
-                )
+            op = "list changed orders"
+            orders = self._page(await self._list("orders", op, _Order, params), self.per_page, op)
             yield [await self._read(o) for o in orders]
             if len(orders) < self.per_page:
                 break
@@ -804,14 +717,8 @@ class PrestaShopConnector(ShopHttpConnector):
         )
 
     async def _tracking(self, order: _Order) -> ShopTracking | None:
-        carriers = await self._list(
-            "order_carriers",
-            "read order carriers",
-            _OrderCarrier,
-            {
-                "filter[id_order]": f"[{order.id}]",
-                "display": "[id,id_carrier,tracking_number,date_add]",
-            },
+        carriers = await self._find(
+            "order_carriers", "read order carriers", _OrderCarrier, id_order=order.id
         )
         with_number = [c for c in carriers if c.tracking_number.strip()]
         if not with_number:
@@ -855,6 +762,13 @@ class PrestaShopConnector(ShopHttpConnector):
             raise Transient(f"PrestaShop {op}: unexpected answer (not an object)")
         return _convert(raw.get(resource, []), list[kind], op)  # type: ignore[valid-type]
 
+    async def _find(self, resource: str, op: str, kind: type[_St], /, **equal: object) -> list[_St]:
+        """The `resource`s whose fields hold the values `equal` gives, each read as `kind`
+        (the webservice is asked to display `kind`'s fields, and only those)."""
+        params = {f"filter[{field}]": f"[{value}]" for field, value in equal.items()}
+        fields = ",".join(f.encode_name for f in msgspec.structs.fields(kind))
+        return await self._list(resource, op, kind, params | {"display": f"[{fields}]"})
+
     async def _create(
         self,
         resource: str,
@@ -879,10 +793,9 @@ class PrestaShopConnector(ShopHttpConnector):
         self, path: str, op: str, params: Mapping[str, str], *, missing_ok: bool = False
     ) -> Answer:
         """A read, retried with backoff on 5xx, timeouts and dropped connections."""
-        async for attempt in retrying(self.retry):
-            with attempt:
-                return await self._send("GET", path, op, params=params, missing_ok=missing_ok)
-        raise AssertionError("unreachable: stamina raises after the last attempt")
+        return await self._retried(
+            lambda: self._send("GET", path, op, params=params, missing_ok=missing_ok)
+        )
 
     async def _send(
         self,

@@ -7,18 +7,25 @@ AuthFailed, RateLimited, Transient and Rejected (`sfd.connectors.base`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Final,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    runtime_checkable,
+)
 
 import stamina
 import stamina.instrumentation
 
 from sfd.connectors.base import Transient
-from sfd.connectors.http import HttpClient, HttpConnector
+from sfd.connectors.http import HttpConnector
 from sfd.domain import Address
 from sfd.logs import get_logger
 
@@ -45,6 +52,8 @@ class Retry:
 DEFAULT_RETRY: Final = Retry()
 
 _log = get_logger()
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound="ConnectorSettings")
 
 
 def _retried(details: stamina.instrumentation.RetryDetails) -> None:
@@ -228,27 +237,50 @@ class StepwiseShop(Protocol):
         ...
 
 
-class ShopHttpConnector(HttpConnector):
-    """What every shop connector sets up alike: its name, retry policy, settings and client."""
+class ShopOptions(TypedDict, total=False):
+    """What a shop connector takes besides its settings (see `ShopHttpConnector`)."""
+
+    name: str
+    session: aiohttp.ClientSession | None
+    timeout: float | None
+    retry: Retry
+
+
+class ShopHttpConnector(HttpConnector[_S]):
+    """What every shop connector sets up alike: its name, retry policy, settings and client.
+
+    `settings`, `name`, `session` and `timeout` as for any `HttpConnector`: the name is the
+    label in lower case by default ("woocommerce"), the timeout the settings'. `retry` says how
+    reads are retried.
+    """
 
     def __init__(
         self,
-        settings: ConnectorSettings,
-        label: str,
-        secrets: Callable[[], Iterable[str | None]],
+        settings: _S,
         *,
-        name: str,
-        session: aiohttp.ClientSession | None,
-        timeout: float | None,
-        retry: Retry,
-        error_message: Callable[[bytes], str | None] = lambda body: None,
+        name: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float | None = None,
+        retry: Retry = DEFAULT_RETRY,
     ) -> None:
-        self.name = name
+        name = self.label.lower() if name is None else name
+        timeout = settings.timeout if timeout is None else timeout
+        super().__init__(settings, name=name, session=session, timeout=timeout)
         self.retry = retry
-        self._http = HttpClient(
-            label,
-            secrets=secrets,
-            session=session,
-            timeout=settings.timeout if timeout is None else timeout,
-            error_message=error_message,
-        )
+
+    async def _retried(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """`call()`'s result, retried with backoff on 5xx, timeouts and dropped connections."""
+        async for attempt in retrying(self.retry):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: stamina raises after the last attempt")
+
+    def _page(self, orders: list[_T], size: int, op: str) -> list[_T]:
+        """A page of orders; one longer than `size` is refused (Transient), as a shop ignoring
+        the page size would make page-by-page reading skip or repeat orders."""
+        if len(orders) > size:
+            raise Transient(
+                f"{self._http.label} {op}: {len(orders)} orders in a page where at most "
+                f"{size} were asked for; page refused"
+            )
+        return orders

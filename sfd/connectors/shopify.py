@@ -16,9 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Unpack
 
-import aiohttp
 import msgspec
 
 from sfd.connectors.base import AuthFailed, ConnectorError, RateLimited, Rejected, Transient
@@ -26,15 +25,13 @@ from sfd.connectors.http import Answer, excerpt
 from sfd.connectors.parsing import parse_moment, utc
 from sfd.connectors.settings import ShopifySettings
 from sfd.connectors.shop import (
-    DEFAULT_RETRY,
     CreateUncertain,
     PushOrder,
-    Retry,
     ShopHttpConnector,
+    ShopOptions,
     ShopOrder,
     ShopStatus,
     ShopTracking,
-    retrying,
 )
 from sfd.domain import Address
 from sfd.domain.clock import to_iso
@@ -288,30 +285,20 @@ def throttle_wait(requested: float, available: float, restore_rate: float) -> fl
     return max(0.0, (requested - available) / restore_rate)
 
 
-class ShopifyConnector(ShopHttpConnector):
+class ShopifyConnector(ShopHttpConnector[ShopifySettings]):
     """One Shopify shop."""
+
+    label = "Shopify"
 
     def __init__(
         self,
         settings: ShopifySettings,
         *,
-        name: str = "shopify",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float | None = None,
         page_size: int = PAGE_SIZE,
-        retry: Retry = DEFAULT_RETRY,
+        **options: Unpack[ShopOptions],
     ) -> None:
-        super().__init__(
-            settings,
-            "Shopify",
-            lambda: (settings.access_token,),
-            name=name,
-            session=session,
-            timeout=timeout,
-            retry=retry,
-        )
+        super().__init__(settings, **options)
         self.page_size = page_size
-        self._settings = settings
         base = settings.shop_url.strip().rstrip("/")
         self._url = f"{base}/admin/api/{settings.api_version}/graphql.json"
         self.bucket = CostBucket()
@@ -319,6 +306,9 @@ class ShopifyConnector(ShopHttpConnector):
         """Each operation's requested cost, as the shop last computed it."""
         self._variants: dict[str, str] = {}
         """SKU → variant GID, for SKUs found once."""
+
+    def _secrets(self) -> tuple[str]:
+        return (self._settings.access_token,)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -483,12 +473,7 @@ class ShopifyConnector(ShopHttpConnector):
             variables = {"query": query, "first": self.page_size, "after": after}
             data = await self._read(ORDERS_QUERY, variables, _OrdersData, op)
             orders = data.orders
-            if len(orders.nodes) > self.page_size:
-                raise Transient(
-                    f"Shopify {op}: {len(orders.nodes)} orders in a page where at most "
-                    f"{self.page_size} were asked for; page refused"
-                )
-            yield orders.nodes
+            yield self._page(orders.nodes, self.page_size, op)
             if not orders.pageInfo.hasNextPage or not orders.pageInfo.endCursor:
                 return
             after = orders.pageInfo.endCursor
@@ -497,10 +482,7 @@ class ShopifyConnector(ShopHttpConnector):
 
     async def _read(self, document: str, variables: dict[str, Any], kind: type[_T], op: str) -> _T:
         """A query, retried with backoff on 5xx, timeouts and dropped connections."""
-        async for attempt in retrying(self.retry):
-            with attempt:
-                return await self._graphql(document, variables, kind, op)
-        raise AssertionError("unreachable: stamina raises after the last attempt")
+        return await self._retried(lambda: self._graphql(document, variables, kind, op))
 
     async def _graphql(
         self, document: str, variables: dict[str, Any], kind: type[_T], op: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import aiohttp
 import msgspec
@@ -21,15 +21,13 @@ from sfd.connectors.http import Answer, segment
 from sfd.connectors.parsing import parse_moment, utc
 from sfd.connectors.settings import WooCommerceSettings
 from sfd.connectors.shop import (
-    DEFAULT_RETRY,
     CreateUncertain,
     PushOrder,
-    Retry,
     ShopHttpConnector,
+    ShopOptions,
     ShopOrder,
     ShopStatus,
     ShopTracking,
-    retrying,
 )
 from sfd.domain import Address
 from sfd.domain.clock import to_iso
@@ -104,37 +102,32 @@ class _TrackingItem(msgspec.Struct):
 _STATUSES: Final = {"completed": ShopStatus.COMPLETED, "cancelled": ShopStatus.CANCELLED}
 
 
-class WooCommerceConnector(ShopHttpConnector):
+class WooCommerceConnector(ShopHttpConnector[WooCommerceSettings]):
     """One WooCommerce shop."""
+
+    label = "WooCommerce"
 
     def __init__(
         self,
         settings: WooCommerceSettings,
         *,
-        name: str = "woocommerce",
-        session: aiohttp.ClientSession | None = None,
-        timeout: float | None = None,
         per_page: int = PER_PAGE,
-        retry: Retry = DEFAULT_RETRY,
+        **options: Unpack[ShopOptions],
     ) -> None:
-        super().__init__(
-            settings,
-            "WooCommerce",
-            lambda: (settings.consumer_key, settings.consumer_secret),
-            name=name,
-            session=session,
-            timeout=timeout,
-            retry=retry,
-            error_message=_error_message,
-        )
+        super().__init__(settings, **options)
         self.per_page = per_page
-        self._settings = settings
         self._base = settings.base_url.strip().rstrip("/")
         self._auth = aiohttp.encode_basic_auth(settings.consumer_key, settings.consumer_secret)
         self._products: dict[str, tuple[int, int]] = {}
         """SKU → (product id, variation id or 0), for SKUs found once."""
         self._tracking_extension: bool | None = None
         """Whether Shipment Tracking answers; None until the first call tells."""
+
+    def _secrets(self) -> tuple[str, str]:
+        return (self._settings.consumer_key, self._settings.consumer_secret)
+
+    def _service_error(self, body: bytes) -> str | None:
+        return _error_message(body)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -251,15 +244,8 @@ class WooCommerceConnector(ShopHttpConnector):
         return None
 
     def _orders(self, answer: Answer, op: str) -> list[_Order]:
-        """A page of orders; one longer than `per_page` is refused (Transient), as a shop
-        ignoring the page size would make page-by-page reading skip or repeat orders."""
-        orders = self._http.decode(answer.body, list[_Order], op)
-        if len(orders) > self.per_page:
-            raise Transient(
-                f"WooCommerce {op}: {len(orders)} orders in a page where at most "
-                f"{self.per_page} were asked for; page refused"
-            )
-        return orders
+        """A page of orders, at most `per_page` of them (see `_page`)."""
+        return self._page(self._http.decode(answer.body, list[_Order], op), self.per_page, op)
 
     @staticmethod
     def _match(orders: list[_Order], order: PushOrder) -> str | None:
@@ -360,10 +346,9 @@ class WooCommerceConnector(ShopHttpConnector):
         self, path: str, op: str, params: dict[str, str] | None = None, *, missing_ok: bool = False
     ) -> Answer:
         """A read, retried with backoff on 5xx, timeouts and dropped connections."""
-        async for attempt in retrying(self.retry):
-            with attempt:
-                return await self._send("GET", path, op, params=params, missing_ok=missing_ok)
-        raise AssertionError("unreachable: stamina raises after the last attempt")
+        return await self._retried(
+            lambda: self._send("GET", path, op, params=params, missing_ok=missing_ok)
+        )
 
     async def _send(
         self,
