@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
@@ -487,24 +487,7 @@ class ShopApi:
             )
             for entry, payload in entries
         ]
-        batch = await request_operations(
-            self.storage,
-            identity.store_id,
-            kind,
-            requests,
-            EventSource.API,
-            self.clock(),
-            self.on_operations,
-            actor=identity.name,
-        )
-        base = f"/v1/store/{identity.store_id}"
-        return hal(
-            {
-                "id": batch.id,
-                "_links": {"ticket": {"href": f"{base}/ticket?batchId={batch.id}"}},
-            },
-            status=202,
-        )
+        return await self._accept(identity, kind, requests)
 
     async def upload_documents(self, request: web.Request) -> web.Response:
         """Documents (invoices) for orders, as the SDK's uploadDocument sends them: 202.
@@ -538,10 +521,16 @@ class ShopApi:
                     document=document,
                 )
             )
+        return await self._accept(identity, OperationKind.UPLOAD_DOCUMENT, requests)
+
+    async def _accept(
+        self, identity: TokenIdentity, kind: OperationKind, requests: Sequence[OperationRequest]
+    ) -> web.Response:
+        """Write the batch of operations and its ticket, and answer 202 with the ticket's link."""
         batch = await request_operations(
             self.storage,
             identity.store_id,
-            OperationKind.UPLOAD_DOCUMENT,
+            kind,
             requests,
             EventSource.API,
             self.clock(),
