@@ -55,7 +55,7 @@ def xml_response(body: bytes, status: int = 200) -> web.Response:
 
 _CALLS = {c.lower(): c for c in CALLS}
 #: What a write call's REQUEST holds: the orders to acknowledge, or to ship or cancel.
-_Entry = TypeVar("_Entry", wsx.ValidOrder, wsx.OrderUpdate)
+_Entry = TypeVar("_Entry", bound=wsx.RequestOrder)
 
 
 @dataclass(frozen=True)
