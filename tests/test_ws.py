@@ -10,9 +10,10 @@ import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import aiohttp
 import defusedxml.ElementTree as SafeET
@@ -67,6 +68,15 @@ class Reply:
         return self.root.findall("Response/Orders/Order")
 
 
+class CallOptions(TypedDict, total=False):
+    """How `Ws.call` posts its form, past the CALL and the REQUEST."""
+
+    token: str | None
+    form: str
+    path: str
+    mode: str
+
+
 @dataclass
 class Ws:
     """The webservice under test, its storage, a store 1 token and the scheduler's kicks."""
@@ -113,26 +123,59 @@ class Ws:
                 root=SafeET.fromstring(text.encode()),
             )
 
+    async def valid_orders(self, *orders: str, **options: Unpack[CallOptions]) -> Reply:
+        """Call ValidOrders with these `<Order>` elements."""
+        return await self.call("ValidOrders", valid_orders(*orders), **options)
+
+    async def update_orders(self, *orders: str, **options: Unpack[CallOptions]) -> Reply:
+        """Call UpdateOrders with these `<Order>` elements."""
+        return await self.call("UpdateOrders", update_orders(*orders), **options)
+
     async def operations(self) -> int:
         row = await self.storage.db.fetchrow("SELECT count(*) FROM operations")
         assert row is not None
         return int(row[0])
 
 
-@pytest.fixture
-async def ws(storage: Storage) -> AsyncIterator[Ws]:
+@asynccontextmanager
+async def serve(
+    storage: Storage, webservice: LegacyWebservice, kicks: list[int] | None = None
+) -> AsyncIterator[Ws]:
+    """The webservice served on 127.0.0.1, and a client of it with a new store 1 token."""
     app = web.Application()
-    kicks: list[int] = []
-    LegacyWebservice(storage, lambda: NOW, on_operations=lambda: kicks.append(1)).routes(app)
+    webservice.routes(app)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     _, token = await storage.tokens.create(1, "legacy", NOW)
-    session = aiohttp.ClientSession()
     try:
-        yield Ws(storage, session, str(server.make_url("")), token, kicks)
+        async with aiohttp.ClientSession() as session:
+            yield Ws(
+                storage, session, str(server.make_url("")), token, [] if kicks is None else kicks
+            )
     finally:
-        await session.close()
         await server.close()
+
+
+@asynccontextmanager
+async def mirakl_carriers(storage: Storage, marketplace: SandboxMarketplace) -> AsyncIterator[Ws]:
+    """The webservice with store 1's carriers read from this Mirakl sandbox (SH21)."""
+    async with run_sandbox(marketplace) as base_url:
+        mirakl = MiraklConnector(MiraklSettings(base_url=base_url, api_key="ws-carriers-key"))
+        try:
+            async with serve(
+                storage, LegacyWebservice(storage, lambda: NOW, carriers={1: [mirakl]})
+            ) as ws:
+                yield ws
+        finally:
+            await mirakl.aclose()
+
+
+@pytest.fixture
+async def ws(storage: Storage) -> AsyncIterator[Ws]:
+    kicks: list[int] = []
+    webservice = LegacyWebservice(storage, lambda: NOW, on_operations=lambda: kicks.append(1))
+    async with serve(storage, webservice, kicks) as client:
+        yield client
 
 
 async def write(
@@ -180,11 +223,8 @@ async def test_get_orders_offers_exactly_the_orders_to_process(ws: Ws) -> None:
     )
     await write(ws.storage, make_order("DEC-STALE"), at=NOW - timedelta(days=8))
     await write(ws.storage, make_order("EBAY-OTHER-STORE"), channel="ebay-de")
-    reply = await ws.call(
-        "ValidOrders",
-        valid_orders(
-            "<Order><IdOrder>DEC-ACKED</IdOrder><Marketplace>decathlon</Marketplace></Order>"
-        ),
+    reply = await ws.valid_orders(
+        "<Order><IdOrder>DEC-ACKED</IdOrder><Marketplace>decathlon</Marketplace></Order>",
     )
     assert reply.find("Response/Orders/Order/Imported") == "True"
 
@@ -354,13 +394,10 @@ async def test_get_orders_reads_past_one_page_of_orders(ws: Ws) -> None:
 async def test_valid_orders_acknowledges_with_the_shop_order_id(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"), make_order("DEC-2"))
 
-    reply = await ws.call(
-        "ValidOrders",
-        valid_orders(
-            # Element order varies by client; the channel name is matched case-insensitively.
-            "<Order><Marketplace>Decathlon</Marketplace><IdOrder> DEC-1 </IdOrder>"
-            "<MerchantIdOrder><![CDATA[100042]]></MerchantIdOrder></Order>"
-        ),
+    reply = await ws.valid_orders(
+        # Element order varies by client; the channel name is matched case-insensitively.
+        "<Order><Marketplace>Decathlon</Marketplace><IdOrder> DEC-1 </IdOrder>"
+        "<MerchantIdOrder><![CDATA[100042]]></MerchantIdOrder></Order>",
         form="urlencoded",
     )
 
@@ -382,13 +419,10 @@ async def test_valid_orders_acknowledges_with_the_shop_order_id(ws: Ws) -> None:
 async def test_valid_orders_with_an_error_order_records_the_shops_error(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"))
 
-    reply = await ws.call(
-        "ValidOrders",
-        valid_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<ErrorOrder><![CDATA[Product SKU-0002 <unknown> & out of stock]]></ErrorOrder>"
-            "</Order>"
-        ),
+    reply = await ws.valid_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<ErrorOrder><![CDATA[Product SKU-0002 <unknown> & out of stock]]></ErrorOrder>"
+        "</Order>",
     )
 
     assert reply.find("Response/Orders/Order/Imported") == "True"
@@ -402,16 +436,13 @@ async def test_valid_orders_with_an_error_order_records_the_shops_error(ws: Ws) 
 async def test_an_unknown_order_is_not_imported_and_the_others_go_through(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"), make_order("DEC-2"))
 
-    reply = await ws.call(
-        "ValidOrders",
-        valid_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<MerchantIdOrder>1</MerchantIdOrder></Order>",
-            "<Order><IdOrder>NOPE-9</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<MerchantIdOrder>2</MerchantIdOrder></Order>",
-            "<Order><IdOrder>DEC-2</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<MerchantIdOrder>3</MerchantIdOrder></Order>",
-        ),
+    reply = await ws.valid_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<MerchantIdOrder>1</MerchantIdOrder></Order>",
+        "<Order><IdOrder>NOPE-9</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<MerchantIdOrder>2</MerchantIdOrder></Order>",
+        "<Order><IdOrder>DEC-2</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<MerchantIdOrder>3</MerchantIdOrder></Order>",
     )
 
     assert reply.status == 200
@@ -434,9 +465,8 @@ async def test_another_stores_token_cannot_acknowledge_this_stores_order(ws: Ws)
     ids = await write(ws.storage, make_order("DEC-1"))
     _, other = await ws.storage.tokens.create(2, "other-shop", NOW)
 
-    reply = await ws.call(
-        "ValidOrders",
-        valid_orders("<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace></Order>"),
+    reply = await ws.valid_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace></Order>",
         token=other,
     )
 
@@ -457,15 +487,12 @@ async def test_another_stores_token_cannot_acknowledge_this_stores_order(ws: Ws)
 async def test_update_orders_shipped_schedules_a_shipment_with_its_tracking(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"))
 
-    reply = await ws.call(
-        "UpdateOrders",
-        update_orders(
-            # Magento 1's element order: TrackingNumber, TrackingUrl, CarrierName.
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>Shipped</Status><TrackingNumber><![CDATA[6A12345678901]]></TrackingNumber>"
-            "<TrackingUrl><![CDATA[https://www.laposte.fr/outils/suivre-vos-envois?code=6A1]]>"
-            "</TrackingUrl><CarrierName><![CDATA[Colissimo]]></CarrierName></Order>"
-        ),
+    reply = await ws.update_orders(
+        # Magento 1's element order: TrackingNumber, TrackingUrl, CarrierName.
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>Shipped</Status><TrackingNumber><![CDATA[6A12345678901]]></TrackingNumber>"
+        "<TrackingUrl><![CDATA[https://www.laposte.fr/outils/suivre-vos-envois?code=6A1]]>"
+        "</TrackingUrl><CarrierName><![CDATA[Colissimo]]></CarrierName></Order>",
         form="urlencoded",
     )
 
@@ -488,13 +515,10 @@ async def test_update_orders_shipped_schedules_a_shipment_with_its_tracking(ws: 
 async def test_a_tracking_number_that_is_a_link_becomes_the_tracking_url(ws: Ws) -> None:
     await write(ws.storage, make_order("DEC-1"))
 
-    reply = await ws.call(
-        "UpdateOrders",
-        update_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>shipped</Status><CarrierName>DHL</CarrierName>"
-            "<TrackingNumber>https://dhl.example/track/JD0001</TrackingNumber></Order>"
-        ),
+    reply = await ws.update_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>shipped</Status><CarrierName>DHL</CarrierName>"
+        "<TrackingNumber>https://dhl.example/track/JD0001</TrackingNumber></Order>",
     )
 
     # decathlon requires a tracking number: a link alone is not one.
@@ -512,13 +536,10 @@ async def test_shipping_without_tracking_where_the_channel_requires_it_is_refuse
 ) -> None:
     await write(ws.storage, make_order("DEC-1"))
 
-    reply = await ws.call(
-        "UpdateOrders",
-        update_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<MerchantIdOrder>100042</MerchantIdOrder><Status>Shipped</Status>"
-            "<TrackingNumber></TrackingNumber><CarrierName>Colissimo</CarrierName></Order>"
-        ),
+    reply = await ws.update_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<MerchantIdOrder>100042</MerchantIdOrder><Status>Shipped</Status>"
+        "<TrackingNumber></TrackingNumber><CarrierName>Colissimo</CarrierName></Order>",
     )
 
     assert reply.status == 200
@@ -542,12 +563,9 @@ async def test_shipping_without_carrier_or_tracking_on_a_default_channel_is_take
     async with ws.storage.db.write() as tx:
         await tx.execute("UPDATE channels SET require_tracking = 0 WHERE name = 'decathlon'")
 
-    reply = await ws.call(
-        "UpdateOrders",
-        update_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>Shipped</Status><CarrierName></CarrierName></Order>"
-        ),
+    reply = await ws.update_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>Shipped</Status><CarrierName></CarrierName></Order>",
     )
 
     [order] = reply.orders()
@@ -561,15 +579,12 @@ async def test_shipping_without_carrier_or_tracking_on_a_default_channel_is_take
 async def test_update_orders_canceled_schedules_a_cancellation(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"), make_order("DEC-2"))
 
-    reply = await ws.call(
-        "UpdateOrders",
-        update_orders(
-            "<Order><IdOrder>DEC-2</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>Canceled</Status></Order>",
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>Shipped</Status><TrackingNumber>6A1</TrackingNumber>"
-            "<CarrierName>Colissimo</CarrierName></Order>",
-        ),
+    reply = await ws.update_orders(
+        "<Order><IdOrder>DEC-2</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>Canceled</Status></Order>",
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>Shipped</Status><TrackingNumber>6A1</TrackingNumber>"
+        "<CarrierName>Colissimo</CarrierName></Order>",
     )
 
     assert [(o.findtext("IdOrder"), o.findtext("StatusUpdated")) for o in reply.orders()] == [
@@ -588,14 +603,11 @@ async def test_update_orders_canceled_schedules_a_cancellation(ws: Ws) -> None:
 async def test_a_status_other_than_shipped_or_canceled_is_refused_whole(ws: Ws) -> None:
     await write(ws.storage, make_order("DEC-1"), make_order("DEC-2"))
 
-    reply = await ws.call(
-        "UpdateOrders",
-        update_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>Canceled</Status></Order>",
-            "<Order><IdOrder>DEC-2</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>Delivered</Status></Order>",
-        ),
+    reply = await ws.update_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>Canceled</Status></Order>",
+        "<Order><IdOrder>DEC-2</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>Delivered</Status></Order>",
     )
 
     assert reply.status == 400
@@ -643,12 +655,9 @@ async def test_an_unknown_call_is_refused_by_name(ws: Ws) -> None:
 async def test_plain_multipart_fields_as_prestashop_posts_them_work(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"))
 
-    reply = await ws.call(
-        "ValidOrders",
-        valid_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<MerchantIdOrder>7</MerchantIdOrder></Order>"
-        ),
+    reply = await ws.valid_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<MerchantIdOrder>7</MerchantIdOrder></Order>",
         form="plain",
     )
 
@@ -681,12 +690,9 @@ async def test_a_missing_field_is_named(
 async def test_a_request_missing_an_id_order_is_refused_whole_naming_it(ws: Ws) -> None:
     ids = await write(ws.storage, make_order("DEC-1"))
 
-    reply = await ws.call(
-        "ValidOrders",
-        valid_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace></Order>",
-            "<Order><Marketplace>decathlon</Marketplace></Order>",
-        ),
+    reply = await ws.valid_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace></Order>",
+        "<Order><Marketplace>decathlon</Marketplace></Order>",
     )
 
     assert reply.status == 400
@@ -786,21 +792,9 @@ async def test_get_carriers_lists_the_marketplaces_carriers_and_the_names_orders
         channel="ebay-de",
     )
     marketplace = SandboxMarketplace("ws-carriers-key")
-    async with run_sandbox(marketplace) as base_url:
-        mirakl = MiraklConnector(MiraklSettings(base_url=base_url, api_key="ws-carriers-key"))
-        app = web.Application()
-        LegacyWebservice(storage, lambda: NOW, carriers={1: [mirakl]}).routes(app)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        _, token = await storage.tokens.create(1, "legacy", NOW)
-        try:
-            async with aiohttp.ClientSession() as session:
-                ws = Ws(storage, session, str(server.make_url("")), token)
-                first = await ws.call("GetCarriers")
-                again = await ws.call("GetCarriers", form="urlencoded")
-        finally:
-            await server.close()
-            await mirakl.aclose()
+    async with mirakl_carriers(storage, marketplace) as ws:
+        first = await ws.call("GetCarriers")
+        again = await ws.call("GetCarriers", form="urlencoded")
     assert first.status == 200
     names = [c.text for c in first.root.findall("Response/Carriers/Carrier")]
     # The operator's five, the shipment's carrier and the shipping methods; Mondial Relay and
@@ -821,21 +815,8 @@ async def test_get_carriers_still_answers_when_the_marketplace_is_down(storage: 
     await write(storage, make_order("DEC-1"))
     marketplace = SandboxMarketplace("ws-carriers-key")
     marketplace.fail_next(5, 503, operation="SH21")
-    async with run_sandbox(marketplace) as base_url:
-        mirakl = MiraklConnector(MiraklSettings(base_url=base_url, api_key="ws-carriers-key"))
-        app = web.Application()
-        LegacyWebservice(storage, lambda: NOW, carriers={1: [mirakl]}).routes(app)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        _, token = await storage.tokens.create(1, "legacy", NOW)
-        try:
-            async with aiohttp.ClientSession() as session:
-                reply = await Ws(storage, session, str(server.make_url("")), token).call(
-                    "GetCarriers"
-                )
-        finally:
-            await server.close()
-            await mirakl.aclose()
+    async with mirakl_carriers(storage, marketplace) as ws:
+        reply = await ws.call("GetCarriers")
     assert reply.status == 200
     assert [c.text for c in reply.root.findall("Response/Carriers/Carrier")] == ["Colissimo"]
 
@@ -847,21 +828,15 @@ async def test_sandbox_mode_answers_as_done_and_writes_nothing(ws: Ws) -> None:
     )
     events = await ws.storage.db.fetchrow("SELECT count(*) FROM order_events")
 
-    valid = await ws.call(
-        "ValidOrders",
-        valid_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<MerchantIdOrder>PS-7</MerchantIdOrder></Order>"
-        ),
+    valid = await ws.valid_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<MerchantIdOrder>PS-7</MerchantIdOrder></Order>",
         mode="Sandbox",
     )
-    update = await ws.call(
-        "UpdateOrders",
-        update_orders(
-            "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
-            "<Status>Shipped</Status><CarrierName>Colissimo</CarrierName>"
-            "<TrackingNumber>6A123</TrackingNumber></Order>"
-        ),
+    update = await ws.update_orders(
+        "<Order><IdOrder>DEC-1</IdOrder><Marketplace>decathlon</Marketplace>"
+        "<Status>Shipped</Status><CarrierName>Colissimo</CarrierName>"
+        "<TrackingNumber>6A123</TrackingNumber></Order>",
         mode="sandbox",
     )
 
@@ -877,6 +852,6 @@ async def test_sandbox_mode_answers_as_done_and_writes_nothing(ws: Ws) -> None:
     # GetOrders still offers the order: nothing acknowledged it.
     assert [o.findtext("IdOrder") for o in (await ws.call("GetOrders")).orders()] == ["DEC-1"]
     # A broken request is still refused in sandbox mode, naming what is wrong.
-    broken = await ws.call("UpdateOrders", update_orders("<Order/>"), mode="Sandbox")
+    broken = await ws.update_orders("<Order/>", mode="Sandbox")
     assert broken.status == 400
     assert "UpdateOrders/Order[1]/IdOrder" in broken.find("Response/Error/Message")

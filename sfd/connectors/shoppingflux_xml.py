@@ -66,11 +66,17 @@ class LegacyStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class ValidOrder:
-    """One `<Order>` of ValidOrders: the shop imported it, or failed to (`error_order`)."""
+class RequestOrder:
+    """What every `<Order>` of a request names its order by."""
 
     id_order: str
     marketplace: str
+
+
+@dataclass(frozen=True)
+class ValidOrder(RequestOrder):
+    """One `<Order>` of ValidOrders: the shop imported it, or failed to (`error_order`)."""
+
     merchant_id_order: str | None = None
     """The shop's own order id; None when absent or empty."""
     error_order: str | None = None
@@ -78,11 +84,9 @@ class ValidOrder:
 
 
 @dataclass(frozen=True)
-class OrderUpdate:
+class OrderUpdate(RequestOrder):
     """One `<Order>` of UpdateOrders: shipped (with tracking) or canceled."""
 
-    id_order: str
-    marketplace: str
     status: LegacyStatus
     merchant_id_order: str | None = None
     tracking_number: str = ""

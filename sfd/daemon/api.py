@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import BodyPartReader, web
@@ -35,6 +35,7 @@ MAX_BODY = 10 * 1024**2
 MAX_ID = 2**63 - 1
 IDENTITY = web.RequestKey("identity", TokenIdentity)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Item = TypeVar("_Item")
 
 
 def problem(status: int, title: str, detail: str, field: str | None = None) -> web.Response:
@@ -277,6 +278,28 @@ class ShopApi:
             self._int(request, "limit", MAX_LIMIT, 1, MAX_LIMIT),
         )
 
+    def _listed(
+        self,
+        request: web.Request,
+        key: str,
+        everything: Sequence[_Item],
+        document: Callable[[_Item], Any],
+    ) -> web.Response:
+        """The requested page of a list read whole, as a collection of `key` documents."""
+        page, limit = self._page(request)
+        chosen = everything[(page - 1) * limit : page * limit]
+        return hal(
+            sf.collection(
+                key,
+                [sf.encode(document(item)) for item in chosen],
+                path=request.path,
+                query={},
+                page=page,
+                limit=limit,
+                total=len(everything),
+            )
+        )
+
     # -- session ----------------------------------------------------------------------------
 
     async def ping(self, _request: web.Request) -> web.Response:
@@ -448,20 +471,8 @@ class ShopApi:
             is None
         ):
             return problem(404, "Not Found", f"no order {order_id} in store {identity.store_id}")
-        page, limit = self._page(request)
         shipments = await self.storage.operations.shipments(order_id)
-        chosen = shipments[(page - 1) * limit : page * limit]
-        return hal(
-            sf.collection(
-                "shipment",
-                [sf.encode(sf.render_shipment(t)) for t in chosen],
-                path=request.path,
-                query={},
-                page=page,
-                limit=limit,
-                total=len(shipments),
-            )
-        )
+        return self._listed(request, "shipment", shipments, sf.render_shipment)
 
     async def operate(self, request: web.Request) -> web.Response:
         """Validate the whole request, then write every entry and its ticket in one go: 202."""
@@ -487,24 +498,7 @@ class ShopApi:
             )
             for entry, payload in entries
         ]
-        batch = await request_operations(
-            self.storage,
-            identity.store_id,
-            kind,
-            requests,
-            EventSource.API,
-            self.clock(),
-            self.on_operations,
-            actor=identity.name,
-        )
-        base = f"/v1/store/{identity.store_id}"
-        return hal(
-            {
-                "id": batch.id,
-                "_links": {"ticket": {"href": f"{base}/ticket?batchId={batch.id}"}},
-            },
-            status=202,
-        )
+        return await self._accept(identity, kind, requests)
 
     async def upload_documents(self, request: web.Request) -> web.Response:
         """Documents (invoices) for orders, as the SDK's uploadDocument sends them: 202.
@@ -538,10 +532,16 @@ class ShopApi:
                     document=document,
                 )
             )
+        return await self._accept(identity, OperationKind.UPLOAD_DOCUMENT, requests)
+
+    async def _accept(
+        self, identity: TokenIdentity, kind: OperationKind, requests: Sequence[OperationRequest]
+    ) -> web.Response:
+        """Write the batch of operations and its ticket, and answer 202 with the ticket's link."""
         batch = await request_operations(
             self.storage,
             identity.store_id,
-            OperationKind.UPLOAD_DOCUMENT,
+            kind,
             requests,
             EventSource.API,
             self.clock(),
@@ -662,30 +662,17 @@ class ShopApi:
     async def channels(self, request: web.Request) -> web.Response:
         """The store's channels, as the SDK's StoreChannel resources."""
         identity = self._identity(request)
-        page, limit = self._page(request)
         channels = await self.storage.channels.states(store_id=identity.store_id)
-        chosen = channels[(page - 1) * limit : page * limit]
-        items = [
-            sf.encode(
-                {
-                    "id": c.id,
-                    "installed": True,
-                    "_links": {"self": {"href": f"/v1/channel/{c.id}"}},
-                    "_embedded": {"channel": sf.channel_document(c.id, c.name)},
-                }
-            )
-            for c in chosen
-        ]
-        return hal(
-            sf.collection(
-                "storeChannel",
-                items,
-                path=request.path,
-                query={},
-                page=page,
-                limit=limit,
-                total=len(channels),
-            )
+        return self._listed(
+            request,
+            "storeChannel",
+            channels,
+            lambda c: {
+                "id": c.id,
+                "installed": True,
+                "_links": {"self": {"href": f"/v1/channel/{c.id}"}},
+                "_embedded": {"channel": sf.channel_document(c.id, c.name)},
+            },
         )
 
     async def channel(self, request: web.Request) -> web.Response:

@@ -7,7 +7,7 @@ twice. The watch ticks at the next deadline or window opening, at most `interval
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sfd.daemon.backoff import Backoff
@@ -83,41 +83,57 @@ class DeadlineWatch(Loop):
         return min(self.interval, max(MIN_GAP, wait))
 
     async def _warn(self, orders: Sequence[DeadlineOrder], now: datetime) -> int:
-        recorded = await self.deadlines.record_many(
+        warned = await self._record(
             DEADLINE_WARNING,
+            orders,
             now,
-            {
-                o.order_id: f"ship by {to_api(o.latest_ship_date)}: "
+            lambda o: (
+                f"ship by {to_api(o.latest_ship_date)}: "
                 f"{hours_between(now, o.latest_ship_date)} hours left"
-                for o in orders
-            },
+            ),
         )
-        for o in orders:
-            if o.order_id in recorded:
-                self.log.warning(
-                    "ship_deadline_approaching",
-                    channel=o.channel,
-                    order=o.reference,
-                    order_id=o.order_id,
-                    latestShipDate=to_api(o.latest_ship_date),
-                    hours_left=hours_between(now, o.latest_ship_date),
-                )
-        return len(recorded)
+        for o in warned:
+            self.log.warning(
+                "ship_deadline_approaching",
+                **_log_fields(o),
+                hours_left=hours_between(now, o.latest_ship_date),
+            )
+        return len(warned)
 
     async def _passed(self, orders: Sequence[DeadlineOrder], now: datetime) -> int:
-        recorded = await self.deadlines.record_many(
+        passed = await self._record(
             DEADLINE_PASSED,
+            orders,
             now,
-            {o.order_id: f"ship-by date {to_api(o.latest_ship_date)} passed" for o in orders},
+            lambda o: f"ship-by date {to_api(o.latest_ship_date)} passed",
         )
-        for o in orders:
-            if o.order_id in recorded:
-                self.log.error(
-                    "ship_deadline_passed",
-                    channel=o.channel,
-                    order=o.reference,
-                    order_id=o.order_id,
-                    latestShipDate=to_api(o.latest_ship_date),
-                    hours_late=hours_between(o.latest_ship_date, now),
-                )
-        return len(recorded)
+        for o in passed:
+            self.log.error(
+                "ship_deadline_passed",
+                **_log_fields(o),
+                hours_late=hours_between(o.latest_ship_date, now),
+            )
+        return len(passed)
+
+    async def _record(
+        self,
+        kind: str,
+        orders: Sequence[DeadlineOrder],
+        now: datetime,
+        message: Callable[[DeadlineOrder], str],
+    ) -> list[DeadlineOrder]:
+        """Record the event `kind` on each order that lacks it: the orders recorded now."""
+        recorded = await self.deadlines.record_many(
+            kind, now, {o.order_id: message(o) for o in orders}
+        )
+        return [o for o in orders if o.order_id in recorded]
+
+
+def _log_fields(order: DeadlineOrder) -> dict[str, object]:
+    """What a deadline's log line says of its order."""
+    return {
+        "channel": order.channel,
+        "order": order.reference,
+        "order_id": order.order_id,
+        "latestShipDate": to_api(order.latest_ship_date),
+    }

@@ -8,9 +8,10 @@ the old modules parse whatever comes back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.web_request import FileField
@@ -53,6 +54,8 @@ def xml_response(body: bytes, status: int = 200) -> web.Response:
 
 
 _CALLS = {c.lower(): c for c in CALLS}
+#: What a write call's REQUEST holds: the orders to acknowledge, or to ship or cancel.
+_Entry = TypeVar("_Entry", bound=wsx.RequestOrder)
 
 
 @dataclass(frozen=True)
@@ -187,24 +190,17 @@ class LegacyWebservice:
             self.refusals.refused(source, "ws")
             raise _Refused(401, "Authentication", "invalid token")
         now = envelope.date
-        sandbox = form.mode.strip().lower() == SANDBOX_MODE
         match _CALLS.get(call.lower()):
             case "GetOrders":
                 orders = await self._to_process(identity, now)
                 return xml_response(wsx.render_orders(envelope, orders))
             case "ValidOrders":
-                if sandbox:
-                    entries = wsx.parse_valid_orders(form.request)
-                    results = self._sandboxed(identity, "ValidOrders", entries)
-                else:
-                    results = await self._valid_orders(identity, form.request, now)
+                acks = wsx.parse_valid_orders(form.request)
+                results = await self._write(identity, form, acks, now, self._valid_orders)
                 return xml_response(wsx.render_valid_orders(envelope, results))
             case "UpdateOrders":
-                if sandbox:
-                    updates = wsx.parse_update_orders(form.request)
-                    results = self._sandboxed(identity, "UpdateOrders", updates)
-                else:
-                    results = await self._update_orders(identity, form.request, now)
+                updates = wsx.parse_update_orders(form.request)
+                results = await self._write(identity, form, updates, now, self._update_orders)
                 return xml_response(wsx.render_update_orders(envelope, results))
             case "GetCarriers":
                 return xml_response(wsx.render_carriers(envelope, await self._carriers(identity)))
@@ -233,12 +229,18 @@ class LegacyWebservice:
             offset += PAGE
 
     @staticmethod
-    def _sandboxed(
+    async def _write(
         identity: TokenIdentity,
-        call: str,
-        entries: Sequence[wsx.ValidOrder] | Sequence[wsx.OrderUpdate],
+        form: _Form,
+        entries: list[_Entry],
+        now: datetime,
+        write: Callable[[TokenIdentity, list[_Entry], datetime], Awaitable[list[wsx.OrderResult]]],
     ) -> list[wsx.OrderResult]:
-        """MODE=Sandbox: the request was read and checked; answered as done, nothing written."""
+        """Write the request's entries, read and checked whole; with MODE=Sandbox (a module's
+        test mode) answer every one as done and write nothing."""
+        if form.mode.strip().lower() != SANDBOX_MODE:
+            return await write(identity, entries, now)
+        call = _CALLS[form.call.strip().lower()]
         log.info("ws_sandbox_call", call=call, store=identity.store_id, orders=len(entries))
         return [
             wsx.OrderResult(id_order=e.id_order, marketplace=e.marketplace, ok=True)
@@ -261,10 +263,9 @@ class LegacyWebservice:
         return sorted((n for k, n in unique.items() if k), key=str.casefold)
 
     async def _valid_orders(
-        self, identity: TokenIdentity, document: str | bytes, now: datetime
+        self, identity: TokenIdentity, entries: list[wsx.ValidOrder], now: datetime
     ) -> list[wsx.OrderResult]:
         """Acknowledge each order: success with the shop's id, or error with its message."""
-        entries = wsx.parse_valid_orders(document)
         requests = [
             OperationRequest(
                 payload=AcknowledgePayload(
@@ -284,10 +285,9 @@ class LegacyWebservice:
         ]
 
     async def _update_orders(
-        self, identity: TokenIdentity, document: str | bytes, now: datetime
+        self, identity: TokenIdentity, updates: list[wsx.OrderUpdate], now: datetime
     ) -> list[wsx.OrderResult]:
         """Ship or cancel each order, one batch per kind; the answer follows the request."""
-        updates = wsx.parse_update_orders(document)
         tickets: dict[int, Ticket] = {}
         for status, kind in (
             (wsx.LegacyStatus.SHIPPED, OperationKind.SHIP),

@@ -60,6 +60,14 @@ class CsrfRefused(Exception):
     """A changing form without this session's CSRF token."""
 
 
+class Refused(Exception):
+    """A request refused with a page, deep in a handler; the guarded handler answers it."""
+
+    def __init__(self, page: web.Response) -> None:
+        super().__init__(page.status)
+        self.page = page
+
+
 async def _no_carriers(_channel: str) -> CarrierView | None:
     return None
 
@@ -100,12 +108,15 @@ class PageBase:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _guarded(self, handler: Handler) -> Handler:
-        """The handler, answering a page that says so when the disk refuses a write."""
+        """The handler, answering its refusals' pages, and a page that says so when the disk
+        refuses a write."""
 
         @functools.wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
                 return await handler(request)
+            except Refused as refused:
+                return refused.page
             except StorageUnavailable as exc:
                 return self.problem(
                     503,
@@ -174,33 +185,42 @@ class PageBase:
             raise CsrfRefused(request.path)
         return values
 
-    async def changing(
-        self, request: web.Request
-    ) -> tuple[Session, dict[str, str]] | web.StreamResponse:
-        """Session and fields of a changing POST, or the page that refuses it."""
+    async def changing(self, request: web.Request) -> tuple[Session, dict[str, str]]:
+        """Session and fields of a changing POST; raise Refused with the page refusing it."""
         session = await self.session(request)
         if session is None:
-            return self.problem(403, "Not signed in", "Sign in again; nothing was changed.", None)
+            raise Refused(self.signed_out())
         try:
             return session, await self.form(request, session)
         except CsrfRefused:
-            log.warning("page_csrf_refused", path=request.path, token=session.token_name)
-            return self.problem(
-                403,
-                "Form refused",
-                "This form did not carry the page's security token (it may be from an old "
-                "page or another site). Nothing was changed; reload the page and try again.",
-                session,
-            )
+            raise Refused(self.csrf_refused(request, session)) from None
         except FormError as exc:
-            return self.problem(400, "Bad form", f"{exc}. Nothing was changed.", session)
+            raise Refused(self.bad_form(exc, session)) from None
 
-    def _unexpected(self, values: Mapping[str, str], session: Session) -> web.Response | None:
-        """The refusal of a form that should carry nothing but its CSRF token."""
-        if not values:
-            return None
-        name = next(iter(values))[:40]
-        return self.problem(400, "Bad form", f"unexpected field {name!r}.", session)
+    def signed_out(self) -> web.Response:
+        """The refusal of a changing POST without a live session."""
+        return self.problem(403, "Not signed in", "Sign in again; nothing was changed.", None)
+
+    def bad_form(self, error: FormError, session: Session) -> web.Response:
+        """The refusal of a form that cannot be read."""
+        return self.problem(400, "Bad form", f"{error}. Nothing was changed.", session)
+
+    def csrf_refused(self, request: web.Request, session: Session) -> web.Response:
+        """The refusal, logged, of a form without the page's security token."""
+        log.warning("page_csrf_refused", path=request.path, token=session.token_name)
+        return self.problem(
+            403,
+            "Form refused",
+            "This form did not carry the page's security token (it may be from an old "
+            "page or another site). Nothing was changed; reload the page and try again.",
+            session,
+        )
+
+    def _no_fields(self, values: Mapping[str, str], session: Session) -> None:
+        """Raise Refused when a form that should carry nothing but its CSRF token has more."""
+        if values:
+            name = next(iter(values))[:40]
+            raise Refused(self.problem(400, "Bad form", f"unexpected field {name!r}.", session))
 
     async def _channel_names(self, store_id: int) -> list[str]:
         return [c.name for c in await self.storage.channels.states(store_id=store_id)]

@@ -32,17 +32,13 @@ class ChannelPages(PageBase):
 
     async def poll(self, request: web.Request) -> web.StreamResponse:
         """Ask a channel's poller to poll now."""
-        checked = await self.changing(request)
-        if isinstance(checked, web.StreamResponse):
-            return checked
-        session, values = checked
+        session, values = await self.changing(request)
         name = request.match_info["name"]
         if name not in await self._channel_names(session.store_id):
             return self.problem(
                 404, "Not found", f"There is no channel {name[:40]!r} in your store.", session
             )
-        if refusal := self._unexpected(values, session):
-            return refusal
+        self._no_fields(values, session)
         if not self.poll_now(name):
             return self.problem(
                 409, "Not running", f"Channel {name} has no running poller.", session

@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from sfd.daemon.api import read_part
 from sfd.daemon.outbox import request_operations
-from sfd.daemon.page.base import PageBase, log
+from sfd.daemon.page.base import PageBase, Refused, log
 from sfd.daemon.page.forms import ACTIONS, FormError, read_action
 from sfd.daemon.page.sessions import Session
 from sfd.daemon.push import PushError, retry_push
@@ -141,33 +141,23 @@ class OrderPages(PageBase):
 
     async def _order_post(
         self, request: web.Request
-    ) -> tuple[Session, dict[str, str], StoredOrder] | web.StreamResponse:
-        """Session, fields and order of a changing POST on an order, or the refusing page."""
-        checked = await self.changing(request)
-        if isinstance(checked, web.StreamResponse):
-            return checked
-        session, values = checked
+    ) -> tuple[Session, dict[str, str], StoredOrder]:
+        """Session, fields and order of a changing POST on an order; raise Refused."""
+        session, values = await self.changing(request)
         try:
             return session, values, await self._order(request, session)
         except NotFound as exc:
-            return self._not_found(session, str(exc))
+            raise Refused(self._not_found(session, str(exc))) from None
 
-    async def _bare_order_post(
-        self, request: web.Request
-    ) -> tuple[Session, StoredOrder] | web.StreamResponse:
-        """Session and order of a POST that carries nothing but its CSRF token."""
-        checked = await self._order_post(request)
-        if isinstance(checked, web.StreamResponse):
-            return checked
-        session, values, order = checked
-        return self._unexpected(values, session) or (session, order)
+    async def _bare_order_post(self, request: web.Request) -> tuple[Session, StoredOrder]:
+        """Session and order of a POST that carries nothing but its CSRF token; raise Refused."""
+        session, values, order = await self._order_post(request)
+        self._no_fields(values, session)
+        return session, order
 
     async def act(self, request: web.Request) -> web.StreamResponse:
         """Accept, refuse, ship, cancel, acknowledge or unacknowledge one order."""
-        checked = await self._order_post(request)
-        if isinstance(checked, web.StreamResponse):
-            return checked
-        session, values, order = checked
+        session, values, order = await self._order_post(request)
         name = request.match_info["action"]
         try:
             kind = OperationKind(name)
@@ -183,18 +173,9 @@ class OrderPages(PageBase):
             return await self._order_page(
                 session, order, status=400, refused=kind, reason=str(exc), values=values
             )
-        batch = await request_operations(
-            self.storage,
-            session.store_id,
-            kind,
-            [OperationRequest(payload=form.payload, order_id=order.id)],
-            EventSource.PAGE,
-            self.clock(),
-            self.on_operations,
-            via=f"page:{session.token_name}",
-            actor=session.token_name,
+        ticket = await self._request(
+            session, kind, OperationRequest(payload=form.payload, order_id=order.id)
         )
-        [ticket] = batch.tickets
         if ticket.state == TicketState.FAILED:
             fresh = await self.storage.orders.get(order.id, store_id=session.store_id)
             return await self._order_page(
@@ -207,6 +188,24 @@ class OrderPages(PageBase):
             )
         return self.redirect(f"/orders/{order.id}?done={ticket.id}")
 
+    async def _request(
+        self, session: Session, kind: OperationKind, operation: OperationRequest
+    ) -> Ticket:
+        """Request one operation as the signed-in token, through the API's rules: its ticket."""
+        batch = await request_operations(
+            self.storage,
+            session.store_id,
+            kind,
+            [operation],
+            EventSource.PAGE,
+            self.clock(),
+            self.on_operations,
+            via=f"page:{session.token_name}",
+            actor=session.token_name,
+        )
+        [ticket] = batch.tickets
+        return ticket
+
     async def upload(self, request: web.Request) -> web.StreamResponse:
         """Attach a document (an invoice) to the order: a multipart form with its CSRF token.
 
@@ -214,7 +213,7 @@ class OrderPages(PageBase):
         before the token decides anything is stored."""
         session = await self.session(request)
         if session is None:
-            return self.problem(403, "Not signed in", "Sign in again; nothing was changed.", None)
+            return self.signed_out()
         try:
             order = await self._order(request, session)
         except NotFound as exc:
@@ -222,16 +221,9 @@ class OrderPages(PageBase):
         try:
             fields, file_name, content = await _read_upload_form(request)
         except FormError as exc:
-            return self.problem(400, "Bad form", f"{exc}. Nothing was changed.", session)
+            return self.bad_form(exc, session)
         if not session.csrf_matches(fields.get("csrf")):
-            log.warning("page_csrf_refused", path=request.path, token=session.token_name)
-            return self.problem(
-                403,
-                "Form refused",
-                "This form did not carry the page's security token (it may be from an old "
-                "page or another site). Nothing was changed; reload the page and try again.",
-                session,
-            )
+            return self.csrf_refused(request, session)
         try:
             if content is None:
                 raise DocumentRefused(
@@ -242,22 +234,13 @@ class OrderPages(PageBase):
             return await self._order_page(
                 session, order, status=400, refused=K.UPLOAD_DOCUMENT, reason=str(exc)
             )
-        batch = await request_operations(
-            self.storage,
-            session.store_id,
+        ticket = await self._request(
+            session,
             K.UPLOAD_DOCUMENT,
-            [
-                OperationRequest(
-                    payload=document_payload(document), order_id=order.id, document=document
-                )
-            ],
-            EventSource.PAGE,
-            self.clock(),
-            self.on_operations,
-            via=f"page:{session.token_name}",
-            actor=session.token_name,
+            OperationRequest(
+                payload=document_payload(document), order_id=order.id, document=document
+            ),
         )
-        [ticket] = batch.tickets
         if ticket.state == TicketState.FAILED:
             return await self._order_page(
                 session,
@@ -270,10 +253,7 @@ class OrderPages(PageBase):
 
     async def retry(self, request: web.Request) -> web.StreamResponse:
         """Make a failed operation of this order due again."""
-        checked = await self._bare_order_post(request)
-        if isinstance(checked, web.StreamResponse):
-            return checked
-        session, order = checked
+        session, order = await self._bare_order_post(request)
         text = request.match_info["operation_id"]
         tickets = {
             str(t.operation_id): t for t in await self.storage.operations.for_order(order.id)
@@ -311,10 +291,7 @@ class OrderPages(PageBase):
 
     async def retry_push(self, request: web.Request) -> web.StreamResponse:
         """Let an order the shop refused be pushed again, at once."""
-        checked = await self._bare_order_post(request)
-        if isinstance(checked, web.StreamResponse):
-            return checked
-        session, order = checked
+        session, order = await self._bare_order_post(request)
         shops = {p.shop for p in await self.storage.pushes.for_order(order.id)}
         try:
             said = await retry_push(

@@ -58,10 +58,7 @@ class SignInPages(PageBase):
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
         """End the session."""
-        checked = await self.changing(request)
-        if isinstance(checked, web.StreamResponse):
-            return checked
-        session, _ = checked
+        session, _ = await self.changing(request)
         await self.sessions.drop(session.id)
         log.info("page_signed_out", token=session.token_name)
         response = self.redirect("/signin")
