@@ -360,14 +360,16 @@ def _statements(script: str) -> list[str]:
 
 
 async def _connect(path: Path, read_only: bool = False) -> aiosqlite.Connection:
+    if read_only:
+        pending = aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    else:
+        pending = aiosqlite.connect(path, isolation_level=None)
     try:
-        if read_only:
-            connection = await aiosqlite.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None
-            )
-        else:
-            connection = await aiosqlite.connect(path, isolation_level=None)
+        connection = await pending
     except sqlite3.Error as exc:
+        # aiosqlite stops its worker thread without waiting for it; wait here, or the thread
+        # answers on an event loop that may be closed by then (a daemon that gives up).
+        await anyio.to_thread.run_sync(pending._thread.join)
         raise StorageError(f"database {path} cannot be opened: {exc}") from None
     connection.row_factory = sqlite3.Row
     try:
