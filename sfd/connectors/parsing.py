@@ -121,6 +121,17 @@ def read_into(
         page.orders.append(order)
 
 
+def refuse_oversized(label: str, op: str, count: int, most: int) -> None:
+    """Raise Transient for a page of `count` orders where at most `most` were asked for: the
+    service ignored the page size (and maybe the offset), so paging on could skip or repeat
+    orders, loop forever or hold a whole catalogue in memory."""
+    if count > most:
+        raise Transient(
+            f"{label} {op}: {count} orders in a page where at most {most} were asked for; "
+            "page refused"
+        )
+
+
 @dataclass(frozen=True)
 class PageReader:
     """Reads one marketplace's listing pages of at most `most` orders: each order normalized
@@ -134,15 +145,10 @@ class PageReader:
     def read(self, op: str, orders: Sequence[msgspec.Raw], offset: int) -> OrderPage:
         """One page's orders, numbered from `offset`.
 
-        A page of more than the orders asked for is refused whole (Transient): the service
-        ignored the page size (and maybe the offset), and following such pages could loop
-        forever or hold a whole catalogue in memory. The cursor holds until it pages again.
+        A page of more than the orders asked for is refused whole (`refuse_oversized`); the
+        cursor holds until the service pages again.
         """
-        if len(orders) > self.most:
-            raise Transient(
-                f"{self.label} {op}: {len(orders)} orders in a page where at most {self.most} "
-                "were asked for; page refused"
-            )
+        refuse_oversized(self.label, op, len(orders), self.most)
         page = OrderPage(orders=[])
         for index, raw in enumerate(orders, start=offset):
             read_into(page, index, bytes(raw), self.parse, self.skip)

@@ -26,6 +26,7 @@ import stamina.instrumentation
 
 from sfd.connectors.base import Transient
 from sfd.connectors.http import HttpConnector
+from sfd.connectors.parsing import refuse_oversized
 from sfd.domain import Address
 from sfd.logs import get_logger
 
@@ -276,11 +277,6 @@ class ShopHttpConnector(HttpConnector[_S]):
         raise AssertionError("unreachable: stamina raises after the last attempt")
 
     def _page(self, orders: list[_T], size: int, op: str) -> list[_T]:
-        """A page of orders; one longer than `size` is refused (Transient), as a shop ignoring
-        the page size would make page-by-page reading skip or repeat orders."""
-        if len(orders) > size:
-            raise Transient(
-                f"{self._http.label} {op}: {len(orders)} orders in a page where at most "
-                f"{size} were asked for; page refused"
-            )
+        """A page of orders; one longer than `size` is refused (Transient), as for marketplaces."""
+        refuse_oversized(self._http.label, op, len(orders), size)
         return orders
