@@ -142,6 +142,18 @@ async def test_password_grant_trades_a_token_name_and_token_for_an_access_token(
     assert (status, body["field"]) == (400, "grant_type")
 
 
+async def test_a_password_grant_that_is_not_json_is_refused_naming_the_body(api: Api) -> None:
+    status, body = await api.call(
+        "POST",
+        "/v1/auth",
+        token=None,
+        data=b'{"grant_type": "password",',
+        headers={"Content-Type": "application/json"},
+    )
+    assert (status, body["field"]) == (400, "body")
+    assert body["detail"].startswith("body: not valid JSON: "), body["detail"]
+
+
 async def test_me_embeds_the_store_with_the_links_the_sdk_expands(api: Api) -> None:
     status, me = await api.get("/v1/me")
     assert status == 200

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, TypeVar
 
-import msgspec
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -308,15 +307,13 @@ class ShopApi:
 
     async def auth(self, request: web.Request) -> web.Response:
         """Password grant: the username is a token's name, the password the token."""
-        try:
-            if request.content_type == "application/json":
-                body = msgspec.json.decode(await request.read())
-            else:
+        if request.content_type == "application/json":
+            body = sf.decode_json(await request.read())
+        else:
+            try:
                 body = dict(await request.post())
-        except (msgspec.DecodeError, RecursionError):
-            raise sf.WireError("body", "not valid JSON") from None
-        except ValueError as exc:  # a malformed form: no or a wrong multipart boundary
-            raise sf.WireError("body", f"not a readable form: {exc}") from None
+            except ValueError as exc:  # a malformed form: no or a wrong multipart boundary
+                raise sf.WireError("body", f"not a readable form: {exc}") from None
         if not isinstance(body, dict):
             raise sf.WireError("body", "expected an object")
         if body.get("grant_type") != "password":
