@@ -190,17 +190,22 @@ class LegacyWebservice:
             self.refusals.refused(source, "ws")
             raise _Refused(401, "Authentication", "invalid token")
         now = envelope.date
+        sandbox = form.mode.strip().lower() == SANDBOX_MODE
         match _CALLS.get(call.lower()):
             case "GetOrders":
                 orders = await self._to_process(identity, now)
                 return xml_response(wsx.render_orders(envelope, orders))
             case "ValidOrders":
                 acks = wsx.parse_valid_orders(form.request)
-                results = await self._write(identity, form, acks, now, self._valid_orders)
+                results = await self._write(
+                    identity, "ValidOrders", sandbox, acks, now, self._valid_orders
+                )
                 return xml_response(wsx.render_valid_orders(envelope, results))
             case "UpdateOrders":
                 updates = wsx.parse_update_orders(form.request)
-                results = await self._write(identity, form, updates, now, self._update_orders)
+                results = await self._write(
+                    identity, "UpdateOrders", sandbox, updates, now, self._update_orders
+                )
                 return xml_response(wsx.render_update_orders(envelope, results))
             case "GetCarriers":
                 return xml_response(wsx.render_carriers(envelope, await self._carriers(identity)))
@@ -231,16 +236,16 @@ class LegacyWebservice:
     @staticmethod
     async def _write(
         identity: TokenIdentity,
-        form: _Form,
+        call: str,
+        sandbox: bool,
         entries: list[_Entry],
         now: datetime,
         write: Callable[[TokenIdentity, list[_Entry], datetime], Awaitable[list[wsx.OrderResult]]],
     ) -> list[wsx.OrderResult]:
         """Write the request's entries, read and checked whole; with MODE=Sandbox (a module's
         test mode) answer every one as done and write nothing."""
-        if form.mode.strip().lower() != SANDBOX_MODE:
+        if not sandbox:
             return await write(identity, entries, now)
-        call = _CALLS[form.call.strip().lower()]
         log.info("ws_sandbox_call", call=call, store=identity.store_id, orders=len(entries))
         return [
             wsx.OrderResult(id_order=e.id_order, marketplace=e.marketplace, ok=True)
